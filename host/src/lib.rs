@@ -1,0 +1,12 @@
+//! Schoolbell: a scheduler service for school back-office jobs. Vendors
+//! ship notifiers and import mappings as sandboxed WebAssembly components;
+//! admins write the rules that select records as rhai scripts; the host
+//! keeps everything in an embedded sled store.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod config;
+pub mod plugins;
+pub mod records;
+pub mod rules;
+pub mod store;

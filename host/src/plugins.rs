@@ -1,0 +1,1008 @@
+//! Plugins: installing vendor components, loading them into the sandbox,
+//! and running them (import mappings and notifiers).
+//!
+//! A component is checked when it is installed (it is a component, it
+//! exports a Schoolbell world at a supported WIT version, `describe`
+//! works), stored by content hash, compiled once and cached on disk keyed
+//! by that hash and the engine's configuration, and pre-instantiated once
+//! per process. Each run then instantiates it in a fresh store.
+
+mod bindings;
+mod host;
+mod output;
+mod registry;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::Component;
+
+use crate::records::{Record, Value};
+use crate::rules::RuleSet;
+use crate::store::Store;
+
+use bindings::{ImportMappingPre, NotifierPre};
+use host::{RunSetup, RunState};
+
+pub use registry::{InstallStatus, PluginEntry};
+pub use sandbox::{RunControl, SandboxConfig};
+
+/// The WIT versions this host loads.
+pub const SUPPORTED_WIT_VERSIONS: &[&str] = bindings::SUPPORTED_VERSIONS;
+
+/// How many bytes of an input file go to a mapping per call.
+const CHUNK_SIZE: usize = 64 * 1024;
+
+/// A plugin's name and version, as every guest error names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginId {
+    /// The plugin's name.
+    pub name: String,
+    /// The plugin's version.
+    pub version: String,
+}
+
+impl fmt::Display for PluginId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.version)
+    }
+}
+
+/// Which world a plugin exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// World `import-mapping`.
+    ImportMapping,
+    /// World `notifier`.
+    Notifier,
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PluginKind::ImportMapping => "import-mapping",
+            PluginKind::Notifier => "notifier",
+        })
+    }
+}
+
+/// The type of a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValueType {
+    /// true or false.
+    Boolean,
+    /// A whole number.
+    Integer,
+    /// A number with a fraction.
+    Float,
+    /// Text.
+    Text,
+    /// A date, YYYY-MM-DD.
+    Date,
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ValueType::Boolean => "boolean",
+            ValueType::Integer => "integer",
+            ValueType::Float => "float",
+            ValueType::Text => "text",
+            ValueType::Date => "date",
+        })
+    }
+}
+
+/// A parameter a plugin accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// The type its value must have.
+    pub value_type: ValueType,
+    /// The value used when a task does not set it; none means required.
+    pub default: Option<Value>,
+}
+
+/// A capability: declared by the plugin, granted by an admin.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Capability {
+    /// Read the records of a collection.
+    ReadCollection(String),
+    /// Produce records for a collection.
+    WriteCollection(String),
+}
+
+impl fmt::Display for Capability {
+    /// `read:students` normally; `{:#}` gives the sentence form
+    /// "read collection `students`".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self, f.alternate()) {
+            (Capability::ReadCollection(c), false) => write!(f, "read:{c}"),
+            (Capability::WriteCollection(c), false) => write!(f, "write:{c}"),
+            (Capability::ReadCollection(c), true) => write!(f, "read collection `{c}`"),
+            (Capability::WriteCollection(c), true) => write!(f, "write collection `{c}`"),
+        }
+    }
+}
+
+impl std::str::FromStr for Capability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("read", c)) if !c.is_empty() => Ok(Capability::ReadCollection(c.into())),
+            Some(("write", c)) if !c.is_empty() => Ok(Capability::WriteCollection(c.into())),
+            _ => Err(format!(
+                "`{s}` is not a capability; write `read:COLLECTION` or `write:COLLECTION`"
+            )),
+        }
+    }
+}
+
+/// What a plugin says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// Its unique name.
+    pub name: String,
+    /// Its own version.
+    pub version: String,
+    /// Its world.
+    pub kind: PluginKind,
+    /// One sentence for admins.
+    pub description: String,
+    /// The parameters it accepts.
+    pub params: Vec<ParamSpec>,
+    /// The capabilities it asks for.
+    pub capabilities: Vec<Capability>,
+}
+
+/// Who receives a notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Recipient {
+    /// The task's notification group.
+    NotificationGroup,
+    /// The person a record is about, by key.
+    Person(String),
+    /// The lead faculty of a section, by key.
+    LeadFaculty(String),
+    /// An explicit address.
+    Address(String),
+}
+
+/// A notification returned by a notifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Who receives it.
+    pub recipient: Recipient,
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body.
+    pub body: String,
+    /// The event's identity, for dedupe.
+    pub dedupe_key: String,
+}
+
+/// A row a mapping produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappedRow {
+    /// The line it starts on.
+    pub line: u64,
+    /// Its fields.
+    pub record: Record,
+}
+
+/// A row a mapping could not map.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RowError {
+    /// The line it starts on.
+    pub line: u64,
+    /// The field at fault.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// How important a log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Detail.
+    Debug,
+    /// Progress.
+    Info,
+    /// Worth a look.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+/// One line of a run's log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogLine {
+    /// Its level.
+    pub level: LogLevel,
+    /// The message.
+    pub message: String,
+}
+
+/// An error a guest returned (data, not a trap).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GuestError {
+    /// The input is wrong.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// May succeed later.
+    #[error("{0} (temporary; the run may be retried)")]
+    Transient(String),
+    /// Cannot succeed as configured.
+    #[error("{0}")]
+    Permanent(String),
+    /// The host refused something.
+    #[error("denied: {0}")]
+    Denied(String),
+}
+
+/// Errors from installing, loading and running plugins.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file is not a usable component.
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The component exports no Schoolbell world.
+    #[error(
+        "{path}: not a Schoolbell plugin: it exports neither world `notifier` nor `import-mapping` of schoolbell:plugin (it exports: {exports}). Build it with schoolbell-plugin-sdk"
+    )]
+    WrongWorld {
+        /// The file.
+        path: String,
+        /// What it does export.
+        exports: String,
+    },
+    /// The component targets a WIT version this host does not load.
+    #[error(
+        "{path}: built for schoolbell:plugin@{found}, but this host loads schoolbell:plugin@{supported}; rebuild the plugin against a supported version"
+    )]
+    IncompatibleVersion {
+        /// The file.
+        path: String,
+        /// The version it targets.
+        found: String,
+        /// The supported range.
+        supported: String,
+    },
+    /// The plugin misdescribes itself.
+    #[error("plugin {plugin}: {message}")]
+    Invalid {
+        /// The plugin.
+        plugin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No plugin by that name.
+    #[error(
+        "no plugin named `{0}` is installed; `schoolbell plugin list` shows the installed ones"
+    )]
+    NotInstalled(String),
+    /// The plugin has the wrong kind for the job.
+    #[error("plugin {plugin} is a {found} plugin, not a {expected} one")]
+    WrongKind {
+        /// The plugin.
+        plugin: String,
+        /// What it is.
+        found: PluginKind,
+        /// What the job needs.
+        expected: PluginKind,
+    },
+    /// The guest trapped (a bug in the plugin, or a crash).
+    #[error("plugin {plugin} crashed: {reason}")]
+    Trap {
+        /// The plugin.
+        plugin: PluginId,
+        /// The trap, and what the guest printed before it.
+        reason: String,
+    },
+    /// The guest hit a sandbox limit.
+    #[error("plugin {plugin} {limit}")]
+    Limit {
+        /// The plugin.
+        plugin: PluginId,
+        /// Which limit, as a sentence.
+        limit: String,
+    },
+    /// The guest returned an error.
+    #[error("plugin {plugin} failed: {error}")]
+    Failed {
+        /// The plugin.
+        plugin: PluginId,
+        /// Its error.
+        error: GuestError,
+    },
+    /// The host refused the guest something it asked for.
+    #[error("plugin {plugin} was refused: {message}")]
+    Denied {
+        /// The plugin.
+        plugin: PluginId,
+        /// What it asked for and why it was refused.
+        message: String,
+    },
+    /// The input file's header is wrong; the whole file fails.
+    #[error("{file}: File import has failed: column `{column}`: {message}")]
+    Header {
+        /// The input file.
+        file: String,
+        /// The column at fault.
+        column: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The guest returned more than a run may.
+    #[error("plugin {plugin} returned {count} {what}; one call may return at most {limit}")]
+    OutputTooLarge {
+        /// The plugin.
+        plugin: PluginId,
+        /// How many.
+        count: usize,
+        /// Of what.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// A parameter is wrong.
+    #[error("plugin {plugin}, parameter `{name}`: {message}")]
+    Param {
+        /// The plugin.
+        plugin: String,
+        /// The parameter.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A capability cannot be granted or is missing.
+    #[error("plugin {plugin}: {message}")]
+    Capability {
+        /// The plugin.
+        plugin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The run was cancelled.
+    #[error("plugin {plugin} run was cancelled")]
+    Cancelled {
+        /// The plugin.
+        plugin: PluginId,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The wasm engine failed to start (a configuration problem).
+    #[error("the WebAssembly engine failed: {0}")]
+    Engine(String),
+}
+
+/// A component compiled and pre-instantiated, ready for runs.
+struct Loaded {
+    entry: PluginEntry,
+    pre: WorldPre,
+}
+
+enum WorldPre {
+    Mapping(ImportMappingPre<RunState>),
+    Notifier(NotifierPre<RunState>),
+}
+
+/// Where compiled components are cached, and how many were compiled or
+/// loaded from the cache by this process (for tests and the benchmark).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Components compiled by Cranelift.
+    pub compiled: u64,
+    /// Components loaded from the on-disk cache.
+    pub cached: u64,
+}
+
+/// The plugin runtime: one engine, the registry, the compile cache.
+pub struct PluginHost {
+    sandbox: sandbox::Sandbox,
+    store: Arc<Store>,
+    rules: Arc<RuleSet>,
+    cache_dir: PathBuf,
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    stats: Mutex<CacheStats>,
+}
+
+/// What a notifier run produced.
+#[derive(Debug)]
+pub struct NotifierOutcome {
+    /// The notifications, in the order returned.
+    pub notifications: Vec<Notification>,
+    /// The run's log: plugin messages, stdout, stderr.
+    pub log: Vec<LogLine>,
+    /// The state writes, applied by the caller with the run's result.
+    pub state_writes: Vec<(String, Option<String>)>,
+}
+
+/// What a mapping run produced, beyond the rows handed to the caller.
+#[derive(Debug)]
+pub struct MappingOutcome {
+    /// Rows mapped.
+    pub rows: u64,
+    /// Rows refused, each with its line and field.
+    pub errors: Vec<RowError>,
+    /// The run's log.
+    pub log: Vec<LogLine>,
+}
+
+/// How a run is set up by its caller.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// The task the run belongs to (for state).
+    pub task: String,
+    /// Parameters given by the task, checked against the plugin's specs.
+    pub params: Record,
+    /// Cancellation and progress.
+    pub control: RunControl,
+}
+
+impl PluginHost {
+    /// Builds the runtime over `store`, caching compiled code in `cache_dir`.
+    pub fn new(
+        store: Arc<Store>,
+        rules: Arc<RuleSet>,
+        cache_dir: &Path,
+        config: SandboxConfig,
+    ) -> Result<Self, Error> {
+        std::fs::create_dir_all(cache_dir).map_err(|source| Error::Io {
+            path: cache_dir.into(),
+            source,
+        })?;
+        Ok(PluginHost {
+            sandbox: sandbox::Sandbox::new(config)?,
+            store,
+            rules,
+            cache_dir: cache_dir.to_path_buf(),
+            loaded: Mutex::new(HashMap::new()),
+            stats: Mutex::new(CacheStats::default()),
+        })
+    }
+
+    /// The sandbox's configuration.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.sandbox.config
+    }
+
+    /// How many components this process compiled or loaded from cache.
+    pub fn cache_stats(&self) -> CacheStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The store the host reads from.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Compiles `bytes` or loads the compiled code from the cache.
+    fn component(&self, path: &str, hash: &str, bytes: &[u8]) -> Result<Component, Error> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.sandbox
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut h);
+        let cached = self
+            .cache_dir
+            .join(format!("{hash}-{:016x}.cwasm", h.finish()));
+        if cached.exists() {
+            // SAFETY: the cache folder holds only files this process family
+            // wrote with `Component::serialize`, under the data directory
+            // that also holds the store; deserialize still checks that the
+            // file matches this engine's configuration.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(&self.sandbox.engine, &cached) } {
+                Ok(c) => {
+                    self.stats.lock().unwrap_or_else(|e| e.into_inner()).cached += 1;
+                    tracing::debug!(%hash, "Component loaded from cache.");
+                    return Ok(c);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %cached.display(), "Ignoring unreadable cached component: {e:#}")
+                }
+            }
+        }
+        let component =
+            Component::new(&self.sandbox.engine, bytes).map_err(|e| Error::BadFile {
+                path: path.into(),
+                reason: format!("not a valid WebAssembly component: {}", e.root_cause()),
+            })?;
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .compiled += 1;
+        tracing::debug!(%hash, "Component compiled.");
+        match component.serialize() {
+            Ok(code) => {
+                // Write then rename, so a crash never leaves half a file.
+                let tmp = cached.with_extension("tmp");
+                if let Err(e) =
+                    std::fs::write(&tmp, code).and_then(|_| std::fs::rename(&tmp, &cached))
+                {
+                    tracing::warn!(file = %cached.display(), "Cannot cache compiled component: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("Cannot serialize compiled component: {e:#}"),
+        }
+        Ok(component)
+    }
+
+    /// Checks and pre-instantiates a component: world, version, linking.
+    fn prepare(
+        &self,
+        path: &str,
+        hash: &str,
+        bytes: &[u8],
+    ) -> Result<(bindings::Target, WorldPre), Error> {
+        check_header(path, bytes)?;
+        let component = self.component(path, hash, bytes)?;
+        let ty = component.component_type();
+        let engine = &self.sandbox.engine;
+        let target = bindings::detect(
+            ty.exports(engine).map(|(n, _)| n),
+            ty.imports(engine).map(|(n, _)| n),
+        )
+        .map_err(|m| match m {
+            bindings::Mismatch::NoWorld(exports) => Error::WrongWorld {
+                path: path.into(),
+                exports: if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                },
+            },
+            bindings::Mismatch::Version(found) => Error::IncompatibleVersion {
+                path: path.into(),
+                found,
+                supported: supported_range(),
+            },
+        })?;
+        let link_error = |e: wasmtime::Error| Error::BadFile {
+            path: path.into(),
+            reason: format!(
+                "cannot be linked: {e:#}. It may import something the Schoolbell sandbox does not provide"
+            ),
+        };
+        let pre = self
+            .sandbox
+            .linker
+            .instantiate_pre(&component)
+            .map_err(link_error)?;
+        let pre = match target.kind {
+            PluginKind::ImportMapping => {
+                WorldPre::Mapping(ImportMappingPre::new(pre).map_err(link_error)?)
+            }
+            PluginKind::Notifier => WorldPre::Notifier(NotifierPre::new(pre).map_err(link_error)?),
+        };
+        Ok((target, pre))
+    }
+
+    /// Loads an installed plugin (compiling or reading the cache once per
+    /// process).
+    fn load(&self, name: &str) -> Result<Arc<Loaded>, Error> {
+        let entry = self.entry(name)?;
+        if let Some(l) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&entry.hash)
+            && l.entry == entry
+        {
+            return Ok(l.clone());
+        }
+        let bytes = self
+            .store
+            .blob(&entry.hash)?
+            .ok_or_else(|| crate::store::Error::Corrupt {
+                tree: "blobs",
+                key: entry.hash.clone(),
+                reason: format!("the component of plugin {name} is missing; install it again"),
+            })?;
+        let (_, pre) = self.prepare(name, &entry.hash, &bytes)?;
+        let loaded = Arc::new(Loaded { entry, pre });
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(loaded.entry.hash.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Loads an installed plugin as a run would (compile or cache, link),
+    /// without running it: `schoolbell check` calls this for every plugin.
+    pub fn verify(&self, name: &str) -> Result<(), Error> {
+        self.load(name).map(|_| ())
+    }
+
+    fn new_store(
+        &self,
+        entry: &PluginEntry,
+        request: &RunRequest,
+        params: Record,
+    ) -> wasmtime::Store<RunState> {
+        let setup = RunSetup {
+            plugin: entry.id(),
+            declared: entry.capabilities.clone(),
+            granted: entry.granted.clone(),
+            store: self.store.clone(),
+            rules: self.rules.clone(),
+            task: request.task.clone(),
+            params,
+            control: request.control.clone(),
+        };
+        self.sandbox.store(RunState::new(setup, &self.sandbox))
+    }
+
+    /// Runs a notifier once.
+    pub fn run_notifier(&self, name: &str, request: &RunRequest) -> Result<NotifierOutcome, Error> {
+        let loaded = self.load(name)?;
+        let WorldPre::Notifier(pre) = &loaded.pre else {
+            return Err(Error::WrongKind {
+                plugin: name.into(),
+                found: loaded.entry.kind,
+                expected: PluginKind::Notifier,
+            });
+        };
+        let params = check_params(&loaded.entry, &request.params)?;
+        let mut store = self.new_store(&loaded.entry, request, params.clone());
+        let id = loaded.entry.id();
+        let result = pre.instantiate(&mut store).and_then(|n| {
+            n.schoolbell_plugin_notify()
+                .call_run(&mut store, &bindings::params_to_wit(&params))
+        });
+        let notifications = match result {
+            Err(trap) => return Err(trap_error(&id, &mut store, trap)),
+            Ok(Err(e)) => return Err(guest_failure(&id, store.data(), e)),
+            Ok(Ok(list)) => list,
+        };
+        if let Some(v) = store.data().violations.first() {
+            return Err(Error::Denied {
+                plugin: id,
+                message: v.clone(),
+            });
+        }
+        if notifications.len() > self.sandbox.config.output_limit {
+            return Err(Error::OutputTooLarge {
+                plugin: id,
+                count: notifications.len(),
+                what: "notifications",
+                limit: self.sandbox.config.output_limit,
+            });
+        }
+        let state = store.data_mut();
+        Ok(NotifierOutcome {
+            notifications: notifications
+                .into_iter()
+                .map(bindings::notification_from_wit)
+                .collect(),
+            log: state.finish_log(),
+            state_writes: std::mem::take(&mut state.state_writes),
+        })
+    }
+
+    /// Runs an import mapping over `input`, a chunk at a time; `on_rows`
+    /// receives each call's mapped rows (in file order) as they come, so
+    /// the file is never held whole.
+    pub fn run_mapping(
+        &self,
+        name: &str,
+        file: &str,
+        mut input: impl Read,
+        request: &RunRequest,
+        mut on_rows: impl FnMut(Vec<MappedRow>) -> Result<(), Error>,
+    ) -> Result<MappingOutcome, Error> {
+        let loaded = self.load(name)?;
+        let WorldPre::Mapping(pre) = &loaded.pre else {
+            return Err(Error::WrongKind {
+                plugin: name.into(),
+                found: loaded.entry.kind,
+                expected: PluginKind::ImportMapping,
+            });
+        };
+        let params = check_params(&loaded.entry, &request.params)?;
+        let mut store = self.new_store(&loaded.entry, request, params.clone());
+        let id = loaded.entry.id();
+        let mapping = match pre.instantiate(&mut store) {
+            Ok(m) => m,
+            Err(trap) => return Err(trap_error(&id, &mut store, trap)),
+        };
+        let api = mapping.schoolbell_plugin_mapping().mapper();
+        let mapper = match api.call_open(&mut store, &bindings::params_to_wit(&params)) {
+            Err(trap) => return Err(trap_error(&id, &mut store, trap)),
+            Ok(Err(e)) => return Err(guest_failure(&id, store.data(), e)),
+            Ok(Ok(m)) => m,
+        };
+        let mut rows = 0u64;
+        let mut errors = Vec::new();
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        let mut done_bytes = 0u64;
+        loop {
+            if request.control.is_cancelled() {
+                return Err(Error::Cancelled { plugin: id });
+            }
+            let n = read_full(&mut input, &mut buf).map_err(|source| Error::Io {
+                path: file.into(),
+                source,
+            })?;
+            let result = if n == 0 {
+                api.call_finish(&mut store, mapper)
+            } else {
+                api.call_feed(&mut store, mapper, &buf[..n])
+            };
+            let batch = match result {
+                Err(trap) => return Err(trap_error(&id, &mut store, trap)),
+                Ok(Err(bindings::mapping_api::MappingError::Header(h))) => {
+                    return Err(Error::Header {
+                        file: file.into(),
+                        column: h.column,
+                        message: h.message,
+                    });
+                }
+                Ok(Err(bindings::mapping_api::MappingError::Plugin(e))) => {
+                    return Err(guest_failure(&id, store.data(), e));
+                }
+                Ok(Ok(batch)) => batch,
+            };
+            if batch.rows.len() + batch.errors.len() > self.sandbox.config.output_limit {
+                return Err(Error::OutputTooLarge {
+                    plugin: id,
+                    count: batch.rows.len() + batch.errors.len(),
+                    what: "rows",
+                    limit: self.sandbox.config.output_limit,
+                });
+            }
+            let (mapped, row_errors) = bindings::batch_from_wit(batch);
+            rows += mapped.len() as u64;
+            errors.extend(row_errors);
+            on_rows(mapped)?;
+            done_bytes += n as u64;
+            request.control.set_progress(done_bytes, None);
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = mapper.resource_drop(&mut store);
+        Ok(MappingOutcome {
+            rows,
+            errors,
+            log: store.data_mut().finish_log(),
+        })
+    }
+}
+
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// "0.1.0 to 0.1.1", for messages.
+fn supported_range() -> String {
+    match SUPPORTED_WIT_VERSIONS {
+        [one] => one.to_string(),
+        [first, .., last] => format!("{first} to {last}"),
+        [] => "nothing".into(),
+    }
+}
+
+/// Refuses non-wasm files and core modules with one line each, before the
+/// engine sees them.
+fn check_header(path: &str, bytes: &[u8]) -> Result<(), Error> {
+    let bad = |reason: &str| {
+        Err(Error::BadFile {
+            path: path.into(),
+            reason: reason.into(),
+        })
+    };
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return if bytes.is_empty() {
+            bad("the file is empty")
+        } else {
+            bad("not a WebAssembly file (no `\\0asm` header)")
+        };
+    }
+    match &bytes[4..8] {
+        [0x01, 0x00, 0x00, 0x00] => bad(
+            "a core WebAssembly module, not a component; build with `--target wasm32-wasip2`, or turn it into a component with `cargo run -p xtask -- componentize`",
+        ),
+        [_, _, 0x01, 0x00] => Ok(()),
+        _ => bad("an unknown WebAssembly binary version"),
+    }
+}
+
+/// Turns a trap (or host interruption) into a run error naming the plugin.
+fn trap_error(
+    plugin: &PluginId,
+    store: &mut wasmtime::Store<RunState>,
+    e: wasmtime::Error,
+) -> Error {
+    let state = store.data_mut();
+    if let Some(i) = state.interrupted {
+        return sandbox::describe_interrupt(plugin, i);
+    }
+    if let Some(bytes) = state.limiter.refused {
+        return Error::Limit {
+            plugin: plugin.clone(),
+            limit: format!(
+                "tried to grow its memory to {} MiB; the limit is {} MiB",
+                bytes >> 20,
+                state.limiter.limit >> 20
+            ),
+        };
+    }
+    let mut reason = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => {
+            "its call stack overflowed (runaway recursion)".to_string()
+        }
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            "it reached `unreachable`, which is how a Rust plugin's panic ends".to_string()
+        }
+        Some(trap) => trap.to_string(),
+        None => format!("{:#}", e),
+    };
+    let said = state.stderr.tail(600);
+    if !said.is_empty() {
+        reason.push_str(&format!("; it printed: {said}"));
+    }
+    Error::Trap {
+        plugin: plugin.clone(),
+        reason,
+    }
+}
+
+fn guest_failure(plugin: &PluginId, state: &RunState, e: bindings::wit::PluginError) -> Error {
+    // A denial the host recorded is the truer story than whatever error
+    // the guest turned it into.
+    if let Some(v) = state.violations.first() {
+        return Error::Denied {
+            plugin: plugin.clone(),
+            message: v.clone(),
+        };
+    }
+    if state.control.is_cancelled() {
+        return Error::Cancelled {
+            plugin: plugin.clone(),
+        };
+    }
+    Error::Failed {
+        plugin: plugin.clone(),
+        error: bindings::guest_error(e),
+    }
+}
+
+/// Checks a task's parameters against the plugin's specs and fills in
+/// defaults.
+pub fn check_params(entry: &PluginEntry, given: &Record) -> Result<Record, Error> {
+    let err = |name: &str, message: String| Error::Param {
+        plugin: entry.name.clone(),
+        name: name.into(),
+        message,
+    };
+    for name in given.keys() {
+        if !entry.params.iter().any(|p| &p.name == name) {
+            let known: Vec<&str> = entry.params.iter().map(|p| p.name.as_str()).collect();
+            return Err(err(
+                name,
+                format!("unknown parameter; this plugin takes: {}", known.join(", ")),
+            ));
+        }
+    }
+    let mut out = Record::new();
+    for spec in &entry.params {
+        let value = match given.get(&spec.name) {
+            Some(v) => coerce(v, spec.value_type).map_err(|m| err(&spec.name, m))?,
+            None => match &spec.default {
+                Some(d) => d.clone(),
+                None => {
+                    return Err(err(
+                        &spec.name,
+                        format!("required, of type {}", spec.value_type),
+                    ));
+                }
+            },
+        };
+        out.insert(spec.name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// Converts a given value (often text from the CLI) to the spec's type.
+fn coerce(v: &Value, t: ValueType) -> Result<Value, String> {
+    let wrong = || format!("expected {t}, got {} `{}`", v.type_name(), v.to_key_text());
+    Ok(match (t, v) {
+        (_, Value::Null) => Value::Null,
+        (ValueType::Text, Value::Text(_))
+        | (ValueType::Integer, Value::Int(_))
+        | (ValueType::Float, Value::Float(_))
+        | (ValueType::Boolean, Value::Bool(_))
+        | (ValueType::Date, Value::Date(_)) => v.clone(),
+        (ValueType::Float, Value::Int(n)) => Value::Float(*n as f64),
+        (ValueType::Text, other) => Value::Text(other.to_key_text()),
+        (ValueType::Integer, Value::Text(s)) => Value::Int(s.trim().parse().map_err(|_| wrong())?),
+        (ValueType::Float, Value::Text(s)) => Value::Float(s.trim().parse().map_err(|_| wrong())?),
+        (ValueType::Boolean, Value::Text(s)) => Value::Bool(s.trim().parse().map_err(|_| wrong())?),
+        (ValueType::Date, Value::Text(s)) => {
+            Value::Date(crate::records::Date::parse(s.trim()).ok_or_else(wrong)?)
+        }
+        _ => return Err(wrong()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_check_names_what_the_file_is() {
+        let msg = |b: &[u8]| check_header("x.wasm", b).unwrap_err().to_string();
+        assert_eq!(msg(b""), "x.wasm: the file is empty");
+        assert_eq!(
+            msg(b"hello world"),
+            "x.wasm: not a WebAssembly file (no `\\0asm` header)"
+        );
+        assert!(msg(b"\0asm\x01\0\0\0").contains("a core WebAssembly module, not a component"));
+        assert!(check_header("x", b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn capabilities_round_trip_through_text() {
+        let c: Capability = "read:students".parse().unwrap();
+        assert_eq!(c, Capability::ReadCollection("students".into()));
+        assert_eq!(c.to_string(), "read:students");
+        assert!("students".parse::<Capability>().is_err());
+    }
+
+    #[test]
+    fn text_parameters_are_coerced_to_their_declared_type() {
+        assert_eq!(
+            coerce(&Value::Text("7".into()), ValueType::Integer),
+            Ok(Value::Int(7))
+        );
+        assert!(
+            coerce(&Value::Text("seven".into()), ValueType::Integer)
+                .unwrap_err()
+                .contains("expected integer")
+        );
+        assert_eq!(
+            coerce(&Value::Text("2026-02-28".into()), ValueType::Date)
+                .unwrap()
+                .to_key_text(),
+            "2026-02-28"
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! The sandbox: the one place that builds the wasmtime `Engine`, the
+//! `Linker` and each run's `Store`.
+//!
+//! Every run gets its own store with a memory limit, a wall-clock deadline
+//! and a cancellation, all enforced by the host: an epoch ticker thread
+//! advances the engine's epoch, and each store's epoch callback interrupts
+//! the guest when its run is past its deadline or force-cancelled. The WASI
+//! context grants nothing: no folders, no sockets, no environment, no
+//! arguments; stdout and stderr go to a capped buffer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
+
+use super::bindings::{host_api, log_api};
+use super::host::RunState;
+use super::output::CappedOutput;
+use super::{Error, PluginId};
+
+/// How often the epoch ticks: the granularity of deadlines and forced
+/// cancellation.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Sandbox limits, from the `[sandbox]` section of the config.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// The most linear memory one run's plugin may use, in MiB.
+    pub memory_limit_mib: u64,
+    /// Wall-clock time one run may take, in seconds.
+    pub timeout_secs: u64,
+    /// Seconds a cancelled run has to stop by itself before it is interrupted.
+    pub cancel_grace_secs: u64,
+    /// Plugin instances that may be alive at once (the pooling allocator's size).
+    pub max_instances: u32,
+    /// Bytes of log (and of stdout, and of stderr) kept per run.
+    pub log_limit_bytes: usize,
+    /// The most notifications (or mapped rows per chunk) one call may return.
+    pub output_limit: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            memory_limit_mib: 64,
+            timeout_secs: 300,
+            cancel_grace_secs: 10,
+            max_instances: 32,
+            log_limit_bytes: 64 * 1024,
+            output_limit: 100_000,
+        }
+    }
+}
+
+impl SandboxConfig {
+    pub(crate) fn memory_limit(&self) -> usize {
+        (self.memory_limit_mib as usize) << 20
+    }
+}
+
+/// A run's cancellation and progress, shared between the run and whoever
+/// watches it. Cancel is cooperative first (the guest sees `cancelled()`),
+/// then forced at the end of the grace period.
+#[derive(Clone, Default)]
+pub struct RunControl(Arc<Control>);
+
+#[derive(Default)]
+struct Control {
+    cancelled: AtomicBool,
+    /// Milliseconds after `start` at which the guest is interrupted; 0 = never.
+    force_after_ms: AtomicU64,
+    start: std::sync::OnceLock<Instant>,
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl std::fmt::Debug for RunControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunControl")
+            .field("cancelled", &self.is_cancelled())
+            .field("progress", &self.progress())
+            .finish()
+    }
+}
+
+impl RunControl {
+    /// A new control for one run.
+    pub fn new() -> Self {
+        let control = RunControl::default();
+        let _ = control.0.start.set(Instant::now());
+        control
+    }
+
+    fn start(&self) -> Instant {
+        *self.0.start.get_or_init(Instant::now)
+    }
+
+    /// Asks the run to stop, and interrupts it after `grace`.
+    pub fn cancel(&self, grace: Duration) {
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        let at = self.start().elapsed() + grace;
+        self.0
+            .force_after_ms
+            .store((at.as_millis() as u64).max(1), Ordering::SeqCst);
+    }
+
+    /// Whether cancel was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn forced(&self) -> bool {
+        let at = self.0.force_after_ms.load(Ordering::SeqCst);
+        at != 0 && self.start().elapsed() >= Duration::from_millis(at)
+    }
+
+    /// Records progress reported by the plugin or the host.
+    pub fn set_progress(&self, done: u64, total: Option<u64>) {
+        self.0.done.store(done, Ordering::Relaxed);
+        self.0.total.store(total.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Progress so far: done, and the total when known.
+    pub fn progress(&self) -> (u64, Option<u64>) {
+        let total = self.0.total.load(Ordering::Relaxed);
+        (
+            self.0.done.load(Ordering::Relaxed),
+            (total > 0).then_some(total),
+        )
+    }
+}
+
+/// Why the host interrupted a guest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Interrupt {
+    Deadline(Duration),
+    Cancelled,
+}
+
+/// The engine and linker shared by every run.
+pub(crate) struct Sandbox {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<RunState>,
+    pub(crate) config: SandboxConfig,
+}
+
+impl Sandbox {
+    /// Builds the engine (component model, epoch interruption, pooling
+    /// allocator) and the linker (WASI that grants nothing, plus the
+    /// Schoolbell host interfaces), and starts the epoch ticker.
+    pub(crate) fn new(config: SandboxConfig) -> Result<Sandbox, Error> {
+        let engine_error = |e: wasmtime::Error| Error::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 8)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_memory_size(config.memory_limit().max(1 << 20))
+            .max_component_instance_size(1 << 20);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&wasm).map_err(engine_error)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+        log_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s)
+            .map_err(engine_error)?;
+        host_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s)
+            .map_err(engine_error)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            config,
+        })
+    }
+
+    /// A WASI context that grants nothing, with capped stdout and stderr.
+    pub(crate) fn wasi(&self) -> (WasiCtx, CappedOutput, CappedOutput) {
+        let stdout = CappedOutput::new(self.config.log_limit_bytes);
+        let stderr = CappedOutput::new(self.config.log_limit_bytes);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        (wasi, stdout, stderr)
+    }
+
+    /// The store for one run, with its memory limit, deadline and
+    /// cancellation wired to the epoch.
+    pub(crate) fn store(&self, state: RunState) -> Store<RunState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        let timeout = Duration::from_secs(self.config.timeout_secs);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            let interrupt = if state.control.forced() {
+                Some(Interrupt::Cancelled)
+            } else if state.started.elapsed() >= timeout {
+                Some(Interrupt::Deadline(timeout))
+            } else {
+                None
+            };
+            match interrupt {
+                Some(i) => {
+                    state.interrupted = Some(i);
+                    Err(wasmtime::Error::msg("interrupted by the host"))
+                }
+                None => Ok(UpdateDeadline::Continue(1)),
+            }
+        });
+        store
+    }
+
+    /// A fresh resource table.
+    pub(crate) fn table() -> ResourceTable {
+        ResourceTable::new()
+    }
+}
+
+/// The memory limiter of one store. It records the growth it refused so the
+/// run's error can say how much the plugin asked for.
+pub(crate) struct Limiter {
+    pub(crate) limit: usize,
+    pub(crate) refused: Option<usize>,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.refused = Some(desired);
+            // An error (not `Ok(false)`) traps at once: a Rust guest would
+            // otherwise abort with an allocation failure that says less.
+            return Err(wasmtime::Error::msg("memory limit reached"));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Describes an interrupt for a run's error.
+pub(crate) fn describe_interrupt(plugin: &PluginId, i: Interrupt) -> Error {
+    match i {
+        Interrupt::Deadline(d) => Error::Limit {
+            plugin: plugin.clone(),
+            limit: format!(
+                "ran past its time limit of {} s and was stopped",
+                d.as_secs()
+            ),
+        },
+        Interrupt::Cancelled => Error::Limit {
+            plugin: plugin.clone(),
+            limit: "was cancelled and did not stop within its grace period, so it was interrupted"
+                .into(),
+        },
+    }
+}

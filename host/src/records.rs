@@ -1,0 +1,179 @@
+//! Records: the typed values and dynamic records that imports write, rules
+//! read and notifiers receive, and their conversions to and from text.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A calendar date without time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Date {
+    /// The year.
+    pub year: i32,
+    /// The month, 1 to 12.
+    pub month: u8,
+    /// The day, 1 to 31.
+    pub day: u8,
+}
+
+impl Date {
+    /// Parses `YYYY-MM-DD`, checking the day against the month's length.
+    pub fn parse(text: &str) -> Option<Date> {
+        let mut parts = text.splitn(3, '-');
+        let year: i32 = parts.next()?.parse().ok()?;
+        let month: u8 = parts.next()?.parse().ok()?;
+        let day: u8 = parts.next()?.parse().ok()?;
+        let date = Date { year, month, day };
+        (day >= 1 && day <= date.days_in_month()?).then_some(date)
+    }
+
+    /// The number of days in this date's month, or none for a bad month.
+    pub fn days_in_month(&self) -> Option<u8> {
+        let leap = (self.year % 4 == 0 && self.year % 100 != 0) || self.year % 400 == 0;
+        Some(match self.month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+}
+
+/// One typed value of a record field, as in the WIT `value` variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// No value.
+    Null,
+    /// True or false.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// A number with a fraction.
+    Float(f64),
+    /// Text.
+    Text(String),
+    /// A calendar date.
+    Date(Date),
+}
+
+impl Value {
+    /// The value's type, as admins read it in messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Int(_) => "integer",
+            Value::Float(_) => "float",
+            Value::Text(_) => "text",
+            Value::Date(_) => "date",
+        }
+    }
+
+    /// The value as text, for keys, indexes and reports. Text is returned
+    /// as is; null is the empty string.
+    pub fn to_key_text(&self) -> String {
+        match self {
+            Value::Null => String::new(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(n) => n.to_string(),
+            Value::Float(x) => x.to_string(),
+            Value::Text(s) => s.clone(),
+            Value::Date(d) => d.to_string(),
+        }
+    }
+
+    /// Converts a JSON value: strings that are `YYYY-MM-DD` dates become
+    /// dates; arrays and objects are refused.
+    pub fn from_json(json: &serde_json::Value) -> Option<Value> {
+        Some(match json {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64()?),
+            },
+            serde_json::Value::String(s) => match Date::parse(s) {
+                Some(d) if s.len() == 10 => Value::Date(d),
+                _ => Value::Text(s.clone()),
+            },
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => return None,
+        })
+    }
+
+    /// The value as JSON, for `--json` output and the API.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Int(n) => (*n).into(),
+            Value::Float(x) => (*x).into(),
+            Value::Text(s) => s.clone().into(),
+            Value::Date(d) => d.to_string().into(),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => f.write_str("null"),
+            Value::Text(s) => write!(f, "{s:?}"),
+            other => f.write_str(&other.to_key_text()),
+        }
+    }
+}
+
+/// A dynamic record: field names to typed values.
+pub type Record = BTreeMap<String, Value>;
+
+/// A record as a JSON object.
+pub fn record_to_json(record: &Record) -> serde_json::Value {
+    serde_json::Value::Object(
+        record
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_parse_only_when_the_day_exists() {
+        assert_eq!(
+            Date::parse("2024-02-29").map(|d| d.to_string()),
+            Some("2024-02-29".into())
+        );
+        assert_eq!(Date::parse("2023-02-29"), None);
+        assert_eq!(Date::parse("2023-13-01"), None);
+        assert_eq!(Date::parse("2023-04-31"), None);
+    }
+
+    #[test]
+    fn json_strings_that_are_dates_become_dates() {
+        assert_eq!(
+            Value::from_json(&"2010-05-01".into()),
+            Some(Value::Date(Date {
+                year: 2010,
+                month: 5,
+                day: 1
+            }))
+        );
+        assert_eq!(
+            Value::from_json(&"Ann".into()),
+            Some(Value::Text("Ann".into()))
+        );
+        assert_eq!(Value::from_json(&serde_json::json!(7)), Some(Value::Int(7)));
+        assert_eq!(Value::from_json(&serde_json::json!([1])), None);
+    }
+}

@@ -1,0 +1,505 @@
+//! Admin rules: rhai scripts that decide which records qualify (notifiers)
+//! and how rows match (imports). This module owns the one place that builds
+//! the rhai engine and its sandbox.
+//!
+//! A rule is an expression over the record's fields (dashes in field names
+//! become underscores: `first_name`) and the task's `params`, and returns
+//! true or false. Every rule is compiled when it is loaded, so a broken one
+//! is refused with its file and line before any run uses it.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
+
+use crate::records::{Record, Value};
+
+/// Errors from loading or evaluating rules. Each names the rule's file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The rule does not compile.
+    #[error("rule {file} line {line}, column {column}: {message}")]
+    Compile {
+        /// The rule's file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// The rule failed while running on a record.
+    #[error("rule {file} line {line}, column {column} failed: {message}")]
+    Runtime {
+        /// The rule's file.
+        file: String,
+        /// 1-based line (0 when unknown).
+        line: usize,
+        /// 1-based column (0 when unknown).
+        column: usize,
+        /// What went wrong.
+        message: String,
+    },
+    /// The rule hit a sandbox limit.
+    #[error("rule {file} stopped: {limit}. Simplify the rule, or raise the limit in the config")]
+    Limit {
+        /// The rule's file.
+        file: String,
+        /// Which limit.
+        limit: String,
+    },
+    /// The rule returned something other than true or false.
+    #[error("rule {file} must return true or false, but returned {found}")]
+    NotBool {
+        /// The rule's file.
+        file: String,
+        /// The type it returned.
+        found: String,
+    },
+    /// No rule has that name.
+    #[error("no rule named `{name}`: add {dir}/{name}.rhai", dir = dir.display())]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The rules folder.
+        dir: PathBuf,
+    },
+    /// The rules folder or a rule file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The sandbox's limits for one rule evaluation.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleLimits {
+    /// The most rhai operations one evaluation may take.
+    pub max_operations: u64,
+    /// The longest string a rule may build, in bytes.
+    pub max_string_size: usize,
+    /// The largest array a rule may build.
+    pub max_array_size: usize,
+    /// The largest object map a rule may build.
+    pub max_map_size: usize,
+    /// The deepest function-call nesting.
+    pub max_call_levels: usize,
+    /// Wall-clock time for one evaluation, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for RuleLimits {
+    fn default() -> Self {
+        RuleLimits {
+            max_operations: 100_000,
+            max_string_size: 64 * 1024,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
+            max_call_levels: 32,
+            timeout_ms: 1_000,
+        }
+    }
+}
+
+thread_local! {
+    /// The deadline of the evaluation running on this thread. The engine is
+    /// shared, so the deadline cannot live in its `on_progress` closure.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Builds the rules engine: the only place a rhai `Engine` is made.
+///
+/// `new_raw` plus the standard package (no modules, no file or network
+/// access exist in it), every size and depth limit, and a wall-clock
+/// deadline checked through `on_progress`.
+pub fn engine(limits: &RuleLimits) -> Engine {
+    use rhai::packages::{Package, StandardPackage};
+    let mut engine = Engine::new_raw();
+    engine.register_global_module(StandardPackage::new().as_shared_module());
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_call_levels(limits.max_call_levels)
+        .set_max_expr_depths(64, 32)
+        .set_max_variables(256)
+        .set_max_functions(64);
+    engine.on_progress(|ops| {
+        if ops % 512 == 0
+            && let Some(deadline) = DEADLINE.get()
+            && Instant::now() > deadline
+        {
+            return Some(Dynamic::from("time limit"));
+        }
+        None
+    });
+    engine.on_print(|text| tracing::info!(target: "schoolbell::rules", "{text}"));
+    engine.on_debug(
+        |text, source, pos| tracing::debug!(target: "schoolbell::rules", ?source, %pos, "{text}"),
+    );
+    engine
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// The rule's name (its file name without `.rhai`).
+    pub name: String,
+    /// The file it came from, for messages.
+    pub file: String,
+    ast: AST,
+    /// Names the rule mentions, to explain decisions.
+    mentions: Vec<String>,
+}
+
+/// A rule's verdict on one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Whether the record qualifies.
+    pub matched: bool,
+    /// The values that decided, such as `absences=7, params.threshold=5`.
+    pub reason: String,
+}
+
+/// The loaded rules, compiled, with the engine that runs them.
+pub struct RuleSet {
+    engine: Arc<Engine>,
+    limits: RuleLimits,
+    dir: PathBuf,
+    rules: HashMap<String, Arc<Rule>>,
+}
+
+impl RuleSet {
+    /// An empty set whose rules would live in `dir`.
+    pub fn new(dir: &Path, limits: RuleLimits) -> RuleSet {
+        RuleSet {
+            engine: Arc::new(engine(&limits)),
+            limits,
+            dir: dir.to_path_buf(),
+            rules: HashMap::new(),
+        }
+    }
+
+    /// Compiles every `*.rhai` file in `dir`. Returns every broken rule's
+    /// error, not just the first.
+    pub fn load_dir(dir: &Path, limits: RuleLimits) -> Result<RuleSet, Vec<Error>> {
+        let mut set = RuleSet::new(dir, limits);
+        if !dir.exists() {
+            return Ok(set);
+        }
+        let entries = std::fs::read_dir(dir).map_err(|source| {
+            vec![Error::Io {
+                path: dir.into(),
+                source,
+            }]
+        })?;
+        let mut errors = Vec::new();
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
+        {
+            match set.compile_file(&path) {
+                Ok(rule) => {
+                    set.rules.insert(rule.name.clone(), Arc::new(rule));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Compiles one rule file.
+    pub fn compile_file(&self, path: &Path) -> Result<Rule, Error> {
+        let source = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.compile(&name, &path.display().to_string(), &source)
+    }
+
+    /// Compiles a rule from source; `file` names it in messages.
+    pub fn compile(&self, name: &str, file: &str, source: &str) -> Result<Rule, Error> {
+        let ast = self.engine.compile(source).map_err(|e| {
+            let (line, column) = position(e.position());
+            Error::Compile {
+                file: file.into(),
+                line,
+                column,
+                message: e.err_type().to_string(),
+            }
+        })?;
+        Ok(Rule {
+            name: name.into(),
+            file: file.into(),
+            ast,
+            mentions: mentions(source),
+        })
+    }
+
+    /// The rule named `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Rule>, Error> {
+        self.rules.get(name).cloned().ok_or_else(|| Error::Unknown {
+            name: name.into(),
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// The names of the loaded rules.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.rules.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Evaluates `rule` on `record` with the task's `params`.
+    pub fn eval(&self, rule: &Rule, record: &Record, params: &Record) -> Result<Decision, Error> {
+        let mut scope = Scope::new();
+        let mut record_map = Map::new();
+        for (k, v) in record {
+            let name = k.replace('-', "_");
+            scope.push_dynamic(name.clone(), dynamic(v));
+            record_map.insert(name.into(), dynamic(v));
+        }
+        let params_map: Map = params
+            .iter()
+            .map(|(k, v)| (k.replace('-', "_").into(), dynamic(v)))
+            .collect();
+        scope.push_constant("record", record_map);
+        scope.push_constant("params", params_map);
+
+        DEADLINE.set(Some(
+            Instant::now() + Duration::from_millis(self.limits.timeout_ms),
+        ));
+        let result = self
+            .engine
+            .eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
+        DEADLINE.set(None);
+        let value = result.map_err(|e| runtime_error(&rule.file, *e))?;
+        let matched = value.as_bool().map_err(|found| Error::NotBool {
+            file: rule.file.clone(),
+            found: found.into(),
+        })?;
+        Ok(Decision {
+            matched,
+            reason: explain(rule, &scope),
+        })
+    }
+}
+
+fn position(pos: Position) -> (usize, usize) {
+    (pos.line().unwrap_or(0), pos.position().unwrap_or(0))
+}
+
+fn runtime_error(file: &str, e: EvalAltResult) -> Error {
+    let limit = match &e {
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            Some("it used more operations than allowed".to_string())
+        }
+        EvalAltResult::ErrorTerminated(..) => Some("it ran past its time limit".to_string()),
+        EvalAltResult::ErrorStackOverflow(_) => Some("its calls nested too deeply".to_string()),
+        EvalAltResult::ErrorDataTooLarge(what, _) => {
+            Some(format!("{what} grew larger than allowed"))
+        }
+        EvalAltResult::ErrorTooManyVariables(_) => {
+            Some("it declared too many variables".to_string())
+        }
+        _ => None,
+    };
+    if let Some(limit) = limit {
+        return Error::Limit {
+            file: file.into(),
+            limit,
+        };
+    }
+    let (line, column) = position(e.position());
+    Error::Runtime {
+        file: file.into(),
+        line,
+        column,
+        message: e.unwrap_inner().to_string(),
+    }
+}
+
+fn dynamic(v: &Value) -> Dynamic {
+    match v {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => (*b).into(),
+        Value::Int(n) => (*n).into(),
+        Value::Float(x) => (*x).into(),
+        Value::Text(s) => s.clone().into(),
+        // ISO dates compare correctly as text.
+        Value::Date(d) => d.to_string().into(),
+    }
+}
+
+/// The identifiers a rule mentions (`absences`, `params.threshold`),
+/// outside strings and comments, in order of first mention.
+fn mentions(source: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let chars: Vec<char> = source.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '/' && chars.get(i + 1) == Some(&'/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '"' || c == '`' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c.is_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let word = word.trim_end_matches('.').to_string();
+            if !out.contains(&word) {
+                out.push(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn explain(rule: &Rule, scope: &Scope) -> String {
+    let mut parts = Vec::new();
+    for name in &rule.mentions {
+        let (root, field) = match name.split_once('.') {
+            Some((root, field)) => (root, Some(field)),
+            None => (name.as_str(), None),
+        };
+        let Some(value) = scope.get_value::<Dynamic>(root) else {
+            continue;
+        };
+        let value = match field {
+            Some(field) => match value.try_cast::<Map>().and_then(|m| m.get(field).cloned()) {
+                Some(v) => v,
+                None => continue,
+            },
+            None if value.is_map() => continue,
+            None => value,
+        };
+        let shown = if value.is_string() {
+            format!("{:?}", value.to_string())
+        } else {
+            value.to_string()
+        };
+        parts.push(format!("{name}={shown}"));
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> RuleSet {
+        RuleSet::new(Path::new("rules"), RuleLimits::default())
+    }
+
+    fn rec(pairs: &[(&str, Value)]) -> Record {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_rule_decides_and_explains_with_the_values_it_read() {
+        let s = set();
+        let rule = s
+            .compile(
+                "t",
+                "t.rhai",
+                "absences >= params.threshold && campus == \"North\"",
+            )
+            .unwrap();
+        let d = s
+            .eval(
+                &rule,
+                &rec(&[
+                    ("absences", Value::Int(7)),
+                    ("campus", Value::Text("North".into())),
+                ]),
+                &rec(&[("threshold", Value::Int(5))]),
+            )
+            .unwrap();
+        assert!(d.matched);
+        assert_eq!(d.reason, "absences=7, params.threshold=5, campus=\"North\"");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_file_line_and_column() {
+        let err = set()
+            .compile("t", "rules/t.rhai", "let x = 1;\nx >= ")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("rule rules/t.rhai line 2, column"), "{msg}");
+    }
+
+    #[test]
+    fn an_endless_loop_stops_at_the_operation_limit() {
+        let s = set();
+        let rule = s.compile("t", "t.rhai", "loop { }").unwrap();
+        let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
+        assert!(matches!(err, Error::Limit { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_huge_string_stops_at_the_size_limit() {
+        let s = set();
+        let rule = s
+            .compile("t", "t.rhai", "let s = \"x\"; loop { s += s; }")
+            .unwrap();
+        let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
+        assert!(matches!(err, Error::Limit { .. }), "{err}");
+    }
+
+    #[test]
+    fn deep_recursion_stops_at_the_call_limit() {
+        let s = set();
+        let rule = s
+            .compile("t", "t.rhai", "fn f(n) { f(n + 1) } f(0)")
+            .unwrap();
+        let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
+        assert!(matches!(err, Error::Limit { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_rule_that_returns_a_number_is_an_error() {
+        let s = set();
+        let rule = s.compile("t", "t.rhai", "41 + 1").unwrap();
+        let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rule t.rhai must return true or false, but returned i64"
+        );
+    }
+}

@@ -1,0 +1,655 @@
+//! The store: every byte Schoolbell keeps, behind one narrow API over sled.
+//!
+//! Trees and their key layouts live here and nowhere else, so another
+//! engine can stand behind the same API later. Writes that must land
+//! together go through one `sled::Batch` on one tree (atomic), and callers
+//! that report a commit as durable call [`Store::flush`] first.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::records::{Record, Value};
+
+/// The schema this build writes. Bump it when a key layout changes.
+const SCHEMA_VERSION: u32 = 1;
+
+/// Key separator. Collection names, keys and field names may not hold it.
+const SEP: u8 = 0;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be opened.
+    #[error(
+        "cannot open the store at {}: {source}. Check that the folder is writable and that no other schoolbell process is using it",
+        path.display()
+    )]
+    Open {
+        /// The store's folder.
+        path: PathBuf,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// A read or write failed.
+    #[error("store I/O failed in tree `{tree}`: {source}")]
+    Io {
+        /// The tree.
+        tree: &'static str,
+        /// What sled said.
+        source: sled::Error,
+    },
+    /// Stored bytes do not decode.
+    #[error("stored data is corrupt in tree `{tree}` at key `{key}`: {reason}")]
+    Corrupt {
+        /// The tree.
+        tree: &'static str,
+        /// The key, printably.
+        key: String,
+        /// The decoding error.
+        reason: String,
+    },
+    /// The store was written by a newer build.
+    #[error(
+        "the store has schema version {found}, but this build reads up to {SCHEMA_VERSION}; upgrade schoolbell"
+    )]
+    Schema {
+        /// The version found on disk.
+        found: u32,
+    },
+    /// A name or key holds a character the key layout cannot.
+    #[error("{what} `{value}` holds a NUL character, which names and keys may not")]
+    BadName {
+        /// What the value is (collection, key, field).
+        what: &'static str,
+        /// The value, printably.
+        value: String,
+    },
+    /// A record lacks its collection's key field.
+    #[error("record {index} for collection `{collection}` has no value in its key field `{field}`")]
+    MissingKey {
+        /// The collection.
+        collection: String,
+        /// The key field.
+        field: String,
+        /// The record's position in the batch, from 1.
+        index: usize,
+    },
+    /// The collection has not been defined.
+    #[error("collection `{0}` does not exist; load records into it first")]
+    UnknownCollection(String),
+}
+
+/// Result alias for the store.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a collection is keyed and indexed.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct CollectionSpec {
+    /// The field whose value is each record's key.
+    pub key_field: String,
+    /// Secondary indexes, each a list of fields matched together
+    /// (for example last name + first name + birth date).
+    pub indexes: Vec<Vec<String>>,
+}
+
+/// The Schoolbell store.
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    collections: Typed<CollectionSpec>,
+    records: sled::Tree,
+    blobs: sled::Tree,
+    state: sled::Tree,
+    plugins: sled::Tree,
+    /// Record writes read old values to maintain indexes and counts; one
+    /// writer at a time keeps that read-modify-write consistent.
+    write_lock: Mutex<()>,
+}
+
+fn io(tree: &'static str) -> impl Fn(sled::Error) -> Error {
+    move |source| Error::Io { tree, source }
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<()> {
+    if value.as_bytes().contains(&SEP) {
+        return Err(Error::BadName {
+            what,
+            value: value.escape_debug().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(SEP);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The text an index stores for a set of fields: trimmed, lowercased,
+/// joined by a unit separator. None when any field is empty, so a record
+/// with a missing birth date never matches on name + birth date.
+pub fn index_text(record: &Record, fields: &[String]) -> Option<String> {
+    let mut parts = Vec::with_capacity(fields.len());
+    for f in fields {
+        let text = record.get(f).map(Value::to_key_text).unwrap_or_default();
+        let text = text.trim().to_lowercase();
+        if text.is_empty() {
+            return None;
+        }
+        parts.push(text);
+    }
+    Some(parts.join("\u{1f}"))
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|source| Error::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let tree = |name: &'static str| db.open_tree(name).map_err(io(name));
+        let store = Store {
+            meta: tree("meta")?,
+            collections: Typed::new("collections", tree("collections")?),
+            records: tree("records")?,
+            blobs: tree("blobs")?,
+            state: tree("task_state")?,
+            plugins: tree("plugins")?,
+            db,
+            write_lock: Mutex::new(()),
+        };
+        match store.meta.get("schema_version").map_err(io("meta"))? {
+            None => {
+                store
+                    .meta
+                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(io("meta"))?;
+            }
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
+                        tree: "meta",
+                        key: "schema_version".into(),
+                        reason: format!("{} bytes, expected 4", v.len()),
+                    })?);
+                if found > SCHEMA_VERSION {
+                    return Err(Error::Schema { found });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// Writes everything to disk. Call before reporting a commit as durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(io("db"))?;
+        Ok(())
+    }
+
+    // ----- collections and records -----
+
+    /// Defines a collection, or updates its indexes (rebuilding them).
+    pub fn define_collection(&self, name: &str, spec: &CollectionSpec) -> Result<()> {
+        check_name("collection", name)?;
+        check_name("field", &spec.key_field)?;
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.collections.get(name.as_bytes())?;
+        if old.as_ref() == Some(spec) {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        // Drop the old index entries, then write the new ones.
+        for item in self.records.scan_prefix(key(&[b"i", name.as_bytes(), b""])) {
+            let (k, _) = item.map_err(io("records"))?;
+            batch.remove(k);
+        }
+        for item in self.records.scan_prefix(key(&[b"r", name.as_bytes(), b""])) {
+            let (k, v) = item.map_err(io("records"))?;
+            let record: Record = decode("records", &k, &v)?;
+            let rkey = &k[name.len() + 3..];
+            for (ik, iv) in index_entries(name, spec, &record, rkey) {
+                batch.insert(ik, iv);
+            }
+        }
+        self.records.apply_batch(batch).map_err(io("records"))?;
+        self.collections.put(name.as_bytes(), spec)
+    }
+
+    /// A collection's spec, if it exists.
+    pub fn collection(&self, name: &str) -> Result<Option<CollectionSpec>> {
+        self.collections.get(name.as_bytes())
+    }
+
+    /// The names of all collections.
+    pub fn collection_names(&self) -> Result<Vec<String>> {
+        self.collections.keys()
+    }
+
+    /// Inserts or replaces records, atomically: all of them land, with their
+    /// index entries and the collection's count, or none does.
+    pub fn put_records(&self, collection: &str, records: &[Record]) -> Result<usize> {
+        let spec = self
+            .collection(collection)?
+            .ok_or_else(|| Error::UnknownCollection(collection.into()))?;
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut added: u64 = 0;
+        let mut pending = std::collections::HashSet::new();
+        for (i, record) in records.iter().enumerate() {
+            let rkey = match record.get(&spec.key_field) {
+                Some(v) if !matches!(v, Value::Null) => v.to_key_text(),
+                _ => {
+                    return Err(Error::MissingKey {
+                        collection: collection.into(),
+                        field: spec.key_field.clone(),
+                        index: i + 1,
+                    });
+                }
+            };
+            check_name("key", &rkey)?;
+            let k = key(&[b"r", collection.as_bytes(), rkey.as_bytes()]);
+            match self.records.get(&k).map_err(io("records"))? {
+                Some(old) => {
+                    let old: Record = decode("records", &k, &old)?;
+                    for (ik, _) in index_entries(collection, &spec, &old, rkey.as_bytes()) {
+                        batch.remove(ik);
+                    }
+                }
+                None => {
+                    if pending.insert(rkey.clone()) {
+                        added += 1;
+                    }
+                }
+            }
+            for (ik, iv) in index_entries(collection, &spec, record, rkey.as_bytes()) {
+                batch.insert(ik, iv);
+            }
+            batch.insert(k, encode(record));
+        }
+        let count_key = key(&[b"c", collection.as_bytes()]);
+        let count = self.read_count(&count_key)? + added;
+        batch.insert(count_key, &count.to_be_bytes());
+        self.records.apply_batch(batch).map_err(io("records"))?;
+        Ok(records.len())
+    }
+
+    fn read_count(&self, count_key: &[u8]) -> Result<u64> {
+        Ok(match self.records.get(count_key).map_err(io("records"))? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
+                tree: "records",
+                key: String::from_utf8_lossy(count_key).into(),
+                reason: "count is not 8 bytes".into(),
+            })?),
+            None => 0,
+        })
+    }
+
+    /// One record by key.
+    pub fn get_record(&self, collection: &str, record_key: &str) -> Result<Option<Record>> {
+        let k = key(&[b"r", collection.as_bytes(), record_key.as_bytes()]);
+        self.records
+            .get(&k)
+            .map_err(io("records"))?
+            .map(|v| decode("records", &k, &v))
+            .transpose()
+    }
+
+    /// Up to `limit` records after the key `after`, in key order, and the
+    /// cursor for the next page (none at the end).
+    pub fn scan_records(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Record>, Option<String>)> {
+        let prefix = key(&[b"r", collection.as_bytes(), b""]);
+        let start = match after {
+            // The smallest key greater than `after`: `after` followed by 0.
+            Some(a) => {
+                let mut k = key(&[b"r", collection.as_bytes(), a.as_bytes()]);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for item in self.records.range(start..) {
+            let (k, v) = item.map_err(io("records"))?;
+            if !k.starts_with(&prefix) {
+                return Ok((out, None));
+            }
+            if out.len() == limit {
+                return Ok((out, last));
+            }
+            last = Some(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            out.push(decode("records", &k, &v)?);
+        }
+        Ok((out, None))
+    }
+
+    /// The number of records in a collection.
+    pub fn count_records(&self, collection: &str) -> Result<u64> {
+        self.read_count(&key(&[b"c", collection.as_bytes()]))
+    }
+
+    /// Keys of the records whose `fields` match `record`'s values for them
+    /// (trimmed, case-insensitive), through the collection's index on those
+    /// fields. Errors if no such index exists.
+    pub fn find_by_index(
+        &self,
+        collection: &str,
+        fields: &[String],
+        record: &Record,
+    ) -> Result<Vec<String>> {
+        let Some(text) = index_text(record, fields) else {
+            return Ok(Vec::new());
+        };
+        let name = fields.join("+");
+        let mut prefix = key(&[
+            b"i",
+            collection.as_bytes(),
+            name.as_bytes(),
+            text.as_bytes(),
+        ]);
+        prefix.push(SEP);
+        let mut keys = Vec::new();
+        for item in self.records.scan_prefix(&prefix) {
+            let (k, _) = item.map_err(io("records"))?;
+            keys.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(keys)
+    }
+
+    // ----- plugins -----
+
+    /// The plugin registry: name to entry.
+    pub fn plugins<T: Serialize + DeserializeOwned>(&self) -> Typed<T> {
+        Typed::new("plugins", self.plugins.clone())
+    }
+
+    /// Stores a component's bytes under their content hash. Returns false
+    /// if the same bytes were already stored.
+    pub fn put_blob(&self, hash: &str, bytes: &[u8]) -> Result<bool> {
+        let old = self
+            .blobs
+            .insert(hash.as_bytes(), bytes)
+            .map_err(io("blobs"))?;
+        Ok(old.is_none())
+    }
+
+    /// A stored component's bytes.
+    pub fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .blobs
+            .get(hash.as_bytes())
+            .map_err(io("blobs"))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Removes a stored component's bytes.
+    pub fn remove_blob(&self, hash: &str) -> Result<()> {
+        self.blobs.remove(hash.as_bytes()).map_err(io("blobs"))?;
+        Ok(())
+    }
+
+    // ----- per-task state -----
+
+    /// A task's state value.
+    pub fn task_state(&self, task: &str, state_key: &str) -> Result<Option<String>> {
+        let k = key(&[task.as_bytes(), state_key.as_bytes()]);
+        Ok(self
+            .state
+            .get(k)
+            .map_err(io("task_state"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Applies a run's state writes atomically (none clears a key).
+    pub fn apply_task_state(&self, task: &str, writes: &[(String, Option<String>)]) -> Result<()> {
+        check_name("task", task)?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            check_name("state key", k)?;
+            let k = key(&[task.as_bytes(), k.as_bytes()]);
+            match v {
+                Some(v) => batch.insert(k, v.as_bytes()),
+                None => batch.remove(k),
+            }
+        }
+        self.state.apply_batch(batch).map_err(io("task_state"))
+    }
+}
+
+fn index_entries(
+    collection: &str,
+    spec: &CollectionSpec,
+    record: &Record,
+    rkey: &[u8],
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    spec.indexes
+        .iter()
+        .filter_map(|fields| {
+            let text = index_text(record, fields)?;
+            let name = fields.join("+");
+            Some((
+                key(&[
+                    b"i",
+                    collection.as_bytes(),
+                    name.as_bytes(),
+                    text.as_bytes(),
+                    rkey,
+                ]),
+                Vec::new(),
+            ))
+        })
+        .collect()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard only fails on a full fixed buffer or an unsupported serde
+    // feature; neither can happen with `to_allocvec` on our own types.
+    postcard::to_allocvec(value).expect("postcard encodes store types")
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, k: &[u8], v: &[u8]) -> Result<T> {
+    postcard::from_bytes(v).map_err(|e| Error::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(k).replace('\0', "/"),
+        reason: e.to_string(),
+    })
+}
+
+/// A tree of one serde type, keyed by name.
+pub struct Typed<T> {
+    name: &'static str,
+    tree: sled::Tree,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Typed<T> {
+    fn new(name: &'static str, tree: sled::Tree) -> Self {
+        Typed {
+            name,
+            tree,
+            _type: PhantomData,
+        }
+    }
+
+    /// The value under `k`.
+    pub fn get(&self, k: &[u8]) -> Result<Option<T>> {
+        self.tree
+            .get(k)
+            .map_err(io(self.name))?
+            .map(|v| decode(self.name, k, &v))
+            .transpose()
+    }
+
+    /// Stores `value` under `k`.
+    pub fn put(&self, k: &[u8], value: &T) -> Result<()> {
+        self.tree.insert(k, encode(value)).map_err(io(self.name))?;
+        Ok(())
+    }
+
+    /// Removes `k`; returns whether it was there.
+    pub fn remove(&self, k: &[u8]) -> Result<bool> {
+        Ok(self.tree.remove(k).map_err(io(self.name))?.is_some())
+    }
+
+    /// Every value, in key order.
+    pub fn all(&self) -> Result<Vec<T>> {
+        self.tree
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(io(self.name))?;
+                decode(self.name, &k, &v)
+            })
+            .collect()
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> Result<Vec<String>> {
+        self.tree
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k.map_err(io(self.name))?).into_owned()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Date;
+
+    fn student(id: &str, last: &str, first: &str, birth: &str) -> Record {
+        let mut r = Record::new();
+        r.insert("student-id".into(), Value::Text(id.into()));
+        r.insert("last-name".into(), Value::Text(last.into()));
+        r.insert("first-name".into(), Value::Text(first.into()));
+        r.insert(
+            "birth-date".into(),
+            Value::Date(Date::parse(birth).unwrap()),
+        );
+        r
+    }
+
+    fn spec() -> CollectionSpec {
+        CollectionSpec {
+            key_field: "student-id".into(),
+            indexes: vec![vec![
+                "last-name".into(),
+                "first-name".into(),
+                "birth-date".into(),
+            ]],
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen_with_counts_and_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.define_collection("students", &spec()).unwrap();
+            store
+                .put_records(
+                    "students",
+                    &[
+                        student("1", "Ng", "Ann", "2010-01-02"),
+                        student("2", "Ng", "Bo", "2011-03-04"),
+                    ],
+                )
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.count_records("students").unwrap(), 2);
+        let probe = student("x", " NG ", "ann", "2010-01-02");
+        let fields = spec().indexes[0].clone();
+        assert_eq!(
+            store.find_by_index("students", &fields, &probe).unwrap(),
+            vec!["1".to_string()]
+        );
+    }
+
+    #[test]
+    fn replacing_a_record_moves_its_index_entry_and_keeps_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.define_collection("students", &spec()).unwrap();
+        store
+            .put_records("students", &[student("1", "Ng", "Ann", "2010-01-02")])
+            .unwrap();
+        store
+            .put_records("students", &[student("1", "Li", "Ann", "2010-01-02")])
+            .unwrap();
+        let fields = spec().indexes[0].clone();
+        assert!(
+            store
+                .find_by_index("students", &fields, &student("", "Ng", "Ann", "2010-01-02"))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .find_by_index("students", &fields, &student("", "Li", "Ann", "2010-01-02"))
+                .unwrap(),
+            ["1"]
+        );
+        assert_eq!(store.count_records("students").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_batch_with_a_keyless_record_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.define_collection("students", &spec()).unwrap();
+        let mut bad = student("3", "A", "B", "2010-01-01");
+        bad.remove("student-id");
+        let err = store
+            .put_records("students", &[student("1", "Ng", "Ann", "2010-01-02"), bad])
+            .unwrap_err();
+        assert!(err.to_string().contains("record 2"), "{err}");
+        assert_eq!(store.count_records("students").unwrap(), 0);
+        assert!(store.get_record("students", "1").unwrap().is_none());
+    }
+
+    #[test]
+    fn pages_walk_a_collection_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.define_collection("students", &spec()).unwrap();
+        let all: Vec<Record> = (0..25)
+            .map(|i| student(&format!("{i:03}"), "L", "F", "2010-01-01"))
+            .collect();
+        store.put_records("students", &all).unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = store
+                .scan_records("students", cursor.as_deref(), 10)
+                .unwrap();
+            seen.extend(page.into_iter().map(|r| r["student-id"].to_key_text()));
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..25).map(|i| format!("{i:03}")).collect();
+        assert_eq!(seen, expected);
+    }
+}

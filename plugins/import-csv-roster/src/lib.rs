@@ -1,0 +1,380 @@
+//! A CSV student roster, mapped through a column map the task configures.
+//!
+//! The file streams through `csv-core`, so only the current row is held
+//! between chunks whatever the file's size. Quoted fields, CRLF line ends
+//! and a UTF-8 byte-order mark are handled; Windows-1252 files are decoded
+//! when the task says so.
+
+use std::cell::RefCell;
+
+use csv_core::{ReadFieldResult, Reader, ReaderBuilder};
+use schoolbell_plugin_sdk::mapping::*;
+
+const DEFAULT_COLUMNS: &str = "student-id=Student ID; last-name=Last Name; first-name=First Name; \
+     birth-date=Birth Date:date; gender=Gender?; grade=Grade:integer?; campus=Campus?; ssn=SSN?";
+
+struct Plugin;
+
+impl PluginGuest for Plugin {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "import-csv-roster".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::ImportMapping,
+            description: "Maps a CSV student roster into student records.".into(),
+            params: vec![
+                param_spec(
+                    "columns",
+                    ValueType::Text,
+                    Some(Value::Text(DEFAULT_COLUMNS.into())),
+                    "Column map: `field=Header[:type][?]` entries separated by `;`. Types: text (default), integer, date. `?` marks a column optional.",
+                ),
+                param_spec(
+                    "delimiter",
+                    ValueType::Text,
+                    Some(Value::Text(",".into())),
+                    "The field separator: one character.",
+                ),
+                param_spec(
+                    "encoding",
+                    ValueType::Text,
+                    Some(Value::Text("utf-8".into())),
+                    "The file's encoding: `utf-8` (a byte-order mark is allowed) or `windows-1252`.",
+                ),
+            ],
+            capabilities: vec![Capability::WriteCollection("students".into())],
+        }
+    }
+}
+
+impl MappingGuest for Plugin {
+    type Mapper = Roster;
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Text,
+    Integer,
+    Date,
+}
+
+struct Column {
+    field: String,
+    header: String,
+    kind: Kind,
+    required: bool,
+    /// The column's position in the file, once the header is read.
+    index: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Utf8,
+    Windows1252,
+}
+
+/// The state of one file. Lives in a `RefCell` because WIT resources are
+/// called through `&self`.
+pub struct Roster(RefCell<State>);
+
+struct State {
+    reader: Reader,
+    columns: Vec<Column>,
+    encoding: Encoding,
+    header_read: bool,
+    at_start: bool,
+    field: Vec<u8>,
+    record: Vec<Vec<u8>>,
+    record_line: u64,
+}
+
+fn parse_columns(spec: &str) -> Result<Vec<Column>, PluginError> {
+    let mut columns = Vec::new();
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (field, rest) = entry.split_once('=').ok_or_else(|| {
+            PluginError::BadInput(format!(
+                "parameter `columns`: entry `{entry}` has no `=`; write `field=Header`"
+            ))
+        })?;
+        let (rest, required) = match rest.trim().strip_suffix('?') {
+            Some(r) => (r, false),
+            None => (rest.trim(), true),
+        };
+        let (header, kind) = match rest.rsplit_once(':') {
+            Some((h, "date")) => (h, Kind::Date),
+            Some((h, "integer")) => (h, Kind::Integer),
+            Some((h, "text")) => (h, Kind::Text),
+            Some((_, other)) => {
+                return Err(PluginError::BadInput(format!(
+                    "parameter `columns`: entry `{entry}` has unknown type `{other}`; use text, integer or date"
+                )));
+            }
+            None => (rest, Kind::Text),
+        };
+        columns.push(Column {
+            field: field.trim().into(),
+            header: header.trim().into(),
+            kind,
+            required,
+            index: None,
+        });
+    }
+    if columns.is_empty() {
+        return Err(PluginError::BadInput(
+            "parameter `columns` maps no column".into(),
+        ));
+    }
+    Ok(columns)
+}
+
+impl GuestMapper for Roster {
+    fn open(params: Vec<Param>) -> Result<Mapper, PluginError> {
+        let columns = parse_columns(&text_param(&params, "columns")?)?;
+        let delimiter = match text_param(&params, "delimiter")?.as_bytes() {
+            [b] => *b,
+            b"\\t" => b'\t',
+            _ => {
+                return Err(PluginError::BadInput(
+                    "parameter `delimiter` must be one ASCII character".into(),
+                ));
+            }
+        };
+        let encoding = match text_param(&params, "encoding")?
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "utf-8" | "utf8" => Encoding::Utf8,
+            "windows-1252" | "cp1252" => Encoding::Windows1252,
+            other => {
+                return Err(PluginError::BadInput(format!(
+                    "parameter `encoding`: `{other}` is not supported; use utf-8 or windows-1252"
+                )));
+            }
+        };
+        Ok(Mapper::new(Roster(RefCell::new(State {
+            reader: ReaderBuilder::new().delimiter(delimiter).build(),
+            columns,
+            encoding,
+            header_read: false,
+            at_start: true,
+            field: Vec::new(),
+            record: Vec::new(),
+            record_line: 1,
+        }))))
+    }
+
+    fn feed(&self, chunk: Vec<u8>) -> Result<Batch, MappingError> {
+        let mut state = self.0.borrow_mut();
+        let mut input = &chunk[..];
+        if state.at_start && !input.is_empty() {
+            state.at_start = false;
+            input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
+        }
+        state.read(input, false)
+    }
+
+    fn finish(&self) -> Result<Batch, MappingError> {
+        let mut state = self.0.borrow_mut();
+        let batch = state.read(&[], true)?;
+        if !state.header_read {
+            return Err(MappingError::Header(HeaderError {
+                column: state.columns[0].header.clone(),
+                message: "the file is empty: it has no header row".into(),
+            }));
+        }
+        Ok(batch)
+    }
+}
+
+impl State {
+    fn read(&mut self, mut input: &[u8], eof: bool) -> Result<Batch, MappingError> {
+        let mut batch = Batch {
+            rows: Vec::new(),
+            errors: Vec::new(),
+        };
+        let mut out = [0u8; 4096];
+        loop {
+            let (result, nin, nout) = self.reader.read_field(input, &mut out);
+            input = &input[nin..];
+            self.field.extend_from_slice(&out[..nout]);
+            match result {
+                ReadFieldResult::InputEmpty if !eof => return Ok(batch),
+                ReadFieldResult::InputEmpty | ReadFieldResult::OutputFull => {}
+                ReadFieldResult::Field { record_end } => {
+                    let field = std::mem::take(&mut self.field);
+                    self.record.push(field);
+                    if record_end {
+                        self.end_record(&mut batch)?;
+                    }
+                }
+                ReadFieldResult::End => return Ok(batch),
+            }
+        }
+    }
+
+    fn end_record(&mut self, batch: &mut Batch) -> Result<(), MappingError> {
+        let record = std::mem::take(&mut self.record);
+        let line = self.record_line;
+        // csv-core counts lines from 1 and has consumed this record's end,
+        // so its line is where the next record starts.
+        self.record_line = self.reader.line();
+        // A blank line is one empty field: skip it, as spreadsheets write them.
+        if record.len() == 1 && record[0].is_empty() {
+            return Ok(());
+        }
+        if !self.header_read {
+            self.header_read = true;
+            return self.read_header(&record);
+        }
+        let mut fields = Vec::with_capacity(self.columns.len());
+        let mut row_ok = true;
+        for column in &self.columns {
+            let Some(index) = column.index else { continue };
+            let raw = match record.get(index) {
+                Some(raw) => raw,
+                None => {
+                    batch.errors.push(RowError {
+                        line,
+                        field: Some(column.header.clone()),
+                        message: format!(
+                            "the row has {} fields; column `{}` is missing",
+                            record.len(),
+                            column.header
+                        ),
+                    });
+                    row_ok = false;
+                    continue;
+                }
+            };
+            match self.value(column, raw) {
+                Ok(value) => fields.push(Field {
+                    name: column.field.clone(),
+                    value,
+                }),
+                Err(message) => {
+                    batch.errors.push(RowError {
+                        line,
+                        field: Some(column.header.clone()),
+                        message,
+                    });
+                    row_ok = false;
+                }
+            }
+        }
+        if row_ok {
+            batch.rows.push(MappedRow { line, fields });
+        }
+        Ok(())
+    }
+
+    fn read_header(&mut self, record: &[Vec<u8>]) -> Result<(), MappingError> {
+        let names: Vec<String> = record
+            .iter()
+            .map(|raw| self.decode(raw).unwrap_or_default().trim().to_string())
+            .collect();
+        for column in &mut self.columns {
+            let mut found = names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.eq_ignore_ascii_case(&column.header));
+            column.index = found.next().map(|(i, _)| i);
+            if found.next().is_some() {
+                return Err(MappingError::Header(HeaderError {
+                    column: column.header.clone(),
+                    message: format!(
+                        "column `{}` appears more than once in the header",
+                        column.header
+                    ),
+                }));
+            }
+            if column.index.is_none() && column.required {
+                return Err(MappingError::Header(HeaderError {
+                    column: column.header.clone(),
+                    message: format!(
+                        "required column `{}` is missing from the header (found: {})",
+                        column.header,
+                        names.join(", ")
+                    ),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(&self, raw: &[u8]) -> Result<String, String> {
+        match self.encoding {
+            Encoding::Utf8 => String::from_utf8(raw.to_vec()).map_err(|e| {
+                format!(
+                    "invalid UTF-8 at byte {}; if the file comes from Excel on Windows, set the task's encoding to windows-1252",
+                    e.utf8_error().valid_up_to()
+                )
+            }),
+            Encoding::Windows1252 => Ok(raw.iter().map(|&b| windows_1252(b)).collect()),
+        }
+    }
+
+    fn value(&self, column: &Column, raw: &[u8]) -> Result<Value, String> {
+        let text = self.decode(raw)?;
+        let text = text.trim();
+        if text.is_empty() {
+            return if column.required {
+                Err(format!("required field `{}` is empty", column.header))
+            } else {
+                Ok(Value::Null)
+            };
+        }
+        match column.kind {
+            Kind::Text => Ok(Value::Text(text.to_string())),
+            Kind::Integer => text
+                .parse()
+                .map(Value::Integer)
+                .map_err(|_| format!("`{text}` in `{}` is not a whole number", column.header)),
+            Kind::Date => parse_date(text).map(Value::Date).ok_or_else(|| {
+                format!(
+                    "`{text}` in `{}` is not a date; write YYYY-MM-DD or MM/DD/YYYY",
+                    column.header
+                )
+            }),
+        }
+    }
+}
+
+fn parse_date(text: &str) -> Option<Date> {
+    let (year, month, day) = if let Some((y, rest)) = text.split_once('-') {
+        let (m, d) = rest.split_once('-')?;
+        (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?)
+    } else {
+        let mut parts = text.split('/');
+        let (m, d, y) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?)
+    };
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    (1..=days)
+        .contains(&day)
+        .then_some(Date { year, month, day })
+}
+
+/// Windows-1252 differs from Latin-1 only in 0x80..=0x9F.
+fn windows_1252(b: u8) -> char {
+    const HIGH: [char; 32] = [
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8D}', 'Ž',
+        '\u{8F}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9D}',
+        'ž', 'Ÿ',
+    ];
+    match b {
+        0x80..=0x9F => HIGH[(b - 0x80) as usize],
+        _ => b as char,
+    }
+}
+
+export_mapping!(Plugin);

@@ -1,0 +1,96 @@
+//! Test-only hostile guest. Each value of the `behaviour` parameter breaks
+//! a different rule; the host's tests show that each fails its own run with
+//! a clear error while the host goes on serving the next one.
+
+use std::hint::black_box;
+
+use schoolbell_plugin_sdk::notifier::*;
+
+struct Plugin;
+
+impl PluginGuest for Plugin {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "test-hostile".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::Notifier,
+            description: "Misbehaves on purpose (tests only).".into(),
+            params: vec![param_spec(
+                "behaviour",
+                ValueType::Text,
+                None,
+                "loop, memory, recursion, panic, huge-output, undeclared, ambient or well",
+            )],
+            capabilities: vec![Capability::ReadCollection("attendance".into())],
+        }
+    }
+}
+
+fn recurse(depth: u64) -> u64 {
+    // black_box keeps the optimiser from turning this into a loop, and the
+    // unreachable base case keeps rustc's recursion lint quiet.
+    if black_box(depth) == u64::MAX {
+        return 0;
+    }
+    depth + recurse(black_box(depth + 1))
+}
+
+impl NotifierGuest for Plugin {
+    fn run(params: Vec<Param>) -> Result<Vec<Notification>, PluginError> {
+        let note = |subject: String| Notification {
+            recipient: Recipient::NotificationGroup,
+            subject,
+            body: String::new(),
+            dedupe_key: String::new(),
+        };
+        match text_param(&params, "behaviour")?.as_str() {
+            "loop" => {
+                let mut n = 0u64;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "recursion" => Ok(vec![note(recurse(0).to_string())]),
+            "panic" => panic!("test-hostile panicked on purpose"),
+            "huge-output" => {
+                let line = "x".repeat(1023);
+                for _ in 0..8192 {
+                    println!("{line}");
+                }
+                for i in 0..20_000 {
+                    log(Level::Info, &format!("log line {i}"));
+                }
+                Ok((0..150_000).map(|i| note(format!("n{i}"))).collect())
+            }
+            "undeclared" => {
+                let page = host::read_records("staff", None, 10)?;
+                Ok(vec![note(format!(
+                    "read {} staff records",
+                    page.records.len()
+                ))])
+            }
+            "ambient" => {
+                // Reports what the sandbox let it see: nothing, if it holds.
+                let files = std::fs::read_dir("/").map(|d| d.count()).unwrap_or(0);
+                let env = std::env::vars().count();
+                let args = std::env::args().count();
+                let net = std::net::TcpStream::connect("127.0.0.1:22").is_ok();
+                Ok(vec![note(format!(
+                    "files={files} env={env} args={args} net={net}"
+                ))])
+            }
+            "well" => Ok(vec![note("behaved".into())]),
+            other => Err(PluginError::BadInput(format!(
+                "unknown behaviour `{other}`"
+            ))),
+        }
+    }
+}
+
+export_notifier!(Plugin);
