@@ -85,7 +85,9 @@ struct State {
     at_start: bool,
     field: Vec<u8>,
     record: Vec<Vec<u8>>,
-    record_line: u64,
+    /// `\n` bytes consumed so far.
+    newlines: u64,
+    ended_on_newline: bool,
 }
 
 fn parse_columns(spec: &str) -> Result<Vec<Column>, PluginError> {
@@ -159,7 +161,8 @@ impl GuestMapper for Roster {
             at_start: true,
             field: Vec::new(),
             record: Vec::new(),
-            record_line: 1,
+            newlines: 0,
+            ended_on_newline: false,
         }))))
     }
 
@@ -195,6 +198,11 @@ impl State {
         let mut out = [0u8; 4096];
         loop {
             let (result, nin, nout) = self.reader.read_field(input, &mut out);
+            let consumed = &input[..nin];
+            self.newlines += consumed.iter().filter(|&&b| b == b'\n').count() as u64;
+            // A record ends on `\n`, on the `\r` of a CRLF (whose `\n` the
+            // next read consumes), or at the end of the file.
+            self.ended_on_newline = consumed.last() == Some(&b'\n');
             input = &input[nin..];
             self.field.extend_from_slice(&out[..nout]);
             match result {
@@ -214,10 +222,13 @@ impl State {
 
     fn end_record(&mut self, batch: &mut Batch) -> Result<(), MappingError> {
         let record = std::mem::take(&mut self.record);
-        let line = self.record_line;
-        // csv-core counts lines from 1 and has consumed this record's end,
-        // so its line is where the next record starts.
-        self.record_line = self.reader.line();
+        // The line the record ends on: the same as where it starts, except
+        // for a quoted field that spans lines.
+        let line = if self.ended_on_newline {
+            self.newlines
+        } else {
+            self.newlines + 1
+        };
         // A blank line is one empty field: skip it, as spreadsheets write them.
         if record.len() == 1 && record[0].is_empty() {
             return Ok(());

@@ -1,0 +1,105 @@
+//! Helpers shared by the end-to-end tests: the repository's paths, the
+//! built plugins, and a temporary data directory driving the real binary.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn built(dir: &str, name: &str, how: &str) -> PathBuf {
+    let path = root().join("target").join(dir).join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first with `{how}` (xtask/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A plugin built by the standard toolchain.
+pub fn plugin(name: &str) -> PathBuf {
+    built("plugins", name, "xtask/build-plugins")
+}
+
+/// A plugin built by the registry-only fallback toolchain.
+pub fn fallback_plugin(name: &str) -> PathBuf {
+    built(
+        "plugins-fallback",
+        name,
+        "SCHOOLBELL_GUEST_TOOLCHAIN=debian SCHOOLBELL_PLUGIN_OUT=target/plugins-fallback xtask/build-plugins",
+    )
+}
+
+/// A temporary data directory and the binary to drive over it.
+pub struct Sb {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sb {
+    pub fn new() -> Sb {
+        Sb {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_schoolbell"));
+        c.arg("--data")
+            .arg(self.data())
+            .arg("--rules")
+            .arg(root().join("rules"));
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs the binary; returns its output whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Runs the binary and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "schoolbell {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the binary and expects failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "schoolbell {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Writes a file in the temporary directory and returns its path.
+    pub fn file(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
