@@ -642,6 +642,19 @@ impl PluginHost {
         self.load(name).map(|_| ())
     }
 
+    /// Instantiates an installed plugin into a fresh store and drops it,
+    /// without calling it: what every run pays before the plugin's code
+    /// starts. The benchmark measures this.
+    pub fn instantiate_only(&self, name: &str) -> Result<(), Error> {
+        let loaded = self.load(name)?;
+        let mut store = self.new_store(&loaded.entry, &RunRequest::default(), Record::new());
+        let result = match &loaded.pre {
+            WorldPre::Notifier(p) => p.instantiate(&mut store).map(drop),
+            WorldPre::Mapping(p) => p.instantiate(&mut store).map(drop),
+        };
+        result.map_err(|trap| trap_error(&loaded.entry.id(), &mut store, trap))
+    }
+
     fn new_store(
         &self,
         entry: &PluginEntry,

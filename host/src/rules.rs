@@ -122,6 +122,7 @@ thread_local! {
 /// deadline checked through `on_progress`.
 pub fn engine(limits: &RuleLimits) -> Engine {
     use rhai::packages::{Package, StandardPackage};
+    #[allow(clippy::disallowed_methods)] // This is the one place.
     let mut engine = Engine::new_raw();
     engine.register_global_module(StandardPackage::new().as_shared_module());
     engine
@@ -406,6 +407,10 @@ fn explain(rule: &Rule, scope: &Scope) -> String {
             None if value.is_map() => continue,
             None => value,
         };
+        // An empty text parameter is an unset filter: it decided nothing.
+        if field.is_some() && value.is_string() && value.to_string().is_empty() {
+            continue;
+        }
         let shown = if value.is_string() {
             format!("{:?}", value.to_string())
         } else {

@@ -171,6 +171,7 @@ impl Sandbox {
             .max_wasm_stack(1 << 20)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        #[allow(clippy::disallowed_methods)] // This is the one place.
         let engine = Engine::new(&wasm).map_err(engine_error)?;
 
         let mut linker = Linker::new(&engine);
@@ -215,6 +216,7 @@ impl Sandbox {
     /// The store for one run, with its memory limit, deadline and
     /// cancellation wired to the epoch.
     pub(crate) fn store(&self, state: RunState) -> Store<RunState> {
+        #[allow(clippy::disallowed_methods)] // This is the one place.
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
