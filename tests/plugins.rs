@@ -417,3 +417,38 @@ fn the_demo_runs_the_shipped_plugins_over_the_demo_data() {
         "{again}"
     );
 }
+
+#[test]
+fn rows_split_across_chunks_map_whole_wherever_the_boundary_falls() {
+    // The host feeds mappings 64 KiB at a time. Put a delimiter exactly at
+    // the end of the first chunk (the case that once ended a row early),
+    // and let later boundaries fall wherever they fall.
+    let header = "Student ID,Last Name,First Name,Birth Date\n";
+    let rows: Vec<String> = (0..6000)
+        .map(|i| format!("S{i:05},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28))
+        .collect();
+    let unpadded = format!("{header}{}", rows.concat());
+    let last_comma = unpadded[..65536].rfind(',').unwrap();
+    let pad = "x".repeat(65535 - last_comma);
+    let mut rows = rows;
+    rows[0] = format!("S00000,Last0{pad},First0,2010-01-01\n");
+    let csv = format!("{header}{}", rows.concat());
+    assert_eq!(csv.as_bytes()[65535], b',');
+
+    let sb = Sb::new();
+    sb.ok(&[
+        "plugin",
+        "install",
+        "--grant-all",
+        s(&plugin("import-csv-roster")),
+    ]);
+    let file = sb.file("big.csv", csv);
+    let out = sb.ok(&[
+        "import", "file", "import-csv-roster", s(&file), "--into", "students", "--key", "student-id",
+        "--param", "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date",
+    ]);
+    assert!(
+        out.contains("6000 rows stored in `students`, 0 rows refused"),
+        "{out}"
+    );
+}

@@ -192,7 +192,7 @@ fn main() {
             )
             .unwrap();
         wasm_best = wasm_best.min(t.elapsed());
-        assert_eq!(rows, ROWS);
+        assert_eq!(rows, ROWS, "errors: {:?}", outcome.errors.first());
         assert!(outcome.errors.is_empty(), "{:?}", &outcome.errors[..1]);
     }
     let mut native_best = Duration::MAX;

@@ -197,6 +197,11 @@ impl State {
         };
         let mut out = [0u8; 4096];
         loop {
+            // csv-core reads an empty input as the end of the file, so a
+            // chunk that is used up must wait for the next one.
+            if input.is_empty() && !eof {
+                return Ok(batch);
+            }
             let (result, nin, nout) = self.reader.read_field(input, &mut out);
             let consumed = &input[..nin];
             self.newlines += consumed.iter().filter(|&&b| b == b'\n').count() as u64;
@@ -206,7 +211,6 @@ impl State {
             input = &input[nin..];
             self.field.extend_from_slice(&out[..nout]);
             match result {
-                ReadFieldResult::InputEmpty if !eof => return Ok(batch),
                 ReadFieldResult::InputEmpty | ReadFieldResult::OutputFull => {}
                 ReadFieldResult::Field { record_end } => {
                     let field = std::mem::take(&mut self.field);
