@@ -6,6 +6,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
+pub mod schedule;
 pub mod plugins;
 pub mod records;
 pub mod rules;
