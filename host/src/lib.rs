@@ -6,8 +6,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
-pub mod schedule;
 pub mod plugins;
 pub mod records;
 pub mod rules;
+pub mod schedule;
 pub mod store;

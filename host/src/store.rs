@@ -14,6 +14,10 @@ use serde::de::DeserializeOwned;
 
 use crate::records::{Record, Value};
 
+mod scheduling;
+
+pub use scheduling::{QueueKey, RunId};
+
 /// The schema this build writes. Bump it when a key layout changes.
 const SCHEMA_VERSION: u32 = 1;
 
@@ -105,12 +109,21 @@ pub struct Store {
     blobs: sled::Tree,
     state: sled::Tree,
     plugins: sled::Tree,
+    tasks: sled::Tree,
+    due: sled::Tree,
+    queue: sled::Tree,
+    runs: sled::Tree,
+    finished: sled::Tree,
+    messages: sled::Tree,
+    message_status: sled::Tree,
+    users: sled::Tree,
+    tokens: sled::Tree,
     /// Record writes read old values to maintain indexes and counts; one
     /// writer at a time keeps that read-modify-write consistent.
     write_lock: Mutex<()>,
 }
 
-fn io(tree: &'static str) -> impl Fn(sled::Error) -> Error {
+pub(crate) fn io(tree: &'static str) -> impl Fn(sled::Error) -> Error {
     move |source| Error::Io { tree, source }
 }
 
@@ -154,13 +167,26 @@ pub fn index_text(record: &Record, fields: &[String]) -> Option<String> {
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|source| Error::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        // sled's flusher thread lets go of the file lock a moment after the
+        // last handle drops, so a reopen in the same process may wait briefly.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && tries < 100 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(Error::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    });
+                }
+            }
+        };
         let tree = |name: &'static str| db.open_tree(name).map_err(io(name));
         let store = Store {
             meta: tree("meta")?,
@@ -169,6 +195,15 @@ impl Store {
             blobs: tree("blobs")?,
             state: tree("task_state")?,
             plugins: tree("plugins")?,
+            tasks: tree("tasks")?,
+            due: tree("tasks_by_due")?,
+            queue: tree("queue")?,
+            runs: tree("runs")?,
+            finished: tree("runs_by_finish")?,
+            messages: tree("run_messages")?,
+            message_status: tree("run_messages_by_status")?,
+            users: tree("users")?,
+            tokens: tree("tokens")?,
             db,
             write_lock: Mutex::new(()),
         };
@@ -460,13 +495,13 @@ fn index_entries(
         .collect()
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // postcard only fails on a full fixed buffer or an unsupported serde
     // feature; neither can happen with `to_allocvec` on our own types.
     postcard::to_allocvec(value).expect("postcard encodes store types")
 }
 
-fn decode<T: DeserializeOwned>(tree: &'static str, k: &[u8], v: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(tree: &'static str, k: &[u8], v: &[u8]) -> Result<T> {
     postcard::from_bytes(v).map_err(|e| Error::Corrupt {
         tree,
         key: String::from_utf8_lossy(k).replace('\0', "/"),
@@ -482,7 +517,7 @@ pub struct Typed<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Typed<T> {
-    fn new(name: &'static str, tree: sled::Tree) -> Self {
+    pub(crate) fn new(name: &'static str, tree: sled::Tree) -> Self {
         Typed {
             name,
             tree,

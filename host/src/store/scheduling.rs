@@ -1,0 +1,530 @@
+//! Trees and atomic steps for tasks, the batch queue, runs, their
+//! messages, users and tokens.
+//!
+//! The scheduler's exactly-once guarantee rests on two transactions here:
+//! `fire` advances a task's next fire time and queues the fire together,
+//! and `start_run` turns a queue entry into a run together. A crash between
+//! any two steps leaves either the earlier state or the later one, never a
+//! fire with two runs or a fire with none.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::Transactional;
+use sled::transaction::TransactionError;
+
+use super::{Error, Result, Store, Typed, decode, encode, io};
+
+/// A run's id: unique and increasing across restarts.
+pub type RunId = u64;
+
+/// A queue entry's key: priority, then due time, then a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueKey(pub Vec<u8>);
+
+/// Orders instants as bytes: millisecond timestamps with the sign bit
+/// flipped, big-endian.
+fn ts(t: DateTime<Utc>) -> [u8; 8] {
+    ((t.timestamp_millis() as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn from_ts(b: &[u8]) -> Option<DateTime<Utc>> {
+    let raw = u64::from_be_bytes(b.get(..8)?.try_into().ok()?) ^ (1 << 63);
+    DateTime::from_timestamp_millis(raw as i64)
+}
+
+fn due_key(t: DateTime<Utc>, name: &str) -> Vec<u8> {
+    let mut k = ts(t).to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn tx_error(tree: &'static str) -> impl Fn(TransactionError<Error>) -> Error {
+    move |e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(source) => Error::Io { tree, source },
+    }
+}
+
+impl Store {
+    /// Task definitions, by name.
+    pub fn tasks<T: Serialize + DeserializeOwned>(&self) -> Typed<T> {
+        Typed::new("tasks", self.tasks.clone())
+    }
+
+    /// Users, by name.
+    pub fn users<U: Serialize + DeserializeOwned>(&self) -> Typed<U> {
+        Typed::new("users", self.users.clone())
+    }
+
+    /// Saves a task and moves its entry in the due index, atomically.
+    pub fn put_task<T: Serialize>(
+        &self,
+        name: &str,
+        task: &T,
+        old_due: Option<DateTime<Utc>>,
+        new_due: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        self.fire::<T, ()>(name, task, old_due, new_due, None)
+    }
+
+    /// Removes a task and its due entry.
+    pub fn remove_task(&self, name: &str, due: Option<DateTime<Utc>>) -> Result<()> {
+        (&self.tasks, &self.due)
+            .transaction(|(tasks, dues)| {
+                tasks.remove(name.as_bytes())?;
+                if let Some(d) = due {
+                    dues.remove(due_key(d, name))?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error("tasks"))
+    }
+
+    /// Tasks due at or before `up_to`, earliest first.
+    pub fn due_tasks(
+        &self,
+        up_to: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(DateTime<Utc>, String)>> {
+        let mut end = ts(up_to).to_vec();
+        end.push(0xff);
+        let mut out = Vec::new();
+        for item in self.due.range(..end).take(limit) {
+            let (k, _) = item.map_err(io("tasks_by_due"))?;
+            if let Some(t) = from_ts(&k) {
+                out.push((t, String::from_utf8_lossy(&k[8..]).into_owned()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest due time of any task.
+    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(self
+            .due
+            .first()
+            .map_err(io("tasks_by_due"))?
+            .and_then(|(k, _)| from_ts(&k)))
+    }
+
+    /// Records a fire atomically: the task (with its next fire time), its
+    /// due-index entry, and (unless the fire is skipped) a queue entry.
+    pub fn fire<T: Serialize, Q: Serialize>(
+        &self,
+        name: &str,
+        task: &T,
+        old_due: Option<DateTime<Utc>>,
+        new_due: Option<DateTime<Utc>>,
+        queued: Option<(u8, DateTime<Utc>, &Q)>,
+    ) -> Result<()> {
+        let task = encode(task);
+        let queued = match queued {
+            Some((priority, due, entry)) => {
+                let id = self.db.generate_id().map_err(io("queue"))?;
+                Some((self.queue_key(priority, due, id), encode(entry)))
+            }
+            None => None,
+        };
+        (&self.tasks, &self.due, &self.queue)
+            .transaction(|(tasks, dues, queue)| {
+                tasks.insert(name.as_bytes(), task.as_slice())?;
+                if let Some(d) = old_due {
+                    dues.remove(due_key(d, name))?;
+                }
+                if let Some(d) = new_due {
+                    dues.insert(due_key(d, name), &[])?;
+                }
+                if let Some((k, v)) = &queued {
+                    queue.insert(k.0.as_slice(), v.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error("tasks"))
+    }
+
+    fn queue_key(&self, priority: u8, due: DateTime<Utc>, id: u64) -> QueueKey {
+        let mut k = vec![priority];
+        k.extend_from_slice(&ts(due));
+        k.extend_from_slice(&id.to_be_bytes());
+        QueueKey(k)
+    }
+
+    /// Puts an entry on the batch queue (a run-now, say).
+    pub fn enqueue<Q: Serialize>(
+        &self,
+        priority: u8,
+        due: DateTime<Utc>,
+        entry: &Q,
+    ) -> Result<QueueKey> {
+        let id = self.db.generate_id().map_err(io("queue"))?;
+        let key = self.queue_key(priority, due, id);
+        self.queue
+            .insert(&key.0, encode(entry))
+            .map_err(io("queue"))?;
+        Ok(key)
+    }
+
+    /// The queue, in the order it is served: priority, then due time.
+    pub fn queued<Q: DeserializeOwned>(&self) -> Result<Vec<(QueueKey, Q)>> {
+        self.queue
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(io("queue"))?;
+                Ok((QueueKey(k.to_vec()), decode("queue", &k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Removes a queue entry without running it.
+    pub fn dequeue(&self, key: &QueueKey) -> Result<bool> {
+        Ok(self.queue.remove(&key.0).map_err(io("queue"))?.is_some())
+    }
+
+    /// A fresh run id.
+    pub fn new_run_id(&self) -> Result<RunId> {
+        self.db.generate_id().map_err(io("runs"))
+    }
+
+    /// Turns a queue entry into a run, atomically. False if the entry is
+    /// gone (another worker took it, or it was removed).
+    pub fn start_run<R: Serialize>(&self, key: &QueueKey, id: RunId, run: &R) -> Result<bool> {
+        let run = encode(run);
+        (&self.queue, &self.runs)
+            .transaction(|(queue, runs)| {
+                if queue.remove(key.0.as_slice())?.is_none() {
+                    return Ok(false);
+                }
+                runs.insert(&id.to_be_bytes(), run.as_slice())?;
+                Ok(true)
+            })
+            .map_err(tx_error("runs"))
+    }
+
+    /// Creates or updates a run record (progress, status). A finished run
+    /// goes into the retention index by its finish time.
+    pub fn put_run<R: Serialize>(
+        &self,
+        id: RunId,
+        run: &R,
+        finished: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let run = encode(run);
+        (&self.runs, &self.finished)
+            .transaction(|(runs, fin)| {
+                runs.insert(&id.to_be_bytes(), run.as_slice())?;
+                if let Some(t) = finished {
+                    let mut k = ts(t).to_vec();
+                    k.extend_from_slice(&id.to_be_bytes());
+                    fin.insert(k, &[])?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error("runs"))
+    }
+
+    /// Finishes a run atomically with its task's state writes (watermarks).
+    pub fn finish_run<R: Serialize>(
+        &self,
+        id: RunId,
+        run: &R,
+        finished: DateTime<Utc>,
+        task: &str,
+        state_writes: &[(String, Option<String>)],
+    ) -> Result<()> {
+        let run = encode(run);
+        (&self.runs, &self.finished, &self.state)
+            .transaction(|(runs, fin, state)| {
+                runs.insert(&id.to_be_bytes(), run.as_slice())?;
+                let mut k = ts(finished).to_vec();
+                k.extend_from_slice(&id.to_be_bytes());
+                fin.insert(k, &[])?;
+                for (key, value) in state_writes {
+                    let k = super::key(&[task.as_bytes(), key.as_bytes()]);
+                    match value {
+                        Some(v) => state.insert(k, v.as_bytes())?,
+                        None => state.remove(k)?,
+                    };
+                }
+                Ok(())
+            })
+            .map_err(tx_error("runs"))
+    }
+
+    /// One run.
+    pub fn run<R: DeserializeOwned>(&self, id: RunId) -> Result<Option<R>> {
+        let k = id.to_be_bytes();
+        self.runs
+            .get(k)
+            .map_err(io("runs"))?
+            .map(|v| decode("runs", &k, &v))
+            .transpose()
+    }
+
+    /// Runs, newest first, up to `limit`, before the id `before`.
+    pub fn runs<R: DeserializeOwned>(&self, before: Option<RunId>, limit: usize) -> Result<Vec<R>> {
+        let end = before.unwrap_or(u64::MAX).to_be_bytes();
+        self.runs
+            .range(..end)
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(io("runs"))?;
+                decode("runs", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Every run (for recovery after a restart).
+    pub fn all_runs<R: DeserializeOwned>(&self) -> Result<Vec<R>> {
+        self.runs(None, usize::MAX)
+    }
+
+    /// Ids of runs finished at or before `cutoff`, oldest first.
+    pub fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<RunId>> {
+        let mut end = ts(cutoff).to_vec();
+        end.push(0xff);
+        let mut ids = Vec::new();
+        for item in self.finished.range(..end) {
+            let (k, _) = item.map_err(io("runs_by_finish"))?;
+            if let Some(id) = k
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Deletes a run, its messages and its index entries.
+    pub fn delete_run(&self, id: RunId, finished: Option<DateTime<Utc>>) -> Result<()> {
+        let prefix = id.to_be_bytes();
+        let mut batch = sled::Batch::default();
+        for item in self.messages.scan_prefix(prefix).keys() {
+            batch.remove(item.map_err(io("run_messages"))?);
+        }
+        self.messages
+            .apply_batch(batch)
+            .map_err(io("run_messages"))?;
+        let mut batch = sled::Batch::default();
+        for item in self.message_status.scan_prefix(prefix).keys() {
+            batch.remove(item.map_err(io("run_messages_by_status"))?);
+        }
+        self.message_status
+            .apply_batch(batch)
+            .map_err(io("run_messages_by_status"))?;
+        if let Some(t) = finished {
+            let mut k = ts(t).to_vec();
+            k.extend_from_slice(&prefix);
+            self.finished.remove(k).map_err(io("runs_by_finish"))?;
+        }
+        self.runs.remove(prefix).map_err(io("runs"))?;
+        Ok(())
+    }
+
+    /// Appends messages to a run. `first_seq` numbers the first; each
+    /// message is indexed by its status so filtering stays cheap.
+    pub fn add_messages<M: Serialize>(
+        &self,
+        run: RunId,
+        first_seq: u64,
+        messages: &[(&str, M)],
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let mut index = sled::Batch::default();
+        for (i, (status, m)) in messages.iter().enumerate() {
+            let seq = (first_seq + i as u64).to_be_bytes();
+            let mut k = run.to_be_bytes().to_vec();
+            k.extend_from_slice(&seq);
+            batch.insert(k, encode(m));
+            let mut ik = run.to_be_bytes().to_vec();
+            ik.extend_from_slice(status.as_bytes());
+            ik.push(0);
+            ik.extend_from_slice(&seq);
+            index.insert(ik, &[]);
+        }
+        // Index first: a crash between the two leaves index entries that
+        // point at nothing, which reads skip; never a message the filter misses.
+        self.message_status
+            .apply_batch(index)
+            .map_err(io("run_messages_by_status"))?;
+        self.messages
+            .apply_batch(batch)
+            .map_err(io("run_messages"))?;
+        Ok(())
+    }
+
+    /// A page of a run's messages after sequence `after`, optionally only
+    /// those with `status`, and the cursor for the next page.
+    pub fn messages<M: DeserializeOwned>(
+        &self,
+        run: RunId,
+        status: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<M>, Option<u64>)> {
+        let seq_start = after.map(|a| a + 1).unwrap_or(0).to_be_bytes();
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut push = |seq: u64, out: &mut Vec<M>| -> Result<bool> {
+            if out.len() == limit {
+                return Ok(false);
+            }
+            let mut k = run.to_be_bytes().to_vec();
+            k.extend_from_slice(&seq.to_be_bytes());
+            if let Some(v) = self.messages.get(&k).map_err(io("run_messages"))? {
+                out.push(decode("run_messages", &k, &v)?);
+                last = Some(seq);
+            }
+            Ok(true)
+        };
+        match status {
+            None => {
+                let mut start = run.to_be_bytes().to_vec();
+                start.extend_from_slice(&seq_start);
+                let prefix = run.to_be_bytes();
+                for item in self.messages.range(start..).keys() {
+                    let k = item.map_err(io("run_messages"))?;
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    let seq = u64::from_be_bytes(k[8..16].try_into().unwrap_or_default());
+                    if !push(seq, &mut out)? {
+                        return Ok((out, last));
+                    }
+                }
+            }
+            Some(status) => {
+                let mut prefix = run.to_be_bytes().to_vec();
+                prefix.extend_from_slice(status.as_bytes());
+                prefix.push(0);
+                let mut start = prefix.clone();
+                start.extend_from_slice(&seq_start);
+                for item in self.message_status.range(start..).keys() {
+                    let k = item.map_err(io("run_messages_by_status"))?;
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    let seq = u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or_default());
+                    if !push(seq, &mut out)? {
+                        return Ok((out, last));
+                    }
+                }
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// Maps a token's hash to its user.
+    pub fn put_token(&self, hash: &str, user: &str) -> Result<()> {
+        self.tokens
+            .insert(hash.as_bytes(), user.as_bytes())
+            .map_err(io("tokens"))?;
+        Ok(())
+    }
+
+    /// The user a token's hash belongs to.
+    pub fn token_user(&self, hash: &str) -> Result<Option<String>> {
+        Ok(self
+            .tokens
+            .get(hash.as_bytes())
+            .map_err(io("tokens"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Removes every token of a user.
+    pub fn remove_tokens_of(&self, user: &str) -> Result<()> {
+        for item in self.tokens.iter() {
+            let (k, v) = item.map_err(io("tokens"))?;
+            if v.as_ref() == user.as_bytes() {
+                self.tokens.remove(k).map_err(io("tokens"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fire_moves_the_due_entry_and_queues_in_one_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t0 = DateTime::from_timestamp(1_000, 0).unwrap();
+        let t1 = DateTime::from_timestamp(2_000, 0).unwrap();
+        store
+            .put_task("a", &"task a".to_string(), None, Some(t0))
+            .unwrap();
+        assert_eq!(
+            store.due_tasks(t0, 10).unwrap(),
+            vec![(t0, "a".to_string())]
+        );
+        store
+            .fire(
+                "a",
+                &"task a".to_string(),
+                Some(t0),
+                Some(t1),
+                Some((1, t0, &"entry".to_string())),
+            )
+            .unwrap();
+        assert!(store.due_tasks(t0, 10).unwrap().is_empty());
+        assert_eq!(store.next_due().unwrap(), Some(t1));
+        let queued: Vec<(QueueKey, String)> = store.queued().unwrap();
+        assert_eq!(queued.len(), 1);
+        assert!(
+            store
+                .start_run(&queued[0].0, 7, &"run".to_string())
+                .unwrap()
+        );
+        assert!(
+            !store
+                .start_run(&queued[0].0, 8, &"run".to_string())
+                .unwrap(),
+            "a queue entry starts one run"
+        );
+        assert_eq!(store.run::<String>(7).unwrap().as_deref(), Some("run"));
+        assert_eq!(store.run::<String>(8).unwrap(), None);
+    }
+
+    #[test]
+    fn messages_page_and_filter_by_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let msgs: Vec<(&str, String)> = (0..25)
+            .map(|i| (if i % 5 == 0 { "error" } else { "new" }, format!("m{i}")))
+            .collect();
+        store.add_messages(3, 0, &msgs).unwrap();
+        store
+            .add_messages(4, 0, &[("error", "other run".to_string())])
+            .unwrap();
+        let (page, next) = store.messages::<String>(3, None, None, 10).unwrap();
+        assert_eq!(page.len(), 10);
+        assert_eq!(next, Some(9));
+        let (page, next) = store.messages::<String>(3, None, next, 100).unwrap();
+        assert_eq!((page.len(), next), (15, None));
+        let (errors, _) = store
+            .messages::<String>(3, Some("error"), None, 100)
+            .unwrap();
+        assert_eq!(errors, ["m0", "m5", "m10", "m15", "m20"]);
+        store.delete_run(3, None).unwrap();
+        assert!(
+            store
+                .messages::<String>(3, None, None, 10)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .messages::<String>(4, Some("error"), None, 10)
+                .unwrap()
+                .0,
+            ["other run"]
+        );
+    }
+}
