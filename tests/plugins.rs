@@ -28,60 +28,36 @@ fn install_is_idempotent_and_the_registry_shows_what_was_installed() {
     let sb = Sb::new();
     let attendance = plugin("notifier-attendance");
     let out = sb.ok(&["plugin", "install", s(&attendance)]);
-    assert_eq!(
-        out.trim(),
-        "notifier-attendance 0.1.0 (notifier, WIT 0.1.1): installed"
-    );
+    assert_eq!(out.trim(), "notifier-attendance 0.1.0 (notifier, WIT 0.1.1): installed");
     let out = sb.ok(&["plugin", "install", s(&attendance)]);
-    assert!(
-        out.contains("already installed (same bytes); nothing changed"),
-        "{out}"
-    );
+    assert!(out.contains("already installed (same bytes); nothing changed"), "{out}");
 
-    let list: serde_json::Value =
-        serde_json::from_str(&sb.ok(&["plugin", "list", "--json"])).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&sb.ok(&["plugin", "list", "--json"])).unwrap();
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["name"], "notifier-attendance");
     assert_eq!(list[0]["kind"], "notifier");
-    assert_eq!(
-        list[0]["capabilities"],
-        serde_json::json!([{ "ReadCollection": "attendance" }])
-    );
+    assert_eq!(list[0]["capabilities"], serde_json::json!([{ "ReadCollection": "attendance" }]));
     assert_eq!(list[0]["granted"], serde_json::json!([]));
 
     let inspect = sb.ok(&["plugin", "inspect", "notifier-attendance"]);
-    assert!(
-        inspect.contains("threshold (integer, default 5)"),
-        "{inspect}"
-    );
+    assert!(inspect.contains("threshold (integer, default 5)"), "{inspect}");
     assert!(inspect.contains("asks for:   read:attendance"), "{inspect}");
 
     let err = sb.fails(&["plugin", "grant", "notifier-attendance", "read:staff"]);
     assert!(
-        one_error_line(&err).contains(
-            "it does not ask for read:staff, so it cannot be granted; it asks for: read:attendance"
-        ),
+        one_error_line(&err)
+            .contains("it does not ask for read:staff, so it cannot be granted; it asks for: read:attendance"),
         "{err}"
     );
     let out = sb.ok(&["plugin", "grant", "notifier-attendance", "read:attendance"]);
     assert!(out.contains("now granted: read:attendance"), "{out}");
     let table = sb.ok(&["plugin", "list"]);
-    assert!(
-        table
-            .lines()
-            .nth(1)
-            .unwrap()
-            .ends_with("read:attendance  read:attendance"),
-        "{table}"
-    );
+    assert!(table.lines().nth(1).unwrap().ends_with("read:attendance  read:attendance"), "{table}");
 
     sb.ok(&["plugin", "remove", "notifier-attendance"]);
     let err = sb.fails(&["plugin", "inspect", "notifier-attendance"]);
-    assert!(
-        one_error_line(&err).contains("no plugin named `notifier-attendance` is installed"),
-        "{err}"
-    );
+    assert!(one_error_line(&err).contains("no plugin named `notifier-attendance` is installed"), "{err}");
 }
 
 #[test]
@@ -89,33 +65,18 @@ fn bad_files_are_refused_with_one_line_that_says_what_is_wrong() {
     let sb = Sb::new();
     let text = sb.file("notes.wasm", "hello");
     let err = sb.fails(&["plugin", "install", s(&text)]);
-    assert!(
-        one_error_line(&err).ends_with("notes.wasm: not a WebAssembly file (no `\\0asm` header)"),
-        "{err}"
-    );
+    assert!(one_error_line(&err).ends_with("notes.wasm: not a WebAssembly file (no `\\0asm` header)"), "{err}");
 
-    let core = sb.file(
-        "core.wasm",
-        wat::parse_str("(module (func (export \"f\")))").unwrap(),
-    );
+    let core = sb.file("core.wasm", wat::parse_str("(module (func (export \"f\")))").unwrap());
     let err = sb.fails(&["plugin", "install", s(&core)]);
-    assert!(
-        one_error_line(&err).contains("core.wasm: a core WebAssembly module, not a component"),
-        "{err}"
-    );
+    assert!(one_error_line(&err).contains("core.wasm: a core WebAssembly module, not a component"), "{err}");
 
     let full = std::fs::read(plugin("notifier-attendance")).unwrap();
     let truncated = sb.file("truncated.wasm", &full[..full.len() / 2]);
     let err = sb.fails(&["plugin", "install", s(&truncated)]);
-    assert!(
-        one_error_line(&err).contains("truncated.wasm: not a valid WebAssembly component"),
-        "{err}"
-    );
+    assert!(one_error_line(&err).contains("truncated.wasm: not a valid WebAssembly component"), "{err}");
 
-    let other = sb.file(
-        "other.wasm",
-        component_exporting(&["acme:other/thing@1.0.0"]),
-    );
+    let other = sb.file("other.wasm", component_exporting(&["acme:other/thing@1.0.0"]));
     let err = sb.fails(&["plugin", "install", s(&other)]);
     assert!(
         one_error_line(&err).contains("other.wasm: not a Schoolbell plugin: it exports neither world `notifier` nor `import-mapping` of schoolbell:plugin (it exports: acme:other/thing@1.0.0)"),
@@ -124,10 +85,7 @@ fn bad_files_are_refused_with_one_line_that_says_what_is_wrong() {
 
     let future = sb.file(
         "future.wasm",
-        component_exporting(&[
-            "schoolbell:plugin/plugin@0.2.0",
-            "schoolbell:plugin/notify@0.2.0",
-        ]),
+        component_exporting(&["schoolbell:plugin/plugin@0.2.0", "schoolbell:plugin/notify@0.2.0"]),
     );
     let err = sb.fails(&["plugin", "install", s(&future)]);
     assert!(
@@ -137,19 +95,12 @@ fn bad_files_are_refused_with_one_line_that_says_what_is_wrong() {
         "{err}"
     );
     let list = sb.ok(&["plugin", "list", "--json"]);
-    assert_eq!(
-        list.trim(),
-        "[]",
-        "nothing may be stored by a refused install"
-    );
+    assert_eq!(list.trim(), "[]", "nothing may be stored by a refused install");
 }
 
 /// A minimal component exporting empty-ish instances under `names`.
 fn component_exporting(names: &[&str]) -> Vec<u8> {
-    let exports: String = names
-        .iter()
-        .map(|n| format!("(export \"{n}\" (instance $x))\n"))
-        .collect();
+    let exports: String = names.iter().map(|n| format!("(export \"{n}\" (instance $x))\n")).collect();
     wat::parse_str(format!(
         r#"(component
              (core module $m (func (export "f")))
@@ -164,13 +115,7 @@ fn component_exporting(names: &[&str]) -> Vec<u8> {
 #[test]
 fn a_roster_maps_into_records_and_the_notifier_reads_them_through_the_rule() {
     let sb = Sb::new();
-    sb.ok(&[
-        "plugin",
-        "install",
-        "--grant-all",
-        s(&plugin("import-csv-roster")),
-        s(&plugin("notifier-attendance")),
-    ]);
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster")), s(&plugin("notifier-attendance"))]);
     let roster = sb.file("roster.csv", ROSTER);
     let out = sb.ok(&[
         "import", "file", "import-csv-roster", s(&roster), "--into", "students", "--key", "student-id",
@@ -181,8 +126,7 @@ fn a_roster_maps_into_records_and_the_notifier_reads_them_through_the_rule() {
         s(&roster)
     );
     assert_eq!(out, expected);
-    let students: serde_json::Value =
-        serde_json::from_str(&sb.ok(&["records", "list", "students", "--json"])).unwrap();
+    let students: serde_json::Value = serde_json::from_str(&sb.ok(&["records", "list", "students", "--json"])).unwrap();
     assert_eq!(
         students,
         serde_json::json!([
@@ -192,14 +136,7 @@ fn a_roster_maps_into_records_and_the_notifier_reads_them_through_the_rule() {
     );
 
     let attendance = sb.file("attendance.json", ATTENDANCE);
-    sb.ok(&[
-        "records",
-        "load",
-        "attendance",
-        s(&attendance),
-        "--key",
-        "student-id",
-    ]);
+    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
     let run = |params: &[&str]| -> serde_json::Value {
         let mut args = vec!["notify", "run", "notifier-attendance", "--json"];
         for p in params {
@@ -208,66 +145,30 @@ fn a_roster_maps_into_records_and_the_notifier_reads_them_through_the_rule() {
         serde_json::from_str(&sb.ok(&args)).unwrap()
     };
     let keys = |v: &serde_json::Value| -> Vec<String> {
-        v["notifications"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["dedupe_key"].as_str().unwrap().to_string())
-            .collect()
+        v["notifications"].as_array().unwrap().iter().map(|n| n["dedupe_key"].as_str().unwrap().to_string()).collect()
     };
     assert_eq!(keys(&run(&[])), ["attendance:S1", "attendance:S2"]);
     assert_eq!(keys(&run(&["threshold=10"])), ["attendance:S2"]);
     assert_eq!(keys(&run(&["campus=North"])), ["attendance:S1"]);
     let all = run(&["campus=North"]);
-    assert!(
-        all["notifications"][0]["body"]
-            .as_str()
-            .unwrap()
-            .contains("absences=7, params.threshold=5"),
-        "{all}"
-    );
-    let err = sb.fails(&[
-        "notify",
-        "run",
-        "notifier-attendance",
-        "--param",
-        "threshold=many",
-    ]);
-    assert!(
-        one_error_line(&err).contains("parameter `threshold`: expected integer, got text `many`"),
-        "{err}"
-    );
+    assert!(all["notifications"][0]["body"].as_str().unwrap().contains("absences=7, params.threshold=5"), "{all}");
+    let err = sb.fails(&["notify", "run", "notifier-attendance", "--param", "threshold=many"]);
+    assert!(one_error_line(&err).contains("parameter `threshold`: expected integer, got text `many`"), "{err}");
 }
 
 #[test]
 fn a_missing_required_column_fails_the_whole_file_and_stores_nothing() {
     let sb = Sb::new();
-    sb.ok(&[
-        "plugin",
-        "install",
-        "--grant-all",
-        s(&plugin("import-csv-roster")),
-    ]);
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
     let roster = sb.file("bad.csv", "Student ID,Last Name,First Name\nS1,Ng,Ann\n");
-    let err = sb.fails(&[
-        "import",
-        "file",
-        "import-csv-roster",
-        s(&roster),
-        "--into",
-        "students",
-        "--key",
-        "student-id",
-    ]);
+    let err =
+        sb.fails(&["import", "file", "import-csv-roster", s(&roster), "--into", "students", "--key", "student-id"]);
     assert!(
         one_error_line(&err).contains("bad.csv: File import has failed: column `Birth Date`: required column `Birth Date` is missing from the header"),
         "{err}"
     );
     let err = sb.fails(&["records", "list", "students"]);
-    assert!(
-        err.contains("collection `students` does not exist"),
-        "{err}"
-    );
+    assert!(err.contains("collection `students` does not exist"), "{err}");
 }
 
 #[test]
@@ -275,14 +176,7 @@ fn a_notifier_reads_nothing_until_an_admin_grants_it() {
     let sb = Sb::new();
     sb.ok(&["plugin", "install", s(&plugin("notifier-attendance"))]);
     let attendance = sb.file("attendance.json", ATTENDANCE);
-    sb.ok(&[
-        "records",
-        "load",
-        "attendance",
-        s(&attendance),
-        "--key",
-        "student-id",
-    ]);
+    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
     let err = sb.fails(&["notify", "run", "notifier-attendance"]);
     assert!(
         one_error_line(&err).contains(
@@ -295,22 +189,10 @@ fn a_notifier_reads_nothing_until_an_admin_grants_it() {
 #[test]
 fn a_plugin_built_against_the_older_wit_still_loads_and_runs() {
     let sb = Sb::new();
-    let out = sb.ok(&[
-        "plugin",
-        "install",
-        "--grant-all",
-        s(&plugin("test-legacy-notifier")),
-    ]);
+    let out = sb.ok(&["plugin", "install", "--grant-all", s(&plugin("test-legacy-notifier"))]);
     assert!(out.contains("(notifier, WIT 0.1.0): installed"), "{out}");
     let attendance = sb.file("attendance.json", ATTENDANCE);
-    sb.ok(&[
-        "records",
-        "load",
-        "attendance",
-        s(&attendance),
-        "--key",
-        "student-id",
-    ]);
+    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
     let out = sb.ok(&["notify", "run", "test-legacy-notifier"]);
     assert!(out.contains("legacy plugin saw 3 records"), "{out}");
 }
@@ -318,35 +200,16 @@ fn a_plugin_built_against_the_older_wit_still_loads_and_runs() {
 #[test]
 fn a_restart_loads_compiled_components_from_the_cache() {
     let sb = Sb::new();
-    sb.ok(&[
-        "plugin",
-        "install",
-        "--grant-all",
-        s(&plugin("notifier-attendance")),
-    ]);
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
     let logged = |args: &[&str]| {
-        let out = sb
-            .command()
-            .env("RUST_LOG", "schoolbell=debug")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = sb.command().env("RUST_LOG", "schoolbell=debug").args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stderr).unwrap()
     };
     let first = logged(&["notify", "run", "notifier-attendance"]);
-    assert!(
-        first.contains("Component loaded from cache."),
-        "install compiled and cached it:\n{first}"
-    );
+    assert!(first.contains("Component loaded from cache."), "install compiled and cached it:\n{first}");
     assert!(!first.contains("Component compiled."), "{first}");
-    let cache: Vec<_> = std::fs::read_dir(sb.data().join("cache"))
-        .unwrap()
-        .collect();
+    let cache: Vec<_> = std::fs::read_dir(sb.data().join("cache")).unwrap().collect();
     assert_eq!(cache.len(), 1);
 }
 
@@ -355,10 +218,7 @@ fn components_from_the_registry_only_toolchain_import_no_wasi_and_run() {
     let sb = Sb::new();
     for name in ["import-csv-roster", "notifier-attendance"] {
         let bytes = std::fs::read(fallback_plugin(name)).unwrap();
-        assert!(
-            !bytes.windows(5).any(|w| w == b"wasi:"),
-            "{name} from the fallback should import no WASI"
-        );
+        assert!(!bytes.windows(5).any(|w| w == b"wasi:"), "{name} from the fallback should import no WASI");
     }
     sb.ok(&[
         "plugin",
@@ -369,27 +229,22 @@ fn components_from_the_registry_only_toolchain_import_no_wasi_and_run() {
     ]);
     let roster = sb.file("roster.csv", ROSTER);
     let out = sb.ok(&[
-        "import", "file", "import-csv-roster", s(&roster), "--into", "students", "--key", "student-id",
-        "--param", "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date",
-    ]);
-    assert!(
-        out.contains("3 rows stored in `students`, 1 rows refused"),
-        "{out}"
-    );
-    let attendance = sb.file("attendance.json", ATTENDANCE);
-    sb.ok(&[
-        "records",
-        "load",
-        "attendance",
-        s(&attendance),
+        "import",
+        "file",
+        "import-csv-roster",
+        s(&roster),
+        "--into",
+        "students",
         "--key",
         "student-id",
+        "--param",
+        "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date",
     ]);
+    assert!(out.contains("3 rows stored in `students`, 1 rows refused"), "{out}");
+    let attendance = sb.file("attendance.json", ATTENDANCE);
+    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
     let out = sb.ok(&["notify", "run", "notifier-attendance"]);
-    assert!(
-        out.starts_with("notifier-attendance: 2 notifications"),
-        "{out}"
-    );
+    assert!(out.starts_with("notifier-attendance: 2 notifications"), "{out}");
 }
 
 #[test]
@@ -397,25 +252,13 @@ fn the_demo_runs_the_shipped_plugins_over_the_demo_data() {
     let sb = Sb::new();
     let plugins = support::root().join("target/plugins");
     let out = sb.ok(&["demo", "--plugins", s(&plugins)]);
-    assert!(
-        out.contains("8 rows stored in `students`, 2 rows refused"),
-        "{out}"
-    );
+    assert!(out.contains("8 rows stored in `students`, 2 rows refused"), "{out}");
     assert!(out.contains("line 9, field `Birth Date`"), "{out}");
-    assert!(
-        out.contains("notifier-attendance: 4 notifications"),
-        "{out}"
-    );
-    assert!(
-        !out.contains("test-hostile"),
-        "test plugins are not shipped:\n{out}"
-    );
+    assert!(out.contains("notifier-attendance: 4 notifications"), "{out}");
+    assert!(!out.contains("test-hostile"), "test plugins are not shipped:\n{out}");
     // Idempotent: a second run installs nothing new and gives the same result.
     let again = sb.ok(&["demo", "--plugins", s(&plugins)]);
-    assert!(
-        again.contains("notifier-attendance: 4 notifications"),
-        "{again}"
-    );
+    assert!(again.contains("notifier-attendance: 4 notifications"), "{again}");
 }
 
 #[test]
@@ -424,9 +267,8 @@ fn rows_split_across_chunks_map_whole_wherever_the_boundary_falls() {
     // the end of the first chunk (the case that once ended a row early),
     // and let later boundaries fall wherever they fall.
     let header = "Student ID,Last Name,First Name,Birth Date\n";
-    let rows: Vec<String> = (0..6000)
-        .map(|i| format!("S{i:05},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28))
-        .collect();
+    let rows: Vec<String> =
+        (0..6000).map(|i| format!("S{i:05},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
     let unpadded = format!("{header}{}", rows.concat());
     let last_comma = unpadded[..65536].rfind(',').unwrap();
     let pad = "x".repeat(65535 - last_comma);
@@ -436,19 +278,19 @@ fn rows_split_across_chunks_map_whole_wherever_the_boundary_falls() {
     assert_eq!(csv.as_bytes()[65535], b',');
 
     let sb = Sb::new();
-    sb.ok(&[
-        "plugin",
-        "install",
-        "--grant-all",
-        s(&plugin("import-csv-roster")),
-    ]);
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
     let file = sb.file("big.csv", csv);
     let out = sb.ok(&[
-        "import", "file", "import-csv-roster", s(&file), "--into", "students", "--key", "student-id",
-        "--param", "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date",
+        "import",
+        "file",
+        "import-csv-roster",
+        s(&file),
+        "--into",
+        "students",
+        "--key",
+        "student-id",
+        "--param",
+        "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date",
     ]);
-    assert!(
-        out.contains("6000 rows stored in `students`, 0 rows refused"),
-        "{out}"
-    );
+    assert!(out.contains("6000 rows stored in `students`, 0 rows refused"), "{out}");
 }

@@ -19,21 +19,9 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
-    store
-        .define_collection(
-            "attendance",
-            &CollectionSpec {
-                key_field: "student-id".into(),
-                indexes: vec![],
-            },
-        )
-        .unwrap();
+    store.define_collection("attendance", &CollectionSpec { key_field: "student-id".into(), indexes: vec![] }).unwrap();
     let rules = RuleSet::load_dir(&support::root().join("rules"), Default::default()).unwrap();
-    let config = SandboxConfig {
-        timeout_secs: 2,
-        memory_limit_mib: 32,
-        ..SandboxConfig::default()
-    };
+    let config = SandboxConfig { timeout_secs: 2, memory_limit_mib: 32, ..SandboxConfig::default() };
     let host = PluginHost::new(store, Arc::new(rules), &dir.path().join("cache"), config).unwrap();
     host.install(&support::plugin("test-hostile")).unwrap();
     host.grant_all("test-hostile").unwrap();
@@ -43,23 +31,13 @@ fn fixture() -> Fixture {
 fn request(behaviour: &str) -> RunRequest {
     let mut params = Record::new();
     params.insert("behaviour".into(), Value::Text(behaviour.into()));
-    RunRequest {
-        task: "t".into(),
-        params,
-        control: RunControl::new(),
-    }
+    RunRequest { task: "t".into(), params, control: RunControl::new() }
 }
 
 /// Runs a hostile behaviour, then proves the host still serves a good run.
 fn fails(f: &Fixture, behaviour: &str) -> Error {
-    let err = f
-        .host
-        .run_notifier("test-hostile", &request(behaviour))
-        .expect_err(behaviour);
-    let ok = f
-        .host
-        .run_notifier("test-hostile", &request("well"))
-        .expect("the host serves the next run");
+    let err = f.host.run_notifier("test-hostile", &request(behaviour)).expect_err(behaviour);
+    let ok = f.host.run_notifier("test-hostile", &request("well")).expect("the host serves the next run");
     assert_eq!(ok.notifications[0].subject, "behaved");
     err
 }
@@ -69,10 +47,7 @@ fn an_endless_loop_is_stopped_at_the_deadline() {
     let f = fixture();
     let started = Instant::now();
     let err = fails(&f, "loop");
-    assert_eq!(
-        err.to_string(),
-        "plugin test-hostile 0.1.0 ran past its time limit of 2 s and was stopped"
-    );
+    assert_eq!(err.to_string(), "plugin test-hostile 0.1.0 ran past its time limit of 2 s and was stopped");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
@@ -81,10 +56,7 @@ fn a_memory_bomb_hits_the_memory_limit() {
     let f = fixture();
     let err = fails(&f, "memory");
     let msg = err.to_string();
-    assert!(
-        msg.starts_with("plugin test-hostile 0.1.0 tried to grow its memory to "),
-        "{msg}"
-    );
+    assert!(msg.starts_with("plugin test-hostile 0.1.0 tried to grow its memory to "), "{msg}");
     assert!(msg.ends_with("MiB; the limit is 32 MiB"), "{msg}");
 }
 
@@ -92,10 +64,7 @@ fn a_memory_bomb_hits_the_memory_limit() {
 fn deep_recursion_overflows_the_guest_stack_not_the_host() {
     let f = fixture();
     let err = fails(&f, "recursion");
-    assert_eq!(
-        err.to_string(),
-        "plugin test-hostile 0.1.0 crashed: its call stack overflowed (runaway recursion)"
-    );
+    assert_eq!(err.to_string(), "plugin test-hostile 0.1.0 crashed: its call stack overflowed (runaway recursion)");
 }
 
 #[test]
@@ -103,10 +72,7 @@ fn a_panic_is_reported_with_what_the_guest_printed() {
     let f = fixture();
     let err = fails(&f, "panic");
     let msg = err.to_string();
-    assert!(
-        msg.starts_with("plugin test-hostile 0.1.0 crashed: it reached `unreachable`"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("plugin test-hostile 0.1.0 crashed: it reached `unreachable`"), "{msg}");
     assert!(msg.contains("test-hostile panicked on purpose"), "{msg}");
 }
 
@@ -134,14 +100,8 @@ fn reading_an_undeclared_collection_is_denied_even_if_granted_elsewhere() {
 fn the_guest_sees_no_files_environment_arguments_or_network() {
     let f = fixture();
     // SAFETY (test): set before any thread reads the environment.
-    let out = f
-        .host
-        .run_notifier("test-hostile", &request("ambient"))
-        .unwrap();
-    assert_eq!(
-        out.notifications[0].subject,
-        "files=0 env=0 args=0 net=false"
-    );
+    let out = f.host.run_notifier("test-hostile", &request("ambient")).unwrap();
+    assert_eq!(out.notifications[0].subject, "files=0 env=0 args=0 net=false");
 }
 
 #[test]
@@ -160,11 +120,7 @@ fn a_cancelled_guest_that_ignores_cancel_is_interrupted_after_the_grace_period()
         err.to_string(),
         "plugin test-hostile 0.1.0 was cancelled and did not stop within its grace period, so it was interrupted"
     );
-    assert!(
-        f.host
-            .run_notifier("test-hostile", &request("well"))
-            .is_ok()
-    );
+    assert!(f.host.run_notifier("test-hostile", &request("well")).is_ok());
 }
 
 #[test]
@@ -175,33 +131,15 @@ fn huge_output_keeps_only_the_capped_log() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
     let rules = Arc::new(RuleSet::new(&dir.path().join("rules"), Default::default()));
-    let config = SandboxConfig {
-        output_limit: 200_000,
-        ..SandboxConfig::default()
-    };
+    let config = SandboxConfig { output_limit: 200_000, ..SandboxConfig::default() };
     let host = PluginHost::new(store, rules, &dir.path().join("cache"), config).unwrap();
     host.install(&support::plugin("test-hostile")).unwrap();
-    let out = host
-        .run_notifier("test-hostile", &request("huge-output"))
-        .unwrap();
+    let out = host.run_notifier("test-hostile", &request("huge-output")).unwrap();
     assert_eq!(out.notifications.len(), 150_000);
     let total: usize = out.log.iter().map(|l| l.message.len()).sum();
     assert!(total < 3 * 64 * 1024 + 1024, "log kept {total} bytes");
-    assert!(
-        out.log
-            .iter()
-            .any(|l| l.message.contains("log messages dropped")),
-        "{:?}",
-        out.log.last()
-    );
-    assert!(
-        out.log.iter().any(|l| l.message.starts_with("stdout: ")),
-        "stdout was captured"
-    );
-    assert!(
-        out.log
-            .iter()
-            .any(|l| l.message.contains("more bytes dropped"))
-    );
+    assert!(out.log.iter().any(|l| l.message.contains("log messages dropped")), "{:?}", out.log.last());
+    assert!(out.log.iter().any(|l| l.message.starts_with("stdout: ")), "stdout was captured");
+    assert!(out.log.iter().any(|l| l.message.contains("more bytes dropped")));
     drop(f);
 }

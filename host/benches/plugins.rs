@@ -23,14 +23,8 @@ fn host(dir: &Path) -> PluginHost {
 }
 
 fn plugin(name: &str) -> std::path::PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/plugins")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run xtask/build-plugins first",
-        p.display()
-    );
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run xtask/build-plugins first", p.display());
     p
 }
 
@@ -39,8 +33,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn roster() -> Vec<u8> {
-    let mut csv =
-        String::from("Student ID,Last Name,First Name,Birth Date,Gender,Grade,Campus,SSN\n");
+    let mut csv = String::from("Student ID,Last Name,First Name,Birth Date,Gender,Grade,Campus,SSN\n");
     for i in 0..ROWS {
         csv.push_str(&format!(
             "S{i:07},Last{i},First{},20{:02}-{:02}-{:02},{},{},{},\n",
@@ -95,19 +88,15 @@ fn native(bytes: &[u8]) -> usize {
 fn main() {
     let machine = format!(
         "{} cores, {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(
-                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
-                    .split(':')
-                    .nth(1)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string())
-            )
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()))
             .unwrap_or_else(|| "unknown CPU".into())
     );
     println!("machine: {machine}");
@@ -123,29 +112,18 @@ fn main() {
         assert_eq!(h.cache_stats().compiled, 1);
     }
     compile.sort();
-    println!(
-        "compile (install, cold cache), import-csv-roster: median {:?}",
-        compile[1]
-    );
+    println!("compile (install, cold cache), import-csv-roster: median {:?}", compile[1]);
 
     // Cached load: a new host (a restart) over a warm cache.
     let dir = tempfile::tempdir().unwrap();
-    host(dir.path())
-        .install(&plugin("import-csv-roster"))
-        .unwrap();
+    host(dir.path()).install(&plugin("import-csv-roster")).unwrap();
     let mut load = Vec::new();
     for _ in 0..10 {
         let h = host(dir.path());
         let t = Instant::now();
         h.verify("import-csv-roster").unwrap();
         load.push(t.elapsed());
-        assert_eq!(
-            h.cache_stats(),
-            schoolbell::plugins::CacheStats {
-                compiled: 0,
-                cached: 1
-            }
-        );
+        assert_eq!(h.cache_stats(), schoolbell::plugins::CacheStats { compiled: 0, cached: 1 });
     }
     load.sort();
     println!("cached load after restart: median {:?}", load[5]);
@@ -164,12 +142,7 @@ fn main() {
         })
         .collect();
     inst.sort();
-    println!(
-        "instantiate: p50 {:?}, p99 {:?} (n = {})",
-        percentile(&inst, 0.5),
-        percentile(&inst, 0.99),
-        inst.len()
-    );
+    println!("instantiate: p50 {:?}, p99 {:?} (n = {})", percentile(&inst, 0.5), percentile(&inst, 0.99), inst.len());
 
     // 100k-row mapping through the component vs natively.
     let bytes = roster();
@@ -179,17 +152,11 @@ fn main() {
         let t = Instant::now();
         let mut rows = 0;
         let outcome = h
-            .run_mapping(
-                "import-csv-roster",
-                "bench.csv",
-                Cursor::new(&bytes),
-                &RunRequest::default(),
-                |batch| {
-                    rows += batch.len();
-                    std::hint::black_box(&batch);
-                    Ok(())
-                },
-            )
+            .run_mapping("import-csv-roster", "bench.csv", Cursor::new(&bytes), &RunRequest::default(), |batch| {
+                rows += batch.len();
+                std::hint::black_box(&batch);
+                Ok(())
+            })
             .unwrap();
         wasm_best = wasm_best.min(t.elapsed());
         assert_eq!(rows, ROWS, "errors: {:?}", outcome.errors.first());

@@ -7,10 +7,16 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use schoolbell::config::Config;
+use schoolbell::imports::{ImportReport, ImportTarget};
 use schoolbell::plugins::{Capability, InstallStatus, PluginEntry, PluginHost, RunRequest};
 use schoolbell::records::{Record, Value, record_to_json};
 use schoolbell::rules::RuleSet;
-use schoolbell::store::{CollectionSpec, Store};
+use schoolbell::runs::{Run, RunStatus};
+use schoolbell::schedule::Pause;
+use schoolbell::scheduler::{Scheduler, SystemClock};
+use schoolbell::store::Store;
+use schoolbell::tasks::{Misfire, Overlap, Task, TaskKind, TaskSpec};
+use schoolbell::users::{self, JobEmail, Permission, Role, User};
 
 /// Schoolbell: scheduled imports and notifiers for schools, with sandboxed
 /// WebAssembly plugins.
@@ -18,16 +24,14 @@ use schoolbell::store::{CollectionSpec, Store};
 #[command(version, about)]
 pub(crate) struct Args {
     /// The data directory: the store, the compile cache, `schoolbell.toml`.
-    #[arg(
-        long,
-        global = true,
-        env = "SCHOOLBELL_DATA",
-        default_value = "schoolbell-data"
-    )]
+    #[arg(long, global = true, env = "SCHOOLBELL_DATA", default_value = "schoolbell-data")]
     data: PathBuf,
     /// The folder of admin rules (overrides `rules_dir` in the config).
     #[arg(long, global = true, env = "SCHOOLBELL_RULES")]
     rules: Option<PathBuf>,
+    /// Act as this user (the CLI's permission checks are the API's).
+    #[arg(long = "as", global = true, env = "SCHOOLBELL_USER", default_value = "admin")]
+    as_user: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,9 +53,27 @@ enum Command {
     /// Check rules.
     #[command(subcommand)]
     Rule(RuleCmd),
+    /// Timed tasks: add, list, show, enable, disable, run-now, remove.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Runs (background tasks): list, show, cancel, delete, messages.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+    /// Check a schedule before saving it.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+    /// Users, roles and API tokens.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Run the scheduler, the workers and the HTTP API until SIGTERM.
+    Serve {
+        /// Listen address (overrides `[api] listen`); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Compile the config, every rule and every installed plugin; list every problem.
     Check,
-    /// Install the shipped plugins, import the demo roster, run the demo notifier.
+    /// Install the shipped plugins, import the demo roster, run the demo notifier, schedule demo tasks.
     Demo {
         /// Where the built plugins are.
         #[arg(long, default_value = "target/plugins")]
@@ -178,6 +200,235 @@ enum NotifyCmd {
 }
 
 #[derive(Subcommand)]
+enum TaskCmd {
+    /// Add a task.
+    Add(Box<TaskArgs>),
+    /// List tasks.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a task and its next five fire times.
+    Show {
+        /// The task.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable a task.
+    Enable {
+        /// The task.
+        name: String,
+    },
+    /// Disable a task.
+    Disable {
+        /// The task.
+        name: String,
+    },
+    /// Queue a run now (`--wait` runs it here and waits for it).
+    RunNow {
+        /// The task.
+        name: String,
+        /// Run it in this process and wait for the outcome.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a task (its runs stay).
+    Remove {
+        /// The task.
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct TaskArgs {
+    /// Unique name.
+    name: String,
+    /// The plugin to run.
+    #[arg(long)]
+    plugin: String,
+    /// When: `once 2026-12-01 08:00`, `every 15 minutes`, `hourly at :30`, `daily at 07:00`,
+    /// `weekly on mon,wed,fri at 06:30`, `monthly on 15 at 22:00`, `monthly on last at 18:00`, `cron 0 7 * * Mon-Fri`.
+    #[arg(long)]
+    schedule: String,
+    /// import, notifier, export or cleanup (default: from the plugin).
+    #[arg(long, value_parser = parse_kind)]
+    kind: Option<TaskKind>,
+    /// IANA time zone (default: the district's, `[scheduler] zone`).
+    #[arg(long)]
+    zone: Option<String>,
+    /// Start, `YYYY-MM-DD HH:MM` in the zone (default: now).
+    #[arg(long)]
+    start: Option<String>,
+    /// End, `YYYY-MM-DD HH:MM` in the zone.
+    #[arg(long)]
+    end: Option<String>,
+    /// A plugin parameter, `name=value` (repeatable).
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, Value)>,
+    /// A rule the task uses (repeatable).
+    #[arg(long = "rule")]
+    rules: Vec<String>,
+    /// A pause window, `YYYY-MM-DD..YYYY-MM-DD` (repeatable).
+    #[arg(long = "pause", value_parser = parse_pause)]
+    pauses: Vec<Pause>,
+    /// Save it disabled.
+    #[arg(long)]
+    disabled: bool,
+    /// Serve its runs before normal ones.
+    #[arg(long)]
+    high_priority: bool,
+    /// Keep its runs until deleted.
+    #[arg(long)]
+    keep: bool,
+    /// After downtime: run-once or skip.
+    #[arg(long, value_parser = parse_misfire, default_value = "run-once")]
+    misfire: Misfire,
+    /// When the last run is still going: skip, queue-one or cancel-running.
+    #[arg(long, value_parser = parse_overlap, default_value = "skip")]
+    overlap: Overlap,
+    /// Import tasks: the file to import.
+    #[arg(long)]
+    source: Option<String>,
+    /// Import tasks: the collection the rows go into.
+    #[arg(long)]
+    collection: Option<String>,
+    /// Import tasks: the collection's key field.
+    #[arg(long)]
+    key: Option<String>,
+    /// Import tasks: a secondary index, fields joined by `+` (repeatable).
+    #[arg(long = "index")]
+    indexes: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum RunsCmd {
+    /// List runs you may see, newest first.
+    List {
+        /// Only runs with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run.
+    Show {
+        /// The run's id.
+        id: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// The run's id.
+        id: u64,
+    },
+    /// Delete a finished or cancelled run.
+    Delete {
+        /// The run's id.
+        id: u64,
+    },
+    /// A run's messages (the Task Messages tab).
+    Messages {
+        /// The run's id.
+        id: u64,
+        /// Only messages with this status (error, new, notification, ...).
+        #[arg(long)]
+        status: Option<String>,
+        /// Print CSV (all messages, for export).
+        #[arg(long)]
+        csv: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// At most this many (table and JSON).
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScheduleCmd {
+    /// Print a schedule's next fire times in its zone and in UTC, without creating a task.
+    Next {
+        /// The schedule phrase.
+        schedule: String,
+        /// IANA time zone.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// Start from this local time (`YYYY-MM-DD HH:MM`) instead of now.
+        #[arg(long)]
+        from: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add or replace a user.
+    Add {
+        /// Login name.
+        name: String,
+        /// owner or staff.
+        #[arg(long, default_value = "staff")]
+        role: Role,
+        /// Email address.
+        #[arg(long, default_value = "")]
+        email: String,
+        /// autopilot or authorize (repeatable).
+        #[arg(long = "permission")]
+        permissions: Vec<Permission>,
+    },
+    /// List users.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue an API token (printed once; only its hash is stored).
+    Token {
+        /// The user.
+        name: String,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<TaskKind, String> {
+    serde_json::from_value(serde_json::json!(s))
+        .map_err(|_| format!("`{s}` is not a task kind; use import, notifier, export or cleanup"))
+}
+
+fn parse_misfire(s: &str) -> Result<Misfire, String> {
+    serde_json::from_value(serde_json::json!(s))
+        .map_err(|_| format!("`{s}` is not a misfire policy; use run-once or skip"))
+}
+
+fn parse_overlap(s: &str) -> Result<Overlap, String> {
+    serde_json::from_value(serde_json::json!(s))
+        .map_err(|_| format!("`{s}` is not an overlap policy; use skip, queue-one or cancel-running"))
+}
+
+fn parse_pause(s: &str) -> Result<Pause, String> {
+    let (from, to) = s.split_once("..").ok_or_else(|| format!("`{s}` is not `YYYY-MM-DD..YYYY-MM-DD`"))?;
+    let date = |d: &str| d.trim().parse().map_err(|_| format!("`{d}` is not a date (YYYY-MM-DD)"));
+    Ok(Pause { from: date(from)?, to: date(to)? })
+}
+
+#[derive(Subcommand)]
 enum RuleCmd {
     /// Compile a rule file and report errors with line and column.
     Check {
@@ -187,16 +438,16 @@ enum RuleCmd {
 }
 
 fn parse_param(s: &str) -> Result<(String, Value), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not `name=value`"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not `name=value`"))?;
     Ok((k.trim().to_string(), Value::Text(v.to_string())))
 }
 
 /// What every command needs, opened once.
 pub(crate) struct Ctx {
     pub(crate) data: PathBuf,
-    pub(crate) host: PluginHost,
+    pub(crate) host: Arc<PluginHost>,
+    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) config: Config,
 }
 
 fn rules_dir(args_rules: Option<&Path>, config: &Config, data: &Path) -> PathBuf {
@@ -209,25 +460,31 @@ fn rules_dir(args_rules: Option<&Path>, config: &Config, data: &Path) -> PathBuf
 }
 
 pub(crate) fn open(data: &Path, rules: Option<&Path>) -> Result<Ctx> {
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let config = Config::load(data)?;
     let rules_dir = rules_dir(rules, &config, data);
-    let rules = RuleSet::load_dir(&rules_dir, config.rules.clone()).map_err(|errors| {
-        anyhow::anyhow!(
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
-    let store = Arc::new(Store::open(&data.join("store"))?);
-    let host = PluginHost::new(store, Arc::new(rules), &data.join("cache"), config.sandbox)?;
-    Ok(Ctx {
-        data: data.to_path_buf(),
-        host,
-    })
+    let rules = RuleSet::load_dir(&rules_dir, config.rules.clone())
+        .map_err(|errors| anyhow::anyhow!(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+    let store = Arc::new(Store::open(&data.join("store")).map_err(|e| in_use(data, e))?);
+    let host = Arc::new(PluginHost::new(store, Arc::new(rules), &data.join("cache"), config.sandbox.clone())?);
+    let scheduler = Scheduler::new(host.clone(), Arc::new(SystemClock), config.scheduler.clone());
+    Ok(Ctx { data: data.to_path_buf(), host, scheduler, config })
+}
+
+/// A store held by a running server gets an error that says where the
+/// server is and how to reach it instead.
+fn in_use(data: &Path, e: schoolbell::store::Error) -> anyhow::Error {
+    if let Ok(text) = std::fs::read_to_string(data.join("serve.json"))
+        && let Ok(info) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        return anyhow::anyhow!(
+            "the store in {} is in use by `schoolbell serve` (pid {}); while it runs, use its HTTP API at http://{}/api/v1 (token: `Authorization: Bearer ...`), or stop it first",
+            data.display(),
+            info["pid"],
+            info["listen"].as_str().unwrap_or("?")
+        );
+    }
+    e.into()
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
@@ -236,32 +493,27 @@ pub(crate) fn run(args: Args) -> Result<()> {
         println!("{}: ok", file.display());
         return Ok(());
     }
+    if let Command::Schedule(ScheduleCmd::Next { schedule, tz, from, count, json }) = &args.command {
+        let preview = schoolbell::api::preview(schedule, tz, from.as_deref(), *count, chrono::Utc::now())
+            .map_err(anyhow::Error::msg)?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&preview)?);
+        } else {
+            println!("{} ({tz})", preview["schedule"].as_str().unwrap_or(""));
+            for f in preview["fires"].as_array().into_iter().flatten() {
+                println!("  {}   {}", f["local"].as_str().unwrap_or(""), f["utc"].as_str().unwrap_or(""));
+            }
+        }
+        return Ok(());
+    }
     let cx = open(&args.data, args.rules.as_deref())?;
     match args.command {
         Command::Plugin(cmd) => plugin(&cx, cmd),
         Command::Records(cmd) => records(&cx, cmd),
-        Command::Import(ImportCmd::File {
-            plugin,
-            file,
-            into,
-            key,
-            indexes,
-            params,
-            json,
-        }) => {
-            let request = RunRequest {
-                params: params.into_iter().collect(),
-                ..Default::default()
-            };
-            let report = import_file(
-                &cx,
-                &plugin,
-                &file,
-                &into,
-                key.as_deref(),
-                &indexes,
-                &request,
-            )?;
+        Command::Import(ImportCmd::File { plugin, file, into, key, indexes, params, json }) => {
+            let request = RunRequest { params: params.into_iter().collect(), ..Default::default() };
+            let target = ImportTarget { source: file.display().to_string(), collection: into, key_field: key, indexes };
+            let report = schoolbell::imports::import_file(&cx.host, &plugin, &target, &request)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -269,27 +521,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
             }
             Ok(())
         }
-        Command::Notify(NotifyCmd::Run {
-            plugin,
-            task,
-            params,
-            json,
-        }) => {
-            let request = RunRequest {
-                task,
-                params: params.into_iter().collect(),
-                ..Default::default()
-            };
+        Command::Notify(NotifyCmd::Run { plugin, task, params, json }) => {
+            let request = RunRequest { task, params: params.into_iter().collect(), ..Default::default() };
             let outcome = cx.host.run_notifier(&plugin, &request)?;
-            cx.host
-                .store()
-                .apply_task_state(&request.task, &outcome.state_writes)?;
+            cx.host.store().apply_task_state(&request.task, &outcome.state_writes)?;
             cx.host.store().flush()?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "notifications": outcome.notifications, "log": outcome.log })
-                );
+                println!("{}", serde_json::json!({ "notifications": outcome.notifications, "log": outcome.log }));
             } else {
                 print_notifications(&plugin, &outcome);
             }
@@ -297,7 +535,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
         }
         Command::Check => check(&cx),
         Command::Demo { plugins } => crate::demo::run(&cx, &plugins),
-        Command::Rule(_) => unreachable!("handled above"),
+        Command::Task(cmd) => task(&cx, &users::get(cx.host.store(), &args.as_user)?, cmd),
+        Command::Runs(cmd) => runs(&cx, &users::get(cx.host.store(), &args.as_user)?, cmd),
+        Command::User(cmd) => user(&cx, cmd),
+        Command::Serve { listen } => crate::serve::run(cx, listen),
+        Command::Rule(_) | Command::Schedule(_) => unreachable!("handled above"),
     }
 }
 
@@ -312,17 +554,12 @@ fn plugin(cx: &Ctx, cmd: PluginCmd) -> Result<()> {
                 }
                 let what = match status {
                     InstallStatus::Installed => "installed".to_string(),
-                    InstallStatus::Unchanged => {
-                        "already installed (same bytes); nothing changed".to_string()
-                    }
+                    InstallStatus::Unchanged => "already installed (same bytes); nothing changed".to_string(),
                     InstallStatus::Replaced { previous } => {
                         format!("installed, replacing {previous}")
                     }
                 };
-                println!(
-                    "{} {} ({}, WIT {}): {what}",
-                    entry.name, entry.version, entry.kind, entry.wit_version
-                );
+                println!("{} {} ({}, WIT {}): {what}", entry.name, entry.version, entry.kind, entry.wit_version);
             }
         }
         PluginCmd::List { json } => {
@@ -330,9 +567,7 @@ fn plugin(cx: &Ctx, cmd: PluginCmd) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {
-                println!(
-                    "No plugins installed. Install one with `schoolbell plugin install FILE.wasm`."
-                );
+                println!("No plugins installed. Install one with `schoolbell plugin install FILE.wasm`.");
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -347,10 +582,7 @@ fn plugin(cx: &Ctx, cmd: PluginCmd) -> Result<()> {
                         ]
                     })
                     .collect();
-                print_table(
-                    &["NAME", "VERSION", "KIND", "WIT", "ASKS FOR", "GRANTED"],
-                    &rows,
-                );
+                print_table(&["NAME", "VERSION", "KIND", "WIT", "ASKS FOR", "GRANTED"], &rows);
             }
         }
         PluginCmd::Inspect { name, json } => {
@@ -363,19 +595,11 @@ fn plugin(cx: &Ctx, cmd: PluginCmd) -> Result<()> {
         }
         PluginCmd::Grant { name, capability } => {
             let e = host.grant(&name, capability.clone())?;
-            println!(
-                "{}: granted {capability}; now granted: {}",
-                e.name,
-                caps(&e.granted)
-            );
+            println!("{}: granted {capability}; now granted: {}", e.name, caps(&e.granted));
         }
         PluginCmd::Revoke { name, capability } => {
             let e = host.revoke(&name, &capability)?;
-            println!(
-                "{}: revoked {capability}; now granted: {}",
-                e.name,
-                caps(&e.granted)
-            );
+            println!("{}: revoked {capability}; now granted: {}", e.name, caps(&e.granted));
         }
         PluginCmd::Remove { name } => {
             let e = host.remove(&name)?;
@@ -386,14 +610,7 @@ fn plugin(cx: &Ctx, cmd: PluginCmd) -> Result<()> {
 }
 
 fn caps(c: &[Capability]) -> String {
-    if c.is_empty() {
-        "-".into()
-    } else {
-        c.iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
+    if c.is_empty() { "-".into() } else { c.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ") }
 }
 
 fn print_entry(e: &PluginEntry) {
@@ -405,15 +622,8 @@ fn print_entry(e: &PluginEntry) {
     println!("  granted:    {}", caps(&e.granted));
     println!("  parameters:");
     for p in &e.params {
-        let default = p
-            .default
-            .as_ref()
-            .map(|d| format!("default {d}"))
-            .unwrap_or_else(|| "required".into());
-        println!(
-            "    {} ({}, {default}): {}",
-            p.name, p.value_type, p.description
-        );
+        let default = p.default.as_ref().map(|d| format!("default {d}")).unwrap_or_else(|| "required".into());
+        println!("    {} ({}, {default}): {}", p.name, p.value_type, p.description);
     }
 }
 
@@ -441,51 +651,14 @@ pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn spec_for(cx: &Ctx, collection: &str, key: Option<&str>, indexes: &[String]) -> Result<()> {
-    let store = cx.host.store();
-    let existing = store.collection(collection)?;
-    let key_field = match (key, &existing) {
-        (Some(k), _) => k.to_string(),
-        (None, Some(spec)) => spec.key_field.clone(),
-        (None, None) => {
-            bail!("collection `{collection}` is new: say which field is its key with --key FIELD")
-        }
-    };
-    let mut spec = existing.unwrap_or(CollectionSpec {
-        key_field: key_field.clone(),
-        indexes: vec![],
-    });
-    spec.key_field = key_field;
-    for index in indexes {
-        let fields: Vec<String> = index.split('+').map(|f| f.trim().to_string()).collect();
-        if !spec.indexes.contains(&fields) {
-            spec.indexes.push(fields);
-        }
-    }
-    store.define_collection(collection, &spec)?;
-    Ok(())
-}
-
 fn records(cx: &Ctx, cmd: RecordsCmd) -> Result<()> {
     let store = cx.host.store();
     match cmd {
-        RecordsCmd::Load {
-            collection,
-            file,
-            key,
-            indexes,
-        } => {
+        RecordsCmd::Load { collection, file, key, indexes } => {
             let n = load_json(cx, &collection, &file, key.as_deref(), &indexes)?;
-            println!(
-                "{n} records loaded into `{collection}` from {}",
-                file.display()
-            );
+            println!("{n} records loaded into `{collection}` from {}", file.display());
         }
-        RecordsCmd::List {
-            collection,
-            limit,
-            json,
-        } => {
+        RecordsCmd::List { collection, limit, json } => {
             if store.collection(&collection)?.is_none() {
                 bail!(
                     "collection `{collection}` does not exist; collections: {}",
@@ -507,20 +680,11 @@ fn records(cx: &Ctx, cmd: RecordsCmd) -> Result<()> {
                 }
                 let rows: Vec<Vec<String>> = page
                     .iter()
-                    .map(|r| {
-                        headers
-                            .iter()
-                            .map(|h| r.get(h).map(Value::to_key_text).unwrap_or_default())
-                            .collect()
-                    })
+                    .map(|r| headers.iter().map(|h| r.get(h).map(Value::to_key_text).unwrap_or_default()).collect())
                     .collect();
                 let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
                 print_table(&headers, &rows);
-                println!(
-                    "({} of {} records)",
-                    page.len(),
-                    store.count_records(&collection)?
-                );
+                println!("({} of {} records)", page.len(), store.count_records(&collection)?);
             }
         }
     }
@@ -535,103 +699,26 @@ pub(crate) fn load_json(
     key: Option<&str>,
     indexes: &[String],
 ) -> Result<usize> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", file.display()))?;
-    let Some(items) = json.as_array() else {
-        bail!("{}: expected a JSON array of objects", file.display())
-    };
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))?;
+    let Some(items) = json.as_array() else { bail!("{}: expected a JSON array of objects", file.display()) };
     let mut records = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let Some(obj) = item.as_object() else {
-            bail!("{}: item {} is not an object", file.display(), i + 1)
-        };
+        let Some(obj) = item.as_object() else { bail!("{}: item {} is not an object", file.display(), i + 1) };
         let mut record = Record::new();
         for (k, v) in obj {
             let value = Value::from_json(v).with_context(|| {
-                format!(
-                    "{}: item {}, field `{k}`: arrays and objects are not record values",
-                    file.display(),
-                    i + 1
-                )
+                format!("{}: item {}, field `{k}`: arrays and objects are not record values", file.display(), i + 1)
             })?;
             record.insert(k.clone(), value);
         }
         records.push(record);
     }
-    spec_for(cx, collection, key, indexes)?;
-    let n = cx
-        .host
-        .store()
-        .put_records(collection, &records)
-        .with_context(|| format!("{}", file.display()))?;
+    schoolbell::imports::define_collection(cx.host.store(), collection, key, indexes)?;
+    let n = cx.host.store().put_records(collection, &records).with_context(|| format!("{}", file.display()))?;
     cx.host.store().flush()?;
     Ok(n)
-}
-
-/// What an import of one file did.
-#[derive(serde::Serialize)]
-pub(crate) struct ImportReport {
-    pub(crate) file: String,
-    pub(crate) collection: String,
-    pub(crate) stored: u64,
-    pub(crate) errors: Vec<schoolbell::plugins::RowError>,
-    pub(crate) log: Vec<schoolbell::plugins::LogLine>,
-}
-
-/// Maps a file and stores its rows, all or nothing. The full import
-/// pipeline (matching, diff, guard) builds on this.
-pub(crate) fn import_file(
-    cx: &Ctx,
-    plugin: &str,
-    file: &Path,
-    into: &str,
-    key: Option<&str>,
-    indexes: &[String],
-    request: &RunRequest,
-) -> Result<ImportReport> {
-    let entry = cx.host.entry(plugin)?;
-    let cap = Capability::WriteCollection(into.into());
-    if !entry.capabilities.contains(&cap) {
-        bail!(
-            "plugin {plugin} does not produce `{into}` records (it asks for: {})",
-            caps(&entry.capabilities)
-        );
-    }
-    if !entry.granted.contains(&cap) {
-        bail!(
-            "plugin {plugin} may write `{into}` only once an admin grants it: `schoolbell plugin grant {plugin} {cap}`"
-        );
-    }
-    let input =
-        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let shown = file.display().to_string();
-    let mut rows = Vec::new();
-    let outcome = cx.host.run_mapping(
-        plugin,
-        &shown,
-        std::io::BufReader::new(input),
-        request,
-        |batch| {
-            rows.extend(batch.into_iter().map(|r| r.record));
-            Ok(())
-        },
-    )?;
-    spec_for(cx, into, key, indexes)?;
-    let stored = cx
-        .host
-        .store()
-        .put_records(into, &rows)
-        .with_context(|| shown.clone())? as u64;
-    cx.host.store().flush()?;
-    Ok(ImportReport {
-        file: shown,
-        collection: into.into(),
-        stored,
-        errors: outcome.errors,
-        log: outcome.log,
-    })
 }
 
 pub(crate) fn print_import(report: &ImportReport) {
@@ -643,11 +730,7 @@ pub(crate) fn print_import(report: &ImportReport) {
         report.errors.len()
     );
     for e in &report.errors {
-        let field = e
-            .field
-            .as_deref()
-            .map(|f| format!(", field `{f}`"))
-            .unwrap_or_default();
+        let field = e.field.as_deref().map(|f| format!(", field `{f}`")).unwrap_or_default();
         println!("  line {}{field}: {}", e.line, e.message);
     }
 }
@@ -672,13 +755,295 @@ fn check(cx: &Ctx) -> Result<()> {
         }
     }
     if problems.is_empty() {
-        println!(
-            "ok: config, rules and {} plugins in {}",
-            list.len(),
-            cx.data.display()
-        );
+        println!("ok: config, rules and {} plugins in {}", list.len(), cx.data.display());
         Ok(())
     } else {
         bail!("{}", problems.join("\n"))
     }
+}
+
+fn print_task(view: &serde_json::Value) {
+    let t = &view["task"];
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    println!("{} ({}, plugin {}, owner {})", s(&t["name"]), s(&t["kind"]), s(&t["plugin"]), s(&t["owner"]));
+    println!("  schedule:  {} in {}", s(&t["schedule"]), s(&t["zone"]));
+    println!(
+        "  window:    from {}{}",
+        s(&t["start"]),
+        t["end"].as_str().map(|e| format!(" to {e}")).unwrap_or_default()
+    );
+    println!(
+        "  flags:     {}{}{}; misfire {}, overlap {}",
+        if t["enabled"] == true { "enabled" } else { "disabled" },
+        if t["high_priority"] == true { ", high priority" } else { "" },
+        if t["keep"] == true { ", keep runs" } else { "" },
+        s(&t["misfire"]),
+        s(&t["overlap"])
+    );
+    if let Some(p) = t["pauses"].as_array().filter(|p| !p.is_empty()) {
+        let list: Vec<String> = p.iter().map(|p| format!("{}..{}", s(&p["from"]), s(&p["to"]))).collect();
+        println!("  paused:    {}", list.join(", "));
+    }
+    if let Some(params) = t["params"].as_object() {
+        let list: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("  params:    {}", list.join(", "));
+    }
+    println!("  next fires:");
+    let fires = view["next"].as_array().cloned().unwrap_or_default();
+    if fires.is_empty() {
+        println!("    none");
+    }
+    for f in fires {
+        println!("    {}   {}", s(&f["local"]), s(&f["utc"]));
+    }
+}
+
+fn task(cx: &Ctx, user: &User, cmd: TaskCmd) -> Result<()> {
+    let sched = &cx.scheduler;
+    match cmd {
+        TaskCmd::Add(a) => {
+            let a = *a;
+            let import = match (a.source, a.collection) {
+                (Some(source), Some(collection)) => {
+                    Some(ImportTarget { source, collection, key_field: a.key, indexes: a.indexes })
+                }
+                (None, None) => None,
+                _ => bail!("an import task needs both --source FILE and --collection NAME"),
+            };
+            let spec = TaskSpec {
+                name: a.name,
+                kind: a.kind,
+                plugin: a.plugin,
+                params: a.params.into_iter().map(|(k, v)| (k, v.to_json())).collect(),
+                rules: a.rules,
+                schedule: a.schedule,
+                zone: a.zone,
+                start: a.start,
+                end: a.end,
+                pauses: a.pauses,
+                enabled: Some(!a.disabled),
+                high_priority: a.high_priority,
+                keep: a.keep,
+                misfire: a.misfire,
+                overlap: a.overlap,
+                import,
+            };
+            let task = sched.add_task(user, spec)?;
+            print_task(&schoolbell::api::task_view(&task, 5, sched.now()));
+        }
+        TaskCmd::List { json } => {
+            let tasks = sched.tasks(user)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tasks)?);
+            } else if tasks.is_empty() {
+                println!("No tasks. Add one with `schoolbell task add NAME --plugin P --schedule \"daily at 07:00\"`.");
+            } else {
+                let rows: Vec<Vec<String>> = tasks.iter().map(task_row).collect();
+                print_table(
+                    &["NAME", "KIND", "PLUGIN", "SCHEDULE", "ZONE", "ENABLED", "NEXT FIRE (UTC)", "OWNER"],
+                    &rows,
+                );
+            }
+        }
+        TaskCmd::Show { name, json } => {
+            let view = schoolbell::api::task_view(&sched.task(user, &name)?, 5, sched.now());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_task(&view);
+            }
+        }
+        TaskCmd::Enable { name } => {
+            let t = sched.set_enabled(user, &name, true)?;
+            println!(
+                "{name}: enabled; next fire {}",
+                t.next_fire.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into())
+            );
+        }
+        TaskCmd::Disable { name } => {
+            sched.set_enabled(user, &name, false)?;
+            println!("{name}: disabled");
+        }
+        TaskCmd::RunNow { name, wait } => {
+            let run = sched.run_now(user, &name)?;
+            if !wait {
+                println!("run {} queued for task {name}; `schoolbell serve` runs it, or use --wait", run.id);
+                return Ok(());
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            let finished = runtime.block_on(async {
+                loop {
+                    sched.dispatch()?;
+                    let r: Run = sched.run(user, run.id)?;
+                    if r.status.is_finished() {
+                        return Ok::<Run, schoolbell::scheduler::Error>(r);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            })?;
+            print_run(&finished);
+            if finished.status != RunStatus::Succeeded {
+                bail!("run {} {}", finished.id, finished.status);
+            }
+        }
+        TaskCmd::Remove { name } => {
+            sched.remove_task(user, &name)?;
+            println!("{name}: removed (its runs stay until deleted or expired)");
+        }
+    }
+    Ok(())
+}
+
+fn task_row(t: &Task) -> Vec<String> {
+    vec![
+        t.name.clone(),
+        format!("{:?}", t.kind).to_lowercase(),
+        t.plugin.clone(),
+        t.schedule.to_string(),
+        t.zone.clone(),
+        if t.enabled { "yes".into() } else { "no".into() },
+        t.next_fire.filter(|_| t.enabled).map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "-".into()),
+        t.owner.clone(),
+    ]
+}
+
+fn progress(r: &Run) -> String {
+    match r.progress_total {
+        Some(total) if total > 0 => format!("{}/{} ({}%)", r.progress_done, total, r.progress_done * 100 / total),
+        _ if r.progress_done > 0 => r.progress_done.to_string(),
+        _ => "-".into(),
+    }
+}
+
+fn print_run(r: &Run) {
+    let t = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+    println!(
+        "run {}: {} ({} run of task {}, plugin {}, owner {})",
+        r.id, r.status, r.trigger, r.task, r.plugin, r.owner
+    );
+    println!("  queued {}, started {}, finished {}", r.queued_at.to_rfc3339(), t(r.started_at), t(r.finished_at));
+    if let Some(f) = r.fire_time {
+        println!("  fire time {}", f.to_rfc3339());
+    }
+    println!("  progress {}", progress(r));
+    if !r.summary.is_empty() {
+        let list: Vec<String> = r.summary.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  summary: {}", list.join(", "));
+    }
+    println!("  messages: {}", r.message_count);
+    if let Some(e) = &r.error {
+        println!("  error: {e}");
+    }
+    if let Some(by) = &r.cancel_requested_by {
+        println!("  cancel requested by {by}");
+    }
+}
+
+fn runs(cx: &Ctx, user: &User, cmd: RunsCmd) -> Result<()> {
+    let sched = &cx.scheduler;
+    match cmd {
+        RunsCmd::List { status, task, limit, json } => {
+            let status =
+                status.as_deref().map(schoolbell::api::parse_status).transpose().map_err(anyhow::Error::msg)?;
+            let list = sched.runs(user, status, task.as_deref(), limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("No runs.");
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.task.clone(),
+                            r.status.to_string(),
+                            r.trigger.to_string(),
+                            r.owner.clone(),
+                            r.queued_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            progress(r),
+                            r.error.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["ID", "TASK", "STATUS", "TRIGGER", "OWNER", "QUEUED (UTC)", "PROGRESS", "ERROR"], &rows);
+            }
+        }
+        RunsCmd::Show { id, json } => {
+            let r = sched.run(user, id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_run(&r);
+            }
+        }
+        RunsCmd::Cancel { id } => {
+            let r = sched.cancel(user, id)?;
+            println!("run {id}: {}", if r.status == RunStatus::Cancelled { "cancelled" } else { "cancel requested" });
+        }
+        RunsCmd::Delete { id } => {
+            sched.delete(user, id)?;
+            println!("run {id}: deleted");
+        }
+        RunsCmd::Messages { id, status, csv, json, limit } => {
+            let limit = if csv { usize::MAX } else { limit };
+            let (messages, next) = sched.messages(user, id, status.as_deref(), None, limit)?;
+            if csv {
+                print!("{}", schoolbell::api::messages_csv(&messages));
+            } else if json {
+                println!("{}", serde_json::json!({ "messages": messages, "next": next }));
+            } else {
+                let rows: Vec<Vec<String>> = messages
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.row.map(|r| r.to_string()).unwrap_or_default(),
+                            m.status.clone(),
+                            m.field.clone().unwrap_or_default(),
+                            m.message.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["ROW", "STATUS", "FIELD", "MESSAGE"], &rows);
+                if next.is_some() {
+                    println!("(more: raise --limit, or export all with --csv)");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn user(cx: &Ctx, cmd: UserCmd) -> Result<()> {
+    let store = cx.host.store();
+    match cmd {
+        UserCmd::Add { name, role, email, permissions } => {
+            let u = User { name: name.clone(), email, role, permissions, job_email: JobEmail::default() };
+            users::put(store, &u)?;
+            println!("user {name} ({role}) saved");
+        }
+        UserCmd::List { json } => {
+            let list = users::list(store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|u| {
+                        let perms: Vec<String> =
+                            u.permissions.iter().map(|p| format!("{p:?}").to_lowercase()).collect();
+                        vec![u.name.clone(), u.role.to_string(), u.email.clone(), perms.join(", ")]
+                    })
+                    .collect();
+                print_table(&["NAME", "ROLE", "EMAIL", "PERMISSIONS"], &rows);
+            }
+        }
+        UserCmd::Token { name } => {
+            if name == "admin" && store.users::<User>().get(b"admin")?.is_none() {
+                users::put(store, &User::local_owner())?;
+            }
+            println!("{}", users::issue_token(store, &name)?);
+        }
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::plugins::SandboxConfig;
 use crate::rules::RuleLimits;
+use crate::scheduler::SchedulerConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -20,6 +21,24 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// Limits for rules.
     pub rules: RuleLimits,
+    /// The scheduler: workers, zone, misfire grace, retention.
+    pub scheduler: SchedulerConfig,
+    /// The HTTP API.
+    pub api: ApiConfig,
+}
+
+/// The `[api]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The address `schoolbell serve` listens on.
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: "127.0.0.1:8080".into() }
+    }
 }
 
 /// Errors reading the configuration.
@@ -53,10 +72,7 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(source) => return Err(Error::Io { path, source }),
         };
-        toml::from_str(&text).map_err(|e| Error::Invalid {
-            path,
-            message: e.to_string().trim().to_string(),
-        })
+        toml::from_str(&text).map_err(|e| Error::Invalid { path, message: e.to_string().trim().to_string() })
     }
 }
 
@@ -67,11 +83,7 @@ mod tests {
     #[test]
     fn an_unknown_key_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("schoolbell.toml"),
-            "[sandbox]\nmemory_limt_mib = 3\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("schoolbell.toml"), "[sandbox]\nmemory_limt_mib = 3\n").unwrap();
         let err = Config::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("memory_limt_mib"), "{err}");
     }
@@ -79,16 +91,9 @@ mod tests {
     #[test]
     fn limits_are_read_and_the_rest_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("schoolbell.toml"),
-            "[sandbox]\nmemory_limit_mib = 32\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("schoolbell.toml"), "[sandbox]\nmemory_limit_mib = 32\n").unwrap();
         let config = Config::load(dir.path()).unwrap();
         assert_eq!(config.sandbox.memory_limit_mib, 32);
-        assert_eq!(
-            config.sandbox.timeout_secs,
-            SandboxConfig::default().timeout_secs
-        );
+        assert_eq!(config.sandbox.timeout_secs, SandboxConfig::default().timeout_secs);
     }
 }

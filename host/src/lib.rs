@@ -5,9 +5,15 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod api;
 pub mod config;
+pub mod imports;
 pub mod plugins;
 pub mod records;
 pub mod rules;
+pub mod runs;
 pub mod schedule;
+pub mod scheduler;
 pub mod store;
+pub mod tasks;
+pub mod users;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -12,8 +13,7 @@ fn main() -> ExitCode {
     let args = cli::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "schoolbell=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "schoolbell=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -142,9 +142,7 @@ impl std::str::FromStr for Capability {
         match s.split_once(':') {
             Some(("read", c)) if !c.is_empty() => Ok(Capability::ReadCollection(c.into())),
             Some(("write", c)) if !c.is_empty() => Ok(Capability::WriteCollection(c.into())),
-            _ => Err(format!(
-                "`{s}` is not a capability; write `read:COLLECTION` or `write:COLLECTION`"
-            )),
+            _ => Err(format!("`{s}` is not a capability; write `read:COLLECTION` or `write:COLLECTION`")),
         }
     }
 }
@@ -294,9 +292,7 @@ pub enum Error {
         message: String,
     },
     /// No plugin by that name.
-    #[error(
-        "no plugin named `{0}` is installed; `schoolbell plugin list` shows the installed ones"
-    )]
+    #[error("no plugin named `{0}` is installed; `schoolbell plugin list` shows the installed ones")]
     NotInstalled(String),
     /// The plugin has the wrong kind for the job.
     #[error("plugin {plugin} is a {found} plugin, not a {expected} one")]
@@ -468,16 +464,8 @@ pub struct RunRequest {
 
 impl PluginHost {
     /// Builds the runtime over `store`, caching compiled code in `cache_dir`.
-    pub fn new(
-        store: Arc<Store>,
-        rules: Arc<RuleSet>,
-        cache_dir: &Path,
-        config: SandboxConfig,
-    ) -> Result<Self, Error> {
-        std::fs::create_dir_all(cache_dir).map_err(|source| Error::Io {
-            path: cache_dir.into(),
-            source,
-        })?;
+    pub fn new(store: Arc<Store>, rules: Arc<RuleSet>, cache_dir: &Path, config: SandboxConfig) -> Result<Self, Error> {
+        std::fs::create_dir_all(cache_dir).map_err(|source| Error::Io { path: cache_dir.into(), source })?;
         Ok(PluginHost {
             sandbox: sandbox::Sandbox::new(config)?,
             store,
@@ -498,6 +486,11 @@ impl PluginHost {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The admin rules runs evaluate.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
     /// The store the host reads from.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
@@ -507,13 +500,8 @@ impl PluginHost {
     fn component(&self, path: &str, hash: &str, bytes: &[u8]) -> Result<Component, Error> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.sandbox
-            .engine
-            .precompile_compatibility_hash()
-            .hash(&mut h);
-        let cached = self
-            .cache_dir
-            .join(format!("{hash}-{:016x}.cwasm", h.finish()));
+        self.sandbox.engine.precompile_compatibility_hash().hash(&mut h);
+        let cached = self.cache_dir.join(format!("{hash}-{:016x}.cwasm", h.finish()));
         if cached.exists() {
             // SAFETY: the cache folder holds only files this process family
             // wrote with `Component::serialize`, under the data directory
@@ -531,23 +519,17 @@ impl PluginHost {
                 }
             }
         }
-        let component =
-            Component::new(&self.sandbox.engine, bytes).map_err(|e| Error::BadFile {
-                path: path.into(),
-                reason: format!("not a valid WebAssembly component: {}", e.root_cause()),
-            })?;
-        self.stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .compiled += 1;
+        let component = Component::new(&self.sandbox.engine, bytes).map_err(|e| Error::BadFile {
+            path: path.into(),
+            reason: format!("not a valid WebAssembly component: {}", e.root_cause()),
+        })?;
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).compiled += 1;
         tracing::debug!(%hash, "Component compiled.");
         match component.serialize() {
             Ok(code) => {
                 // Write then rename, so a crash never leaves half a file.
                 let tmp = cached.with_extension("tmp");
-                if let Err(e) =
-                    std::fs::write(&tmp, code).and_then(|_| std::fs::rename(&tmp, &cached))
-                {
+                if let Err(e) = std::fs::write(&tmp, code).and_then(|_| std::fs::rename(&tmp, &cached)) {
                     tracing::warn!(file = %cached.display(), "Cannot cache compiled component: {e}");
                 }
             }
@@ -557,50 +539,30 @@ impl PluginHost {
     }
 
     /// Checks and pre-instantiates a component: world, version, linking.
-    fn prepare(
-        &self,
-        path: &str,
-        hash: &str,
-        bytes: &[u8],
-    ) -> Result<(bindings::Target, WorldPre), Error> {
+    fn prepare(&self, path: &str, hash: &str, bytes: &[u8]) -> Result<(bindings::Target, WorldPre), Error> {
         check_header(path, bytes)?;
         let component = self.component(path, hash, bytes)?;
         let ty = component.component_type();
         let engine = &self.sandbox.engine;
-        let target = bindings::detect(
-            ty.exports(engine).map(|(n, _)| n),
-            ty.imports(engine).map(|(n, _)| n),
-        )
-        .map_err(|m| match m {
-            bindings::Mismatch::NoWorld(exports) => Error::WrongWorld {
-                path: path.into(),
-                exports: if exports.is_empty() {
-                    "nothing".into()
-                } else {
-                    exports.join(", ")
-                },
-            },
-            bindings::Mismatch::Version(found) => Error::IncompatibleVersion {
-                path: path.into(),
-                found,
-                supported: supported_range(),
-            },
-        })?;
+        let target =
+            bindings::detect(ty.exports(engine).map(|(n, _)| n), ty.imports(engine).map(|(n, _)| n)).map_err(|m| {
+                match m {
+                    bindings::Mismatch::NoWorld(exports) => Error::WrongWorld {
+                        path: path.into(),
+                        exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
+                    },
+                    bindings::Mismatch::Version(found) => {
+                        Error::IncompatibleVersion { path: path.into(), found, supported: supported_range() }
+                    }
+                }
+            })?;
         let link_error = |e: wasmtime::Error| Error::BadFile {
             path: path.into(),
-            reason: format!(
-                "cannot be linked: {e:#}. It may import something the Schoolbell sandbox does not provide"
-            ),
+            reason: format!("cannot be linked: {e:#}. It may import something the Schoolbell sandbox does not provide"),
         };
-        let pre = self
-            .sandbox
-            .linker
-            .instantiate_pre(&component)
-            .map_err(link_error)?;
+        let pre = self.sandbox.linker.instantiate_pre(&component).map_err(link_error)?;
         let pre = match target.kind {
-            PluginKind::ImportMapping => {
-                WorldPre::Mapping(ImportMappingPre::new(pre).map_err(link_error)?)
-            }
+            PluginKind::ImportMapping => WorldPre::Mapping(ImportMappingPre::new(pre).map_err(link_error)?),
             PluginKind::Notifier => WorldPre::Notifier(NotifierPre::new(pre).map_err(link_error)?),
         };
         Ok((target, pre))
@@ -610,29 +572,19 @@ impl PluginHost {
     /// process).
     fn load(&self, name: &str) -> Result<Arc<Loaded>, Error> {
         let entry = self.entry(name)?;
-        if let Some(l) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&entry.hash)
+        if let Some(l) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&entry.hash)
             && l.entry == entry
         {
             return Ok(l.clone());
         }
-        let bytes = self
-            .store
-            .blob(&entry.hash)?
-            .ok_or_else(|| crate::store::Error::Corrupt {
-                tree: "blobs",
-                key: entry.hash.clone(),
-                reason: format!("the component of plugin {name} is missing; install it again"),
-            })?;
+        let bytes = self.store.blob(&entry.hash)?.ok_or_else(|| crate::store::Error::Corrupt {
+            tree: "blobs",
+            key: entry.hash.clone(),
+            reason: format!("the component of plugin {name} is missing; install it again"),
+        })?;
         let (_, pre) = self.prepare(name, &entry.hash, &bytes)?;
         let loaded = Arc::new(Loaded { entry, pre });
-        self.loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(loaded.entry.hash.clone(), loaded.clone());
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(loaded.entry.hash.clone(), loaded.clone());
         Ok(loaded)
     }
 
@@ -655,12 +607,7 @@ impl PluginHost {
         result.map_err(|trap| trap_error(&loaded.entry.id(), &mut store, trap))
     }
 
-    fn new_store(
-        &self,
-        entry: &PluginEntry,
-        request: &RunRequest,
-        params: Record,
-    ) -> wasmtime::Store<RunState> {
+    fn new_store(&self, entry: &PluginEntry, request: &RunRequest, params: Record) -> wasmtime::Store<RunState> {
         let setup = RunSetup {
             plugin: entry.id(),
             declared: entry.capabilities.clone(),
@@ -687,20 +634,16 @@ impl PluginHost {
         let params = check_params(&loaded.entry, &request.params)?;
         let mut store = self.new_store(&loaded.entry, request, params.clone());
         let id = loaded.entry.id();
-        let result = pre.instantiate(&mut store).and_then(|n| {
-            n.schoolbell_plugin_notify()
-                .call_run(&mut store, &bindings::params_to_wit(&params))
-        });
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|n| n.schoolbell_plugin_notify().call_run(&mut store, &bindings::params_to_wit(&params)));
         let notifications = match result {
             Err(trap) => return Err(trap_error(&id, &mut store, trap)),
             Ok(Err(e)) => return Err(guest_failure(&id, store.data(), e)),
             Ok(Ok(list)) => list,
         };
         if let Some(v) = store.data().violations.first() {
-            return Err(Error::Denied {
-                plugin: id,
-                message: v.clone(),
-            });
+            return Err(Error::Denied { plugin: id, message: v.clone() });
         }
         if notifications.len() > self.sandbox.config.output_limit {
             return Err(Error::OutputTooLarge {
@@ -712,10 +655,7 @@ impl PluginHost {
         }
         let state = store.data_mut();
         Ok(NotifierOutcome {
-            notifications: notifications
-                .into_iter()
-                .map(bindings::notification_from_wit)
-                .collect(),
+            notifications: notifications.into_iter().map(bindings::notification_from_wit).collect(),
             log: state.finish_log(),
             state_writes: std::mem::take(&mut state.state_writes),
         })
@@ -761,23 +701,13 @@ impl PluginHost {
             if request.control.is_cancelled() {
                 return Err(Error::Cancelled { plugin: id });
             }
-            let n = read_full(&mut input, &mut buf).map_err(|source| Error::Io {
-                path: file.into(),
-                source,
-            })?;
-            let result = if n == 0 {
-                api.call_finish(&mut store, mapper)
-            } else {
-                api.call_feed(&mut store, mapper, &buf[..n])
-            };
+            let n = read_full(&mut input, &mut buf).map_err(|source| Error::Io { path: file.into(), source })?;
+            let result =
+                if n == 0 { api.call_finish(&mut store, mapper) } else { api.call_feed(&mut store, mapper, &buf[..n]) };
             let batch = match result {
                 Err(trap) => return Err(trap_error(&id, &mut store, trap)),
                 Ok(Err(bindings::mapping_api::MappingError::Header(h))) => {
-                    return Err(Error::Header {
-                        file: file.into(),
-                        column: h.column,
-                        message: h.message,
-                    });
+                    return Err(Error::Header { file: file.into(), column: h.column, message: h.message });
                 }
                 Ok(Err(bindings::mapping_api::MappingError::Plugin(e))) => {
                     return Err(guest_failure(&id, store.data(), e));
@@ -803,11 +733,7 @@ impl PluginHost {
             }
         }
         let _ = mapper.resource_drop(&mut store);
-        Ok(MappingOutcome {
-            rows,
-            errors,
-            log: store.data_mut().finish_log(),
-        })
+        Ok(MappingOutcome { rows, errors, log: store.data_mut().finish_log() })
     }
 }
 
@@ -836,12 +762,7 @@ fn supported_range() -> String {
 /// Refuses non-wasm files and core modules with one line each, before the
 /// engine sees them.
 fn check_header(path: &str, bytes: &[u8]) -> Result<(), Error> {
-    let bad = |reason: &str| {
-        Err(Error::BadFile {
-            path: path.into(),
-            reason: reason.into(),
-        })
-    };
+    let bad = |reason: &str| Err(Error::BadFile { path: path.into(), reason: reason.into() });
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return if bytes.is_empty() {
             bad("the file is empty")
@@ -859,11 +780,7 @@ fn check_header(path: &str, bytes: &[u8]) -> Result<(), Error> {
 }
 
 /// Turns a trap (or host interruption) into a run error naming the plugin.
-fn trap_error(
-    plugin: &PluginId,
-    store: &mut wasmtime::Store<RunState>,
-    e: wasmtime::Error,
-) -> Error {
+fn trap_error(plugin: &PluginId, store: &mut wasmtime::Store<RunState>, e: wasmtime::Error) -> Error {
     let state = store.data_mut();
     if let Some(i) = state.interrupted {
         return sandbox::describe_interrupt(plugin, i);
@@ -879,9 +796,7 @@ fn trap_error(
         };
     }
     let mut reason = match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::StackOverflow) => {
-            "its call stack overflowed (runaway recursion)".to_string()
-        }
+        Some(wasmtime::Trap::StackOverflow) => "its call stack overflowed (runaway recursion)".to_string(),
         Some(wasmtime::Trap::UnreachableCodeReached) => {
             "it reached `unreachable`, which is how a Rust plugin's panic ends".to_string()
         }
@@ -892,47 +807,29 @@ fn trap_error(
     if !said.is_empty() {
         reason.push_str(&format!("; it printed: {said}"));
     }
-    Error::Trap {
-        plugin: plugin.clone(),
-        reason,
-    }
+    Error::Trap { plugin: plugin.clone(), reason }
 }
 
 fn guest_failure(plugin: &PluginId, state: &RunState, e: bindings::wit::PluginError) -> Error {
     // A denial the host recorded is the truer story than whatever error
     // the guest turned it into.
     if let Some(v) = state.violations.first() {
-        return Error::Denied {
-            plugin: plugin.clone(),
-            message: v.clone(),
-        };
+        return Error::Denied { plugin: plugin.clone(), message: v.clone() };
     }
     if state.control.is_cancelled() {
-        return Error::Cancelled {
-            plugin: plugin.clone(),
-        };
+        return Error::Cancelled { plugin: plugin.clone() };
     }
-    Error::Failed {
-        plugin: plugin.clone(),
-        error: bindings::guest_error(e),
-    }
+    Error::Failed { plugin: plugin.clone(), error: bindings::guest_error(e) }
 }
 
 /// Checks a task's parameters against the plugin's specs and fills in
 /// defaults.
 pub fn check_params(entry: &PluginEntry, given: &Record) -> Result<Record, Error> {
-    let err = |name: &str, message: String| Error::Param {
-        plugin: entry.name.clone(),
-        name: name.into(),
-        message,
-    };
+    let err = |name: &str, message: String| Error::Param { plugin: entry.name.clone(), name: name.into(), message };
     for name in given.keys() {
         if !entry.params.iter().any(|p| &p.name == name) {
             let known: Vec<&str> = entry.params.iter().map(|p| p.name.as_str()).collect();
-            return Err(err(
-                name,
-                format!("unknown parameter; this plugin takes: {}", known.join(", ")),
-            ));
+            return Err(err(name, format!("unknown parameter; this plugin takes: {}", known.join(", "))));
         }
     }
     let mut out = Record::new();
@@ -942,10 +839,7 @@ pub fn check_params(entry: &PluginEntry, given: &Record) -> Result<Record, Error
             None => match &spec.default {
                 Some(d) => d.clone(),
                 None => {
-                    return Err(err(
-                        &spec.name,
-                        format!("required, of type {}", spec.value_type),
-                    ));
+                    return Err(err(&spec.name, format!("required, of type {}", spec.value_type)));
                 }
             },
         };
@@ -969,9 +863,7 @@ fn coerce(v: &Value, t: ValueType) -> Result<Value, String> {
         (ValueType::Integer, Value::Text(s)) => Value::Int(s.trim().parse().map_err(|_| wrong())?),
         (ValueType::Float, Value::Text(s)) => Value::Float(s.trim().parse().map_err(|_| wrong())?),
         (ValueType::Boolean, Value::Text(s)) => Value::Bool(s.trim().parse().map_err(|_| wrong())?),
-        (ValueType::Date, Value::Text(s)) => {
-            Value::Date(crate::records::Date::parse(s.trim()).ok_or_else(wrong)?)
-        }
+        (ValueType::Date, Value::Text(s)) => Value::Date(crate::records::Date::parse(s.trim()).ok_or_else(wrong)?),
         _ => return Err(wrong()),
     })
 }
@@ -984,10 +876,7 @@ mod tests {
     fn header_check_names_what_the_file_is() {
         let msg = |b: &[u8]| check_header("x.wasm", b).unwrap_err().to_string();
         assert_eq!(msg(b""), "x.wasm: the file is empty");
-        assert_eq!(
-            msg(b"hello world"),
-            "x.wasm: not a WebAssembly file (no `\\0asm` header)"
-        );
+        assert_eq!(msg(b"hello world"), "x.wasm: not a WebAssembly file (no `\\0asm` header)");
         assert!(msg(b"\0asm\x01\0\0\0").contains("a core WebAssembly module, not a component"));
         assert!(check_header("x", b"\0asm\x0d\0\x01\0").is_ok());
     }
@@ -1002,20 +891,8 @@ mod tests {
 
     #[test]
     fn text_parameters_are_coerced_to_their_declared_type() {
-        assert_eq!(
-            coerce(&Value::Text("7".into()), ValueType::Integer),
-            Ok(Value::Int(7))
-        );
-        assert!(
-            coerce(&Value::Text("seven".into()), ValueType::Integer)
-                .unwrap_err()
-                .contains("expected integer")
-        );
-        assert_eq!(
-            coerce(&Value::Text("2026-02-28".into()), ValueType::Date)
-                .unwrap()
-                .to_key_text(),
-            "2026-02-28"
-        );
+        assert_eq!(coerce(&Value::Text("7".into()), ValueType::Integer), Ok(Value::Int(7)));
+        assert!(coerce(&Value::Text("seven".into()), ValueType::Integer).unwrap_err().contains("expected integer"));
+        assert_eq!(coerce(&Value::Text("2026-02-28".into()), ValueType::Date).unwrap().to_key_text(), "2026-02-28");
     }
 }

@@ -48,7 +48,11 @@ impl fmt::Display for Date {
 }
 
 /// One typed value of a record field, as in the WIT `value` variant.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// In JSON (the API, `--json`) a value is plain: text, number, boolean,
+/// null, or a `YYYY-MM-DD` string for a date. In the store it keeps its
+/// exact type (see the `Serialize` impl).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// No value.
     Null,
@@ -121,6 +125,52 @@ impl Value {
     }
 }
 
+/// The store's exact form of a value.
+#[derive(Serialize, Deserialize)]
+enum Stored {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Date(Date),
+}
+
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return self.to_json().serialize(s);
+        }
+        match self.clone() {
+            Value::Null => Stored::Null,
+            Value::Bool(b) => Stored::Bool(b),
+            Value::Int(n) => Stored::Int(n),
+            Value::Float(x) => Stored::Float(x),
+            Value::Text(t) => Stored::Text(t),
+            Value::Date(d) => Stored::Date(d),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let json = serde_json::Value::deserialize(d)?;
+            return Value::from_json(&json)
+                .ok_or_else(|| serde::de::Error::custom("a value must be text, a number, a boolean, null or a date"));
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Null => Value::Null,
+            Stored::Bool(b) => Value::Bool(b),
+            Stored::Int(n) => Value::Int(n),
+            Stored::Float(x) => Value::Float(x),
+            Stored::Text(t) => Value::Text(t),
+            Stored::Date(d) => Value::Date(d),
+        })
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -136,12 +186,7 @@ pub type Record = BTreeMap<String, Value>;
 
 /// A record as a JSON object.
 pub fn record_to_json(record: &Record) -> serde_json::Value {
-    serde_json::Value::Object(
-        record
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
-            .collect(),
-    )
+    serde_json::Value::Object(record.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
 }
 
 #[cfg(test)]
@@ -150,10 +195,7 @@ mod tests {
 
     #[test]
     fn dates_parse_only_when_the_day_exists() {
-        assert_eq!(
-            Date::parse("2024-02-29").map(|d| d.to_string()),
-            Some("2024-02-29".into())
-        );
+        assert_eq!(Date::parse("2024-02-29").map(|d| d.to_string()), Some("2024-02-29".into()));
         assert_eq!(Date::parse("2023-02-29"), None);
         assert_eq!(Date::parse("2023-13-01"), None);
         assert_eq!(Date::parse("2023-04-31"), None);
@@ -161,18 +203,8 @@ mod tests {
 
     #[test]
     fn json_strings_that_are_dates_become_dates() {
-        assert_eq!(
-            Value::from_json(&"2010-05-01".into()),
-            Some(Value::Date(Date {
-                year: 2010,
-                month: 5,
-                day: 1
-            }))
-        );
-        assert_eq!(
-            Value::from_json(&"Ann".into()),
-            Some(Value::Text("Ann".into()))
-        );
+        assert_eq!(Value::from_json(&"2010-05-01".into()), Some(Value::Date(Date { year: 2010, month: 5, day: 1 })));
+        assert_eq!(Value::from_json(&"Ann".into()), Some(Value::Text("Ann".into())));
         assert_eq!(Value::from_json(&serde_json::json!(7)), Some(Value::Int(7)));
         assert_eq!(Value::from_json(&serde_json::json!([1])), None);
     }

@@ -144,9 +144,7 @@ pub fn engine(limits: &RuleLimits) -> Engine {
         None
     });
     engine.on_print(|text| tracing::info!(target: "schoolbell::rules", "{text}"));
-    engine.on_debug(
-        |text, source, pos| tracing::debug!(target: "schoolbell::rules", ?source, %pos, "{text}"),
-    );
+    engine.on_debug(|text, source, pos| tracing::debug!(target: "schoolbell::rules", ?source, %pos, "{text}"));
     engine
 }
 
@@ -182,12 +180,7 @@ pub struct RuleSet {
 impl RuleSet {
     /// An empty set whose rules would live in `dir`.
     pub fn new(dir: &Path, limits: RuleLimits) -> RuleSet {
-        RuleSet {
-            engine: Arc::new(engine(&limits)),
-            limits,
-            dir: dir.to_path_buf(),
-            rules: HashMap::new(),
-        }
+        RuleSet { engine: Arc::new(engine(&limits)), limits, dir: dir.to_path_buf(), rules: HashMap::new() }
     }
 
     /// Compiles every `*.rhai` file in `dir`. Returns every broken rule's
@@ -197,19 +190,11 @@ impl RuleSet {
         if !dir.exists() {
             return Ok(set);
         }
-        let entries = std::fs::read_dir(dir).map_err(|source| {
-            vec![Error::Io {
-                path: dir.into(),
-                source,
-            }]
-        })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| vec![Error::Io { path: dir.into(), source }])?;
         let mut errors = Vec::new();
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
-        for path in paths
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
-        {
+        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "rhai")) {
             match set.compile_file(&path) {
                 Ok(rule) => {
                     set.rules.insert(rule.name.clone(), Arc::new(rule));
@@ -217,23 +202,13 @@ impl RuleSet {
                 Err(e) => errors.push(e),
             }
         }
-        if errors.is_empty() {
-            Ok(set)
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(set) } else { Err(errors) }
     }
 
     /// Compiles one rule file.
     pub fn compile_file(&self, path: &Path) -> Result<Rule, Error> {
-        let source = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let source = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         self.compile(&name, &path.display().to_string(), &source)
     }
 
@@ -241,27 +216,14 @@ impl RuleSet {
     pub fn compile(&self, name: &str, file: &str, source: &str) -> Result<Rule, Error> {
         let ast = self.engine.compile(source).map_err(|e| {
             let (line, column) = position(e.position());
-            Error::Compile {
-                file: file.into(),
-                line,
-                column,
-                message: e.err_type().to_string(),
-            }
+            Error::Compile { file: file.into(), line, column, message: e.err_type().to_string() }
         })?;
-        Ok(Rule {
-            name: name.into(),
-            file: file.into(),
-            ast,
-            mentions: mentions(source),
-        })
+        Ok(Rule { name: name.into(), file: file.into(), ast, mentions: mentions(source) })
     }
 
     /// The rule named `name`.
     pub fn get(&self, name: &str) -> Result<Arc<Rule>, Error> {
-        self.rules.get(name).cloned().ok_or_else(|| Error::Unknown {
-            name: name.into(),
-            dir: self.dir.clone(),
-        })
+        self.rules.get(name).cloned().ok_or_else(|| Error::Unknown { name: name.into(), dir: self.dir.clone() })
     }
 
     /// The names of the loaded rules.
@@ -280,29 +242,17 @@ impl RuleSet {
             scope.push_dynamic(name.clone(), dynamic(v));
             record_map.insert(name.into(), dynamic(v));
         }
-        let params_map: Map = params
-            .iter()
-            .map(|(k, v)| (k.replace('-', "_").into(), dynamic(v)))
-            .collect();
+        let params_map: Map = params.iter().map(|(k, v)| (k.replace('-', "_").into(), dynamic(v))).collect();
         scope.push_constant("record", record_map);
         scope.push_constant("params", params_map);
 
-        DEADLINE.set(Some(
-            Instant::now() + Duration::from_millis(self.limits.timeout_ms),
-        ));
-        let result = self
-            .engine
-            .eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
+        DEADLINE.set(Some(Instant::now() + Duration::from_millis(self.limits.timeout_ms)));
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
         DEADLINE.set(None);
         let value = result.map_err(|e| runtime_error(&rule.file, *e))?;
-        let matched = value.as_bool().map_err(|found| Error::NotBool {
-            file: rule.file.clone(),
-            found: found.into(),
-        })?;
-        Ok(Decision {
-            matched,
-            reason: explain(rule, &scope),
-        })
+        let matched =
+            value.as_bool().map_err(|found| Error::NotBool { file: rule.file.clone(), found: found.into() })?;
+        Ok(Decision { matched, reason: explain(rule, &scope) })
     }
 }
 
@@ -312,32 +262,18 @@ fn position(pos: Position) -> (usize, usize) {
 
 fn runtime_error(file: &str, e: EvalAltResult) -> Error {
     let limit = match &e {
-        EvalAltResult::ErrorTooManyOperations(_) => {
-            Some("it used more operations than allowed".to_string())
-        }
+        EvalAltResult::ErrorTooManyOperations(_) => Some("it used more operations than allowed".to_string()),
         EvalAltResult::ErrorTerminated(..) => Some("it ran past its time limit".to_string()),
         EvalAltResult::ErrorStackOverflow(_) => Some("its calls nested too deeply".to_string()),
-        EvalAltResult::ErrorDataTooLarge(what, _) => {
-            Some(format!("{what} grew larger than allowed"))
-        }
-        EvalAltResult::ErrorTooManyVariables(_) => {
-            Some("it declared too many variables".to_string())
-        }
+        EvalAltResult::ErrorDataTooLarge(what, _) => Some(format!("{what} grew larger than allowed")),
+        EvalAltResult::ErrorTooManyVariables(_) => Some("it declared too many variables".to_string()),
         _ => None,
     };
     if let Some(limit) = limit {
-        return Error::Limit {
-            file: file.into(),
-            limit,
-        };
+        return Error::Limit { file: file.into(), limit };
     }
     let (line, column) = position(e.position());
-    Error::Runtime {
-        file: file.into(),
-        line,
-        column,
-        message: e.unwrap_inner().to_string(),
-    }
+    Error::Runtime { file: file.into(), line, column, message: e.unwrap_inner().to_string() }
 }
 
 fn dynamic(v: &Value) -> Dynamic {
@@ -372,9 +308,7 @@ fn mentions(source: &str) -> Vec<String> {
             i += 1;
         } else if c.is_alphabetic() || c == '_' {
             let start = i;
-            while i < chars.len()
-                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.')
-            {
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -411,11 +345,7 @@ fn explain(rule: &Rule, scope: &Scope) -> String {
         if field.is_some() && value.is_string() && value.to_string().is_empty() {
             continue;
         }
-        let shown = if value.is_string() {
-            format!("{:?}", value.to_string())
-        } else {
-            value.to_string()
-        };
+        let shown = if value.is_string() { format!("{:?}", value.to_string()) } else { value.to_string() };
         parts.push(format!("{name}={shown}"));
     }
     parts.join(", ")
@@ -430,29 +360,17 @@ mod tests {
     }
 
     fn rec(pairs: &[(&str, Value)]) -> Record {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
 
     #[test]
     fn a_rule_decides_and_explains_with_the_values_it_read() {
         let s = set();
-        let rule = s
-            .compile(
-                "t",
-                "t.rhai",
-                "absences >= params.threshold && campus == \"North\"",
-            )
-            .unwrap();
+        let rule = s.compile("t", "t.rhai", "absences >= params.threshold && campus == \"North\"").unwrap();
         let d = s
             .eval(
                 &rule,
-                &rec(&[
-                    ("absences", Value::Int(7)),
-                    ("campus", Value::Text("North".into())),
-                ]),
+                &rec(&[("absences", Value::Int(7)), ("campus", Value::Text("North".into()))]),
                 &rec(&[("threshold", Value::Int(5))]),
             )
             .unwrap();
@@ -462,9 +380,7 @@ mod tests {
 
     #[test]
     fn a_syntax_error_names_the_file_line_and_column() {
-        let err = set()
-            .compile("t", "rules/t.rhai", "let x = 1;\nx >= ")
-            .unwrap_err();
+        let err = set().compile("t", "rules/t.rhai", "let x = 1;\nx >= ").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("rule rules/t.rhai line 2, column"), "{msg}");
     }
@@ -480,9 +396,7 @@ mod tests {
     #[test]
     fn a_huge_string_stops_at_the_size_limit() {
         let s = set();
-        let rule = s
-            .compile("t", "t.rhai", "let s = \"x\"; loop { s += s; }")
-            .unwrap();
+        let rule = s.compile("t", "t.rhai", "let s = \"x\"; loop { s += s; }").unwrap();
         let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
         assert!(matches!(err, Error::Limit { .. }), "{err}");
     }
@@ -490,9 +404,7 @@ mod tests {
     #[test]
     fn deep_recursion_stops_at_the_call_limit() {
         let s = set();
-        let rule = s
-            .compile("t", "t.rhai", "fn f(n) { f(n + 1) } f(0)")
-            .unwrap();
+        let rule = s.compile("t", "t.rhai", "fn f(n) { f(n + 1) } f(0)").unwrap();
         let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
         assert!(matches!(err, Error::Limit { .. }), "{err}");
     }
@@ -502,9 +414,6 @@ mod tests {
         let s = set();
         let rule = s.compile("t", "t.rhai", "41 + 1").unwrap();
         let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "rule t.rhai must return true or false, but returned i64"
-        );
+        assert_eq!(err.to_string(), "rule t.rhai must return true or false, but returned i64");
     }
 }

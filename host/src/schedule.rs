@@ -14,8 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{
-    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone,
-    Timelike, Utc, Weekday,
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc, Weekday,
 };
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -86,17 +85,13 @@ impl FromStr for Schedule {
     type Err = ParseError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |message: &str| ParseError {
-            input: input.to_string(),
-            message: message.to_string(),
-        };
+        let err = |message: &str| ParseError { input: input.to_string(), message: message.to_string() };
         let words: Vec<&str> = input.split_whitespace().collect();
         let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
         let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
         let at_time = |rest: &[&str]| -> Result<NaiveTime, ParseError> {
             match rest {
-                ["at", t] => parse_time(t)
-                    .ok_or_else(|| err(&format!("`{t}` is not a time; write HH:MM, 24-hour"))),
+                ["at", t] => parse_time(t).ok_or_else(|| err(&format!("`{t}` is not a time; write HH:MM, 24-hour"))),
                 _ => Err(err("expected `at HH:MM` at the end")),
             }
         };
@@ -107,9 +102,7 @@ impl FromStr for Schedule {
                 Ok(Schedule::Once(at))
             }
             ["every", n, unit] if ["minute", "minutes", "min", "mins"].contains(unit) => {
-                let n: u32 = n
-                    .parse()
-                    .map_err(|_| err(&format!("`{n}` is not a whole number of minutes")))?;
+                let n: u32 = n.parse().map_err(|_| err(&format!("`{n}` is not a whole number of minutes")))?;
                 if !(1..=1440).contains(&n) {
                     return Err(err("every N minutes takes N from 1 to 1440"));
                 }
@@ -129,11 +122,8 @@ impl FromStr for Schedule {
             ["weekly", "on", days, rest @ ..] => {
                 let mut list = Vec::new();
                 for d in days.split(',').filter(|d| !d.is_empty()) {
-                    let day = parse_weekday(d).ok_or_else(|| {
-                        err(&format!(
-                            "`{d}` is not a day; use mon, tue, wed, thu, fri, sat, sun"
-                        ))
-                    })?;
+                    let day = parse_weekday(d)
+                        .ok_or_else(|| err(&format!("`{d}` is not a day; use mon, tue, wed, thu, fri, sat, sun")))?;
                     if !list.contains(&day) {
                         list.push(day);
                     }
@@ -148,11 +138,9 @@ impl FromStr for Schedule {
                 let day = match *day {
                     "last" | "eom" => MonthDay::Last,
                     d => {
-                        let n: u32 = d.parse().map_err(|_| {
-                            err(&format!(
-                                "`{d}` is not a day of the month; use 1 to 31 or `last`"
-                            ))
-                        })?;
+                        let n: u32 = d
+                            .parse()
+                            .map_err(|_| err(&format!("`{d}` is not a day of the month; use 1 to 31 or `last`")))?;
                         if !(1..=31).contains(&n) {
                             return Err(err("the day of the month must be 1 to 31, or `last`"));
                         }
@@ -164,13 +152,9 @@ impl FromStr for Schedule {
             ["cron", ..] => {
                 let expr = words[1..].join(" ");
                 // Admins write the classic five fields; the cron crate wants seconds first.
-                let full = if words.len() - 1 == 5 {
-                    format!("0 {expr}")
-                } else {
-                    expr.clone()
-                };
-                let parsed = cron::Schedule::from_str(&full)
-                    .map_err(|e| err(&format!("invalid cron expression: {e}")))?;
+                let full = if words.len() - 1 == 5 { format!("0 {expr}") } else { expr.clone() };
+                let parsed =
+                    cron::Schedule::from_str(&full).map_err(|e| err(&format!("invalid cron expression: {e}")))?;
                 Ok(Schedule::Cron(Box::new(parsed), expr))
             }
             [] => Err(err("the schedule is empty")),
@@ -261,14 +245,9 @@ pub fn resolve(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
 }
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    let next = if month == 12 {
-        NaiveDate::from_ymd_opt(year + 1, 1, 1)
-    } else {
-        NaiveDate::from_ymd_opt(year, month + 1, 1)
-    };
-    next.and_then(|n| n.pred_opt())
-        .map(|d| d.day())
-        .unwrap_or(28)
+    let next =
+        if month == 12 { NaiveDate::from_ymd_opt(year + 1, 1, 1) } else { NaiveDate::from_ymd_opt(year, month + 1, 1) };
+    next.and_then(|n| n.pred_opt()).map(|d| d.day()).unwrap_or(28)
 }
 
 impl Schedule {
@@ -284,16 +263,10 @@ impl Schedule {
                 let hour0 = from.date().and_hms_opt(from.hour(), 0, 0).unwrap_or(from);
                 let m = *m as i64;
                 Box::new(
-                    (0..)
-                        .map(move |h| hour0 + Duration::hours(h) + Duration::minutes(m))
-                        .filter(move |t| *t > from),
+                    (0..).map(move |h| hour0 + Duration::hours(h) + Duration::minutes(m)).filter(move |t| *t > from),
                 )
             }
-            Schedule::Daily(time) => Box::new(
-                days()
-                    .map(move |d| d.and_time(*time))
-                    .filter(move |t| *t > from),
-            ),
+            Schedule::Daily(time) => Box::new(days().map(move |d| d.and_time(*time)).filter(move |t| *t > from)),
             Schedule::Weekly(list, time) => Box::new(
                 days()
                     .filter(move |d| list.contains(&d.weekday()))
@@ -306,8 +279,7 @@ impl Schedule {
                     (0..)
                         .filter_map(move |k| {
                             let months = y0 * 12 + m0 + k;
-                            let (year, month) =
-                                (months.div_euclid(12), months.rem_euclid(12) as u32 + 1);
+                            let (year, month) = (months.div_euclid(12), months.rem_euclid(12) as u32 + 1);
                             let last = days_in_month(year, month);
                             let d = match day {
                                 MonthDay::Day(d) => (*d).min(last),
@@ -362,11 +334,8 @@ impl Timing<'_> {
         }
         // Start a little before `after` in local time: a candidate in a
         // DST gap resolves later than its wall-clock time.
-        let from = after
-            .max(self.start - Duration::seconds(1))
-            .with_timezone(&self.tz)
-            .naive_local()
-            - Duration::hours(3);
+        let from =
+            after.max(self.start - Duration::seconds(1)).with_timezone(&self.tz).naive_local() - Duration::hours(3);
         for local in self.schedule.candidates(from).take(MAX_CANDIDATES) {
             let t = resolve(self.tz, local);
             if t <= after || t < self.start {
@@ -401,9 +370,8 @@ impl Timing<'_> {
 
 /// Parses an IANA time zone name, with a message that says what to write.
 pub fn parse_zone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>().map_err(|_| {
-        format!("`{name}` is not an IANA time zone; write one like America/Chicago or Europe/Paris")
-    })
+    name.parse::<Tz>()
+        .map_err(|_| format!("`{name}` is not an IANA time zone; write one like America/Chicago or Europe/Paris"))
 }
 
 /// Parses a local date-time (`YYYY-MM-DD HH:MM`, or RFC 3339 with offset)
@@ -420,9 +388,7 @@ pub fn parse_local(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(resolve(tz, date.and_time(NaiveTime::MIN)));
     }
-    Err(format!(
-        "`{text}` is not a date and time; write YYYY-MM-DD HH:MM (in the task's zone) or RFC 3339"
-    ))
+    Err(format!("`{text}` is not a date and time; write YYYY-MM-DD HH:MM (in the task's zone) or RFC 3339"))
 }
 
 #[cfg(test)]
@@ -436,110 +402,50 @@ mod tests {
     fn fires(schedule: &str, tz: &str, from: &str, n: usize) -> Vec<String> {
         let schedule: Schedule = schedule.parse().unwrap();
         let tz = parse_zone(tz).unwrap();
-        let timing = Timing {
-            schedule: &schedule,
-            tz,
-            start: utc("2000-01-01T00:00:00Z"),
-            end: None,
-            pauses: &[],
-        };
-        timing
-            .upcoming(utc(from), n)
-            .iter()
-            .map(|t| t.with_timezone(&tz).to_rfc3339())
-            .collect()
+        let timing = Timing { schedule: &schedule, tz, start: utc("2000-01-01T00:00:00Z"), end: None, pauses: &[] };
+        timing.upcoming(utc(from), n).iter().map(|t| t.with_timezone(&tz).to_rfc3339()).collect()
     }
 
     #[test]
     fn a_daily_time_in_the_spring_gap_fires_at_the_end_of_the_gap() {
         assert_eq!(
-            fires(
-                "daily at 02:30",
-                "America/New_York",
-                "2026-03-06T12:00:00Z",
-                3
-            ),
-            [
-                "2026-03-07T02:30:00-05:00",
-                "2026-03-08T03:00:00-04:00",
-                "2026-03-09T02:30:00-04:00"
-            ]
+            fires("daily at 02:30", "America/New_York", "2026-03-06T12:00:00Z", 3),
+            ["2026-03-07T02:30:00-05:00", "2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]
         );
     }
 
     #[test]
     fn a_daily_time_in_the_repeated_fall_hour_fires_once() {
         assert_eq!(
-            fires(
-                "daily at 01:30",
-                "America/New_York",
-                "2026-10-30T12:00:00Z",
-                3
-            ),
-            [
-                "2026-10-31T01:30:00-04:00",
-                "2026-11-01T01:30:00-04:00",
-                "2026-11-02T01:30:00-05:00"
-            ]
+            fires("daily at 01:30", "America/New_York", "2026-10-30T12:00:00Z", 3),
+            ["2026-10-31T01:30:00-04:00", "2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
         );
     }
 
     #[test]
     fn hourly_fires_skip_the_second_pass_through_the_fall_hour() {
         assert_eq!(
-            fires(
-                "hourly at :30",
-                "America/Chicago",
-                "2026-11-01T05:00:00Z",
-                3
-            ),
-            [
-                "2026-11-01T00:30:00-05:00",
-                "2026-11-01T01:30:00-05:00",
-                "2026-11-01T02:30:00-06:00"
-            ]
+            fires("hourly at :30", "America/Chicago", "2026-11-01T05:00:00Z", 3),
+            ["2026-11-01T00:30:00-05:00", "2026-11-01T01:30:00-05:00", "2026-11-01T02:30:00-06:00"]
         );
     }
 
     #[test]
     fn hourly_fires_in_the_spring_gap_collapse_to_its_end() {
         assert_eq!(
-            fires(
-                "hourly at :30",
-                "America/Chicago",
-                "2026-03-08T07:00:00Z",
-                3
-            ),
-            [
-                "2026-03-08T01:30:00-06:00",
-                "2026-03-08T03:00:00-05:00",
-                "2026-03-08T03:30:00-05:00"
-            ]
+            fires("hourly at :30", "America/Chicago", "2026-03-08T07:00:00Z", 3),
+            ["2026-03-08T01:30:00-06:00", "2026-03-08T03:00:00-05:00", "2026-03-08T03:30:00-05:00"]
         );
     }
 
     #[test]
     fn end_of_month_follows_february_and_leap_years() {
         assert_eq!(
-            fires(
-                "monthly on last at 18:00",
-                "America/Denver",
-                "2027-01-01T12:00:00Z",
-                3
-            ),
-            [
-                "2027-01-31T18:00:00-07:00",
-                "2027-02-28T18:00:00-07:00",
-                "2027-03-31T18:00:00-06:00"
-            ]
+            fires("monthly on last at 18:00", "America/Denver", "2027-01-01T12:00:00Z", 3),
+            ["2027-01-31T18:00:00-07:00", "2027-02-28T18:00:00-07:00", "2027-03-31T18:00:00-06:00"]
         );
         assert_eq!(
-            fires(
-                "monthly on eom at 18:00",
-                "America/Denver",
-                "2028-02-01T12:00:00Z",
-                1
-            ),
+            fires("monthly on eom at 18:00", "America/Denver", "2028-02-01T12:00:00Z", 1),
             ["2028-02-29T18:00:00-07:00"]
         );
     }
@@ -548,40 +454,22 @@ mod tests {
     fn a_day_past_the_end_of_a_short_month_fires_on_its_last_day() {
         assert_eq!(
             fires("monthly on 31 at 09:00", "UTC", "2026-03-31T10:00:00Z", 3),
-            [
-                "2026-04-30T09:00:00+00:00",
-                "2026-05-31T09:00:00+00:00",
-                "2026-06-30T09:00:00+00:00"
-            ]
+            ["2026-04-30T09:00:00+00:00", "2026-05-31T09:00:00+00:00", "2026-06-30T09:00:00+00:00"]
         );
     }
 
     #[test]
     fn weekly_fires_on_the_named_days() {
         assert_eq!(
-            fires(
-                "weekly on fri,mon at 07:15",
-                "Europe/Paris",
-                "2026-11-23T12:00:00Z",
-                3
-            ),
-            [
-                "2026-11-27T07:15:00+01:00",
-                "2026-11-30T07:15:00+01:00",
-                "2026-12-04T07:15:00+01:00"
-            ]
+            fires("weekly on fri,mon at 07:15", "Europe/Paris", "2026-11-23T12:00:00Z", 3),
+            ["2026-11-27T07:15:00+01:00", "2026-11-30T07:15:00+01:00", "2026-12-04T07:15:00+01:00"]
         );
     }
 
     #[test]
     fn five_field_cron_is_read_with_minutes_first() {
         assert_eq!(
-            fires(
-                "cron 0 7 * * Mon-Fri",
-                "America/New_York",
-                "2026-11-20T13:00:00Z",
-                2
-            ),
+            fires("cron 0 7 * * Mon-Fri", "America/New_York", "2026-11-20T13:00:00Z", 2),
             ["2026-11-23T07:00:00-05:00", "2026-11-24T07:00:00-05:00"]
         );
     }
@@ -596,49 +484,24 @@ mod tests {
             end: Some(utc("2026-01-01T08:40:00Z")),
             pauses: &[],
         };
-        let got: Vec<String> = timing
-            .upcoming(utc("2026-01-01T08:06:00Z"), 5)
-            .iter()
-            .map(|t| t.to_rfc3339())
-            .collect();
-        assert_eq!(
-            got,
-            ["2026-01-01T08:20:00+00:00", "2026-01-01T08:35:00+00:00"]
-        );
+        let got: Vec<String> = timing.upcoming(utc("2026-01-01T08:06:00Z"), 5).iter().map(|t| t.to_rfc3339()).collect();
+        assert_eq!(got, ["2026-01-01T08:20:00+00:00", "2026-01-01T08:35:00+00:00"]);
     }
 
     #[test]
     fn pause_windows_skip_whole_local_days() {
         let schedule: Schedule = "daily at 07:00".parse().unwrap();
-        let pauses = [Pause {
-            from: "2026-12-21".parse().unwrap(),
-            to: "2027-01-01".parse().unwrap(),
-        }];
+        let pauses = [Pause { from: "2026-12-21".parse().unwrap(), to: "2027-01-01".parse().unwrap() }];
         let tz = parse_zone("America/Los_Angeles").unwrap();
-        let timing = Timing {
-            schedule: &schedule,
-            tz,
-            start: utc("2026-01-01T00:00:00Z"),
-            end: None,
-            pauses: &pauses,
-        };
+        let timing = Timing { schedule: &schedule, tz, start: utc("2026-01-01T00:00:00Z"), end: None, pauses: &pauses };
         let got = timing.upcoming(utc("2026-12-20T00:00:00Z"), 2);
-        let got: Vec<String> = got
-            .iter()
-            .map(|t| t.with_timezone(&tz).to_rfc3339())
-            .collect();
-        assert_eq!(
-            got,
-            ["2026-12-20T07:00:00-08:00", "2027-01-02T07:00:00-08:00"]
-        );
+        let got: Vec<String> = got.iter().map(|t| t.with_timezone(&tz).to_rfc3339()).collect();
+        assert_eq!(got, ["2026-12-20T07:00:00-08:00", "2027-01-02T07:00:00-08:00"]);
     }
 
     #[test]
     fn once_fires_once() {
-        assert_eq!(
-            fires("once 2026-12-01 08:00", "UTC", "2026-11-01T00:00:00Z", 3),
-            ["2026-12-01T08:00:00+00:00"]
-        );
+        assert_eq!(fires("once 2026-12-01 08:00", "UTC", "2026-11-01T00:00:00Z", 3), ["2026-12-01T08:00:00+00:00"]);
         assert!(fires("once 2026-12-01 08:00", "UTC", "2026-12-02T00:00:00Z", 3).is_empty());
     }
 
@@ -654,25 +517,10 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Schedule>().unwrap().to_string(), s);
         }
-        let e = "daily at 25:00"
-            .parse::<Schedule>()
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with(
-                "schedule `daily at 25:00`: `25:00` is not a time; write HH:MM, 24-hour."
-            ),
-            "{e}"
-        );
-        let e = "cron 99 * * * *"
-            .parse::<Schedule>()
-            .unwrap_err()
-            .to_string();
+        let e = "daily at 25:00".parse::<Schedule>().unwrap_err().to_string();
+        assert!(e.starts_with("schedule `daily at 25:00`: `25:00` is not a time; write HH:MM, 24-hour."), "{e}");
+        let e = "cron 99 * * * *".parse::<Schedule>().unwrap_err().to_string();
         assert!(e.contains("invalid cron expression"), "{e}");
-        assert!(
-            parse_zone("Mars/Olympus")
-                .unwrap_err()
-                .contains("not an IANA time zone")
-        );
+        assert!(parse_zone("Mars/Olympus").unwrap_err().contains("not an IANA time zone"));
     }
 }

@@ -57,9 +57,7 @@ pub enum Error {
         reason: String,
     },
     /// The store was written by a newer build.
-    #[error(
-        "the store has schema version {found}, but this build reads up to {SCHEMA_VERSION}; upgrade schoolbell"
-    )]
+    #[error("the store has schema version {found}, but this build reads up to {SCHEMA_VERSION}; upgrade schoolbell")]
     Schema {
         /// The version found on disk.
         found: u32,
@@ -129,10 +127,7 @@ pub(crate) fn io(tree: &'static str) -> impl Fn(sled::Error) -> Error {
 
 fn check_name(what: &'static str, value: &str) -> Result<()> {
     if value.as_bytes().contains(&SEP) {
-        return Err(Error::BadName {
-            what,
-            value: value.escape_debug().to_string(),
-        });
+        return Err(Error::BadName { what, value: value.escape_debug().to_string() });
     }
     Ok(())
 }
@@ -173,17 +168,12 @@ impl Store {
         let db = loop {
             match sled::Config::new().path(path).open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && tries < 100 =>
-                {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 100 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(source) => {
-                    return Err(Error::Open {
-                        path: path.to_path_buf(),
-                        source,
-                    });
+                    return Err(Error::Open { path: path.to_path_buf(), source });
                 }
             }
         };
@@ -209,24 +199,35 @@ impl Store {
         };
         match store.meta.get("schema_version").map_err(io("meta"))? {
             None => {
-                store
-                    .meta
-                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
-                    .map_err(io("meta"))?;
+                store.meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes()).map_err(io("meta"))?;
             }
             Some(v) => {
-                let found =
-                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
-                        tree: "meta",
-                        key: "schema_version".into(),
-                        reason: format!("{} bytes, expected 4", v.len()),
-                    })?);
+                let found = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
+                    tree: "meta",
+                    key: "schema_version".into(),
+                    reason: format!("{} bytes, expected 4", v.len()),
+                })?);
                 if found > SCHEMA_VERSION {
                     return Err(Error::Schema { found });
                 }
             }
         }
         Ok(store)
+    }
+
+    /// The next number of a durable, gap-free sequence (run ids). sled's
+    /// own `generate_id` jumps by a million after each restart, which makes
+    /// for ids nobody wants to type.
+    pub fn next_sequence(&self, name: &str) -> Result<u64> {
+        let key = format!("seq:{name}");
+        let v = self
+            .meta
+            .update_and_fetch(key.as_bytes(), |old| {
+                let n = old.and_then(|o| o.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(io("meta"))?;
+        Ok(v.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(1))
     }
 
     /// Writes everything to disk. Call before reporting a commit as durable.
@@ -277,9 +278,7 @@ impl Store {
     /// Inserts or replaces records, atomically: all of them land, with their
     /// index entries and the collection's count, or none does.
     pub fn put_records(&self, collection: &str, records: &[Record]) -> Result<usize> {
-        let spec = self
-            .collection(collection)?
-            .ok_or_else(|| Error::UnknownCollection(collection.into()))?;
+        let spec = self.collection(collection)?.ok_or_else(|| Error::UnknownCollection(collection.into()))?;
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = sled::Batch::default();
         let mut added: u64 = 0;
@@ -336,11 +335,7 @@ impl Store {
     /// One record by key.
     pub fn get_record(&self, collection: &str, record_key: &str) -> Result<Option<Record>> {
         let k = key(&[b"r", collection.as_bytes(), record_key.as_bytes()]);
-        self.records
-            .get(&k)
-            .map_err(io("records"))?
-            .map(|v| decode("records", &k, &v))
-            .transpose()
+        self.records.get(&k).map_err(io("records"))?.map(|v| decode("records", &k, &v)).transpose()
     }
 
     /// Up to `limit` records after the key `after`, in key order, and the
@@ -385,22 +380,12 @@ impl Store {
     /// Keys of the records whose `fields` match `record`'s values for them
     /// (trimmed, case-insensitive), through the collection's index on those
     /// fields. Errors if no such index exists.
-    pub fn find_by_index(
-        &self,
-        collection: &str,
-        fields: &[String],
-        record: &Record,
-    ) -> Result<Vec<String>> {
+    pub fn find_by_index(&self, collection: &str, fields: &[String], record: &Record) -> Result<Vec<String>> {
         let Some(text) = index_text(record, fields) else {
             return Ok(Vec::new());
         };
         let name = fields.join("+");
-        let mut prefix = key(&[
-            b"i",
-            collection.as_bytes(),
-            name.as_bytes(),
-            text.as_bytes(),
-        ]);
+        let mut prefix = key(&[b"i", collection.as_bytes(), name.as_bytes(), text.as_bytes()]);
         prefix.push(SEP);
         let mut keys = Vec::new();
         for item in self.records.scan_prefix(&prefix) {
@@ -420,20 +405,13 @@ impl Store {
     /// Stores a component's bytes under their content hash. Returns false
     /// if the same bytes were already stored.
     pub fn put_blob(&self, hash: &str, bytes: &[u8]) -> Result<bool> {
-        let old = self
-            .blobs
-            .insert(hash.as_bytes(), bytes)
-            .map_err(io("blobs"))?;
+        let old = self.blobs.insert(hash.as_bytes(), bytes).map_err(io("blobs"))?;
         Ok(old.is_none())
     }
 
     /// A stored component's bytes.
     pub fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .blobs
-            .get(hash.as_bytes())
-            .map_err(io("blobs"))?
-            .map(|v| v.to_vec()))
+        Ok(self.blobs.get(hash.as_bytes()).map_err(io("blobs"))?.map(|v| v.to_vec()))
     }
 
     /// Removes a stored component's bytes.
@@ -447,11 +425,7 @@ impl Store {
     /// A task's state value.
     pub fn task_state(&self, task: &str, state_key: &str) -> Result<Option<String>> {
         let k = key(&[task.as_bytes(), state_key.as_bytes()]);
-        Ok(self
-            .state
-            .get(k)
-            .map_err(io("task_state"))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.state.get(k).map_err(io("task_state"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Applies a run's state writes atomically (none clears a key).
@@ -470,27 +444,13 @@ impl Store {
     }
 }
 
-fn index_entries(
-    collection: &str,
-    spec: &CollectionSpec,
-    record: &Record,
-    rkey: &[u8],
-) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn index_entries(collection: &str, spec: &CollectionSpec, record: &Record, rkey: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     spec.indexes
         .iter()
         .filter_map(|fields| {
             let text = index_text(record, fields)?;
             let name = fields.join("+");
-            Some((
-                key(&[
-                    b"i",
-                    collection.as_bytes(),
-                    name.as_bytes(),
-                    text.as_bytes(),
-                    rkey,
-                ]),
-                Vec::new(),
-            ))
+            Some((key(&[b"i", collection.as_bytes(), name.as_bytes(), text.as_bytes(), rkey]), Vec::new()))
         })
         .collect()
 }
@@ -518,20 +478,12 @@ pub struct Typed<T> {
 
 impl<T: Serialize + DeserializeOwned> Typed<T> {
     pub(crate) fn new(name: &'static str, tree: sled::Tree) -> Self {
-        Typed {
-            name,
-            tree,
-            _type: PhantomData,
-        }
+        Typed { name, tree, _type: PhantomData }
     }
 
     /// The value under `k`.
     pub fn get(&self, k: &[u8]) -> Result<Option<T>> {
-        self.tree
-            .get(k)
-            .map_err(io(self.name))?
-            .map(|v| decode(self.name, k, &v))
-            .transpose()
+        self.tree.get(k).map_err(io(self.name))?.map(|v| decode(self.name, k, &v)).transpose()
     }
 
     /// Stores `value` under `k`.
@@ -558,11 +510,7 @@ impl<T: Serialize + DeserializeOwned> Typed<T> {
 
     /// Every key, in order.
     pub fn keys(&self) -> Result<Vec<String>> {
-        self.tree
-            .iter()
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k.map_err(io(self.name))?).into_owned()))
-            .collect()
+        self.tree.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k.map_err(io(self.name))?).into_owned())).collect()
     }
 }
 
@@ -576,21 +524,14 @@ mod tests {
         r.insert("student-id".into(), Value::Text(id.into()));
         r.insert("last-name".into(), Value::Text(last.into()));
         r.insert("first-name".into(), Value::Text(first.into()));
-        r.insert(
-            "birth-date".into(),
-            Value::Date(Date::parse(birth).unwrap()),
-        );
+        r.insert("birth-date".into(), Value::Date(Date::parse(birth).unwrap()));
         r
     }
 
     fn spec() -> CollectionSpec {
         CollectionSpec {
             key_field: "student-id".into(),
-            indexes: vec![vec![
-                "last-name".into(),
-                "first-name".into(),
-                "birth-date".into(),
-            ]],
+            indexes: vec![vec!["last-name".into(), "first-name".into(), "birth-date".into()]],
         }
     }
 
@@ -603,10 +544,7 @@ mod tests {
             store
                 .put_records(
                     "students",
-                    &[
-                        student("1", "Ng", "Ann", "2010-01-02"),
-                        student("2", "Ng", "Bo", "2011-03-04"),
-                    ],
+                    &[student("1", "Ng", "Ann", "2010-01-02"), student("2", "Ng", "Bo", "2011-03-04")],
                 )
                 .unwrap();
             store.flush().unwrap();
@@ -615,10 +553,7 @@ mod tests {
         assert_eq!(store.count_records("students").unwrap(), 2);
         let probe = student("x", " NG ", "ann", "2010-01-02");
         let fields = spec().indexes[0].clone();
-        assert_eq!(
-            store.find_by_index("students", &fields, &probe).unwrap(),
-            vec!["1".to_string()]
-        );
+        assert_eq!(store.find_by_index("students", &fields, &probe).unwrap(), vec!["1".to_string()]);
     }
 
     #[test]
@@ -626,25 +561,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.define_collection("students", &spec()).unwrap();
-        store
-            .put_records("students", &[student("1", "Ng", "Ann", "2010-01-02")])
-            .unwrap();
-        store
-            .put_records("students", &[student("1", "Li", "Ann", "2010-01-02")])
-            .unwrap();
+        store.put_records("students", &[student("1", "Ng", "Ann", "2010-01-02")]).unwrap();
+        store.put_records("students", &[student("1", "Li", "Ann", "2010-01-02")]).unwrap();
         let fields = spec().indexes[0].clone();
-        assert!(
-            store
-                .find_by_index("students", &fields, &student("", "Ng", "Ann", "2010-01-02"))
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            store
-                .find_by_index("students", &fields, &student("", "Li", "Ann", "2010-01-02"))
-                .unwrap(),
-            ["1"]
-        );
+        assert!(store.find_by_index("students", &fields, &student("", "Ng", "Ann", "2010-01-02")).unwrap().is_empty());
+        assert_eq!(store.find_by_index("students", &fields, &student("", "Li", "Ann", "2010-01-02")).unwrap(), ["1"]);
         assert_eq!(store.count_records("students").unwrap(), 1);
     }
 
@@ -655,9 +576,7 @@ mod tests {
         store.define_collection("students", &spec()).unwrap();
         let mut bad = student("3", "A", "B", "2010-01-01");
         bad.remove("student-id");
-        let err = store
-            .put_records("students", &[student("1", "Ng", "Ann", "2010-01-02"), bad])
-            .unwrap_err();
+        let err = store.put_records("students", &[student("1", "Ng", "Ann", "2010-01-02"), bad]).unwrap_err();
         assert!(err.to_string().contains("record 2"), "{err}");
         assert_eq!(store.count_records("students").unwrap(), 0);
         assert!(store.get_record("students", "1").unwrap().is_none());
@@ -668,16 +587,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.define_collection("students", &spec()).unwrap();
-        let all: Vec<Record> = (0..25)
-            .map(|i| student(&format!("{i:03}"), "L", "F", "2010-01-01"))
-            .collect();
+        let all: Vec<Record> = (0..25).map(|i| student(&format!("{i:03}"), "L", "F", "2010-01-01")).collect();
         store.put_records("students", &all).unwrap();
         let mut seen = Vec::new();
         let mut cursor = None;
         loop {
-            let (page, next) = store
-                .scan_records("students", cursor.as_deref(), 10)
-                .unwrap();
+            let (page, next) = store.scan_records("students", cursor.as_deref(), 10).unwrap();
             seen.extend(page.into_iter().map(|r| r["student-id"].to_key_text()));
             match next {
                 Some(n) => cursor = Some(n),

@@ -8,19 +8,12 @@ use std::process::{Command, Output};
 
 /// The repository's root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn built(dir: &str, name: &str, how: &str) -> PathBuf {
     let path = root().join("target").join(dir).join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugins first with `{how}` (xtask/test does)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: build the plugins first with `{how}` (xtask/test does)", path.display());
     path
 }
 
@@ -45,9 +38,7 @@ pub struct Sb {
 
 impl Sb {
     pub fn new() -> Sb {
-        Sb {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Sb { dir: tempfile::tempdir().unwrap() }
     }
 
     pub fn data(&self) -> PathBuf {
@@ -56,10 +47,7 @@ impl Sb {
 
     pub fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_schoolbell"));
-        c.arg("--data")
-            .arg(self.data())
-            .arg("--rules")
-            .arg(root().join("rules"));
+        c.arg("--data").arg(self.data()).arg("--rules").arg(root().join("rules"));
         c.env_remove("RUST_LOG");
         c
     }

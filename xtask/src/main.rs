@@ -20,20 +20,13 @@ fn main() -> Result<()> {
 }
 
 fn componentize(input: PathBuf, output: PathBuf) -> Result<()> {
-    let module =
-        std::fs::read(&input).with_context(|| format!("cannot read {}", input.display()))?;
+    let module = std::fs::read(&input).with_context(|| format!("cannot read {}", input.display()))?;
     let component = ComponentEncoder::default()
         .module(&module)
-        .with_context(|| {
-            format!(
-                "{}: no component type information; was it built with wit-bindgen?",
-                input.display()
-            )
-        })?
+        .with_context(|| format!("{}: no component type information; was it built with wit-bindgen?", input.display()))?
         .validate(true)
         .encode()
         .with_context(|| format!("{}: cannot encode a component", input.display()))?;
-    std::fs::write(&output, component)
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    std::fs::write(&output, component).with_context(|| format!("cannot write {}", output.display()))?;
     Ok(())
 }

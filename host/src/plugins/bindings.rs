@@ -9,10 +9,7 @@
 
 use crate::records::{Date, Record, Value};
 
-use super::{
-    Capability, MappedRow, Notification, ParamSpec, PluginInfo, PluginKind, Recipient, RowError,
-    ValueType,
-};
+use super::{Capability, MappedRow, Notification, ParamSpec, PluginInfo, PluginKind, Recipient, RowError, ValueType};
 
 mod notifier_world {
     wasmtime::component::bindgen!({ world: "notifier", path: "../wit/since_v0.1.1" });
@@ -33,9 +30,7 @@ pub(crate) use mapping_world::ImportMappingPre;
 pub(crate) use mapping_world::exports::schoolbell::plugin::mapping as mapping_api;
 pub(crate) use notifier_world::NotifierPre;
 pub(crate) use notifier_world::exports::schoolbell::plugin::notify as notify_api;
-pub(crate) use notifier_world::schoolbell::plugin::{
-    host as host_api, log as log_api, types as wit,
-};
+pub(crate) use notifier_world::schoolbell::plugin::{host as host_api, log as log_api, types as wit};
 
 /// The WIT package every plugin targets.
 pub(crate) const PACKAGE: &str = "schoolbell:plugin";
@@ -88,20 +83,13 @@ pub(crate) fn detect<'a>(
     }
     for name in imports {
         if let Some(rest) = name.strip_prefix(&prefix) {
-            versions.push(
-                rest.split_once('@')
-                    .map(|(_, v)| v.to_string())
-                    .unwrap_or_default(),
-            );
+            versions.push(rest.split_once('@').map(|(_, v)| v.to_string()).unwrap_or_default());
         }
     }
     let (Some(kind), Some(version)) = (kind, version) else {
         return Err(Mismatch::NoWorld(all_exports));
     };
-    if let Some(bad) = versions
-        .iter()
-        .find(|v| !SUPPORTED_VERSIONS.contains(&v.as_str()))
-    {
+    if let Some(bad) = versions.iter().find(|v| !SUPPORTED_VERSIONS.contains(&v.as_str())) {
         return Err(Mismatch::Version(bad.clone()));
     }
     Ok(Target { kind, version })
@@ -116,19 +104,12 @@ pub(crate) fn value_from_wit(v: wit::Value) -> Value {
         wit::Value::Integer(n) => Value::Int(n),
         wit::Value::Float(x) => Value::Float(x),
         wit::Value::Text(s) => Value::Text(s),
-        wit::Value::Date(d) => Value::Date(Date {
-            year: d.year,
-            month: d.month,
-            day: d.day,
-        }),
+        wit::Value::Date(d) => Value::Date(Date { year: d.year, month: d.month, day: d.day }),
     }
 }
 
 pub(crate) fn record_from_wit(fields: Vec<wit::Field>) -> Record {
-    fields
-        .into_iter()
-        .map(|f| (f.name, value_from_wit(f.value)))
-        .collect()
+    fields.into_iter().map(|f| (f.name, value_from_wit(f.value))).collect()
 }
 
 fn value_type_from_wit(t: wit::ValueType) -> ValueType {
@@ -197,21 +178,8 @@ pub(crate) fn notification_from_wit(n: notify_api::Notification) -> Notification
 
 pub(crate) fn batch_from_wit(b: mapping_api::Batch) -> (Vec<MappedRow>, Vec<RowError>) {
     (
-        b.rows
-            .into_iter()
-            .map(|r| MappedRow {
-                line: r.line,
-                record: record_from_wit(r.fields),
-            })
-            .collect(),
-        b.errors
-            .into_iter()
-            .map(|e| RowError {
-                line: e.line,
-                field: e.field,
-                message: e.message,
-            })
-            .collect(),
+        b.rows.into_iter().map(|r| MappedRow { line: r.line, record: record_from_wit(r.fields) }).collect(),
+        b.errors.into_iter().map(|e| RowError { line: e.line, field: e.field, message: e.message }).collect(),
     )
 }
 
@@ -224,30 +192,16 @@ pub(crate) fn value_to_wit(v: &Value) -> wit::Value {
         Value::Int(n) => wit::Value::Integer(*n),
         Value::Float(x) => wit::Value::Float(*x),
         Value::Text(s) => wit::Value::Text(s.clone()),
-        Value::Date(d) => wit::Value::Date(wit::Date {
-            year: d.year,
-            month: d.month,
-            day: d.day,
-        }),
+        Value::Date(d) => wit::Value::Date(wit::Date { year: d.year, month: d.month, day: d.day }),
     }
 }
 
 pub(crate) fn record_to_wit(r: &Record) -> Vec<wit::Field> {
-    r.iter()
-        .map(|(k, v)| wit::Field {
-            name: k.clone(),
-            value: value_to_wit(v),
-        })
-        .collect()
+    r.iter().map(|(k, v)| wit::Field { name: k.clone(), value: value_to_wit(v) }).collect()
 }
 
 pub(crate) fn params_to_wit(p: &Record) -> Vec<wit::Param> {
-    p.iter()
-        .map(|(k, v)| wit::Param {
-            name: k.clone(),
-            value: value_to_wit(v),
-        })
-        .collect()
+    p.iter().map(|(k, v)| wit::Param { name: k.clone(), value: value_to_wit(v) }).collect()
 }
 
 #[cfg(test)]
@@ -257,38 +211,21 @@ mod tests {
     #[test]
     fn detects_world_and_version_from_export_names() {
         let t = detect(
-            [
-                "schoolbell:plugin/plugin@0.1.0",
-                "schoolbell:plugin/notify@0.1.0",
-            ]
-            .into_iter(),
+            ["schoolbell:plugin/plugin@0.1.0", "schoolbell:plugin/notify@0.1.0"].into_iter(),
             ["schoolbell:plugin/host@0.1.0", "wasi:cli/stdout@0.2.6"].into_iter(),
         )
         .unwrap();
-        assert_eq!(
-            t,
-            Target {
-                kind: PluginKind::Notifier,
-                version: "0.1.0".into()
-            }
-        );
+        assert_eq!(t, Target { kind: PluginKind::Notifier, version: "0.1.0".into() });
     }
 
     #[test]
     fn refuses_a_version_outside_the_range() {
         let e = detect(
-            [
-                "schoolbell:plugin/plugin@0.2.0",
-                "schoolbell:plugin/mapping@0.2.0",
-            ]
-            .into_iter(),
+            ["schoolbell:plugin/plugin@0.2.0", "schoolbell:plugin/mapping@0.2.0"].into_iter(),
             std::iter::empty(),
         );
         assert_eq!(e, Err(Mismatch::Version("0.2.0".into())));
-        let e = detect(
-            ["schoolbell:plugin/notify@0.1.1"].into_iter(),
-            ["schoolbell:plugin/host@0.1.9"].into_iter(),
-        );
+        let e = detect(["schoolbell:plugin/notify@0.1.1"].into_iter(), ["schoolbell:plugin/host@0.1.9"].into_iter());
         assert_eq!(e, Err(Mismatch::Version("0.1.9".into())));
     }
 

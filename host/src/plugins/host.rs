@@ -67,10 +67,7 @@ impl RunState {
         RunState {
             wasi,
             table: super::sandbox::Sandbox::table(),
-            limiter: Limiter {
-                limit: sandbox.config.memory_limit(),
-                refused: None,
-            },
+            limiter: Limiter { limit: sandbox.config.memory_limit(), refused: None },
             stdout,
             stderr,
             plugin: setup.plugin,
@@ -105,16 +102,10 @@ impl RunState {
 
     /// Moves captured stdout/stderr into the log and notes dropped lines.
     pub(crate) fn finish_log(&mut self) -> Vec<LogLine> {
-        for (stream, out) in [
-            ("stdout", self.stdout.clone()),
-            ("stderr", self.stderr.clone()),
-        ] {
+        for (stream, out) in [("stdout", self.stdout.clone()), ("stderr", self.stderr.clone())] {
             let (text, dropped) = out.take();
             if !text.is_empty() {
-                self.log.push(LogLine {
-                    level: LogLevel::Info,
-                    message: format!("{stream}: {}", text.trim_end()),
-                });
+                self.log.push(LogLine { level: LogLevel::Info, message: format!("{stream}: {}", text.trim_end()) });
             }
             if dropped > 0 {
                 self.log.push(LogLine {
@@ -127,10 +118,7 @@ impl RunState {
             let n = std::mem::take(&mut self.log_dropped);
             self.log.push(LogLine {
                 level: LogLevel::Warn,
-                message: format!(
-                    "{n} log messages dropped: the run's log is capped at {} bytes",
-                    self.log_limit
-                ),
+                message: format!("{n} log messages dropped: the run's log is capped at {} bytes", self.log_limit),
             });
         }
         std::mem::take(&mut self.log)
@@ -141,10 +129,7 @@ impl RunState {
         let message = if !self.declared.contains(&cap) {
             format!("it tried to {cap:#}, which it did not declare in `describe`")
         } else if !self.granted.contains(&cap) {
-            format!(
-                "it may {cap:#} only once an admin grants it: `schoolbell plugin grant {} {cap}`",
-                self.plugin.name
-            )
+            format!("it may {cap:#} only once an admin grants it: `schoolbell plugin grant {} {cap}`", self.plugin.name)
         } else {
             return Ok(());
         };
@@ -154,18 +139,14 @@ impl RunState {
 
     fn store_error(&mut self, e: crate::store::Error) -> wit::PluginError {
         let message = e.to_string();
-        self.violations
-            .push(format!("the host failed to read the store: {message}"));
+        self.violations.push(format!("the host failed to read the store: {message}"));
         wit::PluginError::Transient(message)
     }
 }
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -192,39 +173,24 @@ impl host_api::Host for RunState {
     ) -> Result<host_api::RecordPage, wit::PluginError> {
         self.check(Capability::ReadCollection(collection.clone()))?;
         let limit = limit.clamp(1, MAX_PAGE) as usize;
-        match self
-            .store
-            .scan_records(&collection, after.as_deref(), limit)
-        {
-            Ok((records, next)) => Ok(host_api::RecordPage {
-                records: records.iter().map(bindings::record_to_wit).collect(),
-                next,
-            }),
+        match self.store.scan_records(&collection, after.as_deref(), limit) {
+            Ok((records, next)) => {
+                Ok(host_api::RecordPage { records: records.iter().map(bindings::record_to_wit).collect(), next })
+            }
             Err(e) => Err(self.store_error(e)),
         }
     }
 
     fn count_records(&mut self, collection: String) -> Result<u64, wit::PluginError> {
         self.check(Capability::ReadCollection(collection.clone()))?;
-        self.store
-            .count_records(&collection)
-            .map_err(|e| self.store_error(e))
+        self.store.count_records(&collection).map_err(|e| self.store_error(e))
     }
 
-    fn eval_rule(
-        &mut self,
-        rule: String,
-        record: Vec<wit::Field>,
-    ) -> Result<host_api::RuleDecision, wit::PluginError> {
-        let outcome = self.rules.get(&rule).and_then(|r| {
-            self.rules
-                .eval(&r, &bindings::record_from_wit(record), &self.params)
-        });
+    fn eval_rule(&mut self, rule: String, record: Vec<wit::Field>) -> Result<host_api::RuleDecision, wit::PluginError> {
+        let outcome =
+            self.rules.get(&rule).and_then(|r| self.rules.eval(&r, &bindings::record_from_wit(record), &self.params));
         match outcome {
-            Ok(d) => Ok(host_api::RuleDecision {
-                matched: d.matched,
-                reason: d.reason,
-            }),
+            Ok(d) => Ok(host_api::RuleDecision { matched: d.matched, reason: d.reason }),
             Err(e) => {
                 let message = e.to_string();
                 self.violations.push(message.clone());

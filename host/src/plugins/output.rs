@@ -26,10 +26,7 @@ struct Captured {
 
 impl CappedOutput {
     pub(crate) fn new(cap: usize) -> Self {
-        CappedOutput(Arc::new(Mutex::new(Captured {
-            cap,
-            ..Captured::default()
-        })))
+        CappedOutput(Arc::new(Mutex::new(Captured { cap, ..Captured::default() })))
     }
 
     fn push(&self, data: &[u8]) {
@@ -43,19 +40,14 @@ impl CappedOutput {
     /// What was captured, as text, and how many bytes were dropped.
     pub(crate) fn take(&self) -> (String, u64) {
         let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        (
-            String::from_utf8_lossy(&std::mem::take(&mut c.bytes)).into_owned(),
-            std::mem::take(&mut c.dropped),
-        )
+        (String::from_utf8_lossy(&std::mem::take(&mut c.bytes)).into_owned(), std::mem::take(&mut c.dropped))
     }
 
     /// The last `n` bytes captured, as text (for trap messages).
     pub(crate) fn tail(&self, n: usize) -> String {
         let c = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let start = c.bytes.len().saturating_sub(n);
-        String::from_utf8_lossy(&c.bytes[start..])
-            .trim()
-            .to_string()
+        String::from_utf8_lossy(&c.bytes[start..]).trim().to_string()
     }
 }
 
@@ -97,11 +89,7 @@ impl Pollable for CappedOutput {
 }
 
 impl tokio::io::AsyncWrite for CappedOutput {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

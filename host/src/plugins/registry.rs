@@ -39,10 +39,7 @@ pub struct PluginEntry {
 impl PluginEntry {
     /// Name and version, for messages.
     pub fn id(&self) -> PluginId {
-        PluginId {
-            name: self.name.clone(),
-            version: self.version.clone(),
-        }
+        PluginId { name: self.name.clone(), version: self.version.clone() }
     }
 }
 
@@ -64,43 +61,26 @@ impl PluginHost {
     /// Installs a component file.
     pub fn install(&self, path: &Path) -> Result<(PluginEntry, InstallStatus), Error> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
         self.install_bytes(&shown, &bytes)
     }
 
     /// Installs a component from bytes; `shown` names it in messages.
-    pub fn install_bytes(
-        &self,
-        shown: &str,
-        bytes: &[u8],
-    ) -> Result<(PluginEntry, InstallStatus), Error> {
+    pub fn install_bytes(&self, shown: &str, bytes: &[u8]) -> Result<(PluginEntry, InstallStatus), Error> {
         let hash = hex::encode(Sha256::digest(bytes));
         let (target, pre) = self.prepare(shown, &hash, bytes)?;
         let info = self.describe(shown, &pre)?;
         if info.kind != target.kind {
             return Err(Error::Invalid {
                 plugin: shown.into(),
-                message: format!(
-                    "`describe` says kind {}, but the component exports world {}",
-                    info.kind, target.kind
-                ),
+                message: format!("`describe` says kind {}, but the component exports world {}", info.kind, target.kind),
             });
         }
-        if info.name.is_empty()
-            || !info
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        if info.name.is_empty() || !info.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
             return Err(Error::Invalid {
                 plugin: shown.into(),
-                message: format!(
-                    "name `{}` must be lowercase letters, digits and dashes",
-                    info.name
-                ),
+                message: format!("name `{}` must be lowercase letters, digits and dashes", info.name),
             });
         }
         let registry = self.store.plugins::<PluginEntry>();
@@ -112,13 +92,7 @@ impl PluginHost {
         }
         let granted = previous
             .as_ref()
-            .map(|p| {
-                p.granted
-                    .iter()
-                    .filter(|g| info.capabilities.contains(g))
-                    .cloned()
-                    .collect()
-            })
+            .map(|p| p.granted.iter().filter(|g| info.capabilities.contains(g)).cloned().collect())
             .unwrap_or_default();
         let entry = PluginEntry {
             name: info.name,
@@ -142,9 +116,7 @@ impl PluginHost {
         self.store.flush()?;
         tracing::info!(plugin = %entry.name, version = %entry.version, hash = %entry.hash, "Plugin installed.");
         let status = match previous {
-            Some(p) => InstallStatus::Replaced {
-                previous: p.version,
-            },
+            Some(p) => InstallStatus::Replaced { previous: p.version },
             None => InstallStatus::Installed,
         };
         Ok((entry, status))
@@ -167,15 +139,14 @@ impl PluginHost {
         };
         let mut store = self.new_store(&unknown, &super::RunRequest::default(), Default::default());
         let info = match pre {
-            WorldPre::Notifier(p) => p
-                .instantiate(&mut store)
-                .and_then(|i| i.schoolbell_plugin_plugin().call_describe(&mut store)),
-            WorldPre::Mapping(p) => p
-                .instantiate(&mut store)
-                .and_then(|i| i.schoolbell_plugin_plugin().call_describe(&mut store)),
+            WorldPre::Notifier(p) => {
+                p.instantiate(&mut store).and_then(|i| i.schoolbell_plugin_plugin().call_describe(&mut store))
+            }
+            WorldPre::Mapping(p) => {
+                p.instantiate(&mut store).and_then(|i| i.schoolbell_plugin_plugin().call_describe(&mut store))
+            }
         };
-        info.map(bindings::info_from_wit)
-            .map_err(|trap| super::trap_error(&unknown.id(), &mut store, trap))
+        info.map(bindings::info_from_wit).map_err(|trap| super::trap_error(&unknown.id(), &mut store, trap))
     }
 
     /// Every installed plugin, by name.
@@ -185,10 +156,7 @@ impl PluginHost {
 
     /// One installed plugin.
     pub fn entry(&self, name: &str) -> Result<PluginEntry, Error> {
-        self.store
-            .plugins::<PluginEntry>()
-            .get(name.as_bytes())?
-            .ok_or_else(|| Error::NotInstalled(name.into()))
+        self.store.plugins::<PluginEntry>().get(name.as_bytes())?.ok_or_else(|| Error::NotInstalled(name.into()))
     }
 
     /// Grants a capability the plugin declared.
@@ -200,19 +168,13 @@ impl PluginHost {
                 plugin: name.into(),
                 message: format!(
                     "it does not ask for {cap}, so it cannot be granted; it asks for: {}",
-                    if asks.is_empty() {
-                        "nothing".into()
-                    } else {
-                        asks.join(", ")
-                    }
+                    if asks.is_empty() { "nothing".into() } else { asks.join(", ") }
                 ),
             });
         }
         if !entry.granted.contains(&cap) {
             entry.granted.push(cap);
-            self.store
-                .plugins::<PluginEntry>()
-                .put(name.as_bytes(), &entry)?;
+            self.store.plugins::<PluginEntry>().put(name.as_bytes(), &entry)?;
             self.store.flush()?;
         }
         Ok(entry)
@@ -231,9 +193,7 @@ impl PluginHost {
     pub fn revoke(&self, name: &str, cap: &Capability) -> Result<PluginEntry, Error> {
         let mut entry = self.entry(name)?;
         entry.granted.retain(|g| g != cap);
-        self.store
-            .plugins::<PluginEntry>()
-            .put(name.as_bytes(), &entry)?;
+        self.store.plugins::<PluginEntry>().put(name.as_bytes(), &entry)?;
         self.store.flush()?;
         Ok(entry)
     }
@@ -241,17 +201,12 @@ impl PluginHost {
     /// Removes a plugin and its component.
     pub fn remove(&self, name: &str) -> Result<PluginEntry, Error> {
         let entry = self.entry(name)?;
-        self.store
-            .plugins::<PluginEntry>()
-            .remove(name.as_bytes())?;
+        self.store.plugins::<PluginEntry>().remove(name.as_bytes())?;
         if !self.list()?.iter().any(|e| e.hash == entry.hash) {
             self.store.remove_blob(&entry.hash)?;
         }
         self.store.flush()?;
-        self.loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&entry.hash);
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).remove(&entry.hash);
         Ok(entry)
     }
 }

@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 use super::bindings::{host_api, log_api};
@@ -105,9 +103,7 @@ impl RunControl {
     pub fn cancel(&self, grace: Duration) {
         self.0.cancelled.store(true, Ordering::SeqCst);
         let at = self.start().elapsed() + grace;
-        self.0
-            .force_after_ms
-            .store((at.as_millis() as u64).max(1), Ordering::SeqCst);
+        self.0.force_after_ms.store((at.as_millis() as u64).max(1), Ordering::SeqCst);
     }
 
     /// Whether cancel was asked for.
@@ -129,10 +125,7 @@ impl RunControl {
     /// Progress so far: done, and the total when known.
     pub fn progress(&self) -> (u64, Option<u64>) {
         let total = self.0.total.load(Ordering::Relaxed);
-        (
-            self.0.done.load(Ordering::Relaxed),
-            (total > 0).then_some(total),
-        )
+        (self.0.done.load(Ordering::Relaxed), (total > 0).then_some(total))
     }
 }
 
@@ -176,10 +169,8 @@ impl Sandbox {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
-        log_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s)
-            .map_err(engine_error)?;
-        host_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s)
-            .map_err(engine_error)?;
+        log_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(engine_error)?;
+        host_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(engine_error)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -192,11 +183,7 @@ impl Sandbox {
                 }
             })
             .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Sandbox {
-            engine,
-            linker,
-            config,
-        })
+        Ok(Sandbox { engine, linker, config })
     }
 
     /// A WASI context that grants nothing, with capped stdout and stderr.
@@ -255,12 +242,7 @@ pub(crate) struct Limiter {
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.refused = Some(desired);
             // An error (not `Ok(false)`) traps at once: a Rust guest would
@@ -270,12 +252,7 @@ impl wasmtime::ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -285,15 +262,11 @@ pub(crate) fn describe_interrupt(plugin: &PluginId, i: Interrupt) -> Error {
     match i {
         Interrupt::Deadline(d) => Error::Limit {
             plugin: plugin.clone(),
-            limit: format!(
-                "ran past its time limit of {} s and was stopped",
-                d.as_secs()
-            ),
+            limit: format!("ran past its time limit of {} s and was stopped", d.as_secs()),
         },
         Interrupt::Cancelled => Error::Limit {
             plugin: plugin.clone(),
-            limit: "was cancelled and did not stop within its grace period, so it was interrupted"
-                .into(),
+            limit: "was cancelled and did not stop within its grace period, so it was interrupted".into(),
         },
     }
 }

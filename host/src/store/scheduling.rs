@@ -82,11 +82,7 @@ impl Store {
     }
 
     /// Tasks due at or before `up_to`, earliest first.
-    pub fn due_tasks(
-        &self,
-        up_to: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<(DateTime<Utc>, String)>> {
+    pub fn due_tasks(&self, up_to: DateTime<Utc>, limit: usize) -> Result<Vec<(DateTime<Utc>, String)>> {
         let mut end = ts(up_to).to_vec();
         end.push(0xff);
         let mut out = Vec::new();
@@ -101,33 +97,23 @@ impl Store {
 
     /// The earliest due time of any task.
     pub fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
-        Ok(self
-            .due
-            .first()
-            .map_err(io("tasks_by_due"))?
-            .and_then(|(k, _)| from_ts(&k)))
+        Ok(self.due.first().map_err(io("tasks_by_due"))?.and_then(|(k, _)| from_ts(&k)))
     }
 
     /// Records a fire atomically: the task (with its next fire time), its
     /// due-index entry, and (unless the fire is skipped) a queue entry.
-    pub fn fire<T: Serialize, Q: Serialize>(
+    pub fn fire<T: Serialize, R: Serialize>(
         &self,
         name: &str,
         task: &T,
         old_due: Option<DateTime<Utc>>,
         new_due: Option<DateTime<Utc>>,
-        queued: Option<(u8, DateTime<Utc>, &Q)>,
+        queued: Option<(u8, DateTime<Utc>, RunId, &R)>,
     ) -> Result<()> {
         let task = encode(task);
-        let queued = match queued {
-            Some((priority, due, entry)) => {
-                let id = self.db.generate_id().map_err(io("queue"))?;
-                Some((self.queue_key(priority, due, id), encode(entry)))
-            }
-            None => None,
-        };
-        (&self.tasks, &self.due, &self.queue)
-            .transaction(|(tasks, dues, queue)| {
+        let queued = queued.map(|(priority, due, id, run)| (self.queue_key(priority, due, id), id, encode(run)));
+        (&self.tasks, &self.due, &self.queue, &self.runs)
+            .transaction(|(tasks, dues, queue, runs)| {
                 tasks.insert(name.as_bytes(), task.as_slice())?;
                 if let Some(d) = old_due {
                     dues.remove(due_key(d, name))?;
@@ -135,8 +121,9 @@ impl Store {
                 if let Some(d) = new_due {
                     dues.insert(due_key(d, name), &[])?;
                 }
-                if let Some((k, v)) = &queued {
-                    queue.insert(k.0.as_slice(), v.as_slice())?;
+                if let Some((k, id, run)) = &queued {
+                    queue.insert(k.0.as_slice(), &id.to_be_bytes())?;
+                    runs.insert(&id.to_be_bytes(), run.as_slice())?;
                 }
                 Ok(())
             })
@@ -150,28 +137,33 @@ impl Store {
         QueueKey(k)
     }
 
-    /// Puts an entry on the batch queue (a run-now, say).
-    pub fn enqueue<Q: Serialize>(
-        &self,
-        priority: u8,
-        due: DateTime<Utc>,
-        entry: &Q,
-    ) -> Result<QueueKey> {
-        let id = self.db.generate_id().map_err(io("queue"))?;
+    /// Queues a run (a run-now, say), with its record, atomically.
+    pub fn enqueue<R: Serialize>(&self, priority: u8, due: DateTime<Utc>, id: RunId, run: &R) -> Result<QueueKey> {
         let key = self.queue_key(priority, due, id);
-        self.queue
-            .insert(&key.0, encode(entry))
-            .map_err(io("queue"))?;
+        let run = encode(run);
+        (&self.queue, &self.runs)
+            .transaction(|(queue, runs)| {
+                queue.insert(key.0.as_slice(), &id.to_be_bytes())?;
+                runs.insert(&id.to_be_bytes(), run.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx_error("queue"))?;
         Ok(key)
     }
 
-    /// The queue, in the order it is served: priority, then due time.
-    pub fn queued<Q: DeserializeOwned>(&self) -> Result<Vec<(QueueKey, Q)>> {
+    /// The queue, in the order it is served (priority, then due time):
+    /// each entry's key and run id.
+    pub fn queued(&self) -> Result<Vec<(QueueKey, RunId)>> {
         self.queue
             .iter()
             .map(|item| {
                 let (k, v) = item.map_err(io("queue"))?;
-                Ok((QueueKey(k.to_vec()), decode("queue", &k, &v)?))
+                let id = v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| Error::Corrupt {
+                    tree: "queue",
+                    key: hex::encode(&k),
+                    reason: "a queue entry is not a run id".into(),
+                })?;
+                Ok((QueueKey(k.to_vec()), id))
             })
             .collect()
     }
@@ -183,11 +175,11 @@ impl Store {
 
     /// A fresh run id.
     pub fn new_run_id(&self) -> Result<RunId> {
-        self.db.generate_id().map_err(io("runs"))
+        self.next_sequence("runs")
     }
 
-    /// Turns a queue entry into a run, atomically. False if the entry is
-    /// gone (another worker took it, or it was removed).
+    /// Takes a queue entry and marks its run started, atomically. False if
+    /// the entry is gone (another worker took it, or it was removed).
     pub fn start_run<R: Serialize>(&self, key: &QueueKey, id: RunId, run: &R) -> Result<bool> {
         let run = encode(run);
         (&self.queue, &self.runs)
@@ -203,12 +195,7 @@ impl Store {
 
     /// Creates or updates a run record (progress, status). A finished run
     /// goes into the retention index by its finish time.
-    pub fn put_run<R: Serialize>(
-        &self,
-        id: RunId,
-        run: &R,
-        finished: Option<DateTime<Utc>>,
-    ) -> Result<()> {
+    pub fn put_run<R: Serialize>(&self, id: RunId, run: &R, finished: Option<DateTime<Utc>>) -> Result<()> {
         let run = encode(run);
         (&self.runs, &self.finished)
             .transaction(|(runs, fin)| {
@@ -254,11 +241,7 @@ impl Store {
     /// One run.
     pub fn run<R: DeserializeOwned>(&self, id: RunId) -> Result<Option<R>> {
         let k = id.to_be_bytes();
-        self.runs
-            .get(k)
-            .map_err(io("runs"))?
-            .map(|v| decode("runs", &k, &v))
-            .transpose()
+        self.runs.get(k).map_err(io("runs"))?.map(|v| decode("runs", &k, &v)).transpose()
     }
 
     /// Runs, newest first, up to `limit`, before the id `before`.
@@ -287,11 +270,7 @@ impl Store {
         let mut ids = Vec::new();
         for item in self.finished.range(..end) {
             let (k, _) = item.map_err(io("runs_by_finish"))?;
-            if let Some(id) = k
-                .get(8..16)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-            {
+            if let Some(id) = k.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
                 ids.push(id);
             }
         }
@@ -305,16 +284,12 @@ impl Store {
         for item in self.messages.scan_prefix(prefix).keys() {
             batch.remove(item.map_err(io("run_messages"))?);
         }
-        self.messages
-            .apply_batch(batch)
-            .map_err(io("run_messages"))?;
+        self.messages.apply_batch(batch).map_err(io("run_messages"))?;
         let mut batch = sled::Batch::default();
         for item in self.message_status.scan_prefix(prefix).keys() {
             batch.remove(item.map_err(io("run_messages_by_status"))?);
         }
-        self.message_status
-            .apply_batch(batch)
-            .map_err(io("run_messages_by_status"))?;
+        self.message_status.apply_batch(batch).map_err(io("run_messages_by_status"))?;
         if let Some(t) = finished {
             let mut k = ts(t).to_vec();
             k.extend_from_slice(&prefix);
@@ -326,12 +301,7 @@ impl Store {
 
     /// Appends messages to a run. `first_seq` numbers the first; each
     /// message is indexed by its status so filtering stays cheap.
-    pub fn add_messages<M: Serialize>(
-        &self,
-        run: RunId,
-        first_seq: u64,
-        messages: &[(&str, M)],
-    ) -> Result<()> {
+    pub fn add_messages<M: Serialize>(&self, run: RunId, first_seq: u64, messages: &[(&str, M)]) -> Result<()> {
         let mut batch = sled::Batch::default();
         let mut index = sled::Batch::default();
         for (i, (status, m)) in messages.iter().enumerate() {
@@ -347,12 +317,8 @@ impl Store {
         }
         // Index first: a crash between the two leaves index entries that
         // point at nothing, which reads skip; never a message the filter misses.
-        self.message_status
-            .apply_batch(index)
-            .map_err(io("run_messages_by_status"))?;
-        self.messages
-            .apply_batch(batch)
-            .map_err(io("run_messages"))?;
+        self.message_status.apply_batch(index).map_err(io("run_messages_by_status"))?;
+        self.messages.apply_batch(batch).map_err(io("run_messages"))?;
         Ok(())
     }
 
@@ -419,19 +385,13 @@ impl Store {
 
     /// Maps a token's hash to its user.
     pub fn put_token(&self, hash: &str, user: &str) -> Result<()> {
-        self.tokens
-            .insert(hash.as_bytes(), user.as_bytes())
-            .map_err(io("tokens"))?;
+        self.tokens.insert(hash.as_bytes(), user.as_bytes()).map_err(io("tokens"))?;
         Ok(())
     }
 
     /// The user a token's hash belongs to.
     pub fn token_user(&self, hash: &str) -> Result<Option<String>> {
-        Ok(self
-            .tokens
-            .get(hash.as_bytes())
-            .map_err(io("tokens"))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.tokens.get(hash.as_bytes()).map_err(io("tokens"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Removes every token of a user.
@@ -456,37 +416,17 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let t0 = DateTime::from_timestamp(1_000, 0).unwrap();
         let t1 = DateTime::from_timestamp(2_000, 0).unwrap();
-        store
-            .put_task("a", &"task a".to_string(), None, Some(t0))
-            .unwrap();
-        assert_eq!(
-            store.due_tasks(t0, 10).unwrap(),
-            vec![(t0, "a".to_string())]
-        );
-        store
-            .fire(
-                "a",
-                &"task a".to_string(),
-                Some(t0),
-                Some(t1),
-                Some((1, t0, &"entry".to_string())),
-            )
-            .unwrap();
+        store.put_task("a", &"task a".to_string(), None, Some(t0)).unwrap();
+        assert_eq!(store.due_tasks(t0, 10).unwrap(), vec![(t0, "a".to_string())]);
+        store.fire("a", &"task a".to_string(), Some(t0), Some(t1), Some((1, t0, 7, &"queued".to_string()))).unwrap();
         assert!(store.due_tasks(t0, 10).unwrap().is_empty());
         assert_eq!(store.next_due().unwrap(), Some(t1));
-        let queued: Vec<(QueueKey, String)> = store.queued().unwrap();
+        let queued = store.queued().unwrap();
         assert_eq!(queued.len(), 1);
-        assert!(
-            store
-                .start_run(&queued[0].0, 7, &"run".to_string())
-                .unwrap()
-        );
-        assert!(
-            !store
-                .start_run(&queued[0].0, 8, &"run".to_string())
-                .unwrap(),
-            "a queue entry starts one run"
-        );
+        assert_eq!(queued[0].1, 7);
+        assert_eq!(store.run::<String>(7).unwrap().as_deref(), Some("queued"));
+        assert!(store.start_run(&queued[0].0, 7, &"run".to_string()).unwrap());
+        assert!(!store.start_run(&queued[0].0, 8, &"run".to_string()).unwrap(), "a queue entry starts one run");
         assert_eq!(store.run::<String>(7).unwrap().as_deref(), Some("run"));
         assert_eq!(store.run::<String>(8).unwrap(), None);
     }
@@ -495,36 +435,19 @@ mod tests {
     fn messages_page_and_filter_by_status() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let msgs: Vec<(&str, String)> = (0..25)
-            .map(|i| (if i % 5 == 0 { "error" } else { "new" }, format!("m{i}")))
-            .collect();
+        let msgs: Vec<(&str, String)> =
+            (0..25).map(|i| (if i % 5 == 0 { "error" } else { "new" }, format!("m{i}"))).collect();
         store.add_messages(3, 0, &msgs).unwrap();
-        store
-            .add_messages(4, 0, &[("error", "other run".to_string())])
-            .unwrap();
+        store.add_messages(4, 0, &[("error", "other run".to_string())]).unwrap();
         let (page, next) = store.messages::<String>(3, None, None, 10).unwrap();
         assert_eq!(page.len(), 10);
         assert_eq!(next, Some(9));
         let (page, next) = store.messages::<String>(3, None, next, 100).unwrap();
         assert_eq!((page.len(), next), (15, None));
-        let (errors, _) = store
-            .messages::<String>(3, Some("error"), None, 100)
-            .unwrap();
+        let (errors, _) = store.messages::<String>(3, Some("error"), None, 100).unwrap();
         assert_eq!(errors, ["m0", "m5", "m10", "m15", "m20"]);
         store.delete_run(3, None).unwrap();
-        assert!(
-            store
-                .messages::<String>(3, None, None, 10)
-                .unwrap()
-                .0
-                .is_empty()
-        );
-        assert_eq!(
-            store
-                .messages::<String>(4, Some("error"), None, 10)
-                .unwrap()
-                .0,
-            ["other run"]
-        );
+        assert!(store.messages::<String>(3, None, None, 10).unwrap().0.is_empty());
+        assert_eq!(store.messages::<String>(4, Some("error"), None, 10).unwrap().0, ["other run"]);
     }
 }

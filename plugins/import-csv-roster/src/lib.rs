@@ -94,9 +94,7 @@ fn parse_columns(spec: &str) -> Result<Vec<Column>, PluginError> {
     let mut columns = Vec::new();
     for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
         let (field, rest) = entry.split_once('=').ok_or_else(|| {
-            PluginError::BadInput(format!(
-                "parameter `columns`: entry `{entry}` has no `=`; write `field=Header`"
-            ))
+            PluginError::BadInput(format!("parameter `columns`: entry `{entry}` has no `=`; write `field=Header`"))
         })?;
         let (rest, required) = match rest.trim().strip_suffix('?') {
             Some(r) => (r, false),
@@ -113,18 +111,10 @@ fn parse_columns(spec: &str) -> Result<Vec<Column>, PluginError> {
             }
             None => (rest, Kind::Text),
         };
-        columns.push(Column {
-            field: field.trim().into(),
-            header: header.trim().into(),
-            kind,
-            required,
-            index: None,
-        });
+        columns.push(Column { field: field.trim().into(), header: header.trim().into(), kind, required, index: None });
     }
     if columns.is_empty() {
-        return Err(PluginError::BadInput(
-            "parameter `columns` maps no column".into(),
-        ));
+        return Err(PluginError::BadInput("parameter `columns` maps no column".into()));
     }
     Ok(columns)
 }
@@ -136,15 +126,10 @@ impl GuestMapper for Roster {
             [b] => *b,
             b"\\t" => b'\t',
             _ => {
-                return Err(PluginError::BadInput(
-                    "parameter `delimiter` must be one ASCII character".into(),
-                ));
+                return Err(PluginError::BadInput("parameter `delimiter` must be one ASCII character".into()));
             }
         };
-        let encoding = match text_param(&params, "encoding")?
-            .to_ascii_lowercase()
-            .as_str()
-        {
+        let encoding = match text_param(&params, "encoding")?.to_ascii_lowercase().as_str() {
             "utf-8" | "utf8" => Encoding::Utf8,
             "windows-1252" | "cp1252" => Encoding::Windows1252,
             other => {
@@ -191,10 +176,7 @@ impl GuestMapper for Roster {
 
 impl State {
     fn read(&mut self, mut input: &[u8], eof: bool) -> Result<Batch, MappingError> {
-        let mut batch = Batch {
-            rows: Vec::new(),
-            errors: Vec::new(),
-        };
+        let mut batch = Batch { rows: Vec::new(), errors: Vec::new() };
         let mut out = [0u8; 4096];
         loop {
             // csv-core reads an empty input as the end of the file, so a
@@ -228,11 +210,7 @@ impl State {
         let record = std::mem::take(&mut self.record);
         // The line the record ends on: the same as where it starts, except
         // for a quoted field that spans lines.
-        let line = if self.ended_on_newline {
-            self.newlines
-        } else {
-            self.newlines + 1
-        };
+        let line = if self.ended_on_newline { self.newlines } else { self.newlines + 1 };
         // A blank line is one empty field: skip it, as spreadsheets write them.
         if record.len() == 1 && record[0].is_empty() {
             return Ok(());
@@ -251,27 +229,16 @@ impl State {
                     batch.errors.push(RowError {
                         line,
                         field: Some(column.header.clone()),
-                        message: format!(
-                            "the row has {} fields; column `{}` is missing",
-                            record.len(),
-                            column.header
-                        ),
+                        message: format!("the row has {} fields; column `{}` is missing", record.len(), column.header),
                     });
                     row_ok = false;
                     continue;
                 }
             };
             match self.value(column, raw) {
-                Ok(value) => fields.push(Field {
-                    name: column.field.clone(),
-                    value,
-                }),
+                Ok(value) => fields.push(Field { name: column.field.clone(), value }),
                 Err(message) => {
-                    batch.errors.push(RowError {
-                        line,
-                        field: Some(column.header.clone()),
-                        message,
-                    });
+                    batch.errors.push(RowError { line, field: Some(column.header.clone()), message });
                     row_ok = false;
                 }
             }
@@ -283,23 +250,15 @@ impl State {
     }
 
     fn read_header(&mut self, record: &[Vec<u8>]) -> Result<(), MappingError> {
-        let names: Vec<String> = record
-            .iter()
-            .map(|raw| self.decode(raw).unwrap_or_default().trim().to_string())
-            .collect();
+        let names: Vec<String> =
+            record.iter().map(|raw| self.decode(raw).unwrap_or_default().trim().to_string()).collect();
         for column in &mut self.columns {
-            let mut found = names
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.eq_ignore_ascii_case(&column.header));
+            let mut found = names.iter().enumerate().filter(|(_, n)| n.eq_ignore_ascii_case(&column.header));
             column.index = found.next().map(|(i, _)| i);
             if found.next().is_some() {
                 return Err(MappingError::Header(HeaderError {
                     column: column.header.clone(),
-                    message: format!(
-                        "column `{}` appears more than once in the header",
-                        column.header
-                    ),
+                    message: format!("column `{}` appears more than once in the header", column.header),
                 }));
             }
             if column.index.is_none() && column.required {
@@ -345,10 +304,7 @@ impl State {
                 .map(Value::Integer)
                 .map_err(|_| format!("`{text}` in `{}` is not a whole number", column.header)),
             Kind::Date => parse_date(text).map(Value::Date).ok_or_else(|| {
-                format!(
-                    "`{text}` in `{}` is not a date; write YYYY-MM-DD or MM/DD/YYYY",
-                    column.header
-                )
+                format!("`{text}` in `{}` is not a date; write YYYY-MM-DD or MM/DD/YYYY", column.header)
             }),
         }
     }
@@ -374,17 +330,14 @@ fn parse_date(text: &str) -> Option<Date> {
         2 => 28,
         _ => return None,
     };
-    (1..=days)
-        .contains(&day)
-        .then_some(Date { year, month, day })
+    (1..=days).contains(&day).then_some(Date { year, month, day })
 }
 
 /// Windows-1252 differs from Latin-1 only in 0x80..=0x9F.
 fn windows_1252(b: u8) -> char {
     const HIGH: [char; 32] = [
-        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8D}', 'Ž',
-        '\u{8F}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9D}',
-        'ž', 'Ÿ',
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8D}', 'Ž', '\u{8F}', '\u{90}', '‘',
+        '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9D}', 'ž', 'Ÿ',
     ];
     match b {
         0x80..=0x9F => HIGH[(b - 0x80) as usize],

@@ -23,12 +23,7 @@ impl PluginGuest for Plugin {
             kind: PluginKind::Notifier,
             description: "Notifies when a student's absences reach a threshold.".into(),
             params: vec![
-                param_spec(
-                    "threshold",
-                    ValueType::Integer,
-                    Some(Value::Integer(5)),
-                    "Absences at which to notify.",
-                ),
+                param_spec("threshold", ValueType::Integer, Some(Value::Integer(5)), "Absences at which to notify."),
                 param_spec(
                     "rule",
                     ValueType::Text,
@@ -63,31 +58,18 @@ impl NotifierGuest for Plugin {
                 continue;
             }
             let id = text(&record, "student-id").unwrap_or("?");
-            let name = format!(
-                "{} {}",
-                text(&record, "first-name").unwrap_or(""),
-                text(&record, "last-name").unwrap_or("")
-            );
+            let name =
+                format!("{} {}", text(&record, "first-name").unwrap_or(""), text(&record, "last-name").unwrap_or(""));
             let absences = integer(&record, "absences").unwrap_or(0);
             notifications.push(Notification {
                 recipient: Recipient::NotificationGroup,
                 subject: format!("Attendance: {} has {absences} absences", name.trim()),
-                body: format!(
-                    "Student {id} ({}) has {absences} absences. Rule: {}.",
-                    name.trim(),
-                    decision.reason
-                ),
+                body: format!("Student {id} ({}) has {absences} absences. Rule: {}.", name.trim(), decision.reason),
                 dedupe_key: format!("attendance:{id}"),
             });
         }
         host::progress(total, Some(total));
-        log(
-            Level::Info,
-            &format!(
-                "{} of {total} students reached the threshold",
-                notifications.len()
-            ),
-        );
+        log(Level::Info, &format!("{} of {total} students reached the threshold", notifications.len()));
         Ok(notifications)
     }
 }

@@ -13,9 +13,7 @@
 //! ```
 
 #[cfg(all(feature = "mapping", feature = "notifier"))]
-compile_error!(
-    "enable one of the features `mapping` and `notifier`, not both: a plugin exports one world"
-);
+compile_error!("enable one of the features `mapping` and `notifier`, not both: a plugin exports one world");
 
 /// Bindings and helpers for import mappings (world `import-mapping`).
 #[cfg(feature = "mapping")]
@@ -49,9 +47,7 @@ pub mod notifier {
         default_bindings_module: "schoolbell_plugin_sdk::notifier",
     });
 
-    pub use exports::schoolbell::plugin::notify::{
-        Guest as NotifierGuest, Notification, Recipient,
-    };
+    pub use exports::schoolbell::plugin::notify::{Guest as NotifierGuest, Notification, Recipient};
     pub use exports::schoolbell::plugin::plugin::Guest as PluginGuest;
     pub use schoolbell::plugin::host;
     pub use schoolbell::plugin::log::{Level, write as log};
@@ -62,12 +58,7 @@ pub mod notifier {
     /// Iterates over every record of a collection, a page at a time, so a
     /// notifier never holds more than one page.
     pub fn records(collection: &str) -> Records {
-        Records {
-            collection: collection.to_string(),
-            page: Vec::new().into_iter(),
-            next: None,
-            started: false,
-        }
+        Records { collection: collection.to_string(), page: Vec::new().into_iter(), next: None, started: false }
     }
 
     /// The iterator behind [`records`].
@@ -141,9 +132,7 @@ macro_rules! value_helpers {
             match param(params, name) {
                 Some(Value::Text(s)) => Ok(s.clone()),
                 Some(Value::Null) | None => Ok(String::new()),
-                Some(_) => Err(PluginError::BadInput(format!(
-                    "parameter `{name}` must be text"
-                ))),
+                Some(_) => Err(PluginError::BadInput(format!("parameter `{name}` must be text"))),
             }
         }
 
@@ -152,33 +141,18 @@ macro_rules! value_helpers {
             match param(params, name) {
                 Some(Value::Integer(n)) => Ok(Some(*n)),
                 Some(Value::Null) | None => Ok(None),
-                Some(_) => Err(PluginError::BadInput(format!(
-                    "parameter `{name}` must be an integer"
-                ))),
+                Some(_) => Err(PluginError::BadInput(format!("parameter `{name}` must be an integer"))),
             }
         }
 
         /// A parameter spec, for `describe`.
-        pub fn param_spec(
-            name: &str,
-            value_type: ValueType,
-            default: Option<Value>,
-            description: &str,
-        ) -> ParamSpec {
-            ParamSpec {
-                name: name.into(),
-                description: description.into(),
-                value_type,
-                default,
-            }
+        pub fn param_spec(name: &str, value_type: ValueType, default: Option<Value>, description: &str) -> ParamSpec {
+            ParamSpec { name: name.into(), description: description.into(), value_type, default }
         }
 
         /// Builds a field.
         pub fn fld(name: &str, value: Value) -> Field {
-            Field {
-                name: name.into(),
-                value,
-            }
+            Field { name: name.into(), value }
         }
     };
 }

@@ -70,10 +70,7 @@ impl NotifierGuest for Plugin {
             }
             "undeclared" => {
                 let page = host::read_records("staff", None, 10)?;
-                Ok(vec![note(format!(
-                    "read {} staff records",
-                    page.records.len()
-                ))])
+                Ok(vec![note(format!("read {} staff records", page.records.len()))])
             }
             "ambient" => {
                 // Reports what the sandbox let it see: nothing, if it holds.
@@ -81,14 +78,10 @@ impl NotifierGuest for Plugin {
                 let env = std::env::vars().count();
                 let args = std::env::args().count();
                 let net = std::net::TcpStream::connect("127.0.0.1:22").is_ok();
-                Ok(vec![note(format!(
-                    "files={files} env={env} args={args} net={net}"
-                ))])
+                Ok(vec![note(format!("files={files} env={env} args={args} net={net}"))])
             }
             "well" => Ok(vec![note("behaved".into())]),
-            other => Err(PluginError::BadInput(format!(
-                "unknown behaviour `{other}`"
-            ))),
+            other => Err(PluginError::BadInput(format!("unknown behaviour `{other}`"))),
         }
     }
 }

@@ -1,0 +1,403 @@
+//! The HTTP JSON API: the same operations as the CLI, with the same
+//! permission checks (the scheduler does them), behind bearer tokens. The
+//! server serves its own OpenAPI document at `/api/v1/openapi.json`.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+
+use crate::runs::{RunStatus, TaskMessage};
+use crate::schedule::{self, Schedule, Timing};
+use crate::scheduler::{self, Scheduler};
+use crate::store::RunId;
+use crate::tasks::{Task, TaskSpec};
+use crate::users::{self, User};
+
+/// An API error: a status and a message that says what to fix.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<scheduler::Error> for ApiError {
+    fn from(e: scheduler::Error) -> Self {
+        let status = match &e {
+            scheduler::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            scheduler::Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            scheduler::Error::Conflict(_) => StatusCode::CONFLICT,
+            scheduler::Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            scheduler::Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// The authenticated caller.
+pub struct Caller(pub User);
+
+impl FromRequestParts<Arc<Scheduler>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Scheduler>) -> Result<Self, Self::Rejection> {
+        let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            unauthorized("send `Authorization: Bearer TOKEN`; create a token with `schoolbell user token NAME`")
+        })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
+        let store = state.host().store().clone();
+        let token = token.trim().to_string();
+        let user = tokio::task::spawn_blocking(move || users::authenticate(&store, &token))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| unauthorized(&e.to_string()))?;
+        Ok(Caller(user))
+    }
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+/// The router over a scheduler.
+pub fn router(scheduler: Arc<Scheduler>) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/tasks", get(list_tasks).post(add_task))
+        .route("/api/v1/tasks/{name}", get(show_task).delete(remove_task))
+        .route("/api/v1/tasks/{name}/enable", post(enable_task))
+        .route("/api/v1/tasks/{name}/disable", post(disable_task))
+        .route("/api/v1/tasks/{name}/run-now", post(run_now))
+        .route("/api/v1/runs", get(list_runs))
+        .route("/api/v1/runs/{id}", get(show_run).delete(delete_run))
+        .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/api/v1/runs/{id}/messages", get(run_messages))
+        .route("/api/v1/schedule/next", get(schedule_next))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/openapi.json".into()) })
+        .with_state(scheduler)
+}
+
+/// A task with its next fire times, as `task show` prints it.
+pub fn task_view(task: &Task, count: usize, now: DateTime<Utc>) -> Json_ {
+    let fires = if task.enabled { next_fires(&task.timing(), now, count) } else { vec![] };
+    json!({ "task": task, "next": fires })
+}
+
+fn next_fires(timing: &Timing<'_>, from: DateTime<Utc>, count: usize) -> Vec<Json_> {
+    timing
+        .upcoming(from, count)
+        .into_iter()
+        .map(|t| json!({ "local": t.with_timezone(&timing.tz).format("%Y-%m-%d %H:%M %Z (%:z)").to_string(), "utc": t.to_rfc3339() }))
+        .collect()
+}
+
+async fn list_tasks(State(s): State<Arc<Scheduler>>, Caller(u): Caller) -> Result<Json<Vec<Task>>, ApiError> {
+    blocking(move || Ok(Json(s.tasks(&u)?))).await
+}
+
+async fn add_task(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    body: Result<Json<TaskSpec>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    let Json(spec) = body.map_err(|e| bad(format!("the task is not valid JSON for a task: {}", e.body_text())))?;
+    blocking(move || {
+        let task = s.add_task(&u, spec)?;
+        Ok((StatusCode::CREATED, Json(task_view(&task, 5, s.now()))))
+    })
+    .await
+}
+
+async fn show_task(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(task_view(&s.task(&u, &name)?, 5, s.now())))).await
+}
+
+async fn remove_task(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        s.remove_task(&u, &name)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+async fn enable_task(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(task_view(&s.set_enabled(&u, &name, true)?, 5, s.now())))).await
+}
+
+async fn disable_task(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(task_view(&s.set_enabled(&u, &name, false)?, 5, s.now())))).await
+}
+
+async fn run_now(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    blocking(move || Ok((StatusCode::ACCEPTED, Json(json!(s.run_now(&u, &name)?))))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    status: Option<String>,
+    task: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Parses a run status filter.
+pub fn parse_status(s: &str) -> Result<RunStatus, String> {
+    serde_json::from_value(json!(s)).map_err(|_| {
+        format!("`{s}` is not a run status; use queued, running, succeeded, failed, cancelled, interrupted, awaiting-confirmation or awaiting-authorization")
+    })
+}
+
+async fn list_runs(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    q: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let status = q.status.as_deref().map(parse_status).transpose().map_err(bad)?;
+    blocking(move || Ok(Json(json!(s.runs(&u, status, q.task.as_deref(), q.limit.unwrap_or(100))?)))).await
+}
+
+fn run_id(raw: &str) -> Result<RunId, ApiError> {
+    raw.parse().map_err(|_| bad(format!("`{raw}` is not a run id (a whole number)")))
+}
+
+async fn show_run(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let id = run_id(&id)?;
+    blocking(move || Ok(Json(json!(s.run(&u, id)?)))).await
+}
+
+async fn cancel_run(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let id = run_id(&id)?;
+    blocking(move || Ok(Json(json!(s.cancel(&u, id)?)))).await
+}
+
+async fn delete_run(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = run_id(&id)?;
+    blocking(move || {
+        s.delete(&u, id)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    status: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+    format: Option<String>,
+}
+
+/// Messages as CSV: row, status, field, message.
+pub fn messages_csv(messages: &[TaskMessage]) -> String {
+    let mut out = String::from("row,status,field,message\n");
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    };
+    for m in messages {
+        out.push_str(&format!(
+            "{},{},{},{}\n",
+            m.row.map(|r| r.to_string()).unwrap_or_default(),
+            quote(&m.status),
+            quote(m.field.as_deref().unwrap_or("")),
+            quote(&m.message)
+        ));
+    }
+    out
+}
+
+async fn run_messages(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+    q: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = run_id(&id)?;
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => return Err(bad(format!("format `{other}` is not known; use json or csv"))),
+    };
+    let limit = q.limit.unwrap_or(if csv { usize::MAX } else { 1000 });
+    blocking(move || {
+        let (messages, next) = s.messages(&u, id, q.status.as_deref(), q.after, limit)?;
+        Ok(if csv {
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], messages_csv(&messages)).into_response()
+        } else {
+            Json(json!({ "messages": messages, "next": next })).into_response()
+        })
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextQuery {
+    schedule: String,
+    tz: Option<String>,
+    from: Option<String>,
+    count: Option<usize>,
+}
+
+/// The next fire times of a schedule, without a task: what `schedule next`
+/// prints.
+pub fn preview(
+    schedule: &str,
+    zone: &str,
+    from: Option<&str>,
+    count: usize,
+    now: DateTime<Utc>,
+) -> Result<Json_, String> {
+    let parsed: Schedule = schedule.parse().map_err(|e: schedule::ParseError| e.to_string())?;
+    let tz = schedule::parse_zone(zone)?;
+    let from = from.map(|f| schedule::parse_local(f, tz)).transpose()?.unwrap_or(now);
+    let timing = Timing { schedule: &parsed, tz, start: from, end: None, pauses: &[] };
+    let fires = next_fires(&timing, from - chrono::Duration::seconds(1), count.min(1000));
+    Ok(json!({ "schedule": parsed.to_string(), "zone": zone, "fires": fires }))
+}
+
+async fn schedule_next(
+    State(s): State<Arc<Scheduler>>,
+    q: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(format!("{}; pass ?schedule=...&tz=...", e.body_text())))?;
+    let zone = q.tz.unwrap_or_else(|| s.zone().to_string());
+    preview(&q.schedule, &zone, q.from.as_deref(), q.count.unwrap_or(5), s.now()).map(Json).map_err(bad)
+}
+
+async fn openapi() -> Json<Json_> {
+    Json(openapi_document())
+}
+
+/// The OpenAPI 3.1 description of this API.
+pub fn openapi_document() -> Json_ {
+    let error = json!({ "description": "what went wrong and what to fix", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
+    let ok = |d: &str, schema: &str| json!({ "description": d, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } });
+    let name = json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    let id = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }]);
+    let errors = |extra: Json_| {
+        let mut r = json!({ "400": error, "401": error, "403": error, "404": error, "409": error });
+        if let (Some(r), Some(extra)) = (r.as_object_mut(), extra.as_object()) {
+            r.extend(extra.clone());
+        }
+        r
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Schoolbell", "version": env!("CARGO_PKG_VERSION"), "description": "Timed tasks and background runs. Authenticate with `Authorization: Bearer TOKEN` (`schoolbell user token NAME`)." },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "TaskSpec": { "type": "object", "required": ["name", "plugin", "schedule"], "properties": {
+                    "name": { "type": "string" }, "kind": { "enum": ["import", "notifier", "export", "cleanup"] },
+                    "plugin": { "type": "string" }, "params": { "type": "object" }, "rules": { "type": "array", "items": { "type": "string" } },
+                    "schedule": { "type": "string", "examples": ["daily at 07:00", "weekly on mon,wed at 06:30", "monthly on last at 18:00", "every 15 minutes", "cron 0 7 * * Mon-Fri"] },
+                    "zone": { "type": "string", "examples": ["America/Chicago"] }, "start": { "type": "string" }, "end": { "type": "string" },
+                    "pauses": { "type": "array", "items": { "type": "object", "properties": { "from": { "type": "string", "format": "date" }, "to": { "type": "string", "format": "date" } } } },
+                    "enabled": { "type": "boolean" }, "high_priority": { "type": "boolean" }, "keep": { "type": "boolean" },
+                    "misfire": { "enum": ["run-once", "skip"] }, "overlap": { "enum": ["skip", "queue-one", "cancel-running"] },
+                    "import": { "type": "object", "properties": { "source": { "type": "string" }, "collection": { "type": "string" }, "key_field": { "type": "string" }, "indexes": { "type": "array", "items": { "type": "string" } } } }
+                } },
+                "TaskView": { "type": "object", "properties": { "task": { "type": "object" }, "next": { "type": "array", "items": { "$ref": "#/components/schemas/Fire" } } } },
+                "Fire": { "type": "object", "properties": { "local": { "type": "string" }, "utc": { "type": "string", "format": "date-time" } } },
+                "Run": { "type": "object", "properties": {
+                    "id": { "type": "integer" }, "task": { "type": "string" }, "plugin": { "type": "string" }, "owner": { "type": "string" },
+                    "trigger": { "enum": ["user", "schedule", "workflow"] },
+                    "status": { "enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "awaiting-confirmation", "awaiting-authorization"] },
+                    "fire_time": { "type": ["string", "null"] }, "queued_at": { "type": "string" }, "started_at": { "type": ["string", "null"] }, "finished_at": { "type": ["string", "null"] },
+                    "progress_done": { "type": "integer" }, "progress_total": { "type": ["integer", "null"] }, "summary": { "type": "object" },
+                    "error": { "type": ["string", "null"] }, "keep": { "type": "boolean" }, "message_count": { "type": "integer" }
+                } },
+                "Messages": { "type": "object", "properties": { "messages": { "type": "array", "items": { "type": "object", "properties": {
+                    "seq": { "type": "integer" }, "row": { "type": ["integer", "null"] }, "status": { "type": "string" }, "field": { "type": ["string", "null"] }, "message": { "type": "string" } } } },
+                    "next": { "type": ["integer", "null"] } } }
+            }
+        },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/api/v1/tasks": {
+                "get": { "summary": "List the tasks you may see", "responses": { "200": { "description": "tasks" } } },
+                "post": { "summary": "Add a task", "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/TaskSpec" } } } }, "responses": errors(json!({ "201": ok("the task and its next fire times", "TaskView") })) }
+            },
+            "/api/v1/tasks/{name}": {
+                "parameters": name,
+                "get": { "summary": "A task and its next five fire times", "responses": errors(json!({ "200": ok("the task", "TaskView") })) },
+                "delete": { "summary": "Remove a task", "responses": errors(json!({ "204": { "description": "removed" } })) }
+            },
+            "/api/v1/tasks/{name}/enable": { "parameters": name, "post": { "summary": "Enable a task", "responses": errors(json!({ "200": ok("the task", "TaskView") })) } },
+            "/api/v1/tasks/{name}/disable": { "parameters": name, "post": { "summary": "Disable a task", "responses": errors(json!({ "200": ok("the task", "TaskView") })) } },
+            "/api/v1/tasks/{name}/run-now": { "parameters": name, "post": { "summary": "Queue a run now", "responses": errors(json!({ "202": ok("the queued run", "Run") })) } },
+            "/api/v1/runs": { "get": { "summary": "Runs you may see, newest first", "parameters": [
+                { "name": "status", "in": "query", "schema": { "type": "string" } }, { "name": "task", "in": "query", "schema": { "type": "string" } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
+            ], "responses": errors(json!({ "200": { "description": "runs" } })) } },
+            "/api/v1/runs/{id}": {
+                "parameters": id,
+                "get": { "summary": "One run", "responses": errors(json!({ "200": ok("the run", "Run") })) },
+                "delete": { "summary": "Delete a finished or cancelled run", "responses": errors(json!({ "204": { "description": "deleted" } })) }
+            },
+            "/api/v1/runs/{id}/cancel": { "parameters": id, "post": { "summary": "Cancel a run", "responses": errors(json!({ "200": ok("the run", "Run") })) } },
+            "/api/v1/runs/{id}/messages": { "parameters": id, "get": { "summary": "A run's messages (the Task Messages tab)", "parameters": [
+                { "name": "status", "in": "query", "schema": { "type": "string" } }, { "name": "after", "in": "query", "schema": { "type": "integer" } },
+                { "name": "limit", "in": "query", "schema": { "type": "integer" } }, { "name": "format", "in": "query", "schema": { "enum": ["json", "csv"] } }
+            ], "responses": errors(json!({ "200": ok("a page of messages, or CSV", "Messages") })) } },
+            "/api/v1/schedule/next": { "get": { "summary": "Preview a schedule's next fire times", "security": [], "parameters": [
+                { "name": "schedule", "in": "query", "required": true, "schema": { "type": "string" } }, { "name": "tz", "in": "query", "schema": { "type": "string" } },
+                { "name": "from", "in": "query", "schema": { "type": "string" } }, { "name": "count", "in": "query", "schema": { "type": "integer" } }
+            ], "responses": { "200": { "description": "fire times in the zone and in UTC" }, "400": error } } },
+            "/api/v1/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+        }
+    })
+}

@@ -1,0 +1,207 @@
+//! Runs (background tasks): one durable record per execution of a task,
+//! with status, progress, summary counts and per-row messages, and who may
+//! see, cancel and delete it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::store::RunId;
+use crate::users::{Permission, Role, User};
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// Waiting in the batch queue.
+    Queued,
+    /// A worker is running it.
+    Running,
+    /// Finished without error.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Stopped by a person.
+    Cancelled,
+    /// The host stopped while it ran; run the task again to redo it.
+    Interrupted,
+    /// Held until a person confirms it (mass-change guard).
+    AwaitingConfirmation,
+    /// Held until a person with the authorize permission approves it.
+    AwaitingAuthorization,
+}
+
+impl RunStatus {
+    /// Whether the run is over (it may be deleted).
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Interrupted)
+    }
+
+    /// The status as written in tables and filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::AwaitingConfirmation => "awaiting-confirmation",
+            RunStatus::AwaitingAuthorization => "awaiting-authorization",
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// A person (run-now).
+    User,
+    /// The task's schedule.
+    Schedule,
+    /// A workflow.
+    Workflow,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Trigger::User => "user",
+            Trigger::Schedule => "schedule",
+            Trigger::Workflow => "workflow",
+        })
+    }
+}
+
+/// A run's durable record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Unique, increasing.
+    pub id: RunId,
+    /// The task's name.
+    pub task: String,
+    /// The plugin it ran.
+    pub plugin: String,
+    /// Who owns it: the task's owner for scheduled runs, the person for run-now.
+    pub owner: String,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Where it is.
+    pub status: RunStatus,
+    /// The scheduled fire time it executes, if scheduled.
+    pub fire_time: Option<DateTime<Utc>>,
+    /// When it was queued.
+    pub queued_at: DateTime<Utc>,
+    /// When a worker started it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Units done.
+    pub progress_done: u64,
+    /// Units in all, when known.
+    pub progress_total: Option<u64>,
+    /// Summary counts, such as `new`, `updated`, `errors`, `notifications`.
+    pub summary: BTreeMap<String, u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Kept until deleted by a person (no retention).
+    pub keep: bool,
+    /// How many messages it has.
+    pub message_count: u64,
+    /// Who asked to cancel it, when someone did.
+    pub cancel_requested_by: Option<String>,
+}
+
+/// One message of a run (the Task Messages tab): a row, its status, and
+/// what happened to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    /// The message's number within the run.
+    pub seq: u64,
+    /// The input row (line) it is about, if any.
+    pub row: Option<u64>,
+    /// The status: error, new, updated, notification, ...
+    pub status: String,
+    /// The field it is about, if any.
+    pub field: Option<String>,
+    /// What happened.
+    pub message: String,
+}
+
+/// Whether `user` may see `run`.
+pub fn can_view(user: &User, run: &Run) -> bool {
+    user.role == Role::Owner
+        || run.owner == user.name
+        || (user.has(Permission::Autopilot) && matches!(run.trigger, Trigger::Schedule | Trigger::Workflow))
+}
+
+/// Whether `user` may cancel or delete `run`.
+pub fn can_control(user: &User, run: &Run) -> bool {
+    user.role == Role::Owner || run.owner == user.name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::JobEmail;
+
+    fn user(name: &str, role: Role, permissions: Vec<Permission>) -> User {
+        User { name: name.into(), email: String::new(), role, permissions, job_email: JobEmail::Never }
+    }
+
+    fn run(owner: &str, trigger: Trigger) -> Run {
+        Run {
+            id: 1,
+            task: "t".into(),
+            plugin: "p".into(),
+            owner: owner.into(),
+            trigger,
+            status: RunStatus::Running,
+            fire_time: None,
+            queued_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            progress_done: 0,
+            progress_total: None,
+            summary: BTreeMap::new(),
+            error: None,
+            keep: false,
+            message_count: 0,
+            cancel_requested_by: None,
+        }
+    }
+
+    /// Every role against every kind of run: (view, cancel/delete).
+    #[test]
+    fn the_permission_matrix_holds() {
+        let owner = user("olga", Role::Owner, vec![]);
+        let staff = user("sam", Role::Staff, vec![]);
+        let pilot = user("pat", Role::Staff, vec![Permission::Autopilot]);
+        let cases = [
+            (&owner, run("sam", Trigger::User), true, true),
+            (&owner, run("pat", Trigger::Schedule), true, true),
+            (&staff, run("sam", Trigger::User), true, true),
+            (&staff, run("sam", Trigger::Schedule), true, true),
+            (&staff, run("pat", Trigger::User), false, false),
+            (&staff, run("pat", Trigger::Schedule), false, false),
+            (&staff, run("pat", Trigger::Workflow), false, false),
+            (&pilot, run("sam", Trigger::Schedule), true, false),
+            (&pilot, run("sam", Trigger::Workflow), true, false),
+            (&pilot, run("sam", Trigger::User), false, false),
+            (&pilot, run("pat", Trigger::User), true, true),
+        ];
+        for (who, r, view, control) in cases {
+            assert_eq!(can_view(who, &r), view, "{} viewing {}'s {} run", who.name, r.owner, r.trigger);
+            assert_eq!(can_control(who, &r), control, "{} controlling {}'s {} run", who.name, r.owner, r.trigger);
+        }
+    }
+}

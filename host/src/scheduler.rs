@@ -1,0 +1,737 @@
+//! The scheduler: fires due tasks into the durable batch queue, runs
+//! queued runs on a bounded worker pool, sweeps old runs away, and owns
+//! every operation on tasks and runs, with its permission check, for the
+//! CLI and the HTTP API alike.
+//!
+//! Exactly once: a fire advances the task's next fire time and queues its
+//! run in one transaction; a worker takes a queue entry and marks the run
+//! started in another. A crash between the two leaves the run queued (it
+//! runs after the restart); a crash during a run leaves it running, and the
+//! restart marks it interrupted. No fire time ever gives two runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::imports;
+use crate::plugins::{PluginHost, RunControl, RunRequest};
+use crate::runs::{self, Run, RunStatus, TaskMessage, Trigger};
+use crate::store::{self, RunId, Store};
+use crate::tasks::{Misfire, Overlap, Task, TaskKind, TaskSpec};
+use crate::users::{Role, User};
+
+/// Where "now" comes from: the system clock, or a test's hand.
+pub trait Clock: Send + Sync {
+    /// The current instant.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that moves only when told (tests, the benchmark).
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    /// A clock stopped at `t`.
+    pub fn new(t: DateTime<Utc>) -> Self {
+        ManualClock(Mutex::new(t))
+    }
+
+    /// Moves the clock to `t`.
+    pub fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The `[scheduler]` section of the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Runs that execute at once.
+    pub workers: usize,
+    /// The district's IANA time zone, for tasks that name none.
+    pub zone: String,
+    /// A fire later than this many seconds counts as missed (misfire policy).
+    pub misfire_grace_secs: u64,
+    /// Finished runs are removed after this many days, unless kept.
+    pub retention_days: u64,
+    /// Cancelled runs are removed after this many minutes, unless kept.
+    pub cancelled_retention_minutes: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            workers: 2,
+            zone: "UTC".into(),
+            misfire_grace_secs: 60,
+            retention_days: 60,
+            cancelled_retention_minutes: 10,
+        }
+    }
+}
+
+/// What went wrong with an operation, by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such task or run (or not one this user may see).
+    #[error("{0}")]
+    NotFound(String),
+    /// The user may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Not in this state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+struct Live {
+    task: String,
+    control: RunControl,
+}
+
+/// The scheduler and the operations on tasks and runs.
+pub struct Scheduler {
+    store: Arc<Store>,
+    host: Arc<PluginHost>,
+    clock: Arc<dyn Clock>,
+    config: SchedulerConfig,
+    wake: tokio::sync::Notify,
+    live: Mutex<HashMap<RunId, Live>>,
+    shutting_down: AtomicBool,
+    /// Fires and task edits one at a time, so a fire never races an edit.
+    fire_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Scheduler {
+    /// A scheduler over `host`'s store.
+    pub fn new(host: Arc<PluginHost>, clock: Arc<dyn Clock>, config: SchedulerConfig) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            store: host.store().clone(),
+            host,
+            clock,
+            config,
+            wake: tokio::sync::Notify::new(),
+            live: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            fire_lock: Mutex::new(()),
+        })
+    }
+
+    /// The plugin host runs use.
+    pub fn host(&self) -> &Arc<PluginHost> {
+        &self.host
+    }
+
+    /// The clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The district's default zone.
+    pub fn zone(&self) -> &str {
+        &self.config.zone
+    }
+
+    // ----- tasks -----
+
+    fn get_task(&self, name: &str) -> Result<Task> {
+        self.store
+            .tasks::<Task>()
+            .get(name.as_bytes())?
+            .ok_or_else(|| Error::NotFound(format!("no task named `{name}`; `schoolbell task list` shows the tasks")))
+    }
+
+    fn check_task(user: &User, task: &Task) -> Result<()> {
+        if user.role == Role::Owner || task.owner == user.name {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "task `{}` belongs to {}; staff may manage only their own tasks",
+                task.name, task.owner
+            )))
+        }
+    }
+
+    /// Saves a new task owned by `user`.
+    pub fn add_task(&self, user: &User, spec: TaskSpec) -> Result<Task> {
+        let _guard = lock(&self.fire_lock);
+        if self.store.tasks::<Task>().get(spec.name.as_bytes())?.is_some() {
+            return Err(Error::Conflict(format!(
+                "a task named `{}` exists; remove it first or pick another name",
+                spec.name
+            )));
+        }
+        let task = spec
+            .build(&user.name, &self.config.zone, &self.host, self.host.rules(), self.now())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let due = if task.enabled { task.next_fire } else { None };
+        self.store.put_task(&task.name, &task, None, due)?;
+        self.store.flush()?;
+        self.wake.notify_one();
+        tracing::info!(task = %task.name, next = ?task.next_fire, "Task added.");
+        Ok(task)
+    }
+
+    /// The tasks `user` may see, by name.
+    pub fn tasks(&self, user: &User) -> Result<Vec<Task>> {
+        let all = self.store.tasks::<Task>().all()?;
+        Ok(all.into_iter().filter(|t| user.role == Role::Owner || t.owner == user.name).collect())
+    }
+
+    /// One task.
+    pub fn task(&self, user: &User, name: &str) -> Result<Task> {
+        let task = self.get_task(name)?;
+        Self::check_task(user, &task)?;
+        Ok(task)
+    }
+
+    /// Enables or disables a task. Enabling computes the next fire from now.
+    pub fn set_enabled(&self, user: &User, name: &str, enabled: bool) -> Result<Task> {
+        let _guard = lock(&self.fire_lock);
+        let mut task = self.get_task(name)?;
+        Self::check_task(user, &task)?;
+        let old_due = if task.enabled { task.next_fire } else { None };
+        task.enabled = enabled;
+        if enabled {
+            task.next_fire = match task.schedule {
+                crate::schedule::Schedule::Once(_) => task.next_fire,
+                _ => task.timing().next_after(self.now().max(task.start - chrono::Duration::seconds(1))),
+            };
+        }
+        let new_due = if enabled { task.next_fire } else { None };
+        self.store.put_task(name, &task, old_due, new_due)?;
+        self.store.flush()?;
+        self.wake.notify_one();
+        Ok(task)
+    }
+
+    /// Removes a task. Its runs stay (they are history).
+    pub fn remove_task(&self, user: &User, name: &str) -> Result<Task> {
+        let _guard = lock(&self.fire_lock);
+        let task = self.get_task(name)?;
+        Self::check_task(user, &task)?;
+        self.store.remove_task(name, if task.enabled { task.next_fire } else { None })?;
+        self.store.flush()?;
+        Ok(task)
+    }
+
+    fn new_run(&self, task: &Task, owner: &str, trigger: Trigger, fire_time: Option<DateTime<Utc>>) -> Result<Run> {
+        Ok(Run {
+            id: self.store.new_run_id()?,
+            task: task.name.clone(),
+            plugin: task.plugin.clone(),
+            owner: owner.into(),
+            trigger,
+            status: RunStatus::Queued,
+            fire_time,
+            queued_at: self.now(),
+            started_at: None,
+            finished_at: None,
+            progress_done: 0,
+            progress_total: None,
+            summary: BTreeMap::new(),
+            error: None,
+            keep: task.keep,
+            message_count: 0,
+            cancel_requested_by: None,
+        })
+    }
+
+    /// Queues a run of the task now, owned by `user`.
+    pub fn run_now(&self, user: &User, name: &str) -> Result<Run> {
+        let task = self.get_task(name)?;
+        Self::check_task(user, &task)?;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(Error::Conflict("the host is shutting down; try again once it is back".into()));
+        }
+        let run = self.new_run(&task, &user.name, Trigger::User, None)?;
+        self.store.enqueue(task.priority(), run.queued_at, run.id, &run)?;
+        self.store.flush()?;
+        self.wake.notify_one();
+        Ok(run)
+    }
+
+    // ----- runs -----
+
+    fn get_run(&self, id: RunId) -> Result<Run> {
+        self.store.run::<Run>(id)?.ok_or_else(|| Error::NotFound(format!("no run {id}")))
+    }
+
+    /// The runs `user` may see, newest first.
+    pub fn runs(&self, user: &User, status: Option<RunStatus>, task: Option<&str>, limit: usize) -> Result<Vec<Run>> {
+        let mut out = Vec::new();
+        let mut before = None;
+        loop {
+            let page: Vec<Run> = self.store.runs(before, 500)?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            for r in page {
+                if runs::can_view(user, &r) && status.is_none_or(|s| r.status == s) && task.is_none_or(|t| r.task == t)
+                {
+                    out.push(r);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One run, if `user` may see it.
+    pub fn run(&self, user: &User, id: RunId) -> Result<Run> {
+        let run = self.get_run(id)?;
+        if !runs::can_view(user, &run) {
+            // Said as "not found": a run you may not see does not exist for you.
+            return Err(Error::NotFound(format!("no run {id}")));
+        }
+        Ok(run)
+    }
+
+    fn check_control(user: &User, run: &Run, what: &str) -> Result<()> {
+        if !runs::can_control(user, run) {
+            if runs::can_view(user, run) {
+                return Err(Error::Forbidden(format!(
+                    "run {} belongs to {}; only its owner or the account owner may {what} it",
+                    run.id, run.owner
+                )));
+            }
+            return Err(Error::NotFound(format!("no run {}", run.id)));
+        }
+        Ok(())
+    }
+
+    /// Cancels a run: a queued or held one at once; a running one
+    /// cooperatively, then by force after the grace period.
+    pub fn cancel(&self, user: &User, id: RunId) -> Result<Run> {
+        let mut run = self.get_run(id)?;
+        Self::check_control(user, &run, "cancel")?;
+        let now = self.now();
+        match run.status {
+            s if s.is_finished() => {
+                return Err(Error::Conflict(format!(
+                    "run {id} has already finished ({s}); there is nothing to cancel"
+                )));
+            }
+            RunStatus::Running => {
+                let live = lock(&self.live);
+                if let Some(l) = live.get(&id) {
+                    l.control.cancel(Duration::from_secs(self.host.config().cancel_grace_secs));
+                }
+                run.cancel_requested_by = Some(user.name.clone());
+                self.store.put_run(id, &run, None)?;
+            }
+            RunStatus::Queued => {
+                if let Some((key, _)) = self.store.queued()?.into_iter().find(|(_, q)| *q == id) {
+                    self.store.dequeue(&key)?;
+                }
+                run.status = RunStatus::Cancelled;
+                run.cancel_requested_by = Some(user.name.clone());
+                run.finished_at = Some(now);
+                self.store.put_run(id, &run, Some(now))?;
+            }
+            _ => {
+                run.status = RunStatus::Cancelled;
+                run.cancel_requested_by = Some(user.name.clone());
+                run.finished_at = Some(now);
+                self.store.put_run(id, &run, Some(now))?;
+            }
+        }
+        self.store.flush()?;
+        tracing::info!(run = id, by = %user.name, "Run cancel requested.");
+        Ok(run)
+    }
+
+    /// Deletes a finished or cancelled run and its messages.
+    pub fn delete(&self, user: &User, id: RunId) -> Result<()> {
+        let run = self.get_run(id)?;
+        Self::check_control(user, &run, "delete")?;
+        if !run.status.is_finished() {
+            return Err(Error::Conflict(format!(
+                "run {id} is {}; only finished or cancelled runs can be deleted. Cancel it first",
+                run.status
+            )));
+        }
+        self.store.delete_run(id, run.finished_at)?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// A page of a run's messages.
+    pub fn messages(
+        &self,
+        user: &User,
+        id: RunId,
+        status: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<TaskMessage>, Option<u64>)> {
+        self.run(user, id)?;
+        Ok(self.store.messages(id, status, after, limit)?)
+    }
+
+    // ----- the engine -----
+
+    /// After a restart: runs left running are marked interrupted. Queued
+    /// runs stay queued and run.
+    pub fn recover(&self) -> Result<usize> {
+        let now = self.now();
+        let mut n = 0;
+        for mut run in self.store.all_runs::<Run>()? {
+            if run.status == RunStatus::Running {
+                run.status = RunStatus::Interrupted;
+                run.finished_at = Some(now);
+                run.error = Some("the host stopped while this run was running; run the task again to redo it".into());
+                self.store.put_run(run.id, &run, Some(now))?;
+                n += 1;
+            }
+        }
+        self.store.flush()?;
+        Ok(n)
+    }
+
+    fn task_is_busy(&self, task: &str) -> Result<(bool, bool)> {
+        let running = lock(&self.live).values().any(|l| l.task == task);
+        let mut queued = false;
+        for (_, id) in self.store.queued()? {
+            if self.store.run::<Run>(id)?.is_some_and(|r| r.task == task) {
+                queued = true;
+                break;
+            }
+        }
+        Ok((running, queued))
+    }
+
+    /// Fires every task due by now into the queue. Returns how many fired.
+    pub fn tick(&self) -> Result<usize> {
+        let _guard = lock(&self.fire_lock);
+        let now = self.now();
+        let grace = chrono::Duration::seconds(self.config.misfire_grace_secs as i64);
+        let mut fired = 0;
+        loop {
+            let due = self.store.due_tasks(now, 1000)?;
+            if due.is_empty() {
+                break;
+            }
+            for (due_at, name) in due {
+                let Some(mut task) = self.store.tasks::<Task>().get(name.as_bytes())? else {
+                    self.store.remove_task(&name, Some(due_at))?;
+                    continue;
+                };
+                if !task.enabled || task.next_fire != Some(due_at) {
+                    // A stale index entry: put the task back where it belongs.
+                    let due = if task.enabled { task.next_fire } else { None };
+                    self.store.put_task(&name, &task, Some(due_at), due.filter(|d| *d != due_at))?;
+                    continue;
+                }
+                let missed = now - due_at > grace;
+                task.next_fire = task.timing().next_after(if missed { now } else { due_at });
+                let (running, queued) = self.task_is_busy(&name)?;
+                let mut enqueue = !(missed && task.misfire == Misfire::Skip);
+                if enqueue {
+                    enqueue = match task.overlap {
+                        Overlap::Skip => !running && !queued,
+                        Overlap::QueueOne => !queued,
+                        Overlap::CancelRunning => !queued,
+                    };
+                    if !enqueue {
+                        tracing::info!(task = %name, fire = %due_at, "Fire skipped: the previous run is still going.");
+                    }
+                }
+                if enqueue && task.overlap == Overlap::CancelRunning && running {
+                    for l in lock(&self.live).values().filter(|l| l.task == name) {
+                        l.control.cancel(Duration::from_secs(self.host.config().cancel_grace_secs));
+                    }
+                }
+                let run = if enqueue {
+                    Some(self.new_run(&task, &task.owner.clone(), Trigger::Schedule, Some(due_at))?)
+                } else {
+                    None
+                };
+                self.store.fire(
+                    &name,
+                    &task,
+                    Some(due_at),
+                    task.next_fire,
+                    run.as_ref().map(|r| (task.priority(), due_at, r.id, r)),
+                )?;
+                if enqueue {
+                    fired += 1;
+                }
+            }
+        }
+        if fired > 0 {
+            self.store.flush()?;
+        }
+        Ok(fired)
+    }
+
+    /// Starts queued runs while workers are free. Needs a tokio runtime.
+    pub fn dispatch(self: &Arc<Self>) -> Result<usize> {
+        let mut started = 0;
+        while lock(&self.live).len() < self.config.workers.max(1) && !self.shutting_down.load(Ordering::SeqCst) {
+            let Some((key, id)) = self.store.queued()?.into_iter().next() else { break };
+            let Some(mut run) = self.store.run::<Run>(id)? else {
+                self.store.dequeue(&key)?;
+                continue;
+            };
+            run.status = RunStatus::Running;
+            run.started_at = Some(self.now());
+            let control = RunControl::new();
+            {
+                let mut live = lock(&self.live);
+                if !self.store.start_run(&key, id, &run)? {
+                    continue;
+                }
+                live.insert(id, Live { task: run.task.clone(), control: control.clone() });
+            }
+            self.store.flush()?;
+            started += 1;
+            let this = self.clone();
+            tokio::spawn(async move {
+                let progress = {
+                    let this = this.clone();
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            this.save_progress(id, &control);
+                        }
+                    })
+                };
+                let worker = this.clone();
+                let outcome = tokio::task::spawn_blocking(move || worker.execute(run, control)).await;
+                progress.abort();
+                if let Err(e) = outcome {
+                    tracing::error!(run = id, "Run worker panicked: {e}");
+                }
+                this.wake.notify_one();
+            });
+        }
+        Ok(started)
+    }
+
+    fn save_progress(&self, id: RunId, control: &RunControl) {
+        let live = lock(&self.live);
+        if !live.contains_key(&id) {
+            return;
+        }
+        if let Ok(Some(mut run)) = self.store.run::<Run>(id) {
+            let (done, total) = control.progress();
+            if (run.progress_done, run.progress_total) != (done, total) {
+                run.progress_done = done;
+                run.progress_total = total;
+                let _ = self.store.put_run(id, &run, None);
+            }
+        }
+    }
+
+    /// Executes one run to its end and records the outcome.
+    fn execute(&self, mut run: Run, control: RunControl) {
+        let id = run.id;
+        tracing::info!(run = id, task = %run.task, "Run started.");
+        let mut messages: Vec<TaskMessage> = Vec::new();
+        let mut state_writes = Vec::new();
+        let result: Result<BTreeMap<String, u64>, String> = (|| {
+            let task =
+                self.get_task(&run.task).map_err(|e| format!("{e} (it was removed after this run was queued)"))?;
+            let request = RunRequest { task: task.name.clone(), params: task.params.clone(), control: control.clone() };
+            match task.kind {
+                TaskKind::Import => {
+                    let target = task.import.as_ref().ok_or("the task has no import source")?;
+                    let report =
+                        imports::import_file(&self.host, &task.plugin, target, &request).map_err(|e| e.to_string())?;
+                    for e in &report.errors {
+                        messages.push(TaskMessage {
+                            seq: 0,
+                            row: Some(e.line),
+                            status: "error".into(),
+                            field: e.field.clone(),
+                            message: e.message.clone(),
+                        });
+                    }
+                    Ok(BTreeMap::from([
+                        ("stored".into(), report.stored),
+                        ("errors".into(), report.errors.len() as u64),
+                    ]))
+                }
+                TaskKind::Notifier | TaskKind::Export | TaskKind::Cleanup => {
+                    let outcome = self.host.run_notifier(&task.plugin, &request).map_err(|e| e.to_string())?;
+                    for n in &outcome.notifications {
+                        messages.push(TaskMessage {
+                            seq: 0,
+                            row: None,
+                            status: "notification".into(),
+                            field: None,
+                            message: n.subject.clone(),
+                        });
+                    }
+                    state_writes = outcome.state_writes;
+                    Ok(BTreeMap::from([("notifications".into(), outcome.notifications.len() as u64)]))
+                }
+            }
+        })();
+        let now = self.now();
+        let (done, total) = control.progress();
+        run.progress_done = done;
+        run.progress_total = total;
+        run.finished_at = Some(now);
+        match result {
+            Ok(summary) => {
+                run.status = RunStatus::Succeeded;
+                run.summary = summary;
+            }
+            Err(e) => {
+                run.status = if self.shutting_down.load(Ordering::SeqCst) {
+                    RunStatus::Interrupted
+                } else if control.is_cancelled() {
+                    RunStatus::Cancelled
+                } else {
+                    RunStatus::Failed
+                };
+                if run.status == RunStatus::Failed {
+                    state_writes.clear();
+                }
+                run.error = Some(e);
+            }
+        }
+        if let Ok(Some(stored)) = self.store.run::<Run>(id) {
+            run.cancel_requested_by = stored.cancel_requested_by;
+        }
+        for (i, m) in messages.iter_mut().enumerate() {
+            m.seq = i as u64;
+        }
+        run.message_count = messages.len() as u64;
+        let mut live = lock(&self.live);
+        let saved = (|| -> Result<()> {
+            let with_status: Vec<(&str, &TaskMessage)> = messages.iter().map(|m| (m.status.as_str(), m)).collect();
+            self.store.add_messages(id, 0, &with_status)?;
+            let writes = if run.status == RunStatus::Succeeded { &state_writes[..] } else { &[] };
+            self.store.finish_run(id, &run, now, &run.task, writes)?;
+            self.store.flush()?;
+            Ok(())
+        })();
+        live.remove(&id);
+        match saved {
+            Ok(()) => tracing::info!(run = id, status = %run.status, "Run finished."),
+            Err(e) => tracing::error!(run = id, "Cannot record the run's outcome: {e}"),
+        }
+    }
+
+    /// Removes runs past retention. Returns how many.
+    pub fn sweep(&self) -> Result<usize> {
+        let now = self.now();
+        let finished_cutoff = now - chrono::Duration::days(self.config.retention_days as i64);
+        let cancelled_cutoff = now - chrono::Duration::minutes(self.config.cancelled_retention_minutes as i64);
+        let mut removed = 0;
+        for id in self.store.finished_before(cancelled_cutoff)? {
+            let Some(run) = self.store.run::<Run>(id)? else { continue };
+            let finished = run.finished_at.unwrap_or(now);
+            let expired = match run.status {
+                RunStatus::Cancelled => finished <= cancelled_cutoff,
+                _ => finished <= finished_cutoff,
+            };
+            if expired && !run.keep {
+                self.store.delete_run(id, run.finished_at)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.store.flush()?;
+            tracing::info!(removed, "Retention removed old runs.");
+        }
+        Ok(removed)
+    }
+
+    /// Fires, dispatches and sweeps until `shutdown` turns true; sleeps
+    /// until the next fire in between (no busy polling).
+    pub async fn serve(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut last_sweep = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = self.now();
+            if let Err(e) = self.tick() {
+                tracing::error!("Scheduler tick failed: {e}");
+            }
+            if let Err(e) = self.dispatch() {
+                tracing::error!("Dispatch failed: {e}");
+            }
+            if last_sweep.is_none_or(|t: DateTime<Utc>| now - t >= chrono::Duration::minutes(1)) {
+                if let Err(e) = self.sweep() {
+                    tracing::error!("Retention sweep failed: {e}");
+                }
+                last_sweep = Some(now);
+            }
+            let next = self.store.next_due().ok().flatten();
+            let sleep = next
+                .map(|t| (t - self.now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(60))
+                .min(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Stops taking runs, asks the running ones to stop, and waits for them
+    /// (up to the cancel grace period plus a little). Runs that do not stop
+    /// stay recorded as running and are marked interrupted at the next start.
+    pub async fn stop(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let grace = Duration::from_secs(self.host.config().cancel_grace_secs);
+        for l in lock(&self.live).values() {
+            l.control.cancel(grace);
+        }
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(2);
+        while !lock(&self.live).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.store.flush();
+    }
+
+    /// Wakes the loop (after an outside change).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// How many runs are executing now.
+    pub fn running(&self) -> usize {
+        lock(&self.live).len()
+    }
+}

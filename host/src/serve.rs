@@ -1,0 +1,52 @@
+//! `schoolbell serve`: the scheduler, the worker pool and the HTTP API in
+//! one process, until SIGTERM or Ctrl-C. Shutdown is graceful: no new runs
+//! start, running ones are asked to stop (and interrupted after the grace
+//! period), and whatever did not finish is marked interrupted, never lost.
+
+use anyhow::{Context, Result};
+
+use crate::cli::Ctx;
+
+pub(crate) fn run(cx: Ctx, listen: Option<String>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let interrupted = cx.scheduler.recover()?;
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "Runs left running by the last process were marked interrupted.");
+        }
+        let addr = listen.unwrap_or_else(|| cx.config.api.listen.clone());
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}; pick another with --listen or `[api] listen`"))?;
+        let local = listener.local_addr()?;
+        let info = serde_json::json!({ "pid": std::process::id(), "listen": local.to_string() });
+        std::fs::write(cx.data.join("serve.json"), info.to_string())?;
+        println!(
+            "schoolbell serving on http://{local} (API: http://{local}/api/v1/openapi.json); SIGTERM or Ctrl-C stops it"
+        );
+        tracing::info!(%local, "Serving.");
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let scheduler = tokio::spawn(cx.scheduler.clone().serve(stop_rx.clone()));
+        let mut api_stop = stop_rx.clone();
+        let api =
+            axum::serve(listener, schoolbell::api::router(cx.scheduler.clone())).with_graceful_shutdown(async move {
+                let _ = api_stop.wait_for(|stop| *stop).await;
+            });
+        let api = tokio::spawn(async move { api.await });
+
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("Shutting down.");
+        let _ = stop_tx.send(true);
+        let _ = scheduler.await;
+        let _ = api.await;
+        let _ = std::fs::remove_file(cx.data.join("serve.json"));
+        cx.host.store().flush()?;
+        println!("schoolbell stopped");
+        Ok(())
+    })
+}
