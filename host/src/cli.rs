@@ -269,8 +269,8 @@ struct TaskArgs {
     #[arg(long = "param", value_parser = parse_param)]
     params: Vec<(String, Value)>,
     /// A rule the task uses (repeatable).
-    #[arg(long = "rule")]
-    rules: Vec<String>,
+    #[arg(long = "rule", id = "rule")]
+    rule_names: Vec<String>,
     /// A pause window, `YYYY-MM-DD..YYYY-MM-DD` (repeatable).
     #[arg(long = "pause", value_parser = parse_pause)]
     pauses: Vec<Pause>,
@@ -815,7 +815,7 @@ fn task(cx: &Ctx, user: &User, cmd: TaskCmd) -> Result<()> {
                 kind: a.kind,
                 plugin: a.plugin,
                 params: a.params.into_iter().map(|(k, v)| (k, v.to_json())).collect(),
-                rules: a.rules,
+                rules: a.rule_names,
                 schedule: a.schedule,
                 zone: a.zone,
                 start: a.start,

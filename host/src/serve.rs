@@ -46,7 +46,16 @@ pub(crate) fn run(cx: Ctx, listen: Option<String>) -> Result<()> {
         let _ = api.await;
         let _ = std::fs::remove_file(cx.data.join("serve.json"));
         cx.host.store().flush()?;
-        println!("schoolbell stopped");
+        say("schoolbell stopped");
         Ok(())
     })
+}
+
+/// Prints a line for whoever started the server. A closed stdout (the
+/// starter went away) must not take the server down with it.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }

@@ -1,0 +1,260 @@
+//! The scheduler with a hand-moved clock, over a real store and the real
+//! plugins: fires, misfires, overlap, priority, cancel, delete, retention
+//! and recovery.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use schoolbell::plugins::{PluginHost, SandboxConfig};
+use schoolbell::rules::RuleSet;
+use schoolbell::runs::{Run, RunStatus};
+use schoolbell::scheduler::{Error, ManualClock, Scheduler, SchedulerConfig};
+use schoolbell::store::{CollectionSpec, Store};
+use schoolbell::tasks::{Misfire, Overlap, TaskSpec};
+use schoolbell::users::{JobEmail, Role, User};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    sched: Arc<Scheduler>,
+    store: Arc<Store>,
+}
+
+fn t0() -> DateTime<Utc> {
+    "2026-09-01T12:00:00Z".parse().unwrap()
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    store.define_collection("attendance", &CollectionSpec { key_field: "student-id".into(), indexes: vec![] }).unwrap();
+    let rules = Arc::new(RuleSet::load_dir(&support::root().join("rules"), Default::default()).unwrap());
+    let sandbox = SandboxConfig { cancel_grace_secs: 1, timeout_secs: 60, ..SandboxConfig::default() };
+    let host = Arc::new(PluginHost::new(store.clone(), rules, &dir.path().join("cache"), sandbox).unwrap());
+    for p in ["notifier-attendance", "test-hostile"] {
+        host.install(&support::plugin(p)).unwrap();
+        host.grant_all(p).unwrap();
+    }
+    let clock = Arc::new(ManualClock::new(t0()));
+    let sched = Scheduler::new(host, clock.clone(), SchedulerConfig { workers: 2, ..SchedulerConfig::default() });
+    Fixture { _dir: dir, clock, sched, store }
+}
+
+fn admin() -> User {
+    User::local_owner()
+}
+
+fn staff(name: &str) -> User {
+    User { name: name.into(), email: String::new(), role: Role::Staff, permissions: vec![], job_email: JobEmail::Never }
+}
+
+fn every_minute(name: &str) -> TaskSpec {
+    TaskSpec {
+        name: name.into(),
+        plugin: "notifier-attendance".into(),
+        schedule: "every 1 minutes".into(),
+        ..TaskSpec::default()
+    }
+}
+
+fn hostile(name: &str, behaviour: &str) -> TaskSpec {
+    TaskSpec {
+        name: name.into(),
+        plugin: "test-hostile".into(),
+        schedule: "every 1 minutes".into(),
+        params: [("behaviour".to_string(), serde_json::json!(behaviour))].into(),
+        ..TaskSpec::default()
+    }
+}
+
+fn runs_of(f: &Fixture, task: &str) -> Vec<Run> {
+    f.sched.runs(&admin(), None, Some(task), 1000).unwrap()
+}
+
+async fn until_finished(f: &Fixture, id: u64) -> Run {
+    for _ in 0..400 {
+        f.sched.dispatch().unwrap();
+        let run = f.sched.run(&admin(), id).unwrap();
+        if run.status.is_finished() {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("run {id} did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fire_time_gives_one_run_however_often_the_scheduler_ticks() {
+    let f = fixture();
+    let task = f.sched.add_task(&admin(), every_minute("a")).unwrap();
+    assert_eq!(task.next_fire, Some(t0() + chrono::Duration::minutes(1)));
+    f.clock.set(t0() + chrono::Duration::minutes(1));
+    assert_eq!(f.sched.tick().unwrap(), 1);
+    assert_eq!(f.sched.tick().unwrap(), 0);
+    assert_eq!(f.sched.tick().unwrap(), 0);
+    let runs = runs_of(&f, "a");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Queued);
+    assert_eq!(runs[0].fire_time, Some(t0() + chrono::Duration::minutes(1)));
+    assert_eq!(f.sched.task(&admin(), "a").unwrap().next_fire, Some(t0() + chrono::Duration::minutes(2)));
+    let done = until_finished(&f, runs[0].id).await;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
+    assert_eq!(done.summary.get("notifications"), Some(&0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missed_fires_run_once_or_are_skipped_as_the_task_says() {
+    let f = fixture();
+    f.sched.add_task(&admin(), TaskSpec { misfire: Misfire::RunOnce, ..every_minute("catch-up") }).unwrap();
+    f.sched.add_task(&admin(), TaskSpec { misfire: Misfire::Skip, ..every_minute("skip") }).unwrap();
+    f.clock.set(t0() + chrono::Duration::minutes(10));
+    f.sched.tick().unwrap();
+    assert_eq!(runs_of(&f, "catch-up").len(), 1, "ten missed fires make one run");
+    assert!(runs_of(&f, "skip").is_empty());
+    for name in ["catch-up", "skip"] {
+        assert_eq!(f.sched.task(&admin(), name).unwrap().next_fire, Some(t0() + chrono::Duration::minutes(11)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlap_skip_and_queue_one_keep_the_queue_short() {
+    let f = fixture();
+    f.sched.add_task(&admin(), TaskSpec { overlap: Overlap::Skip, ..every_minute("skip") }).unwrap();
+    f.sched.add_task(&admin(), TaskSpec { overlap: Overlap::QueueOne, ..every_minute("one") }).unwrap();
+    for m in 1..=3 {
+        f.clock.set(t0() + chrono::Duration::minutes(m));
+        f.sched.tick().unwrap();
+    }
+    assert_eq!(runs_of(&f, "skip").len(), 1);
+    assert_eq!(runs_of(&f, "one").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlap_cancel_running_stops_the_old_run_for_the_new_one() {
+    let f = fixture();
+    f.sched.add_task(&admin(), TaskSpec { overlap: Overlap::CancelRunning, ..hostile("spin", "loop") }).unwrap();
+    f.clock.set(t0() + chrono::Duration::minutes(1));
+    f.sched.tick().unwrap();
+    f.sched.dispatch().unwrap();
+    let first = runs_of(&f, "spin")[0].clone();
+    assert_eq!(f.sched.run(&admin(), first.id).unwrap().status, RunStatus::Running);
+    f.clock.set(t0() + chrono::Duration::minutes(2));
+    f.sched.tick().unwrap();
+    let first = until_finished(&f, first.id).await;
+    assert_eq!(first.status, RunStatus::Cancelled);
+    assert!(first.error.unwrap().contains("did not stop within its grace period"));
+    let runs = runs_of(&f, "spin");
+    assert_eq!(runs.len(), 2);
+    f.sched.cancel(&admin(), runs[0].id).unwrap();
+    until_finished(&f, runs[0].id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn high_priority_runs_are_served_first() {
+    let f = fixture();
+    f.sched.add_task(&admin(), every_minute("normal")).unwrap();
+    f.sched.add_task(&admin(), TaskSpec { high_priority: true, ..every_minute("urgent") }).unwrap();
+    let normal = f.sched.run_now(&admin(), "normal").unwrap();
+    let urgent = f.sched.run_now(&admin(), "urgent").unwrap();
+    let order: Vec<u64> = f.store.queued().unwrap().into_iter().map(|(_, id)| id).collect();
+    assert_eq!(order, [urgent.id, normal.id]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_and_delete_follow_the_run_state_and_its_owner() {
+    let f = fixture();
+    let sam = staff("sam");
+    let pat = staff("pat");
+    f.sched.add_task(&sam, hostile("sams-loop", "loop")).unwrap();
+    f.sched.add_task(&admin(), every_minute("owners")).unwrap();
+
+    // Queued: cancelled at once.
+    let queued = f.sched.run_now(&admin(), "owners").unwrap();
+    assert_eq!(f.sched.cancel(&admin(), queued.id).unwrap().status, RunStatus::Cancelled);
+    assert!(f.store.queued().unwrap().is_empty());
+
+    // Running: delete is refused; cancel by another staff member is "not found".
+    let run = f.sched.run_now(&sam, "sams-loop").unwrap();
+    f.sched.dispatch().unwrap();
+    match f.sched.delete(&sam, run.id) {
+        Err(Error::Conflict(m)) => assert_eq!(
+            m,
+            format!("run {} is running; only finished or cancelled runs can be deleted. Cancel it first", run.id)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(f.sched.cancel(&pat, run.id), Err(Error::NotFound(_))));
+    f.sched.cancel(&sam, run.id).unwrap();
+    let done = until_finished(&f, run.id).await;
+    assert_eq!(done.status, RunStatus::Cancelled);
+    assert_eq!(done.cancel_requested_by.as_deref(), Some("sam"));
+    assert!(matches!(f.sched.cancel(&sam, run.id), Err(Error::Conflict(_))));
+    f.sched.delete(&sam, run.id).unwrap();
+    assert!(matches!(f.sched.run(&admin(), run.id), Err(Error::NotFound(_))));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_removes_old_runs_but_keeps_kept_ones() {
+    let f = fixture();
+    f.sched.add_task(&admin(), every_minute("plain")).unwrap();
+    f.sched.add_task(&admin(), TaskSpec { keep: true, ..every_minute("kept") }).unwrap();
+    let plain = f.sched.run_now(&admin(), "plain").unwrap();
+    let kept = f.sched.run_now(&admin(), "kept").unwrap();
+    until_finished(&f, plain.id).await;
+    until_finished(&f, kept.id).await;
+    let cancelled = f.sched.run_now(&admin(), "plain").unwrap();
+    f.sched.cancel(&admin(), cancelled.id).unwrap();
+
+    f.clock.set(t0() + chrono::Duration::minutes(9));
+    assert_eq!(f.sched.sweep().unwrap(), 0);
+    f.clock.set(t0() + chrono::Duration::minutes(11));
+    assert_eq!(f.sched.sweep().unwrap(), 1, "cancelled runs go after ten minutes");
+    f.clock.set(t0() + chrono::Duration::days(59));
+    assert_eq!(f.sched.sweep().unwrap(), 0);
+    f.clock.set(t0() + chrono::Duration::days(61));
+    assert_eq!(f.sched.sweep().unwrap(), 1, "completed runs go after 60 days");
+    let left: Vec<String> = f.sched.runs(&admin(), None, None, 100).unwrap().into_iter().map(|r| r.task).collect();
+    assert_eq!(left, ["kept"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_left_running_by_a_crash_are_marked_interrupted() {
+    let f = fixture();
+    f.sched.add_task(&admin(), hostile("spin", "loop")).unwrap();
+    let run = f.sched.run_now(&admin(), "spin").unwrap();
+    f.sched.dispatch().unwrap();
+    assert_eq!(f.sched.run(&admin(), run.id).unwrap().status, RunStatus::Running);
+    // A second scheduler over the same store stands in for the restarted process.
+    let after = Scheduler::new(f.sched.host().clone(), f.clock.clone(), SchedulerConfig::default());
+    assert_eq!(after.recover().unwrap(), 1);
+    let r = after.run(&admin(), run.id).unwrap();
+    assert_eq!(r.status, RunStatus::Interrupted);
+    assert!(r.error.unwrap().contains("run the task again"));
+    f.sched.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tasks_are_refused_with_what_to_fix() {
+    let f = fixture();
+    let err = |spec: TaskSpec| f.sched.add_task(&admin(), spec).unwrap_err().to_string();
+    assert_eq!(
+        err(TaskSpec { zone: Some("Mars/Base".into()), ..every_minute("z") }),
+        "task `z`, zone: `Mars/Base` is not an IANA time zone; write one like America/Chicago or Europe/Paris"
+    );
+    assert!(
+        err(TaskSpec { schedule: "cron 61 * * * *".into(), ..every_minute("c") })
+            .starts_with("task `c`, schedule: schedule `cron 61 * * * *`: invalid cron expression")
+    );
+    assert_eq!(
+        err(TaskSpec { params: [("threshold".to_string(), serde_json::json!("lots"))].into(), ..every_minute("p") }),
+        "task `p`, params: plugin notifier-attendance, parameter `threshold`: expected integer, got text `lots`"
+    );
+    assert!(
+        err(TaskSpec { plugin: "nope".into(), ..every_minute("n") }).contains("no plugin named `nope` is installed")
+    );
+    f.sched.add_task(&admin(), every_minute("dup")).unwrap();
+    assert!(err(every_minute("dup")).contains("a task named `dup` exists"));
+}

@@ -1,0 +1,275 @@
+//! `schoolbell serve` end to end: the HTTP API with tokens and the
+//! permission rules, graceful SIGTERM, and exactly-once fires across
+//! SIGKILL.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Sb, plugin, s};
+
+struct Api {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(url: &str) -> Api {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        Api { url: url.to_string(), agent }
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
+        let url = format!("{}{path}", self.url);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut resp = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            (_, body) => {
+                let mut r = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                match body {
+                    Some(b) => r.send_json(b),
+                    None => r.send_empty(),
+                }
+            }
+        }
+        .unwrap();
+        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
+    }
+
+    fn json(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, text) = self.call(method, path, Some(token), body);
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+const ATTENDANCE: &str = r#"[
+  {"student-id": "S1", "first-name": "Ann", "last-name": "Ng", "absences": 7, "division": "Upper", "campus": "North", "department": "Math", "level": "10"}
+]"#;
+
+fn setup() -> (Sb, String, String, String) {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance")), s(&plugin("test-hostile"))]);
+    let attendance = sb.file("attendance.json", ATTENDANCE);
+    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
+    sb.ok(&["user", "add", "sam", "--role", "staff"]);
+    sb.ok(&["user", "add", "pat", "--role", "staff", "--permission", "autopilot"]);
+    let token = |u: &str| sb.ok(&["user", "token", u]).trim().to_string();
+    let (admin, sam, pat) = (token("admin"), token("sam"), token("pat"));
+    (sb, admin, sam, pat)
+}
+
+fn wait_finished(api: &Api, token: &str, id: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, run) = api.json("GET", &format!("/api/v1/runs/{id}"), token, None);
+        assert_eq!(status, 200, "{run}");
+        if ["succeeded", "failed", "cancelled", "interrupted"].contains(&run["status"].as_str().unwrap()) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_api_serves_tasks_and_runs_behind_tokens_with_the_permission_rules() {
+    let (sb, admin, sam, pat) = setup();
+    let server = sb.serve();
+    let api = Api::new(&server.url);
+
+    let (status, doc) = api.call("GET", "/api/v1/openapi.json", None, None);
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/v1/runs/{id}/cancel"]["post"].is_object());
+
+    let (status, body) = api.call("GET", "/api/v1/tasks", None, None);
+    assert_eq!(status, 401);
+    assert!(body.contains("Authorization: Bearer TOKEN"), "{body}");
+    assert_eq!(api.call("GET", "/api/v1/tasks", Some("sb_forged"), None).0, 401);
+
+    let task = |name: &str| json!({ "name": name, "plugin": "notifier-attendance", "schedule": "daily at 07:00", "zone": "America/Chicago", "rules": ["attendance_threshold"] });
+    let (status, view) = api.json("POST", "/api/v1/tasks", &admin, Some(task("owners")));
+    assert_eq!(status, 201, "{view}");
+    assert_eq!(view["next"].as_array().unwrap().len(), 5);
+    assert!(view["next"][0]["local"].as_str().unwrap().contains("07:00 C"), "{view}");
+    assert_eq!(api.json("POST", "/api/v1/tasks", &sam, Some(task("sams"))).0, 201);
+
+    // Staff see only their own tasks.
+    let (_, sams_tasks) = api.json("GET", "/api/v1/tasks", &sam, None);
+    assert_eq!(sams_tasks.as_array().unwrap().len(), 1);
+    let (status, body) = api.json("POST", "/api/v1/tasks/owners/run-now", &sam, None);
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("staff may manage only their own tasks"));
+
+    // A run by sam: sam and the owner see it; pat (autopilot) does not, as a person started it.
+    let (status, run) = api.json("POST", "/api/v1/tasks/sams/run-now", &sam, None);
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_u64().unwrap();
+    let done = wait_finished(&api, &sam, id);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["summary"]["notifications"], 1);
+    assert_eq!(api.json("GET", &format!("/api/v1/runs/{id}"), &admin, None).0, 200);
+    assert_eq!(api.json("GET", &format!("/api/v1/runs/{id}"), &pat, None).0, 404);
+    assert_eq!(api.json("POST", &format!("/api/v1/runs/{id}/cancel"), &pat, None).0, 404);
+    assert_eq!(api.json("DELETE", &format!("/api/v1/runs/{id}"), &pat, None).0, 404);
+    let (_, pats_runs) = api.json("GET", "/api/v1/runs", &pat, None);
+    assert_eq!(pats_runs, json!([]));
+
+    // Messages, as JSON and as CSV.
+    let (_, page) = api.json("GET", &format!("/api/v1/runs/{id}/messages?status=notification"), &sam, None);
+    assert_eq!(page["messages"][0]["message"], "Attendance: Ann Ng has 7 absences");
+    let (status, csv) = api.call("GET", &format!("/api/v1/runs/{id}/messages?format=csv"), Some(&sam), None);
+    assert_eq!(status, 200);
+    assert_eq!(csv, "row,status,field,message\n,notification,,Attendance: Ann Ng has 7 absences\n");
+
+    // Finished: cancel is a conflict, delete works for the owner of the run.
+    let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/cancel"), &sam, None);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(api.call("DELETE", &format!("/api/v1/runs/{id}"), Some(&sam), None).0, 204);
+    assert_eq!(api.json("GET", &format!("/api/v1/runs/{id}"), &admin, None).0, 404);
+
+    // Bad requests say what to fix.
+    let bad = |method: &str, path: &str, body: Option<Value>| {
+        let (status, v) = api.json(method, path, &admin, body);
+        (status, v["error"].as_str().unwrap_or_default().to_string())
+    };
+    let (status, e) = bad(
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "name": "x", "plugin": "notifier-attendance", "schedule": "daily at 7" })),
+    );
+    assert_eq!(status, 400);
+    assert!(e.contains("`7` is not a time; write HH:MM"), "{e}");
+    let (status, e) = bad(
+        "POST",
+        "/api/v1/tasks",
+        Some(
+            json!({ "name": "x", "plugin": "notifier-attendance", "schedule": "daily at 07:00", "zone": "Moon/Base" }),
+        ),
+    );
+    assert_eq!((status, e.contains("not an IANA time zone")), (400, true), "{e}");
+    let (status, e) = bad(
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "name": "x", "plugin": "notifier-attendance", "schedule": "cron 0 99 * * *" })),
+    );
+    assert_eq!((status, e.contains("invalid cron expression")), (400, true), "{e}");
+    let (status, e) = bad(
+        "POST",
+        "/api/v1/tasks",
+        Some(json!({ "name": "x", "plugin": "notifier-attendance", "schedul": "daily at 07:00" })),
+    );
+    assert_eq!((status, e.contains("unknown field `schedul`")), (400, true), "{e}");
+    let (status, e) = bad("GET", "/api/v1/tasks/nope", None);
+    assert_eq!((status, e.as_str()), (404, "no task named `nope`; `schoolbell task list` shows the tasks"));
+    let (status, e) = bad("GET", "/api/v1/runs/abc", None);
+    assert_eq!((status, e.as_str()), (400, "`abc` is not a run id (a whole number)"));
+    let (status, next) = api.json(
+        "GET",
+        "/api/v1/schedule/next?schedule=monthly%20on%20last%20at%2018:00&tz=UTC&from=2028-02-01%2000:00&count=2",
+        &admin,
+        None,
+    );
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["fires"][0]["utc"], "2028-02-29T18:00:00+00:00");
+
+    let status = server.terminate();
+    assert!(status.success(), "serve should exit cleanly on SIGTERM: {status}");
+    assert!(!sb.data().join("serve.json").exists());
+}
+
+#[test]
+fn sigterm_leaves_a_running_run_interrupted_not_lost() {
+    let (sb, admin, _, _) = setup();
+    sb.file("data/schoolbell.toml", "[sandbox]\ncancel_grace_secs = 1\n");
+    let server = sb.serve();
+    let api = Api::new(&server.url);
+    let spec = json!({ "name": "spin", "plugin": "test-hostile", "schedule": "daily at 07:00", "params": { "behaviour": "loop" } });
+    assert_eq!(api.json("POST", "/api/v1/tasks", &admin, Some(spec)).0, 201);
+    let (_, run) = api.json("POST", "/api/v1/tasks/spin/run-now", &admin, None);
+    let id = run["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.json("GET", &format!("/api/v1/runs/{id}"), &admin, None).1["status"] != "running" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    assert!(server.terminate().success());
+    assert!(started.elapsed() < Duration::from_secs(15), "shutdown took {:?}", started.elapsed());
+    let shown: Value = serde_json::from_str(&sb.ok(&["runs", "show", &id.to_string(), "--json"])).unwrap();
+    assert_eq!(shown["status"], "interrupted", "{shown}");
+}
+
+#[test]
+fn a_fire_never_gives_two_runs_across_sigkill() {
+    let (sb, admin, _, _) = setup();
+    // Short runs that take a while: each loops until its 1 s deadline.
+    sb.file("data/schoolbell.toml", "[sandbox]\ntimeout_secs = 1\ncancel_grace_secs = 1\n[scheduler]\nworkers = 2\n");
+    let tasks = 10;
+    for i in 0..tasks {
+        let at = format!("once 2026-01-01 08:{i:02}");
+        sb.ok(&[
+            "task",
+            "add",
+            &format!("t{i}"),
+            "--plugin",
+            "test-hostile",
+            "--param",
+            "behaviour=loop",
+            "--schedule",
+            &at,
+            "--zone",
+            "UTC",
+        ]);
+    }
+    // Kill the server at varied moments while fires are queued and running.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..6 {
+        let server = sb.serve();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(200 + seed % 1500));
+        server.kill();
+    }
+    // Let the last process finish everything that is left.
+    let server = sb.serve();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let (status, body) = Api::new(&server.url).call("GET", "/api/v1/runs?limit=1000", Some(&admin), None);
+        assert_eq!(status, 200);
+        let runs: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let open = runs.iter().filter(|r| ["queued", "running"].contains(&r["status"].as_str().unwrap())).count();
+        if runs.len() >= tasks && open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "runs did not settle: {body}");
+    }
+    assert!(server.terminate().success());
+    let runs: Vec<Value> = serde_json::from_str(&sb.ok(&["runs", "list", "--json", "--limit", "1000"])).unwrap();
+    for i in 0..tasks {
+        let of_task: Vec<&Value> = runs.iter().filter(|r| r["task"] == format!("t{i}")).collect();
+        assert_eq!(of_task.len(), 1, "task t{i} must have exactly one run: {of_task:?}");
+        assert_eq!(of_task[0]["fire_time"], format!("2026-01-01T08:{i:02}:00Z"));
+        assert!(["failed", "interrupted"].contains(&of_task[0]["status"].as_str().unwrap()), "{:?}", of_task[0]);
+    }
+}
