@@ -258,3 +258,16 @@ async fn bad_tasks_are_refused_with_what_to_fix() {
     f.sched.add_task(&admin(), every_minute("dup")).unwrap();
     assert!(err(every_minute("dup")).contains("a task named `dup` exists"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_with_fractions_of_a_second_fires_once_and_does_not_spin() {
+    let f = fixture();
+    let odd = t0() + chrono::Duration::nanoseconds(594_431_226);
+    f.clock.set(odd);
+    let task = f.sched.add_task(&admin(), every_minute("odd")).unwrap();
+    assert_eq!(task.start, t0(), "starts are kept to whole seconds");
+    f.clock.set(odd + chrono::Duration::minutes(1));
+    assert_eq!(f.sched.tick().unwrap(), 1);
+    assert_eq!(f.sched.tick().unwrap(), 0);
+    assert_eq!(f.store.next_due().unwrap(), Some(t0() + chrono::Duration::minutes(2)));
+}

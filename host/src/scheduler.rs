@@ -439,7 +439,9 @@ impl Scheduler {
         let now = self.now();
         let grace = chrono::Duration::seconds(self.config.misfire_grace_secs as i64);
         let mut fired = 0;
-        loop {
+        // Each round moves every due entry it reads past `now` or out of
+        // the index; the bound only guards against a bug turning into a spin.
+        for _round in 0..100_000 {
             let due = self.store.due_tasks(now, 1000)?;
             if due.is_empty() {
                 break;
@@ -449,7 +451,9 @@ impl Scheduler {
                     self.store.remove_task(&name, Some(due_at))?;
                     continue;
                 };
-                if !task.enabled || task.next_fire != Some(due_at) {
+                // The index keeps milliseconds; compare at that precision.
+                let indexed = task.next_fire.map(|t| t.timestamp_millis());
+                if !task.enabled || indexed != Some(due_at.timestamp_millis()) {
                     // A stale index entry: put the task back where it belongs.
                     let due = if task.enabled { task.next_fire } else { None };
                     self.store.put_task(&name, &task, Some(due_at), due.filter(|d| *d != due_at))?;
@@ -683,14 +687,15 @@ impl Scheduler {
                 break;
             }
             let now = self.now();
-            if let Err(e) = self.tick() {
+            // Store work blocks; keep it off the threads that serve the API.
+            if let Err(e) = tokio::task::block_in_place(|| self.tick()) {
                 tracing::error!("Scheduler tick failed: {e}");
             }
             if let Err(e) = self.dispatch() {
                 tracing::error!("Dispatch failed: {e}");
             }
             if last_sweep.is_none_or(|t: DateTime<Utc>| now - t >= chrono::Duration::minutes(1)) {
-                if let Err(e) = self.sweep() {
+                if let Err(e) = tokio::task::block_in_place(|| self.sweep()) {
                     tracing::error!("Retention sweep failed: {e}");
                 }
                 last_sweep = Some(now);

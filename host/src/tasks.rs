@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -227,10 +227,13 @@ impl TaskSpec {
             self.schedule.parse().map_err(|e: schedule::ParseError| bad("schedule", e.to_string()))?;
         let zone = self.zone.clone().unwrap_or_else(|| default_zone.to_string());
         let tz = schedule::parse_zone(&zone).map_err(|m| bad("zone", m))?;
+        // Whole seconds: fire times derive from the start, and nobody
+        // schedules to the nanosecond.
         let start = match &self.start {
             Some(s) => schedule::parse_local(s, tz).map_err(|m| bad("start", m))?,
             None => now,
-        };
+        }
+        .trunc_subsecs(0);
         let end = self.end.as_deref().map(|s| schedule::parse_local(s, tz)).transpose().map_err(|m| bad("end", m))?;
         if end.is_some_and(|e| e <= start) {
             return Err(bad("end", "the end must come after the start".into()));
