@@ -127,6 +127,9 @@ pub struct Scheduler {
     shutting_down: AtomicBool,
     /// Fires and task edits one at a time, so a fire never races an edit.
     fire_lock: Mutex<()>,
+    /// Queued runs per task, for the overlap policy without scanning the
+    /// queue at every fire. Built from the durable queue on first use.
+    queued_per_task: Mutex<Option<HashMap<String, usize>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,6 +148,7 @@ impl Scheduler {
             live: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             fire_lock: Mutex::new(()),
+            queued_per_task: Mutex::new(None),
         })
     }
 
@@ -277,6 +281,7 @@ impl Scheduler {
         }
         let run = self.new_run(&task, &user.name, Trigger::User, None)?;
         self.store.enqueue(task.priority(), run.queued_at, run.id, &run)?;
+        self.count_queued(&task.name, 1)?;
         self.store.flush()?;
         self.wake.notify_one();
         Ok(run)
@@ -353,8 +358,10 @@ impl Scheduler {
                 self.store.put_run(id, &run, None)?;
             }
             RunStatus::Queued => {
-                if let Some((key, _)) = self.store.queued()?.into_iter().find(|(_, q)| *q == id) {
-                    self.store.dequeue(&key)?;
+                if let Some((key, _)) = self.store.queued()?.into_iter().find(|(_, q)| *q == id)
+                    && self.store.dequeue(&key)?
+                {
+                    self.count_queued(&run.task, -1)?;
                 }
                 run.status = RunStatus::Cancelled;
                 run.cancel_requested_by = Some(user.name.clone());
@@ -421,16 +428,39 @@ impl Scheduler {
         Ok(n)
     }
 
+    /// Runs queued per task, counted from the durable queue once.
+    fn queued_counts(&self) -> Result<std::sync::MutexGuard<'_, Option<HashMap<String, usize>>>> {
+        let mut counts = lock(&self.queued_per_task);
+        if counts.is_none() {
+            let mut map = HashMap::new();
+            for (_, id) in self.store.queued()? {
+                if let Some(r) = self.store.run::<Run>(id)? {
+                    *map.entry(r.task).or_insert(0) += 1;
+                }
+            }
+            *counts = Some(map);
+        }
+        Ok(counts)
+    }
+
+    fn count_queued(&self, task: &str, delta: isize) -> Result<()> {
+        let mut counts = self.queued_counts()?;
+        if let Some(map) = counts.as_mut() {
+            let n = map.entry(task.to_string()).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+        }
+        Ok(())
+    }
+
     fn task_is_busy(&self, task: &str) -> Result<(bool, bool)> {
         let running = lock(&self.live).values().any(|l| l.task == task);
-        let mut queued = false;
-        for (_, id) in self.store.queued()? {
-            if self.store.run::<Run>(id)?.is_some_and(|r| r.task == task) {
-                queued = true;
-                break;
-            }
-        }
+        let queued = self.queued_counts()?.as_ref().and_then(|m| m.get(task)).copied().unwrap_or(0) > 0;
         Ok((running, queued))
+    }
+
+    /// Runs queued or running now.
+    pub fn pending(&self) -> usize {
+        self.store.queue_len() + self.running()
     }
 
     /// Fires every task due by now into the queue. Returns how many fired.
@@ -491,21 +521,23 @@ impl Scheduler {
                     run.as_ref().map(|r| (task.priority(), due_at, r.id, r)),
                 )?;
                 if enqueue {
+                    self.count_queued(&name, 1)?;
                     fired += 1;
                 }
             }
         }
-        if fired > 0 {
-            self.store.flush()?;
-        }
+        // No flush here: a fire and its queue entry land together or not
+        // at all, and a fire lost to a crash fires again after the restart.
+        // `dispatch` flushes before any run starts, so nothing runs whose
+        // fire could still be undone.
         Ok(fired)
     }
 
     /// Starts queued runs while workers are free. Needs a tokio runtime.
     pub fn dispatch(self: &Arc<Self>) -> Result<usize> {
-        let mut started = 0;
+        let mut starting = Vec::new();
         while lock(&self.live).len() < self.config.workers.max(1) && !self.shutting_down.load(Ordering::SeqCst) {
-            let Some((key, id)) = self.store.queued()?.into_iter().next() else { break };
+            let Some((key, id)) = self.store.first_queued()? else { break };
             let Some(mut run) = self.store.run::<Run>(id)? else {
                 self.store.dequeue(&key)?;
                 continue;
@@ -520,8 +552,18 @@ impl Scheduler {
                 }
                 live.insert(id, Live { task: run.task.clone(), control: control.clone() });
             }
-            self.store.flush()?;
-            started += 1;
+            self.count_queued(&run.task, -1)?;
+            starting.push((run, control));
+        }
+        if starting.is_empty() {
+            return Ok(0);
+        }
+        // Durable before any side effect: a run that starts is recorded as
+        // started, so a crash cannot make it run twice.
+        self.store.flush()?;
+        let started = starting.len();
+        for (run, control) in starting {
+            let id = run.id;
             let this = self.clone();
             tokio::spawn(async move {
                 let progress = {

@@ -47,6 +47,8 @@ pub(crate) struct RunState {
     /// Capability denials and host failures, which fail the run even if the
     /// guest swallows the error it was given.
     pub(crate) violations: Vec<String>,
+    /// Keeps the epoch ticking while this store lives.
+    pub(crate) ticker: Option<super::sandbox::TickerGuard>,
 }
 
 /// What a run is given.
@@ -86,6 +88,7 @@ impl RunState {
             log_limit: sandbox.config.log_limit_bytes,
             state_writes: Vec::new(),
             violations: Vec::new(),
+            ticker: None,
         }
     }
 

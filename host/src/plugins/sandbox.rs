@@ -141,6 +141,24 @@ pub(crate) struct Sandbox {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<RunState>,
     pub(crate) config: SandboxConfig,
+    ticker: Ticker,
+}
+
+/// The epoch ticker's state: it ticks only while some store is alive, so
+/// an idle host does not wake a hundred times a second.
+#[derive(Clone)]
+struct Ticker {
+    live_stores: Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::Thread,
+}
+
+/// Held by each run's store; while any exists, the epoch ticks.
+pub(crate) struct TickerGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for TickerGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Sandbox {
@@ -173,17 +191,27 @@ impl Sandbox {
         host_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(engine_error)?;
 
         let weak = engine.weak();
-        std::thread::Builder::new()
+        let live_stores = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let live = live_stores.clone();
+        let thread = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while let Some(engine) = weak.upgrade() {
+                    if live.load(Ordering::SeqCst) == 0 {
+                        drop(engine);
+                        // Woken by the next store; the timeout notices a dropped engine.
+                        std::thread::park_timeout(Duration::from_secs(1));
+                        continue;
+                    }
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
-            .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Sandbox { engine, linker, config })
+            .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))?
+            .thread()
+            .clone();
+        Ok(Sandbox { engine, linker, config, ticker: Ticker { live_stores, thread } })
     }
 
     /// A WASI context that grants nothing, with capped stdout and stderr.
@@ -202,7 +230,10 @@ impl Sandbox {
 
     /// The store for one run, with its memory limit, deadline and
     /// cancellation wired to the epoch.
-    pub(crate) fn store(&self, state: RunState) -> Store<RunState> {
+    pub(crate) fn store(&self, mut state: RunState) -> Store<RunState> {
+        self.ticker.live_stores.fetch_add(1, Ordering::SeqCst);
+        state.ticker = Some(TickerGuard(self.ticker.live_stores.clone()));
+        self.ticker.thread.unpark();
         #[allow(clippy::disallowed_methods)] // This is the one place.
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

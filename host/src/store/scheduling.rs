@@ -168,6 +168,22 @@ impl Store {
             .collect()
     }
 
+    /// The entry served next, if any.
+    pub fn first_queued(&self) -> Result<Option<(QueueKey, RunId)>> {
+        let Some((k, v)) = self.queue.first().map_err(io("queue"))? else { return Ok(None) };
+        let id = v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| Error::Corrupt {
+            tree: "queue",
+            key: hex::encode(&k),
+            reason: "a queue entry is not a run id".into(),
+        })?;
+        Ok(Some((QueueKey(k.to_vec()), id)))
+    }
+
+    /// How many runs wait in the queue.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Removes a queue entry without running it.
     pub fn dequeue(&self, key: &QueueKey) -> Result<bool> {
         Ok(self.queue.remove(&key.0).map_err(io("queue"))?.is_some())

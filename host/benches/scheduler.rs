@@ -1,0 +1,177 @@
+//! Scheduler benchmark: 100,000 scheduled tasks. Reports fire lateness
+//! (p50/p99 of queued-at minus fire time) for the fires due in a 20 s
+//! window, resident memory with all tasks loaded, idle CPU while nothing is
+//! due, and the batch queue's throughput of no-op runs (a plugin call that
+//! returns at once, with its run record, messages and flush). Run with
+//! `cargo bench -p schoolbell --bench scheduler`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use schoolbell::plugins::{PluginHost, SandboxConfig};
+use schoolbell::rules::RuleSet;
+use schoolbell::runs::{Run, RunStatus, TaskMessage};
+use schoolbell::scheduler::{Scheduler, SchedulerConfig, SystemClock};
+use schoolbell::store::Store;
+use schoolbell::tasks::TaskSpec;
+use schoolbell::users::User;
+
+const TASKS: usize = 100_000;
+const IN_WINDOW: usize = 2_000;
+const NOOP_RUNS: usize = 2_000;
+
+fn proc_field(file: &str, key: &str) -> Option<u64> {
+    std::fs::read_to_string(file).ok()?.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU time of this process, in clock ticks (1/100 s).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn pct(sorted: &[i64], p: f64) -> i64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let rules = Arc::new(RuleSet::new(&dir.path().join("rules"), Default::default()));
+    let host =
+        Arc::new(PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap());
+    let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/test-hostile.wasm");
+    assert!(plugin.exists(), "run xtask/build-plugins first");
+    host.install(&plugin).unwrap();
+    let config = SchedulerConfig { workers: 2, ..SchedulerConfig::default() };
+    let sched = Scheduler::new(host, Arc::new(SystemClock), config);
+    let admin = User::local_owner();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+
+    // 100k tasks, each firing daily: the last IN_WINDOW added first fire
+    // 5-25 s after they are added, the rest over the next day.
+    let add = |i: usize, start: chrono::DateTime<Utc>| {
+        let spec = TaskSpec {
+            name: format!("t{i:06}"),
+            plugin: "test-hostile".into(),
+            schedule: "every 1440 minutes".into(),
+            start: Some(start.to_rfc3339()),
+            params: [("behaviour".to_string(), serde_json::json!("well"))].into(),
+            ..TaskSpec::default()
+        };
+        sched.add_task(&admin, spec).unwrap();
+    };
+    let started = Instant::now();
+    let later = Utc::now() + chrono::Duration::hours(1);
+    for i in IN_WINDOW..TASKS {
+        add(i, later + chrono::Duration::seconds((i as i64 * 82_800) / TASKS as i64));
+    }
+    let t0 = Utc::now() + chrono::Duration::seconds(5);
+    for i in 0..IN_WINDOW {
+        add(i, t0 + chrono::Duration::milliseconds((i as i64 * 20_000) / IN_WINDOW as i64));
+    }
+    assert!(Utc::now() < t0, "adding the window's tasks took too long for the measurement");
+    let add_time = started.elapsed();
+    let rss_mib = proc_field("/proc/self/status", "VmRSS:").unwrap_or(0) / 1024;
+    println!(
+        "added {TASKS} tasks in {add_time:.1?} ({:.0} tasks/s); resident memory {rss_mib} MiB",
+        TASKS as f64 / add_time.as_secs_f64()
+    );
+
+    // Serve through the window, then measure idle CPU with nothing due.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = runtime.spawn(sched.clone().serve(stop_rx));
+    let window_end = t0 + chrono::Duration::seconds(22);
+    while Utc::now() < window_end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    while sched.pending() > 0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let runs: Vec<Run> = sched.runs(&admin, None, None, usize::MAX).unwrap();
+    let mut late: Vec<i64> =
+        runs.iter().filter_map(|r| Some((r.queued_at - r.fire_time?).num_milliseconds())).collect();
+    late.sort();
+    println!(
+        "fire lateness over {} fires with {TASKS} tasks scheduled: p50 {} ms, p99 {} ms, max {} ms",
+        late.len(),
+        pct(&late, 0.5),
+        pct(&late, 0.99),
+        late.last().unwrap()
+    );
+    let rss_mib = proc_field("/proc/self/status", "VmRSS:").unwrap_or(0) / 1024;
+    let before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = (cpu_ticks() - before) as f64 / 10.0;
+    println!("idle (next fire in ~1 h): {idle:.2}% of one core over 10 s; resident memory {rss_mib} MiB");
+
+    // Queue throughput: no-op runs queued at once and drained by 2 workers.
+    let spec = TaskSpec {
+        name: "noop".into(),
+        plugin: "test-hostile".into(),
+        schedule: "daily at 03:00".into(),
+        params: [("behaviour".to_string(), serde_json::json!("well"))].into(),
+        ..TaskSpec::default()
+    };
+    sched.add_task(&admin, spec).unwrap();
+    let started = Instant::now();
+    for _ in 0..NOOP_RUNS {
+        sched.run_now(&admin, "noop").unwrap();
+    }
+    let enqueue = started.elapsed();
+    sched.wake();
+    while sched.pending() > 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let total = started.elapsed();
+    let done = sched.runs(&admin, Some(RunStatus::Succeeded), Some("noop"), usize::MAX).unwrap().len();
+    assert_eq!(done, NOOP_RUNS);
+    println!(
+        "queue: {NOOP_RUNS} no-op runs queued in {enqueue:.1?}, all done in {total:.1?}: {:.0} runs/s with 2 workers",
+        NOOP_RUNS as f64 / total.as_secs_f64()
+    );
+    let _ = stop_tx.send(true);
+    runtime.block_on(serving).unwrap();
+
+    // A run with a million messages: paging and filtering stay cheap.
+    let run_id = 9_999_999;
+    let started = Instant::now();
+    for chunk in 0..100u64 {
+        let batch: Vec<(&str, TaskMessage)> = (0..10_000u64)
+            .map(|i| {
+                let seq = chunk * 10_000 + i;
+                let status = if seq % 100 == 0 { "error" } else { "updated" };
+                (
+                    status,
+                    TaskMessage {
+                        seq,
+                        row: Some(seq + 2),
+                        status: status.into(),
+                        field: None,
+                        message: format!("row {seq}"),
+                    },
+                )
+            })
+            .collect();
+        store.add_messages(run_id, chunk * 10_000, &batch).unwrap();
+    }
+    let write = started.elapsed();
+    let time = |f: &dyn Fn() -> usize| {
+        let t = Instant::now();
+        let n = f();
+        (t.elapsed(), n)
+    };
+    let (first, n1) = time(&|| store.messages::<TaskMessage>(run_id, None, None, 100).unwrap().0.len());
+    let (deep, n2) = time(&|| store.messages::<TaskMessage>(run_id, None, Some(900_000), 100).unwrap().0.len());
+    let (errors, n3) =
+        time(&|| store.messages::<TaskMessage>(run_id, Some("error"), Some(500_000), 100).unwrap().0.len());
+    assert_eq!((n1, n2, n3), (100, 100, 100));
+    println!(
+        "1,000,000 messages on one run: written in {write:.1?}; a 100-message page at the start {first:.1?}, at row 900,000 {deep:.1?}; 100 errors (1 in 100) from the middle {errors:.1?}"
+    );
+}
