@@ -17,6 +17,25 @@ const ATTENDANCE: &str = r#"[
   {"student-id": "S3", "first-name": "Cy", "last-name": "Ko", "absences": 1, "division": "Lower", "campus": "North", "department": "Art", "level": "9"}
 ]"#;
 
+const FOUR_COLUMNS: &str =
+    "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
+
+/// Imports `file` into `students` through import-csv-roster with `columns`.
+fn import_students(sb: &Sb, file: &std::path::Path, columns: &str) -> String {
+    sb.ok(&[
+        "import",
+        "file",
+        "import-csv-roster",
+        s(file),
+        "--into",
+        "students",
+        "--key",
+        "student-id",
+        "--param",
+        columns,
+    ])
+}
+
 fn one_error_line(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected a one-line error, got:\n{stderr}");
@@ -228,18 +247,7 @@ fn components_from_the_registry_only_toolchain_import_no_wasi_and_run() {
         s(&fallback_plugin("notifier-attendance")),
     ]);
     let roster = sb.file("roster.csv", ROSTER);
-    let out = sb.ok(&[
-        "import",
-        "file",
-        "import-csv-roster",
-        s(&roster),
-        "--into",
-        "students",
-        "--key",
-        "student-id",
-        "--param",
-        "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date",
-    ]);
+    let out = import_students(&sb, &roster, FOUR_COLUMNS);
     assert!(out.contains("3 rows stored in `students`, 1 rows refused"), "{out}");
     let attendance = sb.file("attendance.json", ATTENDANCE);
     sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
@@ -280,17 +288,6 @@ fn rows_split_across_chunks_map_whole_wherever_the_boundary_falls() {
     let sb = Sb::new();
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
     let file = sb.file("big.csv", csv);
-    let out = sb.ok(&[
-        "import",
-        "file",
-        "import-csv-roster",
-        s(&file),
-        "--into",
-        "students",
-        "--key",
-        "student-id",
-        "--param",
-        "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date",
-    ]);
+    let out = import_students(&sb, &file, FOUR_COLUMNS);
     assert!(out.contains("6000 rows stored in `students`, 0 rows refused"), "{out}");
 }

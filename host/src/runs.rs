@@ -121,6 +121,41 @@ pub struct Run {
     pub cancel_requested_by: Option<String>,
 }
 
+impl Run {
+    /// A run just queued: no progress, no outcome yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queued(
+        id: RunId,
+        task: &str,
+        plugin: &str,
+        owner: &str,
+        trigger: Trigger,
+        fire_time: Option<DateTime<Utc>>,
+        queued_at: DateTime<Utc>,
+        keep: bool,
+    ) -> Run {
+        Run {
+            id,
+            task: task.into(),
+            plugin: plugin.into(),
+            owner: owner.into(),
+            trigger,
+            status: RunStatus::Queued,
+            fire_time,
+            queued_at,
+            started_at: None,
+            finished_at: None,
+            progress_done: 0,
+            progress_total: None,
+            summary: BTreeMap::new(),
+            error: None,
+            keep,
+            message_count: 0,
+            cancel_requested_by: None,
+        }
+    }
+}
+
 /// One message of a run (the Task Messages tab): a row, its status, and
 /// what happened to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,25 +194,7 @@ mod tests {
     }
 
     fn run(owner: &str, trigger: Trigger) -> Run {
-        Run {
-            id: 1,
-            task: "t".into(),
-            plugin: "p".into(),
-            owner: owner.into(),
-            trigger,
-            status: RunStatus::Running,
-            fire_time: None,
-            queued_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            progress_done: 0,
-            progress_total: None,
-            summary: BTreeMap::new(),
-            error: None,
-            keep: false,
-            message_count: 0,
-            cancel_requested_by: None,
-        }
+        Run::queued(1, "t", "p", owner, trigger, None, Utc::now(), false)
     }
 
     /// Every role against every kind of run: (view, cancel/delete).

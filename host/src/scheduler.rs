@@ -251,25 +251,8 @@ impl Scheduler {
     }
 
     fn new_run(&self, task: &Task, owner: &str, trigger: Trigger, fire_time: Option<DateTime<Utc>>) -> Result<Run> {
-        Ok(Run {
-            id: self.store.new_run_id()?,
-            task: task.name.clone(),
-            plugin: task.plugin.clone(),
-            owner: owner.into(),
-            trigger,
-            status: RunStatus::Queued,
-            fire_time,
-            queued_at: self.now(),
-            started_at: None,
-            finished_at: None,
-            progress_done: 0,
-            progress_total: None,
-            summary: BTreeMap::new(),
-            error: None,
-            keep: task.keep,
-            message_count: 0,
-            cancel_requested_by: None,
-        })
+        let id = self.store.new_run_id()?;
+        Ok(Run::queued(id, &task.name, &task.plugin, owner, trigger, fire_time, self.now(), task.keep))
     }
 
     /// Queues a run of the task now, owned by `user`.
