@@ -172,6 +172,9 @@ enum ImportCmd {
         /// A secondary index: fields joined by `+` (repeatable).
         #[arg(long = "index")]
         indexes: Vec<String>,
+        /// The match rule (such as `match_student`); default: the key field alone.
+        #[arg(long)]
+        match_rule: Option<String>,
         /// A plugin parameter, `name=value` (repeatable).
         #[arg(long = "param", value_parser = parse_param)]
         params: Vec<(String, Value)>,
@@ -301,6 +304,9 @@ struct TaskArgs {
     /// Import tasks: a secondary index, fields joined by `+` (repeatable).
     #[arg(long = "index")]
     indexes: Vec<String>,
+    /// Import tasks: the match rule (such as `match_student`).
+    #[arg(long)]
+    match_rule: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -510,9 +516,15 @@ pub(crate) fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Plugin(cmd) => plugin(&cx, cmd),
         Command::Records(cmd) => records(&cx, cmd),
-        Command::Import(ImportCmd::File { plugin, file, into, key, indexes, params, json }) => {
+        Command::Import(ImportCmd::File { plugin, file, into, key, indexes, match_rule, params, json }) => {
             let request = RunRequest { params: params.into_iter().collect(), ..Default::default() };
-            let target = ImportTarget { source: file.display().to_string(), collection: into, key_field: key, indexes };
+            let target = ImportTarget {
+                source: file.display().to_string(),
+                collection: into,
+                key_field: key,
+                indexes,
+                match_rule,
+            };
             let report = schoolbell::imports::import_file(&cx.host, &plugin, &target, &request)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -722,16 +734,19 @@ pub(crate) fn load_json(
 }
 
 pub(crate) fn print_import(report: &ImportReport) {
+    let counts: Vec<String> = report.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!(
-        "{}: {} rows stored in `{}`, {} rows refused",
+        "{}: {} records written to `{}` ({})",
         report.file,
         report.stored,
         report.collection,
-        report.errors.len()
+        if counts.is_empty() { "no rows".into() } else { counts.join(", ") }
     );
-    for e in &report.errors {
-        let field = e.field.as_deref().map(|f| format!(", field `{f}`")).unwrap_or_default();
-        println!("  line {}{field}: {}", e.line, e.message);
+    for row in &report.rows {
+        for (field, message) in row.messages() {
+            let field = field.map(|f| format!(", field `{f}`")).unwrap_or_default();
+            println!("  line {} {}{field}: {message}", row.line, row.status());
+        }
     }
 }
 
@@ -804,9 +819,13 @@ fn task(cx: &Ctx, user: &User, cmd: TaskCmd) -> Result<()> {
         TaskCmd::Add(a) => {
             let a = *a;
             let import = match (a.source, a.collection) {
-                (Some(source), Some(collection)) => {
-                    Some(ImportTarget { source, collection, key_field: a.key, indexes: a.indexes })
-                }
+                (Some(source), Some(collection)) => Some(ImportTarget {
+                    source,
+                    collection,
+                    key_field: a.key,
+                    indexes: a.indexes,
+                    match_rule: a.match_rule,
+                }),
                 (None, None) => None,
                 _ => bail!("an import task needs both --source FILE and --collection NAME"),
             };

@@ -51,6 +51,7 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
         collection: "students".into(),
         key_field: Some("student-id".into()),
         indexes: vec!["last-name+first-name+birth-date".into()],
+        match_rule: Some("match_student".into()),
     };
     let report = schoolbell::imports::import_file(&cx.host, "import-csv-roster", &target, &RunRequest::default())?;
     print_import(&report);

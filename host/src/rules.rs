@@ -60,6 +60,16 @@ pub enum Error {
         /// The type it returned.
         found: String,
     },
+    /// A match rule returned something other than a list of keys.
+    #[error(
+        "rule {file} must return its match keys, a list of field lists such as [[\"student-id\"], [\"ssn\"]], but returned {found}"
+    )]
+    NotKeys {
+        /// The rule's file.
+        file: String,
+        /// What it returned.
+        found: String,
+    },
     /// No rule has that name.
     #[error("no rule named `{name}`: add {dir}/{name}.rhai", dir = dir.display())]
     Unknown {
@@ -170,6 +180,9 @@ pub struct Decision {
 }
 
 /// The loaded rules, compiled, with the engine that runs them.
+///
+/// Besides yes/no rules, a match rule returns its match keys (see
+/// [`RuleSet::match_keys`]).
 pub struct RuleSet {
     engine: Arc<Engine>,
     limits: RuleLimits,
@@ -253,6 +266,37 @@ impl RuleSet {
         let matched =
             value.as_bool().map_err(|found| Error::NotBool { file: rule.file.clone(), found: found.into() })?;
         Ok(Decision { matched, reason: explain(rule, &scope) })
+    }
+}
+
+impl RuleSet {
+    /// Evaluates a match rule: it returns its match keys in priority order,
+    /// each a list of field names, such as
+    /// `[["student-id"], ["ssn"], ["last-name", "first-name", "birth-date"]]`.
+    pub fn match_keys(&self, rule: &Rule) -> Result<Vec<Vec<String>>, Error> {
+        let shape = |found: &str| Error::NotKeys { file: rule.file.clone(), found: found.to_string() };
+        let mut scope = Scope::new();
+        DEADLINE.set(Some(Instant::now() + Duration::from_millis(self.limits.timeout_ms)));
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
+        DEADLINE.set(None);
+        let value = result.map_err(|e| runtime_error(&rule.file, *e))?;
+        let outer = value.into_array().map_err(shape)?;
+        let mut keys = Vec::new();
+        for key in outer {
+            let fields = key.into_array().map_err(shape)?;
+            let mut names = Vec::new();
+            for f in fields {
+                names.push(f.into_string().map_err(shape)?);
+            }
+            if names.is_empty() {
+                return Err(shape("an empty key"));
+            }
+            keys.push(names);
+        }
+        if keys.is_empty() {
+            return Err(shape("no keys"));
+        }
+        Ok(keys)
     }
 }
 

@@ -601,19 +601,20 @@ impl Scheduler {
                     let target = task.import.as_ref().ok_or("the task has no import source")?;
                     let report =
                         imports::import_file(&self.host, &task.plugin, target, &request).map_err(|e| e.to_string())?;
-                    for e in &report.errors {
-                        messages.push(TaskMessage {
-                            seq: 0,
-                            row: Some(e.line),
-                            status: "error".into(),
-                            field: e.field.clone(),
-                            message: e.message.clone(),
-                        });
+                    for row in &report.rows {
+                        for (field, message) in row.messages() {
+                            messages.push(TaskMessage {
+                                seq: 0,
+                                row: Some(row.line),
+                                status: row.status().into(),
+                                field,
+                                message,
+                            });
+                        }
                     }
-                    Ok(BTreeMap::from([
-                        ("stored".into(), report.stored),
-                        ("errors".into(), report.errors.len() as u64),
-                    ]))
+                    let mut summary = report.counts.clone();
+                    summary.insert("stored".into(), report.stored);
+                    Ok(summary)
                 }
                 TaskKind::Notifier | TaskKind::Export | TaskKind::Cleanup => {
                     let outcome = self.host.run_notifier(&task.plugin, &request).map_err(|e| e.to_string())?;
