@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use schoolbell::config::Config;
-use schoolbell::imports::{ImportReport, ImportTarget};
+use schoolbell::imports::{ImportPlan, ImportTarget};
 use schoolbell::plugins::{Capability, InstallStatus, PluginEntry, PluginHost, RunRequest};
 use schoolbell::records::{Record, Value, record_to_json};
 use schoolbell::rules::RuleSet;
@@ -157,6 +157,62 @@ enum RecordsCmd {
 
 #[derive(Subcommand)]
 enum ImportCmd {
+    /// Run an import task now, here, with a progress bar (`--dry-run`: a test import that changes nothing).
+    Run {
+        /// The import task.
+        task: String,
+        /// Plan and report only; commit later with `import commit RUN`.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show what an import run plans, by change type, record by record (first 10,000 rows).
+    Preview {
+        /// The run.
+        run: u64,
+        /// Only rows of these types (new, updated, existing, multiple, duplicate, inactivated, error).
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit a test import's plan exactly as planned.
+    Commit {
+        /// The run.
+        run: u64,
+    },
+    /// Confirm an import held for confirmation (>= 10% changed), and commit it.
+    Confirm {
+        /// The run.
+        run: u64,
+        /// Why.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// File an authorization request for an import held for authorization (>= 20% added).
+    Request {
+        /// The run.
+        run: u64,
+        /// Why these changes are wanted (required).
+        #[arg(long)]
+        comment: String,
+    },
+    /// Issue a one-time approval code for a held import (authorize permission).
+    Code {
+        /// The run.
+        run: u64,
+    },
+    /// Approve a held import: with the authorize permission, or with a one-time code.
+    Approve {
+        /// The run.
+        run: u64,
+        /// A one-time approval code.
+        #[arg(long)]
+        code: Option<String>,
+    },
     /// Map a file through an import mapping and store the rows (all or nothing).
     File {
         /// The mapping plugin.
@@ -175,6 +231,12 @@ enum ImportCmd {
         /// The match rule (such as `match_student`); default: the key field alone.
         #[arg(long)]
         match_rule: Option<String>,
+        /// The file is the full roster: inactivate records it lacks.
+        #[arg(long)]
+        full_roster: bool,
+        /// Confirm a mass change (>= 10%) up front.
+        #[arg(long)]
+        confirm: bool,
         /// A plugin parameter, `name=value` (repeatable).
         #[arg(long = "param", value_parser = parse_param)]
         params: Vec<(String, Value)>,
@@ -307,6 +369,18 @@ struct TaskArgs {
     /// Import tasks: the match rule (such as `match_student`).
     #[arg(long)]
     match_rule: Option<String>,
+    /// Import tasks with a folder source: pick up files whose names start with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Import tasks: the file is the full roster (records it lacks are inactivated).
+    #[arg(long)]
+    full_roster: bool,
+    /// Import tasks: hold for confirmation at this % of records changed, added or inactivated.
+    #[arg(long, default_value_t = 10.0)]
+    confirm_percent: f64,
+    /// Import tasks: hold for authorization at this % of records added.
+    #[arg(long, default_value_t = 20.0)]
+    authorize_percent: f64,
 }
 
 #[derive(Subcommand)]
@@ -516,23 +590,49 @@ pub(crate) fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Plugin(cmd) => plugin(&cx, cmd),
         Command::Records(cmd) => records(&cx, cmd),
-        Command::Import(ImportCmd::File { plugin, file, into, key, indexes, match_rule, params, json }) => {
+        Command::Import(ImportCmd::File {
+            plugin,
+            file,
+            into,
+            key,
+            indexes,
+            match_rule,
+            full_roster,
+            confirm,
+            params,
+            json,
+        }) => {
             let request = RunRequest { params: params.into_iter().collect(), ..Default::default() };
             let target = ImportTarget {
                 source: file.display().to_string(),
+                prefix: None,
+                full_roster,
+                guard: Default::default(),
                 collection: into,
                 key_field: key,
                 indexes,
                 match_rule,
             };
-            let report = schoolbell::imports::import_file(&cx.host, &plugin, &target, &request)?;
+            let (plan, written) = schoolbell::imports::import_file(&cx.host, &plugin, &target, &request, confirm)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "written": written }))?);
             } else {
-                print_import(&report);
+                print_import(&plan, written);
+            }
+            if written.is_none() && plan.already_imported.is_none() {
+                bail!(
+                    "{}. Nothing was written: {}",
+                    plan.summary(),
+                    if plan.hold == schoolbell::imports::Hold::Confirm {
+                        "look the changes over, then run again with --confirm"
+                    } else {
+                        "run it as an import task and have it approved (`import request`, `import approve`)"
+                    }
+                );
             }
             Ok(())
         }
+        Command::Import(cmd) => import(&cx, &users::get(cx.host.store(), &args.as_user)?, cmd),
         Command::Notify(NotifyCmd::Run { plugin, task, params, json }) => {
             let request = RunRequest { task, params: params.into_iter().collect(), ..Default::default() };
             let outcome = cx.host.run_notifier(&plugin, &request)?;
@@ -733,21 +833,117 @@ pub(crate) fn load_json(
     Ok(n)
 }
 
-pub(crate) fn print_import(report: &ImportReport) {
-    let counts: Vec<String> = report.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    println!(
-        "{}: {} records written to `{}` ({})",
-        report.file,
-        report.stored,
-        report.collection,
-        if counts.is_empty() { "no rows".into() } else { counts.join(", ") }
-    );
-    for row in &report.rows {
+pub(crate) fn print_import(plan: &ImportPlan, written: Option<u64>) {
+    match written {
+        Some(n) => println!("{} ({n} records written to `{}`)", plan.summary(), plan.collection),
+        None => println!("{} (nothing written)", plan.summary()),
+    }
+    print_rows(plan, &[], usize::MAX);
+}
+
+fn print_rows(plan: &ImportPlan, types: &[String], limit: usize) {
+    let rows = plan.rows.iter().filter(|r| types.is_empty() || types.iter().any(|t| t == r.status())).take(limit);
+    for row in rows {
         for (field, message) in row.messages() {
             let field = field.map(|f| format!(", field `{f}`")).unwrap_or_default();
             println!("  line {} {}{field}: {message}", row.line, row.status());
         }
     }
+}
+
+fn wait_with_progress(cx: &Ctx, user: &User, id: u64) -> Result<Run> {
+    use std::io::Write;
+    let sched = &cx.scheduler;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let shown = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let run = runtime.block_on(async {
+        loop {
+            sched.dispatch()?;
+            let r: Run = sched.run(user, id)?;
+            if shown && let Some(total) = r.progress_total.filter(|t| *t > 0) {
+                let pct = (r.progress_done.min(total) * 100 / total) as usize;
+                let bar = format!("{}{}", "#".repeat(pct / 4), " ".repeat(25 - pct / 4));
+                eprint!("\r[{bar}] {pct:3}%");
+                let _ = std::io::stderr().flush();
+            }
+            if r.status != RunStatus::Queued && r.status != RunStatus::Running {
+                return Ok::<Run, schoolbell::scheduler::Error>(r);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })?;
+    if shown {
+        eprintln!("\r[{}] 100%", "#".repeat(25));
+    }
+    Ok(run)
+}
+
+fn import(cx: &Ctx, user: &User, cmd: ImportCmd) -> Result<()> {
+    let sched = &cx.scheduler;
+    let show = |run: &Run| -> Result<()> {
+        print_run(run);
+        if let Ok(plan) = sched.import_plan(user, run.id) {
+            println!("  plan: {}", plan.summary());
+        }
+        Ok(())
+    };
+    match cmd {
+        ImportCmd::File { .. } => unreachable!("handled in run"),
+        ImportCmd::Run { task, dry_run } => {
+            let queued = if dry_run { sched.test_import(user, &task)? } else { sched.run_now(user, &task)? };
+            let run = wait_with_progress(cx, user, queued.id)?;
+            show(&run)?;
+            match run.status {
+                RunStatus::Succeeded if run.dry_run => {
+                    println!(
+                        "test import: nothing was written. Look it over with `schoolbell import preview {}`, then `schoolbell import commit {}`",
+                        run.id, run.id
+                    )
+                }
+                RunStatus::Succeeded => {}
+                RunStatus::AwaitingConfirmation => {
+                    println!("held: `schoolbell import preview {0}`, then `schoolbell import confirm {0}`", run.id)
+                }
+                RunStatus::AwaitingAuthorization => println!(
+                    "held: file a request with `schoolbell import request {0} --comment WHY`; someone with the authorize permission approves it (`schoolbell import approve {0}`) or issues a code (`schoolbell import code {0}`)",
+                    run.id
+                ),
+                s => bail!("run {} {s}", run.id),
+            }
+        }
+        ImportCmd::Preview { run, types, limit, json } => {
+            let plan = sched.import_plan(user, run)?;
+            if json {
+                let rows: Vec<_> = plan
+                    .rows
+                    .iter()
+                    .filter(|r| types.is_empty() || types.iter().any(|t| t == r.status()))
+                    .take(limit)
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "summary": plan.summary(), "counts": plan.counts, "hold": plan.hold, "rows": rows })
+                    )?
+                );
+            } else {
+                println!("{}", plan.summary());
+                print_rows(&plan, &types, limit);
+                if plan.rows.len() > limit {
+                    println!("(first {limit} of {} rows)", plan.rows.len());
+                }
+            }
+        }
+        ImportCmd::Commit { run } => show(&sched.import_commit(user, run)?)?,
+        ImportCmd::Confirm { run, comment } => show(&sched.import_confirm(user, run, comment)?)?,
+        ImportCmd::Request { run, comment } => {
+            sched.import_request(user, run, &comment)?;
+            println!("run {run}: authorization requested");
+        }
+        ImportCmd::Code { run } => println!("{}", sched.import_code(user, run)?),
+        ImportCmd::Approve { run, code } => show(&sched.import_approve(user, run, code.as_deref())?)?,
+    }
+    Ok(())
 }
 
 pub(crate) fn print_notifications(plugin: &str, outcome: &schoolbell::plugins::NotifierOutcome) {
@@ -821,13 +1017,19 @@ fn task(cx: &Ctx, user: &User, cmd: TaskCmd) -> Result<()> {
             let import = match (a.source, a.collection) {
                 (Some(source), Some(collection)) => Some(ImportTarget {
                     source,
+                    prefix: a.prefix,
+                    full_roster: a.full_roster,
+                    guard: schoolbell::imports::Guard {
+                        confirm_percent: a.confirm_percent,
+                        authorize_percent: a.authorize_percent,
+                    },
                     collection,
                     key_field: a.key,
                     indexes: a.indexes,
                     match_rule: a.match_rule,
                 }),
                 (None, None) => None,
-                _ => bail!("an import task needs both --source FILE and --collection NAME"),
+                _ => bail!("an import task needs both --source FILE-OR-FOLDER and --collection NAME"),
             };
             let spec = TaskSpec {
                 name: a.name,

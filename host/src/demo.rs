@@ -48,13 +48,17 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
     println!("\n== Import: {} through import-csv-roster", roster.display());
     let target = ImportTarget {
         source: roster.display().to_string(),
+        prefix: None,
+        full_roster: false,
+        guard: Default::default(),
         collection: "students".into(),
         key_field: Some("student-id".into()),
         indexes: vec!["last-name+first-name+birth-date".into()],
         match_rule: Some("match_student".into()),
     };
-    let report = schoolbell::imports::import_file(&cx.host, "import-csv-roster", &target, &RunRequest::default())?;
-    print_import(&report);
+    let (plan, written) =
+        schoolbell::imports::import_file(&cx.host, "import-csv-roster", &target, &RunRequest::default(), false)?;
+    print_import(&plan, written);
 
     let n = load_json(cx, "attendance", &attendance, Some("student-id"), &[])?;
     println!("\n== Attendance: {n} records loaded");

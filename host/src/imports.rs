@@ -23,8 +23,18 @@ use crate::store::{self, CollectionSpec, Store};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportTarget {
-    /// The input file.
+    /// The input: a file, or a batch folder to pick files up from.
     pub source: String,
+    /// With a folder: import the files whose names start with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// The file is the full roster: records missing from it are inactivated
+    /// (their `active` field set to false).
+    #[serde(default)]
+    pub full_roster: bool,
+    /// The mass-change guard's thresholds.
+    #[serde(default)]
+    pub guard: Guard,
     /// The collection the rows go into.
     pub collection: String,
     /// The collection's key field (needed when the collection is new).
@@ -38,9 +48,63 @@ pub struct ImportTarget {
     pub match_rule: Option<String>,
 }
 
+/// The mass-change guard: a plan that changes, adds or inactivates at
+/// least `confirm_percent` of the existing records waits for a person to
+/// confirm it; one that adds at least `authorize_percent` waits for an
+/// authorization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Guard {
+    /// Changed + added + inactivated, as a percentage of existing records.
+    pub confirm_percent: f64,
+    /// Added, as a percentage of existing records.
+    pub authorize_percent: f64,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard { confirm_percent: 10.0, authorize_percent: 20.0 }
+    }
+}
+
+/// Whether a plan may be committed at once, or must wait for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hold {
+    /// Below both thresholds.
+    None,
+    /// At or above the confirm threshold: a person confirms.
+    Confirm,
+    /// At or above the authorize threshold: a request with a comment,
+    /// approved by a user with the authorize permission or with a code.
+    Authorize,
+}
+
+impl Guard {
+    /// The hold a plan's counts call for, against `existing` records. With
+    /// no existing records (a first import) nothing is held: there is
+    /// nothing to protect yet.
+    pub fn hold(&self, counts: &BTreeMap<String, u64>, existing: u64) -> (Hold, f64, f64) {
+        if existing == 0 {
+            return (Hold::None, 0.0, 0.0);
+        }
+        let n = |k: &str| counts.get(k).copied().unwrap_or(0) as f64;
+        let changed = (n("new") + n("updated") + n("inactivated")) * 100.0 / existing as f64;
+        let added = n("new") * 100.0 / existing as f64;
+        let hold = if added >= self.authorize_percent {
+            Hold::Authorize
+        } else if changed >= self.confirm_percent {
+            Hold::Confirm
+        } else {
+            Hold::None
+        };
+        (hold, changed, added)
+    }
+}
+
 /// What happens to one row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "outcome")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RowOutcome {
     /// No record matched: a new one.
     New {
@@ -75,6 +139,11 @@ pub enum RowOutcome {
         /// The earlier row.
         first_line: u64,
     },
+    /// A full roster does not list this record: it is inactivated.
+    Inactivated {
+        /// The record's key.
+        key: String,
+    },
     /// The row cannot be applied.
     Error {
         /// The field at fault.
@@ -84,13 +153,12 @@ pub enum RowOutcome {
     },
 }
 
-/// One row's outcome, with its line.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One row's outcome, with its line (0 for records a full roster lacks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowReport {
     /// The line the row is on.
     pub line: u64,
     /// What happens to it.
-    #[serde(flatten)]
     pub outcome: RowOutcome,
 }
 
@@ -103,6 +171,7 @@ impl RowReport {
             RowOutcome::Existing { .. } => "existing",
             RowOutcome::Multiple { .. } => "multiple",
             RowOutcome::Duplicate { .. } => "duplicate",
+            RowOutcome::Inactivated { .. } => "inactivated",
             RowOutcome::Error { .. } => "error",
         }
     }
@@ -126,28 +195,12 @@ impl RowReport {
             RowOutcome::Duplicate { key, first_line } => {
                 vec![(None, format!("record {key} was already set by line {first_line}; skipped"))]
             }
+            RowOutcome::Inactivated { key } => {
+                vec![(None, format!("record {key} is not in the full roster; inactivated"))]
+            }
             RowOutcome::Error { field, message } => vec![(field.clone(), message.clone())],
         }
     }
-}
-
-/// What an import of one file did.
-#[derive(Debug, Serialize)]
-pub struct ImportReport {
-    /// The file.
-    pub file: String,
-    /// The collection.
-    pub collection: String,
-    /// Records written (new plus updated).
-    pub stored: u64,
-    /// Counts by outcome: new, updated, existing, multiple, duplicate, error.
-    pub counts: BTreeMap<String, u64>,
-    /// Every row's outcome, in file order.
-    pub rows: Vec<RowReport>,
-    /// Rows the mapping refused, with line and field.
-    pub errors: Vec<RowError>,
-    /// The plugin's log.
-    pub log: Vec<LogLine>,
 }
 
 /// Errors of an import as a whole.
@@ -173,6 +226,19 @@ pub enum Error {
     /// The match rule is broken.
     #[error(transparent)]
     Rule(#[from] rules::Error),
+    /// A stored plan no longer fits what it was made from.
+    #[error("{0}; run the test import again")]
+    Changed(String),
+    /// The file could not be renamed after the commit.
+    #[error(
+        "the import of {file} is committed, but the file could not be renamed: {source}; rename or remove it by hand (the ledger keeps it from being imported twice)"
+    )]
+    Rename {
+        /// The file.
+        file: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Defines (or extends) a collection: its key field and indexes.
@@ -204,74 +270,316 @@ pub fn define_collection(
     Ok(())
 }
 
-/// Maps `target.source` through `plugin` and stores the rows, all or
-/// nothing. The plugin must ask for, and be granted, `write:COLLECTION`.
-pub fn import_file(
-    host: &PluginHost,
-    plugin: &str,
-    target: &ImportTarget,
-    request: &RunRequest,
-) -> Result<ImportReport, Error> {
+/// A file picked up for import.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PickedFile {
+    /// Its path.
+    pub path: String,
+    /// SHA-256 of its content.
+    pub hash: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut file = std::fs::File::open(path)?;
+    let size = std::io::copy(&mut file, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Picks up the files to import: the source file itself, or the files in
+/// the source folder whose names start with the prefix (never `P_` ones,
+/// which are done), oldest name first, once their size has held still for
+/// `settle`. Returns the files and a note for each one left for later.
+pub fn pickup(target: &ImportTarget, settle: std::time::Duration) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
+    let source = Path::new(&target.source);
+    let open_error = |source_err: std::io::Error| Error::Open { path: target.source.clone(), source: source_err };
+    let mut candidates = Vec::new();
+    if source.is_dir() {
+        let prefix = target.prefix.as_deref().unwrap_or("");
+        for entry in std::fs::read_dir(source).map_err(open_error)? {
+            let entry = entry.map_err(open_error)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().map_err(open_error)?.is_file() && name.starts_with(prefix) && !name.starts_with("P_") {
+                candidates.push(entry.path());
+            }
+        }
+        candidates.sort();
+    } else if source.is_file() {
+        candidates.push(source.to_path_buf());
+    }
+    let sizes: Vec<Option<u64>> = candidates.iter().map(|p| std::fs::metadata(p).ok().map(|m| m.len())).collect();
+    if !candidates.is_empty() && !settle.is_zero() {
+        std::thread::sleep(settle);
+    }
+    let mut picked = Vec::new();
+    let mut notes = Vec::new();
+    for (path, before) in candidates.into_iter().zip(sizes) {
+        let now = std::fs::metadata(&path).ok().map(|m| m.len());
+        let shown = path.display().to_string();
+        if before.is_none() || before != now {
+            notes.push(format!("{shown} is still being written; it is left for the next run"));
+            continue;
+        }
+        let (hash, size) = hash_file(&path).map_err(|source| Error::Open { path: shown.clone(), source })?;
+        picked.push(PickedFile { path: shown, hash, size });
+    }
+    Ok((picked, notes))
+}
+
+/// A planned import: what each row does and the records to write, with the
+/// hashes of what it was made from, so that committing it later applies
+/// exactly this plan or nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportPlan {
+    /// The file.
+    pub file: PickedFile,
+    /// The mapping plugin and its component's hash.
+    pub plugin: (String, String),
+    /// The match rule and its source's hash.
+    pub rule: Option<(String, String)>,
+    /// The collection.
+    pub collection: String,
+    /// Every row's outcome, in file order, then the inactivated records.
+    pub rows: Vec<RowReport>,
+    /// Counts by outcome (a row with several errors counts once).
+    pub counts: BTreeMap<String, u64>,
+    /// Records to write: new, updated, inactivated.
+    pub writes: Vec<Record>,
+    /// Records in the collection when the plan was made.
+    pub existing: u64,
+    /// What the guard says.
+    pub hold: Hold,
+    /// Changed + added + inactivated, percent of existing.
+    pub changed_percent: f64,
+    /// Added, percent of existing.
+    pub added_percent: f64,
+    /// When this content was already imported: by what.
+    pub already_imported: Option<String>,
+    /// The plugin's log.
+    pub log: Vec<LogLine>,
+}
+
+impl ImportPlan {
+    /// One line for people: the counts and what the guard says.
+    pub fn summary(&self) -> String {
+        if let Some(by) = &self.already_imported {
+            return format!("{}: already imported ({by}); not imported again", self.file.path);
+        }
+        let counts: Vec<String> = self.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let counts = if counts.is_empty() { "no rows".to_string() } else { counts.join(", ") };
+        let hold = match self.hold {
+            Hold::None => String::new(),
+            Hold::Confirm => format!(
+                "; it changes {:.1}% of the {} existing records, so it waits for a person to confirm it",
+                self.changed_percent, self.existing
+            ),
+            Hold::Authorize => format!(
+                "; it adds {:.1}% of the {} existing records, so it needs an authorization",
+                self.added_percent, self.existing
+            ),
+        };
+        format!("{}: {counts}{hold}", self.file.path)
+    }
+}
+
+fn check_capability(host: &PluginHost, plugin: &str, collection: &str) -> Result<plugins::PluginEntry, Error> {
     let entry = host.entry(plugin)?;
-    let cap = Capability::WriteCollection(target.collection.clone());
+    let cap = Capability::WriteCollection(collection.to_string());
     let asks = || entry.capabilities.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
     if !entry.capabilities.contains(&cap) {
         return Err(Error::Target(format!(
-            "plugin {plugin} does not produce `{}` records (it asks for: {})",
-            target.collection,
+            "plugin {plugin} does not produce `{collection}` records (it asks for: {})",
             asks()
         )));
     }
     if !entry.granted.contains(&cap) {
         return Err(Error::Target(format!(
-            "plugin {plugin} may write `{}` only once an admin grants it: `schoolbell plugin grant {plugin} {cap}`",
-            target.collection
+            "plugin {plugin} may write `{collection}` only once an admin grants it: `schoolbell plugin grant {plugin} {cap}`"
         )));
     }
-    let path = Path::new(&target.source);
-    let input = std::fs::File::open(path).map_err(|source| Error::Open { path: target.source.clone(), source })?;
+    Ok(entry)
+}
+
+/// Maps, matches and diffs one file without writing any record.
+pub fn prepare(
+    host: &PluginHost,
+    plugin: &str,
+    target: &ImportTarget,
+    file: &PickedFile,
+    request: &RunRequest,
+) -> Result<ImportPlan, Error> {
+    let entry = check_capability(host, plugin, &target.collection)?;
+    let store = host.store();
+    let rule = match &target.match_rule {
+        Some(name) => Some(host.rules().get(name)?),
+        None => None,
+    };
+    let mut plan = ImportPlan {
+        file: file.clone(),
+        plugin: (entry.name.clone(), entry.hash.clone()),
+        rule: rule.as_ref().map(|r| (r.name.clone(), r.hash.clone())),
+        collection: target.collection.clone(),
+        rows: Vec::new(),
+        counts: BTreeMap::new(),
+        writes: Vec::new(),
+        existing: 0,
+        hold: Hold::None,
+        changed_percent: 0.0,
+        added_percent: 0.0,
+        already_imported: store.import_ledger(&file.hash)?,
+        log: Vec::new(),
+    };
+    if plan.already_imported.is_some() {
+        return Ok(plan);
+    }
+    let input = std::fs::File::open(&file.path).map_err(|source| Error::Open { path: file.path.clone(), source })?;
+    request.control.set_progress(0, Some(file.size.max(1)));
     let mut rows = Vec::new();
-    let outcome = host.run_mapping(plugin, &target.source, std::io::BufReader::new(input), request, |batch| {
+    let outcome = host.run_mapping(plugin, &file.path, std::io::BufReader::new(input), request, |batch| {
         rows.extend(batch.into_iter().map(|r| (r.line, r.record)));
         Ok(())
     })?;
-    let store = host.store();
     define_collection(store, &target.collection, target.key_field.as_deref(), &target.indexes)?;
-    let keys = match &target.match_rule {
-        Some(name) => {
-            let rules = host.rules();
-            rules.match_keys(&*rules.get(name)?)?
-        }
+    let keys = match &rule {
+        Some(r) => host.rules().match_keys(r)?,
         None => Vec::new(),
     };
-    let plan = plan(store, &target.collection, &keys, rows, &outcome.errors)?;
-    let stored = store.put_records(&target.collection, &plan.writes)? as u64;
-    store.flush()?;
+    plan.existing = store.count_records(&target.collection)?;
+    let Plan { mut rows, mut writes, seen } = plan_rows(store, &target.collection, &keys, rows, &outcome.errors)?;
+    if target.full_roster {
+        inactivate_missing(store, &target.collection, &seen, &mut rows, &mut writes)?;
+    }
     // A row with several field errors counts once.
     let mut counted = HashSet::new();
-    let mut counts = BTreeMap::new();
-    for r in &plan.rows {
-        if counted.insert((r.status(), r.line)) {
-            *counts.entry(r.status().to_string()).or_insert(0) += 1;
+    for r in &rows {
+        if counted.insert((r.status(), r.line, r.outcome.key())) {
+            *plan.counts.entry(r.status().to_string()).or_insert(0) += 1;
         }
     }
-    Ok(ImportReport {
-        file: target.source.clone(),
-        collection: target.collection.clone(),
-        stored,
-        counts,
-        rows: plan.rows,
-        errors: outcome.errors,
-        log: outcome.log,
-    })
+    (plan.hold, plan.changed_percent, plan.added_percent) = target.guard.hold(&plan.counts, plan.existing);
+    plan.rows = rows;
+    plan.writes = writes;
+    plan.log = outcome.log;
+    Ok(plan)
 }
 
-/// The changes an import makes: every row's outcome and the records to write.
-pub struct Plan {
-    /// Every row's outcome, in file order (mapping errors included).
-    pub rows: Vec<RowReport>,
-    /// The records to write: new ones and updated ones, merged.
-    pub writes: Vec<Record>,
+impl RowOutcome {
+    fn key(&self) -> Option<&str> {
+        match self {
+            RowOutcome::New { key }
+            | RowOutcome::Updated { key, .. }
+            | RowOutcome::Existing { key }
+            | RowOutcome::Duplicate { key, .. }
+            | RowOutcome::Inactivated { key } => Some(key),
+            RowOutcome::Multiple { .. } | RowOutcome::Error { .. } => None,
+        }
+    }
+}
+
+/// Records of the collection the full roster does not list are set
+/// inactive (`active: false`), unless they are already.
+fn inactivate_missing(
+    store: &Store,
+    collection: &str,
+    seen: &HashSet<String>,
+    rows: &mut Vec<RowReport>,
+    writes: &mut Vec<Record>,
+) -> Result<(), Error> {
+    let mut after: Option<String> = None;
+    loop {
+        let (page, next) = store.scan_records(collection, after.as_deref(), 1000)?;
+        let spec = store
+            .collection(collection)?
+            .ok_or_else(|| Error::Target(format!("collection `{collection}` does not exist")))?;
+        for mut record in page {
+            let key = record.get(&spec.key_field).map(Value::to_key_text).unwrap_or_default();
+            if seen.contains(&key) || record.get("active") == Some(&Value::Bool(false)) {
+                continue;
+            }
+            record.insert("active".into(), Value::Bool(false));
+            writes.push(record);
+            rows.push(RowReport { line: 0, outcome: RowOutcome::Inactivated { key } });
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Commits a plan: checks that the file, the mapping plugin and the rule
+/// are as they were, writes every record and the ledger entry in one atomic
+/// batch, flushes, and only then renames the file `P_<name>_<UTC time>`.
+/// Returns the number of records written.
+pub fn commit(host: &PluginHost, plan: &ImportPlan, run: &str) -> Result<u64, Error> {
+    let store = host.store();
+    let path = Path::new(&plan.file.path);
+    let written = if plan.already_imported.is_some() {
+        0
+    } else {
+        let (hash, _) = hash_file(path).map_err(|source| Error::Open { path: plan.file.path.clone(), source })?;
+        if hash != plan.file.hash {
+            return Err(Error::Changed(format!("{} changed since the plan was made", plan.file.path)));
+        }
+        if host.entry(&plan.plugin.0)?.hash != plan.plugin.1 {
+            return Err(Error::Changed(format!("plugin {} was replaced since the plan was made", plan.plugin.0)));
+        }
+        if let Some((name, rule_hash)) = &plan.rule
+            && host.rules().get(name)?.hash != *rule_hash
+        {
+            return Err(Error::Changed(format!("rule {name} changed since the plan was made")));
+        }
+        let entry = format!("{run}, file {}, committed {}", plan.file.path, chrono::Utc::now().to_rfc3339());
+        let n = store.commit_import(&plan.collection, &plan.writes, &plan.file.hash, &entry)?;
+        store.flush()?;
+        n as u64
+    };
+    if path.exists() {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let renamed = path.with_file_name(format!("P_{name}_{stamp}"));
+        std::fs::rename(path, &renamed).map_err(|source| Error::Rename { file: plan.file.path.clone(), source })?;
+    }
+    Ok(written)
+}
+
+/// Imports one file at once: plan, then commit unless the guard holds it
+/// (then the plan comes back uncommitted, for a person to look at).
+pub fn import_file(
+    host: &PluginHost,
+    plugin: &str,
+    target: &ImportTarget,
+    request: &RunRequest,
+    confirmed: bool,
+) -> Result<(ImportPlan, Option<u64>), Error> {
+    let (files, notes) = pickup(target, std::time::Duration::ZERO)?;
+    let Some(file) = files.into_iter().next() else {
+        return Err(Error::Target(
+            notes.into_iter().next().unwrap_or_else(|| format!("no file to import at {}", target.source)),
+        ));
+    };
+    let plan = prepare(host, plugin, target, &file, request)?;
+    let allowed = match plan.hold {
+        Hold::None => true,
+        Hold::Confirm => confirmed,
+        Hold::Authorize => false,
+    };
+    if !allowed {
+        return Ok((plan, None));
+    }
+    let written = commit(host, &plan, "cli")?;
+    Ok((plan, Some(written)))
+}
+
+/// The changes of a file's rows: every row's outcome and the records to write.
+struct Plan {
+    rows: Vec<RowReport>,
+    writes: Vec<Record>,
+    /// Keys of the records the file's rows matched or created.
+    seen: HashSet<String>,
 }
 
 /// How a row matched.
@@ -312,7 +620,7 @@ fn find(
 }
 
 /// Works out what each row does, without writing anything.
-pub fn plan(
+fn plan_rows(
     store: &Store,
     collection: &str,
     keys: &[Vec<String>],
@@ -391,5 +699,5 @@ pub fn plan(
         out.push(RowReport { line, outcome });
     }
     out.extend(errors.map(error));
-    Ok(Plan { rows: out, writes })
+    Ok(Plan { rows: out, writes, seen: seen.into_keys().collect() })
 }

@@ -200,7 +200,7 @@ pub struct MappedRow {
 }
 
 /// A row a mapping could not map.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowError {
     /// The line it starts on.
     pub line: u64,
@@ -211,7 +211,7 @@ pub struct RowError {
 }
 
 /// How important a log line is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Detail.
@@ -225,7 +225,7 @@ pub enum LogLevel {
 }
 
 /// One line of a run's log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogLine {
     /// Its level.
     pub level: LogLevel,
@@ -727,7 +727,8 @@ impl PluginHost {
             errors.extend(row_errors);
             on_rows(mapped)?;
             done_bytes += n as u64;
-            request.control.set_progress(done_bytes, None);
+            // The caller may know the file's size; keep its total.
+            request.control.set_progress(done_bytes, request.control.progress().1);
             if n == 0 {
                 break;
             }

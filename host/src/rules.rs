@@ -165,6 +165,9 @@ pub struct Rule {
     pub name: String,
     /// The file it came from, for messages.
     pub file: String,
+    /// SHA-256 of its source: a stored import plan notes it, and its commit
+    /// is refused if the rule changed since.
+    pub hash: String,
     ast: AST,
     /// Names the rule mentions, to explain decisions.
     mentions: Vec<String>,
@@ -231,7 +234,9 @@ impl RuleSet {
             let (line, column) = position(e.position());
             Error::Compile { file: file.into(), line, column, message: e.err_type().to_string() }
         })?;
-        Ok(Rule { name: name.into(), file: file.into(), ast, mentions: mentions(source) })
+        use sha2::Digest;
+        let hash = hex::encode(sha2::Sha256::digest(source.as_bytes()));
+        Ok(Rule { name: name.into(), file: file.into(), hash, ast, mentions: mentions(source) })
     }
 
     /// The rule named `name`.

@@ -119,6 +119,26 @@ pub struct Run {
     pub message_count: u64,
     /// Who asked to cancel it, when someone did.
     pub cancel_requested_by: Option<String>,
+    /// A test import: it plans and reports, and commits only when asked.
+    pub dry_run: bool,
+    /// Who did what to the run, when, and why (confirmations, requests,
+    /// approvals, commits).
+    pub audit: Vec<Audit>,
+    /// SHA-256 of the one-time approval code, while one is outstanding.
+    pub approval_code_hash: Option<String>,
+}
+
+/// One entry of a run's audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Audit {
+    /// Who.
+    pub user: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What: confirmed, requested-authorization, approved, committed, ...
+    pub action: String,
+    /// Their comment, if any.
+    pub comment: Option<String>,
 }
 
 impl Run {
@@ -152,6 +172,9 @@ impl Run {
             keep,
             message_count: 0,
             cancel_requested_by: None,
+            dry_run: false,
+            audit: Vec::new(),
+            approval_code_hash: None,
         }
     }
 }

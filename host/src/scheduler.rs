@@ -74,6 +74,8 @@ pub struct SchedulerConfig {
     pub retention_days: u64,
     /// Cancelled runs are removed after this many minutes, unless kept.
     pub cancelled_retention_minutes: u64,
+    /// An import picks a file up only once its size has held still this long.
+    pub pickup_settle_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -84,6 +86,7 @@ impl Default for SchedulerConfig {
             misfire_grace_secs: 60,
             retention_days: 60,
             cancelled_retention_minutes: 10,
+            pickup_settle_ms: 1000,
         }
     }
 }
@@ -257,12 +260,26 @@ impl Scheduler {
 
     /// Queues a run of the task now, owned by `user`.
     pub fn run_now(&self, user: &User, name: &str) -> Result<Run> {
+        self.queue_now(user, name, false)
+    }
+
+    /// Queues a test import ("dry run") of an import task: it plans and
+    /// reports, and changes nothing until `import_commit`.
+    pub fn test_import(&self, user: &User, name: &str) -> Result<Run> {
+        self.queue_now(user, name, true)
+    }
+
+    fn queue_now(&self, user: &User, name: &str, dry_run: bool) -> Result<Run> {
         let task = self.get_task(name)?;
         Self::check_task(user, &task)?;
+        if dry_run && task.kind != TaskKind::Import {
+            return Err(Error::Invalid(format!("task `{name}` is not an import; only imports have a test run")));
+        }
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::Conflict("the host is shutting down; try again once it is back".into()));
         }
-        let run = self.new_run(&task, &user.name, Trigger::User, None)?;
+        let mut run = self.new_run(&task, &user.name, Trigger::User, None)?;
+        run.dry_run = dry_run;
         self.store.enqueue(task.priority(), run.queued_at, run.id, &run)?;
         self.count_queued(&task.name, 1)?;
         self.store.flush()?;
@@ -389,6 +406,159 @@ impl Scheduler {
     ) -> Result<(Vec<TaskMessage>, Option<u64>)> {
         self.run(user, id)?;
         Ok(self.store.messages(id, status, after, limit)?)
+    }
+
+    // ----- imports held or planned -----
+
+    fn held_plan(&self, user: &User, id: RunId) -> Result<(Run, imports::ImportPlan)> {
+        let run = self.run(user, id)?;
+        let plan = self.store.plan::<imports::ImportPlan>(id)?.ok_or_else(|| {
+            Error::Conflict(format!(
+                "run {id} has no import plan to act on (it is {}, and not a test import)",
+                run.status
+            ))
+        })?;
+        Ok((run, plan))
+    }
+
+    /// A run's import plan: what each row does (the preview).
+    pub fn import_plan(&self, user: &User, id: RunId) -> Result<imports::ImportPlan> {
+        Ok(self.held_plan(user, id)?.1)
+    }
+
+    fn audit(&self, run: &mut Run, user: &User, action: &str, comment: Option<String>) {
+        run.audit.push(runs::Audit { user: user.name.clone(), at: self.now(), action: action.into(), comment });
+    }
+
+    /// Applies a plan and finishes its run.
+    fn apply_plan(&self, mut run: Run, plan: &imports::ImportPlan, user: &User) -> Result<Run> {
+        let written = imports::commit(&self.host, plan, &format!("run {}", run.id)).map_err(|e| match e {
+            imports::Error::Changed(_) => Error::Conflict(e.to_string()),
+            other => Error::Invalid(other.to_string()),
+        })?;
+        let now = self.now();
+        run.summary.insert("written".into(), written);
+        run.status = RunStatus::Succeeded;
+        run.finished_at = Some(now);
+        run.approval_code_hash = None;
+        self.audit(&mut run, user, "committed", None);
+        self.store.remove_plan(run.id)?;
+        self.store.put_run(run.id, &run, Some(now))?;
+        self.store.flush()?;
+        tracing::info!(run = run.id, by = %user.name, written, "Import committed.");
+        Ok(run)
+    }
+
+    /// Commits a test import's plan exactly as planned; refused if the file,
+    /// the rule or the plugin changed since. A plan the guard would hold is
+    /// held now instead, for confirmation or authorization.
+    pub fn import_commit(&self, user: &User, id: RunId) -> Result<Run> {
+        let (mut run, plan) = self.held_plan(user, id)?;
+        Self::check_control(user, &run, "commit")?;
+        if !run.dry_run || run.status != RunStatus::Succeeded {
+            return Err(Error::Conflict(format!(
+                "run {id} is {}; `import confirm` or `import approve` act on held imports",
+                run.status
+            )));
+        }
+        run.dry_run = false;
+        match plan.hold {
+            imports::Hold::None => self.apply_plan(run, &plan, user),
+            hold => {
+                run.status = if hold == imports::Hold::Confirm {
+                    RunStatus::AwaitingConfirmation
+                } else {
+                    RunStatus::AwaitingAuthorization
+                };
+                run.finished_at = None;
+                self.audit(&mut run, user, "commit-requested", None);
+                self.store.put_run(id, &run, None)?;
+                self.store.flush()?;
+                Err(Error::Conflict(format!("{}; run {id} now waits for that", plan.summary())))
+            }
+        }
+    }
+
+    /// Confirms an import held for confirmation, and commits it.
+    pub fn import_confirm(&self, user: &User, id: RunId, comment: Option<String>) -> Result<Run> {
+        let (mut run, plan) = self.held_plan(user, id)?;
+        Self::check_control(user, &run, "confirm")?;
+        if run.status != RunStatus::AwaitingConfirmation {
+            return Err(Error::Conflict(format!("run {id} is {}, not awaiting confirmation", run.status)));
+        }
+        self.audit(&mut run, user, "confirmed", comment);
+        self.apply_plan(run, &plan, user)
+    }
+
+    /// Files an authorization request, with a comment saying why.
+    pub fn import_request(&self, user: &User, id: RunId, comment: &str) -> Result<Run> {
+        let (mut run, _) = self.held_plan(user, id)?;
+        Self::check_control(user, &run, "request authorization for")?;
+        if run.status != RunStatus::AwaitingAuthorization {
+            return Err(Error::Conflict(format!("run {id} is {}, not awaiting authorization", run.status)));
+        }
+        if comment.trim().is_empty() {
+            return Err(Error::Invalid(
+                "an authorization request needs a comment saying why these changes are wanted".into(),
+            ));
+        }
+        self.audit(&mut run, user, "requested-authorization", Some(comment.trim().into()));
+        self.store.put_run(id, &run, None)?;
+        self.store.flush()?;
+        Ok(run)
+    }
+
+    /// Issues a one-time approval code for a held import (authorize
+    /// permission only). Only its hash is kept; a new code replaces the old.
+    pub fn import_code(&self, user: &User, id: RunId) -> Result<String> {
+        if !user.has(crate::users::Permission::Authorize) {
+            return Err(Error::Forbidden("issuing approval codes needs the authorize permission".into()));
+        }
+        let (mut run, _) = self.held_plan(user, id)?;
+        if run.status != RunStatus::AwaitingAuthorization {
+            return Err(Error::Conflict(format!("run {id} is {}, not awaiting authorization", run.status)));
+        }
+        let mut bytes = [0u8; 5];
+        getrandom::fill(&mut bytes).map_err(|e| Error::Invalid(format!("no randomness for a code: {e}")))?;
+        let code = hex::encode(bytes).to_uppercase();
+        run.approval_code_hash = Some(crate::users::token_hash(&code));
+        self.audit(&mut run, user, "issued-approval-code", None);
+        self.store.put_run(id, &run, None)?;
+        self.store.flush()?;
+        Ok(code)
+    }
+
+    /// Approves a held import, after its authorization request: by a user
+    /// with the authorize permission, or by anyone with the one-time code.
+    pub fn import_approve(&self, user: &User, id: RunId, code: Option<&str>) -> Result<Run> {
+        let (mut run, plan) = self.held_plan(user, id)?;
+        if run.status != RunStatus::AwaitingAuthorization {
+            return Err(Error::Conflict(format!("run {id} is {}, not awaiting authorization", run.status)));
+        }
+        if !run.audit.iter().any(|a| a.action == "requested-authorization") {
+            return Err(Error::Conflict(format!(
+                "run {id} has no authorization request yet; file one with a comment first (`schoolbell import request {id} --comment ...`)"
+            )));
+        }
+        let by_code = match code {
+            Some(c) => {
+                if run.approval_code_hash.as_deref() != Some(crate::users::token_hash(c.trim()).as_str()) {
+                    return Err(Error::Forbidden(
+                        "that approval code is not valid for this run (codes work once)".into(),
+                    ));
+                }
+                true
+            }
+            None if user.has(crate::users::Permission::Authorize) => false,
+            None => {
+                return Err(Error::Forbidden(
+                    "approving needs the authorize permission, or a one-time approval code from someone who has it"
+                        .into(),
+                ));
+            }
+        };
+        self.audit(&mut run, user, if by_code { "approved-with-code" } else { "approved" }, None);
+        self.apply_plan(run, &plan, user)
     }
 
     // ----- the engine -----
@@ -592,16 +762,39 @@ impl Scheduler {
         tracing::info!(run = id, task = %run.task, "Run started.");
         let mut messages: Vec<TaskMessage> = Vec::new();
         let mut state_writes = Vec::new();
-        let result: Result<BTreeMap<String, u64>, String> = (|| {
+        let result: Result<(BTreeMap<String, u64>, RunStatus), String> = (|| {
             let task =
                 self.get_task(&run.task).map_err(|e| format!("{e} (it was removed after this run was queued)"))?;
             let request = RunRequest { task: task.name.clone(), params: task.params.clone(), control: control.clone() };
             match task.kind {
                 TaskKind::Import => {
                     let target = task.import.as_ref().ok_or("the task has no import source")?;
-                    let report =
-                        imports::import_file(&self.host, &task.plugin, target, &request).map_err(|e| e.to_string())?;
-                    for row in &report.rows {
+                    let settle = Duration::from_millis(self.config.pickup_settle_ms);
+                    let (files, notes) = imports::pickup(target, settle).map_err(|e| e.to_string())?;
+                    for note in notes {
+                        messages.push(TaskMessage {
+                            seq: 0,
+                            row: None,
+                            status: "waiting".into(),
+                            field: None,
+                            message: note,
+                        });
+                    }
+                    let Some(file) = files.first() else {
+                        return Ok((BTreeMap::from([("files".into(), 0)]), RunStatus::Succeeded));
+                    };
+                    if files.len() > 1 {
+                        messages.push(TaskMessage {
+                            seq: 0,
+                            row: None,
+                            status: "waiting".into(),
+                            field: None,
+                            message: format!("{} more files wait for the next run", files.len() - 1),
+                        });
+                    }
+                    let plan = imports::prepare(&self.host, &task.plugin, target, file, &request)
+                        .map_err(|e| e.to_string())?;
+                    for row in &plan.rows {
                         for (field, message) in row.messages() {
                             messages.push(TaskMessage {
                                 seq: 0,
@@ -612,9 +805,37 @@ impl Scheduler {
                             });
                         }
                     }
-                    let mut summary = report.counts.clone();
-                    summary.insert("stored".into(), report.stored);
-                    Ok(summary)
+                    let mut summary = plan.counts.clone();
+                    summary.insert("existing-before".into(), plan.existing);
+                    let status = if run.dry_run {
+                        self.store.put_plan(id, &plan).map_err(|e| e.to_string())?;
+                        RunStatus::Succeeded
+                    } else {
+                        match plan.hold {
+                            imports::Hold::None => {
+                                let written = imports::commit(&self.host, &plan, &format!("run {id}"))
+                                    .map_err(|e| e.to_string())?;
+                                summary.insert("written".into(), written);
+                                RunStatus::Succeeded
+                            }
+                            hold => {
+                                self.store.put_plan(id, &plan).map_err(|e| e.to_string())?;
+                                messages.push(TaskMessage {
+                                    seq: 0,
+                                    row: None,
+                                    status: "held".into(),
+                                    field: None,
+                                    message: plan.summary(),
+                                });
+                                if hold == imports::Hold::Confirm {
+                                    RunStatus::AwaitingConfirmation
+                                } else {
+                                    RunStatus::AwaitingAuthorization
+                                }
+                            }
+                        }
+                    };
+                    Ok((summary, status))
                 }
                 TaskKind::Notifier | TaskKind::Export | TaskKind::Cleanup => {
                     let outcome = self.host.run_notifier(&task.plugin, &request).map_err(|e| e.to_string())?;
@@ -628,7 +849,10 @@ impl Scheduler {
                         });
                     }
                     state_writes = outcome.state_writes;
-                    Ok(BTreeMap::from([("notifications".into(), outcome.notifications.len() as u64)]))
+                    Ok((
+                        BTreeMap::from([("notifications".into(), outcome.notifications.len() as u64)]),
+                        RunStatus::Succeeded,
+                    ))
                 }
             }
         })();
@@ -638,9 +862,12 @@ impl Scheduler {
         run.progress_total = total;
         run.finished_at = Some(now);
         match result {
-            Ok(summary) => {
-                run.status = RunStatus::Succeeded;
+            Ok((summary, status)) => {
+                run.status = status;
                 run.summary = summary;
+                if !status.is_finished() {
+                    run.finished_at = None;
+                }
             }
             Err(e) => {
                 run.status = if self.shutting_down.load(Ordering::SeqCst) {
@@ -668,7 +895,12 @@ impl Scheduler {
             let with_status: Vec<(&str, &TaskMessage)> = messages.iter().map(|m| (m.status.as_str(), m)).collect();
             self.store.add_messages(id, 0, &with_status)?;
             let writes = if run.status == RunStatus::Succeeded { &state_writes[..] } else { &[] };
-            self.store.finish_run(id, &run, now, &run.task, writes)?;
+            if run.status.is_finished() {
+                self.store.finish_run(id, &run, now, &run.task, writes)?;
+            } else {
+                // Held for a person: not finished, so not in retention yet.
+                self.store.put_run(id, &run, None)?;
+            }
             self.store.flush()?;
             Ok(())
         })();

@@ -116,6 +116,7 @@ pub struct Store {
     message_status: sled::Tree,
     users: sled::Tree,
     tokens: sled::Tree,
+    plans: sled::Tree,
     /// Record writes read old values to maintain indexes and counts; one
     /// writer at a time keeps that read-modify-write consistent.
     write_lock: Mutex<()>,
@@ -194,6 +195,7 @@ impl Store {
             message_status: tree("run_messages_by_status")?,
             users: tree("users")?,
             tokens: tree("tokens")?,
+            plans: tree("import_plans")?,
             db,
             write_lock: Mutex::new(()),
         };
@@ -278,6 +280,27 @@ impl Store {
     /// Inserts or replaces records, atomically: all of them land, with their
     /// index entries and the collection's count, or none does.
     pub fn put_records(&self, collection: &str, records: &[Record]) -> Result<usize> {
+        self.commit_records(collection, records, None)
+    }
+
+    /// Commits an import atomically: its records, and the ledger entry that
+    /// marks the file's content as imported, in one batch. A crash leaves
+    /// either all of it or none of it.
+    pub fn commit_import(&self, collection: &str, records: &[Record], file_hash: &str, entry: &str) -> Result<usize> {
+        self.commit_records(collection, records, Some((file_hash, entry)))
+    }
+
+    /// What the ledger says about a file's content hash: the import that
+    /// committed it, if one did.
+    pub fn import_ledger(&self, file_hash: &str) -> Result<Option<String>> {
+        Ok(self
+            .records
+            .get(key(&[b"l", file_hash.as_bytes()]))
+            .map_err(io("records"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn commit_records(&self, collection: &str, records: &[Record], ledger: Option<(&str, &str)>) -> Result<usize> {
         let spec = self.collection(collection)?.ok_or_else(|| Error::UnknownCollection(collection.into()))?;
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = sled::Batch::default();
@@ -317,6 +340,9 @@ impl Store {
         let count_key = key(&[b"c", collection.as_bytes()]);
         let count = self.read_count(&count_key)? + added;
         batch.insert(count_key, &count.to_be_bytes());
+        if let Some((hash, entry)) = ledger {
+            batch.insert(key(&[b"l", hash.as_bytes()]), entry.as_bytes());
+        }
         self.records.apply_batch(batch).map_err(io("records"))?;
         Ok(records.len())
     }

@@ -311,6 +311,7 @@ impl Store {
             k.extend_from_slice(&prefix);
             self.finished.remove(k).map_err(io("runs_by_finish"))?;
         }
+        self.plans.remove(prefix).map_err(io("import_plans"))?;
         self.runs.remove(prefix).map_err(io("runs"))?;
         Ok(())
     }
@@ -397,6 +398,25 @@ impl Store {
             }
         }
         Ok((out, None))
+    }
+
+    /// Stores a run's import plan (for a test import, or one held by the
+    /// mass-change guard).
+    pub fn put_plan<P: Serialize>(&self, run: RunId, plan: &P) -> Result<()> {
+        self.plans.insert(run.to_be_bytes(), encode(plan)).map_err(io("import_plans"))?;
+        Ok(())
+    }
+
+    /// A run's import plan.
+    pub fn plan<P: DeserializeOwned>(&self, run: RunId) -> Result<Option<P>> {
+        let k = run.to_be_bytes();
+        self.plans.get(k).map_err(io("import_plans"))?.map(|v| decode("import_plans", &k, &v)).transpose()
+    }
+
+    /// Drops a run's plan once it is committed or discarded.
+    pub fn remove_plan(&self, run: RunId) -> Result<()> {
+        self.plans.remove(run.to_be_bytes()).map_err(io("import_plans"))?;
+        Ok(())
     }
 
     /// Maps a token's hash to its user.
