@@ -195,11 +195,13 @@ pub struct TaskMessage {
     pub message: String,
 }
 
-/// Whether `user` may see `run`.
+/// Whether `user` may see `run`. Besides the rules above, a user with the
+/// authorize permission sees the runs that wait for an authorization.
 pub fn can_view(user: &User, run: &Run) -> bool {
     user.role == Role::Owner
         || run.owner == user.name
         || (user.has(Permission::Autopilot) && matches!(run.trigger, Trigger::Schedule | Trigger::Workflow))
+        || (user.has(Permission::Authorize) && run.status == RunStatus::AwaitingAuthorization)
 }
 
 /// Whether `user` may cancel or delete `run`.
@@ -226,6 +228,12 @@ mod tests {
         let owner = user("olga", Role::Owner, vec![]);
         let staff = user("sam", Role::Staff, vec![]);
         let pilot = user("pat", Role::Staff, vec![Permission::Autopilot]);
+        let authorizer = user("ana", Role::Staff, vec![Permission::Authorize]);
+        let held = || {
+            let mut r = run("sam", Trigger::User);
+            r.status = RunStatus::AwaitingAuthorization;
+            r
+        };
         let cases = [
             (&owner, run("sam", Trigger::User), true, true),
             (&owner, run("pat", Trigger::Schedule), true, true),
@@ -238,6 +246,10 @@ mod tests {
             (&pilot, run("sam", Trigger::Workflow), true, false),
             (&pilot, run("sam", Trigger::User), false, false),
             (&pilot, run("pat", Trigger::User), true, true),
+            (&authorizer, held(), true, false),
+            (&authorizer, run("sam", Trigger::User), false, false),
+            (&staff, held(), true, true),
+            (&pilot, held(), false, false),
         ];
         for (who, r, view, control) in cases {
             assert_eq!(can_view(who, &r), view, "{} viewing {}'s {} run", who.name, r.owner, r.trigger);

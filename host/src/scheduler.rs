@@ -794,6 +794,15 @@ impl Scheduler {
                     }
                     let plan = imports::prepare(&self.host, &task.plugin, target, file, &request)
                         .map_err(|e| e.to_string())?;
+                    if plan.already_imported.is_some() {
+                        messages.push(TaskMessage {
+                            seq: 0,
+                            row: None,
+                            status: "already-imported".into(),
+                            field: None,
+                            message: plan.summary(),
+                        });
+                    }
                     for row in &plan.rows {
                         for (field, message) in row.messages() {
                             messages.push(TaskMessage {
