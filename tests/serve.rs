@@ -273,3 +273,45 @@ fn a_fire_never_gives_two_runs_across_sigkill() {
         assert!(["failed", "interrupted"].contains(&of_task[0]["status"].as_str().unwrap()), "{:?}", of_task[0]);
     }
 }
+
+#[test]
+fn imports_are_tested_previewed_and_committed_over_the_api() {
+    let (sb, admin, _, _) = setup();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    let batch = sb.dir.path().join("batch");
+    std::fs::create_dir_all(&batch).unwrap();
+    std::fs::write(
+        batch.join("IC_Roster.csv"),
+        "Student ID,Last Name,First Name,Birth Date\nS1,Ng,Ann,2010-01-02\nS2,Li,Bo,2011-03-04\n",
+    )
+    .unwrap();
+    sb.file("data/schoolbell.toml", "[scheduler]\npickup_settle_ms = 50\n");
+    let server = sb.serve();
+    let api = Api::new(&server.url);
+    let task = json!({
+        "name": "roster", "plugin": "import-csv-roster", "schedule": "daily at 22:00",
+        "params": { "columns": "student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date" },
+        "import": { "source": batch.display().to_string(), "prefix": "IC_Roster", "collection": "students", "key_field": "student-id", "match_rule": "match_student" }
+    });
+    assert_eq!(api.json("POST", "/api/v1/tasks", &admin, Some(task)).0, 201);
+    let (status, run) = api.json("POST", "/api/v1/tasks/roster/test-import", &admin, None);
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_u64().unwrap();
+    let done = wait_finished(&api, &admin, id);
+    assert_eq!((done["status"].as_str(), done["dry_run"].as_bool()), (Some("succeeded"), Some(true)), "{done}");
+    let (status, plan) = api.json("GET", &format!("/api/v1/runs/{id}/plan?type=new"), &admin, None);
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["counts"]["new"], 2);
+    assert_eq!(plan["rows"][0], json!({ "line": 2, "outcome": { "new": { "key": "S1" } } }));
+    assert!(batch.join("IC_Roster.csv").exists(), "a test import leaves the file");
+    let (status, committed) = api.json("POST", &format!("/api/v1/runs/{id}/commit"), &admin, None);
+    assert_eq!(status, 200, "{committed}");
+    assert_eq!(committed["summary"]["written"], 2);
+    assert!(!batch.join("IC_Roster.csv").exists(), "a committed file is renamed");
+    let (status, again) = api.json("POST", &format!("/api/v1/runs/{id}/commit"), &admin, None);
+    assert_eq!(status, 409, "{again}");
+    let (status, e) =
+        api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &admin, Some(json!({ "coment": "typo" })));
+    assert_eq!(status, 400, "{e}");
+    assert!(server.terminate().success());
+}

@@ -90,6 +90,13 @@ pub fn router(scheduler: Arc<Scheduler>) -> Router {
         .route("/api/v1/runs/{id}", get(show_run).delete(delete_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .route("/api/v1/runs/{id}/messages", get(run_messages))
+        .route("/api/v1/tasks/{name}/test-import", post(test_import))
+        .route("/api/v1/runs/{id}/plan", get(import_plan))
+        .route("/api/v1/runs/{id}/commit", post(import_commit))
+        .route("/api/v1/runs/{id}/confirm", post(import_confirm))
+        .route("/api/v1/runs/{id}/request", post(import_request))
+        .route("/api/v1/runs/{id}/code", post(import_code))
+        .route("/api/v1/runs/{id}/approve", post(import_approve))
         .route("/api/v1/schedule/next", get(schedule_next))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/openapi.json".into()) })
         .with_state(scheduler)
@@ -282,6 +289,109 @@ async fn run_messages(
     .await
 }
 
+async fn test_import(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    blocking(move || Ok((StatusCode::ACCEPTED, Json(json!(s.test_import(&u, &name)?))))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn import_plan(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+    q: Result<Query<PlanQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let id = run_id(&id)?;
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    blocking(move || {
+        let plan = s.import_plan(&u, id)?;
+        let rows: Vec<_> = plan
+            .rows
+            .iter()
+            .filter(|r| q.kind.as_deref().is_none_or(|k| r.status() == k))
+            .take(q.limit.unwrap_or(10_000))
+            .collect();
+        Ok(Json(json!({ "summary": plan.summary(), "counts": plan.counts, "hold": plan.hold, "existing": plan.existing, "rows": rows })))
+    })
+    .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    comment: Option<String>,
+    code: Option<String>,
+}
+
+/// An optional JSON body: empty means no comment and no code.
+fn decision(body: &[u8]) -> Result<Decision, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Decision::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad(format!("the body must be {{\"comment\": ..., \"code\": ...}}: {e}")))
+}
+
+async fn import_commit(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let id = run_id(&id)?;
+    blocking(move || Ok(Json(json!(s.import_commit(&u, id)?)))).await
+}
+
+async fn import_confirm(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Json_>, ApiError> {
+    let id = run_id(&id)?;
+    let d = decision(&body)?;
+    blocking(move || Ok(Json(json!(s.import_confirm(&u, id, d.comment)?)))).await
+}
+
+async fn import_request(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Json_>, ApiError> {
+    let id = run_id(&id)?;
+    let d = decision(&body)?;
+    blocking(move || Ok(Json(json!(s.import_request(&u, id, d.comment.as_deref().unwrap_or(""))?)))).await
+}
+
+async fn import_code(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let id = run_id(&id)?;
+    blocking(move || Ok(Json(json!({ "code": s.import_code(&u, id)? })))).await
+}
+
+async fn import_approve(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Json_>, ApiError> {
+    let id = run_id(&id)?;
+    let d = decision(&body)?;
+    blocking(move || Ok(Json(json!(s.import_approve(&u, id, d.code.as_deref())?)))).await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NextQuery {
@@ -341,6 +451,7 @@ pub fn openapi_document() -> Json_ {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "Decision": { "type": "object", "properties": { "comment": { "type": "string" }, "code": { "type": "string" } } },
                 "TaskSpec": { "type": "object", "required": ["name", "plugin", "schedule"], "properties": {
                     "name": { "type": "string" }, "kind": { "enum": ["import", "notifier", "export", "cleanup"] },
                     "plugin": { "type": "string" }, "params": { "type": "object" }, "rules": { "type": "array", "items": { "type": "string" } },
@@ -393,6 +504,15 @@ pub fn openapi_document() -> Json_ {
                 { "name": "status", "in": "query", "schema": { "type": "string" } }, { "name": "after", "in": "query", "schema": { "type": "integer" } },
                 { "name": "limit", "in": "query", "schema": { "type": "integer" } }, { "name": "format", "in": "query", "schema": { "enum": ["json", "csv"] } }
             ], "responses": errors(json!({ "200": ok("a page of messages, or CSV", "Messages") })) } },
+            "/api/v1/tasks/{name}/test-import": { "parameters": name, "post": { "summary": "Queue a test import (dry run): plan and report, write nothing", "responses": errors(json!({ "202": ok("the queued run", "Run") })) } },
+            "/api/v1/runs/{id}/plan": { "parameters": id, "get": { "summary": "An import run's plan: what each row does, by change type (first 10,000 rows)", "parameters": [
+                { "name": "type", "in": "query", "schema": { "enum": ["new", "updated", "existing", "multiple", "duplicate", "inactivated", "error"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
+            ], "responses": errors(json!({ "200": { "description": "the plan" } })) } },
+            "/api/v1/runs/{id}/commit": { "parameters": id, "post": { "summary": "Commit a test import's plan exactly as planned (409 if the file, rule or plugin changed, or if the guard holds it)", "responses": errors(json!({ "200": ok("the run", "Run") })) } },
+            "/api/v1/runs/{id}/confirm": { "parameters": id, "post": { "summary": "Confirm an import held for confirmation, and commit it", "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Decision" } } } }, "responses": errors(json!({ "200": ok("the run", "Run") })) } },
+            "/api/v1/runs/{id}/request": { "parameters": id, "post": { "summary": "File an authorization request, with a comment", "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Decision" } } } }, "responses": errors(json!({ "200": ok("the run", "Run") })) } },
+            "/api/v1/runs/{id}/code": { "parameters": id, "post": { "summary": "Issue a one-time approval code (authorize permission)", "responses": errors(json!({ "200": { "description": "{\"code\": ...}" } })) } },
+            "/api/v1/runs/{id}/approve": { "parameters": id, "post": { "summary": "Approve a held import: authorize permission, or a one-time code", "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Decision" } } } }, "responses": errors(json!({ "200": ok("the run", "Run") })) } },
             "/api/v1/schedule/next": { "get": { "summary": "Preview a schedule's next fire times", "security": [], "parameters": [
                 { "name": "schedule", "in": "query", "required": true, "schema": { "type": "string" } }, { "name": "tz", "in": "query", "schema": { "type": "string" } },
                 { "name": "from", "in": "query", "schema": { "type": "string" } }, { "name": "count", "in": "query", "schema": { "type": "integer" } }

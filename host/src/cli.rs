@@ -854,6 +854,8 @@ fn print_rows(plan: &ImportPlan, types: &[String], limit: usize) {
 fn wait_with_progress(cx: &Ctx, user: &User, id: u64) -> Result<Run> {
     use std::io::Write;
     let sched = &cx.scheduler;
+    // This process holds the store: runs left running belong to one that died.
+    sched.recover()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let shown = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let run = runtime.block_on(async {
@@ -1091,6 +1093,7 @@ fn task(cx: &Ctx, user: &User, cmd: TaskCmd) -> Result<()> {
                 println!("run {} queued for task {name}; `schoolbell serve` runs it, or use --wait", run.id);
                 return Ok(());
             }
+            sched.recover()?;
             let runtime = tokio::runtime::Runtime::new()?;
             let finished = runtime.block_on(async {
                 loop {
