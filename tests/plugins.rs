@@ -369,3 +369,35 @@ fn a_second_import_matches_rows_by_the_rule_and_reports_each_one() {
     assert_eq!(students[0]["grade"], 9);
     assert!(file.exists(), "a held file is not renamed");
 }
+
+#[test]
+fn windows_1252_files_are_read_when_the_task_says_so_and_refused_clearly_otherwise() {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    let bytes = b"Student ID,Last Name,First Name,Birth Date\r\nS1,Dub\xe9,Ren\xe9e,2010-01-02\r\n".to_vec();
+    let refused = sb.file("latin.csv", &bytes);
+    let out = import_students(&sb, &refused, FOUR_COLUMNS);
+    assert!(
+        out.contains("line 2 error, field `Last Name`: invalid UTF-8 at byte 3; if the file comes from Excel on Windows, set the task's encoding to windows-1252"),
+        "{out}"
+    );
+    let read = sb.file("latin2.csv", &bytes);
+    let out = sb.ok(&[
+        "import",
+        "file",
+        "import-csv-roster",
+        s(&read),
+        "--into",
+        "students",
+        "--key",
+        "student-id",
+        "--param",
+        FOUR_COLUMNS,
+        "--param",
+        "encoding=windows-1252",
+    ]);
+    assert!(out.contains("1 new"), "{out}");
+    let students: serde_json::Value = serde_json::from_str(&sb.ok(&["records", "list", "students", "--json"])).unwrap();
+    assert_eq!(students[0]["last-name"], "Dubé");
+    assert_eq!(students[0]["first-name"], "Renée");
+}

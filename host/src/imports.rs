@@ -336,6 +336,10 @@ pub fn pickup(target: &ImportTarget, settle: std::time::Duration) -> Result<(Vec
 pub struct ImportPlan {
     /// The file.
     pub file: PickedFile,
+    /// The ledger key: the file's content, mapped by this plugin build with
+    /// these parameters. The same bytes mapped differently (another
+    /// encoding, say) are a different import.
+    pub ledger_key: String,
     /// The mapping plugin and its component's hash.
     pub plugin: (String, String),
     /// The match rule and its source's hash.
@@ -417,8 +421,14 @@ pub fn prepare(
         Some(name) => Some(host.rules().get(name)?),
         None => None,
     };
+    let ledger_key = {
+        use sha2::Digest;
+        let params = serde_json::to_string(&request.params).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(format!("{}\n{}\n{params}", file.hash, entry.hash).as_bytes()))
+    };
     let mut plan = ImportPlan {
         file: file.clone(),
+        ledger_key: ledger_key.clone(),
         plugin: (entry.name.clone(), entry.hash.clone()),
         rule: rule.as_ref().map(|r| (r.name.clone(), r.hash.clone())),
         collection: target.collection.clone(),
@@ -429,7 +439,7 @@ pub fn prepare(
         hold: Hold::None,
         changed_percent: 0.0,
         added_percent: 0.0,
-        already_imported: store.import_ledger(&file.hash)?,
+        already_imported: store.import_ledger(&ledger_key)?,
         log: Vec::new(),
     };
     if plan.already_imported.is_some() {
@@ -533,7 +543,7 @@ pub fn commit(host: &PluginHost, plan: &ImportPlan, run: &str) -> Result<u64, Er
             return Err(Error::Changed(format!("rule {name} changed since the plan was made")));
         }
         let entry = format!("{run}, file {}, committed {}", plan.file.path, chrono::Utc::now().to_rfc3339());
-        let n = store.commit_import(&plan.collection, &plan.writes, &plan.file.hash, &entry)?;
+        let n = store.commit_import(&plan.collection, &plan.writes, &plan.ledger_key, &entry)?;
         store.flush()?;
         n as u64
     };
