@@ -595,7 +595,9 @@ struct Plan {
 /// How a row matched.
 enum Match {
     New,
-    One(String, String),
+    /// The record's key, the match key's name, and the record when the
+    /// lookup already read it.
+    One(String, String, Option<Record>),
     Several(Vec<String>, String),
 }
 
@@ -614,15 +616,17 @@ fn find(
             continue;
         }
         let name = key.join(" + ");
-        let found = if key.len() == 1 && key[0] == spec.key_field {
+        if key.len() == 1 && key[0] == spec.key_field {
             let k = row[&spec.key_field].to_key_text();
-            store.get_record(collection, &k)?.map(|_| vec![k]).unwrap_or_default()
-        } else {
-            store.find_by_index(collection, key, row)?
-        };
+            match store.get_record(collection, &k)? {
+                Some(record) => return Ok(Match::One(k, name, Some(record))),
+                None => continue,
+            }
+        }
+        let found = store.find_by_index(collection, key, row)?;
         match found.len() {
             0 => continue,
-            1 => return Ok(Match::One(found.into_iter().next().unwrap_or_default(), name)),
+            1 => return Ok(Match::One(found.into_iter().next().unwrap_or_default(), name, None)),
             _ => return Ok(Match::Several(found, name)),
         }
     }
@@ -678,12 +682,15 @@ fn plan_rows(
                     RowOutcome::New { key }
                 }
             },
-            Match::One(key, matched_on) => {
+            Match::One(key, matched_on, read) => {
                 if let Some(first_line) = seen.get(&key) {
                     RowOutcome::Duplicate { key, first_line: *first_line }
                 } else {
                     seen.insert(key.clone(), line);
-                    let existing = store.get_record(collection, &key)?.unwrap_or_default();
+                    let existing = match read {
+                        Some(record) => record,
+                        None => store.get_record(collection, &key)?.unwrap_or_default(),
+                    };
                     let mut merged = existing.clone();
                     let mut changes = Vec::new();
                     for (field, after) in row {
