@@ -21,7 +21,10 @@ fn student(i: usize, grade: i64) -> Record {
     r.insert("student-id".into(), Value::Text(format!("S{i:07}")));
     r.insert("last-name".into(), Value::Text(format!("Last{i}")));
     r.insert("first-name".into(), Value::Text(format!("First{}", i % 977)));
-    r.insert("birth-date".into(), Value::Date(Date { year: 2005 + (i % 10) as i32, month: 1 + (i % 12) as u8, day: 1 + (i % 28) as u8 }));
+    r.insert(
+        "birth-date".into(),
+        Value::Date(Date { year: 2005 + (i % 10) as i32, month: 1 + (i % 12) as u8, day: 1 + (i % 28) as u8 }),
+    );
     r.insert("gender".into(), Value::Text(["F", "M", "X"][i % 3].into()));
     r.insert("grade".into(), Value::Int(grade));
     r
@@ -153,6 +156,9 @@ fn main() {
     let started = Instant::now();
     let (rows, n) = native(&store, &path);
     let native_time = started.elapsed();
-    println!("native: {native_time:.1?} = {:.0} rows/s ({rows} rows, {n} written)", ROWS as f64 / native_time.as_secs_f64());
+    println!(
+        "native: {native_time:.1?} = {:.0} rows/s ({rows} rows, {n} written)",
+        ROWS as f64 / native_time.as_secs_f64()
+    );
     println!("pipeline / native time: {:.2}x", total.as_secs_f64() / native_time.as_secs_f64());
 }
