@@ -133,6 +133,9 @@ pub struct Scheduler {
     /// Queued runs per task, for the overlap policy without scanning the
     /// queue at every fire. Built from the durable queue on first use.
     queued_per_task: Mutex<Option<HashMap<String, usize>>>,
+    /// Decisions on held imports one at a time, so two confirmations of
+    /// the same run cannot both commit it.
+    import_lock: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -152,6 +155,7 @@ impl Scheduler {
             shutting_down: AtomicBool::new(false),
             fire_lock: Mutex::new(()),
             queued_per_task: Mutex::new(None),
+            import_lock: Mutex::new(()),
         })
     }
 
@@ -350,12 +354,23 @@ impl Scheduler {
                 )));
             }
             RunStatus::Running => {
+                // Under the live lock the worker cannot record its outcome
+                // meanwhile; re-read so a run that just finished is not
+                // overwritten with its running state.
                 let live = lock(&self.live);
+                let mut current = self.get_run(id)?;
+                if current.status.is_finished() {
+                    return Err(Error::Conflict(format!(
+                        "run {id} has already finished ({}); there is nothing to cancel",
+                        current.status
+                    )));
+                }
                 if let Some(l) = live.get(&id) {
                     l.control.cancel(Duration::from_secs(self.host.config().cancel_grace_secs));
                 }
-                run.cancel_requested_by = Some(user.name.clone());
-                self.store.put_run(id, &run, None)?;
+                current.cancel_requested_by = Some(user.name.clone());
+                self.store.put_run(id, &current, None)?;
+                run = current;
             }
             RunStatus::Queued => {
                 if let Some((key, _)) = self.store.queued()?.into_iter().find(|(_, q)| *q == id)
@@ -453,6 +468,7 @@ impl Scheduler {
     /// the rule or the plugin changed since. A plan the guard would hold is
     /// held now instead, for confirmation or authorization.
     pub fn import_commit(&self, user: &User, id: RunId) -> Result<Run> {
+        let _decide = lock(&self.import_lock);
         let (mut run, plan) = self.held_plan(user, id)?;
         Self::check_control(user, &run, "commit")?;
         if !run.dry_run || run.status != RunStatus::Succeeded {
@@ -481,6 +497,7 @@ impl Scheduler {
 
     /// Confirms an import held for confirmation, and commits it.
     pub fn import_confirm(&self, user: &User, id: RunId, comment: Option<String>) -> Result<Run> {
+        let _decide = lock(&self.import_lock);
         let (mut run, plan) = self.held_plan(user, id)?;
         Self::check_control(user, &run, "confirm")?;
         if run.status != RunStatus::AwaitingConfirmation {
@@ -492,6 +509,7 @@ impl Scheduler {
 
     /// Files an authorization request, with a comment saying why.
     pub fn import_request(&self, user: &User, id: RunId, comment: &str) -> Result<Run> {
+        let _decide = lock(&self.import_lock);
         let (mut run, _) = self.held_plan(user, id)?;
         Self::check_control(user, &run, "request authorization for")?;
         if run.status != RunStatus::AwaitingAuthorization {
@@ -511,6 +529,7 @@ impl Scheduler {
     /// Issues a one-time approval code for a held import (authorize
     /// permission only). Only its hash is kept; a new code replaces the old.
     pub fn import_code(&self, user: &User, id: RunId) -> Result<String> {
+        let _decide = lock(&self.import_lock);
         if !user.has(crate::users::Permission::Authorize) {
             return Err(Error::Forbidden("issuing approval codes needs the authorize permission".into()));
         }
@@ -531,6 +550,7 @@ impl Scheduler {
     /// Approves a held import, after its authorization request: by a user
     /// with the authorize permission, or by anyone with the one-time code.
     pub fn import_approve(&self, user: &User, id: RunId, code: Option<&str>) -> Result<Run> {
+        let _decide = lock(&self.import_lock);
         let (mut run, plan) = self.held_plan(user, id)?;
         if run.status != RunStatus::AwaitingAuthorization {
             return Err(Error::Conflict(format!("run {id} is {}, not awaiting authorization", run.status)));
