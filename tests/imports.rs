@@ -76,6 +76,7 @@ impl Fixture {
                 key_field: Some("student-id".into()),
                 indexes: vec![],
                 match_rule: Some("match_student".into()),
+                credential: None,
             }),
             ..TaskSpec::default()
         };

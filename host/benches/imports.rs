@@ -122,6 +122,7 @@ fn main() {
         key_field: Some("student-id".into()),
         indexes: vec![],
         match_rule: Some("match_student".into()),
+        credential: None,
     };
     let mut params = Record::new();
     params.insert(
@@ -130,11 +131,12 @@ fn main() {
     );
     let request = RunRequest { task: "bench".into(), params, ..Default::default() };
     let started = Instant::now();
-    let (files, _) = imports::pickup(&target, Duration::ZERO).unwrap();
+    let sources = imports::Sources::default();
+    let (files, _) = imports::pickup(&store, &target, Duration::ZERO, &sources).unwrap();
     let picked = started.elapsed();
     let plan = imports::prepare(&host, "import-csv-roster", &target, &files[0], &request).unwrap();
     let planned = started.elapsed();
-    let written = imports::commit(&host, &plan, "bench").unwrap();
+    let written = imports::commit(&host, &plan, "bench", &target, &sources).unwrap();
     let total = started.elapsed();
     let report_lines: usize = plan.rows.iter().map(|r| r.messages().len()).sum();
     println!(

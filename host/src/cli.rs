@@ -65,6 +65,9 @@ enum Command {
     /// Users, roles and API tokens.
     #[command(subcommand)]
     User(UserCmd),
+    /// Credentials (SFTP keys), stored encrypted and never printed.
+    #[command(subcommand)]
+    Secret(SecretCmd),
     /// Run the scheduler, the workers and the HTTP API until SIGTERM.
     Serve {
         /// Listen address (overrides `[api] listen`); port 0 picks a free port.
@@ -157,6 +160,11 @@ enum RecordsCmd {
 
 #[derive(Subcommand)]
 enum ImportCmd {
+    /// Test connection: reach an import task's source and say what it would pick up.
+    TestConnection {
+        /// The import task.
+        task: String,
+    },
     /// Run an import task now, here, with a progress bar (`--dry-run`: a test import that changes nothing).
     Run {
         /// The import task.
@@ -369,6 +377,9 @@ struct TaskArgs {
     /// Import tasks: the match rule (such as `match_student`).
     #[arg(long)]
     match_rule: Option<String>,
+    /// Import tasks with an `sftp://user@host:port/folder` source: the stored secret with the private key.
+    #[arg(long)]
+    credential: Option<String>,
     /// Import tasks with a folder source: pick up files whose names start with this.
     #[arg(long)]
     prefix: Option<String>,
@@ -456,6 +467,20 @@ enum ScheduleCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Store (or replace) a secret from a file, such as a private key.
+    Set {
+        /// Its name, used by tasks (`--credential NAME`).
+        name: String,
+        /// The file holding it.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List the secrets' names (never their values).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -548,6 +573,10 @@ pub(crate) fn open(data: &Path, rules: Option<&Path>) -> Result<Ctx> {
     let store = Arc::new(Store::open(&data.join("store")).map_err(|e| in_use(data, e))?);
     let host = Arc::new(PluginHost::new(store, Arc::new(rules), &data.join("cache"), config.sandbox.clone())?);
     let scheduler = Scheduler::new(host.clone(), Arc::new(SystemClock), config.scheduler.clone());
+    scheduler.set_sources(schoolbell::imports::Sources {
+        secrets: Some(schoolbell::secrets::Secrets::open(data)?),
+        staging: data.join("staging"),
+    });
     Ok(Ctx { data: data.to_path_buf(), host, scheduler, config })
 }
 
@@ -612,6 +641,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
                 key_field: key,
                 indexes,
                 match_rule,
+                credential: None,
             };
             let (plan, written) = schoolbell::imports::import_file(&cx.host, &plugin, &target, &request, confirm)?;
             if json {
@@ -650,6 +680,18 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Command::Task(cmd) => task(&cx, &users::get(cx.host.store(), &args.as_user)?, cmd),
         Command::Runs(cmd) => runs(&cx, &users::get(cx.host.store(), &args.as_user)?, cmd),
         Command::User(cmd) => user(&cx, cmd),
+        Command::Secret(SecretCmd::Set { name, file }) => {
+            let value = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            schoolbell::secrets::Secrets::open(&cx.data)?.set(cx.host.store(), &name, &value)?;
+            println!("secret {name} stored (encrypted)");
+            Ok(())
+        }
+        Command::Secret(SecretCmd::List) => {
+            for name in cx.host.store().secret_names()? {
+                println!("{name}");
+            }
+            Ok(())
+        }
         Command::Serve { listen } => crate::serve::run(cx, listen),
         Command::Rule(_) | Command::Schedule(_) => unreachable!("handled above"),
     }
@@ -891,6 +933,7 @@ fn import(cx: &Ctx, user: &User, cmd: ImportCmd) -> Result<()> {
     };
     match cmd {
         ImportCmd::File { .. } => unreachable!("handled in run"),
+        ImportCmd::TestConnection { task } => println!("{}", sched.test_connection(user, &task)?),
         ImportCmd::Run { task, dry_run } => {
             let queued = if dry_run { sched.test_import(user, &task)? } else { sched.run_now(user, &task)? };
             let run = wait_with_progress(cx, user, queued.id)?;
@@ -1029,6 +1072,7 @@ fn task(cx: &Ctx, user: &User, cmd: TaskCmd) -> Result<()> {
                     key_field: a.key,
                     indexes: a.indexes,
                     match_rule: a.match_rule,
+                    credential: a.credential,
                 }),
                 (None, None) => None,
                 _ => bail!("an import task needs both --source FILE-OR-FOLDER and --collection NAME"),

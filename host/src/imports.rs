@@ -9,6 +9,8 @@
 //! several matches (one message per candidate; the row is not applied), or
 //! error (with line and field).
 
+mod sftp;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
@@ -46,6 +48,68 @@ pub struct ImportTarget {
     /// one, rows match on the key field alone.
     #[serde(default)]
     pub match_rule: Option<String>,
+    /// For an `sftp://` source: the name of the stored secret holding the
+    /// private key (`schoolbell secret set NAME --file KEY`).
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+/// What pickup and commit need beyond the target: the stored credentials
+/// and where remote files are staged.
+pub struct Sources {
+    /// The data directory's secrets, when one is open.
+    pub secrets: Option<crate::secrets::Secrets>,
+    /// Where files from SFTP sources are downloaded to.
+    pub staging: std::path::PathBuf,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources { secrets: None, staging: std::env::temp_dir().join("schoolbell-staging") }
+    }
+}
+
+impl Sources {
+    fn connect(&self, store: &Store, target: &ImportTarget) -> Result<sftp::Conn, Error> {
+        let remote = sftp::Remote::parse(&target.source)?;
+        let name = target.credential.as_deref().ok_or_else(|| {
+            Error::Target(format!(
+                "source {} needs a credential: the name of a stored secret with the private key",
+                target.source
+            ))
+        })?;
+        let secrets =
+            self.secrets.as_ref().ok_or_else(|| Error::Target("no secrets are open in this process".into()))?;
+        let key = secrets.get(store, name)?;
+        sftp::Conn::connect(&remote, &String::from_utf8_lossy(&key))
+    }
+}
+
+/// "Test connection": reaches the source and says what it would pick up.
+pub fn test_connection(store: &Store, target: &ImportTarget, sources: &Sources) -> Result<String, Error> {
+    let prefix = target.prefix.as_deref().unwrap_or("");
+    if target.source.starts_with("sftp://") {
+        let conn = sources.connect(store, target)?;
+        let files = conn.list(prefix)?;
+        return Ok(format!("connected to {}: {} file(s) named {prefix}*", target.source, files.len()));
+    }
+    let path = Path::new(&target.source);
+    if path.is_dir() {
+        let n = std::fs::read_dir(path)
+            .map_err(|source| Error::Open { path: target.source.clone(), source })?
+            .filter(|e| {
+                e.as_ref().is_ok_and(|e| {
+                    e.file_name().to_string_lossy().starts_with(prefix)
+                        && !e.file_name().to_string_lossy().starts_with("P_")
+                })
+            })
+            .count();
+        Ok(format!("folder {} is readable: {n} file(s) named {prefix}*", target.source))
+    } else if path.is_file() {
+        Ok(format!("file {} is readable", target.source))
+    } else {
+        Err(Error::Target(format!("{} does not exist", target.source)))
+    }
 }
 
 /// The mass-change guard: a plan that changes, adds or inactivates at
@@ -229,6 +293,12 @@ pub enum Error {
     /// A stored plan no longer fits what it was made from.
     #[error("{0}; run the test import again")]
     Changed(String),
+    /// The SFTP server failed or refused.
+    #[error("{0}")]
+    Remote(String),
+    /// The credential could not be read.
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::Error),
     /// The file could not be renamed after the commit.
     #[error(
         "the import of {file} is committed, but the file could not be renamed: {source}; rename or remove it by hand (the ledger keeps it from being imported twice)"
@@ -279,6 +349,8 @@ pub struct PickedFile {
     pub hash: String,
     /// Its size in bytes.
     pub size: u64,
+    /// For an SFTP source: its name on the server (`path` is the staged copy).
+    pub remote: Option<String>,
 }
 
 fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
@@ -293,7 +365,15 @@ fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
 /// the source folder whose names start with the prefix (never `P_` ones,
 /// which are done), oldest name first, once their size has held still for
 /// `settle`. Returns the files and a note for each one left for later.
-pub fn pickup(target: &ImportTarget, settle: std::time::Duration) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
+pub fn pickup(
+    store: &Store,
+    target: &ImportTarget,
+    settle: std::time::Duration,
+    sources: &Sources,
+) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
+    if target.source.starts_with("sftp://") {
+        return pickup_remote(store, target, settle, sources);
+    }
     let source = Path::new(&target.source);
     let open_error = |source_err: std::io::Error| Error::Open { path: target.source.clone(), source: source_err };
     let mut candidates = Vec::new();
@@ -324,7 +404,38 @@ pub fn pickup(target: &ImportTarget, settle: std::time::Duration) -> Result<(Vec
             continue;
         }
         let (hash, size) = hash_file(&path).map_err(|source| Error::Open { path: shown.clone(), source })?;
-        picked.push(PickedFile { path: shown, hash, size });
+        picked.push(PickedFile { path: shown, hash, size, remote: None });
+    }
+    Ok((picked, notes))
+}
+
+fn pickup_remote(
+    store: &Store,
+    target: &ImportTarget,
+    settle: std::time::Duration,
+    sources: &Sources,
+) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
+    let conn = sources.connect(store, target)?;
+    let prefix = target.prefix.as_deref().unwrap_or("");
+    let before = conn.list(prefix)?;
+    if !before.is_empty() && !settle.is_zero() {
+        std::thread::sleep(settle);
+    }
+    let after: BTreeMap<String, u64> = conn.list(prefix)?.into_iter().collect();
+    std::fs::create_dir_all(&sources.staging)
+        .map_err(|source| Error::Open { path: sources.staging.display().to_string(), source })?;
+    let mut picked = Vec::new();
+    let mut notes = Vec::new();
+    for (name, size) in before {
+        if after.get(&name) != Some(&size) {
+            notes.push(format!("{}/{name} is still being written; it is left for the next run", target.source));
+            continue;
+        }
+        let local = sources.staging.join(&name);
+        conn.download(&name, &local)?;
+        let (hash, size) =
+            hash_file(&local).map_err(|source| Error::Open { path: local.display().to_string(), source })?;
+        picked.push(PickedFile { path: local.display().to_string(), hash, size, remote: Some(name) });
     }
     Ok((picked, notes))
 }
@@ -524,7 +635,13 @@ fn inactivate_missing(
 /// are as they were, writes every record and the ledger entry in one atomic
 /// batch, flushes, and only then renames the file `P_<name>_<UTC time>`.
 /// Returns the number of records written.
-pub fn commit(host: &PluginHost, plan: &ImportPlan, run: &str) -> Result<u64, Error> {
+pub fn commit(
+    host: &PluginHost,
+    plan: &ImportPlan,
+    run: &str,
+    target: &ImportTarget,
+    sources: &Sources,
+) -> Result<u64, Error> {
     let store = host.store();
     let path = Path::new(&plan.file.path);
     let written = if plan.already_imported.is_some() {
@@ -547,9 +664,12 @@ pub fn commit(host: &PluginHost, plan: &ImportPlan, run: &str) -> Result<u64, Er
         store.flush()?;
         n as u64
     };
-    if path.exists() {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    if let Some(remote) = &plan.file.remote {
+        sources.connect(store, target)?.rename(remote, &format!("P_{remote}_{stamp}"))?;
+        let _ = std::fs::remove_file(path);
+    } else if path.exists() {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
         let renamed = path.with_file_name(format!("P_{name}_{stamp}"));
         std::fs::rename(path, &renamed).map_err(|source| Error::Rename { file: plan.file.path.clone(), source })?;
     }
@@ -565,7 +685,8 @@ pub fn import_file(
     request: &RunRequest,
     confirmed: bool,
 ) -> Result<(ImportPlan, Option<u64>), Error> {
-    let (files, notes) = pickup(target, std::time::Duration::ZERO)?;
+    let sources = Sources::default();
+    let (files, notes) = pickup(host.store(), target, std::time::Duration::ZERO, &sources)?;
     let Some(file) = files.into_iter().next() else {
         return Err(Error::Target(
             notes.into_iter().next().unwrap_or_else(|| format!("no file to import at {}", target.source)),
@@ -580,7 +701,7 @@ pub fn import_file(
     if !allowed {
         return Ok((plan, None));
     }
-    let written = commit(host, &plan, "cli")?;
+    let written = commit(host, &plan, "cli", target, &sources)?;
     Ok((plan, Some(written)))
 }
 

@@ -14,6 +14,7 @@ pub mod rules;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 pub mod tasks;
 pub mod users;

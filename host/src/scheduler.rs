@@ -136,6 +136,8 @@ pub struct Scheduler {
     /// Decisions on held imports one at a time, so two confirmations of
     /// the same run cannot both commit it.
     import_lock: Mutex<()>,
+    /// Credentials and staging for import sources.
+    sources: std::sync::RwLock<imports::Sources>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,7 +158,21 @@ impl Scheduler {
             fire_lock: Mutex::new(()),
             queued_per_task: Mutex::new(None),
             import_lock: Mutex::new(()),
+            sources: std::sync::RwLock::new(imports::Sources::default()),
         })
+    }
+
+    /// Sets where import sources find their credentials and stage files.
+    pub fn set_sources(&self, sources: imports::Sources) {
+        *self.sources.write().unwrap_or_else(|e| e.into_inner()) = sources;
+    }
+
+    /// "Test connection" for an import task's source.
+    pub fn test_connection(&self, user: &User, name: &str) -> Result<String> {
+        let task = self.task(user, name)?;
+        let target = task.import.ok_or_else(|| Error::Invalid(format!("task `{name}` is not an import")))?;
+        let sources = self.sources.read().unwrap_or_else(|e| e.into_inner());
+        imports::test_connection(&self.store, &target, &sources).map_err(|e| Error::Invalid(e.to_string()))
     }
 
     /// The plugin host runs use.
@@ -447,10 +463,16 @@ impl Scheduler {
 
     /// Applies a plan and finishes its run.
     fn apply_plan(&self, mut run: Run, plan: &imports::ImportPlan, user: &User) -> Result<Run> {
-        let written = imports::commit(&self.host, plan, &format!("run {}", run.id)).map_err(|e| match e {
-            imports::Error::Changed(_) => Error::Conflict(e.to_string()),
-            other => Error::Invalid(other.to_string()),
-        })?;
+        let target = self
+            .get_task(&run.task)?
+            .import
+            .ok_or_else(|| Error::Conflict(format!("task `{}` is no longer an import", run.task)))?;
+        let sources = self.sources.read().unwrap_or_else(|e| e.into_inner());
+        let written =
+            imports::commit(&self.host, plan, &format!("run {}", run.id), &target, &sources).map_err(|e| match e {
+                imports::Error::Changed(_) => Error::Conflict(e.to_string()),
+                other => Error::Invalid(other.to_string()),
+            })?;
         let now = self.now();
         run.summary.insert("written".into(), written);
         run.status = RunStatus::Succeeded;
@@ -790,7 +812,9 @@ impl Scheduler {
                 TaskKind::Import => {
                     let target = task.import.as_ref().ok_or("the task has no import source")?;
                     let settle = Duration::from_millis(self.config.pickup_settle_ms);
-                    let (files, notes) = imports::pickup(target, settle).map_err(|e| e.to_string())?;
+                    let sources = self.sources.read().unwrap_or_else(|e| e.into_inner());
+                    let (files, notes) =
+                        imports::pickup(&self.store, target, settle, &sources).map_err(|e| e.to_string())?;
                     for note in notes {
                         messages.push(TaskMessage {
                             seq: 0,
@@ -842,8 +866,9 @@ impl Scheduler {
                     } else {
                         match plan.hold {
                             imports::Hold::None => {
-                                let written = imports::commit(&self.host, &plan, &format!("run {id}"))
-                                    .map_err(|e| e.to_string())?;
+                                let written =
+                                    imports::commit(&self.host, &plan, &format!("run {id}"), target, &sources)
+                                        .map_err(|e| e.to_string())?;
                                 summary.insert("written".into(), written);
                                 RunStatus::Succeeded
                             }

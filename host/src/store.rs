@@ -117,6 +117,7 @@ pub struct Store {
     users: sled::Tree,
     tokens: sled::Tree,
     plans: sled::Tree,
+    secrets: sled::Tree,
     /// Record writes read old values to maintain indexes and counts; one
     /// writer at a time keeps that read-modify-write consistent.
     write_lock: Mutex<()>,
@@ -196,6 +197,7 @@ impl Store {
             users: tree("users")?,
             tokens: tree("tokens")?,
             plans: tree("import_plans")?,
+            secrets: tree("secrets")?,
             db,
             write_lock: Mutex::new(()),
         };

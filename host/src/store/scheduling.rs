@@ -419,6 +419,26 @@ impl Store {
         Ok(())
     }
 
+    /// Stores an encrypted secret (the `secrets` module encrypts it).
+    pub fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<()> {
+        self.secrets.insert(name.as_bytes(), sealed).map_err(io("secrets"))?;
+        Ok(())
+    }
+
+    /// An encrypted secret.
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.secrets.get(name.as_bytes()).map_err(io("secrets"))?.map(|v| v.to_vec()))
+    }
+
+    /// The names of the stored secrets (never their values).
+    pub fn secret_names(&self) -> Result<Vec<String>> {
+        self.secrets
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k.map_err(io("secrets"))?).into_owned()))
+            .collect()
+    }
+
     /// Maps a token's hash to its user.
     pub fn put_token(&self, hash: &str, user: &str) -> Result<()> {
         self.tokens.insert(hash.as_bytes(), user.as_bytes()).map_err(io("tokens"))?;

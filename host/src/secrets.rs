@@ -1,0 +1,119 @@
+//! Secrets: credentials (SFTP keys) stored encrypted at rest and never
+//! printed. Each is sealed with XChaCha20-Poly1305 under a key kept in the
+//! data directory (`secret.key`, mode 0600) apart from the store, so a copy
+//! of the store alone reveals nothing.
+
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use crate::store::{self, Store};
+
+/// Errors about secrets. None of them includes a secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The key file cannot be read or made.
+    #[error("the secrets key {}: {source}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No secret by that name.
+    #[error("no secret named `{0}`; store one with `schoolbell secret set {0} --file PATH`")]
+    Unknown(String),
+    /// The secret does not decrypt: the key file is not the one it was sealed with.
+    #[error("secret `{0}` cannot be decrypted with this data directory's secret.key; set it again")]
+    Undecryptable(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// The secrets of one data directory.
+pub struct Secrets {
+    cipher: XChaCha20Poly1305,
+}
+
+impl Secrets {
+    /// Opens the key in `data_dir`, making it on first use.
+    pub fn open(data_dir: &Path) -> Result<Secrets, Error> {
+        let path = data_dir.join("secret.key");
+        let key_error = |source| Error::Key { path: path.clone(), source };
+        let key = match std::fs::read(&path) {
+            Ok(k) if k.len() == 32 => k,
+            Ok(_) => return Err(key_error(std::io::Error::other("it is not 32 bytes"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut k = vec![0u8; 32];
+                getrandom::fill(&mut k).map_err(|e| key_error(std::io::Error::other(e.to_string())))?;
+                write_private(&path, &k).map_err(key_error)?;
+                k
+            }
+            Err(e) => return Err(key_error(e)),
+        };
+        let cipher =
+            XChaCha20Poly1305::new_from_slice(&key).map_err(|_| key_error(std::io::Error::other("bad key length")))?;
+        Ok(Secrets { cipher })
+    }
+
+    /// Seals and stores a secret.
+    pub fn set(&self, store: &Store, name: &str, value: &[u8]) -> Result<(), Error> {
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Error::Key { path: "secret.key".into(), source: std::io::Error::other(e.to_string()) })?;
+        let sealed =
+            self.cipher.encrypt(XNonce::from_slice(&nonce), value).map_err(|_| Error::Undecryptable(name.into()))?;
+        let mut stored = nonce.to_vec();
+        stored.extend_from_slice(&sealed);
+        store.put_secret(name, &stored)?;
+        store.flush()?;
+        Ok(())
+    }
+
+    /// A secret's value.
+    pub fn get(&self, store: &Store, name: &str) -> Result<Vec<u8>, Error> {
+        let stored = store.secret(name)?.ok_or_else(|| Error::Unknown(name.into()))?;
+        if stored.len() < 24 {
+            return Err(Error::Undecryptable(name.into()));
+        }
+        let (nonce, sealed) = stored.split_at(24);
+        self.cipher.decrypt(XNonce::from_slice(nonce), sealed).map_err(|_| Error::Undecryptable(name.into()))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_round_trip_and_are_not_stored_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let secrets = Secrets::open(dir.path()).unwrap();
+        let value = b"-----BEGIN OPENSSH PRIVATE KEY----- very secret";
+        secrets.set(&store, "sftp", value).unwrap();
+        assert_eq!(secrets.get(&store, "sftp").unwrap(), value);
+        assert!(matches!(secrets.get(&store, "other"), Err(Error::Unknown(_))));
+        drop(store);
+        let leaked = walk(&dir.path().join("store")).into_iter().any(|b| b.windows(11).any(|w| w == b"very secret"));
+        assert!(!leaked, "the secret must not be on disk in the clear");
+    }
+
+    fn walk(dir: &Path) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(std::fs::read(p).unwrap()) }
+        }
+        out
+    }
+}
