@@ -206,13 +206,23 @@ fn run_id(raw: &str) -> Result<RunId, ApiError> {
     raw.parse().map_err(|_| bad(format!("`{raw}` is not a run id (a whole number)")))
 }
 
+/// One operation on a run by id, answered with the run as JSON.
+async fn on_run(
+    s: Arc<Scheduler>,
+    u: User,
+    raw: String,
+    op: fn(&Scheduler, &User, RunId) -> scheduler::Result<crate::runs::Run>,
+) -> Result<Json<Json_>, ApiError> {
+    let id = run_id(&raw)?;
+    blocking(move || Ok(Json(json!(op(&s, &u, id)?)))).await
+}
+
 async fn show_run(
     State(s): State<Arc<Scheduler>>,
     Caller(u): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    let id = run_id(&id)?;
-    blocking(move || Ok(Json(json!(s.run(&u, id)?)))).await
+    on_run(s, u, id, Scheduler::run).await
 }
 
 async fn cancel_run(
@@ -220,8 +230,7 @@ async fn cancel_run(
     Caller(u): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    let id = run_id(&id)?;
-    blocking(move || Ok(Json(json!(s.cancel(&u, id)?)))).await
+    on_run(s, u, id, Scheduler::cancel).await
 }
 
 async fn delete_run(
@@ -346,8 +355,7 @@ async fn import_commit(
     Caller(u): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    let id = run_id(&id)?;
-    blocking(move || Ok(Json(json!(s.import_commit(&u, id)?)))).await
+    on_run(s, u, id, Scheduler::import_commit).await
 }
 
 async fn import_confirm(
