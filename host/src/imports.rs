@@ -728,27 +728,30 @@ fn find(
     store: &Store,
     collection: &str,
     spec: &CollectionSpec,
-    keys: &[Vec<String>],
+    keys: &[(Vec<String>, String)],
     row: &Record,
 ) -> Result<Match, Error> {
-    let has = |f: &String| row.get(f).is_some_and(|v| !matches!(v, Value::Null) && !v.to_key_text().trim().is_empty());
-    for key in keys {
+    let has = |f: &String| match row.get(f) {
+        None | Some(Value::Null) => false,
+        Some(Value::Text(t)) => !t.trim().is_empty(),
+        Some(_) => true,
+    };
+    for (key, name) in keys {
         if !key.iter().all(has) {
             continue;
         }
-        let name = key.join(" + ");
         if key.len() == 1 && key[0] == spec.key_field {
             let k = row[&spec.key_field].to_key_text();
             match store.get_record(collection, &k)? {
-                Some(record) => return Ok(Match::One(k, name, Some(record))),
+                Some(record) => return Ok(Match::One(k, name.clone(), Some(record))),
                 None => continue,
             }
         }
         let found = store.find_by_index(collection, key, row)?;
         match found.len() {
             0 => continue,
-            1 => return Ok(Match::One(found.into_iter().next().unwrap_or_default(), name, None)),
-            _ => return Ok(Match::Several(found, name)),
+            1 => return Ok(Match::One(found.into_iter().next().unwrap_or_default(), name.clone(), None)),
+            _ => return Ok(Match::Several(found, name.clone())),
         }
     }
     Ok(Match::New)
@@ -777,9 +780,16 @@ fn plan_rows(
         with.indexes.extend(missing);
         store.define_collection(collection, &with)?;
     }
+    let keys: Vec<(Vec<String>, String)> = keys
+        .into_iter()
+        .map(|k| {
+            let name = k.join(" + ");
+            (k, name)
+        })
+        .collect();
     let mut out = Vec::with_capacity(rows.len() + mapping_errors.len());
     let mut writes = Vec::new();
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::with_capacity(rows.len());
     let mut errors = mapping_errors.iter().peekable();
     let error = |e: &RowError| RowReport {
         line: e.line,
@@ -812,22 +822,25 @@ fn plan_rows(
                         Some(record) => record,
                         None => store.get_record(collection, &key)?.unwrap_or_default(),
                     };
-                    let mut merged = existing.clone();
                     let mut changes = Vec::new();
-                    for (field, after) in row {
+                    for (field, after) in &row {
                         // The record keeps its key even when another key matched it.
-                        if field == spec.key_field {
+                        if *field == spec.key_field {
                             continue;
                         }
-                        let before = existing.get(&field).cloned().unwrap_or(Value::Null);
+                        let before = existing.get(field).unwrap_or(&Value::Null);
                         if before != after {
-                            changes.push((field.clone(), before, after.clone()));
-                            merged.insert(field, after);
+                            changes.push((field.clone(), before.clone(), after.clone()));
                         }
                     }
                     if changes.is_empty() {
+                        // Most rows of a nightly roster: nothing to copy.
                         RowOutcome::Existing { key }
                     } else {
+                        let mut merged = existing;
+                        for (field, _, after) in &changes {
+                            merged.insert(field.clone(), after.clone());
+                        }
                         writes.push(merged);
                         RowOutcome::Updated { key, matched_on, changes }
                     }
