@@ -9,7 +9,7 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Sb, plugin, s};
+use support::{FOUR_COLUMNS, Sb, Xorshift, plugin, s};
 
 const ROWS: usize = 20_000;
 
@@ -29,9 +29,8 @@ fn count(sb: &Sb, collection: &str) -> usize {
 fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
     let trials: usize = std::env::var("SCHOOLBELL_CRASH_TRIALS").ok().and_then(|t| t.parse().ok()).unwrap_or(3);
     let body: String = (0..ROWS).map(|i| format!("S{i:06},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
-    let columns =
-        "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let columns = FOUR_COLUMNS;
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
     let mut kills = 0;
     let mut partial_states = 0;
     for trial in 0..trials {
@@ -74,10 +73,7 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let wait = Duration::from_millis(20 + seed % 700);
+            let wait = Duration::from_millis(20 + rng.next() % 700);
             let deadline = Instant::now() + wait;
             let mut finished = None;
             while Instant::now() < deadline {

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Sb, fallback_plugin, plugin, s};
+use support::{FOUR_COLUMNS, Sb, fallback_plugin, plugin, s};
 
 const ROSTER: &str = "\u{feff}Student ID,Last Name,First Name,Birth Date,Grade\r\n\
 S1,Ng,Ann,2010-01-02,10\r\n\
@@ -16,9 +16,6 @@ const ATTENDANCE: &str = r#"[
   {"student-id": "S2", "first-name": "Bo", "last-name": "Li", "absences": 12, "division": "Lower", "campus": "South", "department": "Math", "level": "9"},
   {"student-id": "S3", "first-name": "Cy", "last-name": "Ko", "absences": 1, "division": "Lower", "campus": "North", "department": "Art", "level": "9"}
 ]"#;
-
-const FOUR_COLUMNS: &str =
-    "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
 
 /// Imports `file` into `students` through import-csv-roster with `columns`.
 fn import_students(sb: &Sb, file: &std::path::Path, columns: &str) -> String {

@@ -241,13 +241,10 @@ fn a_fire_never_gives_two_runs_across_sigkill() {
         ]);
     }
     // Kill the server at varied moments while fires are queued and running.
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = support::Xorshift(0x2545_f491_4f6c_dd1d);
     for _ in 0..6 {
         let server = sb.serve();
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(200 + seed % 1500));
+        std::thread::sleep(Duration::from_millis(200 + rng.next() % 1500));
         server.kill();
     }
     // Let the last process finish everything that is left.

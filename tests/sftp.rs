@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{Sb, Sshd, plugin, s};
+use support::{FOUR_COLUMNS, Sb, Sshd, plugin, s};
 
 #[test]
 fn an_sftp_import_picks_up_by_prefix_and_renames_on_the_server() {
@@ -24,8 +24,7 @@ fn an_sftp_import_picks_up_by_prefix_and_renames_on_the_server() {
     )
     .unwrap();
     std::fs::write(sshd.files().join("notes.txt"), "not ours").unwrap();
-    let columns =
-        "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
+    let columns = FOUR_COLUMNS;
     sb.ok(&[
         "task",
         "add",

@@ -609,12 +609,12 @@ fn inactivate_missing(
     rows: &mut Vec<RowReport>,
     writes: &mut Vec<Record>,
 ) -> Result<(), Error> {
+    let spec = store
+        .collection(collection)?
+        .ok_or_else(|| Error::Target(format!("collection `{collection}` does not exist")))?;
     let mut after: Option<String> = None;
     loop {
         let (page, next) = store.scan_records(collection, after.as_deref(), 1000)?;
-        let spec = store
-            .collection(collection)?
-            .ok_or_else(|| Error::Target(format!("collection `{collection}` does not exist")))?;
         for mut record in page {
             let key = record.get(&spec.key_field).map(Value::to_key_text).unwrap_or_default();
             if seen.contains(&key) || record.get("active") == Some(&Value::Bool(false)) {

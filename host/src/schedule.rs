@@ -306,10 +306,6 @@ impl Timing<'_> {
         self.pauses.iter().any(|p| p.from <= day && day <= p.to)
     }
 
-    fn in_window(&self, t: DateTime<Utc>) -> bool {
-        t >= self.start && self.end.is_none_or(|end| t <= end)
-    }
-
     /// The first fire time strictly after `after`, or none when the
     /// schedule has no more (a past `once`, an end date reached).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -344,7 +340,7 @@ impl Timing<'_> {
             if self.end.is_some_and(|end| t > end) {
                 return None;
             }
-            if self.in_window(t) && !self.paused(t) {
+            if !self.paused(t) {
                 return Some(t);
             }
         }

@@ -6,6 +6,23 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The roster mapping's column map for a file with ID, names and birth date.
+pub const FOUR_COLUMNS: &str =
+    "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
+
+/// A small deterministic generator (xorshift64) for varied but repeatable
+/// kill moments in crash tests.
+pub struct Xorshift(pub u64);
+
+impl Xorshift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// The repository's root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
