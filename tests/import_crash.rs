@@ -115,3 +115,58 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
     }
     eprintln!("{trials} trials, {kills} kills, {partial_states} kills between the commit and the rename");
 }
+
+/// The narrowest window, hit on purpose: the process dies after the commit
+/// is durable and before the rename. The records are all there, the file
+/// is still in the folder, and the next run recognises it by the ledger,
+/// imports nothing and renames it.
+#[test]
+fn a_crash_between_the_commit_and_the_rename_leaves_the_file_for_the_ledger() {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    sb.file("data/schoolbell.toml", "[scheduler]\npickup_settle_ms = 10\n");
+    let batch = sb.dir.path().join("batch");
+    std::fs::create_dir_all(&batch).unwrap();
+    sb.ok(&[
+        "task",
+        "add",
+        "nightly",
+        "--plugin",
+        "import-csv-roster",
+        "--schedule",
+        "daily at 22:00",
+        "--param",
+        FOUR_COLUMNS,
+        "--source",
+        s(&batch),
+        "--prefix",
+        "IC_",
+        "--collection",
+        "students",
+        "--key",
+        "student-id",
+    ]);
+    let body: String = (0..100).map(|i| format!("S{i:03},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
+    let file = batch.join("IC_roster.csv");
+    std::fs::write(&file, format!("Student ID,Last Name,First Name,Birth Date\n{body}")).unwrap();
+
+    let out = sb
+        .command()
+        .args(["import", "run", "nightly"])
+        .env(schoolbell::imports::CRASH_AFTER_COMMIT, "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the process died at the crash point");
+    assert_eq!(count(&sb, "students"), 100, "the commit was durable before the crash");
+    assert!(file.exists(), "the file is not renamed before the commit is durable, and the crash came first");
+
+    let out = sb.ok(&["import", "run", "nightly"]);
+    assert!(out.contains("written 0"), "{out}");
+    let messages = sb.ok(&["runs", "messages", "2"]);
+    assert!(messages.contains("already imported"), "the ledger recognises the content: {messages}");
+    assert_eq!(count(&sb, "students"), 100);
+    assert!(!file.exists(), "the second run renames the file");
+    let names: Vec<String> =
+        std::fs::read_dir(&batch).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.len() == 1 && names[0].starts_with("P_IC_roster.csv_"), "{names:?}");
+}

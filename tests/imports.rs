@@ -76,7 +76,7 @@ impl Fixture {
                 key_field: Some("student-id".into()),
                 indexes: vec![],
                 match_rule: Some("match_student".into()),
-                credential: None,
+                ..Default::default()
             }),
             ..TaskSpec::default()
         };
@@ -250,4 +250,65 @@ async fn mass_additions_need_a_request_and_an_authorized_approval_or_a_code() {
     let done = f.sched.import_approve(&auth, run.id, None).unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(f.count(), 25);
+}
+
+/// Every row type of the report, through the real binary: a row that ends a
+/// record, a row that removes one, and a full roster that inactivates or
+/// removes the records it lacks.
+#[test]
+fn rows_end_and_remove_records_and_a_full_roster_inactivates_or_removes_the_rest() {
+    use support::{Sb, s};
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&support::plugin("import-csv-roster"))]);
+    let columns = "--param=columns=student-id=Student ID; last-name=Last Name; first-name=First Name; \
+                   birth-date=Birth Date:date; end-date=End Date:date?; _action=Action?";
+    let import = |name: &str, body: &str, extra: &[&str]| -> String {
+        let file = sb.file(name, format!("Student ID,Last Name,First Name,Birth Date,End Date,Action\n{body}"));
+        let mut args =
+            vec!["import", "file", "import-csv-roster", s(&file), "--into", "students", "--key", "student-id"];
+        args.extend(["--end-field", "end-date", columns, "--confirm"]);
+        args.extend(extra);
+        sb.ok(&args)
+    };
+    let first: String = (1..=6).map(|i| format!("S{i},Last{i},First{i},2010-01-0{i},,\n")).collect();
+    let out = import("first.csv", &first, &[]);
+    assert!(out.contains(": 6 new ("), "{out}");
+
+    let second = "S1,Last1,First1,2010-01-01,2026-06-30,\n\
+                  S2,Last2,First2,2010-01-02,,remove\n\
+                  S3,Last3,First3,2010-01-03,,\n\
+                  S9,Last9,First9,2010-01-09,,remove\n\
+                  S4,Last4,First4,2010-01-04,,archive\n";
+    let out = import("second.csv", second, &["--full-roster"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains(": 1 ended, 2 error, 1 existing, 2 inactivated, 1 removed;"), "{out}");
+    assert!(lines[0].ends_with("(4 records written to `students`)"), "{out}");
+    assert!(
+        lines.contains(&"  line 2 ended: record S1 (matched on student-id) ended: end-date: null → 2026-06-30"),
+        "{out}"
+    );
+    assert!(lines.contains(&"  line 3 removed: record S2 removed at the row's request"), "{out}");
+    assert!(
+        lines.contains(&"  line 5 error, field `_action`: the row asks to remove a record, but no record matches it"),
+        "{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("  line 6 error, field `_action`: action `archive` is not known")),
+        "{out}"
+    );
+    assert!(lines.contains(&"  line 0 inactivated: record S5 is not in the full roster; inactivated"), "{out}");
+    let students: serde_json::Value = serde_json::from_str(&sb.ok(&["records", "list", "students", "--json"])).unwrap();
+    let keys: Vec<&str> = students.as_array().unwrap().iter().map(|r| r["student-id"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["S1", "S3", "S4", "S5", "S6"], "S2 is gone");
+    let active =
+        |id: &str| students.as_array().unwrap().iter().find(|r| r["student-id"] == id).unwrap()["active"].clone();
+    assert_eq!((active("S3"), active("S5"), active("S6")), (serde_json::Value::Null, false.into(), false.into()));
+
+    let out = import("third.csv", "S1,Last1,First1,2010-01-01,2026-06-30,\n", &["--full-roster", "--remove-missing"]);
+    assert!(out.contains("1 existing, 4 removed"), "{out}");
+    assert!(out.contains("  line 0 removed: record S4 is not in the full roster; removed"), "{out}");
+    let students: serde_json::Value = serde_json::from_str(&sb.ok(&["records", "list", "students", "--json"])).unwrap();
+    assert_eq!(students.as_array().unwrap().len(), 1, "{students}");
+    let listed = sb.ok(&["records", "list", "students"]);
+    assert!(listed.ends_with("(1 of 1 records)\n"), "the collection's count follows removals: {listed}");
 }

@@ -116,13 +116,12 @@ fn main() {
     let target = ImportTarget {
         source: batch.display().to_string(),
         prefix: Some("IC_Roster".into()),
-        full_roster: false,
         guard: Guard { confirm_percent: 100.0, authorize_percent: 100.0 },
         collection: "students".into(),
         key_field: Some("student-id".into()),
         indexes: vec![],
         match_rule: Some("match_student".into()),
-        credential: None,
+        ..Default::default()
     };
     let mut params = Record::new();
     params.insert(

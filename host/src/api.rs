@@ -514,7 +514,7 @@ pub fn openapi_document() -> Json_ {
             ], "responses": errors(json!({ "200": ok("a page of messages, or CSV", "Messages") })) } },
             "/api/v1/tasks/{name}/test-import": { "parameters": name, "post": { "summary": "Queue a test import (dry run): plan and report, write nothing", "responses": errors(json!({ "202": ok("the queued run", "Run") })) } },
             "/api/v1/runs/{id}/plan": { "parameters": id, "get": { "summary": "An import run's plan: what each row does, by change type (first 10,000 rows)", "parameters": [
-                { "name": "type", "in": "query", "schema": { "enum": ["new", "updated", "existing", "multiple", "duplicate", "inactivated", "error"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
+                { "name": "type", "in": "query", "schema": { "enum": ["new", "updated", "existing", "ended", "removed", "multiple", "duplicate", "inactivated", "error"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
             ], "responses": errors(json!({ "200": { "description": "the plan" } })) } },
             "/api/v1/runs/{id}/commit": { "parameters": id, "post": { "summary": "Commit a test import's plan exactly as planned (409 if the file, rule or plugin changed, or if the guard holds it)", "responses": errors(json!({ "200": ok("the run", "Run") })) } },
             "/api/v1/runs/{id}/confirm": { "parameters": id, "post": { "summary": "Confirm an import held for confirmation, and commit it", "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Decision" } } } }, "responses": errors(json!({ "200": ok("the run", "Run") })) } },

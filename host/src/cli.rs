@@ -177,7 +177,7 @@ enum ImportCmd {
     Preview {
         /// The run.
         run: u64,
-        /// Only rows of these types (new, updated, existing, multiple, duplicate, inactivated, error).
+        /// Only rows of these types (new, updated, existing, ended, removed, multiple, duplicate, inactivated, error).
         #[arg(long = "type")]
         types: Vec<String>,
         /// At most this many rows.
@@ -242,6 +242,12 @@ enum ImportCmd {
         /// The file is the full roster: inactivate records it lacks.
         #[arg(long)]
         full_roster: bool,
+        /// With --full-roster: delete the records the file lacks instead.
+        #[arg(long, requires = "full_roster")]
+        remove_missing: bool,
+        /// The field holding a record's end date; rows that set it are reported as ended.
+        #[arg(long)]
+        end_field: Option<String>,
         /// Confirm a mass change (>= 10%) up front.
         #[arg(long)]
         confirm: bool,
@@ -386,6 +392,12 @@ struct TaskArgs {
     /// Import tasks: the file is the full roster (records it lacks are inactivated).
     #[arg(long)]
     full_roster: bool,
+    /// Import tasks with --full-roster: delete the records the file lacks instead of inactivating them.
+    #[arg(long, requires = "full_roster")]
+    remove_missing: bool,
+    /// Import tasks: the field holding a record's end date; rows that set it are reported as ended.
+    #[arg(long)]
+    end_field: Option<String>,
     /// Import tasks: hold for confirmation at this % of records changed, added or inactivated.
     #[arg(long, default_value_t = 10.0)]
     confirm_percent: f64,
@@ -596,6 +608,10 @@ fn in_use(data: &Path, e: schoolbell::store::Error) -> anyhow::Error {
     e.into()
 }
 
+fn missing_records(remove: bool) -> schoolbell::imports::Missing {
+    if remove { schoolbell::imports::Missing::Remove } else { schoolbell::imports::Missing::Inactivate }
+}
+
 pub(crate) fn run(args: Args) -> Result<()> {
     if let Command::Rule(RuleCmd::Check { file }) = &args.command {
         RuleSet::new(Path::new("."), Default::default()).compile_file(file)?;
@@ -627,6 +643,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
             indexes,
             match_rule,
             full_roster,
+            remove_missing,
+            end_field,
             confirm,
             params,
             json,
@@ -634,14 +652,14 @@ pub(crate) fn run(args: Args) -> Result<()> {
             let request = RunRequest { params: params.into_iter().collect(), ..Default::default() };
             let target = ImportTarget {
                 source: file.display().to_string(),
-                prefix: None,
                 full_roster,
-                guard: Default::default(),
+                missing: missing_records(remove_missing),
+                end_field,
                 collection: into,
                 key_field: key,
                 indexes,
                 match_rule,
-                credential: None,
+                ..Default::default()
             };
             let (plan, written) = schoolbell::imports::import_file(&cx.host, &plugin, &target, &request, confirm)?;
             if json {
@@ -1064,6 +1082,8 @@ fn task(cx: &Ctx, user: &User, cmd: TaskCmd) -> Result<()> {
                     source,
                     prefix: a.prefix,
                     full_roster: a.full_roster,
+                    missing: missing_records(a.remove_missing),
+                    end_field: a.end_field,
                     guard: schoolbell::imports::Guard {
                         confirm_percent: a.confirm_percent,
                         authorize_percent: a.authorize_percent,

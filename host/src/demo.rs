@@ -55,7 +55,7 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
         key_field: Some("student-id".into()),
         indexes: vec!["last-name+first-name+birth-date".into()],
         match_rule: Some("match_student".into()),
-        credential: None,
+        ..Default::default()
     };
     let (plan, written) =
         schoolbell::imports::import_file(&cx.host, "import-csv-roster", &target, &RunRequest::default(), false)?;

@@ -5,9 +5,11 @@
 //! priority order, each looked up through an index, so matching costs
 //! O(rows)), works out what changes, and applies every change in one
 //! atomic batch (all or nothing). Each row is reported: new, updated
-//! (field by field, before and after), existing (unchanged), duplicate,
-//! several matches (one message per candidate; the row is not applied), or
-//! error (with line and field).
+//! (field by field, before and after), existing (unchanged), ended (given
+//! the end date it lacked), removed (deleted at the row's request, or
+//! missing from a full roster that removes), inactivated (missing from a
+//! full roster), duplicate, several matches (one message per candidate; the
+//! row is not applied), or error (with line and field).
 
 mod sftp;
 
@@ -22,7 +24,7 @@ use crate::rules;
 use crate::store::{self, CollectionSpec, Store};
 
 /// Where an import's rows go.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportTarget {
     /// The input: a file, or a batch folder to pick files up from.
@@ -34,6 +36,15 @@ pub struct ImportTarget {
     /// (their `active` field set to false).
     #[serde(default)]
     pub full_roster: bool,
+    /// With a full roster: whether the records it lacks are inactivated
+    /// (kept, `active: false`) or removed (deleted).
+    #[serde(default)]
+    pub missing: Missing,
+    /// The field holding a record's end date (such as `end-date`): a row
+    /// that sets it on a record that had none ends that record, and the
+    /// report says "ended" rather than "updated".
+    #[serde(default)]
+    pub end_field: Option<String>,
     /// The mass-change guard's thresholds.
     #[serde(default)]
     pub guard: Guard,
@@ -53,6 +64,26 @@ pub struct ImportTarget {
     #[serde(default)]
     pub credential: Option<String>,
 }
+
+/// What a full roster does with the records it lacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Missing {
+    /// Keep them, with `active` set to false.
+    #[default]
+    Inactivate,
+    /// Delete them.
+    Remove,
+}
+
+/// The mapped field through which a row asks for its record to be deleted:
+/// `remove` (or `delete`). Vendors map an "action" column to it; it is never
+/// stored.
+pub const ACTION_FIELD: &str = "_action";
+
+/// When set in the environment, a commit aborts the process right after
+/// it is durable and before the file is renamed: the crash tests use it.
+pub const CRASH_AFTER_COMMIT: &str = "SCHOOLBELL_CRASH_AFTER_COMMIT";
 
 /// What pickup and commit need beyond the target: the stored credentials
 /// and where remote files are staged.
@@ -153,7 +184,9 @@ impl Guard {
             return (Hold::None, 0.0, 0.0);
         }
         let n = |k: &str| counts.get(k).copied().unwrap_or(0) as f64;
-        let changed = (n("new") + n("updated") + n("inactivated")) * 100.0 / existing as f64;
+        // Ending and removing a record change it as much as inactivating it.
+        let changed =
+            (n("new") + n("updated") + n("ended") + n("inactivated") + n("removed")) * 100.0 / existing as f64;
         let added = n("new") * 100.0 / existing as f64;
         let hold = if added >= self.authorize_percent {
             Hold::Authorize
@@ -183,6 +216,21 @@ pub enum RowOutcome {
         matched_on: String,
         /// Field, before, after.
         changes: Vec<(String, Value, Value)>,
+    },
+    /// One record matched and the row gives it the end date it lacked.
+    Ended {
+        /// The record's key.
+        key: String,
+        /// Which match key found it.
+        matched_on: String,
+        /// Field, before, after (the end date among them).
+        changes: Vec<(String, Value, Value)>,
+    },
+    /// The record is deleted: the row asks for it, or a full roster that
+    /// removes what it lacks does not list it.
+    Removed {
+        /// The record's key.
+        key: String,
     },
     /// One record matched and the row changes nothing.
     Existing {
@@ -232,6 +280,8 @@ impl RowReport {
         match self.outcome {
             RowOutcome::New { .. } => "new",
             RowOutcome::Updated { .. } => "updated",
+            RowOutcome::Ended { .. } => "ended",
+            RowOutcome::Removed { .. } => "removed",
             RowOutcome::Existing { .. } => "existing",
             RowOutcome::Multiple { .. } => "multiple",
             RowOutcome::Duplicate { .. } => "duplicate",
@@ -246,10 +296,15 @@ impl RowReport {
         match &self.outcome {
             RowOutcome::New { key } => vec![(None, format!("new record {key}"))],
             RowOutcome::Existing { key } => vec![(None, format!("record {key} is unchanged; skipped"))],
-            RowOutcome::Updated { key, matched_on, changes } => {
+            RowOutcome::Updated { key, matched_on, changes } | RowOutcome::Ended { key, matched_on, changes } => {
                 let list: Vec<String> = changes.iter().map(|(f, b, a)| format!("{f}: {b} → {a}")).collect();
-                vec![(None, format!("record {key} (matched on {matched_on}) updated: {}", list.join("; ")))]
+                let what = self.status();
+                vec![(None, format!("record {key} (matched on {matched_on}) {what}: {}", list.join("; ")))]
             }
+            RowOutcome::Removed { key } if self.line == 0 => {
+                vec![(None, format!("record {key} is not in the full roster; removed"))]
+            }
+            RowOutcome::Removed { key } => vec![(None, format!("record {key} removed at the row's request"))],
             RowOutcome::Multiple { candidates, matched_on } => candidates
                 .iter()
                 .map(|c| {
@@ -461,8 +516,11 @@ pub struct ImportPlan {
     pub rows: Vec<RowReport>,
     /// Counts by outcome (a row with several errors counts once).
     pub counts: BTreeMap<String, u64>,
-    /// Records to write: new, updated, inactivated.
+    /// Records to write: new, updated, ended, inactivated.
     pub writes: Vec<Record>,
+    /// Keys of the records to delete.
+    #[serde(default)]
+    pub removes: Vec<String>,
     /// Records in the collection when the plan was made.
     pub existing: u64,
     /// What the guard says.
@@ -546,6 +604,7 @@ pub fn prepare(
         rows: Vec::new(),
         counts: BTreeMap::new(),
         writes: Vec::new(),
+        removes: Vec::new(),
         existing: 0,
         hold: Hold::None,
         changed_percent: 0.0,
@@ -569,10 +628,11 @@ pub fn prepare(
         None => Vec::new(),
     };
     plan.existing = store.count_records(&target.collection)?;
-    let Plan { mut rows, mut writes, seen } = plan_rows(store, &target.collection, &keys, rows, &outcome.errors)?;
+    let mut planned = plan_rows(store, &target.collection, &keys, target.end_field.as_deref(), rows, &outcome.errors)?;
     if target.full_roster {
-        inactivate_missing(store, &target.collection, &seen, &mut rows, &mut writes)?;
+        settle_missing(store, &target.collection, target.missing, &mut planned)?;
     }
+    let Plan { rows, writes, removes, .. } = planned;
     // A row with several field errors counts once.
     let mut counted = HashSet::new();
     for r in &rows {
@@ -583,6 +643,7 @@ pub fn prepare(
     (plan.hold, plan.changed_percent, plan.added_percent) = target.guard.hold(&plan.counts, plan.existing);
     plan.rows = rows;
     plan.writes = writes;
+    plan.removes = removes;
     plan.log = outcome.log;
     Ok(plan)
 }
@@ -592,6 +653,8 @@ impl RowOutcome {
         match self {
             RowOutcome::New { key }
             | RowOutcome::Updated { key, .. }
+            | RowOutcome::Ended { key, .. }
+            | RowOutcome::Removed { key }
             | RowOutcome::Existing { key }
             | RowOutcome::Duplicate { key, .. }
             | RowOutcome::Inactivated { key } => Some(key),
@@ -601,14 +664,8 @@ impl RowOutcome {
 }
 
 /// Records of the collection the full roster does not list are set
-/// inactive (`active: false`), unless they are already.
-fn inactivate_missing(
-    store: &Store,
-    collection: &str,
-    seen: &HashSet<String>,
-    rows: &mut Vec<RowReport>,
-    writes: &mut Vec<Record>,
-) -> Result<(), Error> {
+/// inactive (`active: false`, unless they are already), or removed.
+fn settle_missing(store: &Store, collection: &str, missing: Missing, plan: &mut Plan) -> Result<(), Error> {
     let spec = store
         .collection(collection)?
         .ok_or_else(|| Error::Target(format!("collection `{collection}` does not exist")))?;
@@ -617,12 +674,22 @@ fn inactivate_missing(
         let (page, next) = store.scan_records(collection, after.as_deref(), 1000)?;
         for mut record in page {
             let key = record.get(&spec.key_field).map(Value::to_key_text).unwrap_or_default();
-            if seen.contains(&key) || record.get("active") == Some(&Value::Bool(false)) {
+            if plan.seen.contains(&key) {
                 continue;
             }
-            record.insert("active".into(), Value::Bool(false));
-            writes.push(record);
-            rows.push(RowReport { line: 0, outcome: RowOutcome::Inactivated { key } });
+            let outcome = match missing {
+                Missing::Remove => {
+                    plan.removes.push(key.clone());
+                    RowOutcome::Removed { key }
+                }
+                Missing::Inactivate if record.get("active") == Some(&Value::Bool(false)) => continue,
+                Missing::Inactivate => {
+                    record.insert("active".into(), Value::Bool(false));
+                    plan.writes.push(record);
+                    RowOutcome::Inactivated { key }
+                }
+            };
+            plan.rows.push(RowReport { line: 0, outcome });
         }
         match next {
             Some(n) => after = Some(n),
@@ -660,8 +727,13 @@ pub fn commit(
             return Err(Error::Changed(format!("rule {name} changed since the plan was made")));
         }
         let entry = format!("{run}, file {}, committed {}", plan.file.path, chrono::Utc::now().to_rfc3339());
-        let n = store.commit_import(&plan.collection, &plan.writes, &plan.ledger_key, &entry)?;
+        let n = store.commit_import(&plan.collection, &plan.writes, &plan.removes, &plan.ledger_key, &entry)?;
         store.flush()?;
+        // A fixed crash point for the exactly-once test: durable, not yet
+        // renamed. Random kills reach this window only by luck.
+        if std::env::var_os(CRASH_AFTER_COMMIT).is_some() {
+            std::process::abort();
+        }
         n as u64
     };
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
@@ -709,6 +781,7 @@ pub fn import_file(
 struct Plan {
     rows: Vec<RowReport>,
     writes: Vec<Record>,
+    removes: Vec<String>,
     /// Keys of the records the file's rows matched or created.
     seen: HashSet<String>,
 }
@@ -762,6 +835,7 @@ fn plan_rows(
     store: &Store,
     collection: &str,
     keys: &[Vec<String>],
+    end_field: Option<&str>,
     rows: Vec<(u64, Record)>,
     mapping_errors: &[RowError],
 ) -> Result<Plan, Error> {
@@ -789,18 +863,40 @@ fn plan_rows(
         .collect();
     let mut out = Vec::with_capacity(rows.len() + mapping_errors.len());
     let mut writes = Vec::new();
+    let mut removes = Vec::new();
     let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::with_capacity(rows.len());
     let mut errors = mapping_errors.iter().peekable();
     let error = |e: &RowError| RowReport {
         line: e.line,
         outcome: RowOutcome::Error { field: e.field.clone(), message: e.message.clone() },
     };
-    for (line, row) in rows {
+    for (line, mut row) in rows {
         while let Some(e) = errors.next_if(|e| e.line <= line) {
             out.push(error(e));
         }
+        let remove = match row.remove(ACTION_FIELD) {
+            None | Some(Value::Null) => false,
+            Some(Value::Text(t)) if t.trim().is_empty() => false,
+            Some(Value::Text(t)) if ["remove", "delete"].iter().any(|a| t.trim().eq_ignore_ascii_case(a)) => true,
+            Some(other) => {
+                // The record is in the file: a full roster must not inactivate it.
+                if let Some(key) = row.get(&spec.key_field).map(Value::to_key_text) {
+                    seen.entry(key).or_insert(line);
+                }
+                let message = format!(
+                    "action `{}` is not known; leave it empty, or write `remove` to delete",
+                    other.to_key_text()
+                );
+                out.push(RowReport { line, outcome: RowOutcome::Error { field: Some(ACTION_FIELD.into()), message } });
+                continue;
+            }
+        };
         let outcome = match find(store, collection, &spec, &keys, &row)? {
             Match::Several(candidates, matched_on) => RowOutcome::Multiple { candidates, matched_on },
+            Match::New if remove => RowOutcome::Error {
+                field: Some(ACTION_FIELD.into()),
+                message: "the row asks to remove a record, but no record matches it".into(),
+            },
             Match::New => match row.get(&spec.key_field).map(Value::to_key_text).filter(|k| !k.trim().is_empty()) {
                 None => RowOutcome::Error {
                     field: Some(spec.key_field.clone()),
@@ -816,6 +912,10 @@ fn plan_rows(
             Match::One(key, matched_on, read) => {
                 if let Some(first_line) = seen.get(&key) {
                     RowOutcome::Duplicate { key, first_line: *first_line }
+                } else if remove {
+                    seen.insert(key.clone(), line);
+                    removes.push(key.clone());
+                    RowOutcome::Removed { key }
                 } else {
                     seen.insert(key.clone(), line);
                     let existing = match read {
@@ -842,7 +942,14 @@ fn plan_rows(
                             merged.insert(field.clone(), after.clone());
                         }
                         writes.push(merged);
-                        RowOutcome::Updated { key, matched_on, changes }
+                        let ends = end_field.is_some_and(|f| {
+                            changes.iter().any(|(c, b, a)| c == f && *b == Value::Null && *a != Value::Null)
+                        });
+                        if ends {
+                            RowOutcome::Ended { key, matched_on, changes }
+                        } else {
+                            RowOutcome::Updated { key, matched_on, changes }
+                        }
                     }
                 }
             }
@@ -850,5 +957,5 @@ fn plan_rows(
         out.push(RowReport { line, outcome });
     }
     out.extend(errors.map(error));
-    Ok(Plan { rows: out, writes, seen: seen.into_keys().collect() })
+    Ok(Plan { rows: out, writes, removes, seen: seen.into_keys().collect() })
 }

@@ -282,14 +282,21 @@ impl Store {
     /// Inserts or replaces records, atomically: all of them land, with their
     /// index entries and the collection's count, or none does.
     pub fn put_records(&self, collection: &str, records: &[Record]) -> Result<usize> {
-        self.commit_records(collection, records, None)
+        self.commit_records(collection, records, &[], None)
     }
 
     /// Commits an import atomically: its records, and the ledger entry that
     /// marks the file's content as imported, in one batch. A crash leaves
     /// either all of it or none of it.
-    pub fn commit_import(&self, collection: &str, records: &[Record], file_hash: &str, entry: &str) -> Result<usize> {
-        self.commit_records(collection, records, Some((file_hash, entry)))
+    pub fn commit_import(
+        &self,
+        collection: &str,
+        records: &[Record],
+        removes: &[String],
+        file_hash: &str,
+        entry: &str,
+    ) -> Result<usize> {
+        self.commit_records(collection, records, removes, Some((file_hash, entry)))
     }
 
     /// What the ledger says about a file's content hash: the import that
@@ -302,7 +309,13 @@ impl Store {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    fn commit_records(&self, collection: &str, records: &[Record], ledger: Option<(&str, &str)>) -> Result<usize> {
+    fn commit_records(
+        &self,
+        collection: &str,
+        records: &[Record],
+        removes: &[String],
+        ledger: Option<(&str, &str)>,
+    ) -> Result<usize> {
         let spec = self.collection(collection)?.ok_or_else(|| Error::UnknownCollection(collection.into()))?;
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = sled::Batch::default();
@@ -339,14 +352,27 @@ impl Store {
             }
             batch.insert(k, encode(record));
         }
+        let mut removed: u64 = 0;
+        for rkey in removes {
+            let k = key(&[b"r", collection.as_bytes(), rkey.as_bytes()]);
+            // A key that is already gone is no error: removing is idempotent.
+            if let Some(old) = self.records.get(&k).map_err(io("records"))? {
+                let old: Record = decode("records", &k, &old)?;
+                for (ik, _) in index_entries(collection, &spec, &old, rkey.as_bytes()) {
+                    batch.remove(ik);
+                }
+                batch.remove(k);
+                removed += 1;
+            }
+        }
         let count_key = key(&[b"c", collection.as_bytes()]);
-        let count = self.read_count(&count_key)? + added;
+        let count = (self.read_count(&count_key)? + added).saturating_sub(removed);
         batch.insert(count_key, &count.to_be_bytes());
         if let Some((hash, entry)) = ledger {
             batch.insert(key(&[b"l", hash.as_bytes()]), entry.as_bytes());
         }
         self.records.apply_batch(batch).map_err(io("records"))?;
-        Ok(records.len())
+        Ok(records.len() + removed as usize)
     }
 
     fn read_count(&self, count_key: &[u8]) -> Result<u64> {
