@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use schoolbell::config::Config;
 use schoolbell::imports::{ImportPlan, ImportTarget};
+use schoolbell::notify::OutboxEntry;
 use schoolbell::plugins::{Capability, InstallStatus, PluginEntry, PluginHost, RunRequest};
 use schoolbell::records::{Record, Value, record_to_json};
 use schoolbell::rules::RuleSet;
@@ -276,6 +277,20 @@ enum NotifyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The outbox: emails waiting, sent and failed, newest last.
+    Outbox {
+        /// Only entries with this status: pending, sent or failed.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the emails that are due now through the `[email]` SMTP server.
+    Send,
 }
 
 #[derive(Subcommand)]
@@ -404,6 +419,15 @@ struct TaskArgs {
     /// Import tasks: hold for authorization at this % of records added.
     #[arg(long, default_value_t = 20.0)]
     authorize_percent: f64,
+    /// Notifier tasks: the notification group, email addresses or user names separated by commas.
+    #[arg(long = "notify", value_delimiter = ',')]
+    notify_group: Vec<String>,
+    /// Notifier tasks: once (never repeat a dedupe key), until-cleared (again once the condition cleared), every-run.
+    #[arg(long, default_value = "until-cleared")]
+    dedupe: schoolbell::notify::Dedupe,
+    /// Notifier tasks with until-cleared: repeat after this many days while the condition holds.
+    #[arg(long)]
+    repeat_days: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -510,6 +534,9 @@ enum UserCmd {
         /// autopilot or authorize (repeatable).
         #[arg(long = "permission")]
         permissions: Vec<Permission>,
+        /// Job-completion emails: always, on-failure or never.
+        #[arg(long, default_value = "on-failure")]
+        job_email: JobEmail,
     },
     /// List users.
     List {
@@ -608,6 +635,20 @@ fn in_use(data: &Path, e: schoolbell::store::Error) -> anyhow::Error {
     e.into()
 }
 
+/// The mailer for the `[email]` settings, with the SMTP password from the
+/// stored secrets.
+pub(crate) fn mailer(cx: &Ctx) -> Result<Option<schoolbell::notify::smtp::Mailer>> {
+    let email = &cx.config.email;
+    let password = match &email.password_secret {
+        Some(name) => {
+            let secret = schoolbell::secrets::Secrets::open(&cx.data)?.get(cx.host.store(), name)?;
+            Some(String::from_utf8(secret).context("the SMTP password secret is not UTF-8 text")?.trim().to_string())
+        }
+        None => None,
+    };
+    Ok(schoolbell::notify::smtp::Mailer::new(email, password)?)
+}
+
 fn missing_records(remove: bool) -> schoolbell::imports::Missing {
     if remove { schoolbell::imports::Missing::Remove } else { schoolbell::imports::Missing::Inactivate }
 }
@@ -690,6 +731,53 @@ pub(crate) fn run(args: Args) -> Result<()> {
                 println!("{}", serde_json::json!({ "notifications": outcome.notifications, "log": outcome.log }));
             } else {
                 print_notifications(&plugin, &outcome);
+            }
+            Ok(())
+        }
+        Command::Notify(NotifyCmd::Outbox { status, limit, json }) => {
+            let mut entries: Vec<(u64, OutboxEntry)> = Vec::new();
+            let mut after = None;
+            loop {
+                let page: Vec<(u64, OutboxEntry)> = cx.host.store().outbox(after, 1000)?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(*last);
+                entries.extend(
+                    page.into_iter().filter(|(_, e)| status.as_deref().is_none_or(|s| e.status.to_string() == s)),
+                );
+            }
+            let entries = &entries[entries.len().saturating_sub(limit)..];
+            if json {
+                let list: Vec<_> = entries.iter().map(|(id, e)| serde_json::json!({ "id": id, "entry": e })).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows: Vec<Vec<String>> = entries
+                    .iter()
+                    .map(|(id, e)| {
+                        vec![
+                            id.to_string(),
+                            e.status.to_string(),
+                            e.attempts.to_string(),
+                            e.to.clone(),
+                            e.subject.clone(),
+                            e.last_error.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["ID", "STATUS", "ATTEMPTS", "TO", "SUBJECT", "LAST ERROR"], &rows);
+            }
+            Ok(())
+        }
+        Command::Notify(NotifyCmd::Send) => {
+            let Some(mailer) = mailer(&cx)? else {
+                bail!(
+                    "no SMTP server is set: add smtp_host (and from, tls) under [email] in {}",
+                    cx.data.join("schoolbell.toml").display()
+                );
+            };
+            let d = mailer.deliver_due(cx.host.store(), chrono::Utc::now())?;
+            println!("{} sent, {} to retry, {} failed", d.sent, d.retrying, d.failed);
+            if d.unreachable {
+                println!("the SMTP server could not be reached; the rest wait for the next attempt");
             }
             Ok(())
         }
@@ -1114,6 +1202,12 @@ fn task(cx: &Ctx, user: &User, cmd: TaskCmd) -> Result<()> {
                 misfire: a.misfire,
                 overlap: a.overlap,
                 import,
+                notify: schoolbell::notify::NotifySettings {
+                    group: a.notify_group.into_iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+                    dedupe: a.dedupe,
+                    repeat_days: a.repeat_days,
+                    ..Default::default()
+                },
             };
             let task = sched.add_task(user, spec)?;
             print_task(&schoolbell::api::task_view(&task, 5, sched.now()));
@@ -1305,8 +1399,8 @@ fn runs(cx: &Ctx, user: &User, cmd: RunsCmd) -> Result<()> {
 fn user(cx: &Ctx, cmd: UserCmd) -> Result<()> {
     let store = cx.host.store();
     match cmd {
-        UserCmd::Add { name, role, email, permissions } => {
-            let u = User { name: name.clone(), email, role, permissions, job_email: JobEmail::default() };
+        UserCmd::Add { name, role, email, permissions, job_email } => {
+            let u = User { name: name.clone(), email, role, permissions, job_email };
             users::put(store, &u)?;
             println!("user {name} ({role}) saved");
         }

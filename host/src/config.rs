@@ -25,6 +25,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// The HTTP API.
     pub api: ApiConfig,
+    /// The SMTP server the outbox is sent through.
+    pub email: crate::notify::smtp::EmailConfig,
 }
 
 /// The `[api]` section.

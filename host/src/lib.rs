@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod imports;
+pub mod notify;
 pub mod plugins;
 pub mod records;
 pub mod rules;

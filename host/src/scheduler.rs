@@ -18,9 +18,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::imports;
+use crate::notify;
 use crate::plugins::{PluginHost, RunControl, RunRequest};
 use crate::runs::{self, Run, RunStatus, TaskMessage, Trigger};
-use crate::store::{self, RunId, Store};
+use crate::store::{self, Finish, RunId, Store};
 use crate::tasks::{Misfire, Overlap, Task, TaskKind, TaskSpec};
 use crate::users::{Role, User};
 
@@ -804,6 +805,7 @@ impl Scheduler {
         tracing::info!(run = id, task = %run.task, "Run started.");
         let mut messages: Vec<TaskMessage> = Vec::new();
         let mut state_writes = Vec::new();
+        let mut mail = notify::Planned::default();
         let result: Result<(BTreeMap<String, u64>, RunStatus), String> = (|| {
             let task =
                 self.get_task(&run.task).map_err(|e| format!("{e} (it was removed after this run was queued)"))?;
@@ -893,20 +895,24 @@ impl Scheduler {
                 }
                 TaskKind::Notifier | TaskKind::Export | TaskKind::Cleanup => {
                     let outcome = self.host.run_notifier(&task.plugin, &request).map_err(|e| e.to_string())?;
-                    for n in &outcome.notifications {
+                    mail = notify::plan(&self.store, &task.notify, &run, &outcome.notifications, self.now())
+                        .map_err(|e| e.to_string())?;
+                    for (status, message) in &mail.messages {
                         messages.push(TaskMessage {
                             seq: 0,
                             row: None,
-                            status: "notification".into(),
+                            status: (*status).into(),
                             field: None,
-                            message: n.subject.clone(),
+                            message: message.clone(),
                         });
                     }
                     state_writes = outcome.state_writes;
-                    Ok((
-                        BTreeMap::from([("notifications".into(), outcome.notifications.len() as u64)]),
-                        RunStatus::Succeeded,
-                    ))
+                    let mut summary = BTreeMap::from([("notifications".into(), outcome.notifications.len() as u64)]);
+                    for (status, _) in &mail.messages {
+                        *summary.entry((*status).to_string()).or_insert(0) += 1;
+                    }
+                    summary.insert("emails".into(), mail.outbox.len() as u64);
+                    Ok((summary, RunStatus::Succeeded))
                 }
             }
         })();
@@ -948,9 +954,21 @@ impl Scheduler {
         let saved = (|| -> Result<()> {
             let with_status: Vec<(&str, &TaskMessage)> = messages.iter().map(|m| (m.status.as_str(), m)).collect();
             self.store.add_messages(id, 0, &with_status)?;
-            let writes = if run.status == RunStatus::Succeeded { &state_writes[..] } else { &[] };
+            // A run that did not succeed leaves no watermark, no ledger
+            // change and no notification: the next run starts from the same place.
+            let succeeded = run.status == RunStatus::Succeeded;
+            let (state, ledger, mut outbox) = if succeeded {
+                (&state_writes[..], std::mem::take(&mut mail.ledger), std::mem::take(&mut mail.outbox))
+            } else {
+                (&[][..], Vec::new(), Vec::new())
+            };
             if run.status.is_finished() {
-                self.store.finish_run(id, &run, now, &run.task, writes)?;
+                outbox.extend(notify::job_completion(&self.store, &run, now)?);
+                let outbox = outbox
+                    .into_iter()
+                    .map(|e| Ok((self.store.next_sequence("outbox")?, e.next_attempt, e)))
+                    .collect::<Result<Vec<_>>>()?;
+                self.store.finish_run(id, &run, now, &run.task, &Finish { state, ledger: &ledger, outbox: &outbox })?;
             } else {
                 // Held for a person: not finished, so not in retention yet.
                 self.store.put_run(id, &run, None)?;

@@ -34,6 +34,17 @@ pub(crate) fn run(cx: Ctx, listen: Option<String>) -> Result<()> {
                 let _ = api_stop.wait_for(|stop| *stop).await;
             });
         let api = tokio::spawn(async move { api.await });
+        let mail_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mail = match crate::cli::mailer(&cx)? {
+            Some(mailer) => {
+                let (store, stop) = (cx.host.store().clone(), mail_stop.clone());
+                Some(std::thread::spawn(move || mailer.serve(&store, &stop, std::time::Duration::from_secs(1))))
+            }
+            None => {
+                tracing::warn!("No [email] smtp_host is set: emails wait in the outbox unsent.");
+                None
+            }
+        };
 
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -44,6 +55,10 @@ pub(crate) fn run(cx: Ctx, listen: Option<String>) -> Result<()> {
         let _ = stop_tx.send(true);
         let _ = scheduler.await;
         let _ = api.await;
+        mail_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(mail) = mail {
+            let _ = mail.join();
+        }
         let _ = std::fs::remove_file(cx.data.join("serve.json"));
         cx.host.store().flush()?;
         say("schoolbell stopped");

@@ -16,7 +16,7 @@ use crate::records::{Record, Value};
 
 mod scheduling;
 
-pub use scheduling::{QueueKey, RunId};
+pub use scheduling::{Finish, QueueKey, RunId};
 
 /// The schema this build writes. Bump it when a key layout changes.
 const SCHEMA_VERSION: u32 = 1;
@@ -118,6 +118,9 @@ pub struct Store {
     tokens: sled::Tree,
     plans: sled::Tree,
     secrets: sled::Tree,
+    notified: sled::Tree,
+    outbox: sled::Tree,
+    outbox_due: sled::Tree,
     /// Record writes read old values to maintain indexes and counts; one
     /// writer at a time keeps that read-modify-write consistent.
     write_lock: Mutex<()>,
@@ -198,6 +201,9 @@ impl Store {
             tokens: tree("tokens")?,
             plans: tree("import_plans")?,
             secrets: tree("secrets")?,
+            notified: tree("notified")?,
+            outbox: tree("outbox")?,
+            outbox_due: tree("outbox_by_due")?,
             db,
             write_lock: Mutex::new(()),
         };

@@ -8,6 +8,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::imports::ImportTarget;
+use crate::notify::NotifySettings;
 use crate::plugins::{self, PluginHost, PluginKind};
 use crate::records::{Record, Value};
 use crate::rules::RuleSet;
@@ -98,6 +99,9 @@ pub struct Task {
     pub overlap: Overlap,
     /// For imports: the file and where its rows go.
     pub import: Option<ImportTarget>,
+    /// For notifiers: the notification group and the dedupe policy.
+    #[serde(default)]
+    pub notify: NotifySettings,
     /// The next fire time, persisted.
     pub next_fire: Option<DateTime<Utc>>,
     /// When it was created.
@@ -164,6 +168,9 @@ pub struct TaskSpec {
     pub overlap: Overlap,
     /// Required for imports.
     pub import: Option<ImportTarget>,
+    /// For notifiers: the notification group and the dedupe policy.
+    #[serde(default)]
+    pub notify: NotifySettings,
 }
 
 /// A task that cannot be saved, and why.
@@ -264,6 +271,7 @@ impl TaskSpec {
             misfire: self.misfire,
             overlap: self.overlap,
             import: self.import,
+            notify: self.notify,
             next_fire: None,
             created_at: now,
         };

@@ -45,6 +45,18 @@ impl FromStr for Permission {
     }
 }
 
+impl FromStr for JobEmail {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(JobEmail::Always),
+            "on-failure" => Ok(JobEmail::OnFailure),
+            "never" => Ok(JobEmail::Never),
+            _ => Err(format!("`{s}` is not a job-email preference; use always, on-failure or never")),
+        }
+    }
+}
+
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

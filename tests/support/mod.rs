@@ -179,10 +179,7 @@ impl Sshd {
         std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
         std::fs::create_dir_all(d.join("files")).unwrap();
         std::fs::create_dir_all("/run/sshd").ok();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
@@ -219,6 +216,55 @@ impl Sshd {
     pub fn url(&self) -> String {
         let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
         format!("sftp://{user}@127.0.0.1:{}{}", self.port, self.files().display())
+    }
+}
+
+/// A free loopback port (nothing listens on it once this returns).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A real SMTP server on loopback: Debian's aiosmtpd (which `xtask/test`
+/// installs), storing every message it accepts in a Maildir.
+pub struct Smtp {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Smtp {
+    /// Starts the server on `port`.
+    pub fn start(port: u16) -> Smtp {
+        let python = Path::new("/usr/bin/python3");
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.path().join("maildir"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot start aiosmtpd: install python3-aiosmtpd (xtask/test does)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "aiosmtpd did not start on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Smtp { dir, port, child }
+    }
+
+    /// Every message accepted so far, as raw text, in no particular order.
+    pub fn messages(&self) -> Vec<String> {
+        let new = self.dir.path().join("maildir/new");
+        let Ok(entries) = std::fs::read_dir(new) else { return Vec::new() };
+        entries.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

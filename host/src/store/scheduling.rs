@@ -39,6 +39,22 @@ fn due_key(t: DateTime<Utc>, name: &str) -> Vec<u8> {
     k
 }
 
+fn outbox_due_key(t: DateTime<Utc>, oid: u64) -> Vec<u8> {
+    let mut k = ts(t).to_vec();
+    k.extend_from_slice(&oid.to_be_bytes());
+    k
+}
+
+/// What finishing a run writes beside it.
+pub struct Finish<'a, L, O> {
+    /// The task's state writes (none: the key is cleared).
+    pub state: &'a [(String, Option<String>)],
+    /// Dedupe-ledger changes, by dedupe key (none: the entry is cleared).
+    pub ledger: &'a [(String, Option<L>)],
+    /// New outbox entries: id, when due, the entry.
+    pub outbox: &'a [(u64, DateTime<Utc>, O)],
+}
+
 fn tx_error(tree: &'static str) -> impl Fn(TransactionError<Error>) -> Error {
     move |e| match e {
         TransactionError::Abort(e) => e,
@@ -226,32 +242,118 @@ impl Store {
             .map_err(tx_error("runs"))
     }
 
-    /// Finishes a run atomically with its task's state writes (watermarks).
-    pub fn finish_run<R: Serialize>(
+    /// Finishes a run atomically with what it leaves behind: its task's
+    /// state writes (watermarks), its dedupe-ledger changes and its
+    /// outbox entries. A crash keeps all of them or none.
+    pub fn finish_run<R: Serialize, L: Serialize, O: Serialize>(
         &self,
         id: RunId,
         run: &R,
         finished: DateTime<Utc>,
         task: &str,
-        state_writes: &[(String, Option<String>)],
+        writes: &Finish<'_, L, O>,
     ) -> Result<()> {
         let run = encode(run);
-        (&self.runs, &self.finished, &self.state)
-            .transaction(|(runs, fin, state)| {
+        let ledger: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes
+            .ledger
+            .iter()
+            .map(|(key, entry)| (super::key(&[task.as_bytes(), key.as_bytes()]), entry.as_ref().map(encode)))
+            .collect();
+        let outbox: Vec<(u64, Vec<u8>, Vec<u8>)> =
+            writes.outbox.iter().map(|(oid, due, entry)| (*oid, outbox_due_key(*due, *oid), encode(entry))).collect();
+        (&self.runs, &self.finished, &self.state, &self.notified, &self.outbox, &self.outbox_due)
+            .transaction(|(runs, fin, state, notified, out, due)| {
                 runs.insert(&id.to_be_bytes(), run.as_slice())?;
                 let mut k = ts(finished).to_vec();
                 k.extend_from_slice(&id.to_be_bytes());
                 fin.insert(k, &[])?;
-                for (key, value) in state_writes {
+                for (key, value) in writes.state {
                     let k = super::key(&[task.as_bytes(), key.as_bytes()]);
                     match value {
                         Some(v) => state.insert(k, v.as_bytes())?,
                         None => state.remove(k)?,
                     };
                 }
+                for (k, v) in &ledger {
+                    match v {
+                        Some(v) => notified.insert(k.as_slice(), v.as_slice())?,
+                        None => notified.remove(k.as_slice())?,
+                    };
+                }
+                for (oid, due_key, entry) in &outbox {
+                    out.insert(&oid.to_be_bytes(), entry.as_slice())?;
+                    due.insert(due_key.as_slice(), &[])?;
+                }
                 Ok(())
             })
             .map_err(tx_error("runs"))
+    }
+
+    /// A task's dedupe-ledger entries, by dedupe key.
+    pub fn notified<L: DeserializeOwned>(&self, task: &str) -> Result<Vec<(String, L)>> {
+        let prefix = super::key(&[task.as_bytes(), b""]);
+        self.notified
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (k, v) = item.map_err(io("notified"))?;
+                let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((key, decode("notified", &k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Outbox entries due at or before `now`, oldest first, up to `limit`.
+    pub fn outbox_due<O: DeserializeOwned>(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<(u64, O)>> {
+        let mut end = ts(now).to_vec();
+        end.push(0xff);
+        let mut due = Vec::new();
+        for item in self.outbox_due.range(..end).take(limit) {
+            let (k, _) = item.map_err(io("outbox_by_due"))?;
+            let Some(oid) = k.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { continue };
+            if let Some(v) = self.outbox.get(oid.to_be_bytes()).map_err(io("outbox"))? {
+                due.push((oid, decode("outbox", &oid.to_be_bytes(), &v)?));
+            }
+        }
+        Ok(due)
+    }
+
+    /// Outbox entries after the id `after`, in id order, up to `limit`.
+    pub fn outbox<O: DeserializeOwned>(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, O)>> {
+        let start = after.map_or(0, |a| a.saturating_add(1)).to_be_bytes();
+        self.outbox
+            .range(start..)
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(io("outbox"))?;
+                let oid = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or_default();
+                Ok((oid, decode("outbox", &k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Saves an outbox entry after a delivery attempt, moving it in the due
+    /// index (`None`: no longer due, as when it is sent or has failed for
+    /// good), atomically, and flushes: a sent entry must stay sent across a
+    /// crash so it is never sent twice.
+    pub fn update_outbox<O: Serialize>(
+        &self,
+        oid: u64,
+        entry: &O,
+        was_due: DateTime<Utc>,
+        due: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let entry = encode(entry);
+        (&self.outbox, &self.outbox_due)
+            .transaction(|(out, index)| {
+                out.insert(&oid.to_be_bytes(), entry.as_slice())?;
+                index.remove(outbox_due_key(was_due, oid))?;
+                if let Some(d) = due {
+                    index.insert(outbox_due_key(d, oid), &[])?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error("outbox"))?;
+        self.flush()
     }
 
     /// One run.

@@ -1,0 +1,350 @@
+//! Notifications: who they go to, whether they were sent before (the dedupe
+//! ledger), and the durable outbox the mailer drains.
+//!
+//! A notifier run's notifications are turned into outbox entries, one per
+//! recipient address, and into dedupe-ledger changes; both are written in
+//! the same transaction as the run's result (`Store::finish_run`), so a
+//! crash keeps the run, its ledger and its mail together or loses all
+//! three. Job-completion emails join the same transaction. The mailer
+//! (`smtp`) sends what is due and marks each entry sent before it moves on.
+
+pub mod smtp;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::plugins::{Notification, Recipient};
+use crate::records::Value;
+use crate::runs::{Run, RunStatus};
+use crate::store::{self, Store};
+use crate::users::{JobEmail, User};
+
+/// How a task's notifications are deduped and addressed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySettings {
+    /// The notification group: email addresses or user names.
+    pub group: Vec<String>,
+    /// When a notification with the same dedupe key is sent again.
+    pub dedupe: Dedupe,
+    /// With `until-cleared`: send again after this many days while the
+    /// condition still holds.
+    pub repeat_days: Option<u32>,
+    /// Where a `person` recipient's record is, by key, with an `email` field.
+    pub people: String,
+    /// Where a `lead-faculty` recipient's section is, with a `lead-faculty`
+    /// field holding the faculty member's key.
+    pub sections: String,
+    /// Where faculty records are, with an `email` field.
+    pub faculty: String,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            group: Vec::new(),
+            dedupe: Dedupe::UntilCleared,
+            repeat_days: None,
+            people: "students".into(),
+            sections: "sections".into(),
+            faculty: "staff".into(),
+        }
+    }
+}
+
+/// When a dedupe key is notified again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dedupe {
+    /// Once per key, ever ("notify once per person").
+    Once,
+    /// Once while the condition holds: when a run no longer returns the key
+    /// (the condition cleared), it is re-armed. Thresholds use this.
+    UntilCleared,
+    /// Every run sends everything.
+    EveryRun,
+}
+
+impl std::str::FromStr for Dedupe {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "once" => Ok(Dedupe::Once),
+            "until-cleared" => Ok(Dedupe::UntilCleared),
+            "every-run" => Ok(Dedupe::EveryRun),
+            _ => Err(format!("`{s}` is not a dedupe policy; use once, until-cleared or every-run")),
+        }
+    }
+}
+
+/// A dedupe key's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// When it was first notified.
+    pub first: DateTime<Utc>,
+    /// When it was last notified.
+    pub last: DateTime<Utc>,
+    /// How many times.
+    pub count: u64,
+}
+
+/// Why an email is in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MailKind {
+    /// A notifier's notification.
+    Notification,
+    /// A run finished and its owner asked to hear about it.
+    JobCompletion,
+}
+
+/// Where an outbox entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Waiting for its (next) attempt.
+    Pending,
+    /// Accepted by the SMTP server.
+    Sent,
+    /// Refused for good, or out of attempts.
+    Failed,
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Delivery::Pending => "pending",
+            Delivery::Sent => "sent",
+            Delivery::Failed => "failed",
+        })
+    }
+}
+
+/// One email to one recipient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The run that made it.
+    pub run: u64,
+    /// Its task.
+    pub task: String,
+    /// Why it exists.
+    pub kind: MailKind,
+    /// The recipient's address.
+    pub to: String,
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body.
+    pub body: String,
+    /// The notification's dedupe key (empty for job-completion emails).
+    pub dedupe_key: String,
+    /// When it was queued.
+    pub created: DateTime<Utc>,
+    /// Where it stands.
+    pub status: Delivery,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due (pending entries).
+    pub next_attempt: DateTime<Utc>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// When the server accepted it.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl OutboxEntry {
+    fn new(
+        run: &Run,
+        kind: MailKind,
+        to: String,
+        subject: String,
+        body: String,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Self {
+        OutboxEntry {
+            run: run.id,
+            task: run.task.clone(),
+            kind,
+            to,
+            subject,
+            body,
+            dedupe_key: key.to_string(),
+            created: now,
+            status: Delivery::Pending,
+            attempts: 0,
+            next_attempt: now,
+            last_error: None,
+            sent_at: None,
+        }
+    }
+}
+
+/// What a run's notifications become: outbox entries, ledger changes, and
+/// one message per notification for the run's Task Messages.
+#[derive(Debug, Default)]
+pub struct Planned {
+    /// New outbox entries.
+    pub outbox: Vec<OutboxEntry>,
+    /// Ledger changes by dedupe key (none: re-armed).
+    pub ledger: Vec<(String, Option<LedgerEntry>)>,
+    /// Status word and message, per notification.
+    pub messages: Vec<(&'static str, String)>,
+}
+
+/// Decides which notifications are sent (the ledger) and to which
+/// addresses, without writing anything.
+pub fn plan(
+    store: &Store,
+    settings: &NotifySettings,
+    run: &Run,
+    notifications: &[Notification],
+    now: DateTime<Utc>,
+) -> Result<Planned, store::Error> {
+    let mut ledger: std::collections::HashMap<String, LedgerEntry> = match settings.dedupe {
+        Dedupe::EveryRun => Default::default(),
+        _ => store.notified(&run.task)?.into_iter().collect(),
+    };
+    let mut planned = Planned::default();
+    let mut returned = std::collections::HashSet::new();
+    for n in notifications {
+        returned.insert(n.dedupe_key.clone());
+        let previous = ledger.get(&n.dedupe_key);
+        let repeat_due = |e: &LedgerEntry| {
+            settings.repeat_days.is_some_and(|d| now - e.last >= chrono::Duration::days(i64::from(d)))
+        };
+        let send = match (settings.dedupe, previous) {
+            (Dedupe::EveryRun, _) | (_, None) => true,
+            (Dedupe::Once, Some(_)) => false,
+            (Dedupe::UntilCleared, Some(e)) => repeat_due(e),
+        };
+        if !send {
+            let e = previous.expect("only a known key is held back");
+            planned.messages.push((
+                "deduped",
+                format!("{}: already notified {} (key {}); not repeated", n.subject, e.last.to_rfc3339(), n.dedupe_key),
+            ));
+            continue;
+        }
+        let (addresses, problems) = addresses(store, settings, &n.recipient)?;
+        for problem in problems {
+            planned.messages.push(("undeliverable", format!("{}: {problem}", n.subject)));
+        }
+        if addresses.is_empty() {
+            continue;
+        }
+        planned.messages.push(("notification", format!("{} → {}", n.subject, addresses.join(", "))));
+        for to in addresses {
+            planned.outbox.push(OutboxEntry::new(
+                run,
+                MailKind::Notification,
+                to,
+                n.subject.clone(),
+                n.body.clone(),
+                &n.dedupe_key,
+                now,
+            ));
+        }
+        if settings.dedupe != Dedupe::EveryRun {
+            let entry = match previous {
+                Some(e) => LedgerEntry { first: e.first, last: now, count: e.count + 1 },
+                None => LedgerEntry { first: now, last: now, count: 1 },
+            };
+            ledger.insert(n.dedupe_key.clone(), entry.clone());
+            planned.ledger.push((n.dedupe_key.clone(), Some(entry)));
+        }
+    }
+    if settings.dedupe == Dedupe::UntilCleared {
+        // A key this run did not return no longer meets the condition: the
+        // next time it does, it is news again.
+        let mut cleared: Vec<&String> = ledger.keys().filter(|k| !returned.contains(*k)).collect();
+        cleared.sort();
+        planned.ledger.extend(cleared.into_iter().map(|k| (k.clone(), None)));
+    }
+    Ok(planned)
+}
+
+/// The addresses a recipient resolves to, and what could not be resolved.
+fn addresses(
+    store: &Store,
+    settings: &NotifySettings,
+    recipient: &Recipient,
+) -> Result<(Vec<String>, Vec<String>), store::Error> {
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    let email_of = |collection: &str, key: &str| -> Result<Option<String>, store::Error> {
+        Ok(store.get_record(collection, key)?.and_then(|r| match r.get("email") {
+            Some(Value::Text(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => None,
+        }))
+    };
+    match recipient {
+        Recipient::Address(a) => found.push(a.clone()),
+        Recipient::NotificationGroup => {
+            if settings.group.is_empty() {
+                problems.push("the task's notification group is empty; set it with --notify".to_string());
+            }
+            for member in &settings.group {
+                if member.contains('@') {
+                    found.push(member.clone());
+                    continue;
+                }
+                match store.users::<User>().get(member.as_bytes())? {
+                    Some(u) if !u.email.is_empty() => found.push(u.email),
+                    Some(_) => problems.push(format!("user {member} has no email address")),
+                    None => problems.push(format!("the notification group names {member}, who is not a user")),
+                }
+            }
+        }
+        Recipient::Person(key) => match email_of(&settings.people, key)? {
+            Some(e) => found.push(e),
+            None => problems.push(format!("`{}` record {key} has no email", settings.people)),
+        },
+        Recipient::LeadFaculty(section) => {
+            let lead = store.get_record(&settings.sections, section)?.and_then(|r| match r.get("lead-faculty") {
+                Some(Value::Text(t)) if !t.is_empty() => Some(t.clone()),
+                _ => None,
+            });
+            match lead {
+                None => problems.push(format!("`{}` record {section} names no lead faculty", settings.sections)),
+                Some(lead) => match email_of(&settings.faculty, &lead)? {
+                    Some(e) => found.push(e),
+                    None => problems.push(format!("`{}` record {lead} has no email", settings.faculty)),
+                },
+            }
+        }
+    }
+    let (valid, invalid): (Vec<String>, Vec<String>) =
+        found.into_iter().partition(|a| a.parse::<lettre::Address>().is_ok());
+    problems.extend(invalid.into_iter().map(|a| format!("`{a}` is not an email address")));
+    Ok((valid, problems))
+}
+
+/// The job-completion email for a finished run, if its owner wants one.
+pub fn job_completion(store: &Store, run: &Run, now: DateTime<Utc>) -> Result<Option<OutboxEntry>, store::Error> {
+    let owner = match crate::users::get(store, &run.owner) {
+        Ok(u) => u,
+        Err(crate::users::Error::Store(e)) => return Err(e),
+        // The owner was removed: nobody to tell.
+        Err(_) => return Ok(None),
+    };
+    let failed = matches!(run.status, RunStatus::Failed | RunStatus::Interrupted);
+    let wanted = match owner.job_email {
+        JobEmail::Always => true,
+        JobEmail::OnFailure => failed,
+        JobEmail::Never => false,
+    };
+    if !wanted || owner.email.is_empty() || owner.email.parse::<lettre::Address>().is_err() {
+        return Ok(None);
+    }
+    let subject = format!("Schoolbell: {} {} (run {})", run.task, run.status, run.id);
+    let mut body = format!("Task {} finished: {}.\n", run.task, run.status);
+    if !run.summary.is_empty() {
+        let list: Vec<String> = run.summary.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        body.push_str(&format!("Summary: {}.\n", list.join(", ")));
+    }
+    if let Some(e) = &run.error {
+        body.push_str(&format!("Error: {e}\n"));
+    }
+    body.push_str(&format!("Details: schoolbell runs show {}\n", run.id));
+    Ok(Some(OutboxEntry::new(run, MailKind::JobCompletion, owner.email, subject, body, "", now)))
+}

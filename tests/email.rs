@@ -1,0 +1,231 @@
+//! Notifications by email, through the real binary and a real SMTP server
+//! on loopback (Debian's aiosmtpd): the outbox is written with the run,
+//! the mailer retries with backoff while the server is down, sends each
+//! email once, the dedupe ledger holds repeats back and re-arms when the
+//! condition clears, and job-completion emails follow each user's choice.
+
+mod support;
+
+use support::{Sb, Smtp, free_port, plugin, s};
+
+fn attendance(absences: [i64; 3]) -> String {
+    let rows: Vec<String> = [("S1", "Ann", "Ng"), ("S2", "Bo", "Li"), ("S3", "Cy", "Ko")]
+        .iter()
+        .zip(absences)
+        .map(|((id, first, last), n)| {
+            format!(
+                r#"{{"student-id": "{id}", "first-name": "{first}", "last-name": "{last}", "absences": {n}, "division": "", "campus": "North", "department": "", "level": ""}}"#
+            )
+        })
+        .collect();
+    format!("[{}]", rows.join(",\n"))
+}
+
+fn setup(port: u16) -> Sb {
+    let sb = Sb::new();
+    sb.file(
+        "data/schoolbell.toml",
+        format!(
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"Schoolbell <bell@district.test>\"\nretry_base_secs = 1\n"
+        ),
+    );
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
+    sb
+}
+
+fn load(sb: &Sb, absences: [i64; 3]) {
+    let file = sb.file("attendance.json", attendance(absences));
+    sb.ok(&["records", "load", "attendance", s(&file), "--key", "student-id"]);
+}
+
+fn run(sb: &Sb) -> String {
+    sb.ok(&["task", "run-now", "attendance", "--wait"])
+}
+
+fn pending(sb: &Sb) -> usize {
+    let out = sb.ok(&["notify", "outbox", "--status", "pending", "--json"]);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().len()
+}
+
+#[test]
+fn notifications_wait_in_the_outbox_until_the_server_answers_and_are_sent_once() {
+    let port = free_port();
+    let sb = setup(port);
+    load(&sb, [7, 12, 1]);
+    sb.ok(&[
+        "task",
+        "add",
+        "attendance",
+        "--plugin",
+        "notifier-attendance",
+        "--schedule",
+        "daily at 07:00",
+        "--notify",
+        "counselor@district.test,head@district.test",
+    ]);
+    let out = run(&sb);
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(out.contains("emails 4"), "two students over the threshold, two addresses each: {out}");
+    assert_eq!(pending(&sb), 4, "the outbox was written with the run");
+
+    // No server yet: the attempt fails, is recorded, and waits its backoff.
+    let out = sb.ok(&["notify", "send"]);
+    assert!(out.starts_with("0 sent, 1 to retry, 0 failed"), "{out}");
+    assert!(out.contains("could not be reached"), "{out}");
+    let outbox: serde_json::Value = serde_json::from_str(&sb.ok(&["notify", "outbox", "--json"])).unwrap();
+    let tried: Vec<&serde_json::Value> =
+        outbox.as_array().unwrap().iter().filter(|e| e["entry"]["attempts"] == 1).collect();
+    assert_eq!(tried.len(), 1, "{outbox}");
+    assert!(tried[0]["entry"]["last_error"].as_str().unwrap().contains("onnect"), "{outbox}");
+
+    let smtp = Smtp::start(port);
+    // Past the first backoff (1 s), everything is due.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let out = sb.ok(&["notify", "send"]);
+    assert!(out.starts_with("4 sent, 0 to retry, 0 failed"), "{out}");
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 4);
+    let to_counselor: Vec<&String> = messages.iter().filter(|m| m.contains("To: counselor@district.test")).collect();
+    assert_eq!(to_counselor.len(), 2, "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("Subject: Attendance: Bo Li has 12 absences")), "{messages:?}");
+    assert!(messages.iter().all(|m| m.contains("From: Schoolbell <bell@district.test>")), "{messages:?}");
+    assert!(messages.iter().all(|m| m.contains("Message-ID: <outbox-")), "a stable id per email: {messages:?}");
+
+    // Nothing is sent twice.
+    let out = sb.ok(&["notify", "send"]);
+    assert!(out.starts_with("0 sent"), "{out}");
+    assert_eq!(smtp.messages().len(), 4);
+    assert_eq!(pending(&sb), 0);
+
+    // Until cleared: the same students are not notified again...
+    let out = run(&sb);
+    assert!(out.contains("deduped 2") && out.contains("emails 0"), "{out}");
+    // ...until S1's absences drop below the threshold (re-armed)...
+    load(&sb, [2, 12, 1]);
+    let out = run(&sb);
+    assert!(out.contains("emails 0"), "{out}");
+    // ...and reach it again: news again.
+    load(&sb, [9, 12, 1]);
+    let out = run(&sb);
+    assert!(out.contains("emails 2") && out.contains("deduped 1"), "{out}");
+    let out = sb.ok(&["notify", "send"]);
+    assert!(out.starts_with("2 sent"), "{out}");
+    let messages = smtp.messages();
+    assert_eq!(messages.iter().filter(|m| m.contains("Subject: Attendance: Ann Ng has 9 absences")).count(), 2);
+}
+
+#[test]
+fn once_per_person_never_repeats_and_job_emails_follow_each_users_choice() {
+    let port = free_port();
+    let smtp = Smtp::start(port);
+    let sb = setup(port);
+    load(&sb, [7, 1, 1]);
+    sb.ok(&["user", "add", "ada", "--email", "ada@district.test", "--job-email", "always"]);
+    sb.ok(&["user", "add", "bea", "--email", "bea@district.test", "--job-email", "on-failure"]);
+    sb.ok(&["user", "add", "cal", "--email", "cal@district.test", "--job-email", "never"]);
+    for (user, task) in [("ada", "a"), ("bea", "b"), ("cal", "c")] {
+        sb.ok(&[
+            "--as",
+            user,
+            "task",
+            "add",
+            task,
+            "--plugin",
+            "notifier-attendance",
+            "--schedule",
+            "daily at 07:00",
+            "--notify",
+            "ada",
+            "--dedupe",
+            "once",
+        ]);
+    }
+    for (user, task) in [("ada", "a"), ("bea", "b"), ("cal", "c")] {
+        sb.ok(&["--as", user, "task", "run-now", task, "--wait"]);
+    }
+    // Once per person: cleared and back, still not repeated.
+    load(&sb, [1, 1, 1]);
+    sb.ok(&["--as", "ada", "task", "run-now", "a", "--wait"]);
+    load(&sb, [8, 1, 1]);
+    let out = sb.ok(&["--as", "ada", "task", "run-now", "a", "--wait"]);
+    assert!(out.contains("deduped 1") && out.contains("emails 0"), "{out}");
+    // A failing run: the rule parameter names a rule that does not exist.
+    for (user, task) in [("bea", "b"), ("cal", "c")] {
+        sb.ok(&["task", "remove", task]);
+        sb.ok(&[
+            "--as",
+            user,
+            "task",
+            "add",
+            task,
+            "--plugin",
+            "notifier-attendance",
+            "--schedule",
+            "daily at 07:00",
+            "--param",
+            "rule=no_such_rule",
+        ]);
+        let out = sb.fails(&["--as", user, "task", "run-now", task, "--wait"]);
+        assert!(out.contains("failed"), "{out}");
+    }
+    let out = sb.ok(&["notify", "send"]);
+    assert!(out.contains(" 0 failed"), "{out}");
+    let messages = smtp.messages();
+    let count = |needle: &str| messages.iter().filter(|m| m.contains(needle)).count();
+    // Three tasks notified ada (the group, by user name) once each.
+    assert_eq!(count("Subject: Attendance: Ann Ng"), 3, "{messages:?}");
+    // ada hears about every run of hers (three, all succeeded); bea only of her failure; cal never.
+    assert_eq!(count("Subject: Schoolbell: a succeeded"), 3, "{messages:?}");
+    assert_eq!(count("To: bea@district.test"), 1, "{messages:?}");
+    assert_eq!(count("Subject: Schoolbell: b failed"), 1, "{messages:?}");
+    assert_eq!(count("To: cal@district.test"), 0, "{messages:?}");
+}
+
+/// Across SIGKILLs of the server: a run's emails survive a kill before the
+/// server can reach SMTP, are delivered by the next server, and a server
+/// killed after delivering does not deliver them again.
+#[test]
+fn a_killed_server_loses_no_email_and_sends_none_twice() {
+    let port = free_port();
+    let sb = setup(port);
+    load(&sb, [7, 12, 1]);
+    sb.ok(&[
+        "task",
+        "add",
+        "attendance",
+        "--plugin",
+        "notifier-attendance",
+        "--schedule",
+        "daily at 07:00",
+        "--notify",
+        "counselor@district.test",
+    ]);
+    sb.ok(&["task", "run-now", "attendance"]);
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+
+    // The server runs the queued run; SMTP is down; the server dies hard.
+    let server = sb.serve();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    server.kill();
+    assert_eq!(pending(&sb), 2, "both emails were kept with the run");
+
+    // The next server delivers them once SMTP answers.
+    let smtp = Smtp::start(port);
+    let server = sb.serve();
+    wait_for("two emails", &|| smtp.messages().len() == 2);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    server.kill();
+
+    // A server after that has nothing to send.
+    let server = sb.serve();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(server.terminate().success());
+    assert_eq!(smtp.messages().len(), 2, "nothing was sent twice");
+    assert_eq!(pending(&sb), 0);
+}
