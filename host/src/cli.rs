@@ -579,6 +579,36 @@ enum RuleCmd {
         /// The `.rhai` file.
         file: PathBuf,
     },
+    /// Run a rule over sample rows and show which match and the values that decided.
+    Test {
+        /// The `.rhai` file.
+        file: PathBuf,
+        /// A JSON array of objects, one per row.
+        #[arg(long)]
+        sample: PathBuf,
+        /// A task parameter the rule reads as `params.NAME`, `name=value` (repeatable; numbers are numbers).
+        #[arg(long = "param", value_parser = parse_json_param)]
+        params: Vec<(String, Value)>,
+    },
+    /// Save a rule into the rules folder, only if it compiles.
+    Save {
+        /// The rule's name (the file becomes NAME.rhai).
+        name: String,
+        /// The `.rhai` file to save.
+        file: PathBuf,
+    },
+    /// List the loaded rules.
+    List,
+}
+
+/// `name=value`, the value read as JSON when it is a number or boolean.
+fn parse_json_param(s: &str) -> Result<(String, Value), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not `name=value`"))?;
+    let value = match serde_json::from_str::<serde_json::Value>(v) {
+        Ok(j @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => Value::from_json(&j),
+        _ => None,
+    };
+    Ok((k.trim().to_string(), value.unwrap_or_else(|| Value::Text(v.to_string()))))
 }
 
 fn parse_param(s: &str) -> Result<(String, Value), String> {
@@ -658,6 +688,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
         RuleSet::new(Path::new("."), Default::default()).compile_file(file)?;
         println!("{}: ok", file.display());
         return Ok(());
+    }
+    if let Command::Rule(RuleCmd::Test { file, sample, params }) = &args.command {
+        return rule_test(&args.data, file, sample, params);
     }
     if let Command::Schedule(ScheduleCmd::Next { schedule, tz, from, count, json }) = &args.command {
         let preview = schoolbell::api::preview(schedule, tz, from.as_deref(), *count, chrono::Utc::now())
@@ -799,6 +832,28 @@ pub(crate) fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Serve { listen } => crate::serve::run(cx, listen),
+        Command::Rule(RuleCmd::Save { name, file }) => {
+            let dir = rules_dir(args.rules.as_deref(), &cx.config, &cx.data);
+            let checked = RuleSet::new(&dir, cx.config.rules.clone());
+            // Refused before anything is written: a broken rule never lands.
+            checked.compile_file(&file).map_err(|e| anyhow::anyhow!("{e}; the rule was not saved"))?;
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                bail!("rule name `{name}`: use letters, digits, `_` and `-`");
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let target = dir.join(format!("{name}.rhai"));
+            let staged = dir.join(format!(".{name}.rhai.saving"));
+            std::fs::copy(&file, &staged).with_context(|| format!("cannot write {}", staged.display()))?;
+            std::fs::rename(&staged, &target).with_context(|| format!("cannot write {}", target.display()))?;
+            println!("rule {name} saved to {}", target.display());
+            Ok(())
+        }
+        Command::Rule(RuleCmd::List) => {
+            for name in cx.host.rules().names() {
+                println!("{name}");
+            }
+            Ok(())
+        }
         Command::Rule(_) | Command::Schedule(_) => unreachable!("handled above"),
     }
 }
@@ -959,6 +1014,15 @@ pub(crate) fn load_json(
     key: Option<&str>,
     indexes: &[String],
 ) -> Result<usize> {
+    let records = read_json_records(file)?;
+    schoolbell::imports::define_collection(cx.host.store(), collection, key, indexes)?;
+    let n = cx.host.store().put_records(collection, &records).with_context(|| format!("{}", file.display()))?;
+    cx.host.store().flush()?;
+    Ok(n)
+}
+
+/// Reads a JSON array of objects as records; an error names the item and field.
+fn read_json_records(file: &Path) -> Result<Vec<Record>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))?;
@@ -975,10 +1039,7 @@ pub(crate) fn load_json(
         }
         records.push(record);
     }
-    schoolbell::imports::define_collection(cx.host.store(), collection, key, indexes)?;
-    let n = cx.host.store().put_records(collection, &records).with_context(|| format!("{}", file.display()))?;
-    cx.host.store().flush()?;
-    Ok(n)
+    Ok(records)
 }
 
 pub(crate) fn print_import(plan: &ImportPlan, written: Option<u64>) {
@@ -1427,5 +1488,27 @@ fn user(cx: &Ctx, cmd: UserCmd) -> Result<()> {
             println!("{}", users::issue_token(store, &name)?);
         }
     }
+    Ok(())
+}
+
+/// `rule test`: the rule over each sample row, with the values that decided.
+fn rule_test(data: &Path, file: &Path, sample: &Path, params: &[(String, Value)]) -> Result<()> {
+    let limits = Config::load(data).map(|c| c.rules).unwrap_or_default();
+    let set = RuleSet::new(Path::new("."), limits);
+    let rule = set.compile_file(file)?;
+    let rows = read_json_records(sample)?;
+    let params: Record = params.iter().cloned().collect();
+    let mut matched = 0;
+    for (i, row) in rows.iter().enumerate() {
+        match set.eval(&rule, row, &params) {
+            Ok(d) if d.matched => {
+                matched += 1;
+                println!("row {}: matches, because {}", i + 1, d.reason);
+            }
+            Ok(d) => println!("row {}: does not match, because {}", i + 1, d.reason),
+            Err(e) => println!("row {}: error: {e}", i + 1),
+        }
+    }
+    println!("{matched} of {} rows match", rows.len());
     Ok(())
 }
