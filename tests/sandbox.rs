@@ -31,7 +31,7 @@ fn fixture() -> Fixture {
 fn request(behaviour: &str) -> RunRequest {
     let mut params = Record::new();
     params.insert("behaviour".into(), Value::Text(behaviour.into()));
-    RunRequest { task: "t".into(), params, control: RunControl::new() }
+    RunRequest { task: "t".into(), params, control: RunControl::new(), today: None }
 }
 
 /// Runs a hostile behaviour, then proves the host still serves a good run.

@@ -129,8 +129,14 @@ impl fmt::Display for Capability {
         match (self, f.alternate()) {
             (Capability::ReadCollection(c), false) => write!(f, "read:{c}"),
             (Capability::WriteCollection(c), false) => write!(f, "write:{c}"),
-            (Capability::ReadCollection(c), true) => write!(f, "read collection `{c}`"),
-            (Capability::WriteCollection(c), true) => write!(f, "write collection `{c}`"),
+            (Capability::ReadCollection(c), true) => match c.strip_prefix("folder:") {
+                Some(folder) => write!(f, "list and read folder `{folder}`"),
+                None => write!(f, "read collection `{c}`"),
+            },
+            (Capability::WriteCollection(c), true) => match c.strip_prefix("folder:") {
+                Some(folder) => write!(f, "write and delete in folder `{folder}`"),
+                None => write!(f, "write collection `{c}`"),
+            },
         }
     }
 }
@@ -166,6 +172,7 @@ pub struct PluginInfo {
 
 /// Who receives a notification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Recipient {
     /// The task's notification group.
     NotificationGroup,
@@ -460,6 +467,8 @@ pub struct RunRequest {
     pub params: Record,
     /// Cancellation and progress.
     pub control: RunControl,
+    /// The date `host.today` answers, in the district's zone; none: today in UTC.
+    pub today: Option<crate::records::Date>,
 }
 
 impl PluginHost {
@@ -617,6 +626,7 @@ impl PluginHost {
             task: request.task.clone(),
             params,
             control: request.control.clone(),
+            today: request.today.unwrap_or_else(|| crate::records::Date::from_chrono(chrono::Utc::now().date_naive())),
         };
         self.sandbox.store(RunState::new(setup, &self.sandbox))
     }

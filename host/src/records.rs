@@ -28,6 +28,12 @@ impl Date {
         (day >= 1 && day <= date.days_in_month()?).then_some(date)
     }
 
+    /// The date of a chrono calendar date.
+    pub fn from_chrono(d: chrono::NaiveDate) -> Date {
+        use chrono::Datelike;
+        Date { year: d.year(), month: d.month() as u8, day: d.day() as u8 }
+    }
+
     /// The number of days in this date's month, or none for a bad month.
     pub fn days_in_month(&self) -> Option<u8> {
         let leap = (self.year % 4 == 0 && self.year % 100 != 0) || self.year % 400 == 0;

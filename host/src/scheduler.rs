@@ -809,7 +809,15 @@ impl Scheduler {
         let result: Result<(BTreeMap<String, u64>, RunStatus), String> = (|| {
             let task =
                 self.get_task(&run.task).map_err(|e| format!("{e} (it was removed after this run was queued)"))?;
-            let request = RunRequest { task: task.name.clone(), params: task.params.clone(), control: control.clone() };
+            // A scheduled run's "today" is its fire's date in the task's zone,
+            // so a run that starts late still sees the day it was for.
+            let today = run.fire_time.unwrap_or_else(|| self.now()).with_timezone(&task.tz()).date_naive();
+            let request = RunRequest {
+                task: task.name.clone(),
+                params: task.params.clone(),
+                control: control.clone(),
+                today: Some(crate::records::Date::from_chrono(today)),
+            };
             match task.kind {
                 TaskKind::Import => {
                     let target = task.import.as_ref().ok_or("the task has no import source")?;

@@ -12,13 +12,13 @@ use crate::records::{Date, Record, Value};
 use super::{Capability, MappedRow, Notification, ParamSpec, PluginInfo, PluginKind, Recipient, RowError, ValueType};
 
 mod notifier_world {
-    wasmtime::component::bindgen!({ world: "notifier", path: "../wit/since_v0.1.1" });
+    wasmtime::component::bindgen!({ world: "notifier", path: "../wit/since_v0.1.2" });
 }
 
 mod mapping_world {
     wasmtime::component::bindgen!({
         world: "import-mapping",
-        path: "../wit/since_v0.1.1",
+        path: "../wit/since_v0.1.2",
         with: {
             "schoolbell:plugin/types": super::notifier_world::schoolbell::plugin::types,
             "schoolbell:plugin/log": super::notifier_world::schoolbell::plugin::log,
@@ -30,14 +30,16 @@ pub(crate) use mapping_world::ImportMappingPre;
 pub(crate) use mapping_world::exports::schoolbell::plugin::mapping as mapping_api;
 pub(crate) use notifier_world::NotifierPre;
 pub(crate) use notifier_world::exports::schoolbell::plugin::notify as notify_api;
-pub(crate) use notifier_world::schoolbell::plugin::{host as host_api, log as log_api, types as wit};
+pub(crate) use notifier_world::schoolbell::plugin::{
+    files as files_api, host as host_api, log as log_api, types as wit,
+};
 
 /// The WIT package every plugin targets.
 pub(crate) const PACKAGE: &str = "schoolbell:plugin";
 
 /// The WIT versions this host loads, oldest first. Keep in step with the
 /// `wit/since_v*` folders and the table in `wit/README.md`.
-pub(crate) const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", "0.1.1"];
+pub(crate) const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", "0.1.1", "0.1.2"];
 
 /// What a component targets, read from its export and import names.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,7 @@ use crate::records::Record;
 use crate::rules::RuleSet;
 use crate::store::Store;
 
-use super::bindings::{self, host_api, log_api, wit};
+use super::bindings::{self, files_api, host_api, log_api, wit};
 use super::output::CappedOutput;
 use super::sandbox::{Interrupt, Limiter, RunControl};
 use super::{Capability, LogLevel, LogLine, PluginId};
@@ -37,6 +37,9 @@ pub(crate) struct RunState {
     pub(crate) task: String,
     pub(crate) params: Record,
     pub(crate) control: RunControl,
+    pub(crate) today: crate::records::Date,
+    /// The folders `files` may reach, by name, from the sandbox config.
+    folders: std::collections::BTreeMap<String, std::path::PathBuf>,
     pub(crate) started: Instant,
     pub(crate) interrupted: Option<Interrupt>,
     pub(crate) log: Vec<LogLine>,
@@ -61,6 +64,7 @@ pub(crate) struct RunSetup {
     pub(crate) task: String,
     pub(crate) params: Record,
     pub(crate) control: RunControl,
+    pub(crate) today: crate::records::Date,
 }
 
 impl RunState {
@@ -80,6 +84,8 @@ impl RunState {
             task: setup.task,
             params: setup.params,
             control: setup.control,
+            today: setup.today,
+            folders: sandbox.config.folders.clone(),
             started: Instant::now(),
             interrupted: None,
             log: Vec::new(),
@@ -220,5 +226,83 @@ impl host_api::Host for RunState {
 
     fn cancelled(&mut self) -> bool {
         self.control.is_cancelled()
+    }
+
+    fn today(&mut self) -> wit::Date {
+        wit::Date { year: self.today.year, month: self.today.month, day: self.today.day }
+    }
+}
+
+impl RunState {
+    /// The folder `folder` resolves to, once the capability checks pass.
+    fn folder(&mut self, folder: &str, write: bool) -> Result<std::path::PathBuf, wit::PluginError> {
+        let name = format!("folder:{folder}");
+        self.check(if write { Capability::WriteCollection(name) } else { Capability::ReadCollection(name) })?;
+        match self.folders.get(folder) {
+            Some(path) => Ok(path.clone()),
+            None => {
+                let message =
+                    format!("the district has no folder `{folder}`: set it under [sandbox.folders] in schoolbell.toml");
+                self.violations.push(message.clone());
+                Err(wit::PluginError::Permanent(message))
+            }
+        }
+    }
+
+    /// A file name inside a folder: never a path, so nothing outside is reachable.
+    fn file_in(&mut self, dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf, wit::PluginError> {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+            let message = format!("`{name}` is not a plain file name");
+            self.violations.push(message.clone());
+            return Err(wit::PluginError::Denied(message));
+        }
+        Ok(dir.join(name))
+    }
+}
+
+fn io_failure(what: &str, path: &std::path::Path, e: std::io::Error) -> wit::PluginError {
+    wit::PluginError::Transient(format!("cannot {what} {}: {e}", path.display()))
+}
+
+impl files_api::Host for RunState {
+    fn list_files(&mut self, folder: String) -> Result<Vec<files_api::FileInfo>, wit::PluginError> {
+        let dir = self.folder(&folder, false)?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| io_failure("list", &dir, e))?;
+        let now = std::time::SystemTime::now();
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_failure("list", &dir, e))?;
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+            files.push(files_api::FileInfo {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                size: meta.len(),
+                age_days: (age.as_secs() / 86_400) as u32,
+            });
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
+    }
+
+    fn write_file(&mut self, folder: String, name: String, contents: Vec<u8>) -> Result<(), wit::PluginError> {
+        let dir = self.folder(&folder, true)?;
+        let path = self.file_in(&dir, &name)?;
+        // Written beside, then renamed: a reader never sees half a file.
+        let staged = dir.join(format!(".{name}.writing"));
+        std::fs::write(&staged, &contents).map_err(|e| io_failure("write", &staged, e))?;
+        std::fs::rename(&staged, &path).map_err(|e| io_failure("write", &path, e))?;
+        self.push_log(LogLevel::Info, format!("wrote {} ({} bytes)", path.display(), contents.len()));
+        Ok(())
+    }
+
+    fn delete_file(&mut self, folder: String, name: String) -> Result<(), wit::PluginError> {
+        let dir = self.folder(&folder, true)?;
+        let path = self.file_in(&dir, &name)?;
+        std::fs::remove_file(&path).map_err(|e| io_failure("delete", &path, e))?;
+        self.push_log(LogLevel::Info, format!("deleted {}", path.display()));
+        Ok(())
     }
 }

@@ -16,7 +16,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
-use super::bindings::{host_api, log_api};
+use super::bindings::{files_api, host_api, log_api};
 use super::host::RunState;
 use super::output::CappedOutput;
 use super::{Error, PluginId};
@@ -41,6 +41,9 @@ pub struct SandboxConfig {
     pub log_limit_bytes: usize,
     /// The most notifications (or mapped rows per chunk) one call may return.
     pub output_limit: usize,
+    /// Folders plugins may be granted, by name: `batch = "/srv/sis/batch"`.
+    /// A plugin reaches one only with `read:folder:NAME` / `write:folder:NAME`.
+    pub folders: std::collections::BTreeMap<String, std::path::PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -52,6 +55,7 @@ impl Default for SandboxConfig {
             max_instances: 32,
             log_limit_bytes: 64 * 1024,
             output_limit: 100_000,
+            folders: Default::default(),
         }
     }
 }
@@ -189,6 +193,7 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
         log_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(engine_error)?;
         host_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(engine_error)?;
+        files_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(engine_error)?;
 
         let weak = engine.weak();
         let live_stores = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -20,7 +20,8 @@ compile_error!("enable one of the features `mapping` and `notifier`, not both: a
 pub mod mapping {
     wit_bindgen::generate!({
         world: "import-mapping",
-        path: "../../wit/since_v0.1.1",
+        path: "../../wit/since_v0.1.2",
+        additional_derives: [PartialEq],
         pub_export_macro: true,
         export_macro_name: "export_mapping",
         default_bindings_module: "schoolbell_plugin_sdk::mapping",
@@ -41,7 +42,8 @@ pub mod mapping {
 pub mod notifier {
     wit_bindgen::generate!({
         world: "notifier",
-        path: "../../wit/since_v0.1.1",
+        path: "../../wit/since_v0.1.2",
+        additional_derives: [PartialEq],
         pub_export_macro: true,
         export_macro_name: "export_notifier",
         default_bindings_module: "schoolbell_plugin_sdk::notifier",
@@ -49,11 +51,32 @@ pub mod notifier {
 
     pub use exports::schoolbell::plugin::notify::{Guest as NotifierGuest, Notification, Recipient};
     pub use exports::schoolbell::plugin::plugin::Guest as PluginGuest;
-    pub use schoolbell::plugin::host;
     pub use schoolbell::plugin::log::{Level, write as log};
     pub use schoolbell::plugin::types::*;
+    pub use schoolbell::plugin::{files, host};
 
     crate::value_helpers!();
+
+    /// The date a run is about: the text parameter `name` (`YYYY-MM-DD`)
+    /// when a task sets it, else the host's today in the district's zone.
+    pub fn date_param(params: &[Param], name: &str) -> Result<Date, PluginError> {
+        let text = text_param(params, name)?;
+        if text.trim().is_empty() {
+            return Ok(host::today());
+        }
+        parse_date(text.trim())
+            .ok_or_else(|| PluginError::BadInput(format!("parameter `{name}`: `{text}` is not a date (YYYY-MM-DD)")))
+    }
+
+    /// Whether `record` qualifies under the admin rule `rule`; an empty
+    /// rule name lets every record through.
+    pub fn qualifies(rule: &str, record: &[Field]) -> Result<Option<String>, PluginError> {
+        if rule.is_empty() {
+            return Ok(Some(String::new()));
+        }
+        let d = host::eval_rule(rule, record)?;
+        Ok(d.matched.then_some(d.reason))
+    }
 
     /// Iterates over every record of a collection, a page at a time, so a
     /// notifier never holds more than one page.
@@ -153,6 +176,64 @@ macro_rules! value_helpers {
         /// Builds a field.
         pub fn fld(name: &str, value: Value) -> Field {
             Field { name: name.into(), value }
+        }
+
+        /// A field's value as a date, if it is one.
+        pub fn date(record: &[Field], name: &str) -> Option<Date> {
+            match field(record, name) {
+                Some(Value::Date(d)) => Some(*d),
+                _ => None,
+            }
+        }
+
+        /// A boolean parameter (false when unset).
+        pub fn bool_param(params: &[Param], name: &str) -> Result<bool, PluginError> {
+            match param(params, name) {
+                Some(Value::Boolean(b)) => Ok(*b),
+                Some(Value::Null) | None => Ok(false),
+                Some(_) => Err(PluginError::BadInput(format!("parameter `{name}` must be true or false"))),
+            }
+        }
+
+        /// Parses `YYYY-MM-DD`.
+        pub fn parse_date(text: &str) -> Option<Date> {
+            let mut parts = text.splitn(3, '-');
+            let year: i32 = parts.next()?.parse().ok()?;
+            let month: u8 = parts.next()?.parse().ok()?;
+            let day: u8 = parts.next()?.parse().ok()?;
+            let d = Date { year, month, day };
+            (date_from_days(days(d)) == d).then_some(d)
+        }
+
+        /// Days since 1970-01-01 (negative before), for date arithmetic.
+        pub fn days(d: Date) -> i64 {
+            // Howard Hinnant's days_from_civil.
+            let y = i64::from(d.year) - i64::from(d.month <= 2);
+            let era = y.div_euclid(400);
+            let yoe = y - era * 400;
+            let m = i64::from(d.month);
+            let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d.day) - 1;
+            let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+            era * 146_097 + doe - 719_468
+        }
+
+        /// The date `n` days after 1970-01-01.
+        pub fn date_from_days(n: i64) -> Date {
+            let z = n + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+            let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+            let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+            Date { year, month, day }
+        }
+
+        /// `YYYY-MM-DD`.
+        pub fn date_text(d: Date) -> String {
+            format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
         }
     };
 }
