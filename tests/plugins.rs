@@ -44,7 +44,7 @@ fn install_is_idempotent_and_the_registry_shows_what_was_installed() {
     let sb = Sb::new();
     let attendance = plugin("notifier-attendance");
     let out = sb.ok(&["plugin", "install", s(&attendance)]);
-    assert_eq!(out.trim(), "notifier-attendance 0.1.0 (notifier, WIT 0.1.1): installed");
+    assert_eq!(out.trim(), "notifier-attendance 0.1.0 (notifier, WIT 0.1.2): installed");
     let out = sb.ok(&["plugin", "install", s(&attendance)]);
     assert!(out.contains("already installed (same bytes); nothing changed"), "{out}");
 
@@ -106,7 +106,7 @@ fn bad_files_are_refused_with_one_line_that_says_what_is_wrong() {
     let err = sb.fails(&["plugin", "install", s(&future)]);
     assert!(
         one_error_line(&err).contains(
-            "future.wasm: built for schoolbell:plugin@0.2.0, but this host loads schoolbell:plugin@0.1.0 to 0.1.1"
+            "future.wasm: built for schoolbell:plugin@0.2.0, but this host loads schoolbell:plugin@0.1.0 to 0.1.2"
         ),
         "{err}"
     );
@@ -255,15 +255,31 @@ fn components_from_the_registry_only_toolchain_import_no_wasi_and_run() {
 #[test]
 fn the_demo_runs_the_shipped_plugins_over_the_demo_data() {
     let sb = Sb::new();
+    let batch = sb.dir.path().join("batch");
+    sb.file("data/schoolbell.toml", format!("[sandbox.folders]\nbatch = \"{}\"\n", batch.display()));
     let plugins = support::root().join("target/plugins");
     let out = sb.ok(&["demo", "--plugins", s(&plugins)]);
     assert!(out.contains("2 error, 8 new (8 records written to `students`)"), "{out}");
     assert!(out.contains("line 9 error, field `Birth Date`"), "{out}");
-    assert!(out.contains("notifier-attendance: 4 notifications"), "{out}");
+    // Every shipped notifier fires on the demo data, whatever day it is.
+    for fired in [
+        "notifier-attendance: 4 notifications",
+        "notifier-birthday: 4 notifications",
+        "notifier-immunization: 1 notifications",
+        "notifier-status-since: 2 notifications",
+        "notifier-blank-grades: 1 notifications",
+        "deleted 1 of 1 files",
+        "exported 10 students to names.csv",
+    ] {
+        assert!(out.contains(fired), "{fired}:\n{out}");
+    }
+    assert!(batch.join("names.csv").exists());
     assert!(!out.contains("test-hostile"), "test plugins are not shipped:\n{out}");
-    // Idempotent: a second run installs nothing new and gives the same result.
+    // Idempotent: a second run installs nothing new and gives the same
+    // result, except what the watermark has already seen.
     let again = sb.ok(&["demo", "--plugins", s(&plugins)]);
     assert!(again.contains("notifier-attendance: 4 notifications"), "{again}");
+    assert!(again.contains("notifier-status-since: 0 notifications"), "{again}");
 }
 
 #[test]

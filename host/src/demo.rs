@@ -1,11 +1,15 @@
 //! The demo: what the README's first command shows. Installs the shipped
 //! plugins, imports the demo roster through the CSV mapping, loads demo
-//! attendance, and runs the attendance notifier over it.
+//! data dated around today (attendance, birthdays, immunizations, status
+//! changes, sections and grades, an old processed file in the batch
+//! folder) so that every shipped notifier fires, runs each once, and
+//! schedules the demo tasks.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use schoolbell::imports::ImportTarget;
+use schoolbell::notify::{Dedupe, NotifySettings};
 use schoolbell::plugins::RunRequest;
 use schoolbell::tasks::TaskSpec;
 use schoolbell::users::User;
@@ -64,10 +68,45 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
     let n = load_json(cx, "attendance", &attendance, Some("student-id"), &[])?;
     println!("\n== Attendance: {n} records loaded");
 
-    println!("\n== Notifier: notifier-attendance (rule rules/attendance_threshold.rhai)");
-    let request = RunRequest { task: "demo-attendance".into(), ..Default::default() };
-    let outcome = cx.host.run_notifier("notifier-attendance", &request)?;
-    print_notifications("notifier-attendance", &outcome);
+    let today = chrono::Utc::now().date_naive();
+    for (collection, key, json) in dated_data(today) {
+        let file = inputs.join(format!("{collection}.json"));
+        std::fs::write(&file, json.to_string())?;
+        let n = load_json(cx, collection, &file, Some(key), &[])?;
+        println!("== {collection}: {n} records loaded");
+    }
+    let batch = cx.config.sandbox.folders.get("batch").cloned();
+    if let Some(batch) = &batch {
+        std::fs::create_dir_all(batch)?;
+        let old = batch.join("P_IC_Roster.csv_20250101T000000Z");
+        std::fs::write(&old, "Student ID\n")?;
+        let forty_days = std::time::Duration::from_secs(40 * 86_400);
+        std::fs::File::options().write(true).open(&old)?.set_modified(std::time::SystemTime::now() - forty_days)?;
+    }
+
+    for (plugin, params) in [
+        ("notifier-attendance", vec![]),
+        ("notifier-birthday", vec![("greet", schoolbell::records::Value::Bool(true))]),
+        ("notifier-immunization", vec![]),
+        ("notifier-status-since", vec![]),
+        ("notifier-blank-grades", vec![]),
+        ("cleanup-batch-folder", vec![]),
+        ("export-names-csv", vec![]),
+    ] {
+        if batch.is_none() && (plugin.starts_with("cleanup") || plugin.starts_with("export")) {
+            println!("\n== {plugin}: skipped; set [sandbox.folders] batch in schoolbell.toml (xtask/demo does)");
+            continue;
+        }
+        println!("\n== Notifier: {plugin}");
+        let request = RunRequest {
+            task: format!("demo-{plugin}"),
+            params: params.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            ..Default::default()
+        };
+        let outcome = cx.host.run_notifier(plugin, &request)?;
+        cx.host.store().apply_task_state(&request.task, &outcome.state_writes)?;
+        print_notifications(plugin, &outcome);
+    }
 
     println!("\n== Demo tasks");
     let admin = User::local_owner();
@@ -77,6 +116,7 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
             plugin: "notifier-attendance".into(),
             schedule: "every 1 minutes".into(),
             rules: vec!["attendance_threshold".into()],
+            notify: NotifySettings { group: vec!["admin".into()], ..Default::default() },
             ..TaskSpec::default()
         },
         TaskSpec {
@@ -86,6 +126,26 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
             zone: Some("America/Chicago".into()),
             rules: vec!["attendance_threshold".into()],
             params: [("threshold".to_string(), serde_json::json!(10))].into(),
+            ..TaskSpec::default()
+        },
+        TaskSpec {
+            name: "immunizations-weekly".into(),
+            plugin: "notifier-immunization".into(),
+            schedule: "weekly on mon at 06:30".into(),
+            zone: Some("America/Chicago".into()),
+            notify: NotifySettings {
+                group: vec!["nurse@district.example".into()],
+                dedupe: Dedupe::Once,
+                ..Default::default()
+            },
+            ..TaskSpec::default()
+        },
+        TaskSpec {
+            name: "batch-cleanup".into(),
+            plugin: "cleanup-batch-folder".into(),
+            kind: Some(schoolbell::tasks::TaskKind::Cleanup),
+            schedule: "daily at 03:00".into(),
+            zone: Some("America/Chicago".into()),
             ..TaskSpec::default()
         },
         TaskSpec {
@@ -107,4 +167,71 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
         println!("  {name}: {} ({}), next fire {next}", task.schedule, task.zone);
     }
     Ok(())
+}
+
+/// Demo records dated around `today`, so that each notifier has something
+/// to say whatever day the demo runs.
+fn dated_data(today: chrono::NaiveDate) -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    use chrono::{Datelike, Duration};
+    let day = |offset: i64| (today + Duration::days(offset)).format("%Y-%m-%d").to_string();
+    let years_ago = |n: i32| {
+        today
+            .with_year(today.year() - n)
+            .unwrap_or(today - Duration::days(365 * i64::from(n)))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let now = chrono::Utc::now();
+    let stamp = |hours: i64| (now - Duration::hours(hours)).format("%Y-%m-%dT%H:%M:%S").to_string();
+    vec![
+        (
+            "students",
+            "student-id",
+            serde_json::json!([
+                {"student-id": "S2001", "last-name": "Okafor", "first-name": "Ada", "birth-date": years_ago(16), "email": "ada.okafor@students.example"},
+                {"student-id": "S2002", "last-name": "Novak", "first-name": "Jan", "birth-date": years_ago(18), "email": "jan.novak@students.example"}
+            ]),
+        ),
+        (
+            "immunizations",
+            "id",
+            serde_json::json!([
+                {"id": "I1", "student-id": "S1001", "first-name": "Maria", "last-name": "Alvarez", "vaccine": "MMR", "expires": day(12)},
+                {"id": "I2", "student-id": "S1002", "first-name": "Daniel", "last-name": "Brooks", "vaccine": "Tdap", "expires": day(200)}
+            ]),
+        ),
+        (
+            "status-changes",
+            "change-id",
+            serde_json::json!([
+                {"change-id": "C1", "student-id": "S1003", "first-name": "Li", "last-name": "Chen", "status": "Honors", "added": stamp(30)},
+                {"change-id": "C2", "student-id": "S1004", "first-name": "Amélie", "last-name": "Dubois", "status": "Probation", "added": stamp(2)}
+            ]),
+        ),
+        (
+            "sections",
+            "section-id",
+            serde_json::json!([
+                {"section-id": "ALG1-01", "course": "Algebra I", "end-date": day(-10), "lead-faculty": "F100"},
+                {"section-id": "BIO-02", "course": "Biology", "end-date": day(30), "lead-faculty": "F200"}
+            ]),
+        ),
+        (
+            "grades",
+            "grade-id",
+            serde_json::json!([
+                {"grade-id": "G1", "section-id": "ALG1-01", "student-id": "S1001", "grade": "A-"},
+                {"grade-id": "G2", "section-id": "ALG1-01", "student-id": "S1002", "grade": ""},
+                {"grade-id": "G3", "section-id": "BIO-02", "student-id": "S1003", "grade": ""}
+            ]),
+        ),
+        (
+            "staff",
+            "staff-id",
+            serde_json::json!([
+                {"staff-id": "F100", "last-name": "Reyes", "first-name": "Pat", "email": "pat.reyes@district.example"},
+                {"staff-id": "F200", "last-name": "Kim", "first-name": "Sam", "email": "sam.kim@district.example"}
+            ]),
+        ),
+    ]
 }
