@@ -414,3 +414,35 @@ fn windows_1252_files_are_read_when_the_task_says_so_and_refused_clearly_otherwi
     assert_eq!(students[0]["last-name"], "Dubé");
     assert_eq!(students[0]["first-name"], "Renée");
 }
+
+/// A vendor's path: scaffold, build with the project's guest toolchain
+/// script, install, grant, run.
+#[test]
+fn a_scaffolded_notifier_builds_installs_and_runs() {
+    let sb = Sb::new();
+    let vendor = sb.dir.path().join("vendor");
+    std::fs::create_dir_all(&vendor).unwrap();
+    let out = sb.ok(&["plugin", "new", "notifier", "late-bus", "--dir", s(&vendor)]);
+    assert!(out.contains("src/lib.rs is the whole plugin"), "{out}");
+    let err = sb.fails(&["plugin", "new", "notifier", "late-bus", "--dir", s(&vendor)]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = sb.fails(&["plugin", "new", "notifier", "Late Bus", "--dir", s(&vendor)]);
+    assert!(err.contains("lowercase letters, digits and dashes"), "{err}");
+
+    let out_dir = sb.dir.path().join("built");
+    let status = std::process::Command::new(support::root().join("xtask/build-plugins"))
+        .arg(vendor.join("late-bus"))
+        .env("SCHOOLBELL_PLUGIN_OUT", &out_dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the scaffold builds with xtask/build-plugins");
+    let wasm = out_dir.join("late-bus.wasm");
+    let out = sb.ok(&["plugin", "install", s(&wasm)]);
+    assert!(out.contains("late-bus 0.1.0 (notifier, WIT 0.1.2): installed"), "{out}");
+    sb.ok(&["plugin", "grant", "late-bus", "read:students"]);
+    let students = sb.file("students.json", r#"[{"student-id": "S1"}, {"student-id": "S2"}]"#);
+    sb.ok(&["records", "load", "students", s(&students), "--key", "student-id"]);
+    let out = sb.ok(&["notify", "run", "late-bus"]);
+    assert!(out.starts_with("late-bus: 2 notifications"), "{out}");
+    assert!(out.contains("[late-bus:S2] late-bus: student S2"), "{out}");
+}

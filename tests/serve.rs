@@ -138,7 +138,10 @@ fn the_api_serves_tasks_and_runs_behind_tokens_with_the_permission_rules() {
     assert_eq!(page["messages"][0]["message"], "Attendance: Ann Ng has 7 absences");
     let (status, csv) = api.call("GET", &format!("/api/v1/runs/{id}/messages?format=csv"), Some(&sam), None);
     assert_eq!(status, 200);
-    assert_eq!(csv, "row,status,field,message\n,notification,,Attendance: Ann Ng has 7 absences\n");
+    assert_eq!(
+        csv,
+        "row,status,field,message\n,notification,,Attendance: Ann Ng has 7 absences\n,undeliverable,,Attendance: Ann Ng has 7 absences: the task's notification group is empty; set it with --notify\n"
+    );
 
     // Finished: cancel is a conflict, delete works for the owner of the run.
     let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/cancel"), &sam, None);

@@ -87,6 +87,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCmd {
+    /// Scaffold a plugin crate: `plugin new notifier NAME`.
+    New {
+        /// The kind of plugin (notifier).
+        kind: NewKind,
+        /// The plugin's name: lowercase letters, digits, dashes.
+        name: String,
+        /// The folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The plugin SDK (`plugins/sdk` in the Schoolbell checkout).
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/sdk"))]
+        sdk: PathBuf,
+    },
     /// Install component files (the same bytes twice is a no-op).
     Install {
         /// `.wasm` component files.
@@ -611,6 +624,13 @@ fn parse_json_param(s: &str) -> Result<(String, Value), String> {
     Ok((k.trim().to_string(), value.unwrap_or_else(|| Value::Text(v.to_string()))))
 }
 
+/// What `plugin new` scaffolds.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NewKind {
+    /// A notifier: reads records, returns notifications.
+    Notifier,
+}
+
 fn parse_param(s: &str) -> Result<(String, Value), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not `name=value`"))?;
     Ok((k.trim().to_string(), Value::Text(v.to_string())))
@@ -687,6 +707,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
     if let Command::Rule(RuleCmd::Check { file }) = &args.command {
         RuleSet::new(Path::new("."), Default::default()).compile_file(file)?;
         println!("{}: ok", file.display());
+        return Ok(());
+    }
+    if let Command::Plugin(PluginCmd::New { kind: NewKind::Notifier, name, dir, sdk }) = &args.command {
+        let made = schoolbell::plugins::scaffold::new_notifier(name, dir, sdk)?;
+        println!("created {}: src/lib.rs is the whole plugin", made.display());
+        println!("build:   xtask/build-plugins {}   (in the Schoolbell checkout)", made.display());
+        println!("install: schoolbell plugin install target/plugins/{name}.wasm");
         return Ok(());
     }
     if let Command::Rule(RuleCmd::Test { file, sample, params }) = &args.command {
@@ -861,6 +888,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
 fn plugin(cx: &Ctx, cmd: PluginCmd) -> Result<()> {
     let host = &cx.host;
     match cmd {
+        PluginCmd::New { .. } => unreachable!("handled before the store is opened"),
         PluginCmd::Install { files, grant_all } => {
             for file in files {
                 let (mut entry, status) = host.install(&file)?;

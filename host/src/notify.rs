@@ -226,13 +226,19 @@ pub fn plan(
             continue;
         }
         let (addresses, problems) = addresses(store, settings, &n.recipient)?;
+        let shown = if addresses.is_empty() {
+            n.subject.clone()
+        } else {
+            format!("{} → {}", n.subject, addresses.join(", "))
+        };
+        planned.messages.push(("notification", shown));
         for problem in problems {
             planned.messages.push(("undeliverable", format!("{}: {problem}", n.subject)));
         }
         if addresses.is_empty() {
+            // Not in the ledger: once the address is fixed, it goes out.
             continue;
         }
-        planned.messages.push(("notification", format!("{} → {}", n.subject, addresses.join(", "))));
         for to in addresses {
             planned.outbox.push(OutboxEntry::new(
                 run,

@@ -12,6 +12,7 @@ mod host;
 mod output;
 mod registry;
 mod sandbox;
+pub mod scaffold;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -153,6 +153,15 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A test that fails mid-way must not leave its server running (and
+    /// holding the test harness's output pipe open).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A real OpenSSH server on loopback, for SFTP tests: its own host key,
 /// one authorized client key, `internal-sftp`, no passwords.
 pub struct Sshd {
