@@ -1,0 +1,141 @@
+//! Notifier benchmark: the attendance notifier and its admin rule over
+//! 1,000,000 records (records/s), the rule alone over the same records,
+//! and emails/s from the outbox to a real SMTP server on loopback
+//! (Debian's aiosmtpd). Run with `cargo bench -p schoolbell --bench notify`
+//! after `xtask/build-plugins`; the figures go in the README.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use schoolbell::notify::smtp::{EmailConfig, Mailer, TlsMode};
+use schoolbell::notify::{Delivery, MailKind, OutboxEntry};
+use schoolbell::plugins::{PluginHost, RunRequest, SandboxConfig};
+use schoolbell::records::{Record, Value};
+use schoolbell::rules::RuleSet;
+use schoolbell::store::{CollectionSpec, Finish, Store};
+
+const RECORDS: usize = 1_000_000;
+const EMAILS: u64 = 2_000;
+
+fn attendance(i: usize) -> Record {
+    let text = |s: &str| Value::Text(s.to_string());
+    Record::from([
+        ("student-id".to_string(), Value::Text(format!("S{i:07}"))),
+        ("first-name".to_string(), Value::Text(format!("First{}", i % 977))),
+        ("last-name".to_string(), Value::Text(format!("Last{i}"))),
+        ("absences".to_string(), Value::Int((i % 40) as i64)),
+        ("division".to_string(), text(["Upper", "Lower"][i % 2])),
+        ("campus".to_string(), text(["North", "South", "East"][i % 3])),
+        ("department".to_string(), text("Math")),
+        ("level".to_string(), text("10")),
+    ])
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugin = root.join("target/plugins/notifier-attendance.wasm");
+    assert!(plugin.exists(), "run xtask/build-plugins first");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let rules = Arc::new(RuleSet::load_dir(&root.join("rules"), Default::default()).unwrap());
+    let host =
+        PluginHost::new(store.clone(), rules.clone(), &dir.path().join("cache"), SandboxConfig::default()).unwrap();
+    host.install(&plugin).unwrap();
+    host.grant_all("notifier-attendance").unwrap();
+    store.define_collection("attendance", &CollectionSpec { key_field: "student-id".into(), indexes: vec![] }).unwrap();
+    let all: Vec<Record> = (0..RECORDS).map(attendance).collect();
+    for chunk in all.chunks(100_000) {
+        store.put_records("attendance", chunk).unwrap();
+    }
+    store.flush().unwrap();
+
+    // The rule alone, in this process: what each record costs the engine.
+    let rule = rules.get("attendance_threshold").unwrap();
+    let params = Record::from([
+        ("threshold".to_string(), Value::Int(30)),
+        ("division".to_string(), Value::Text(String::new())),
+        ("campus".to_string(), Value::Text("North".into())),
+        ("department".to_string(), Value::Text(String::new())),
+        ("level".to_string(), Value::Text(String::new())),
+    ]);
+    let started = Instant::now();
+    let matched = all.iter().filter(|r| rules.eval(&rule, r, &params).unwrap().matched).count();
+    let t = started.elapsed();
+    println!(
+        "rule alone: {RECORDS} records in {t:.2?} = {:.0} records/s ({matched} match)",
+        RECORDS as f64 / t.as_secs_f64()
+    );
+    drop(all);
+
+    // The notifier: pages through the store, asks the rule per record,
+    // returns the notifications.
+    let request = RunRequest {
+        task: "bench".into(),
+        params: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let outcome = host.run_notifier("notifier-attendance", &request).unwrap();
+    let t = started.elapsed();
+    println!(
+        "notifier + rule: {RECORDS} records in {t:.2?} = {:.0} records/s ({} notifications)",
+        RECORDS as f64 / t.as_secs_f64(),
+        outcome.notifications.len()
+    );
+
+    // Emails/s: a real SMTP server on loopback that accepts and discards.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut smtp = std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Sink"])
+        .spawn()
+        .expect("install python3-aiosmtpd (xtask/system-packages does)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let now = Utc::now();
+    let entries: Vec<(u64, chrono::DateTime<Utc>, OutboxEntry)> = (0..EMAILS)
+        .map(|i| {
+            let entry = OutboxEntry {
+                run: 1,
+                task: "bench".into(),
+                kind: MailKind::Notification,
+                to: format!("person{i}@district.test"),
+                subject: format!("Attendance: student {i}"),
+                body: "Student S0000001 has 31 absences. Rule: absences=31, params.threshold=30.".into(),
+                dedupe_key: format!("attendance:{i}"),
+                created: now,
+                status: Delivery::Pending,
+                attempts: 0,
+                next_attempt: now,
+                last_error: None,
+                sent_at: None,
+            };
+            (store.next_sequence("outbox").unwrap(), now, entry)
+        })
+        .collect();
+    let none: &[(String, Option<()>)] = &[];
+    store
+        .finish_run(1, &serde_json::json!({}), now, "bench", &Finish { state: &[], ledger: none, outbox: &entries })
+        .unwrap();
+    let config = EmailConfig {
+        smtp_host: "127.0.0.1".into(),
+        smtp_port: port,
+        tls: TlsMode::None,
+        from: "Schoolbell <bell@district.test>".into(),
+        ..EmailConfig::default()
+    };
+    let mailer = Mailer::new(&config, None).unwrap().unwrap();
+    let started = Instant::now();
+    let delivered = mailer.deliver_due(&store, Utc::now()).unwrap();
+    let t = started.elapsed();
+    println!(
+        "emails: {} sent in {t:.2?} = {:.0} emails/s (each recorded and flushed before the next)",
+        delivered.sent,
+        delivered.sent as f64 / t.as_secs_f64()
+    );
+    assert_eq!(delivered.sent, EMAILS);
+    let _ = smtp.kill();
+    let _ = smtp.wait();
+}
