@@ -38,6 +38,21 @@ fn load(sb: &Sb, absences: [i64; 3]) {
     sb.ok(&["records", "load", "attendance", s(&file), "--key", "student-id"]);
 }
 
+/// The attendance notifier, daily, notifying `group`.
+fn add_attendance_task(sb: &Sb, group: &str) {
+    sb.ok(&[
+        "task",
+        "add",
+        "attendance",
+        "--plugin",
+        "notifier-attendance",
+        "--schedule",
+        "daily at 07:00",
+        "--notify",
+        group,
+    ]);
+}
+
 fn run(sb: &Sb) -> String {
     sb.ok(&["task", "run-now", "attendance", "--wait"])
 }
@@ -52,17 +67,7 @@ fn notifications_wait_in_the_outbox_until_the_server_answers_and_are_sent_once()
     let port = free_port();
     let sb = setup(port);
     load(&sb, [7, 12, 1]);
-    sb.ok(&[
-        "task",
-        "add",
-        "attendance",
-        "--plugin",
-        "notifier-attendance",
-        "--schedule",
-        "daily at 07:00",
-        "--notify",
-        "counselor@district.test,head@district.test",
-    ]);
+    add_attendance_task(&sb, "counselor@district.test,head@district.test");
     let out = run(&sb);
     assert!(out.contains("succeeded"), "{out}");
     assert!(out.contains("emails 4"), "two students over the threshold, two addresses each: {out}");
@@ -189,17 +194,7 @@ fn a_killed_server_loses_no_email_and_sends_none_twice() {
     let port = free_port();
     let sb = setup(port);
     load(&sb, [7, 12, 1]);
-    sb.ok(&[
-        "task",
-        "add",
-        "attendance",
-        "--plugin",
-        "notifier-attendance",
-        "--schedule",
-        "daily at 07:00",
-        "--notify",
-        "counselor@district.test",
-    ]);
+    add_attendance_task(&sb, "counselor@district.test");
     sb.ok(&["task", "run-now", "attendance"]);
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

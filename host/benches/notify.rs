@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use schoolbell::notify::smtp::{EmailConfig, Mailer, TlsMode};
-use schoolbell::notify::{Delivery, MailKind, OutboxEntry};
+use schoolbell::notify::{MailKind, OutboxEntry};
 use schoolbell::plugins::{PluginHost, RunRequest, SandboxConfig};
 use schoolbell::records::{Record, Value};
 use schoolbell::rules::RuleSet;
@@ -97,21 +97,16 @@ fn main() {
     let now = Utc::now();
     let entries: Vec<(u64, chrono::DateTime<Utc>, OutboxEntry)> = (0..EMAILS)
         .map(|i| {
-            let entry = OutboxEntry {
-                run: 1,
-                task: "bench".into(),
-                kind: MailKind::Notification,
-                to: format!("person{i}@district.test"),
-                subject: format!("Attendance: student {i}"),
-                body: "Student S0000001 has 31 absences. Rule: absences=31, params.threshold=30.".into(),
-                dedupe_key: format!("attendance:{i}"),
-                created: now,
-                status: Delivery::Pending,
-                attempts: 0,
-                next_attempt: now,
-                last_error: None,
-                sent_at: None,
-            };
+            let entry = OutboxEntry::new(
+                1,
+                "bench",
+                MailKind::Notification,
+                format!("person{i}@district.test"),
+                format!("Attendance: student {i}"),
+                "Student S0000001 has 31 absences. Rule: absences=31, params.threshold=30.".into(),
+                &format!("attendance:{i}"),
+                now,
+            );
             (store.next_sequence("outbox").unwrap(), now, entry)
         })
         .collect();

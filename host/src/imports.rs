@@ -617,28 +617,64 @@ pub fn prepare(
     }
     let input = std::fs::File::open(&file.path).map_err(|source| Error::Open { path: file.path.clone(), source })?;
     request.control.set_progress(0, Some(file.size.max(1)));
-    let mut rows = Vec::new();
-    let outcome = host.run_mapping(plugin, &file.path, std::io::BufReader::new(input), request, |batch| {
-        rows.extend(batch.into_iter().map(|r| (r.line, r.record)));
-        Ok(())
-    })?;
-    define_collection(store, &target.collection, target.key_field.as_deref(), &target.indexes)?;
-    let keys = match &rule {
-        Some(r) => host.rules().match_keys(r)?,
-        None => Vec::new(),
+    // Set up the collection and read the match keys: once rows arrive, or
+    // at the end for a file with none. A file whose header fails creates
+    // nothing.
+    let setup = || -> Result<(Vec<Vec<String>>, u64), Error> {
+        define_collection(store, &target.collection, target.key_field.as_deref(), &target.indexes)?;
+        let keys = match &rule {
+            Some(r) => host.rules().match_keys(r)?,
+            None => Vec::new(),
+        };
+        Ok((keys, store.count_records(&target.collection)?))
     };
-    plan.existing = store.count_records(&target.collection)?;
-    let mut planned = plan_rows(store, &target.collection, &keys, target.end_field.as_deref(), rows, &outcome.errors)?;
+    let plan_from = |rows: &mut dyn Iterator<Item = (u64, Record)>| -> Result<(Plan, u64), Error> {
+        let (keys, existing) = setup()?;
+        Ok((plan_rows(store, &target.collection, &keys, target.end_field.as_deref(), rows)?, existing))
+    };
+    // The component maps on this thread while another matches the rows
+    // it has mapped so far: the two stages overlap instead of adding up.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, Record)>>(16);
+    let (mapped, planned) = std::thread::scope(|scope| {
+        let planner = scope.spawn(move || -> Result<Option<(Plan, u64)>, Error> {
+            let mut rows = rx.into_iter().flatten().peekable();
+            if rows.peek().is_none() {
+                return Ok(None);
+            }
+            plan_from(&mut rows).map(Some)
+        });
+        let mapped = host.run_mapping(plugin, &file.path, std::io::BufReader::new(input), request, |batch| {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            tx.send(batch.into_iter().map(|r| (r.line, r.record)).collect())
+                .map_err(|_| plugins::Error::Cancelled { plugin: entry.id() })
+        });
+        drop(tx);
+        let planned = planner.join().unwrap_or_else(|_| Err(Error::Target("the row planner panicked".into())));
+        (mapped, planned)
+    });
+    // The planner's own error says more than the stop it caused.
+    let planned = planned?;
+    let outcome = mapped?;
+    let (mut planned, existing) = match planned {
+        Some(p) => p,
+        None => plan_from(&mut std::iter::empty())?,
+    };
+    plan.existing = existing;
+    planned.rows = merge_errors(std::mem::take(&mut planned.rows), &outcome.errors);
     if target.full_roster {
         settle_missing(store, &target.collection, target.missing, &mut planned)?;
     }
     let Plan { rows, writes, removes, .. } = planned;
-    // A row with several field errors counts once.
-    let mut counted = HashSet::new();
+    // A row with several field errors counts once: they are adjacent.
+    let mut previous = None;
     for r in &rows {
-        if counted.insert((r.status(), r.line, r.outcome.key())) {
+        let this = (r.status(), r.line);
+        if r.line == 0 || previous != Some(this) {
             *plan.counts.entry(r.status().to_string()).or_insert(0) += 1;
         }
+        previous = Some(this);
     }
     (plan.hold, plan.changed_percent, plan.added_percent) = target.guard.hold(&plan.counts, plan.existing);
     plan.rows = rows;
@@ -646,21 +682,6 @@ pub fn prepare(
     plan.removes = removes;
     plan.log = outcome.log;
     Ok(plan)
-}
-
-impl RowOutcome {
-    fn key(&self) -> Option<&str> {
-        match self {
-            RowOutcome::New { key }
-            | RowOutcome::Updated { key, .. }
-            | RowOutcome::Ended { key, .. }
-            | RowOutcome::Removed { key }
-            | RowOutcome::Existing { key }
-            | RowOutcome::Duplicate { key, .. }
-            | RowOutcome::Inactivated { key } => Some(key),
-            RowOutcome::Multiple { .. } | RowOutcome::Error { .. } => None,
-        }
-    }
 }
 
 /// Records of the collection the full roster does not list are set
@@ -836,8 +857,7 @@ fn plan_rows(
     collection: &str,
     keys: &[Vec<String>],
     end_field: Option<&str>,
-    rows: Vec<(u64, Record)>,
-    mapping_errors: &[RowError],
+    rows: &mut dyn Iterator<Item = (u64, Record)>,
 ) -> Result<Plan, Error> {
     let spec = store
         .collection(collection)?
@@ -861,19 +881,11 @@ fn plan_rows(
             (k, name)
         })
         .collect();
-    let mut out = Vec::with_capacity(rows.len() + mapping_errors.len());
+    let mut out = Vec::new();
     let mut writes = Vec::new();
     let mut removes = Vec::new();
-    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::with_capacity(rows.len());
-    let mut errors = mapping_errors.iter().peekable();
-    let error = |e: &RowError| RowReport {
-        line: e.line,
-        outcome: RowOutcome::Error { field: e.field.clone(), message: e.message.clone() },
-    };
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for (line, mut row) in rows {
-        while let Some(e) = errors.next_if(|e| e.line <= line) {
-            out.push(error(e));
-        }
         let remove = match row.remove(ACTION_FIELD) {
             None | Some(Value::Null) => false,
             Some(Value::Text(t)) if t.trim().is_empty() => false,
@@ -956,6 +968,26 @@ fn plan_rows(
         };
         out.push(RowReport { line, outcome });
     }
-    out.extend(errors.map(error));
     Ok(Plan { rows: out, writes, removes, seen: seen.into_keys().collect() })
+}
+
+/// Puts the mapping's row errors among the planned rows, in line order (an
+/// error before the row of the same line, as the file reads).
+fn merge_errors(rows: Vec<RowReport>, errors: &[RowError]) -> Vec<RowReport> {
+    let mut out = Vec::with_capacity(rows.len() + errors.len());
+    let mut errors = errors.iter().peekable();
+    for row in rows {
+        while let Some(e) = errors.next_if(|e| e.line <= row.line) {
+            out.push(RowReport {
+                line: e.line,
+                outcome: RowOutcome::Error { field: e.field.clone(), message: e.message.clone() },
+            });
+        }
+        out.push(row);
+    }
+    out.extend(errors.map(|e| RowReport {
+        line: e.line,
+        outcome: RowOutcome::Error { field: e.field.clone(), message: e.message.clone() },
+    }));
+    out
 }

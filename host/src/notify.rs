@@ -152,8 +152,11 @@ pub struct OutboxEntry {
 }
 
 impl OutboxEntry {
-    fn new(
-        run: &Run,
+    /// A new entry, due at `now`.
+    #[allow(clippy::too_many_arguments)] // One per field of the email.
+    pub fn new(
+        run: u64,
+        task: &str,
         kind: MailKind,
         to: String,
         subject: String,
@@ -162,8 +165,8 @@ impl OutboxEntry {
         now: DateTime<Utc>,
     ) -> Self {
         OutboxEntry {
-            run: run.id,
-            task: run.task.clone(),
+            run,
+            task: task.to_string(),
             kind,
             to,
             subject,
@@ -241,7 +244,8 @@ pub fn plan(
         }
         for to in addresses {
             planned.outbox.push(OutboxEntry::new(
-                run,
+                run.id,
+                &run.task,
                 MailKind::Notification,
                 to,
                 n.subject.clone(),
@@ -352,5 +356,5 @@ pub fn job_completion(store: &Store, run: &Run, now: DateTime<Utc>) -> Result<Op
         body.push_str(&format!("Error: {e}\n"));
     }
     body.push_str(&format!("Details: schoolbell runs show {}\n", run.id));
-    Ok(Some(OutboxEntry::new(run, MailKind::JobCompletion, owner.email, subject, body, "", now)))
+    Ok(Some(OutboxEntry::new(run.id, &run.task, MailKind::JobCompletion, owner.email, subject, body, "", now)))
 }

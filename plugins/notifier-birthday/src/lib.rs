@@ -27,18 +27,8 @@ impl PluginGuest for Plugin {
                     Some(Value::Null),
                     "Only students turning this age; empty for all.",
                 ),
-                param_spec(
-                    "rule",
-                    ValueType::Text,
-                    Some(Value::Text(String::new())),
-                    "An admin rule that narrows who qualifies; empty for none.",
-                ),
-                param_spec(
-                    "date",
-                    ValueType::Text,
-                    Some(Value::Text(String::new())),
-                    "The day to look at (YYYY-MM-DD); empty for today.",
-                ),
+                rule_param_spec(),
+                date_param_spec(),
             ],
             capabilities: vec![Capability::ReadCollection("students".into())],
         }

@@ -21,12 +21,7 @@ impl PluginGuest for Plugin {
                     Some(Value::Integer(7)),
                     "Days after the section's end date.",
                 ),
-                param_spec(
-                    "date",
-                    ValueType::Text,
-                    Some(Value::Text(String::new())),
-                    "The day to look from (YYYY-MM-DD); empty for today.",
-                ),
+                date_param_spec(),
             ],
             capabilities: vec![
                 Capability::ReadCollection("sections".into()),

@@ -22,18 +22,8 @@ impl PluginGuest for Plugin {
                     "Notify this many days before expiry.",
                 ),
                 param_spec("notify_person", ValueType::Boolean, Some(Value::Boolean(false)), "Also tell the student."),
-                param_spec(
-                    "rule",
-                    ValueType::Text,
-                    Some(Value::Text(String::new())),
-                    "An admin rule that narrows who qualifies; empty for none.",
-                ),
-                param_spec(
-                    "date",
-                    ValueType::Text,
-                    Some(Value::Text(String::new())),
-                    "The day to look from (YYYY-MM-DD); empty for today.",
-                ),
+                rule_param_spec(),
+                date_param_spec(),
             ],
             capabilities: vec![Capability::ReadCollection("immunizations".into())],
         }

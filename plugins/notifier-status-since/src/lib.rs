@@ -22,12 +22,7 @@ impl PluginGuest for Plugin {
                     Some(Value::Text(String::new())),
                     "Only this status; empty for all.",
                 ),
-                param_spec(
-                    "rule",
-                    ValueType::Text,
-                    Some(Value::Text(String::new())),
-                    "An admin rule that narrows who qualifies; empty for none.",
-                ),
+                rule_param_spec(),
             ],
             capabilities: vec![Capability::ReadCollection("status-changes".into())],
         }

@@ -68,6 +68,27 @@ pub mod notifier {
             .ok_or_else(|| PluginError::BadInput(format!("parameter `{name}`: `{text}` is not a date (YYYY-MM-DD)")))
     }
 
+    /// The optional `rule` parameter: an admin rule that narrows who
+    /// qualifies (see [`qualifies`]).
+    pub fn rule_param_spec() -> ParamSpec {
+        param_spec(
+            "rule",
+            ValueType::Text,
+            Some(Value::Text(String::new())),
+            "An admin rule that narrows who qualifies; empty for none.",
+        )
+    }
+
+    /// The optional `date` parameter read by [`date_param`].
+    pub fn date_param_spec() -> ParamSpec {
+        param_spec(
+            "date",
+            ValueType::Text,
+            Some(Value::Text(String::new())),
+            "The day to look from (YYYY-MM-DD); empty for the district's today.",
+        )
+    }
+
     /// Whether `record` qualifies under the admin rule `rule`; an empty
     /// rule name lets every record through.
     pub fn qualifies(rule: &str, record: &[Field]) -> Result<Option<String>, PluginError> {
