@@ -125,6 +125,13 @@ fn main() {
     println!("mapping alone: {mapped} rows in {:.1?}", started.elapsed());
     let seeded = seed(&store);
     println!("seeded {ROWS} existing records in {seeded:.1?}");
+    // A service restarted over the seeded store, not one still writing
+    // the million records it was just given.
+    drop(host);
+    drop(store);
+    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let rules = Arc::new(RuleSet::load_dir(&root.join("rules"), Default::default()).unwrap());
+    let host = PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap();
     let batch = dir.path().join("batch");
     std::fs::create_dir_all(&batch).unwrap();
     std::fs::write(batch.join("IC_Roster.csv"), &body).unwrap();
@@ -161,6 +168,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
     seed(&store);
+    // Reopened, as the pipeline's store was: the same cold start.
+    drop(store);
+    let store = Store::open(&dir.path().join("store")).unwrap();
     let path = dir.path().join("roster.csv");
     std::fs::write(&path, &body).unwrap();
     let started = Instant::now();

@@ -181,8 +181,8 @@ fn dated_data(today: chrono::NaiveDate) -> Vec<(&'static str, &'static str, serd
             .format("%Y-%m-%d")
             .to_string()
     };
-    let now = chrono::Utc::now();
-    let stamp = |hours: i64| (now - Duration::hours(hours)).format("%Y-%m-%dT%H:%M:%S").to_string();
+    // Fixed times of day: a second demo run the same day adds nothing new.
+    let stamp = |offset: i64, time: &str| format!("{}T{time}", day(offset));
     vec![
         (
             "students",
@@ -204,8 +204,8 @@ fn dated_data(today: chrono::NaiveDate) -> Vec<(&'static str, &'static str, serd
             "status-changes",
             "change-id",
             serde_json::json!([
-                {"change-id": "C1", "student-id": "S1003", "first-name": "Li", "last-name": "Chen", "status": "Honors", "added": stamp(30)},
-                {"change-id": "C2", "student-id": "S1004", "first-name": "Amélie", "last-name": "Dubois", "status": "Probation", "added": stamp(2)}
+                {"change-id": "C1", "student-id": "S1003", "first-name": "Li", "last-name": "Chen", "status": "Honors", "added": stamp(-1, "14:30:00")},
+                {"change-id": "C2", "student-id": "S1004", "first-name": "Amélie", "last-name": "Dubois", "status": "Probation", "added": stamp(0, "07:45:00")}
             ]),
         ),
         (

@@ -628,7 +628,7 @@ pub fn prepare(
         };
         Ok((keys, store.count_records(&target.collection)?))
     };
-    let plan_from = |rows: &mut dyn Iterator<Item = (u64, Record)>| -> Result<(Plan, u64), Error> {
+    let plan_from = |rows: &mut dyn Iterator<Item = Vec<(u64, Record)>>| -> Result<(Plan, u64), Error> {
         let (keys, existing) = setup()?;
         Ok((plan_rows(store, &target.collection, &keys, target.end_field.as_deref(), rows)?, existing))
     };
@@ -637,7 +637,7 @@ pub fn prepare(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, Record)>>(16);
     let (mapped, planned) = std::thread::scope(|scope| {
         let planner = scope.spawn(move || -> Result<Option<(Plan, u64)>, Error> {
-            let mut rows = rx.into_iter().flatten().peekable();
+            let mut rows = rx.into_iter().peekable();
             if rows.peek().is_none() {
                 return Ok(None);
             }
@@ -814,6 +814,8 @@ enum Match {
     /// lookup already read it.
     One(String, String, Option<Record>),
     Several(Vec<String>, String),
+    /// The key field matched a record identical to the row.
+    Same(String),
 }
 
 /// Finds a row's records by the match keys in priority order: the first key
@@ -836,9 +838,10 @@ fn find(
         }
         if key.len() == 1 && key[0] == spec.key_field {
             let k = row[&spec.key_field].to_key_text();
-            match store.get_record(collection, &k)? {
-                Some(record) => return Ok(Match::One(k, name.clone(), Some(record))),
-                None => continue,
+            match store.lookup_record(collection, &k, row)? {
+                store::Lookup::Same => return Ok(Match::Same(k)),
+                store::Lookup::Differs(record) => return Ok(Match::One(k, name.clone(), Some(record))),
+                store::Lookup::Missing => continue,
             }
         }
         let found = store.find_by_index(collection, key, row)?;
@@ -857,7 +860,7 @@ fn plan_rows(
     collection: &str,
     keys: &[Vec<String>],
     end_field: Option<&str>,
-    rows: &mut dyn Iterator<Item = (u64, Record)>,
+    batches: &mut dyn Iterator<Item = Vec<(u64, Record)>>,
 ) -> Result<Plan, Error> {
     let spec = store
         .collection(collection)?
@@ -885,88 +888,111 @@ fn plan_rows(
     let mut writes = Vec::new();
     let mut removes = Vec::new();
     let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    for (line, mut row) in rows {
-        let remove = match row.remove(ACTION_FIELD) {
-            None | Some(Value::Null) => false,
-            Some(Value::Text(t)) if t.trim().is_empty() => false,
-            Some(Value::Text(t)) if ["remove", "delete"].iter().any(|a| t.trim().eq_ignore_ascii_case(a)) => true,
-            Some(other) => {
-                // The record is in the file: a full roster must not inactivate it.
-                if let Some(key) = row.get(&spec.key_field).map(Value::to_key_text) {
-                    seen.entry(key).or_insert(line);
-                }
-                let message = format!(
-                    "action `{}` is not known; leave it empty, or write `remove` to delete",
-                    other.to_key_text()
-                );
-                out.push(RowReport { line, outcome: RowOutcome::Error { field: Some(ACTION_FIELD.into()), message } });
-                continue;
-            }
+    for batch in batches {
+        // The lookups (index reads, record decoding) are most of the work and
+        // independent of each other: run them across cores, in row order.
+        let found: Vec<Result<Match, Error>> = {
+            use rayon::prelude::*;
+            batch.par_iter().map(|(_, row)| find(store, collection, &spec, &keys, row)).collect()
         };
-        let outcome = match find(store, collection, &spec, &keys, &row)? {
-            Match::Several(candidates, matched_on) => RowOutcome::Multiple { candidates, matched_on },
-            Match::New if remove => RowOutcome::Error {
-                field: Some(ACTION_FIELD.into()),
-                message: "the row asks to remove a record, but no record matches it".into(),
-            },
-            Match::New => match row.get(&spec.key_field).map(Value::to_key_text).filter(|k| !k.trim().is_empty()) {
-                None => RowOutcome::Error {
-                    field: Some(spec.key_field.clone()),
-                    message: format!("no record matches and the row has no `{}` to create one with", spec.key_field),
+        for ((line, mut row), found) in batch.into_iter().zip(found) {
+            let remove = match row.remove(ACTION_FIELD) {
+                None | Some(Value::Null) => false,
+                Some(Value::Text(t)) if t.trim().is_empty() => false,
+                Some(Value::Text(t)) if ["remove", "delete"].iter().any(|a| t.trim().eq_ignore_ascii_case(a)) => true,
+                Some(other) => {
+                    // The record is in the file: a full roster must not inactivate it.
+                    if let Some(key) = row.get(&spec.key_field).map(Value::to_key_text) {
+                        seen.entry(key).or_insert(line);
+                    }
+                    let message = format!(
+                        "action `{}` is not known; leave it empty, or write `remove` to delete",
+                        other.to_key_text()
+                    );
+                    out.push(RowReport {
+                        line,
+                        outcome: RowOutcome::Error { field: Some(ACTION_FIELD.into()), message },
+                    });
+                    continue;
+                }
+            };
+            let outcome = match found? {
+                Match::Several(candidates, matched_on) => RowOutcome::Multiple { candidates, matched_on },
+                Match::New if remove => RowOutcome::Error {
+                    field: Some(ACTION_FIELD.into()),
+                    message: "the row asks to remove a record, but no record matches it".into(),
                 },
-                Some(key) if seen.contains_key(&key) => RowOutcome::Duplicate { first_line: seen[&key], key },
-                Some(key) => {
-                    seen.insert(key.clone(), line);
-                    writes.push(row);
-                    RowOutcome::New { key }
-                }
-            },
-            Match::One(key, matched_on, read) => {
-                if let Some(first_line) = seen.get(&key) {
-                    RowOutcome::Duplicate { key, first_line: *first_line }
-                } else if remove {
-                    seen.insert(key.clone(), line);
-                    removes.push(key.clone());
-                    RowOutcome::Removed { key }
-                } else {
-                    seen.insert(key.clone(), line);
-                    let existing = match read {
-                        Some(record) => record,
-                        None => store.get_record(collection, &key)?.unwrap_or_default(),
-                    };
-                    let mut changes = Vec::new();
-                    for (field, after) in &row {
-                        // The record keeps its key even when another key matched it.
-                        if *field == spec.key_field {
-                            continue;
-                        }
-                        let before = existing.get(field).unwrap_or(&Value::Null);
-                        if before != after {
-                            changes.push((field.clone(), before.clone(), after.clone()));
-                        }
+                Match::New => match row.get(&spec.key_field).map(Value::to_key_text).filter(|k| !k.trim().is_empty()) {
+                    None => RowOutcome::Error {
+                        field: Some(spec.key_field.clone()),
+                        message: format!(
+                            "no record matches and the row has no `{}` to create one with",
+                            spec.key_field
+                        ),
+                    },
+                    Some(key) if seen.contains_key(&key) => RowOutcome::Duplicate { first_line: seen[&key], key },
+                    Some(key) => {
+                        seen.insert(key.clone(), line);
+                        writes.push(row);
+                        RowOutcome::New { key }
                     }
-                    if changes.is_empty() {
-                        // Most rows of a nightly roster: nothing to copy.
-                        RowOutcome::Existing { key }
+                },
+                // A duplicate, or a removal: whatever the record holds.
+                Match::Same(key) | Match::One(key, _, _) if remove || seen.contains_key(&key) => {
+                    if let Some(first_line) = seen.get(&key) {
+                        RowOutcome::Duplicate { key, first_line: *first_line }
                     } else {
-                        let mut merged = existing;
-                        for (field, _, after) in &changes {
-                            merged.insert(field.clone(), after.clone());
+                        seen.insert(key.clone(), line);
+                        removes.push(key.clone());
+                        RowOutcome::Removed { key }
+                    }
+                }
+                Match::Same(key) => {
+                    seen.insert(key.clone(), line);
+                    // Most rows of a nightly roster: nothing to decode or copy.
+                    RowOutcome::Existing { key }
+                }
+                Match::One(key, matched_on, read) => {
+                    {
+                        seen.insert(key.clone(), line);
+                        let existing = match read {
+                            Some(record) => record,
+                            None => store.get_record(collection, &key)?.unwrap_or_default(),
+                        };
+                        let mut changes = Vec::new();
+                        for (field, after) in &row {
+                            // The record keeps its key even when another key matched it.
+                            if *field == spec.key_field {
+                                continue;
+                            }
+                            let before = existing.get(field).unwrap_or(&Value::Null);
+                            if before != after {
+                                changes.push((field.clone(), before.clone(), after.clone()));
+                            }
                         }
-                        writes.push(merged);
-                        let ends = end_field.is_some_and(|f| {
-                            changes.iter().any(|(c, b, a)| c == f && *b == Value::Null && *a != Value::Null)
-                        });
-                        if ends {
-                            RowOutcome::Ended { key, matched_on, changes }
+                        if changes.is_empty() {
+                            // Most rows of a nightly roster: nothing to copy.
+                            RowOutcome::Existing { key }
                         } else {
-                            RowOutcome::Updated { key, matched_on, changes }
+                            let mut merged = existing;
+                            for (field, _, after) in &changes {
+                                merged.insert(field.clone(), after.clone());
+                            }
+                            writes.push(merged);
+                            let ends = end_field.is_some_and(|f| {
+                                changes.iter().any(|(c, b, a)| c == f && *b == Value::Null && *a != Value::Null)
+                            });
+                            if ends {
+                                RowOutcome::Ended { key, matched_on, changes }
+                            } else {
+                                RowOutcome::Updated { key, matched_on, changes }
+                            }
                         }
                     }
                 }
-            }
-        };
-        out.push(RowReport { line, outcome });
+            };
+            out.push(RowReport { line, outcome });
+        }
     }
     Ok(Plan { rows: out, writes, removes, seen: seen.into_keys().collect() })
 }

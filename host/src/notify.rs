@@ -358,3 +358,61 @@ pub fn job_completion(store: &Store, run: &Run, now: DateTime<Utc>) -> Result<Op
     body.push_str(&format!("Details: schoolbell runs show {}\n", run.id));
     Ok(Some(OutboxEntry::new(run.id, &run.task, MailKind::JobCompletion, owner.email, subject, body, "", now)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::Trigger;
+    use crate::store::Finish;
+
+    fn notification(key: &str) -> Notification {
+        Notification {
+            recipient: Recipient::Address("office@district.test".into()),
+            subject: format!("about {key}"),
+            body: String::new(),
+            dedupe_key: key.into(),
+        }
+    }
+
+    /// Plans a run at `now` returning `keys`, and commits what it planned
+    /// as the scheduler does; the keys that were sent.
+    fn run(store: &Store, settings: &NotifySettings, keys: &[&str], now: DateTime<Utc>) -> Vec<String> {
+        let run = Run::queued(1, "t", "p", "admin", Trigger::User, None, now, false);
+        let ns: Vec<Notification> = keys.iter().map(|k| notification(k)).collect();
+        let planned = plan(store, settings, &run, &ns, now).unwrap();
+        let outbox: Vec<(u64, DateTime<Utc>, OutboxEntry)> =
+            planned.outbox.iter().map(|e| (store.next_sequence("outbox").unwrap(), now, e.clone())).collect();
+        store.finish_run(1, &run, now, "t", &Finish { state: &[], ledger: &planned.ledger, outbox: &outbox }).unwrap();
+        planned.outbox.into_iter().map(|e| e.dedupe_key).collect()
+    }
+
+    fn at(day: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000 + day * 86_400, 0).unwrap()
+    }
+
+    #[test]
+    fn until_cleared_re_arms_and_repeats_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let settings = NotifySettings { repeat_days: Some(7), ..Default::default() };
+        assert_eq!(run(&store, &settings, &["a", "b"], at(0)), ["a", "b"]);
+        assert!(run(&store, &settings, &["a", "b"], at(1)).is_empty(), "held back while it holds");
+        assert!(run(&store, &settings, &["b"], at(2)).is_empty(), "a cleared");
+        assert_eq!(run(&store, &settings, &["a", "b"], at(3)), ["a"], "a is news again");
+        assert_eq!(run(&store, &settings, &["a", "b"], at(7)), ["b"], "b repeats a week after it was sent");
+        assert_eq!(run(&store, &settings, &["a", "b"], at(10)), ["a"]);
+    }
+
+    #[test]
+    fn once_never_repeats_and_every_run_always_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let once = NotifySettings { dedupe: Dedupe::Once, repeat_days: Some(1), ..Default::default() };
+        assert_eq!(run(&store, &once, &["a"], at(0)), ["a"]);
+        assert!(run(&store, &once, &[], at(1)).is_empty());
+        assert!(run(&store, &once, &["a"], at(30)).is_empty(), "cleared and back, a month later: still not");
+        let every = NotifySettings { dedupe: Dedupe::EveryRun, ..Default::default() };
+        assert_eq!(run(&store, &every, &["a"], at(31)), ["a"]);
+        assert_eq!(run(&store, &every, &["a"], at(31)), ["a"]);
+    }
+}

@@ -398,6 +398,18 @@ impl Store {
         self.records.get(&k).map_err(io("records"))?.map(|v| decode("records", &k, &v)).transpose()
     }
 
+    /// A record by key, compared with `candidate` first by its stored
+    /// bytes: an import's unchanged rows (most of a nightly roster) are
+    /// recognised without decoding the record.
+    pub fn lookup_record(&self, collection: &str, record_key: &str, candidate: &Record) -> Result<Lookup> {
+        let k = key(&[b"r", collection.as_bytes(), record_key.as_bytes()]);
+        Ok(match self.records.get(&k).map_err(io("records"))? {
+            None => Lookup::Missing,
+            Some(v) if v.as_ref() == encode(candidate).as_slice() => Lookup::Same,
+            Some(v) => Lookup::Differs(decode("records", &k, &v)?),
+        })
+    }
+
     /// Up to `limit` records after the key `after`, in key order, and the
     /// cursor for the next page (none at the end).
     pub fn scan_records(
@@ -513,6 +525,17 @@ fn index_entries(collection: &str, spec: &CollectionSpec, record: &Record, rkey:
             Some((key(&[b"i", collection.as_bytes(), name.as_bytes(), text.as_bytes(), rkey]), Vec::new()))
         })
         .collect()
+}
+
+/// What [`Store::lookup_record`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// No record has the key.
+    Missing,
+    /// The record is exactly the candidate.
+    Same,
+    /// The record, which differs from the candidate.
+    Differs(Record),
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
