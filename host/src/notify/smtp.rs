@@ -103,6 +103,15 @@ pub struct Delivered {
     pub unreachable: bool,
 }
 
+impl Delivered {
+    fn add(&mut self, other: Delivered) {
+        self.sent += other.sent;
+        self.retrying += other.retrying;
+        self.failed += other.failed;
+        self.unreachable |= other.unreachable;
+    }
+}
+
 /// Sends outbox entries.
 pub struct Mailer {
     transport: SmtpTransport,
@@ -147,44 +156,92 @@ impl Mailer {
     /// Sends every entry due at `now`, oldest first, recording each
     /// outcome durably as it goes.
     pub fn deliver_due(&self, store: &Store, now: DateTime<Utc>) -> Result<Delivered, Error> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let mut delivered = Delivered::default();
         loop {
-            let due: Vec<(u64, OutboxEntry)> = store.outbox_due(now, 256)?;
-            if due.is_empty() {
+            let mut due = store.outbox_due::<OutboxEntry>(now, 256)?.into_iter();
+            // The first alone: when the server is down, one attempt says so.
+            let Some(first) = due.next() else { return Ok(delivered) };
+            if !self.attempt(store, now, first, &mut delivered)? {
                 return Ok(delivered);
             }
-            for (oid, mut entry) in due {
-                let was_due = entry.next_attempt;
-                entry.attempts += 1;
-                match self.send(oid, &entry) {
-                    Ok(()) => {
-                        entry.status = Delivery::Sent;
-                        entry.sent_at = Some(Utc::now());
-                        entry.last_error = None;
-                        store.update_outbox(oid, &entry, was_due, None)?;
-                        delivered.sent += 1;
-                    }
-                    Err(Failure { message, permanent, connection }) => {
-                        tracing::warn!(outbox = oid, to = %entry.to, "Email not sent: {message}");
-                        entry.last_error = Some(message);
-                        let next = if permanent || entry.attempts >= self.config.max_attempts {
-                            entry.status = Delivery::Failed;
-                            delivered.failed += 1;
-                            None
-                        } else {
-                            entry.next_attempt = now + self.backoff(entry.attempts);
-                            delivered.retrying += 1;
-                            Some(entry.next_attempt)
-                        };
-                        store.update_outbox(oid, &entry, was_due, next)?;
-                        if connection {
-                            // The server is down or unreachable: the rest
-                            // would fail the same way; they stay due.
-                            delivered.unreachable = true;
-                            return Ok(delivered);
+            // The rest over the pool's connections at once: each SMTP
+            // exchange mostly waits on the network.
+            let rest: Vec<(u64, OutboxEntry)> = due.collect();
+            let next = AtomicUsize::new(0);
+            let stop = AtomicBool::new(false);
+            let shared = std::sync::Mutex::new((Delivered::default(), None::<Error>));
+            std::thread::scope(|scope| {
+                for _ in 0..self.config.pool_size.max(1) {
+                    scope.spawn(|| {
+                        let mut mine = Delivered::default();
+                        let mut failure = None;
+                        while !stop.load(Ordering::SeqCst) {
+                            let Some(item) = rest.get(next.fetch_add(1, Ordering::SeqCst)) else { break };
+                            match self.attempt(store, now, item.clone(), &mut mine) {
+                                Ok(true) => {}
+                                Ok(false) => stop.store(true, Ordering::SeqCst),
+                                Err(e) => {
+                                    stop.store(true, Ordering::SeqCst);
+                                    failure = Some(e);
+                                }
+                            }
                         }
-                    }
+                        let mut all = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        all.0.add(mine);
+                        if all.1.is_none() {
+                            all.1 = failure;
+                        }
+                    });
                 }
+            });
+            let (pass, failure) = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+            delivered.add(pass);
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if delivered.unreachable {
+                return Ok(delivered);
+            }
+        }
+    }
+
+    /// Sends one entry and records the outcome durably. False when the
+    /// server could not be reached (the rest would fail the same way and
+    /// stay due).
+    fn attempt(
+        &self,
+        store: &Store,
+        now: DateTime<Utc>,
+        (oid, mut entry): (u64, OutboxEntry),
+        delivered: &mut Delivered,
+    ) -> Result<bool, Error> {
+        let was_due = entry.next_attempt;
+        entry.attempts += 1;
+        match self.send(oid, &entry) {
+            Ok(()) => {
+                entry.status = Delivery::Sent;
+                entry.sent_at = Some(Utc::now());
+                entry.last_error = None;
+                store.update_outbox(oid, &entry, was_due, None)?;
+                delivered.sent += 1;
+                Ok(true)
+            }
+            Err(Failure { message, permanent, connection }) => {
+                tracing::warn!(outbox = oid, to = %entry.to, "Email not sent: {message}");
+                entry.last_error = Some(message);
+                let next = if permanent || entry.attempts >= self.config.max_attempts {
+                    entry.status = Delivery::Failed;
+                    delivered.failed += 1;
+                    None
+                } else {
+                    entry.next_attempt = now + self.backoff(entry.attempts);
+                    delivered.retrying += 1;
+                    Some(entry.next_attempt)
+                };
+                store.update_outbox(oid, &entry, was_due, next)?;
+                delivered.unreachable |= connection;
+                Ok(!connection)
             }
         }
     }
