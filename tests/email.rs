@@ -38,19 +38,17 @@ fn load(sb: &Sb, absences: [i64; 3]) {
     sb.ok(&["records", "load", "attendance", s(&file), "--key", "student-id"]);
 }
 
+/// The attendance notifier, daily, as `user`, with `extra` flags.
+fn add_task_as(sb: &Sb, user: &str, task: &str, extra: &[&str]) {
+    let mut args =
+        vec!["--as", user, "task", "add", task, "--plugin", "notifier-attendance", "--schedule", "daily at 07:00"];
+    args.extend(extra);
+    sb.ok(&args);
+}
+
 /// The attendance notifier, daily, notifying `group`.
 fn add_attendance_task(sb: &Sb, group: &str) {
-    sb.ok(&[
-        "task",
-        "add",
-        "attendance",
-        "--plugin",
-        "notifier-attendance",
-        "--schedule",
-        "daily at 07:00",
-        "--notify",
-        group,
-    ]);
+    add_task_as(sb, "admin", "attendance", &["--notify", group]);
 }
 
 fn run(sb: &Sb) -> String {
@@ -129,21 +127,7 @@ fn once_per_person_never_repeats_and_job_emails_follow_each_users_choice() {
     sb.ok(&["user", "add", "bea", "--email", "bea@district.test", "--job-email", "on-failure"]);
     sb.ok(&["user", "add", "cal", "--email", "cal@district.test", "--job-email", "never"]);
     for (user, task) in [("ada", "a"), ("bea", "b"), ("cal", "c")] {
-        sb.ok(&[
-            "--as",
-            user,
-            "task",
-            "add",
-            task,
-            "--plugin",
-            "notifier-attendance",
-            "--schedule",
-            "daily at 07:00",
-            "--notify",
-            "ada",
-            "--dedupe",
-            "once",
-        ]);
+        add_task_as(&sb, user, task, &["--notify", "ada", "--dedupe", "once"]);
     }
     for (user, task) in [("ada", "a"), ("bea", "b"), ("cal", "c")] {
         sb.ok(&["--as", user, "task", "run-now", task, "--wait"]);
@@ -157,19 +141,7 @@ fn once_per_person_never_repeats_and_job_emails_follow_each_users_choice() {
     // A failing run: the rule parameter names a rule that does not exist.
     for (user, task) in [("bea", "b"), ("cal", "c")] {
         sb.ok(&["task", "remove", task]);
-        sb.ok(&[
-            "--as",
-            user,
-            "task",
-            "add",
-            task,
-            "--plugin",
-            "notifier-attendance",
-            "--schedule",
-            "daily at 07:00",
-            "--param",
-            "rule=no_such_rule",
-        ]);
+        add_task_as(&sb, user, task, &["--param", "rule=no_such_rule"]);
         let out = sb.fails(&["--as", user, "task", "run-now", task, "--wait"]);
         assert!(out.contains("failed"), "{out}");
     }
