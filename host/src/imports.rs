@@ -13,7 +13,7 @@
 
 mod sftp;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -695,7 +695,7 @@ fn settle_missing(store: &Store, collection: &str, missing: Missing, plan: &mut 
         let (page, next) = store.scan_records(collection, after.as_deref(), 1000)?;
         for mut record in page {
             let key = record.get(&spec.key_field).map(Value::to_key_text).unwrap_or_default();
-            if plan.seen.contains(&key) {
+            if plan.seen.contains_key(&key) {
                 continue;
             }
             let outcome = match missing {
@@ -803,8 +803,8 @@ struct Plan {
     rows: Vec<RowReport>,
     writes: Vec<Record>,
     removes: Vec<String>,
-    /// Keys of the records the file's rows matched or created.
-    seen: HashSet<String>,
+    /// Keys of the records the file's rows matched or created, with the line that first set each.
+    seen: HashMap<String, u64>,
 }
 
 /// How a row matched.
@@ -887,7 +887,7 @@ fn plan_rows(
     let mut out = Vec::new();
     let mut writes = Vec::new();
     let mut removes = Vec::new();
-    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
     for batch in batches {
         // The lookups (index reads, record decoding) are most of the work and
         // independent of each other: run them across cores, in row order.
@@ -994,7 +994,7 @@ fn plan_rows(
             out.push(RowReport { line, outcome });
         }
     }
-    Ok(Plan { rows: out, writes, removes, seen: seen.into_keys().collect() })
+    Ok(Plan { rows: out, writes, removes, seen })
 }
 
 /// Puts the mapping's row errors among the planned rows, in line order (an
