@@ -340,21 +340,31 @@ impl Store {
             };
             check_name("key", &rkey)?;
             let k = key(&[b"r", collection.as_bytes(), rkey.as_bytes()]);
-            match self.records.get(&k).map_err(io("records"))? {
+            let new_entries = index_entries(collection, &spec, record, rkey.as_bytes());
+            // Index entries that stay the same (an update that leaves the
+            // indexed fields alone, as most do) are neither removed nor
+            // written again.
+            let old_entries = match self.records.get(&k).map_err(io("records"))? {
                 Some(old) => {
                     let old: Record = decode("records", &k, &old)?;
-                    for (ik, _) in index_entries(collection, &spec, &old, rkey.as_bytes()) {
-                        batch.remove(ik);
-                    }
+                    index_entries(collection, &spec, &old, rkey.as_bytes())
                 }
                 None => {
                     if pending.insert(rkey.clone()) {
                         added += 1;
                     }
+                    Vec::new()
+                }
+            };
+            for (ik, _) in &old_entries {
+                if !new_entries.iter().any(|(n, _)| n == ik) {
+                    batch.remove(ik.as_slice());
                 }
             }
-            for (ik, iv) in index_entries(collection, &spec, record, rkey.as_bytes()) {
-                batch.insert(ik, iv);
+            for (ik, iv) in new_entries {
+                if !old_entries.iter().any(|(o, _)| *o == ik) {
+                    batch.insert(ik, iv);
+                }
             }
             batch.insert(k, encode(record));
         }
