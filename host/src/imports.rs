@@ -953,40 +953,38 @@ fn plan_rows(
                     RowOutcome::Existing { key }
                 }
                 Match::One(key, matched_on, read) => {
-                    {
-                        seen.insert(key.clone(), line);
-                        let existing = match read {
-                            Some(record) => record,
-                            None => store.get_record(collection, &key)?.unwrap_or_default(),
-                        };
-                        let mut changes = Vec::new();
-                        for (field, after) in &row {
-                            // The record keeps its key even when another key matched it.
-                            if *field == spec.key_field {
-                                continue;
-                            }
-                            let before = existing.get(field).unwrap_or(&Value::Null);
-                            if before != after {
-                                changes.push((field.clone(), before.clone(), after.clone()));
-                            }
+                    seen.insert(key.clone(), line);
+                    let existing = match read {
+                        Some(record) => record,
+                        None => store.get_record(collection, &key)?.unwrap_or_default(),
+                    };
+                    let mut changes = Vec::new();
+                    for (field, after) in &row {
+                        // The record keeps its key even when another key matched it.
+                        if *field == spec.key_field {
+                            continue;
                         }
-                        if changes.is_empty() {
-                            // Most rows of a nightly roster: nothing to copy.
-                            RowOutcome::Existing { key }
+                        let before = existing.get(field).unwrap_or(&Value::Null);
+                        if before != after {
+                            changes.push((field.clone(), before.clone(), after.clone()));
+                        }
+                    }
+                    if changes.is_empty() {
+                        // Most rows of a nightly roster: nothing to copy.
+                        RowOutcome::Existing { key }
+                    } else {
+                        let mut merged = existing;
+                        for (field, _, after) in &changes {
+                            merged.insert(field.clone(), after.clone());
+                        }
+                        writes.push(merged);
+                        let ends = end_field.is_some_and(|f| {
+                            changes.iter().any(|(c, b, a)| c == f && *b == Value::Null && *a != Value::Null)
+                        });
+                        if ends {
+                            RowOutcome::Ended { key, matched_on, changes }
                         } else {
-                            let mut merged = existing;
-                            for (field, _, after) in &changes {
-                                merged.insert(field.clone(), after.clone());
-                            }
-                            writes.push(merged);
-                            let ends = end_field.is_some_and(|f| {
-                                changes.iter().any(|(c, b, a)| c == f && *b == Value::Null && *a != Value::Null)
-                            });
-                            if ends {
-                                RowOutcome::Ended { key, matched_on, changes }
-                            } else {
-                                RowOutcome::Updated { key, matched_on, changes }
-                            }
+                            RowOutcome::Updated { key, matched_on, changes }
                         }
                     }
                 }
@@ -1000,20 +998,18 @@ fn plan_rows(
 /// Puts the mapping's row errors among the planned rows, in line order (an
 /// error before the row of the same line, as the file reads).
 fn merge_errors(rows: Vec<RowReport>, errors: &[RowError]) -> Vec<RowReport> {
+    let report = |e: &RowError| RowReport {
+        line: e.line,
+        outcome: RowOutcome::Error { field: e.field.clone(), message: e.message.clone() },
+    };
     let mut out = Vec::with_capacity(rows.len() + errors.len());
     let mut errors = errors.iter().peekable();
     for row in rows {
         while let Some(e) = errors.next_if(|e| e.line <= row.line) {
-            out.push(RowReport {
-                line: e.line,
-                outcome: RowOutcome::Error { field: e.field.clone(), message: e.message.clone() },
-            });
+            out.push(report(e));
         }
         out.push(row);
     }
-    out.extend(errors.map(|e| RowReport {
-        line: e.line,
-        outcome: RowOutcome::Error { field: e.field.clone(), message: e.message.clone() },
-    }));
+    out.extend(errors.map(report));
     out
 }

@@ -39,6 +39,12 @@ fn due_key(t: DateTime<Utc>, name: &str) -> Vec<u8> {
     k
 }
 
+/// The id in a time-ordered key (`ts` then a big-endian id): finished runs,
+/// due outbox entries.
+fn id_after_ts(k: &[u8]) -> Option<u64> {
+    k.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+}
+
 fn outbox_due_key(t: DateTime<Utc>, oid: u64) -> Vec<u8> {
     let mut k = ts(t).to_vec();
     k.extend_from_slice(&oid.to_be_bytes());
@@ -309,7 +315,7 @@ impl Store {
         let mut due = Vec::new();
         for item in self.outbox_due.range(..end).take(limit) {
             let (k, _) = item.map_err(io("outbox_by_due"))?;
-            let Some(oid) = k.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { continue };
+            let Some(oid) = id_after_ts(&k) else { continue };
             if let Some(v) = self.outbox.get(oid.to_be_bytes()).map_err(io("outbox"))? {
                 due.push((oid, decode("outbox", &oid.to_be_bytes(), &v)?));
             }
@@ -388,7 +394,7 @@ impl Store {
         let mut ids = Vec::new();
         for item in self.finished.range(..end) {
             let (k, _) = item.map_err(io("runs_by_finish"))?;
-            if let Some(id) = k.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+            if let Some(id) = id_after_ts(&k) {
                 ids.push(id);
             }
         }
