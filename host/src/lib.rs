@@ -19,3 +19,11 @@ pub mod secrets;
 pub mod store;
 pub mod tasks;
 pub mod users;
+
+// The service allocates and frees millions of small values per import (rows,
+// keys, sled's nodes) from several threads; glibc's malloc spent a third of
+// an import's time consolidating its free lists. Every binary built from this
+// crate (the service, its benchmarks and tests) uses the same allocator, so
+// the benchmarks measure what the service does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
