@@ -31,6 +31,13 @@ impl Api {
                 }
                 r.call()
             }
+            ("PUT", body) => {
+                let mut r = self.agent.put(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.send_json(body.unwrap_or(Value::Null))
+            }
             ("DELETE", _) => {
                 let mut r = self.agent.delete(&url);
                 if let Some(a) = &auth {
@@ -64,7 +71,10 @@ const ATTENDANCE: &str = r#"[
 ]"#;
 
 fn setup() -> (Sb, String, String, String) {
-    let sb = Sb::new();
+    setup_in(Sb::new())
+}
+
+fn setup_in(sb: Sb) -> (Sb, String, String, String) {
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance")), s(&plugin("test-hostile"))]);
     let attendance = sb.file("attendance.json", ATTENDANCE);
     sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
@@ -314,4 +324,81 @@ fn imports_are_tested_previewed_and_committed_over_the_api() {
         api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &admin, Some(json!({ "coment": "typo" })));
     assert_eq!(status, 400, "{e}");
     assert!(server.terminate().success());
+}
+
+#[test]
+fn rules_saved_through_the_api_take_effect_in_the_running_server() {
+    let (sb, admin, sam, _) = setup_in(Sb::with_own_rules());
+    let server = sb.serve();
+    let api = Api::new(&server.url);
+    let task = json!({ "name": "absences", "plugin": "notifier-attendance", "schedule": "daily at 07:00", "rules": ["attendance_threshold"],
+        "params": { "threshold": 5 } });
+    assert_eq!(api.json("POST", "/api/v1/tasks", &admin, Some(task)).0, 201);
+    let notifications = || {
+        let (status, run) = api.json("POST", "/api/v1/tasks/absences/run-now", &admin, None);
+        assert_eq!(status, 202, "{run}");
+        let done = wait_finished(&api, &admin, run["id"].as_u64().unwrap());
+        assert_eq!(done["status"], "succeeded", "{done}");
+        done["summary"]["notifications"].as_u64().unwrap()
+    };
+    // Ann has 7 absences: the shipped rule (absences >= threshold) picks her.
+    assert_eq!(notifications(), 1);
+
+    let (status, list) = api.json("GET", "/api/v1/rules", &sam, None);
+    assert_eq!(status, 200);
+    assert!(list.as_array().unwrap().iter().any(|r| r["name"] == "attendance_threshold"), "{list}");
+    let (status, shown) = api.json("GET", "/api/v1/rules/attendance_threshold", &sam, None);
+    assert_eq!(status, 200);
+    assert!(shown["source"].as_str().unwrap().contains("absences >= params.threshold"), "{shown}");
+    assert_eq!(api.json("GET", "/api/v1/rules/nope", &sam, None).0, 404);
+
+    // The workbench tries a draft over sample rows and saves nothing.
+    let stricter = "absences >= params.threshold * 2";
+    let sample = json!([{ "absences": 7 }, { "absences": 12 }]);
+    let (status, tried) = api.json(
+        "POST",
+        "/api/v1/rules/attendance_threshold/test",
+        &sam,
+        Some(json!({ "source": stricter, "sample": sample, "params": { "threshold": 5 } })),
+    );
+    assert_eq!(status, 200, "{tried}");
+    assert_eq!(tried["matched"], 1);
+    assert_eq!(tried["rows"][0]["matched"], false);
+    assert!(tried["rows"][1]["reason"].as_str().unwrap().contains("absences=12"), "{tried}");
+    let (_, again) = api.json("GET", "/api/v1/rules/attendance_threshold", &sam, None);
+    assert_eq!(again["hash"], shown["hash"]);
+
+    // Staff may not save; a broken rule is refused with its line and nothing changes.
+    let (status, body) =
+        api.json("PUT", "/api/v1/rules/attendance_threshold", &sam, Some(json!({ "source": stricter })));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = api.json(
+        "PUT",
+        "/api/v1/rules/attendance_threshold",
+        &admin,
+        Some(json!({ "source": "absences >=\n  (params.threshold" })),
+    );
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("attendance_threshold.rhai line 2") && error.contains("not saved"), "{error}");
+    let on_disk = std::fs::read_to_string(sb.rules.join("attendance_threshold.rhai")).unwrap();
+    assert_eq!(on_disk, shown["source"].as_str().unwrap());
+    assert_eq!(notifications(), 1);
+
+    // The owner saves the stricter rule: the next run uses it, no restart.
+    let (status, saved) =
+        api.json("PUT", "/api/v1/rules/attendance_threshold", &admin, Some(json!({ "source": stricter })));
+    assert_eq!(status, 200, "{saved}");
+    assert_ne!(saved["hash"], shown["hash"]);
+    assert_eq!(std::fs::read_to_string(sb.rules.join("attendance_threshold.rhai")).unwrap(), stricter);
+    assert_eq!(notifications(), 0);
+
+    // The outbox through the API (the task mails no one, so it is empty);
+    // a status that does not exist is named.
+    let (status, outbox) = api.json("GET", "/api/v1/outbox?status=pending", &admin, None);
+    assert_eq!((status, outbox), (200, json!([])));
+    let (status, body) = api.json("GET", "/api/v1/outbox?status=lost", &admin, None);
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("pending, sent or failed"), "{body}");
+    drop(server);
 }

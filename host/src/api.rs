@@ -98,6 +98,10 @@ pub fn router(scheduler: Arc<Scheduler>) -> Router {
         .route("/api/v1/runs/{id}/code", post(import_code))
         .route("/api/v1/runs/{id}/approve", post(import_approve))
         .route("/api/v1/schedule/next", get(schedule_next))
+        .route("/api/v1/rules", get(list_rules))
+        .route("/api/v1/rules/{name}", get(show_rule).put(save_rule))
+        .route("/api/v1/rules/{name}/test", post(test_rule))
+        .route("/api/v1/outbox", get(outbox))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/openapi.json".into()) })
         .with_state(scheduler)
 }
@@ -435,6 +439,109 @@ async fn schedule_next(
     preview(&q.schedule, &zone, q.from.as_deref(), q.count.unwrap_or(5), s.now()).map(Json).map_err(bad)
 }
 
+async fn list_rules(State(s): State<Arc<Scheduler>>, Caller(_): Caller) -> Json<Json_> {
+    Json(json!(s.rules()))
+}
+
+async fn show_rule(
+    State(s): State<Arc<Scheduler>>,
+    Caller(_): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    blocking(move || {
+        let source = s.rule_source(&name)?;
+        let info = s.rules().into_iter().find(|r| r.name == name);
+        Ok(Json(json!({ "name": name, "hash": info.map(|i| i.hash), "source": source })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSource {
+    source: String,
+}
+
+async fn save_rule(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+    body: Result<Json<RuleSource>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Json(body) = body.map_err(|e| bad(format!("{}; send {{\"source\": \"...\"}}", e.body_text())))?;
+    blocking(move || Ok(Json(json!(s.save_rule(&u, &name, &body.source)?)))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleTest {
+    /// A draft to test instead of the saved rule.
+    source: Option<String>,
+    sample: Json_,
+    #[serde(default)]
+    params: serde_json::Map<String, Json_>,
+}
+
+/// The rule workbench: a rule (the saved one, or a draft) over sample
+/// rows, with the values that decided each. Nothing is saved.
+async fn test_rule(
+    State(s): State<Arc<Scheduler>>,
+    Caller(_): Caller,
+    Path(name): Path<String>,
+    body: Result<Json<RuleTest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Json(body) = body.map_err(|e| bad(e.body_text()))?;
+    blocking(move || {
+        let rules = s.host().rules();
+        let rule = match &body.source {
+            Some(source) => {
+                Arc::new(rules.compile(&name, &format!("{name}.rhai (draft)"), source).map_err(|e| bad(e.to_string()))?)
+            }
+            None => rules.get(&name).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?,
+        };
+        let rows = crate::records::records_from_json(&body.sample).map_err(|e| bad(format!("sample: {e}")))?;
+        let mut params = crate::records::Record::new();
+        for (k, v) in &body.params {
+            let value = crate::records::Value::from_json(v)
+                .ok_or_else(|| bad(format!("params.{k}: arrays and objects are not parameter values")))?;
+            params.insert(k.clone(), value);
+        }
+        let results: Vec<Json_> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| match rules.eval(&rule, row, &params) {
+                Ok(d) => json!({ "row": i + 1, "matched": d.matched, "reason": d.reason }),
+                Err(e) => json!({ "row": i + 1, "error": e.to_string() }),
+            })
+            .collect();
+        let matched = results.iter().filter(|r| r["matched"] == true).count();
+        Ok(Json(json!({ "rule": name, "hash": rule.hash, "matched": matched, "rows": results })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn outbox(
+    State(s): State<Arc<Scheduler>>,
+    Caller(u): Caller,
+    q: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let status = q.status.as_deref().map(str::parse).transpose().map_err(bad)?;
+    blocking(move || {
+        let entries = s.outbox(&u, status, q.limit.unwrap_or(50))?;
+        let list: Vec<Json_> = entries.iter().map(|(id, e)| json!({ "id": id, "entry": e })).collect();
+        Ok(Json(json!(list)))
+    })
+    .await
+}
+
 async fn openapi() -> Json<Json_> {
     Json(openapi_document())
 }
@@ -525,6 +632,18 @@ pub fn openapi_document() -> Json_ {
                 { "name": "schedule", "in": "query", "required": true, "schema": { "type": "string" } }, { "name": "tz", "in": "query", "schema": { "type": "string" } },
                 { "name": "from", "in": "query", "schema": { "type": "string" } }, { "name": "count", "in": "query", "schema": { "type": "integer" } }
             ], "responses": { "200": { "description": "fire times in the zone and in UTC" }, "400": error } } },
+            "/api/v1/rules": { "get": { "summary": "The loaded admin rules (name, file, hash)", "responses": errors(json!({ "200": { "description": "rules" } })) } },
+            "/api/v1/rules/{name}": {
+                "parameters": name,
+                "get": { "summary": "A rule's source", "responses": errors(json!({ "200": { "description": "{name, hash, source}" } })) },
+                "put": { "summary": "Save a rule (account owner); refused with its line if it does not compile; runs use it from now on", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["source"], "properties": { "source": { "type": "string" } } } } } }, "responses": errors(json!({ "200": { "description": "{name, file, hash}" } })) }
+            },
+            "/api/v1/rules/{name}/test": { "parameters": name, "post": { "summary": "Test the rule (or a draft `source`) over sample rows; saves nothing", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["sample"], "properties": {
+                "source": { "type": "string" }, "sample": { "type": "array", "items": { "type": "object" } }, "params": { "type": "object" } } } } } },
+                "responses": errors(json!({ "200": { "description": "{matched, rows: [{row, matched, reason} | {row, error}]}" } })) } },
+            "/api/v1/outbox": { "get": { "summary": "Outbox entries you may see (owner: all; staff: their tasks'), newest last", "parameters": [
+                { "name": "status", "in": "query", "schema": { "enum": ["pending", "sent", "failed"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
+            ], "responses": errors(json!({ "200": { "description": "[{id, entry}]" } })) } },
             "/api/v1/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
         }
     })

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use schoolbell::config::Config;
 use schoolbell::imports::{ImportPlan, ImportTarget};
-use schoolbell::notify::OutboxEntry;
+use schoolbell::notify::Delivery;
 use schoolbell::plugins::{Capability, InstallStatus, PluginEntry, PluginHost, RunRequest};
 use schoolbell::records::{Record, Value, record_to_json};
 use schoolbell::rules::RuleSet;
@@ -795,17 +795,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Notify(NotifyCmd::Outbox { status, limit, json }) => {
-            let mut entries: Vec<(u64, OutboxEntry)> = Vec::new();
-            let mut after = None;
-            loop {
-                let page: Vec<(u64, OutboxEntry)> = cx.host.store().outbox(after, 1000)?;
-                let Some((last, _)) = page.last() else { break };
-                after = Some(*last);
-                entries.extend(
-                    page.into_iter().filter(|(_, e)| status.as_deref().is_none_or(|s| e.status.to_string() == s)),
-                );
-            }
-            let entries = &entries[entries.len().saturating_sub(limit)..];
+            let status: Option<Delivery> = status.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?;
+            let entries =
+                schoolbell::notify::outbox_newest(cx.host.store(), limit, |e| status.is_none_or(|s| e.status == s))?;
             if json {
                 let list: Vec<_> = entries.iter().map(|(id, e)| serde_json::json!({ "id": id, "entry": e })).collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -860,19 +852,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
         }
         Command::Serve { listen } => crate::serve::run(cx, listen),
         Command::Rule(RuleCmd::Save { name, file }) => {
-            let dir = rules_dir(args.rules.as_deref(), &cx.config, &cx.data);
-            let checked = RuleSet::new(&dir, cx.config.rules.clone());
-            // Refused before anything is written: a broken rule never lands.
-            checked.compile_file(&file).map_err(|e| anyhow::anyhow!("{e}; the rule was not saved"))?;
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                bail!("rule name `{name}`: use letters, digits, `_` and `-`");
-            }
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let target = dir.join(format!("{name}.rhai"));
-            let staged = dir.join(format!(".{name}.rhai.saving"));
-            std::fs::copy(&file, &staged).with_context(|| format!("cannot write {}", staged.display()))?;
-            std::fs::rename(&staged, &target).with_context(|| format!("cannot write {}", target.display()))?;
-            println!("rule {name} saved to {}", target.display());
+            let source = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let rule = cx.host.rules().save(&name, &file.display().to_string(), &source)?;
+            println!("rule {name} saved to {}", rule.file);
             Ok(())
         }
         Command::Rule(RuleCmd::List) => {
@@ -1054,20 +1036,7 @@ fn read_json_records(file: &Path) -> Result<Vec<Record>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))?;
-    let Some(items) = json.as_array() else { bail!("{}: expected a JSON array of objects", file.display()) };
-    let mut records = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let Some(obj) = item.as_object() else { bail!("{}: item {} is not an object", file.display(), i + 1) };
-        let mut record = Record::new();
-        for (k, v) in obj {
-            let value = Value::from_json(v).with_context(|| {
-                format!("{}: item {}, field `{k}`: arrays and objects are not record values", file.display(), i + 1)
-            })?;
-            record.insert(k.clone(), value);
-        }
-        records.push(record);
-    }
-    Ok(records)
+    schoolbell::records::records_from_json(&json).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 pub(crate) fn print_import(plan: &ImportPlan, written: Option<u64>) {

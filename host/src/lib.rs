@@ -4,6 +4,8 @@
 //! keeps everything in an embedded sled store.
 
 #![warn(missing_docs, unreachable_pub)]
+// The OpenAPI document is one `json!` literal, deeper than the default limit.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod config;

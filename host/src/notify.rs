@@ -120,6 +120,44 @@ impl std::fmt::Display for Delivery {
     }
 }
 
+impl std::str::FromStr for Delivery {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pending" => Ok(Delivery::Pending),
+            "sent" => Ok(Delivery::Sent),
+            "failed" => Ok(Delivery::Failed),
+            _ => Err(format!("`{s}` is not an outbox status; use pending, sent or failed")),
+        }
+    }
+}
+
+/// The newest `limit` outbox entries that `keep` accepts, oldest first,
+/// with their ids. Walks the outbox a page at a time and keeps no more than
+/// `limit` entries in memory.
+pub fn outbox_newest(
+    store: &Store,
+    limit: usize,
+    keep: impl Fn(&OutboxEntry) -> bool,
+) -> Result<Vec<(u64, OutboxEntry)>, store::Error> {
+    let mut newest = std::collections::VecDeque::with_capacity(limit.min(1024));
+    let mut after = None;
+    loop {
+        let page: Vec<(u64, OutboxEntry)> = store.outbox(after, 1000)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        for entry in page.into_iter().filter(|(_, e)| keep(e)) {
+            if newest.len() == limit {
+                newest.pop_front();
+            }
+            if limit > 0 {
+                newest.push_back(entry);
+            }
+        }
+    }
+    Ok(newest.into())
+}
+
 /// One email to one recipient.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxEntry {

@@ -195,6 +195,24 @@ pub fn record_to_json(record: &Record) -> serde_json::Value {
     serde_json::Value::Object(record.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
 }
 
+/// Records from a JSON array of objects (sample rows, seed data). The error
+/// names the item (1-based) and the field at fault.
+pub fn records_from_json(json: &serde_json::Value) -> Result<Vec<Record>, String> {
+    let items = json.as_array().ok_or("expected a JSON array of objects")?;
+    let mut records = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let obj = item.as_object().ok_or_else(|| format!("item {} is not an object", i + 1))?;
+        let mut record = Record::new();
+        for (k, v) in obj {
+            let value = Value::from_json(v)
+                .ok_or_else(|| format!("item {}, field `{k}`: arrays and objects are not record values", i + 1))?;
+            record.insert(k.clone(), value);
+        }
+        records.push(record);
+    }
+    Ok(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
@@ -86,6 +86,17 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A rule cannot be written into the rules folder.
+    #[error("cannot save {}: {source}; the rule was not saved", path.display())]
+    Save {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A rule's name cannot be a file name.
+    #[error("rule name `{0}`: use letters, digits, `_` and `-`")]
+    BadName(String),
 }
 
 /// The sandbox's limits for one rule evaluation.
@@ -190,19 +201,38 @@ pub struct RuleSet {
     engine: Arc<Engine>,
     limits: RuleLimits,
     dir: PathBuf,
-    rules: HashMap<String, Arc<Rule>>,
+    /// Behind a lock so a rule saved while the service runs takes effect
+    /// at once; a run holds its own `Arc<Rule>` and finishes with the
+    /// version it started with.
+    rules: RwLock<HashMap<String, Arc<Rule>>>,
+}
+
+/// A loaded rule, as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleInfo {
+    /// The rule's name.
+    pub name: String,
+    /// Its file.
+    pub file: String,
+    /// SHA-256 of its source.
+    pub hash: String,
 }
 
 impl RuleSet {
     /// An empty set whose rules would live in `dir`.
     pub fn new(dir: &Path, limits: RuleLimits) -> RuleSet {
-        RuleSet { engine: Arc::new(engine(&limits)), limits, dir: dir.to_path_buf(), rules: HashMap::new() }
+        RuleSet {
+            engine: Arc::new(engine(&limits)),
+            limits,
+            dir: dir.to_path_buf(),
+            rules: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Compiles every `*.rhai` file in `dir`. Returns every broken rule's
     /// error, not just the first.
     pub fn load_dir(dir: &Path, limits: RuleLimits) -> Result<RuleSet, Vec<Error>> {
-        let mut set = RuleSet::new(dir, limits);
+        let set = RuleSet::new(dir, limits);
         if !dir.exists() {
             return Ok(set);
         }
@@ -213,7 +243,7 @@ impl RuleSet {
         for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "rhai")) {
             match set.compile_file(&path) {
                 Ok(rule) => {
-                    set.rules.insert(rule.name.clone(), Arc::new(rule));
+                    set.insert(rule);
                 }
                 Err(e) => errors.push(e),
             }
@@ -239,16 +269,67 @@ impl RuleSet {
         Ok(Rule { name: name.into(), file: file.into(), hash, ast, mentions: mentions(source) })
     }
 
+    fn insert(&self, rule: Rule) -> Arc<Rule> {
+        let rule = Arc::new(rule);
+        // A panic elsewhere cannot leave the map half-written: insert is one step.
+        self.rules.write().unwrap_or_else(|e| e.into_inner()).insert(rule.name.clone(), rule.clone());
+        rule
+    }
+
     /// The rule named `name`.
     pub fn get(&self, name: &str) -> Result<Arc<Rule>, Error> {
-        self.rules.get(name).cloned().ok_or_else(|| Error::Unknown { name: name.into(), dir: self.dir.clone() })
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        rules.get(name).cloned().ok_or_else(|| Error::Unknown { name: name.into(), dir: self.dir.clone() })
     }
 
     /// The names of the loaded rules.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.rules.keys().cloned().collect();
-        names.sort();
-        names
+        self.list().into_iter().map(|r| r.name).collect()
+    }
+
+    /// The loaded rules, by name.
+    pub fn list(&self) -> Vec<RuleInfo> {
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<RuleInfo> = rules
+            .values()
+            .map(|r| RuleInfo { name: r.name.clone(), file: r.file.clone(), hash: r.hash.clone() })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// The source of the rule named `name`, as its file holds it.
+    pub fn source(&self, name: &str) -> Result<String, Error> {
+        let rule = self.get(name)?;
+        std::fs::read_to_string(&rule.file).map_err(|source| Error::Io { path: rule.file.clone().into(), source })
+    }
+
+    /// Saves `source` as the rule `name` (the file `NAME.rhai` in the rules
+    /// folder) and makes it the one runs use from now on. Refused, with
+    /// nothing written, when the name is not a plain file name or the rule
+    /// does not compile (the error names `from`, where the source came
+    /// from). The file is replaced by a rename, so a reader sees the old
+    /// rule or the new one, never half of it.
+    pub fn save(&self, name: &str, from: &str, source: &str) -> Result<Arc<Rule>, Error> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(Error::BadName(name.into()));
+        }
+        let target = self.dir.join(format!("{name}.rhai"));
+        let mut rule = self.compile(name, from, source).map_err(|e| match e {
+            Error::Compile { file, line, column, message } => {
+                Error::Compile { file, line, column, message: format!("{message}; the rule was not saved") }
+            }
+            other => other,
+        })?;
+        rule.file = target.display().to_string();
+        let staged = self.dir.join(format!(".{name}.rhai.saving"));
+        fn save(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+            move |source| Error::Save { path: path.to_path_buf(), source }
+        }
+        std::fs::create_dir_all(&self.dir).map_err(save(&self.dir))?;
+        std::fs::write(&staged, source).map_err(save(&staged))?;
+        std::fs::rename(&staged, &target).map_err(save(&target))?;
+        Ok(self.insert(rule))
     }
 
     /// Evaluates `rule` on `record` with the task's `params`.

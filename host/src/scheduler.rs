@@ -1078,3 +1078,50 @@ impl Scheduler {
         lock(&self.live).len()
     }
 }
+
+/// Admin rules and the outbox, with the same permission checks as the rest.
+impl Scheduler {
+    /// The loaded rules.
+    pub fn rules(&self) -> Vec<crate::rules::RuleInfo> {
+        self.host.rules().list()
+    }
+
+    /// A rule's source.
+    pub fn rule_source(&self, name: &str) -> Result<String> {
+        self.host.rules().source(name).map_err(|e| match e {
+            crate::rules::Error::Unknown { .. } => Error::NotFound(e.to_string()),
+            other => Error::Invalid(other.to_string()),
+        })
+    }
+
+    /// Saves a rule (the account owner only). Runs started from now on use
+    /// it; a broken rule is refused with its line and nothing is written.
+    pub fn save_rule(&self, user: &User, name: &str, source: &str) -> Result<crate::rules::RuleInfo> {
+        if user.role != Role::Owner {
+            return Err(Error::Forbidden("only the account owner may save rules".into()));
+        }
+        let rule = self.host.rules().save(name, &format!("{name}.rhai"), source).map_err(|e| match e {
+            crate::rules::Error::Save { .. } => Error::Conflict(e.to_string()),
+            other => Error::Invalid(other.to_string()),
+        })?;
+        tracing::info!(rule = %rule.name, by = %user.name, hash = %rule.hash, "Rule saved.");
+        Ok(crate::rules::RuleInfo { name: rule.name.clone(), file: rule.file.clone(), hash: rule.hash.clone() })
+    }
+
+    /// The newest `limit` outbox entries `user` may see (the owner: all;
+    /// staff: those of their own tasks), with `status` when given.
+    pub fn outbox(
+        &self,
+        user: &User,
+        status: Option<notify::Delivery>,
+        limit: usize,
+    ) -> Result<Vec<(u64, notify::OutboxEntry)>> {
+        let own: Option<std::collections::HashSet<String>> = match user.role {
+            Role::Owner => None,
+            Role::Staff => Some(self.tasks(user)?.into_iter().map(|t| t.name).collect()),
+        };
+        Ok(notify::outbox_newest(&self.store, limit, |e| {
+            status.is_none_or(|s| e.status == s) && own.as_ref().is_none_or(|o| o.contains(&e.task))
+        })?)
+    }
+}

@@ -51,11 +51,26 @@ pub fn fallback_plugin(name: &str) -> PathBuf {
 /// A temporary data directory and the binary to drive over it.
 pub struct Sb {
     pub dir: tempfile::TempDir,
+    /// The rules folder the binary is pointed at.
+    pub rules: PathBuf,
 }
 
 impl Sb {
+    /// A sandbox reading the shipped rules in place.
     pub fn new() -> Sb {
-        Sb { dir: tempfile::tempdir().unwrap() }
+        Sb { dir: tempfile::tempdir().unwrap(), rules: root().join("rules") }
+    }
+
+    /// A sandbox with its own copy of the shipped rules, for tests that save rules.
+    pub fn with_own_rules() -> Sb {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules");
+        std::fs::create_dir_all(&rules).unwrap();
+        for entry in std::fs::read_dir(root().join("rules")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, rules.join(path.file_name().unwrap())).unwrap();
+        }
+        Sb { dir, rules }
     }
 
     pub fn data(&self) -> PathBuf {
@@ -64,7 +79,7 @@ impl Sb {
 
     pub fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_schoolbell"));
-        c.arg("--data").arg(self.data()).arg("--rules").arg(root().join("rules"));
+        c.arg("--data").arg(self.data()).arg("--rules").arg(&self.rules);
         c.env_remove("RUST_LOG");
         c
     }

@@ -34,6 +34,9 @@ pub(crate) struct RunState {
     pub(crate) granted: Vec<Capability>,
     pub(crate) store: Arc<Store>,
     pub(crate) rules: Arc<RuleSet>,
+    /// The version of each rule this run first used: a rule saved while
+    /// the run goes on does not change its decisions half-way.
+    rule_versions: std::collections::HashMap<String, Arc<crate::rules::Rule>>,
     pub(crate) task: String,
     pub(crate) params: Record,
     pub(crate) control: RunControl,
@@ -81,6 +84,7 @@ impl RunState {
             granted: setup.granted,
             store: setup.store,
             rules: setup.rules,
+            rule_versions: Default::default(),
             task: setup.task,
             params: setup.params,
             control: setup.control,
@@ -196,8 +200,13 @@ impl host_api::Host for RunState {
     }
 
     fn eval_rule(&mut self, rule: String, record: Vec<wit::Field>) -> Result<host_api::RuleDecision, wit::PluginError> {
-        let outcome =
-            self.rules.get(&rule).and_then(|r| self.rules.eval(&r, &bindings::record_from_wit(record), &self.params));
+        let version = match self.rule_versions.get(&rule) {
+            Some(r) => Ok(r.clone()),
+            None => self.rules.get(&rule).inspect(|r| {
+                self.rule_versions.insert(rule.clone(), r.clone());
+            }),
+        };
+        let outcome = version.and_then(|r| self.rules.eval(&r, &bindings::record_from_wit(record), &self.params));
         match outcome {
             Ok(d) => Ok(host_api::RuleDecision { matched: d.matched, reason: d.reason }),
             Err(e) => {
