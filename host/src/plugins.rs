@@ -828,7 +828,7 @@ fn guest_failure(plugin: &PluginId, state: &RunState, e: bindings::wit::PluginEr
     if let Some(v) = state.violations.first() {
         return Error::Denied { plugin: plugin.clone(), message: v.clone() };
     }
-    if state.control.is_cancelled() {
+    if state.setup.control.is_cancelled() {
         return Error::Cancelled { plugin: plugin.clone() };
     }
     Error::Failed { plugin: plugin.clone(), error: bindings::guest_error(e) }

@@ -27,20 +27,11 @@ pub(crate) struct RunState {
     pub(crate) limiter: Limiter,
     pub(crate) stdout: CappedOutput,
     pub(crate) stderr: CappedOutput,
-    pub(crate) plugin: PluginId,
-    /// What the plugin declared in `describe`.
-    pub(crate) declared: Vec<Capability>,
-    /// What the admin granted.
-    pub(crate) granted: Vec<Capability>,
-    pub(crate) store: Arc<Store>,
-    pub(crate) rules: Arc<RuleSet>,
+    /// The plugin, its capabilities, the task and what it was given.
+    pub(crate) setup: RunSetup,
     /// The version of each rule this run first used: a rule saved while
     /// the run goes on does not change its decisions half-way.
     rule_versions: std::collections::HashMap<String, Arc<crate::rules::Rule>>,
-    pub(crate) task: String,
-    pub(crate) params: Record,
-    pub(crate) control: RunControl,
-    pub(crate) today: crate::records::Date,
     /// The folders `files` may reach, by name, from the sandbox config.
     folders: std::collections::BTreeMap<String, std::path::PathBuf>,
     pub(crate) started: Instant,
@@ -60,7 +51,9 @@ pub(crate) struct RunState {
 /// What a run is given.
 pub(crate) struct RunSetup {
     pub(crate) plugin: PluginId,
+    /// What the plugin declared in `describe`.
     pub(crate) declared: Vec<Capability>,
+    /// What the admin granted.
     pub(crate) granted: Vec<Capability>,
     pub(crate) store: Arc<Store>,
     pub(crate) rules: Arc<RuleSet>,
@@ -79,16 +72,8 @@ impl RunState {
             limiter: Limiter { limit: sandbox.config.memory_limit(), refused: None },
             stdout,
             stderr,
-            plugin: setup.plugin,
-            declared: setup.declared,
-            granted: setup.granted,
-            store: setup.store,
-            rules: setup.rules,
+            setup,
             rule_versions: Default::default(),
-            task: setup.task,
-            params: setup.params,
-            control: setup.control,
-            today: setup.today,
             folders: sandbox.config.folders.clone(),
             started: Instant::now(),
             interrupted: None,
@@ -108,7 +93,7 @@ impl RunState {
             self.log_dropped += 1;
             return;
         }
-        tracing::debug!(plugin = %self.plugin, ?level, "{message}");
+        tracing::debug!(plugin = %self.setup.plugin, ?level, "{message}");
         self.log_bytes += message.len();
         self.log.push(LogLine { level, message });
     }
@@ -139,10 +124,13 @@ impl RunState {
 
     /// Checks that the plugin both declared and was granted `cap`.
     fn check(&mut self, cap: Capability) -> Result<(), wit::PluginError> {
-        let message = if !self.declared.contains(&cap) {
+        let message = if !self.setup.declared.contains(&cap) {
             format!("it tried to {cap:#}, which it did not declare in `describe`")
-        } else if !self.granted.contains(&cap) {
-            format!("it may {cap:#} only once an admin grants it: `schoolbell plugin grant {} {cap}`", self.plugin.name)
+        } else if !self.setup.granted.contains(&cap) {
+            format!(
+                "it may {cap:#} only once an admin grants it: `schoolbell plugin grant {} {cap}`",
+                self.setup.plugin.name
+            )
         } else {
             return Ok(());
         };
@@ -186,7 +174,7 @@ impl host_api::Host for RunState {
     ) -> Result<host_api::RecordPage, wit::PluginError> {
         self.check(Capability::ReadCollection(collection.clone()))?;
         let limit = limit.clamp(1, MAX_PAGE) as usize;
-        match self.store.scan_records(&collection, after.as_deref(), limit) {
+        match self.setup.store.scan_records(&collection, after.as_deref(), limit) {
             Ok((records, next)) => {
                 Ok(host_api::RecordPage { records: records.iter().map(bindings::record_to_wit).collect(), next })
             }
@@ -196,17 +184,18 @@ impl host_api::Host for RunState {
 
     fn count_records(&mut self, collection: String) -> Result<u64, wit::PluginError> {
         self.check(Capability::ReadCollection(collection.clone()))?;
-        self.store.count_records(&collection).map_err(|e| self.store_error(e))
+        self.setup.store.count_records(&collection).map_err(|e| self.store_error(e))
     }
 
     fn eval_rule(&mut self, rule: String, record: Vec<wit::Field>) -> Result<host_api::RuleDecision, wit::PluginError> {
         let version = match self.rule_versions.get(&rule) {
             Some(r) => Ok(r.clone()),
-            None => self.rules.get(&rule).inspect(|r| {
+            None => self.setup.rules.get(&rule).inspect(|r| {
                 self.rule_versions.insert(rule.clone(), r.clone());
             }),
         };
-        let outcome = version.and_then(|r| self.rules.eval(&r, &bindings::record_from_wit(record), &self.params));
+        let outcome =
+            version.and_then(|r| self.setup.rules.eval(&r, &bindings::record_from_wit(record), &self.setup.params));
         match outcome {
             Ok(d) => Ok(host_api::RuleDecision { matched: d.matched, reason: d.reason }),
             Err(e) => {
@@ -222,7 +211,7 @@ impl host_api::Host for RunState {
         if let Some((_, v)) = self.state_writes.iter().rev().find(|(k, _)| *k == key) {
             return v.clone();
         }
-        self.store.task_state(&self.task, &key).ok().flatten()
+        self.setup.store.task_state(&self.setup.task, &key).ok().flatten()
     }
 
     fn state_set(&mut self, key: String, value: Option<String>) {
@@ -230,15 +219,15 @@ impl host_api::Host for RunState {
     }
 
     fn progress(&mut self, done: u64, total: Option<u64>) {
-        self.control.set_progress(done, total);
+        self.setup.control.set_progress(done, total);
     }
 
     fn cancelled(&mut self) -> bool {
-        self.control.is_cancelled()
+        self.setup.control.is_cancelled()
     }
 
     fn today(&mut self) -> wit::Date {
-        wit::Date { year: self.today.year, month: self.today.month, day: self.today.day }
+        wit::Date { year: self.setup.today.year, month: self.setup.today.month, day: self.setup.today.day }
     }
 }
 

@@ -246,7 +246,7 @@ impl Sandbox {
         let timeout = Duration::from_secs(self.config.timeout_secs);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
-            let interrupt = if state.control.forced() {
+            let interrupt = if state.setup.control.forced() {
                 Some(Interrupt::Cancelled)
             } else if state.started.elapsed() >= timeout {
                 Some(Interrupt::Deadline(timeout))
