@@ -38,7 +38,7 @@ impl From<scheduler::Error> for ApiError {
             scheduler::Error::Forbidden(_) => StatusCode::FORBIDDEN,
             scheduler::Error::Conflict(_) => StatusCode::CONFLICT,
             scheduler::Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            scheduler::Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            scheduler::Error::Store(_) | scheduler::Error::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }

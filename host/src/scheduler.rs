@@ -110,6 +110,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The host could not write what it was asked to (a full or read-only disk).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Result alias.
@@ -1101,7 +1104,7 @@ impl Scheduler {
             return Err(Error::Forbidden("only the account owner may save rules".into()));
         }
         let rule = self.host.rules().save(name, &format!("{name}.rhai"), source).map_err(|e| match e {
-            crate::rules::Error::Save { .. } => Error::Conflict(e.to_string()),
+            crate::rules::Error::Save { .. } => Error::Failed(e.to_string()),
             other => Error::Invalid(other.to_string()),
         })?;
         tracing::info!(rule = %rule.name, by = %user.name, hash = %rule.hash, "Rule saved.");
