@@ -332,7 +332,7 @@ fn rules_saved_through_the_api_take_effect_in_the_running_server() {
     let server = sb.serve();
     let api = Api::new(&server.url);
     let task = json!({ "name": "absences", "plugin": "notifier-attendance", "schedule": "daily at 07:00", "rules": ["attendance_threshold"],
-        "params": { "threshold": 5 } });
+        "params": { "threshold": 5 }, "notify": { "group": ["office@example.org"] } });
     assert_eq!(api.json("POST", "/api/v1/tasks", &admin, Some(task)).0, 201);
     let notifications = || {
         let (status, run) = api.json("POST", "/api/v1/tasks/absences/run-now", &admin, None);
@@ -393,10 +393,23 @@ fn rules_saved_through_the_api_take_effect_in_the_running_server() {
     assert_eq!(std::fs::read_to_string(sb.rules.join("attendance_threshold.rhai")).unwrap(), stricter);
     assert_eq!(notifications(), 0);
 
-    // The outbox through the API (the task mails no one, so it is empty);
-    // a status that does not exist is named.
-    let (status, outbox) = api.json("GET", "/api/v1/outbox?status=pending", &admin, None);
-    assert_eq!((status, outbox), (200, json!([])));
+    // The outbox through the API (no SMTP server: every email waits). The
+    // owner sees every email, staff those of their own tasks.
+    let task = json!({ "name": "sams", "plugin": "notifier-attendance", "schedule": "daily at 07:00", "rules": ["attendance_threshold"],
+        "params": { "threshold": 3 }, "notify": { "group": ["sam@example.org"] } });
+    assert_eq!(api.json("POST", "/api/v1/tasks", &sam, Some(task)).0, 201);
+    let (_, run) = api.json("POST", "/api/v1/tasks/sams/run-now", &sam, None);
+    assert_eq!(wait_finished(&api, &sam, run["id"].as_u64().unwrap())["status"], "succeeded");
+    let to = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array().unwrap().iter().map(|e| e["entry"]["to"].as_str().unwrap().to_string()).collect()
+    };
+    let (status, all) = api.json("GET", "/api/v1/outbox?status=pending", &admin, None);
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(to(&all), ["office@example.org", "sam@example.org"], "{all}");
+    let (_, sams) = api.json("GET", "/api/v1/outbox", &sam, None);
+    assert_eq!(to(&sams), ["sam@example.org"], "{sams}");
+    assert_eq!(api.json("GET", "/api/v1/outbox?status=sent", &admin, None).1, json!([]));
+    assert_eq!(to(&api.json("GET", "/api/v1/outbox?limit=1", &admin, None).1), ["sam@example.org"]);
     let (status, body) = api.json("GET", "/api/v1/outbox?status=lost", &admin, None);
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("pending, sent or failed"), "{body}");
