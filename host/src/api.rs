@@ -449,9 +449,8 @@ async fn show_rule(
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
     blocking(move || {
-        let source = s.rule_source(&name)?;
-        let info = s.rules().into_iter().find(|r| r.name == name);
-        Ok(Json(json!({ "name": name, "hash": info.map(|i| i.hash), "source": source })))
+        let (info, source) = s.rule(&name)?;
+        Ok(Json(json!({ "name": info.name, "hash": info.hash, "source": source })))
     })
     .await
 }
@@ -500,12 +499,7 @@ async fn test_rule(
             None => rules.get(&name).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?,
         };
         let rows = crate::records::records_from_json(&body.sample).map_err(|e| bad(format!("sample: {e}")))?;
-        let mut params = crate::records::Record::new();
-        for (k, v) in &body.params {
-            let value = crate::records::Value::from_json(v)
-                .ok_or_else(|| bad(format!("params.{k}: arrays and objects are not parameter values")))?;
-            params.insert(k.clone(), value);
-        }
+        let params = crate::records::record_from_json(&body.params).map_err(|e| bad(format!("params: {e}")))?;
         let results: Vec<Json_> = rows
             .iter()
             .enumerate()

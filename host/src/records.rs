@@ -202,15 +202,20 @@ pub fn records_from_json(json: &serde_json::Value) -> Result<Vec<Record>, String
     let mut records = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let obj = item.as_object().ok_or_else(|| format!("item {} is not an object", i + 1))?;
-        let mut record = Record::new();
-        for (k, v) in obj {
-            let value = Value::from_json(v)
-                .ok_or_else(|| format!("item {}, field `{k}`: arrays and objects are not record values", i + 1))?;
-            record.insert(k.clone(), value);
-        }
-        records.push(record);
+        records.push(record_from_json(obj).map_err(|e| format!("item {}, {e}", i + 1))?);
     }
     Ok(records)
+}
+
+/// A record from a JSON object; the error names the field at fault.
+pub fn record_from_json(obj: &serde_json::Map<String, serde_json::Value>) -> Result<Record, String> {
+    obj.iter()
+        .map(|(k, v)| {
+            let value =
+                Value::from_json(v).ok_or_else(|| format!("field `{k}`: arrays and objects are not record values"))?;
+            Ok((k.clone(), value))
+        })
+        .collect()
 }
 
 #[cfg(test)]

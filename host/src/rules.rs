@@ -184,6 +184,13 @@ pub struct Rule {
     mentions: Vec<String>,
 }
 
+impl Rule {
+    /// What a listing shows of it.
+    pub fn info(&self) -> RuleInfo {
+        RuleInfo { name: self.name.clone(), file: self.file.clone(), hash: self.hash.clone() }
+    }
+}
+
 /// A rule's verdict on one record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -202,8 +209,8 @@ pub struct RuleSet {
     limits: RuleLimits,
     dir: PathBuf,
     /// Behind a lock so a rule saved while the service runs takes effect
-    /// at once; a run holds its own `Arc<Rule>` and finishes with the
-    /// version it started with.
+    /// at once; a run holds its own `Arc<Rule>` and keeps the version it
+    /// first used.
     rules: RwLock<HashMap<String, Arc<Rule>>>,
 }
 
@@ -290,18 +297,17 @@ impl RuleSet {
     /// The loaded rules, by name.
     pub fn list(&self) -> Vec<RuleInfo> {
         let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
-        let mut list: Vec<RuleInfo> = rules
-            .values()
-            .map(|r| RuleInfo { name: r.name.clone(), file: r.file.clone(), hash: r.hash.clone() })
-            .collect();
+        let mut list: Vec<RuleInfo> = rules.values().map(|r| r.info()).collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
 
-    /// The source of the rule named `name`, as its file holds it.
-    pub fn source(&self, name: &str) -> Result<String, Error> {
+    /// The rule named `name` and its source, as its file holds it.
+    pub fn source(&self, name: &str) -> Result<(RuleInfo, String), Error> {
         let rule = self.get(name)?;
-        std::fs::read_to_string(&rule.file).map_err(|source| Error::Io { path: rule.file.clone().into(), source })
+        let source = std::fs::read_to_string(&rule.file)
+            .map_err(|source| Error::Io { path: rule.file.clone().into(), source })?;
+        Ok((rule.info(), source))
     }
 
     /// Saves `source` as the rule `name` (the file `NAME.rhai` in the rules

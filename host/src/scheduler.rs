@@ -1089,8 +1089,8 @@ impl Scheduler {
         self.host.rules().list()
     }
 
-    /// A rule's source.
-    pub fn rule_source(&self, name: &str) -> Result<String> {
+    /// A rule and its source.
+    pub fn rule(&self, name: &str) -> Result<(crate::rules::RuleInfo, String)> {
         self.host.rules().source(name).map_err(|e| match e {
             crate::rules::Error::Unknown { .. } => Error::NotFound(e.to_string()),
             other => Error::Invalid(other.to_string()),
@@ -1108,7 +1108,7 @@ impl Scheduler {
             other => Error::Invalid(other.to_string()),
         })?;
         tracing::info!(rule = %rule.name, by = %user.name, hash = %rule.hash, "Rule saved.");
-        Ok(crate::rules::RuleInfo { name: rule.name.clone(), file: rule.file.clone(), hash: rule.hash.clone() })
+        Ok(rule.info())
     }
 
     /// The newest `limit` outbox entries `user` may see (the owner: all;
