@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use schoolbell::app::{App, Error, SchedulerConfig, SystemClock};
+use schoolbell::config::Config;
 use schoolbell::imports::{Guard, ImportTarget};
 use schoolbell::plugins::{PluginHost, SandboxConfig};
 use schoolbell::rules::RuleSet;
 use schoolbell::runs::{Run, RunStatus};
-use schoolbell::scheduler::{Error, Scheduler, SchedulerConfig, SystemClock};
 use schoolbell::store::Store;
 use schoolbell::tasks::TaskSpec;
 use schoolbell::users::{JobEmail, Permission, Role, User};
@@ -21,7 +22,7 @@ const HEADER: &str = "Student ID,Last Name,First Name,Birth Date\n";
 
 struct Fixture {
     dir: tempfile::TempDir,
-    sched: Arc<Scheduler>,
+    sched: Arc<App>,
     store: Arc<Store>,
 }
 
@@ -34,7 +35,7 @@ fn fixture() -> Fixture {
     host.install(&support::plugin("import-csv-roster")).unwrap();
     host.grant_all("import-csv-roster").unwrap();
     let config = SchedulerConfig { pickup_settle_ms: 50, ..SchedulerConfig::default() };
-    let sched = Scheduler::new(host, Arc::new(SystemClock), config);
+    let sched = App::new(host, Arc::new(SystemClock), Config { scheduler: config, ..Config::default() });
     std::fs::create_dir_all(dir.path().join("batch")).unwrap();
     Fixture { dir, sched, store }
 }
@@ -80,13 +81,13 @@ impl Fixture {
             }),
             ..TaskSpec::default()
         };
-        self.sched.add_task(&admin(), spec).unwrap();
+        self.sched.tasks().add(&admin(), spec).unwrap();
     }
 
     async fn finish(&self, queued: Run) -> Run {
         for _ in 0..400 {
-            self.sched.dispatch().unwrap();
-            let r = self.sched.run(&admin(), queued.id).unwrap();
+            self.sched.engine().dispatch().unwrap();
+            let r = self.sched.runs().show(&admin(), queued.id).unwrap();
             if !matches!(r.status, RunStatus::Queued | RunStatus::Running) {
                 return r;
             }
@@ -119,7 +120,7 @@ async fn files_are_picked_up_by_prefix_renamed_after_commit_and_never_imported_t
     f.drop_file("IC_Roster_1.csv", 0..20);
     std::fs::write(f.batch().join("other.csv"), "not ours").unwrap();
 
-    let run = f.finish(f.sched.run_now(&admin(), "roster").unwrap()).await;
+    let run = f.finish(f.sched.tasks().run_now(&admin(), "roster").unwrap()).await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.summary.get("new"), Some(&20));
     assert_eq!(f.count(), 20);
@@ -130,7 +131,7 @@ async fn files_are_picked_up_by_prefix_renamed_after_commit_and_never_imported_t
     // The same bytes under a new name are reported, not imported again.
     let first = names.iter().find(|n| n.starts_with("P_")).unwrap().clone();
     std::fs::copy(f.batch().join(&first), f.batch().join("IC_Roster_again.csv")).unwrap();
-    let run = f.finish(f.sched.run_now(&admin(), "roster").unwrap()).await;
+    let run = f.finish(f.sched.tasks().run_now(&admin(), "roster").unwrap()).await;
     assert_eq!(run.status, RunStatus::Succeeded);
     assert_eq!(f.count(), 20);
     let (messages, _) = f.store.messages::<schoolbell::runs::TaskMessage>(run.id, None, None, 10).unwrap();
@@ -149,21 +150,21 @@ async fn a_test_import_changes_nothing_and_its_commit_applies_exactly_that_plan(
     let f = fixture();
     f.task("roster", Guard::default());
     let file = f.drop_file("IC_Roster.csv", 0..10);
-    let run = f.finish(f.sched.test_import(&admin(), "roster").unwrap()).await;
+    let run = f.finish(f.sched.tasks().test_import(&admin(), "roster").unwrap()).await;
     assert_eq!(run.status, RunStatus::Succeeded);
     assert!(run.dry_run);
     assert_eq!(f.count(), 0, "a test import writes nothing");
     assert!(file.exists(), "and leaves the file where it is");
-    let plan = f.sched.import_plan(&admin(), run.id).unwrap();
+    let plan = f.sched.imports().plan(&admin(), run.id).unwrap();
     assert_eq!(plan.counts.get("new"), Some(&10));
 
-    let committed = f.sched.import_commit(&admin(), run.id).unwrap();
+    let committed = f.sched.imports().commit(&admin(), run.id).unwrap();
     assert_eq!(committed.status, RunStatus::Succeeded);
     assert_eq!(committed.summary.get("written"), Some(&10));
     assert_eq!(f.count(), 10);
     assert!(!file.exists());
     assert_eq!(committed.audit.last().unwrap().action, "committed");
-    assert!(matches!(f.sched.import_commit(&admin(), run.id), Err(Error::Conflict(_))), "a plan commits once");
+    assert!(matches!(f.sched.imports().commit(&admin(), run.id), Err(Error::Conflict(_))), "a plan commits once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,9 +172,9 @@ async fn a_plan_whose_file_changed_is_refused() {
     let f = fixture();
     f.task("roster", Guard::default());
     let file = f.drop_file("IC_Roster.csv", 0..10);
-    let run = f.finish(f.sched.test_import(&admin(), "roster").unwrap()).await;
+    let run = f.finish(f.sched.tasks().test_import(&admin(), "roster").unwrap()).await;
     std::fs::write(&file, format!("{HEADER}S9999,Changed,Row,2010-01-01\n")).unwrap();
-    match f.sched.import_commit(&admin(), run.id) {
+    match f.sched.imports().commit(&admin(), run.id) {
         Err(Error::Conflict(m)) => {
             assert!(m.contains("changed since the plan was made; run the test import again"), "{m}")
         }
@@ -187,19 +188,19 @@ async fn a_mass_change_waits_for_confirmation() {
     let f = fixture();
     f.task("roster", Guard::default());
     f.drop_file("IC_Roster_1.csv", 0..100);
-    f.finish(f.sched.run_now(&admin(), "roster").unwrap()).await;
+    f.finish(f.sched.tasks().run_now(&admin(), "roster").unwrap()).await;
     // 100 existing; 15 renamed: 15% changed, nothing added.
     let body: String = (0..15).map(|i| format!("S{i:04},Renamed{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
     std::fs::write(f.batch().join("IC_Roster_2.csv"), format!("{HEADER}{body}")).unwrap();
     let sam = user("sam", vec![]);
-    let run = f.finish(f.sched.run_now(&admin(), "roster").unwrap()).await;
+    let run = f.finish(f.sched.tasks().run_now(&admin(), "roster").unwrap()).await;
     assert_eq!(run.status, RunStatus::AwaitingConfirmation);
     assert!(f.store.get_record("students", "S0001").unwrap().unwrap()["last-name"].to_key_text() == "Last1");
     assert!(
-        matches!(f.sched.import_confirm(&sam, run.id, None), Err(Error::NotFound(_))),
+        matches!(f.sched.imports().confirm(&sam, run.id, None), Err(Error::NotFound(_))),
         "staff cannot touch another's run"
     );
-    let done = f.sched.import_confirm(&admin(), run.id, Some("spring name fixes".into())).unwrap();
+    let done = f.sched.imports().confirm(&admin(), run.id, Some("spring name fixes".into())).unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(done.summary.get("written"), Some(&15));
     assert_eq!(f.store.get_record("students", "S0001").unwrap().unwrap()["last-name"].to_key_text(), "Renamed1");
@@ -213,25 +214,25 @@ async fn mass_additions_need_a_request_and_an_authorized_approval_or_a_code() {
     let f = fixture();
     f.task("roster", Guard::default());
     f.drop_file("IC_Roster_1.csv", 0..10);
-    f.finish(f.sched.run_now(&admin(), "roster").unwrap()).await;
+    f.finish(f.sched.tasks().run_now(&admin(), "roster").unwrap()).await;
     let auth = user("ana", vec![Permission::Authorize]);
     let clerk = user("cole", vec![]);
 
     // 10 existing, 5 new: 50% added.
     f.drop_file("IC_Roster_2.csv", 10..15);
-    let run = f.finish(f.sched.run_now(&admin(), "roster").unwrap()).await;
+    let run = f.finish(f.sched.tasks().run_now(&admin(), "roster").unwrap()).await;
     assert_eq!(run.status, RunStatus::AwaitingAuthorization);
-    assert!(matches!(f.sched.import_confirm(&admin(), run.id, None), Err(Error::Conflict(_))));
-    match f.sched.import_approve(&auth, run.id, None) {
+    assert!(matches!(f.sched.imports().confirm(&admin(), run.id, None), Err(Error::Conflict(_))));
+    match f.sched.imports().approve(&auth, run.id, None) {
         Err(Error::Conflict(m)) => assert!(m.contains("no authorization request yet"), "{m}"),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(f.sched.import_request(&admin(), run.id, "  "), Err(Error::Invalid(_))));
-    f.sched.import_request(&admin(), run.id, "new campus opens in January").unwrap();
-    assert!(matches!(f.sched.import_code(&clerk, run.id), Err(Error::Forbidden(_))));
-    let code = f.sched.import_code(&auth, run.id).unwrap();
-    assert!(matches!(f.sched.import_approve(&admin(), run.id, Some("WRONG")), Err(Error::Forbidden(_))));
-    let done = f.sched.import_approve(&admin(), run.id, Some(&code)).unwrap();
+    assert!(matches!(f.sched.imports().request(&admin(), run.id, "  "), Err(Error::Invalid(_))));
+    f.sched.imports().request(&admin(), run.id, "new campus opens in January").unwrap();
+    assert!(matches!(f.sched.imports().code(&clerk, run.id), Err(Error::Forbidden(_))));
+    let code = f.sched.imports().code(&auth, run.id).unwrap();
+    assert!(matches!(f.sched.imports().approve(&admin(), run.id, Some("WRONG")), Err(Error::Forbidden(_))));
+    let done = f.sched.imports().approve(&admin(), run.id, Some(&code)).unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(f.count(), 15);
     let actions: Vec<&str> = done.audit.iter().map(|a| a.action.as_str()).collect();
@@ -240,14 +241,14 @@ async fn mass_additions_need_a_request_and_an_authorized_approval_or_a_code() {
 
     // And by a user who holds the permission, without a code.
     f.drop_file("IC_Roster_3.csv", 15..25);
-    let run = f.finish(f.sched.run_now(&admin(), "roster").unwrap()).await;
+    let run = f.finish(f.sched.tasks().run_now(&admin(), "roster").unwrap()).await;
     assert_eq!(run.status, RunStatus::AwaitingAuthorization);
-    f.sched.import_request(&admin(), run.id, "summer enrollment").unwrap();
+    f.sched.imports().request(&admin(), run.id, "summer enrollment").unwrap();
     assert!(
-        matches!(f.sched.import_approve(&admin(), run.id, Some(&code)), Err(Error::Forbidden(_))),
+        matches!(f.sched.imports().approve(&admin(), run.id, Some(&code)), Err(Error::Forbidden(_))),
         "codes work once"
     );
-    let done = f.sched.import_approve(&auth, run.id, None).unwrap();
+    let done = f.sched.imports().approve(&auth, run.id, None).unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(f.count(), 25);
 }
@@ -266,7 +267,7 @@ fn rows_end_and_remove_records_and_a_full_roster_inactivates_or_removes_the_rest
         let file = sb.file(name, format!("Student ID,Last Name,First Name,Birth Date,End Date,Action\n{body}"));
         let mut args =
             vec!["import", "file", "import-csv-roster", s(&file), "--into", "students", "--key", "student-id"];
-        args.extend(["--end-field", "end-date", columns, "--confirm"]);
+        args.extend(["--end-field", "end-date", columns, "--confirm", "--rows"]);
         args.extend(extra);
         sb.ok(&args)
     };

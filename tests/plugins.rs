@@ -28,6 +28,7 @@ fn import_students(sb: &Sb, file: &std::path::Path, columns: &str) -> String {
         "students",
         "--key",
         "student-id",
+        "--rows",
         "--param",
         columns,
     ])
@@ -134,7 +135,7 @@ fn a_roster_maps_into_records_and_the_notifier_reads_them_through_the_rule() {
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster")), s(&plugin("notifier-attendance"))]);
     let roster = sb.file("roster.csv", ROSTER);
     let out = sb.ok(&[
-        "import", "file", "import-csv-roster", s(&roster), "--into", "students", "--key", "student-id",
+        "import", "file", "import-csv-roster", s(&roster), "--into", "students", "--key", "student-id", "--rows",
         "--param", "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date; grade=Grade:integer",
     ]);
     let expected = format!(
@@ -357,6 +358,7 @@ fn a_second_import_matches_rows_by_the_rule_and_reports_each_one() {
         "--match-rule",
         "match_student",
         "--confirm",
+        "--rows",
         "--param",
         columns,
     ]);
@@ -376,7 +378,8 @@ fn a_second_import_matches_rows_by_the_rule_and_reports_each_one() {
             "  line 7 duplicate: record S9 was already set by line 6; skipped",
         ]
     );
-    assert!(String::from_utf8(out.stderr).unwrap().contains("run it as an import task and have it approved"));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("Nothing was written: file a request with `schoolbell import request"), "{stderr}");
     let students: serde_json::Value = serde_json::from_str(&sb.ok(&["records", "list", "students", "--json"])).unwrap();
     assert_eq!(students.as_array().unwrap().len(), 4, "a held import writes nothing");
     assert_eq!(students[0]["grade"], 9);

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use schoolbell::app::{App, Error, ManualClock, SchedulerConfig};
+use schoolbell::config::Config;
 use schoolbell::plugins::{PluginHost, SandboxConfig};
 use schoolbell::rules::RuleSet;
 use schoolbell::runs::{Run, RunStatus};
-use schoolbell::scheduler::{Error, ManualClock, Scheduler, SchedulerConfig};
 use schoolbell::store::{CollectionSpec, Store};
 use schoolbell::tasks::{Misfire, Overlap, TaskSpec};
 use schoolbell::users::{JobEmail, Role, User};
@@ -19,7 +20,8 @@ use schoolbell::users::{JobEmail, Role, User};
 struct Fixture {
     _dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
-    sched: Arc<Scheduler>,
+    sched: Arc<App>,
+    host: Arc<PluginHost>,
     store: Arc<Store>,
 }
 
@@ -39,8 +41,10 @@ fn fixture() -> Fixture {
         host.grant_all(p).unwrap();
     }
     let clock = Arc::new(ManualClock::new(t0()));
-    let sched = Scheduler::new(host, clock.clone(), SchedulerConfig { workers: 2, ..SchedulerConfig::default() });
-    Fixture { _dir: dir, clock, sched, store }
+    let config =
+        Config { scheduler: SchedulerConfig { workers: 2, ..SchedulerConfig::default() }, ..Config::default() };
+    let sched = App::new(host.clone(), clock.clone(), config);
+    Fixture { _dir: dir, clock, sched, host, store }
 }
 
 fn admin() -> User {
@@ -71,13 +75,13 @@ fn hostile(name: &str, behaviour: &str) -> TaskSpec {
 }
 
 fn runs_of(f: &Fixture, task: &str) -> Vec<Run> {
-    f.sched.runs(&admin(), None, Some(task), 1000).unwrap()
+    f.sched.runs().list(&admin(), None, Some(task), 1000).unwrap()
 }
 
 async fn until_finished(f: &Fixture, id: u64) -> Run {
     for _ in 0..400 {
-        f.sched.dispatch().unwrap();
-        let run = f.sched.run(&admin(), id).unwrap();
+        f.sched.engine().dispatch().unwrap();
+        let run = f.sched.runs().show(&admin(), id).unwrap();
         if run.status.is_finished() {
             return run;
         }
@@ -89,17 +93,17 @@ async fn until_finished(f: &Fixture, id: u64) -> Run {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fire_time_gives_one_run_however_often_the_scheduler_ticks() {
     let f = fixture();
-    let task = f.sched.add_task(&admin(), every_minute("a")).unwrap();
+    let task = f.sched.tasks().add(&admin(), every_minute("a")).unwrap();
     assert_eq!(task.next_fire, Some(t0() + chrono::Duration::minutes(1)));
     f.clock.set(t0() + chrono::Duration::minutes(1));
-    assert_eq!(f.sched.tick().unwrap(), 1);
-    assert_eq!(f.sched.tick().unwrap(), 0);
-    assert_eq!(f.sched.tick().unwrap(), 0);
+    assert_eq!(f.sched.engine().tick().unwrap(), 1);
+    assert_eq!(f.sched.engine().tick().unwrap(), 0);
+    assert_eq!(f.sched.engine().tick().unwrap(), 0);
     let runs = runs_of(&f, "a");
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, RunStatus::Queued);
     assert_eq!(runs[0].fire_time, Some(t0() + chrono::Duration::minutes(1)));
-    assert_eq!(f.sched.task(&admin(), "a").unwrap().next_fire, Some(t0() + chrono::Duration::minutes(2)));
+    assert_eq!(f.sched.tasks().show(&admin(), "a").unwrap().next_fire, Some(t0() + chrono::Duration::minutes(2)));
     let done = until_finished(&f, runs[0].id).await;
     assert_eq!(done.status, RunStatus::Succeeded, "{:?}", done.error);
     assert_eq!(done.summary.get("notifications"), Some(&0));
@@ -108,25 +112,25 @@ async fn a_fire_time_gives_one_run_however_often_the_scheduler_ticks() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missed_fires_run_once_or_are_skipped_as_the_task_says() {
     let f = fixture();
-    f.sched.add_task(&admin(), TaskSpec { misfire: Misfire::RunOnce, ..every_minute("catch-up") }).unwrap();
-    f.sched.add_task(&admin(), TaskSpec { misfire: Misfire::Skip, ..every_minute("skip") }).unwrap();
+    f.sched.tasks().add(&admin(), TaskSpec { misfire: Misfire::RunOnce, ..every_minute("catch-up") }).unwrap();
+    f.sched.tasks().add(&admin(), TaskSpec { misfire: Misfire::Skip, ..every_minute("skip") }).unwrap();
     f.clock.set(t0() + chrono::Duration::minutes(10));
-    f.sched.tick().unwrap();
+    f.sched.engine().tick().unwrap();
     assert_eq!(runs_of(&f, "catch-up").len(), 1, "ten missed fires make one run");
     assert!(runs_of(&f, "skip").is_empty());
     for name in ["catch-up", "skip"] {
-        assert_eq!(f.sched.task(&admin(), name).unwrap().next_fire, Some(t0() + chrono::Duration::minutes(11)));
+        assert_eq!(f.sched.tasks().show(&admin(), name).unwrap().next_fire, Some(t0() + chrono::Duration::minutes(11)));
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn overlap_skip_and_queue_one_keep_the_queue_short() {
     let f = fixture();
-    f.sched.add_task(&admin(), TaskSpec { overlap: Overlap::Skip, ..every_minute("skip") }).unwrap();
-    f.sched.add_task(&admin(), TaskSpec { overlap: Overlap::QueueOne, ..every_minute("one") }).unwrap();
+    f.sched.tasks().add(&admin(), TaskSpec { overlap: Overlap::Skip, ..every_minute("skip") }).unwrap();
+    f.sched.tasks().add(&admin(), TaskSpec { overlap: Overlap::QueueOne, ..every_minute("one") }).unwrap();
     for m in 1..=3 {
         f.clock.set(t0() + chrono::Duration::minutes(m));
-        f.sched.tick().unwrap();
+        f.sched.engine().tick().unwrap();
     }
     assert_eq!(runs_of(&f, "skip").len(), 1);
     assert_eq!(runs_of(&f, "one").len(), 1);
@@ -135,30 +139,30 @@ async fn overlap_skip_and_queue_one_keep_the_queue_short() {
 #[tokio::test(flavor = "multi_thread")]
 async fn overlap_cancel_running_stops_the_old_run_for_the_new_one() {
     let f = fixture();
-    f.sched.add_task(&admin(), TaskSpec { overlap: Overlap::CancelRunning, ..hostile("spin", "loop") }).unwrap();
+    f.sched.tasks().add(&admin(), TaskSpec { overlap: Overlap::CancelRunning, ..hostile("spin", "loop") }).unwrap();
     f.clock.set(t0() + chrono::Duration::minutes(1));
-    f.sched.tick().unwrap();
-    f.sched.dispatch().unwrap();
+    f.sched.engine().tick().unwrap();
+    f.sched.engine().dispatch().unwrap();
     let first = runs_of(&f, "spin")[0].clone();
-    assert_eq!(f.sched.run(&admin(), first.id).unwrap().status, RunStatus::Running);
+    assert_eq!(f.sched.runs().show(&admin(), first.id).unwrap().status, RunStatus::Running);
     f.clock.set(t0() + chrono::Duration::minutes(2));
-    f.sched.tick().unwrap();
+    f.sched.engine().tick().unwrap();
     let first = until_finished(&f, first.id).await;
     assert_eq!(first.status, RunStatus::Cancelled);
     assert!(first.error.unwrap().contains("did not stop within its grace period"));
     let runs = runs_of(&f, "spin");
     assert_eq!(runs.len(), 2);
-    f.sched.cancel(&admin(), runs[0].id).unwrap();
+    f.sched.runs().cancel(&admin(), runs[0].id).unwrap();
     until_finished(&f, runs[0].id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn high_priority_runs_are_served_first() {
     let f = fixture();
-    f.sched.add_task(&admin(), every_minute("normal")).unwrap();
-    f.sched.add_task(&admin(), TaskSpec { high_priority: true, ..every_minute("urgent") }).unwrap();
-    let normal = f.sched.run_now(&admin(), "normal").unwrap();
-    let urgent = f.sched.run_now(&admin(), "urgent").unwrap();
+    f.sched.tasks().add(&admin(), every_minute("normal")).unwrap();
+    f.sched.tasks().add(&admin(), TaskSpec { high_priority: true, ..every_minute("urgent") }).unwrap();
+    let normal = f.sched.tasks().run_now(&admin(), "normal").unwrap();
+    let urgent = f.sched.tasks().run_now(&admin(), "urgent").unwrap();
     let order: Vec<u64> = f.store.queued().unwrap().into_iter().map(|(_, id)| id).collect();
     assert_eq!(order, [urgent.id, normal.id]);
 }
@@ -168,78 +172,79 @@ async fn cancel_and_delete_follow_the_run_state_and_its_owner() {
     let f = fixture();
     let sam = staff("sam");
     let pat = staff("pat");
-    f.sched.add_task(&sam, hostile("sams-loop", "loop")).unwrap();
-    f.sched.add_task(&admin(), every_minute("owners")).unwrap();
+    f.sched.tasks().add(&sam, hostile("sams-loop", "loop")).unwrap();
+    f.sched.tasks().add(&admin(), every_minute("owners")).unwrap();
 
     // Queued: cancelled at once.
-    let queued = f.sched.run_now(&admin(), "owners").unwrap();
-    assert_eq!(f.sched.cancel(&admin(), queued.id).unwrap().status, RunStatus::Cancelled);
+    let queued = f.sched.tasks().run_now(&admin(), "owners").unwrap();
+    assert_eq!(f.sched.runs().cancel(&admin(), queued.id).unwrap().status, RunStatus::Cancelled);
     assert!(f.store.queued().unwrap().is_empty());
 
     // Running: delete is refused; cancel by another staff member is "not found".
-    let run = f.sched.run_now(&sam, "sams-loop").unwrap();
-    f.sched.dispatch().unwrap();
-    match f.sched.delete(&sam, run.id) {
+    let run = f.sched.tasks().run_now(&sam, "sams-loop").unwrap();
+    f.sched.engine().dispatch().unwrap();
+    match f.sched.runs().delete(&sam, run.id) {
         Err(Error::Conflict(m)) => assert_eq!(
             m,
             format!("run {} is running; only finished or cancelled runs can be deleted. Cancel it first", run.id)
         ),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(f.sched.cancel(&pat, run.id), Err(Error::NotFound(_))));
-    f.sched.cancel(&sam, run.id).unwrap();
+    assert!(matches!(f.sched.runs().cancel(&pat, run.id), Err(Error::NotFound(_))));
+    f.sched.runs().cancel(&sam, run.id).unwrap();
     let done = until_finished(&f, run.id).await;
     assert_eq!(done.status, RunStatus::Cancelled);
     assert_eq!(done.cancel_requested_by.as_deref(), Some("sam"));
-    assert!(matches!(f.sched.cancel(&sam, run.id), Err(Error::Conflict(_))));
-    f.sched.delete(&sam, run.id).unwrap();
-    assert!(matches!(f.sched.run(&admin(), run.id), Err(Error::NotFound(_))));
+    assert!(matches!(f.sched.runs().cancel(&sam, run.id), Err(Error::Conflict(_))));
+    f.sched.runs().delete(&sam, run.id).unwrap();
+    assert!(matches!(f.sched.runs().show(&admin(), run.id), Err(Error::NotFound(_))));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_removes_old_runs_but_keeps_kept_ones() {
     let f = fixture();
-    f.sched.add_task(&admin(), every_minute("plain")).unwrap();
-    f.sched.add_task(&admin(), TaskSpec { keep: true, ..every_minute("kept") }).unwrap();
-    let plain = f.sched.run_now(&admin(), "plain").unwrap();
-    let kept = f.sched.run_now(&admin(), "kept").unwrap();
+    f.sched.tasks().add(&admin(), every_minute("plain")).unwrap();
+    f.sched.tasks().add(&admin(), TaskSpec { keep: true, ..every_minute("kept") }).unwrap();
+    let plain = f.sched.tasks().run_now(&admin(), "plain").unwrap();
+    let kept = f.sched.tasks().run_now(&admin(), "kept").unwrap();
     until_finished(&f, plain.id).await;
     until_finished(&f, kept.id).await;
-    let cancelled = f.sched.run_now(&admin(), "plain").unwrap();
-    f.sched.cancel(&admin(), cancelled.id).unwrap();
+    let cancelled = f.sched.tasks().run_now(&admin(), "plain").unwrap();
+    f.sched.runs().cancel(&admin(), cancelled.id).unwrap();
 
     f.clock.set(t0() + chrono::Duration::minutes(9));
-    assert_eq!(f.sched.sweep().unwrap(), 0);
+    assert_eq!(f.sched.engine().sweep().unwrap(), 0);
     f.clock.set(t0() + chrono::Duration::minutes(11));
-    assert_eq!(f.sched.sweep().unwrap(), 1, "cancelled runs go after ten minutes");
+    assert_eq!(f.sched.engine().sweep().unwrap(), 1, "cancelled runs go after ten minutes");
     f.clock.set(t0() + chrono::Duration::days(59));
-    assert_eq!(f.sched.sweep().unwrap(), 0);
+    assert_eq!(f.sched.engine().sweep().unwrap(), 0);
     f.clock.set(t0() + chrono::Duration::days(61));
-    assert_eq!(f.sched.sweep().unwrap(), 1, "completed runs go after 60 days");
-    let left: Vec<String> = f.sched.runs(&admin(), None, None, 100).unwrap().into_iter().map(|r| r.task).collect();
+    assert_eq!(f.sched.engine().sweep().unwrap(), 1, "completed runs go after 60 days");
+    let left: Vec<String> =
+        f.sched.runs().list(&admin(), None, None, 100).unwrap().into_iter().map(|r| r.task).collect();
     assert_eq!(left, ["kept"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_left_running_by_a_crash_are_marked_interrupted() {
     let f = fixture();
-    f.sched.add_task(&admin(), hostile("spin", "loop")).unwrap();
-    let run = f.sched.run_now(&admin(), "spin").unwrap();
-    f.sched.dispatch().unwrap();
-    assert_eq!(f.sched.run(&admin(), run.id).unwrap().status, RunStatus::Running);
+    f.sched.tasks().add(&admin(), hostile("spin", "loop")).unwrap();
+    let run = f.sched.tasks().run_now(&admin(), "spin").unwrap();
+    f.sched.engine().dispatch().unwrap();
+    assert_eq!(f.sched.runs().show(&admin(), run.id).unwrap().status, RunStatus::Running);
     // A second scheduler over the same store stands in for the restarted process.
-    let after = Scheduler::new(f.sched.host().clone(), f.clock.clone(), SchedulerConfig::default());
-    assert_eq!(after.recover().unwrap(), 1);
-    let r = after.run(&admin(), run.id).unwrap();
+    let after = App::new(f.host.clone(), f.clock.clone(), Config::default());
+    assert_eq!(after.engine().recover().unwrap(), 1);
+    let r = after.runs().show(&admin(), run.id).unwrap();
     assert_eq!(r.status, RunStatus::Interrupted);
     assert!(r.error.unwrap().contains("run the task again"));
-    f.sched.stop().await;
+    f.sched.engine().stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_tasks_are_refused_with_what_to_fix() {
     let f = fixture();
-    let err = |spec: TaskSpec| f.sched.add_task(&admin(), spec).unwrap_err().to_string();
+    let err = |spec: TaskSpec| f.sched.tasks().add(&admin(), spec).unwrap_err().to_string();
     assert_eq!(
         err(TaskSpec { zone: Some("Mars/Base".into()), ..every_minute("z") }),
         "task `z`, zone: `Mars/Base` is not an IANA time zone; write one like America/Chicago or Europe/Paris"
@@ -255,7 +260,7 @@ async fn bad_tasks_are_refused_with_what_to_fix() {
     assert!(
         err(TaskSpec { plugin: "nope".into(), ..every_minute("n") }).contains("no plugin named `nope` is installed")
     );
-    f.sched.add_task(&admin(), every_minute("dup")).unwrap();
+    f.sched.tasks().add(&admin(), every_minute("dup")).unwrap();
     assert!(err(every_minute("dup")).contains("a task named `dup` exists"));
 }
 
@@ -264,10 +269,10 @@ async fn a_start_with_fractions_of_a_second_fires_once_and_does_not_spin() {
     let f = fixture();
     let odd = t0() + chrono::Duration::nanoseconds(594_431_226);
     f.clock.set(odd);
-    let task = f.sched.add_task(&admin(), every_minute("odd")).unwrap();
+    let task = f.sched.tasks().add(&admin(), every_minute("odd")).unwrap();
     assert_eq!(task.start, t0(), "starts are kept to whole seconds");
     f.clock.set(odd + chrono::Duration::minutes(1));
-    assert_eq!(f.sched.tick().unwrap(), 1);
-    assert_eq!(f.sched.tick().unwrap(), 0);
+    assert_eq!(f.sched.engine().tick().unwrap(), 1);
+    assert_eq!(f.sched.engine().tick().unwrap(), 0);
     assert_eq!(f.store.next_due().unwrap(), Some(t0() + chrono::Duration::minutes(2)));
 }

@@ -151,7 +151,7 @@ fn main() {
     let picked = started.elapsed();
     let plan = imports::prepare(&host, "import-csv-roster", &target, &files[0], &request).unwrap();
     let planned = started.elapsed();
-    let written = imports::commit(&host, &plan, "bench", &target, &sources).unwrap();
+    let written = imports::commit(&host, &plan, "bench", Some(&target), &sources).unwrap();
     let total = started.elapsed();
     let report_lines: usize = plan.rows.iter().map(|r| r.messages().len()).sum();
     println!(

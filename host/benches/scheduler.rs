@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use schoolbell::app::{App, SchedulerConfig, SystemClock};
+use schoolbell::config::Config;
 use schoolbell::plugins::{PluginHost, SandboxConfig};
 use schoolbell::rules::RuleSet;
 use schoolbell::runs::{Run, RunStatus, TaskMessage};
-use schoolbell::scheduler::{Scheduler, SchedulerConfig, SystemClock};
 use schoolbell::store::Store;
 use schoolbell::tasks::TaskSpec;
 use schoolbell::users::User;
@@ -49,7 +50,7 @@ fn main() {
     assert!(plugin.exists(), "run xtask/build-plugins first");
     host.install(&plugin).unwrap();
     let config = SchedulerConfig { workers: 2, ..SchedulerConfig::default() };
-    let sched = Scheduler::new(host, Arc::new(SystemClock), config);
+    let sched = App::new(host, Arc::new(SystemClock), Config { scheduler: config, ..Config::default() });
     let admin = User::local_owner();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
@@ -64,7 +65,7 @@ fn main() {
             params: [("behaviour".to_string(), serde_json::json!("well"))].into(),
             ..TaskSpec::default()
         };
-        sched.add_task(&admin, spec).unwrap();
+        sched.tasks().add(&admin, spec).unwrap();
     };
     let started = Instant::now();
     let later = Utc::now() + chrono::Duration::hours(1);
@@ -85,15 +86,15 @@ fn main() {
 
     // Serve through the window, then measure idle CPU with nothing due.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serving = runtime.spawn(sched.clone().serve(stop_rx));
+    let serving = runtime.spawn(sched.engine().serve(stop_rx));
     let window_end = t0 + chrono::Duration::seconds(22);
     while Utc::now() < window_end {
         std::thread::sleep(Duration::from_millis(200));
     }
-    while sched.pending() > 0 {
+    while sched.engine().pending() > 0 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let runs: Vec<Run> = sched.runs(&admin, None, None, usize::MAX).unwrap();
+    let runs: Vec<Run> = sched.runs().list(&admin, None, None, usize::MAX).unwrap();
     let mut late: Vec<i64> =
         runs.iter().filter_map(|r| Some((r.queued_at - r.fire_time?).num_milliseconds())).collect();
     late.sort();
@@ -118,18 +119,18 @@ fn main() {
         params: [("behaviour".to_string(), serde_json::json!("well"))].into(),
         ..TaskSpec::default()
     };
-    sched.add_task(&admin, spec).unwrap();
+    sched.tasks().add(&admin, spec).unwrap();
     let started = Instant::now();
     for _ in 0..NOOP_RUNS {
-        sched.run_now(&admin, "noop").unwrap();
+        sched.tasks().run_now(&admin, "noop").unwrap();
     }
     let enqueue = started.elapsed();
-    sched.wake();
-    while sched.pending() > 0 {
+    sched.engine().wake();
+    while sched.engine().pending() > 0 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let total = started.elapsed();
-    let done = sched.runs(&admin, Some(RunStatus::Succeeded), Some("noop"), usize::MAX).unwrap().len();
+    let done = sched.runs().list(&admin, Some(RunStatus::Succeeded), Some("noop"), usize::MAX).unwrap().len();
     assert_eq!(done, NOOP_RUNS);
     println!(
         "queue: {NOOP_RUNS} no-op runs queued in {enqueue:.1?}, all done in {total:.1?}: {:.0} runs/s with 2 workers",

@@ -1,5 +1,5 @@
 //! The HTTP JSON API: the same operations as the CLI, with the same
-//! permission checks (the scheduler does them), behind bearer tokens. The
+//! permission checks (the application core does them), behind bearer tokens. The
 //! server serves its own OpenAPI document at `/api/v1/openapi.json`.
 
 use std::sync::Arc;
@@ -14,12 +14,12 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
+use crate::app::{self, App};
 use crate::runs::{RunStatus, TaskMessage};
 use crate::schedule::{self, Schedule, Timing};
-use crate::scheduler::{self, Scheduler};
 use crate::store::RunId;
 use crate::tasks::{Task, TaskSpec};
-use crate::users::{self, User};
+use crate::users::User;
 
 /// An API error: a status and a message that says what to fix.
 #[derive(Debug)]
@@ -31,14 +31,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<scheduler::Error> for ApiError {
-    fn from(e: scheduler::Error) -> Self {
+impl From<app::Error> for ApiError {
+    fn from(e: app::Error) -> Self {
         let status = match &e {
-            scheduler::Error::NotFound(_) => StatusCode::NOT_FOUND,
-            scheduler::Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            scheduler::Error::Conflict(_) => StatusCode::CONFLICT,
-            scheduler::Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            scheduler::Error::Store(_) | scheduler::Error::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            app::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            app::Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            app::Error::Conflict(_) => StatusCode::CONFLICT,
+            app::Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            app::Error::Store(_) | app::Error::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }
@@ -51,10 +51,10 @@ fn bad(message: impl Into<String>) -> ApiError {
 /// The authenticated caller.
 pub struct Caller(pub User);
 
-impl FromRequestParts<Arc<Scheduler>> for Caller {
+impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<Scheduler>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<App>) -> Result<Self, Self::Rejection> {
         let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
             unauthorized("send `Authorization: Bearer TOKEN`; create a token with `schoolbell user token NAME`")
@@ -62,9 +62,9 @@ impl FromRequestParts<Arc<Scheduler>> for Caller {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
-        let store = state.host().store().clone();
+        let app = state.clone();
         let token = token.trim().to_string();
-        let user = tokio::task::spawn_blocking(move || users::authenticate(&store, &token))
+        let user = tokio::task::spawn_blocking(move || app.authenticate(&token))
             .await
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| unauthorized(&e.to_string()))?;
@@ -78,7 +78,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 }
 
 /// The router over a scheduler.
-pub fn router(scheduler: Arc<Scheduler>) -> Router {
+pub fn router(scheduler: Arc<App>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/tasks", get(list_tasks).post(add_task))
@@ -106,79 +106,78 @@ pub fn router(scheduler: Arc<Scheduler>) -> Router {
         .with_state(scheduler)
 }
 
-/// A task with its next fire times, as `task show` prints it.
-pub fn task_view(task: &Task, count: usize, now: DateTime<Utc>) -> Json_ {
-    let fires = if task.enabled { next_fires(&task.timing(), now, count) } else { vec![] };
-    json!({ "task": task, "next": fires })
+/// A task with its next fire times (the engine's own, from
+/// [`Task::upcoming`]), as `task show` prints it.
+pub fn task_view(task: &Task, count: usize) -> Json_ {
+    json!({ "task": task, "next": fires_json(&task.upcoming(count), task.tz()) })
 }
 
-fn next_fires(timing: &Timing<'_>, from: DateTime<Utc>, count: usize) -> Vec<Json_> {
-    timing
-        .upcoming(from, count)
-        .into_iter()
-        .map(|t| json!({ "local": t.with_timezone(&timing.tz).format("%Y-%m-%d %H:%M %Z (%:z)").to_string(), "utc": t.to_rfc3339() }))
+fn fires_json(fires: &[DateTime<Utc>], tz: chrono_tz::Tz) -> Vec<Json_> {
+    fires
+        .iter()
+        .map(|t| json!({ "local": t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z (%:z)").to_string(), "utc": t.to_rfc3339() }))
         .collect()
 }
 
-async fn list_tasks(State(s): State<Arc<Scheduler>>, Caller(u): Caller) -> Result<Json<Vec<Task>>, ApiError> {
-    blocking(move || Ok(Json(s.tasks(&u)?))).await
+async fn list_tasks(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Vec<Task>>, ApiError> {
+    blocking(move || Ok(Json(s.tasks().list(&u)?))).await
 }
 
 async fn add_task(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     body: Result<Json<TaskSpec>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
     let Json(spec) = body.map_err(|e| bad(format!("the task is not valid JSON for a task: {}", e.body_text())))?;
     blocking(move || {
-        let task = s.add_task(&u, spec)?;
-        Ok((StatusCode::CREATED, Json(task_view(&task, 5, s.now()))))
+        let task = s.tasks().add(&u, spec)?;
+        Ok((StatusCode::CREATED, Json(task_view(&task, 5))))
     })
     .await
 }
 
 async fn show_task(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    blocking(move || Ok(Json(task_view(&s.task(&u, &name)?, 5, s.now())))).await
+    blocking(move || Ok(Json(task_view(&s.tasks().show(&u, &name)?, 5)))).await
 }
 
 async fn remove_task(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || {
-        s.remove_task(&u, &name)?;
+        s.tasks().remove(&u, &name, app::History::Forget)?;
         Ok(StatusCode::NO_CONTENT)
     })
     .await
 }
 
 async fn enable_task(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    blocking(move || Ok(Json(task_view(&s.set_enabled(&u, &name, true)?, 5, s.now())))).await
+    blocking(move || Ok(Json(task_view(&s.tasks().set_enabled(&u, &name, true)?, 5)))).await
 }
 
 async fn disable_task(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    blocking(move || Ok(Json(task_view(&s.set_enabled(&u, &name, false)?, 5, s.now())))).await
+    blocking(move || Ok(Json(task_view(&s.tasks().set_enabled(&u, &name, false)?, 5)))).await
 }
 
 async fn run_now(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
-    blocking(move || Ok((StatusCode::ACCEPTED, Json(json!(s.run_now(&u, &name)?))))).await
+    blocking(move || Ok((StatusCode::ACCEPTED, Json(json!(s.tasks().run_now(&u, &name)?))))).await
 }
 
 #[derive(Deserialize)]
@@ -197,13 +196,13 @@ pub fn parse_status(s: &str) -> Result<RunStatus, String> {
 }
 
 async fn list_runs(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     q: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let status = q.status.as_deref().map(parse_status).transpose().map_err(bad)?;
-    blocking(move || Ok(Json(json!(s.runs(&u, status, q.task.as_deref(), q.limit.unwrap_or(100))?)))).await
+    blocking(move || Ok(Json(json!(s.runs().list(&u, status, q.task.as_deref(), q.limit.unwrap_or(100))?)))).await
 }
 
 fn run_id(raw: &str) -> Result<RunId, ApiError> {
@@ -212,39 +211,39 @@ fn run_id(raw: &str) -> Result<RunId, ApiError> {
 
 /// One operation on a run by id, answered with the run as JSON.
 async fn on_run(
-    s: Arc<Scheduler>,
+    s: Arc<App>,
     u: User,
     raw: String,
-    op: fn(&Scheduler, &User, RunId) -> scheduler::Result<crate::runs::Run>,
+    op: fn(&App, &User, RunId) -> app::Result<crate::runs::Run>,
 ) -> Result<Json<Json_>, ApiError> {
     let id = run_id(&raw)?;
     blocking(move || Ok(Json(json!(op(&s, &u, id)?)))).await
 }
 
 async fn show_run(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    on_run(s, u, id, Scheduler::run).await
+    on_run(s, u, id, |a, u, id| a.runs().show(u, id)).await
 }
 
 async fn cancel_run(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    on_run(s, u, id, Scheduler::cancel).await
+    on_run(s, u, id, |a, u, id| a.runs().cancel(u, id)).await
 }
 
 async fn delete_run(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = run_id(&id)?;
     blocking(move || {
-        s.delete(&u, id)?;
+        s.runs().delete(&u, id)?;
         Ok(StatusCode::NO_CONTENT)
     })
     .await
@@ -278,7 +277,7 @@ pub fn messages_csv(messages: &[TaskMessage]) -> String {
 }
 
 async fn run_messages(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
     q: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
@@ -292,7 +291,7 @@ async fn run_messages(
     };
     let limit = q.limit.unwrap_or(if csv { usize::MAX } else { 1000 });
     blocking(move || {
-        let (messages, next) = s.messages(&u, id, q.status.as_deref(), q.after, limit)?;
+        let (messages, next) = s.runs().messages(&u, id, q.status.as_deref(), q.after, limit)?;
         Ok(if csv {
             ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], messages_csv(&messages)).into_response()
         } else {
@@ -303,11 +302,11 @@ async fn run_messages(
 }
 
 async fn test_import(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
-    blocking(move || Ok((StatusCode::ACCEPTED, Json(json!(s.test_import(&u, &name)?))))).await
+    blocking(move || Ok((StatusCode::ACCEPTED, Json(json!(s.tasks().test_import(&u, &name)?))))).await
 }
 
 #[derive(Deserialize)]
@@ -319,7 +318,7 @@ struct PlanQuery {
 }
 
 async fn import_plan(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
     q: Result<Query<PlanQuery>, axum::extract::rejection::QueryRejection>,
@@ -327,7 +326,7 @@ async fn import_plan(
     let id = run_id(&id)?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     blocking(move || {
-        let plan = s.import_plan(&u, id)?;
+        let plan = s.imports().plan(&u, id)?;
         let rows: Vec<_> = plan
             .rows
             .iter()
@@ -355,53 +354,53 @@ fn decision(body: &[u8]) -> Result<Decision, ApiError> {
 }
 
 async fn import_commit(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    on_run(s, u, id, Scheduler::import_commit).await
+    on_run(s, u, id, |a, u, id| a.imports().commit(u, id)).await
 }
 
 async fn import_confirm(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Json_>, ApiError> {
     let id = run_id(&id)?;
     let d = decision(&body)?;
-    blocking(move || Ok(Json(json!(s.import_confirm(&u, id, d.comment)?)))).await
+    blocking(move || Ok(Json(json!(s.imports().confirm(&u, id, d.comment)?)))).await
 }
 
 async fn import_request(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Json_>, ApiError> {
     let id = run_id(&id)?;
     let d = decision(&body)?;
-    blocking(move || Ok(Json(json!(s.import_request(&u, id, d.comment.as_deref().unwrap_or(""))?)))).await
+    blocking(move || Ok(Json(json!(s.imports().request(&u, id, d.comment.as_deref().unwrap_or(""))?)))).await
 }
 
 async fn import_code(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
     let id = run_id(&id)?;
-    blocking(move || Ok(Json(json!({ "code": s.import_code(&u, id)? })))).await
+    blocking(move || Ok(Json(json!({ "code": s.imports().code(&u, id)? })))).await
 }
 
 async fn import_approve(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Json_>, ApiError> {
     let id = run_id(&id)?;
     let d = decision(&body)?;
-    blocking(move || Ok(Json(json!(s.import_approve(&u, id, d.code.as_deref())?)))).await
+    blocking(move || Ok(Json(json!(s.imports().approve(&u, id, d.code.as_deref())?)))).await
 }
 
 #[derive(Deserialize)]
@@ -426,12 +425,12 @@ pub fn preview(
     let tz = schedule::parse_zone(zone)?;
     let from = from.map(|f| schedule::parse_local(f, tz)).transpose()?.unwrap_or(now);
     let timing = Timing { schedule: &parsed, tz, start: from, end: None, pauses: &[] };
-    let fires = next_fires(&timing, from - chrono::Duration::seconds(1), count.min(1000));
+    let fires = fires_json(&timing.upcoming(from - chrono::Duration::seconds(1), count.min(1000)), tz);
     Ok(json!({ "schedule": parsed.to_string(), "zone": zone, "fires": fires }))
 }
 
 async fn schedule_next(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     q: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = q.map_err(|e| bad(format!("{}; pass ?schedule=...&tz=...", e.body_text())))?;
@@ -439,17 +438,17 @@ async fn schedule_next(
     preview(&q.schedule, &zone, q.from.as_deref(), q.count.unwrap_or(5), s.now()).map(Json).map_err(bad)
 }
 
-async fn list_rules(State(s): State<Arc<Scheduler>>, Caller(_): Caller) -> Json<Json_> {
-    Json(json!(s.rules()))
+async fn list_rules(State(s): State<Arc<App>>, Caller(u): Caller) -> Json<Json_> {
+    Json(json!(s.rules().list(&u)))
 }
 
 async fn show_rule(
-    State(s): State<Arc<Scheduler>>,
-    Caller(_): Caller,
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
     blocking(move || {
-        let (info, source) = s.rule(&name)?;
+        let (info, source) = s.rules().show(&u, &name)?;
         Ok(Json(json!({ "name": info.name, "hash": info.hash, "source": source })))
     })
     .await
@@ -462,13 +461,13 @@ struct RuleSource {
 }
 
 async fn save_rule(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(name): Path<String>,
     body: Result<Json<RuleSource>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let Json(body) = body.map_err(|e| bad(format!("{}; send {{\"source\": \"...\"}}", e.body_text())))?;
-    blocking(move || Ok(Json(json!(s.save_rule(&u, &name, &body.source)?)))).await
+    blocking(move || Ok(Json(json!(s.rules().save(&u, &name, &format!("{name}.rhai"), &body.source)?)))).await
 }
 
 #[derive(Deserialize)]
@@ -484,32 +483,21 @@ struct RuleTest {
 /// The rule workbench: a rule (the saved one, or a draft) over sample
 /// rows, with the values that decided each. Nothing is saved.
 async fn test_rule(
-    State(s): State<Arc<Scheduler>>,
-    Caller(_): Caller,
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
     Path(name): Path<String>,
     body: Result<Json<RuleTest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let Json(body) = body.map_err(|e| bad(e.body_text()))?;
     blocking(move || {
-        let rules = s.host().rules();
-        let rule = match &body.source {
-            Some(source) => {
-                Arc::new(rules.compile(&name, &format!("{name}.rhai (draft)"), source).map_err(|e| bad(e.to_string()))?)
-            }
-            None => rules.get(&name).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?,
-        };
         let rows = crate::records::records_from_json(&body.sample).map_err(|e| bad(format!("sample: {e}")))?;
         let params = crate::records::record_from_json(&body.params).map_err(|e| bad(format!("params: {e}")))?;
-        let results: Vec<Json_> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| match rules.eval(&rule, row, &params) {
-                Ok(d) => json!({ "row": i + 1, "matched": d.matched, "reason": d.reason }),
-                Err(e) => json!({ "row": i + 1, "error": e.to_string() }),
-            })
-            .collect();
-        let matched = results.iter().filter(|r| r["matched"] == true).count();
-        Ok(Json(json!({ "rule": name, "hash": rule.hash, "matched": matched, "rows": results })))
+        let shown = format!("{name}.rhai (draft)");
+        let draft = match &body.source {
+            Some(source) => app::Draft::Source { shown: &shown, source },
+            None => app::Draft::Saved,
+        };
+        Ok(Json(json!(s.rules().test(&u, &name, draft, &rows, &params)?)))
     })
     .await
 }
@@ -522,14 +510,14 @@ struct OutboxQuery {
 }
 
 async fn outbox(
-    State(s): State<Arc<Scheduler>>,
+    State(s): State<Arc<App>>,
     Caller(u): Caller,
     q: Result<Query<OutboxQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let status = q.status.as_deref().map(str::parse).transpose().map_err(bad)?;
     blocking(move || {
-        let entries = s.outbox(&u, status, q.limit.unwrap_or(50))?;
+        let entries = s.outbox().list(&u, status, q.limit.unwrap_or(50))?;
         let list: Vec<Json_> = entries.iter().map(|(id, e)| json!({ "id": id, "entry": e })).collect();
         Ok(Json(json!(list)))
     })

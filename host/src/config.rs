@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::app::SchedulerConfig;
 use crate::plugins::SandboxConfig;
 use crate::rules::RuleLimits;
-use crate::scheduler::SchedulerConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]

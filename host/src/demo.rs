@@ -7,19 +7,21 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail};
+use schoolbell::app::{App, FileImport, NotifyOnce};
 use schoolbell::imports::ImportTarget;
 use schoolbell::notify::{Dedupe, NotifySettings};
-use schoolbell::plugins::RunRequest;
 use schoolbell::tasks::TaskSpec;
 use schoolbell::users::User;
 
-use crate::cli::{Ctx, load_json, print_import, print_notifications};
+use crate::cli::{Rows, load_json, print_file_import, print_notifications, say};
 
 const ROSTER: &str = include_str!("../demo/roster.csv");
 const ATTENDANCE: &str = include_str!("../demo/attendance.json");
 
-pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
+pub(crate) fn run(app: &Arc<App>, admin: &User, plugins: &Path) -> Result<()> {
     let mut shipped: Vec<_> = std::fs::read_dir(plugins)
         .with_context(|| {
             format!("cannot read {}: build the plugins first with xtask/build-plugins", plugins.display())
@@ -34,22 +36,23 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
     if shipped.is_empty() {
         bail!("no plugins in {}: build them first with xtask/build-plugins", plugins.display());
     }
-    println!("== Plugins");
+    say!("== Plugins");
     for path in &shipped {
-        let (entry, _) = cx.host.install(path)?;
+        let (entry, _) = app.plugins().install(admin, path)?;
         // The demo district's admin trusts the shipped plugins with what they ask for.
-        let entry = cx.host.grant_all(&entry.name)?;
-        println!("  {} {} ({}, WIT {})", entry.name, entry.version, entry.kind, entry.wit_version);
+        let entry = app.plugins().grant_all(admin, &entry.name)?;
+        say!("  {} {} ({}, WIT {})", entry.name, entry.version, entry.kind, entry.wit_version);
     }
 
-    let inputs = cx.data.join("demo-input");
+    let data = app.data_dir().context("the demo needs a data directory")?;
+    let inputs = data.join("demo-input");
     std::fs::create_dir_all(&inputs)?;
     let roster = inputs.join("roster.csv");
     let attendance = inputs.join("attendance.json");
     std::fs::write(&roster, ROSTER)?;
     std::fs::write(&attendance, ATTENDANCE)?;
 
-    println!("\n== Import: {} through import-csv-roster", roster.display());
+    say!("\n== Import: {} through import-csv-roster", roster.display());
     let target = ImportTarget {
         source: roster.display().to_string(),
         prefix: None,
@@ -61,21 +64,27 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
         match_rule: Some("match_student".into()),
         ..Default::default()
     };
-    let (plan, written) =
-        schoolbell::imports::import_file(&cx.host, "import-csv-roster", &target, &RunRequest::default(), false)?;
-    print_import(&plan, written);
+    let job = FileImport {
+        plugin: "import-csv-roster".into(),
+        file: roster.clone(),
+        target: target.clone(),
+        params: Default::default(),
+        confirm: false,
+    };
+    // Every row listed: the demo shows what an import reports.
+    print_file_import(app.jobs().import_file(admin, job)?, false, Rows::All)?;
 
-    let n = load_json(cx, "attendance", &attendance, Some("student-id"), &[])?;
-    println!("\n== Attendance: {n} records loaded");
+    let n = load_json(app, admin, "attendance", &attendance, Some("student-id"), &[])?;
+    say!("\n== Attendance: {n} records loaded");
 
     let today = chrono::Utc::now().date_naive();
     for (collection, key, json) in dated_data(today) {
         let file = inputs.join(format!("{collection}.json"));
         std::fs::write(&file, json.to_string())?;
-        let n = load_json(cx, collection, &file, Some(key), &[])?;
-        println!("== {collection}: {n} records loaded");
+        let n = load_json(app, admin, collection, &file, Some(key), &[])?;
+        say!("== {collection}: {n} records loaded");
     }
-    let batch = cx.config.sandbox.folders.get("batch").cloned();
+    let batch = app.config().sandbox.folders.get("batch").cloned();
     if let Some(batch) = &batch {
         std::fs::create_dir_all(batch)?;
         let old = batch.join("P_IC_Roster.csv_20250101T000000Z");
@@ -94,22 +103,26 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
         ("export-names-csv", vec![]),
     ] {
         if batch.is_none() && (plugin.starts_with("cleanup") || plugin.starts_with("export")) {
-            println!("\n== {plugin}: skipped; set [sandbox.folders] batch in schoolbell.toml (xtask/demo does)");
+            say!("\n== {plugin}: skipped; set [sandbox.folders] batch in schoolbell.toml (xtask/demo does)");
             continue;
         }
-        println!("\n== Notifier: {plugin}");
-        let request = RunRequest {
+        say!("\n== Notifier: {plugin}");
+        let job = NotifyOnce {
+            plugin: plugin.into(),
             task: format!("demo-{plugin}"),
             params: params.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            ..Default::default()
+            dry_run: false,
         };
-        let outcome = cx.host.run_notifier(plugin, &request)?;
-        cx.host.store().apply_task_state(&request.task, &outcome.state_writes)?;
-        print_notifications(plugin, &outcome);
+        let report = app.jobs().notify_once(admin, job)?;
+        match &report.notifications {
+            Some(outcome) if report.run.status == schoolbell::runs::RunStatus::Succeeded => {
+                print_notifications(plugin, outcome)
+            }
+            _ => bail!("{plugin}: {}", report.run.error.as_deref().unwrap_or("the run did not finish")),
+        }
     }
 
-    println!("\n== Demo tasks");
-    let admin = User::local_owner();
+    say!("\n== Demo tasks");
     let specs = [
         TaskSpec {
             name: "attendance-check".into(),
@@ -159,12 +172,12 @@ pub(crate) fn run(cx: &Ctx, plugins: &Path) -> Result<()> {
     ];
     for spec in specs {
         let name = spec.name.clone();
-        let task = match cx.scheduler.task(&admin, &name) {
+        let task = match app.tasks().show(admin, &name) {
             Ok(task) => task,
-            Err(_) => cx.scheduler.add_task(&admin, spec)?,
+            Err(_) => app.tasks().add(admin, spec)?,
         };
-        let next = task.next_fire.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into());
-        println!("  {name}: {} ({}), next fire {next}", task.schedule, task.zone);
+        let next = task.upcoming(1).first().map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into());
+        say!("  {name}: {} ({}), next fire {next}", task.schedule, task.zone);
     }
     Ok(())
 }

@@ -721,13 +721,15 @@ fn settle_missing(store: &Store, collection: &str, missing: Missing, plan: &mut 
 
 /// Commits a plan: checks that the file, the mapping plugin and the rule
 /// are as they were, writes every record and the ledger entry in one atomic
-/// batch, flushes, and only then renames the file `P_<name>_<UTC time>`.
-/// Returns the number of records written.
+/// batch, flushes, and only then renames the file `P_<name>_<UTC time>` in
+/// its source, so it is never picked up again. A file given by hand (no
+/// `source`) stays where and as it is: the content ledger already keeps it
+/// from being imported twice. Returns the number of records written.
 pub fn commit(
     host: &PluginHost,
     plan: &ImportPlan,
     run: &str,
-    target: &ImportTarget,
+    source: Option<&ImportTarget>,
     sources: &Sources,
 ) -> Result<u64, Error> {
     let store = host.store();
@@ -757,6 +759,7 @@ pub fn commit(
         }
         n as u64
     };
+    let Some(target) = source else { return Ok(written) };
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     if let Some(remote) = &plan.file.remote {
         sources.connect(store, target)?.rename(remote, &format!("P_{remote}_{stamp}"))?;
@@ -767,35 +770,6 @@ pub fn commit(
         std::fs::rename(path, &renamed).map_err(|source| Error::Rename { file: plan.file.path.clone(), source })?;
     }
     Ok(written)
-}
-
-/// Imports one file at once: plan, then commit unless the guard holds it
-/// (then the plan comes back uncommitted, for a person to look at).
-pub fn import_file(
-    host: &PluginHost,
-    plugin: &str,
-    target: &ImportTarget,
-    request: &RunRequest,
-    confirmed: bool,
-) -> Result<(ImportPlan, Option<u64>), Error> {
-    let sources = Sources::default();
-    let (files, notes) = pickup(host.store(), target, std::time::Duration::ZERO, &sources)?;
-    let Some(file) = files.into_iter().next() else {
-        return Err(Error::Target(
-            notes.into_iter().next().unwrap_or_else(|| format!("no file to import at {}", target.source)),
-        ));
-    };
-    let plan = prepare(host, plugin, target, &file, request)?;
-    let allowed = match plan.hold {
-        Hold::None => true,
-        Hold::Confirm => confirmed,
-        Hold::Authorize => false,
-    };
-    if !allowed {
-        return Ok((plan, None));
-    }
-    let written = commit(host, &plan, "cli", target, &sources)?;
-    Ok((plan, Some(written)))
 }
 
 /// The changes of a file's rows: every row's outcome and the records to write.

@@ -8,6 +8,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod app;
 pub mod config;
 pub mod imports;
 pub mod notify;
@@ -16,7 +17,6 @@ pub mod records;
 pub mod rules;
 pub mod runs;
 pub mod schedule;
-pub mod scheduler;
 pub mod secrets;
 pub mod store;
 pub mod tasks;

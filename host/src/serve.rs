@@ -3,42 +3,43 @@
 //! start, running ones are asked to stop (and interrupted after the grace
 //! period), and whatever did not finish is marked interrupted, never lost.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
+use schoolbell::app::App;
 
-use crate::cli::Ctx;
-
-pub(crate) fn run(cx: Ctx, listen: Option<String>) -> Result<()> {
+pub(crate) fn run(app: Arc<App>, listen: Option<String>) -> Result<()> {
+    let data = app.data_dir().context("serve needs a data directory")?.to_path_buf();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let interrupted = cx.scheduler.recover()?;
+        let interrupted = app.engine().recover()?;
         if interrupted > 0 {
             tracing::warn!(interrupted, "Runs left running by the last process were marked interrupted.");
         }
-        let addr = listen.unwrap_or_else(|| cx.config.api.listen.clone());
+        let addr = listen.unwrap_or_else(|| app.config().api.listen.clone());
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr}; pick another with --listen or `[api] listen`"))?;
         let local = listener.local_addr()?;
         let info = serde_json::json!({ "pid": std::process::id(), "listen": local.to_string() });
-        std::fs::write(cx.data.join("serve.json"), info.to_string())?;
+        std::fs::write(data.join("serve.json"), info.to_string())?;
         println!(
             "schoolbell serving on http://{local} (API: http://{local}/api/v1/openapi.json); SIGTERM or Ctrl-C stops it"
         );
         tracing::info!(%local, "Serving.");
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let scheduler = tokio::spawn(cx.scheduler.clone().serve(stop_rx.clone()));
+        let scheduler = tokio::spawn(app.engine().serve(stop_rx.clone()));
         let mut api_stop = stop_rx.clone();
-        let api =
-            axum::serve(listener, schoolbell::api::router(cx.scheduler.clone())).with_graceful_shutdown(async move {
-                let _ = api_stop.wait_for(|stop| *stop).await;
-            });
+        let api = axum::serve(listener, schoolbell::api::router(app.clone())).with_graceful_shutdown(async move {
+            let _ = api_stop.wait_for(|stop| *stop).await;
+        });
         let api = tokio::spawn(async move { api.await });
         let mail_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mail = match crate::cli::mailer(&cx)? {
+        let mail = match app.outbox().mailer()? {
             Some(mailer) => {
-                let (store, stop) = (cx.host.store().clone(), mail_stop.clone());
-                Some(std::thread::spawn(move || mailer.serve(&store, &stop, std::time::Duration::from_secs(1))))
+                let (app, stop) = (app.clone(), mail_stop.clone());
+                Some(std::thread::spawn(move || app.outbox().serve(&mailer, &stop)))
             }
             None => {
                 tracing::warn!("No [email] smtp_host is set: emails wait in the outbox unsent.");
@@ -59,8 +60,8 @@ pub(crate) fn run(cx: Ctx, listen: Option<String>) -> Result<()> {
         if let Some(mail) = mail {
             let _ = mail.join();
         }
-        let _ = std::fs::remove_file(cx.data.join("serve.json"));
-        cx.host.store().flush()?;
+        let _ = std::fs::remove_file(data.join("serve.json"));
+        app.flush()?;
         say("schoolbell stopped");
         Ok(())
     })

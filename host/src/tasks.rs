@@ -119,6 +119,56 @@ impl Task {
         Timing { schedule: &self.schedule, tz: self.tz(), start: self.start, end: self.end, pauses: &self.pauses }
     }
 
+    /// A task that exists only for one run started by hand (`import file`,
+    /// `notify run`): never stored, never scheduled.
+    pub fn by_hand(
+        name: String,
+        kind: TaskKind,
+        plugin: &str,
+        params: Record,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Task {
+        Task {
+            name,
+            kind,
+            plugin: plugin.into(),
+            params,
+            rules: Vec::new(),
+            owner: owner.into(),
+            schedule: Schedule::Once(now.naive_utc()),
+            zone: "UTC".into(),
+            start: now,
+            end: None,
+            pauses: Vec::new(),
+            enabled: false,
+            high_priority: false,
+            keep: false,
+            misfire: Misfire::default(),
+            overlap: Overlap::default(),
+            import: None,
+            notify: NotifySettings::default(),
+            next_fire: None,
+            created_at: now,
+        }
+    }
+
+    /// The same task, importing into `target`.
+    pub fn with_import(mut self, target: ImportTarget) -> Task {
+        self.import = Some(target);
+        self
+    }
+
+    /// The next `count` fire times, the first being the one the engine
+    /// will fire next (past, when it is overdue). Every face asks this, so
+    /// a list and a detail view never disagree. A disabled task has none.
+    pub fn upcoming(&self, count: usize) -> Vec<DateTime<Utc>> {
+        let Some(first) = self.next_fire.filter(|_| self.enabled && count > 0) else { return Vec::new() };
+        let mut fires = vec![first];
+        fires.extend(self.timing().upcoming(first, count - 1));
+        fires
+    }
+
     /// The queue priority: 0 is served first.
     pub fn priority(&self) -> u8 {
         if self.high_priority { 0 } else { 1 }

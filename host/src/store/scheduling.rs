@@ -103,6 +103,20 @@ impl Store {
             .map_err(tx_error("tasks"))
     }
 
+    /// Removes a task's state (watermarks) and its dedupe ledger, so a new
+    /// task of the same name starts afresh.
+    pub fn forget_task(&self, name: &str) -> Result<()> {
+        let prefix = super::key(&[name.as_bytes(), b""]);
+        for (tree, label) in [(&self.state, "task_state"), (&self.notified, "notified")] {
+            let mut batch = sled::Batch::default();
+            for item in tree.scan_prefix(&prefix) {
+                batch.remove(item.map_err(io(label))?.0);
+            }
+            tree.apply_batch(batch).map_err(io(label))?;
+        }
+        Ok(())
+    }
+
     /// Tasks due at or before `up_to`, earliest first.
     pub fn due_tasks(&self, up_to: DateTime<Utc>, limit: usize) -> Result<Vec<(DateTime<Utc>, String)>> {
         let mut end = ts(up_to).to_vec();

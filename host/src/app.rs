@@ -1,0 +1,295 @@
+//! The application core. One [`App`] owns the store, the rules, the plugin
+//! host, the secrets and the mail settings; focused services hang off it,
+//! one module each. Every operation takes the caller and checks, here and
+//! only here, what that caller may do, so the CLI, the HTTP API, the demo
+//! and the console all get the same answer.
+//!
+//! | service | module | what it does |
+//! |---|---|---|
+//! | [`App::tasks`] | `tasks` | timed tasks: add, list, show, enable, remove, run now |
+//! | [`App::runs`] | `runs` | background runs: query, cancel, delete, messages |
+//! | [`App::imports`] | `review` | imports: plan, commit, confirm, request, code, approve; one-off files |
+//! | [`App::rules`] | `workbench` | admin rules: list, show, test, save |
+//! | [`App::collections`] | `collections` | records: load, read a page |
+//! | [`App::outbox`] | `outbox` | emails: list, send |
+//! | [`App::users`] | `accounts` | users, tokens and secrets |
+//! | [`App::plugins`] | `registry` | plugins: install, inspect, grant, revoke, remove |
+//! | [`App::jobs`] | `jobs` | a file imported by hand, a notifier run once |
+//! | [`App::engine`] | `engine` | fire due tasks, dispatch, execute, sweep |
+//!
+//! Every job, whoever starts it, runs through `jobs`: an import or a
+//! notifier writes a run with its messages, its ledger and its outbox in
+//! the same way for a schedule, run-now, `import file` and `notify run`.
+
+mod accounts;
+mod collections;
+mod engine;
+mod jobs;
+mod outbox;
+mod registry;
+mod review;
+mod runs;
+mod tasks;
+mod workbench;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+
+pub use accounts::Accounts;
+pub use collections::{Collections, Page};
+pub use engine::{Clock, Engine, ManualClock, SchedulerConfig, SystemClock};
+pub use jobs::{FileImport, JobReport, Jobs, NotifyOnce};
+pub use outbox::Outbox;
+pub use registry::Registry;
+pub use review::ImportReview;
+pub use runs::Runs;
+pub use tasks::{History, Tasks};
+pub use workbench::{Draft, RowVerdict, RuleTest, Workbench, test_rule};
+
+use crate::config::Config;
+use crate::imports;
+use crate::plugins::PluginHost;
+use crate::rules::RuleSet;
+use crate::store::{self, Store};
+use crate::users::{Role, User};
+
+/// What went wrong with an operation, by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such task or run (or not one this user may see).
+    #[error("{0}")]
+    NotFound(String),
+    /// The user may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Not in this state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The host could not write what it was asked to (a full or read-only disk).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `schoolbell.toml` is unreadable or wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// Rules that do not compile, each with its file, line and column.
+    #[error("{}", .0.join("\n"))]
+    Rules(Vec<String>),
+    /// A running `schoolbell serve` holds the store.
+    #[error(
+        "the store in {} is in use by `schoolbell serve` (pid {pid}); while it runs, use its HTTP API at http://{listen}/api/v1 (token: `Authorization: Bearer ...`), or stop it first",
+        data.display()
+    )]
+    InUse {
+        /// The data directory.
+        data: PathBuf,
+        /// The server's process.
+        pid: u64,
+        /// Where its API listens.
+        listen: String,
+    },
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The plugin runtime cannot start.
+    #[error(transparent)]
+    Plugins(#[from] crate::plugins::Error),
+    /// The secrets key cannot be read or made.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::Error),
+}
+
+/// The application: what every face drives.
+pub struct App {
+    data: Option<PathBuf>,
+    config: Config,
+    store: Arc<Store>,
+    host: Arc<PluginHost>,
+    clock: Arc<dyn Clock>,
+    /// Credentials and staging for import sources.
+    sources: RwLock<imports::Sources>,
+    engine: engine::State,
+    /// Decisions on held imports one at a time, so two confirmations of
+    /// the same run cannot both commit it.
+    import_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl App {
+    /// Opens a data directory: `schoolbell.toml`, the rules (from `rules`,
+    /// else the config's `rules_dir`, else `./rules`), the store, the
+    /// compile cache and the secrets.
+    pub fn open(data: &Path, rules: Option<&Path>) -> Result<Arc<App>, OpenError> {
+        std::fs::create_dir_all(data).map_err(|source| OpenError::DataDir { path: data.into(), source })?;
+        let config = Config::load(data)?;
+        let rules_dir = match (rules, &config.rules_dir) {
+            (Some(dir), _) => dir.to_path_buf(),
+            (None, Some(dir)) if dir.is_relative() => data.join(dir),
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => PathBuf::from("rules"),
+        };
+        let rules = RuleSet::load_dir(&rules_dir, config.rules.clone())
+            .map_err(|errors| OpenError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
+        let store = Arc::new(Store::open(&data.join("store")).map_err(|e| in_use(data, e))?);
+        let host = Arc::new(PluginHost::new(store, Arc::new(rules), &data.join("cache"), config.sandbox.clone())?);
+        let secrets = crate::secrets::Secrets::open(data)?;
+        let mut app = App::build(host, Arc::new(SystemClock), config);
+        app.data = Some(data.to_path_buf());
+        app.sources = RwLock::new(imports::Sources { secrets: Some(secrets), staging: data.join("staging") });
+        Ok(Arc::new(app))
+    }
+
+    /// An app over a plugin host that is already open (benchmarks, tests):
+    /// no data directory, so no secrets.
+    pub fn new(host: Arc<PluginHost>, clock: Arc<dyn Clock>, config: Config) -> Arc<App> {
+        Arc::new(App::build(host, clock, config))
+    }
+
+    fn build(host: Arc<PluginHost>, clock: Arc<dyn Clock>, config: Config) -> App {
+        App {
+            data: None,
+            store: host.store().clone(),
+            host,
+            clock,
+            config,
+            sources: RwLock::new(imports::Sources::default()),
+            engine: engine::State::default(),
+            import_lock: Mutex::new(()),
+        }
+    }
+
+    /// Timed tasks.
+    pub fn tasks(&self) -> Tasks<'_> {
+        Tasks { app: self }
+    }
+
+    /// Background runs.
+    pub fn runs(&self) -> Runs<'_> {
+        Runs { app: self }
+    }
+
+    /// Import review and one-off imports.
+    pub fn imports(&self) -> ImportReview<'_> {
+        ImportReview { app: self }
+    }
+
+    /// Collections of records.
+    pub fn collections(&self) -> Collections<'_> {
+        Collections { app: self }
+    }
+
+    /// One-off jobs: a file imported by hand, a notifier run once.
+    pub fn jobs(&self) -> Jobs<'_> {
+        Jobs { app: self }
+    }
+
+    /// The rules workbench.
+    pub fn rules(&self) -> Workbench<'_> {
+        Workbench { app: self }
+    }
+
+    /// The outbox.
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox { app: self }
+    }
+
+    /// Users, tokens and secrets.
+    pub fn users(&self) -> Accounts<'_> {
+        Accounts { app: self }
+    }
+
+    /// The plugin registry.
+    pub fn plugins(&self) -> Registry<'_> {
+        Registry { app: self }
+    }
+
+    /// The engine: fires, dispatches, executes and sweeps.
+    pub fn engine(self: &Arc<Self>) -> Engine<'_> {
+        Engine { app: self }
+    }
+
+    /// The clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The district's default zone.
+    pub fn zone(&self) -> &str {
+        &self.config.scheduler.zone
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The data directory, when opened from one.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data.as_deref()
+    }
+
+    /// The user a bearer token belongs to.
+    pub fn authenticate(&self, token: &str) -> Result<User, crate::users::Error> {
+        crate::users::authenticate(&self.store, token)
+    }
+
+    /// The user the CLI acts as (`--as`).
+    pub fn user(&self, name: &str) -> Result<User> {
+        crate::users::get(&self.store, name).map_err(|e| Error::NotFound(e.to_string()))
+    }
+
+    /// Writes everything to disk.
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.store.flush()?)
+    }
+
+    fn sources(&self) -> std::sync::RwLockReadGuard<'_, imports::Sources> {
+        self.sources.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Refused unless `user` is the account owner.
+fn owner_only(user: &User, what: &str) -> Result<()> {
+    if user.role == Role::Owner { Ok(()) } else { Err(Error::Forbidden(format!("only the account owner may {what}"))) }
+}
+
+/// A store held by a running server gets an error that says where the
+/// server is and how to reach it instead.
+fn in_use(data: &Path, e: store::Error) -> OpenError {
+    if let Ok(text) = std::fs::read_to_string(data.join("serve.json"))
+        && let Ok(info) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        return OpenError::InUse {
+            data: data.to_path_buf(),
+            pid: info["pid"].as_u64().unwrap_or(0),
+            listen: info["listen"].as_str().unwrap_or("?").to_string(),
+        };
+    }
+    e.into()
+}

@@ -1,0 +1,71 @@
+//! Users, their API tokens, and the stored secrets (SFTP keys, the SMTP
+//! password). All of it is the account owner's, except that anyone may
+//! read their own user.
+
+use super::{App, Error, Result, owner_only};
+use crate::users::{self, User};
+
+/// The accounts service.
+pub struct Accounts<'a> {
+    pub(super) app: &'a App,
+}
+
+fn user_error(e: users::Error) -> Error {
+    match e {
+        users::Error::Unknown(_) => Error::NotFound(e.to_string()),
+        users::Error::Store(e) => Error::Store(e),
+        users::Error::BadToken => Error::Forbidden(e.to_string()),
+    }
+}
+
+impl Accounts<'_> {
+    /// Creates or replaces a user (the account owner only).
+    pub fn put(&self, by: &User, user: &User) -> Result<()> {
+        owner_only(by, "add or change users")?;
+        users::put(&self.app.store, user).map_err(user_error)?;
+        tracing::info!(user = %user.name, by = %by.name, "User saved.");
+        Ok(())
+    }
+
+    /// Every user (the account owner only).
+    pub fn list(&self, by: &User) -> Result<Vec<User>> {
+        owner_only(by, "list users")?;
+        users::list(&self.app.store).map_err(user_error)
+    }
+
+    /// Issues a new API token for `name`, shown once (the account owner
+    /// only). The built-in `admin` is stored on its first token.
+    pub fn issue_token(&self, by: &User, name: &str) -> Result<String> {
+        owner_only(by, "issue API tokens")?;
+        let store = &self.app.store;
+        if name == "admin" && store.users::<User>().get(b"admin")?.is_none() {
+            users::put(store, &User::local_owner()).map_err(user_error)?;
+        }
+        let token = users::issue_token(store, name).map_err(user_error)?;
+        tracing::info!(user = %name, by = %by.name, "Token issued.");
+        Ok(token)
+    }
+
+    /// Stores a secret, encrypted (the account owner only).
+    pub fn set_secret(&self, by: &User, name: &str, value: &[u8]) -> Result<()> {
+        owner_only(by, "store secrets")?;
+        let sources = self.app.sources();
+        let secrets = sources.secrets.as_ref().ok_or_else(|| Error::Invalid("no secrets are open here".into()))?;
+        secrets.set(&self.app.store, name, value).map_err(|e| Error::Failed(e.to_string()))?;
+        tracing::info!(secret = %name, by = %by.name, "Secret stored.");
+        Ok(())
+    }
+
+    /// The names of the stored secrets, never their values (the account owner only).
+    pub fn secret_names(&self, by: &User) -> Result<Vec<String>> {
+        owner_only(by, "list secrets")?;
+        Ok(self.app.store.secret_names()?)
+    }
+
+    /// A secret's value, for the host's own use (the SMTP password).
+    pub(super) fn secret(&self, name: &str) -> Result<Vec<u8>> {
+        let sources = self.app.sources();
+        let secrets = sources.secrets.as_ref().ok_or_else(|| Error::Invalid("no secrets are open here".into()))?;
+        secrets.get(&self.app.store, name).map_err(|e| Error::Invalid(e.to_string()))
+    }
+}

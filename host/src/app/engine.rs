@@ -1,0 +1,439 @@
+//! The engine: fires due tasks into the durable batch queue, runs queued
+//! runs on a bounded worker pool (each through the one job path in
+//! `jobs`), and sweeps old runs away.
+//!
+//! Exactly once: a fire advances the task's next fire time and queues its
+//! run in one transaction; a worker takes a queue entry and marks the run
+//! started in another. A crash between the two leaves the run queued (it
+//! runs after the restart); a crash during a run leaves it running, and the
+//! restart marks it interrupted. No fire time ever gives two runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::{App, Result, lock};
+use crate::plugins::RunControl;
+use crate::runs::{Run, RunStatus, Trigger};
+use crate::store::{RunId, Store};
+use crate::tasks::{Misfire, Overlap, Task};
+
+/// Where "now" comes from: the system clock, or a test's hand.
+pub trait Clock: Send + Sync {
+    /// The current instant.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that moves only when told (tests, the benchmark).
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    /// A clock stopped at `t`.
+    pub fn new(t: DateTime<Utc>) -> Self {
+        ManualClock(Mutex::new(t))
+    }
+
+    /// Moves the clock to `t`.
+    pub fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The `[scheduler]` section of the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Runs that execute at once.
+    pub workers: usize,
+    /// The district's IANA time zone, for tasks that name none.
+    pub zone: String,
+    /// A fire later than this many seconds counts as missed (misfire policy).
+    pub misfire_grace_secs: u64,
+    /// Finished runs are removed after this many days, unless kept.
+    pub retention_days: u64,
+    /// Cancelled runs are removed after this many minutes, unless kept.
+    pub cancelled_retention_minutes: u64,
+    /// An import picks a file up only once its size has held still this long.
+    pub pickup_settle_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            workers: 2,
+            zone: "UTC".into(),
+            misfire_grace_secs: 60,
+            retention_days: 60,
+            cancelled_retention_minutes: 10,
+            pickup_settle_ms: 1000,
+        }
+    }
+}
+
+/// A run executing now.
+pub(super) struct Live {
+    pub(super) task: String,
+    pub(super) control: RunControl,
+}
+
+/// What the engine keeps in memory beside the store.
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) wake: tokio::sync::Notify,
+    pub(super) live: Mutex<HashMap<RunId, Live>>,
+    shutting_down: AtomicBool,
+    /// Fires and task edits one at a time, so a fire never races an edit.
+    pub(super) fire_lock: Mutex<()>,
+    /// Queued runs per task, for the overlap policy without scanning the
+    /// queue at every fire. Built from the durable queue on first use.
+    queued_per_task: Mutex<Option<HashMap<String, usize>>>,
+}
+
+impl State {
+    pub(super) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Runs queued per task, counted from the durable queue once.
+    fn queued_counts(&self, store: &Store) -> Result<std::sync::MutexGuard<'_, Option<HashMap<String, usize>>>> {
+        let mut counts = lock(&self.queued_per_task);
+        if counts.is_none() {
+            let mut map = HashMap::new();
+            for (_, id) in store.queued()? {
+                if let Some(r) = store.run::<Run>(id)? {
+                    *map.entry(r.task).or_insert(0) += 1;
+                }
+            }
+            *counts = Some(map);
+        }
+        Ok(counts)
+    }
+
+    pub(super) fn count_queued(&self, store: &Store, task: &str, delta: isize) -> Result<()> {
+        let mut counts = self.queued_counts(store)?;
+        if let Some(map) = counts.as_mut() {
+            let n = map.entry(task.to_string()).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+        }
+        Ok(())
+    }
+
+    /// Whether a run of `task` is running, and whether one is queued.
+    fn task_is_busy(&self, store: &Store, task: &str) -> Result<(bool, bool)> {
+        let running = lock(&self.live).values().any(|l| l.task == task);
+        let queued = self.queued_counts(store)?.as_ref().and_then(|m| m.get(task)).copied().unwrap_or(0) > 0;
+        Ok((running, queued))
+    }
+}
+
+/// The engine service.
+pub struct Engine<'a> {
+    pub(super) app: &'a Arc<App>,
+}
+
+impl Engine<'_> {
+    /// After a restart: runs left running are marked interrupted. Queued
+    /// runs stay queued and run.
+    pub fn recover(&self) -> Result<usize> {
+        let app = self.app;
+        let now = app.now();
+        let mut n = 0;
+        for mut run in app.store.all_runs::<Run>()? {
+            if run.status == RunStatus::Running {
+                run.status = RunStatus::Interrupted;
+                run.finished_at = Some(now);
+                run.error = Some("the host stopped while this run was running; run the task again to redo it".into());
+                app.store.put_run(run.id, &run, Some(now))?;
+                n += 1;
+            }
+        }
+        app.store.flush()?;
+        Ok(n)
+    }
+
+    /// Runs queued or running now.
+    pub fn pending(&self) -> usize {
+        self.app.store.queue_len() + self.running()
+    }
+
+    /// Fires every task due by now into the queue. Returns how many fired.
+    pub fn tick(&self) -> Result<usize> {
+        let app = self.app;
+        let (store, state) = (&app.store, &app.engine);
+        let _guard = lock(&state.fire_lock);
+        let now = app.now();
+        let grace = chrono::Duration::seconds(app.config.scheduler.misfire_grace_secs as i64);
+        let mut fired = 0;
+        // Each round moves every due entry it reads past `now` or out of
+        // the index; the bound only guards against a bug turning into a spin.
+        for _round in 0..100_000 {
+            let due = store.due_tasks(now, 1000)?;
+            if due.is_empty() {
+                break;
+            }
+            for (due_at, name) in due {
+                let Some(mut task) = store.tasks::<Task>().get(name.as_bytes())? else {
+                    store.remove_task(&name, Some(due_at))?;
+                    continue;
+                };
+                // The index keeps milliseconds; compare at that precision.
+                let indexed = task.next_fire.map(|t| t.timestamp_millis());
+                if !task.enabled || indexed != Some(due_at.timestamp_millis()) {
+                    // A stale index entry: put the task back where it belongs.
+                    let due = if task.enabled { task.next_fire } else { None };
+                    store.put_task(&name, &task, Some(due_at), due.filter(|d| *d != due_at))?;
+                    continue;
+                }
+                let missed = now - due_at > grace;
+                task.next_fire = task.timing().next_after(if missed { now } else { due_at });
+                let (running, queued) = state.task_is_busy(store, &name)?;
+                let mut enqueue = !(missed && task.misfire == Misfire::Skip);
+                if enqueue {
+                    enqueue = match task.overlap {
+                        Overlap::Skip => !running && !queued,
+                        Overlap::QueueOne => !queued,
+                        Overlap::CancelRunning => !queued,
+                    };
+                    if !enqueue {
+                        tracing::info!(task = %name, fire = %due_at, "Fire skipped: the previous run is still going.");
+                    }
+                }
+                if enqueue && task.overlap == Overlap::CancelRunning && running {
+                    for l in lock(&state.live).values().filter(|l| l.task == name) {
+                        l.control.cancel(Duration::from_secs(app.host.config().cancel_grace_secs));
+                    }
+                }
+                let run = if enqueue {
+                    Some(app.new_run(&task, &task.owner.clone(), Trigger::Schedule, Some(due_at))?)
+                } else {
+                    None
+                };
+                store.fire(
+                    &name,
+                    &task,
+                    Some(due_at),
+                    task.next_fire,
+                    run.as_ref().map(|r| (task.priority(), due_at, r.id, r)),
+                )?;
+                if enqueue {
+                    state.count_queued(store, &name, 1)?;
+                    fired += 1;
+                }
+            }
+        }
+        // No flush here: a fire and its queue entry land together or not
+        // at all, and a fire lost to a crash fires again after the restart.
+        // `dispatch` flushes before any run starts, so nothing runs whose
+        // fire could still be undone.
+        Ok(fired)
+    }
+
+    /// Starts queued runs while workers are free. Needs a tokio runtime.
+    pub fn dispatch(&self) -> Result<usize> {
+        let app = self.app;
+        let (store, state) = (&app.store, &app.engine);
+        let mut starting = Vec::new();
+        while lock(&state.live).len() < app.config.scheduler.workers.max(1) && !state.is_shutting_down() {
+            let Some((key, id)) = store.first_queued()? else { break };
+            let Some(mut run) = store.run::<Run>(id)? else {
+                store.dequeue(&key)?;
+                continue;
+            };
+            run.status = RunStatus::Running;
+            run.started_at = Some(app.now());
+            let control = RunControl::new();
+            {
+                let mut live = lock(&state.live);
+                if !store.start_run(&key, id, &run)? {
+                    continue;
+                }
+                live.insert(id, Live { task: run.task.clone(), control: control.clone() });
+            }
+            state.count_queued(store, &run.task, -1)?;
+            starting.push((run, control));
+        }
+        if starting.is_empty() {
+            return Ok(0);
+        }
+        // Durable before any side effect: a run that starts is recorded as
+        // started, so a crash cannot make it run twice.
+        store.flush()?;
+        let started = starting.len();
+        for (run, control) in starting {
+            let id = run.id;
+            let app = app.clone();
+            tokio::spawn(async move {
+                let progress = {
+                    let app = app.clone();
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            app.save_progress(id, &control);
+                        }
+                    })
+                };
+                let worker = app.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let task = worker.tasks().get(&run.task);
+                    worker.perform(task, run, control);
+                })
+                .await;
+                progress.abort();
+                if let Err(e) = outcome {
+                    tracing::error!(run = id, "Run worker panicked: {e}");
+                }
+                app.engine.wake.notify_one();
+            });
+        }
+        Ok(started)
+    }
+
+    /// Removes runs past retention. Returns how many.
+    pub fn sweep(&self) -> Result<usize> {
+        let app = self.app;
+        let now = app.now();
+        let config = &app.config.scheduler;
+        let finished_cutoff = now - chrono::Duration::days(config.retention_days as i64);
+        let cancelled_cutoff = now - chrono::Duration::minutes(config.cancelled_retention_minutes as i64);
+        let mut removed = 0;
+        for id in app.store.finished_before(cancelled_cutoff)? {
+            let Some(run) = app.store.run::<Run>(id)? else { continue };
+            let finished = run.finished_at.unwrap_or(now);
+            let expired = match run.status {
+                RunStatus::Cancelled => finished <= cancelled_cutoff,
+                _ => finished <= finished_cutoff,
+            };
+            if expired && !run.keep {
+                app.store.delete_run(id, run.finished_at)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            app.store.flush()?;
+            tracing::info!(removed, "Retention removed old runs.");
+        }
+        Ok(removed)
+    }
+
+    /// Fires, dispatches and sweeps until `shutdown` turns true; sleeps
+    /// until the next fire in between (no busy polling).
+    pub fn serve(
+        &self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let app = self.app.clone();
+        async move {
+            let engine = app.engine();
+            let mut last_sweep = None;
+            loop {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let now = app.now();
+                // Store work blocks; keep it off the threads that serve the API.
+                if let Err(e) = tokio::task::block_in_place(|| engine.tick()) {
+                    tracing::error!("Scheduler tick failed: {e}");
+                }
+                if let Err(e) = engine.dispatch() {
+                    tracing::error!("Dispatch failed: {e}");
+                }
+                if last_sweep.is_none_or(|t: DateTime<Utc>| now - t >= chrono::Duration::minutes(1)) {
+                    if let Err(e) = tokio::task::block_in_place(|| engine.sweep()) {
+                        tracing::error!("Retention sweep failed: {e}");
+                    }
+                    last_sweep = Some(now);
+                }
+                let next = app.store.next_due().ok().flatten();
+                let sleep = next
+                    .map(|t| (t - app.now()).to_std().unwrap_or(Duration::ZERO))
+                    .unwrap_or(Duration::from_secs(60))
+                    .min(Duration::from_secs(60));
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = app.engine.wake.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            engine.stop().await;
+        }
+    }
+
+    /// Stops taking runs, asks the running ones to stop, and waits for them
+    /// (up to the cancel grace period plus a little). Runs that do not stop
+    /// stay recorded as running and are marked interrupted at the next start.
+    pub async fn stop(&self) {
+        let state = &self.app.engine;
+        state.shutting_down.store(true, Ordering::SeqCst);
+        let grace = Duration::from_secs(self.app.host.config().cancel_grace_secs);
+        for l in lock(&state.live).values() {
+            l.control.cancel(grace);
+        }
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(2);
+        while !lock(&state.live).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.app.store.flush();
+    }
+
+    /// Wakes the loop (after an outside change).
+    pub fn wake(&self) {
+        self.app.engine.wake.notify_one();
+    }
+
+    /// How many runs are executing now.
+    pub fn running(&self) -> usize {
+        lock(&self.app.engine.live).len()
+    }
+
+    /// Waits, dispatching, until run `id` leaves the queue and ends or is
+    /// held for a person, calling `progress` with it on the way: for a
+    /// process that runs jobs itself (the CLI without `serve`).
+    pub async fn finish(&self, id: RunId, mut progress: impl FnMut(&Run)) -> Result<Run> {
+        loop {
+            self.dispatch()?;
+            let run = self.app.runs().get(id)?;
+            progress(&run);
+            if run.status != RunStatus::Queued && run.status != RunStatus::Running {
+                return Ok(run);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl App {
+    fn save_progress(&self, id: RunId, control: &RunControl) {
+        let live = lock(&self.engine.live);
+        if !live.contains_key(&id) {
+            return;
+        }
+        if let Ok(Some(mut run)) = self.store.run::<Run>(id) {
+            let (done, total) = control.progress();
+            if (run.progress_done, run.progress_total) != (done, total) {
+                run.progress_done = done;
+                run.progress_total = total;
+                let _ = self.store.put_run(id, &run, None);
+            }
+        }
+    }
+}

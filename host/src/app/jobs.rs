@@ -1,0 +1,330 @@
+//! The one path every job takes. An import or a notifier run, whether a
+//! schedule, run-now, `import file`, `notify run` or the demo starts it,
+//! executes here and records its run, its messages, its state, its ledger
+//! and its outbox here, in one place.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::review::FILE_TASK_PREFIX;
+use super::{App, Error, Result, engine::Live, lock, owner_only};
+use crate::imports::{self, Hold, ImportPlan, ImportTarget};
+use crate::notify;
+use crate::plugins::{NotifierOutcome, RunControl, RunRequest};
+use crate::records::Record;
+use crate::runs::{Run, RunStatus, TaskMessage, Trigger};
+use crate::store::Finish;
+use crate::tasks::{Task, TaskKind};
+use crate::users::User;
+
+/// A file given by hand, mapped through an import mapping into a
+/// collection (`schoolbell import file`).
+#[derive(Debug, Clone)]
+pub struct FileImport {
+    /// The mapping plugin.
+    pub plugin: String,
+    /// The file; it stays where and as it is.
+    pub file: PathBuf,
+    /// Where its rows go (`source` is set from `file`).
+    pub target: ImportTarget,
+    /// The plugin's parameters.
+    pub params: Record,
+    /// Confirm a mass change up front, as `import confirm` would.
+    pub confirm: bool,
+}
+
+/// A notifier run once by hand (`schoolbell notify run`).
+#[derive(Debug, Clone)]
+pub struct NotifyOnce {
+    /// The notifier plugin.
+    pub plugin: String,
+    /// The name its state and dedupe ledger are kept under.
+    pub task: String,
+    /// The plugin's parameters.
+    pub params: Record,
+    /// Show the notifications; send, ledger and remember nothing.
+    pub dry_run: bool,
+}
+
+/// A finished job: its run, and what it made.
+#[derive(Debug)]
+pub struct JobReport {
+    /// The run as recorded.
+    pub run: Run,
+    /// An import's plan.
+    pub plan: Option<ImportPlan>,
+    /// A notifier's notifications and log.
+    pub notifications: Option<NotifierOutcome>,
+}
+
+/// What a job made, besides its run's counts.
+#[derive(Default)]
+pub(super) struct Made {
+    pub(super) plan: Option<ImportPlan>,
+    pub(super) notifications: Option<NotifierOutcome>,
+}
+
+fn note(status: &str, message: String) -> TaskMessage {
+    TaskMessage { seq: 0, row: None, status: status.into(), field: None, message }
+}
+
+/// What a run writes when it ends, beside the run itself.
+#[derive(Default)]
+struct Effects {
+    messages: Vec<TaskMessage>,
+    state_writes: Vec<(String, Option<String>)>,
+    mail: notify::Planned,
+}
+
+impl App {
+    /// Executes one run of `task` to its end and records the outcome: the
+    /// run, its messages, and (when it succeeded and is no dry run) its
+    /// state writes, ledger changes and outbox entries, in one transaction.
+    pub(super) fn perform(&self, task: Result<Task>, mut run: Run, control: RunControl) -> (Run, Made) {
+        let id = run.id;
+        tracing::info!(run = id, task = %run.task, "Run started.");
+        let mut effects = Effects::default();
+        let mut made = Made::default();
+        let result = task
+            .map_err(|e| format!("{e} (it was removed after this run was queued)"))
+            .and_then(|task| self.job(&task, &run, &control, &mut effects, &mut made));
+        let now = self.now();
+        let (done, total) = control.progress();
+        run.progress_done = done;
+        run.progress_total = total;
+        run.finished_at = Some(now);
+        match result {
+            Ok((summary, status)) => {
+                run.status = status;
+                run.summary = summary;
+                if !status.is_finished() {
+                    run.finished_at = None;
+                }
+            }
+            Err(e) => {
+                run.status = if self.engine.is_shutting_down() {
+                    RunStatus::Interrupted
+                } else if control.is_cancelled() {
+                    RunStatus::Cancelled
+                } else {
+                    RunStatus::Failed
+                };
+                run.error = Some(e);
+            }
+        }
+        if let Ok(Some(stored)) = self.store.run::<Run>(id) {
+            run.cancel_requested_by = stored.cancel_requested_by;
+        }
+        for (i, m) in effects.messages.iter_mut().enumerate() {
+            m.seq = i as u64;
+        }
+        run.message_count = effects.messages.len() as u64;
+        let mut live = lock(&self.engine.live);
+        let saved = self.record(&run, effects, now);
+        live.remove(&id);
+        match saved {
+            Ok(()) => tracing::info!(run = id, status = %run.status, "Run finished."),
+            Err(e) => tracing::error!(run = id, "Cannot record the run's outcome: {e}"),
+        }
+        (run, made)
+    }
+
+    fn record(&self, run: &Run, effects: Effects, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
+        let Effects { messages, state_writes, mut mail } = effects;
+        let with_status: Vec<(&str, &TaskMessage)> = messages.iter().map(|m| (m.status.as_str(), m)).collect();
+        self.store.add_messages(run.id, 0, &with_status)?;
+        // A run that did not succeed, or a dry run, leaves no watermark, no
+        // ledger change and no notification: the next run starts from the
+        // same place.
+        let lasting = run.status == RunStatus::Succeeded && !run.dry_run;
+        let (state, ledger, mut outbox) = if lasting {
+            (&state_writes[..], std::mem::take(&mut mail.ledger), std::mem::take(&mut mail.outbox))
+        } else {
+            (&[][..], Vec::new(), Vec::new())
+        };
+        if run.status.is_finished() {
+            outbox.extend(notify::job_completion(&self.store, run, now)?);
+            let outbox = outbox
+                .into_iter()
+                .map(|e| Ok((self.store.next_sequence("outbox")?, e.next_attempt, e)))
+                .collect::<Result<Vec<_>>>()?;
+            self.store.finish_run(run.id, run, now, &run.task, &Finish { state, ledger: &ledger, outbox: &outbox })?;
+        } else {
+            // Held for a person: not finished, so not in retention yet.
+            self.store.put_run(run.id, run, None)?;
+        }
+        self.store.flush()?;
+        Ok(())
+    }
+
+    fn job(
+        &self,
+        task: &Task,
+        run: &Run,
+        control: &RunControl,
+        effects: &mut Effects,
+        made: &mut Made,
+    ) -> Result<(BTreeMap<String, u64>, RunStatus), String> {
+        // A scheduled run's "today" is its fire's date in the task's zone,
+        // so a run that starts late still sees the day it was for.
+        let today = run.fire_time.unwrap_or_else(|| self.now()).with_timezone(&task.tz()).date_naive();
+        let request = RunRequest {
+            task: task.name.clone(),
+            params: task.params.clone(),
+            control: control.clone(),
+            today: Some(crate::records::Date::from_chrono(today)),
+        };
+        match task.kind {
+            TaskKind::Import => self.import_job(task, run, &request, effects, made),
+            TaskKind::Notifier | TaskKind::Export | TaskKind::Cleanup => {
+                let outcome = self.host.run_notifier(&task.plugin, &request).map_err(|e| e.to_string())?;
+                effects.mail = notify::plan(&self.store, &task.notify, run, &outcome.notifications, self.now())
+                    .map_err(|e| e.to_string())?;
+                for (status, message) in &effects.mail.messages {
+                    effects.messages.push(note(status, message.clone()));
+                }
+                effects.state_writes = outcome.state_writes.clone();
+                let mut summary = BTreeMap::from([("notifications".into(), outcome.notifications.len() as u64)]);
+                for (status, _) in &effects.mail.messages {
+                    *summary.entry((*status).to_string()).or_insert(0) += 1;
+                }
+                summary.insert("emails".into(), if run.dry_run { 0 } else { effects.mail.outbox.len() as u64 });
+                made.notifications = Some(outcome);
+                Ok((summary, RunStatus::Succeeded))
+            }
+        }
+    }
+
+    fn import_job(
+        &self,
+        task: &Task,
+        run: &Run,
+        request: &RunRequest,
+        effects: &mut Effects,
+        made: &mut Made,
+    ) -> Result<(BTreeMap<String, u64>, RunStatus), String> {
+        let target = task.import.as_ref().ok_or("the task has no import source")?;
+        let by_hand = task.name.starts_with(FILE_TASK_PREFIX);
+        let settle =
+            if by_hand { Duration::ZERO } else { Duration::from_millis(self.config.scheduler.pickup_settle_ms) };
+        let sources = self.sources();
+        let (files, notes) = imports::pickup(&self.store, target, settle, &sources).map_err(|e| e.to_string())?;
+        effects.messages.extend(notes.into_iter().map(|n| note("waiting", n)));
+        let Some(file) = files.first() else {
+            if by_hand {
+                return Err(format!("no file to import at {}", target.source));
+            }
+            return Ok((BTreeMap::from([("files".into(), 0)]), RunStatus::Succeeded));
+        };
+        if files.len() > 1 {
+            effects.messages.push(note("waiting", format!("{} more files wait for the next run", files.len() - 1)));
+        }
+        let plan = imports::prepare(&self.host, &task.plugin, target, file, request).map_err(|e| e.to_string())?;
+        if plan.already_imported.is_some() {
+            effects.messages.push(note("already-imported", plan.summary()));
+        }
+        for row in &plan.rows {
+            for (field, message) in row.messages() {
+                effects.messages.push(TaskMessage {
+                    seq: 0,
+                    row: Some(row.line),
+                    status: row.status().into(),
+                    field,
+                    message,
+                });
+            }
+        }
+        let mut summary = plan.counts.clone();
+        summary.insert("existing-before".into(), plan.existing);
+        let status = if run.dry_run {
+            self.store.put_plan(run.id, &plan).map_err(|e| e.to_string())?;
+            RunStatus::Succeeded
+        } else {
+            match plan.hold {
+                Hold::None => {
+                    let source = if by_hand { None } else { Some(target) };
+                    let written = imports::commit(&self.host, &plan, &format!("run {}", run.id), source, &sources)
+                        .map_err(|e| e.to_string())?;
+                    summary.insert("written".into(), written);
+                    RunStatus::Succeeded
+                }
+                hold => {
+                    self.store.put_plan(run.id, &plan).map_err(|e| e.to_string())?;
+                    effects.messages.push(note("held", plan.summary()));
+                    if hold == Hold::Confirm {
+                        RunStatus::AwaitingConfirmation
+                    } else {
+                        RunStatus::AwaitingAuthorization
+                    }
+                }
+            }
+        };
+        made.plan = Some(plan);
+        Ok((summary, status))
+    }
+
+    /// Runs a job for `user` here and now, outside the queue, through the
+    /// same path as a queued run.
+    fn run_here(&self, user: &User, task: &Task, dry_run: bool) -> Result<(Run, Made)> {
+        if self.engine.is_shutting_down() {
+            return Err(Error::Conflict("the host is shutting down; try again once it is back".into()));
+        }
+        let mut run = self.new_run(task, &user.name, Trigger::User, None)?;
+        run.dry_run = dry_run;
+        run.status = RunStatus::Running;
+        run.started_at = Some(self.now());
+        let control = RunControl::new();
+        lock(&self.engine.live).insert(run.id, Live { task: run.task.clone(), control: control.clone() });
+        self.store.put_run(run.id, &run, None)?;
+        self.store.flush()?;
+        Ok(self.perform(Ok(task.clone()), run, control))
+    }
+}
+
+/// One-off jobs: a file imported by hand, a notifier run once.
+pub struct Jobs<'a> {
+    pub(super) app: &'a App,
+}
+
+impl Jobs<'_> {
+    /// Imports a file given by hand (the account owner only): a run like a
+    /// scheduled import's, through the guard. With `confirm`, a mass
+    /// change held for confirmation is confirmed, and audited, as `import
+    /// confirm` would; one held for authorization waits for it.
+    pub fn import_file(&self, user: &User, job: FileImport) -> Result<JobReport> {
+        owner_only(user, "import a file by hand; staff run the import tasks the owner set up")?;
+        let shown = job.file.display().to_string();
+        if !job.file.is_file() {
+            return Err(Error::Invalid(format!("no file to import at {shown}")));
+        }
+        let name = job.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let task = Task::by_hand(
+            format!("{FILE_TASK_PREFIX}{name}"),
+            TaskKind::Import,
+            &job.plugin,
+            job.params,
+            &user.name,
+            self.app.now(),
+        )
+        .with_import(ImportTarget { source: shown, prefix: None, ..job.target });
+        let (mut run, made) = self.app.run_here(user, &task, false)?;
+        if job.confirm && run.status == RunStatus::AwaitingConfirmation {
+            run =
+                self.app.imports().confirm(user, run.id, Some("confirmed up front (import file --confirm)".into()))?;
+        }
+        Ok(JobReport { run, plan: made.plan, notifications: None })
+    }
+
+    /// Runs a notifier once (the account owner only), keeping its state
+    /// and ledger under `job.task`; its emails go to the outbox, unless a
+    /// dry run, which only shows them.
+    pub fn notify_once(&self, user: &User, job: NotifyOnce) -> Result<JobReport> {
+        owner_only(user, "run a notifier by hand; staff run the tasks the owner set up")?;
+        // The plugin checks the parameters itself: a bad one fails the run
+        // with the parameter named, like a scheduled run's.
+        let task = Task::by_hand(job.task, TaskKind::Notifier, &job.plugin, job.params, &user.name, self.app.now());
+        let (run, made) = self.app.run_here(user, &task, job.dry_run)?;
+        Ok(JobReport { run, plan: None, notifications: made.notifications })
+    }
+}

@@ -1,0 +1,73 @@
+//! The plugin registry: install, list, inspect, grant, revoke, remove and
+//! verify the vendors' components. Anyone signed in may look; changing
+//! what is installed, or what a plugin may reach, is the account owner's.
+
+use std::path::Path;
+
+use super::{App, Error, Result, owner_only};
+use crate::plugins::{self, Capability, InstallStatus, PluginEntry};
+use crate::users::User;
+
+/// The plugin registry service.
+pub struct Registry<'a> {
+    pub(super) app: &'a App,
+}
+
+fn plugin_error(e: plugins::Error) -> Error {
+    match e {
+        plugins::Error::NotInstalled(_) => Error::NotFound(e.to_string()),
+        other => Error::Invalid(other.to_string()),
+    }
+}
+
+impl Registry<'_> {
+    /// Installs a component file (the account owner only).
+    pub fn install(&self, user: &User, file: &Path) -> Result<(PluginEntry, InstallStatus)> {
+        owner_only(user, "install plugins")?;
+        let installed = self.app.host.install(file).map_err(plugin_error)?;
+        tracing::info!(plugin = %installed.0.name, by = %user.name, "Plugin installed.");
+        Ok(installed)
+    }
+
+    /// The installed plugins.
+    pub fn list(&self, _user: &User) -> Result<Vec<PluginEntry>> {
+        self.app.host.list().map_err(plugin_error)
+    }
+
+    /// One plugin.
+    pub fn inspect(&self, _user: &User, name: &str) -> Result<PluginEntry> {
+        self.app.host.entry(name).map_err(plugin_error)
+    }
+
+    /// Grants a capability the plugin declared (the account owner only).
+    pub fn grant(&self, user: &User, name: &str, capability: Capability) -> Result<PluginEntry> {
+        owner_only(user, "grant capabilities")?;
+        self.app.host.grant(name, capability).map_err(plugin_error)
+    }
+
+    /// Grants everything the plugin declared (the account owner only).
+    pub fn grant_all(&self, user: &User, name: &str) -> Result<PluginEntry> {
+        owner_only(user, "grant capabilities")?;
+        self.app.host.grant_all(name).map_err(plugin_error)
+    }
+
+    /// Revokes a capability (the account owner only).
+    pub fn revoke(&self, user: &User, name: &str, capability: &Capability) -> Result<PluginEntry> {
+        owner_only(user, "revoke capabilities")?;
+        self.app.host.revoke(name, capability).map_err(plugin_error)
+    }
+
+    /// Removes a plugin (the account owner only).
+    pub fn remove(&self, user: &User, name: &str) -> Result<PluginEntry> {
+        owner_only(user, "remove plugins")?;
+        self.app.host.remove(name).map_err(plugin_error)
+    }
+
+    /// Loads every installed plugin to check it still compiles and links;
+    /// the problems, one line each.
+    pub fn verify_all(&self, _user: &User) -> Result<(usize, Vec<String>)> {
+        let list = self.app.host.list().map_err(plugin_error)?;
+        let problems = list.iter().filter_map(|e| self.app.host.verify(&e.name).err()).map(|e| e.to_string()).collect();
+        Ok((list.len(), problems))
+    }
+}

@@ -1,0 +1,198 @@
+//! Import review: a run's plan (the preview), committing a test import,
+//! confirming an import the guard held, the authorization request, the
+//! one-time approval code and the approval. Every decision is audited on
+//! the run.
+
+use super::{App, Error, Result, Runs, lock};
+use crate::imports::{self, Hold, ImportPlan, ImportTarget};
+use crate::runs::{Audit, Run, RunStatus};
+use crate::store::RunId;
+use crate::users::{Permission, User};
+
+/// The import review service.
+pub struct ImportReview<'a> {
+    pub(super) app: &'a App,
+}
+
+/// The task name of a run that imported a file given by hand (`import
+/// file`): never a stored task's name (those have no `:`), so such a run
+/// commits without a source to rename the file in.
+pub(super) const FILE_TASK_PREFIX: &str = "file:";
+
+impl ImportReview<'_> {
+    fn held_plan(&self, user: &User, id: RunId) -> Result<(Run, ImportPlan)> {
+        let run = self.app.runs().show(user, id)?;
+        let plan = self.app.store.plan::<ImportPlan>(id)?.ok_or_else(|| {
+            Error::Conflict(format!(
+                "run {id} has no import plan to act on (it is {}, and not a test import)",
+                run.status
+            ))
+        })?;
+        Ok((run, plan))
+    }
+
+    /// A run's import plan: what each row does (the preview).
+    pub fn plan(&self, user: &User, id: RunId) -> Result<ImportPlan> {
+        Ok(self.held_plan(user, id)?.1)
+    }
+
+    fn audit(&self, run: &mut Run, user: &User, action: &str, comment: Option<String>) {
+        run.audit.push(Audit { user: user.name.clone(), at: self.app.now(), action: action.into(), comment });
+    }
+
+    /// Where the run's file came from: its task's source, or none for a
+    /// file given by hand, which stays where and as it is.
+    fn target(&self, run: &Run) -> Result<Option<ImportTarget>> {
+        if run.task.starts_with(FILE_TASK_PREFIX) {
+            return Ok(None);
+        }
+        let task = self.app.tasks().get(&run.task)?;
+        let target =
+            task.import.ok_or_else(|| Error::Conflict(format!("task `{}` is no longer an import", run.task)))?;
+        Ok(Some(target))
+    }
+
+    /// Applies a plan and finishes its run.
+    fn apply(&self, mut run: Run, plan: &ImportPlan, user: &User) -> Result<Run> {
+        let app = self.app;
+        let target = self.target(&run)?;
+        let sources = app.sources();
+        let written = imports::commit(&app.host, plan, &format!("run {}", run.id), target.as_ref(), &sources).map_err(
+            |e| match e {
+                imports::Error::Changed(_) => Error::Conflict(e.to_string()),
+                other => Error::Invalid(other.to_string()),
+            },
+        )?;
+        let now = app.now();
+        run.summary.insert("written".into(), written);
+        run.status = RunStatus::Succeeded;
+        run.finished_at = Some(now);
+        run.approval_code_hash = None;
+        self.audit(&mut run, user, "committed", None);
+        app.store.remove_plan(run.id)?;
+        app.store.put_run(run.id, &run, Some(now))?;
+        app.store.flush()?;
+        tracing::info!(run = run.id, by = %user.name, written, "Import committed.");
+        Ok(run)
+    }
+
+    /// Commits a test import's plan exactly as planned; refused if the file,
+    /// the rule or the plugin changed since. A plan the guard would hold is
+    /// held now instead, for confirmation or authorization.
+    pub fn commit(&self, user: &User, id: RunId) -> Result<Run> {
+        let _decide = lock(&self.app.import_lock);
+        let (mut run, plan) = self.held_plan(user, id)?;
+        Runs::check_control(user, &run, "commit")?;
+        if !run.dry_run || run.status != RunStatus::Succeeded {
+            return Err(Error::Conflict(format!(
+                "run {id} is {}; `import confirm` or `import approve` act on held imports",
+                run.status
+            )));
+        }
+        run.dry_run = false;
+        match plan.hold {
+            Hold::None => self.apply(run, &plan, user),
+            hold => {
+                run.status = if hold == Hold::Confirm {
+                    RunStatus::AwaitingConfirmation
+                } else {
+                    RunStatus::AwaitingAuthorization
+                };
+                run.finished_at = None;
+                self.audit(&mut run, user, "commit-requested", None);
+                self.app.store.put_run(id, &run, None)?;
+                self.app.store.flush()?;
+                Err(Error::Conflict(format!("{}; run {id} now waits for that", plan.summary())))
+            }
+        }
+    }
+
+    /// Confirms an import held for confirmation, and commits it.
+    pub fn confirm(&self, user: &User, id: RunId, comment: Option<String>) -> Result<Run> {
+        let _decide = lock(&self.app.import_lock);
+        let (mut run, plan) = self.held_plan(user, id)?;
+        Runs::check_control(user, &run, "confirm")?;
+        if run.status != RunStatus::AwaitingConfirmation {
+            return Err(Error::Conflict(format!("run {id} is {}, not awaiting confirmation", run.status)));
+        }
+        self.audit(&mut run, user, "confirmed", comment);
+        self.apply(run, &plan, user)
+    }
+
+    /// Files an authorization request, with a comment saying why.
+    pub fn request(&self, user: &User, id: RunId, comment: &str) -> Result<Run> {
+        let _decide = lock(&self.app.import_lock);
+        let (mut run, _) = self.held_plan(user, id)?;
+        Runs::check_control(user, &run, "request authorization for")?;
+        if run.status != RunStatus::AwaitingAuthorization {
+            return Err(Error::Conflict(format!("run {id} is {}, not awaiting authorization", run.status)));
+        }
+        if comment.trim().is_empty() {
+            return Err(Error::Invalid(
+                "an authorization request needs a comment saying why these changes are wanted".into(),
+            ));
+        }
+        self.audit(&mut run, user, "requested-authorization", Some(comment.trim().into()));
+        self.app.store.put_run(id, &run, None)?;
+        self.app.store.flush()?;
+        Ok(run)
+    }
+
+    /// Issues a one-time approval code for a held import (authorize
+    /// permission only), for the requester to release it with. Only its
+    /// hash is kept; a new code replaces the old.
+    pub fn code(&self, user: &User, id: RunId) -> Result<String> {
+        let _decide = lock(&self.app.import_lock);
+        if !user.has(Permission::Authorize) {
+            return Err(Error::Forbidden("issuing approval codes needs the authorize permission".into()));
+        }
+        let (mut run, _) = self.held_plan(user, id)?;
+        if run.status != RunStatus::AwaitingAuthorization {
+            return Err(Error::Conflict(format!("run {id} is {}, not awaiting authorization", run.status)));
+        }
+        let mut bytes = [0u8; 5];
+        getrandom::fill(&mut bytes).map_err(|e| Error::Failed(format!("no randomness for a code: {e}")))?;
+        let code = hex::encode(bytes).to_uppercase();
+        run.approval_code_hash = Some(crate::users::token_hash(&code));
+        self.audit(&mut run, user, "issued-approval-code", None);
+        self.app.store.put_run(id, &run, None)?;
+        self.app.store.flush()?;
+        Ok(code)
+    }
+
+    /// Approves a held import, after its authorization request: by a user
+    /// with the authorize permission, or by the requester (whoever may
+    /// control the run) with the one-time code an authorizer gave them.
+    pub fn approve(&self, user: &User, id: RunId, code: Option<&str>) -> Result<Run> {
+        let _decide = lock(&self.app.import_lock);
+        let (mut run, plan) = self.held_plan(user, id)?;
+        if run.status != RunStatus::AwaitingAuthorization {
+            return Err(Error::Conflict(format!("run {id} is {}, not awaiting authorization", run.status)));
+        }
+        if !run.audit.iter().any(|a| a.action == "requested-authorization") {
+            return Err(Error::Conflict(format!(
+                "run {id} has no authorization request yet; file one with a comment first (`schoolbell import request {id} --comment ...`)"
+            )));
+        }
+        let by_code = match code {
+            Some(c) => {
+                Runs::check_control(user, &run, "release")?;
+                if run.approval_code_hash.as_deref() != Some(crate::users::token_hash(c.trim()).as_str()) {
+                    return Err(Error::Forbidden(
+                        "that approval code is not valid for this run (codes work once)".into(),
+                    ));
+                }
+                true
+            }
+            None if user.has(Permission::Authorize) => false,
+            None => {
+                return Err(Error::Forbidden(
+                    "approving needs the authorize permission, or the one-time approval code an authorizer issued for this run"
+                        .into(),
+                ));
+            }
+        };
+        self.audit(&mut run, user, if by_code { "approved-with-code" } else { "approved" }, None);
+        self.apply(run, &plan, user)
+    }
+}

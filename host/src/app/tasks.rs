@@ -1,0 +1,176 @@
+//! Timed tasks: add, list, show, enable and disable, remove, run now, test
+//! import and test connection. Staff manage their own tasks; the account
+//! owner manages every task.
+
+use super::{App, Error, Result, lock};
+use crate::imports;
+use crate::runs::{Run, Trigger};
+use crate::schedule::Schedule;
+use crate::tasks::{Task, TaskKind, TaskSpec};
+use crate::users::{Role, User};
+
+/// The tasks service.
+pub struct Tasks<'a> {
+    pub(super) app: &'a App,
+}
+
+/// What happens to a removed task's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum History {
+    /// Its watermarks and dedupe ledger go with it, so a new task of the
+    /// same name starts afresh.
+    #[default]
+    Forget,
+    /// They stay, for a task of the same name to carry on from.
+    Keep,
+}
+
+impl Tasks<'_> {
+    pub(super) fn get(&self, name: &str) -> Result<Task> {
+        self.app
+            .store
+            .tasks::<Task>()
+            .get(name.as_bytes())?
+            .ok_or_else(|| Error::NotFound(format!("no task named `{name}`; `schoolbell task list` shows the tasks")))
+    }
+
+    fn check(user: &User, task: &Task) -> Result<()> {
+        if user.role == Role::Owner || task.owner == user.name {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "task `{}` belongs to {}; staff may manage only their own tasks",
+                task.name, task.owner
+            )))
+        }
+    }
+
+    /// Saves a new task owned by `user`. An import task's collection and
+    /// indexes are defined now, so its runs (test imports included) only
+    /// read them.
+    pub fn add(&self, user: &User, spec: TaskSpec) -> Result<Task> {
+        let app = self.app;
+        let _guard = lock(&app.engine.fire_lock);
+        if app.store.tasks::<Task>().get(spec.name.as_bytes())?.is_some() {
+            return Err(Error::Conflict(format!(
+                "a task named `{}` exists; remove it first or pick another name",
+                spec.name
+            )));
+        }
+        let task = spec
+            .build(&user.name, app.zone(), &app.host, app.host.rules(), app.now())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        if let Some(target) = &task.import {
+            imports::define_collection(&app.store, &target.collection, target.key_field.as_deref(), &target.indexes)
+                .map_err(|e| Error::Invalid(format!("task `{}`: {e}", task.name)))?;
+        }
+        let due = if task.enabled { task.next_fire } else { None };
+        app.store.put_task(&task.name, &task, None, due)?;
+        app.store.flush()?;
+        app.engine.wake.notify_one();
+        tracing::info!(task = %task.name, next = ?task.next_fire, by = %user.name, "Task added.");
+        Ok(task)
+    }
+
+    /// The tasks `user` may see, by name.
+    pub fn list(&self, user: &User) -> Result<Vec<Task>> {
+        let all = self.app.store.tasks::<Task>().all()?;
+        Ok(all.into_iter().filter(|t| user.role == Role::Owner || t.owner == user.name).collect())
+    }
+
+    /// One task.
+    pub fn show(&self, user: &User, name: &str) -> Result<Task> {
+        let task = self.get(name)?;
+        Self::check(user, &task)?;
+        Ok(task)
+    }
+
+    /// Enables or disables a task. Enabling computes the next fire from now.
+    pub fn set_enabled(&self, user: &User, name: &str, enabled: bool) -> Result<Task> {
+        let app = self.app;
+        let _guard = lock(&app.engine.fire_lock);
+        let mut task = self.get(name)?;
+        Self::check(user, &task)?;
+        let old_due = if task.enabled { task.next_fire } else { None };
+        task.enabled = enabled;
+        if enabled {
+            task.next_fire = match task.schedule {
+                Schedule::Once(_) => task.next_fire,
+                _ => task.timing().next_after(app.now().max(task.start - chrono::Duration::seconds(1))),
+            };
+        }
+        let new_due = if enabled { task.next_fire } else { None };
+        app.store.put_task(name, &task, old_due, new_due)?;
+        app.store.flush()?;
+        app.engine.wake.notify_one();
+        Ok(task)
+    }
+
+    /// Removes a task. Its runs stay (they are history); its state and
+    /// dedupe ledger go unless `history` keeps them.
+    pub fn remove(&self, user: &User, name: &str, history: History) -> Result<Task> {
+        let app = self.app;
+        let _guard = lock(&app.engine.fire_lock);
+        let task = self.get(name)?;
+        Self::check(user, &task)?;
+        app.store.remove_task(name, if task.enabled { task.next_fire } else { None })?;
+        if history == History::Forget {
+            app.store.forget_task(name)?;
+        }
+        app.store.flush()?;
+        tracing::info!(task = %name, by = %user.name, "Task removed.");
+        Ok(task)
+    }
+
+    /// Queues a run of the task now, owned by `user`.
+    pub fn run_now(&self, user: &User, name: &str) -> Result<Run> {
+        self.queue_now(user, name, false)
+    }
+
+    /// Queues a test import ("dry run") of an import task: it plans and
+    /// reports, and changes nothing until it is committed.
+    pub fn test_import(&self, user: &User, name: &str) -> Result<Run> {
+        self.queue_now(user, name, true)
+    }
+
+    fn queue_now(&self, user: &User, name: &str, dry_run: bool) -> Result<Run> {
+        let app = self.app;
+        let task = self.get(name)?;
+        Self::check(user, &task)?;
+        if dry_run && task.kind != TaskKind::Import {
+            return Err(Error::Invalid(format!("task `{name}` is not an import; only imports have a test run")));
+        }
+        if app.engine.is_shutting_down() {
+            return Err(Error::Conflict("the host is shutting down; try again once it is back".into()));
+        }
+        let mut run = app.new_run(&task, &user.name, Trigger::User, None)?;
+        run.dry_run = dry_run;
+        app.store.enqueue(task.priority(), run.queued_at, run.id, &run)?;
+        app.engine.count_queued(&app.store, &task.name, 1)?;
+        app.store.flush()?;
+        app.engine.wake.notify_one();
+        Ok(run)
+    }
+
+    /// "Test connection" for an import task's source.
+    pub fn test_connection(&self, user: &User, name: &str) -> Result<String> {
+        let task = self.show(user, name)?;
+        let target = task.import.ok_or_else(|| Error::Invalid(format!("task `{name}` is not an import")))?;
+        imports::test_connection(&self.app.store, &target, &self.app.sources())
+            .map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
+impl App {
+    /// A queued run of `task` with a fresh id.
+    pub(super) fn new_run(
+        &self,
+        task: &Task,
+        owner: &str,
+        trigger: Trigger,
+        fire_time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Run> {
+        let id = self.store.new_run_id()?;
+        Ok(Run::queued(id, &task.name, &task.plugin, owner, trigger, fire_time, self.now(), task.keep))
+    }
+}

@@ -1,0 +1,121 @@
+//! The rules workbench: list and read the admin's rules, test a rule (the
+//! saved one, or a draft) over sample rows, and save one. Anyone signed in
+//! may read and test; only the account owner saves.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{App, Error, Result, owner_only};
+use crate::records::Record;
+use crate::rules::{self, Rule, RuleInfo};
+use crate::users::User;
+
+/// The rules workbench.
+pub struct Workbench<'a> {
+    pub(super) app: &'a App,
+}
+
+/// A rule's verdict on one sample row.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowVerdict {
+    /// The row, from 1.
+    pub row: usize,
+    /// Whether it matched (none: the rule failed on it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<bool>,
+    /// The values that decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why the rule failed on this row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A rule tested over sample rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleTest {
+    /// The rule's name.
+    pub rule: String,
+    /// Its source's hash.
+    pub hash: String,
+    /// How many rows matched.
+    pub matched: usize,
+    /// Each row's verdict.
+    pub rows: Vec<RowVerdict>,
+}
+
+/// Which version of a rule to test.
+pub enum Draft<'s> {
+    /// The saved rule of that name.
+    Saved,
+    /// A draft's source, shown in errors as `shown`.
+    Source {
+        /// Where the draft came from (a file, or "NAME.rhai (draft)").
+        shown: &'s str,
+        /// Its text.
+        source: &'s str,
+    },
+}
+
+fn rule_error(e: rules::Error) -> Error {
+    match e {
+        rules::Error::Unknown { .. } => Error::NotFound(e.to_string()),
+        rules::Error::Save { .. } => Error::Failed(e.to_string()),
+        other => Error::Invalid(other.to_string()),
+    }
+}
+
+impl Workbench<'_> {
+    /// The loaded rules.
+    pub fn list(&self, _user: &User) -> Vec<RuleInfo> {
+        self.app.host.rules().list()
+    }
+
+    /// A rule and its source.
+    pub fn show(&self, _user: &User, name: &str) -> Result<(RuleInfo, String)> {
+        self.app.host.rules().source(name).map_err(rule_error)
+    }
+
+    /// A rule (saved or draft) over sample rows with `params`. Saves nothing.
+    pub fn test(
+        &self,
+        _user: &User,
+        name: &str,
+        draft: Draft<'_>,
+        rows: &[Record],
+        params: &Record,
+    ) -> Result<RuleTest> {
+        let rules = self.app.host.rules();
+        let rule: Arc<Rule> = match draft {
+            Draft::Saved => rules.get(name).map_err(rule_error)?,
+            Draft::Source { shown, source } => Arc::new(rules.compile(name, shown, source).map_err(rule_error)?),
+        };
+        Ok(test_rule(rules, &rule, rows, params))
+    }
+
+    /// Saves a rule (the account owner only). Runs started from now on use
+    /// it; a broken rule is refused with its line and nothing is written.
+    /// `shown` names where the source came from in errors.
+    pub fn save(&self, user: &User, name: &str, shown: &str, source: &str) -> Result<RuleInfo> {
+        owner_only(user, "save rules")?;
+        let rule = self.app.host.rules().save(name, shown, source).map_err(rule_error)?;
+        tracing::info!(rule = %rule.name, by = %user.name, hash = %rule.hash, "Rule saved.");
+        Ok(rule.info())
+    }
+}
+
+/// A compiled rule over sample rows: the one loop the workbench and
+/// `rule test FILE` (which needs no data directory) share.
+pub fn test_rule(rules: &rules::RuleSet, rule: &Rule, rows: &[Record], params: &Record) -> RuleTest {
+    let rows: Vec<RowVerdict> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| match rules.eval(rule, row, params) {
+            Ok(d) => RowVerdict { row: i + 1, matched: Some(d.matched), reason: Some(d.reason), error: None },
+            Err(e) => RowVerdict { row: i + 1, matched: None, reason: None, error: Some(e.to_string()) },
+        })
+        .collect();
+    let matched = rows.iter().filter(|r| r.matched == Some(true)).count();
+    RuleTest { rule: rule.name.clone(), hash: rule.hash.clone(), matched, rows }
+}

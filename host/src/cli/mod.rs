@@ -1,0 +1,162 @@
+//! The command line: parsing, and the output people read (tables) or
+//! scripts read (`--json`). One module per command group; each translates
+//! its arguments into a call on the application core and prints the
+//! answer, and nothing else: the core checks what the `--as` user may do.
+
+mod import;
+mod notify;
+mod plugin;
+mod records;
+mod rule;
+mod runs;
+mod schedule;
+mod table;
+mod task;
+mod user;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use schoolbell::app::App;
+use schoolbell::records::Value;
+
+pub(crate) use import::{Rows, print_file_import};
+pub(crate) use notify::print_notifications;
+pub(crate) use records::load_json;
+pub(crate) use table::print_table;
+
+/// `println!` for everything the CLI prints. A reader that stops reading
+/// (`schoolbell task list | head -1`) ends the command quietly, as `ls`
+/// does, instead of a panic with a backtrace.
+macro_rules! say {
+    () => { $crate::cli::write_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+pub(crate) use say;
+
+/// Writes to standard output; a closed pipe exits at once, successfully.
+pub(crate) fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Schoolbell: scheduled imports and notifiers for schools, with sandboxed
+/// WebAssembly plugins.
+#[derive(Parser)]
+#[command(version, about)]
+pub(crate) struct Args {
+    /// The data directory: the store, the compile cache, `schoolbell.toml`.
+    #[arg(long, global = true, env = "SCHOOLBELL_DATA", default_value = "schoolbell-data")]
+    data: PathBuf,
+    /// The folder of admin rules (overrides `rules_dir` in the config).
+    #[arg(long, global = true, env = "SCHOOLBELL_RULES")]
+    rules: Option<PathBuf>,
+    /// Act as this user (the CLI's permission checks are the API's).
+    #[arg(long = "as", global = true, env = "SCHOOLBELL_USER", default_value = "admin")]
+    as_user: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install, inspect and grant plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCmd),
+    /// Load and read records.
+    #[command(subcommand)]
+    Records(records::RecordsCmd),
+    /// Run an import mapping over a file.
+    #[command(subcommand)]
+    Import(import::ImportCmd),
+    /// Run a notifier.
+    #[command(subcommand)]
+    Notify(notify::NotifyCmd),
+    /// Check rules.
+    #[command(subcommand)]
+    Rule(rule::RuleCmd),
+    /// Timed tasks: add, list, show, enable, disable, run-now, remove.
+    #[command(subcommand)]
+    Task(task::TaskCmd),
+    /// Runs (background tasks): list, show, cancel, delete, messages.
+    #[command(subcommand)]
+    Runs(runs::RunsCmd),
+    /// Check a schedule before saving it.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCmd),
+    /// Users, roles and API tokens.
+    #[command(subcommand)]
+    User(user::UserCmd),
+    /// Credentials (SFTP keys), stored encrypted and never printed.
+    #[command(subcommand)]
+    Secret(user::SecretCmd),
+    /// Run the scheduler, the workers and the HTTP API until SIGTERM.
+    Serve {
+        /// Listen address (overrides `[api] listen`); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Compile the config, every rule and every installed plugin; list every problem.
+    Check,
+    /// Install the shipped plugins, import the demo roster, run the demo notifier, schedule demo tasks.
+    Demo {
+        /// Where the built plugins are.
+        #[arg(long, default_value = "target/plugins")]
+        plugins: PathBuf,
+    },
+}
+
+/// `name=value`, the value kept as text (the plugin checks its type).
+fn parse_param(s: &str) -> Result<(String, Value), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not `name=value`"))?;
+    Ok((k.trim().to_string(), Value::Text(v.to_string())))
+}
+
+/// Runs one command.
+pub(crate) fn run(args: Args) -> Result<()> {
+    // Commands that need no data directory.
+    match &args.command {
+        Command::Rule(cmd) if rule::offline(cmd) => return rule::run_offline(&args.data, cmd),
+        Command::Plugin(plugin::PluginCmd::New { kind, name, dir, sdk }) => {
+            return plugin::new(*kind, name, dir, sdk);
+        }
+        Command::Schedule(cmd) => return schedule::run(cmd),
+        _ => {}
+    }
+    let app = App::open(&args.data, args.rules.as_deref())?;
+    let user = app.user(&args.as_user)?;
+    match args.command {
+        Command::Plugin(cmd) => plugin::run(&app, &user, cmd),
+        Command::Records(cmd) => records::run(&app, &user, cmd),
+        Command::Import(cmd) => import::run(&app, &user, cmd),
+        Command::Notify(cmd) => notify::run(&app, &user, cmd),
+        Command::Task(cmd) => task::run(&app, &user, cmd),
+        Command::Runs(cmd) => runs::run(&app, &user, cmd),
+        Command::User(cmd) => user::run(&app, &user, cmd),
+        Command::Secret(cmd) => user::secret(&app, &user, cmd),
+        Command::Rule(cmd) => rule::run(&app, &user, cmd),
+        Command::Check => check(&app, &user),
+        Command::Demo { plugins } => crate::demo::run(&app, &user, &plugins),
+        Command::Serve { listen } => crate::serve::run(app, listen),
+        Command::Schedule(_) => unreachable!("answered before the store is opened"),
+    }
+}
+
+fn check(app: &Arc<App>, user: &schoolbell::users::User) -> Result<()> {
+    let (count, problems) = app.plugins().verify_all(user)?;
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let data = app.data_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    say!("ok: config, rules and {count} plugins in {data}");
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! `schoolbell task`: add, list, show, enable, disable, run now, remove.
+
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use schoolbell::app::{App, History};
+use schoolbell::imports::ImportTarget;
+use schoolbell::records::Value;
+use schoolbell::runs::RunStatus;
+use schoolbell::schedule::Pause;
+use schoolbell::tasks::{Misfire, Overlap, Task, TaskKind, TaskSpec};
+use schoolbell::users::User;
+
+use super::runs::print_run;
+use super::{parse_param, print_table, say};
+
+#[derive(Subcommand)]
+pub(super) enum TaskCmd {
+    /// Add a task.
+    Add(Box<TaskArgs>),
+    /// List tasks.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a task and its next five fire times.
+    Show {
+        /// The task.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable a task.
+    Enable {
+        /// The task.
+        name: String,
+    },
+    /// Disable a task.
+    Disable {
+        /// The task.
+        name: String,
+    },
+    /// Queue a run now (`--wait` runs it here and waits for it).
+    RunNow {
+        /// The task.
+        name: String,
+        /// Run it in this process and wait for the outcome.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a task (its runs stay; its state and dedupe ledger go).
+    Remove {
+        /// The task.
+        name: String,
+        /// Keep its state and dedupe ledger for a new task of the same name.
+        #[arg(long)]
+        keep_history: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub(super) struct TaskArgs {
+    /// Unique name.
+    name: String,
+    /// The plugin to run.
+    #[arg(long)]
+    plugin: String,
+    /// When: `once 2026-12-01 08:00`, `every 15 minutes`, `hourly at :30`, `daily at 07:00`,
+    /// `weekly on mon,wed,fri at 06:30`, `monthly on 15 at 22:00`, `monthly on last at 18:00`, `cron 0 7 * * Mon-Fri`.
+    #[arg(long)]
+    schedule: String,
+    /// import, notifier, export or cleanup (default: from the plugin).
+    #[arg(long, value_parser = parse_kind)]
+    kind: Option<TaskKind>,
+    /// IANA time zone (default: the district's, `[scheduler] zone`).
+    #[arg(long)]
+    zone: Option<String>,
+    /// Start, `YYYY-MM-DD HH:MM` in the zone (default: now).
+    #[arg(long)]
+    start: Option<String>,
+    /// End, `YYYY-MM-DD HH:MM` in the zone.
+    #[arg(long)]
+    end: Option<String>,
+    /// A plugin parameter, `name=value` (repeatable).
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, Value)>,
+    /// A rule the task uses (repeatable).
+    #[arg(long = "rule", id = "rule")]
+    rule_names: Vec<String>,
+    /// A pause window, `YYYY-MM-DD..YYYY-MM-DD` (repeatable).
+    #[arg(long = "pause", value_parser = parse_pause)]
+    pauses: Vec<Pause>,
+    /// Save it disabled.
+    #[arg(long)]
+    disabled: bool,
+    /// Serve its runs before normal ones.
+    #[arg(long)]
+    high_priority: bool,
+    /// Keep its runs until deleted.
+    #[arg(long)]
+    keep: bool,
+    /// After downtime: run-once or skip.
+    #[arg(long, value_parser = parse_misfire, default_value = "run-once")]
+    misfire: Misfire,
+    /// When the last run is still going: skip, queue-one or cancel-running.
+    #[arg(long, value_parser = parse_overlap, default_value = "skip")]
+    overlap: Overlap,
+    /// Import tasks: the file to import.
+    #[arg(long)]
+    source: Option<String>,
+    /// Import tasks: the collection the rows go into.
+    #[arg(long)]
+    collection: Option<String>,
+    /// Import tasks: the collection's key field.
+    #[arg(long)]
+    key: Option<String>,
+    /// Import tasks: a secondary index, fields joined by `+` (repeatable).
+    #[arg(long = "index")]
+    indexes: Vec<String>,
+    /// Import tasks: the match rule (such as `match_student`).
+    #[arg(long)]
+    match_rule: Option<String>,
+    /// Import tasks with an `sftp://user@host:port/folder` source: the stored secret with the private key.
+    #[arg(long)]
+    credential: Option<String>,
+    /// Import tasks with a folder source: pick up files whose names start with this.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Import tasks: the file is the full roster (records it lacks are inactivated).
+    #[arg(long)]
+    full_roster: bool,
+    /// Import tasks with --full-roster: delete the records the file lacks instead of inactivating them.
+    #[arg(long, requires = "full_roster")]
+    remove_missing: bool,
+    /// Import tasks: the field holding a record's end date; rows that set it are reported as ended.
+    #[arg(long)]
+    end_field: Option<String>,
+    /// Import tasks: hold for confirmation at this % of records changed, added or inactivated.
+    #[arg(long, default_value_t = 10.0)]
+    confirm_percent: f64,
+    /// Import tasks: hold for authorization at this % of records added.
+    #[arg(long, default_value_t = 20.0)]
+    authorize_percent: f64,
+    /// Notifier tasks: the notification group, email addresses or user names separated by commas.
+    #[arg(long = "notify", value_delimiter = ',')]
+    notify_group: Vec<String>,
+    /// Notifier tasks: once (never repeat a dedupe key), until-cleared (again once the condition cleared), every-run.
+    #[arg(long, default_value = "until-cleared")]
+    dedupe: schoolbell::notify::Dedupe,
+    /// Notifier tasks with until-cleared: repeat after this many days while the condition holds.
+    #[arg(long)]
+    repeat_days: Option<u32>,
+}
+
+fn parse_kind(s: &str) -> Result<TaskKind, String> {
+    serde_json::from_value(serde_json::json!(s))
+        .map_err(|_| format!("`{s}` is not a task kind; use import, notifier, export or cleanup"))
+}
+
+fn parse_misfire(s: &str) -> Result<Misfire, String> {
+    serde_json::from_value(serde_json::json!(s))
+        .map_err(|_| format!("`{s}` is not a misfire policy; use run-once or skip"))
+}
+
+fn parse_overlap(s: &str) -> Result<Overlap, String> {
+    serde_json::from_value(serde_json::json!(s))
+        .map_err(|_| format!("`{s}` is not an overlap policy; use skip, queue-one or cancel-running"))
+}
+
+fn parse_pause(s: &str) -> Result<Pause, String> {
+    let (from, to) = s.split_once("..").ok_or_else(|| format!("`{s}` is not `YYYY-MM-DD..YYYY-MM-DD`"))?;
+    let date = |d: &str| d.trim().parse().map_err(|_| format!("`{d}` is not a date (YYYY-MM-DD)"));
+    Ok(Pause { from: date(from)?, to: date(to)? })
+}
+
+fn print_task(view: &serde_json::Value) {
+    let t = &view["task"];
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    say!("{} ({}, plugin {}, owner {})", s(&t["name"]), s(&t["kind"]), s(&t["plugin"]), s(&t["owner"]));
+    say!("  schedule:  {} in {}", s(&t["schedule"]), s(&t["zone"]));
+    say!("  window:    from {}{}", s(&t["start"]), t["end"].as_str().map(|e| format!(" to {e}")).unwrap_or_default());
+    say!(
+        "  flags:     {}{}{}; misfire {}, overlap {}",
+        if t["enabled"] == true { "enabled" } else { "disabled" },
+        if t["high_priority"] == true { ", high priority" } else { "" },
+        if t["keep"] == true { ", keep runs" } else { "" },
+        s(&t["misfire"]),
+        s(&t["overlap"])
+    );
+    if let Some(p) = t["pauses"].as_array().filter(|p| !p.is_empty()) {
+        let list: Vec<String> = p.iter().map(|p| format!("{}..{}", s(&p["from"]), s(&p["to"]))).collect();
+        say!("  paused:    {}", list.join(", "));
+    }
+    if let Some(params) = t["params"].as_object() {
+        let list: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        say!("  params:    {}", list.join(", "));
+    }
+    say!("  next fires:");
+    let fires = view["next"].as_array().cloned().unwrap_or_default();
+    if fires.is_empty() {
+        say!("    none");
+    }
+    for f in fires {
+        say!("    {}   {}", s(&f["local"]), s(&f["utc"]));
+    }
+}
+
+pub(super) fn run(app: &Arc<App>, user: &User, cmd: TaskCmd) -> Result<()> {
+    let tasks = app.tasks();
+    match cmd {
+        TaskCmd::Add(a) => {
+            let a = *a;
+            let import = match (a.source, a.collection) {
+                (Some(source), Some(collection)) => Some(ImportTarget {
+                    source,
+                    prefix: a.prefix,
+                    full_roster: a.full_roster,
+                    missing: super::import::missing_records(a.remove_missing),
+                    end_field: a.end_field,
+                    guard: schoolbell::imports::Guard {
+                        confirm_percent: a.confirm_percent,
+                        authorize_percent: a.authorize_percent,
+                    },
+                    collection,
+                    key_field: a.key,
+                    indexes: a.indexes,
+                    match_rule: a.match_rule,
+                    credential: a.credential,
+                }),
+                (None, None) => None,
+                _ => bail!("an import task needs both --source FILE-OR-FOLDER and --collection NAME"),
+            };
+            let spec = TaskSpec {
+                name: a.name,
+                kind: a.kind,
+                plugin: a.plugin,
+                params: a.params.into_iter().map(|(k, v)| (k, v.to_json())).collect(),
+                rules: a.rule_names,
+                schedule: a.schedule,
+                zone: a.zone,
+                start: a.start,
+                end: a.end,
+                pauses: a.pauses,
+                enabled: Some(!a.disabled),
+                high_priority: a.high_priority,
+                keep: a.keep,
+                misfire: a.misfire,
+                overlap: a.overlap,
+                import,
+                notify: schoolbell::notify::NotifySettings {
+                    group: a.notify_group.into_iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+                    dedupe: a.dedupe,
+                    repeat_days: a.repeat_days,
+                    ..Default::default()
+                },
+            };
+            let task = tasks.add(user, spec)?;
+            print_task(&schoolbell::api::task_view(&task, 5));
+        }
+        TaskCmd::List { json } => {
+            let tasks = tasks.list(user)?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&tasks)?);
+            } else if tasks.is_empty() {
+                say!("No tasks. Add one with `schoolbell task add NAME --plugin P --schedule \"daily at 07:00\"`.");
+            } else {
+                let rows: Vec<Vec<String>> = tasks.iter().map(task_row).collect();
+                print_table(
+                    &["NAME", "KIND", "PLUGIN", "SCHEDULE", "ZONE", "ENABLED", "NEXT FIRE (UTC)", "OWNER"],
+                    &rows,
+                );
+            }
+        }
+        TaskCmd::Show { name, json } => {
+            let view = schoolbell::api::task_view(&tasks.show(user, &name)?, 5);
+            if json {
+                say!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_task(&view);
+            }
+        }
+        TaskCmd::Enable { name } => {
+            let t = tasks.set_enabled(user, &name, true)?;
+            say!("{name}: enabled; next fire {}", t.next_fire.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into()));
+        }
+        TaskCmd::Disable { name } => {
+            tasks.set_enabled(user, &name, false)?;
+            say!("{name}: disabled");
+        }
+        TaskCmd::RunNow { name, wait } => {
+            let run = tasks.run_now(user, &name)?;
+            if !wait {
+                say!("run {} queued for task {name}; `schoolbell serve` runs it, or use --wait", run.id);
+                return Ok(());
+            }
+            let engine = app.engine();
+            // This process holds the store: runs left running belong to one that died.
+            engine.recover()?;
+            let finished = tokio::runtime::Runtime::new()?.block_on(engine.finish(run.id, |_| {}))?;
+            print_run(&finished);
+            if finished.status != RunStatus::Succeeded {
+                bail!("run {} {}", finished.id, finished.status);
+            }
+        }
+        TaskCmd::Remove { name, keep_history } => {
+            let history = if keep_history { History::Keep } else { History::Forget };
+            tasks.remove(user, &name, history)?;
+            let kept = if keep_history { "; its state and dedupe ledger are kept" } else { "" };
+            say!("{name}: removed (its runs stay until deleted or expired{kept})");
+        }
+    }
+    Ok(())
+}
+
+fn task_row(t: &Task) -> Vec<String> {
+    vec![
+        t.name.clone(),
+        format!("{:?}", t.kind).to_lowercase(),
+        t.plugin.clone(),
+        t.schedule.to_string(),
+        t.zone.clone(),
+        if t.enabled { "yes".into() } else { "no".into() },
+        t.upcoming(1).first().map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "-".into()),
+        t.owner.clone(),
+    ]
+}

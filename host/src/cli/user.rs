@@ -1,0 +1,101 @@
+//! `schoolbell user` and `schoolbell secret`: users, API tokens and the
+//! encrypted secrets, all the account owner's.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use schoolbell::app::App;
+use schoolbell::users::{JobEmail, Permission, Role, User};
+
+use super::{print_table, say};
+
+#[derive(Subcommand)]
+pub(super) enum UserCmd {
+    /// Add or replace a user.
+    Add {
+        /// Login name.
+        name: String,
+        /// owner or staff.
+        #[arg(long, default_value = "staff")]
+        role: Role,
+        /// Email address.
+        #[arg(long, default_value = "")]
+        email: String,
+        /// autopilot or authorize (repeatable).
+        #[arg(long = "permission")]
+        permissions: Vec<Permission>,
+        /// Job-completion emails: always, on-failure or never.
+        #[arg(long, default_value = "on-failure")]
+        job_email: JobEmail,
+    },
+    /// List users.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue an API token (printed once; only its hash is stored).
+    Token {
+        /// The user.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum SecretCmd {
+    /// Store (or replace) a secret from a file, such as a private key.
+    Set {
+        /// Its name, used by tasks (`--credential NAME`).
+        name: String,
+        /// The file holding it.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List the secrets' names (never their values).
+    List,
+}
+
+pub(super) fn run(app: &App, by: &User, cmd: UserCmd) -> Result<()> {
+    let accounts = app.users();
+    match cmd {
+        UserCmd::Add { name, role, email, permissions, job_email } => {
+            accounts.put(by, &User { name: name.clone(), email, role, permissions, job_email })?;
+            say!("user {name} ({role}) saved");
+        }
+        UserCmd::List { json } => {
+            let list = accounts.list(by)?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|u| {
+                        let perms: Vec<String> =
+                            u.permissions.iter().map(|p| format!("{p:?}").to_lowercase()).collect();
+                        vec![u.name.clone(), u.role.to_string(), u.email.clone(), perms.join(", ")]
+                    })
+                    .collect();
+                print_table(&["NAME", "ROLE", "EMAIL", "PERMISSIONS"], &rows);
+            }
+        }
+        UserCmd::Token { name } => say!("{}", accounts.issue_token(by, &name)?),
+    }
+    Ok(())
+}
+
+pub(super) fn secret(app: &App, by: &User, cmd: SecretCmd) -> Result<()> {
+    match cmd {
+        SecretCmd::Set { name, file } => {
+            let value = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            app.users().set_secret(by, &name, &value)?;
+            say!("secret {name} stored (encrypted)");
+        }
+        SecretCmd::List => {
+            for name in app.users().secret_names(by)? {
+                say!("{name}");
+            }
+        }
+    }
+    Ok(())
+}
