@@ -7,64 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Sb, plugin, s};
-
-struct Api {
-    url: String,
-    agent: ureq::Agent,
-}
-
-impl Api {
-    fn new(url: &str) -> Api {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        Api { url: url.to_string(), agent }
-    }
-
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, String) {
-        let url = format!("{}{path}", self.url);
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let mut resp = match (method, body) {
-            ("GET", _) => {
-                let mut r = self.agent.get(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.call()
-            }
-            ("PUT", body) => {
-                let mut r = self.agent.put(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.send_json(body.unwrap_or(Value::Null))
-            }
-            ("DELETE", _) => {
-                let mut r = self.agent.delete(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.call()
-            }
-            (_, body) => {
-                let mut r = self.agent.post(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                match body {
-                    Some(b) => r.send_json(b),
-                    None => r.send_empty(),
-                }
-            }
-        }
-        .unwrap();
-        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
-    }
-
-    fn json(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-        let (status, text) = self.call(method, path, Some(token), body);
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-}
+use support::{Api, Sb, plugin, s};
 
 const ATTENDANCE: &str = r#"[
   {"student-id": "S1", "first-name": "Ann", "last-name": "Ng", "absences": 7, "division": "Upper", "campus": "North", "department": "Math", "level": "10"}

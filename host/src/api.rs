@@ -102,6 +102,15 @@ pub fn router(scheduler: Arc<App>) -> Router {
         .route("/api/v1/rules/{name}", get(show_rule).put(save_rule))
         .route("/api/v1/rules/{name}/test", post(test_rule))
         .route("/api/v1/outbox", get(outbox))
+        .route("/api/v1/users", get(list_users))
+        .route("/api/v1/users/{name}", axum::routing::put(put_user))
+        .route("/api/v1/users/{name}/tokens", post(issue_token))
+        .route("/api/v1/secrets", get(list_secrets))
+        .route("/api/v1/plugins", get(list_plugins))
+        .route("/api/v1/plugins/{name}", get(show_plugin).delete(remove_plugin))
+        .route("/api/v1/plugins/{name}/grant", post(grant_plugin))
+        .route("/api/v1/plugins/{name}/revoke", post(revoke_plugin))
+        .route("/api/v1/collections/{name}", get(collection_page))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/openapi.json".into()) })
         .with_state(scheduler)
 }
@@ -524,6 +533,124 @@ async fn outbox(
     .await
 }
 
+/// A user as the API takes it: the name comes from the path.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    role: crate::users::Role,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    permissions: Vec<crate::users::Permission>,
+    #[serde(default)]
+    job_email: crate::users::JobEmail,
+}
+
+async fn list_users(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.users().list(&u)?)))).await
+}
+
+async fn put_user(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+    body: Result<Json<UserBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Json(b) = body.map_err(|e| bad(format!("{}; send {{\"role\": \"staff\", ...}}", e.body_text())))?;
+    blocking(move || {
+        let user = User { name, email: b.email, role: b.role, permissions: b.permissions, job_email: b.job_email };
+        s.users().put(&u, &user)?;
+        Ok(Json(json!(user)))
+    })
+    .await
+}
+
+async fn issue_token(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    blocking(move || Ok((StatusCode::CREATED, Json(json!({ "token": s.users().issue_token(&u, &name)? }))))).await
+}
+
+async fn list_secrets(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.users().secret_names(&u)?)))).await
+}
+
+async fn list_plugins(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.plugins().list(&u)?)))).await
+}
+
+async fn show_plugin(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.plugins().inspect(&u, &name)?)))).await
+}
+
+async fn remove_plugin(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.plugins().remove(&u, &name)?)))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapabilityBody {
+    capability: String,
+}
+
+fn capability(
+    body: Result<Json<CapabilityBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<crate::plugins::Capability, ApiError> {
+    let Json(b) = body.map_err(|e| bad(format!("{}; send {{\"capability\": \"read:students\"}}", e.body_text())))?;
+    b.capability.parse().map_err(|e: String| bad(e))
+}
+
+async fn grant_plugin(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+    body: Result<Json<CapabilityBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let cap = capability(body)?;
+    blocking(move || Ok(Json(json!(s.plugins().grant(&u, &name, cap)?)))).await
+}
+
+async fn revoke_plugin(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+    body: Result<Json<CapabilityBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let cap = capability(body)?;
+    blocking(move || Ok(Json(json!(s.plugins().revoke(&u, &name, &cap)?)))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+}
+
+async fn collection_page(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    blocking(move || {
+        let page = s.collections().page(&u, &name, q.limit.unwrap_or(50))?;
+        let records: Vec<Json_> = page.records.iter().map(crate::records::record_to_json).collect();
+        Ok(Json(json!({ "records": records, "total": page.total })))
+    })
+    .await
+}
+
 async fn openapi() -> Json<Json_> {
     Json(openapi_document())
 }
@@ -626,6 +753,21 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/outbox": { "get": { "summary": "Outbox entries you may see (owner: all; staff: their tasks'), newest last", "parameters": [
                 { "name": "status", "in": "query", "schema": { "enum": ["pending", "sent", "failed"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
             ], "responses": errors(json!({ "200": { "description": "[{id, entry}]" } })) } },
+            "/api/v1/users": { "get": { "summary": "Users (account owner)", "responses": errors(json!({ "200": { "description": "[user]" } })) } },
+            "/api/v1/users/{name}": { "parameters": name, "put": { "summary": "Add or replace a user (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["role"], "properties": {
+                "role": { "enum": ["owner", "staff"] }, "email": { "type": "string" }, "permissions": { "type": "array", "items": { "enum": ["autopilot", "authorize"] } }, "job_email": { "enum": ["always", "on-failure", "never"] } } } } } },
+                "responses": errors(json!({ "200": { "description": "the user" } })) } },
+            "/api/v1/users/{name}/tokens": { "parameters": name, "post": { "summary": "Issue an API token, shown once (account owner)", "responses": errors(json!({ "201": { "description": "{token}" } })) } },
+            "/api/v1/secrets": { "get": { "summary": "The stored secrets' names, never their values (account owner)", "responses": errors(json!({ "200": { "description": "[name]" } })) } },
+            "/api/v1/plugins": { "get": { "summary": "Installed plugins", "responses": errors(json!({ "200": { "description": "[plugin]" } })) } },
+            "/api/v1/plugins/{name}": {
+                "parameters": name,
+                "get": { "summary": "One plugin: parameters, capabilities, grants", "responses": errors(json!({ "200": { "description": "the plugin" } })) },
+                "delete": { "summary": "Remove a plugin (account owner)", "responses": errors(json!({ "200": { "description": "the removed plugin" } })) }
+            },
+            "/api/v1/plugins/{name}/grant": { "parameters": name, "post": { "summary": "Grant a capability the plugin declared (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["capability"], "properties": { "capability": { "type": "string" } } } } } }, "responses": errors(json!({ "200": { "description": "the plugin" } })) } },
+            "/api/v1/plugins/{name}/revoke": { "parameters": name, "post": { "summary": "Revoke a capability (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["capability"], "properties": { "capability": { "type": "string" } } } } } }, "responses": errors(json!({ "200": { "description": "the plugin" } })) } },
+            "/api/v1/collections/{name}": { "parameters": name, "get": { "summary": "The first records of a collection (account owner)", "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer" } }], "responses": errors(json!({ "200": { "description": "{records, total}" } })) } },
             "/api/v1/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
         }
     })

@@ -18,7 +18,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -153,8 +153,12 @@ impl FromStr for Schedule {
                 let expr = words[1..].join(" ");
                 // Admins write the classic five fields; the cron crate wants seconds first.
                 let full = if words.len() - 1 == 5 { format!("0 {expr}") } else { expr.clone() };
-                let parsed =
-                    cron::Schedule::from_str(&full).map_err(|e| err(&format!("invalid cron expression: {e}")))?;
+                let fields: Vec<&str> = full.split_whitespace().collect();
+                if let Some(problem) = cron_range_problem(&fields) {
+                    return Err(err(&format!("invalid cron expression: {problem}")));
+                }
+                let parsed = cron::Schedule::from_str(&full)
+                    .map_err(|e| err(&format!("invalid cron expression: {}", one_line(&e.to_string()))))?;
                 Ok(Schedule::Cron(Box::new(parsed), expr))
             }
             [] => Err(err("the schedule is empty")),
@@ -364,6 +368,39 @@ impl Timing<'_> {
     }
 }
 
+/// The cron crate's own range messages are off by one ("Hours must be
+/// less than 23" for 24) and span three lines with a caret; the ranges of
+/// the numeric fields are checked here first, in the admin's terms.
+/// `fields` has seconds first, as the cron crate reads them.
+fn cron_range_problem(fields: &[&str]) -> Option<String> {
+    const RANGES: [(&str, u32, u32); 5] =
+        [("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day of the month", 1, 31), ("month", 1, 12)];
+    for (field, (name, low, high)) in fields.iter().zip(RANGES) {
+        // Numbers in lists, ranges and steps; a step (after `/`) is a count, not a value.
+        for part in field.split(',') {
+            let values = part.split('/').next().unwrap_or("");
+            for value in values.split('-') {
+                if let Ok(n) = value.parse::<u32>()
+                    && !(low..=high).contains(&n)
+                {
+                    return Some(format!("{name} {n} is out of range; write {low} to {high}"));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// An error message on one line: the lines joined, a caret line dropped.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Parses an IANA time zone name, with a message that says what to write.
 pub fn parse_zone(name: &str) -> Result<Tz, String> {
     name.parse::<Tz>()
@@ -516,7 +553,12 @@ mod tests {
         let e = "daily at 25:00".parse::<Schedule>().unwrap_err().to_string();
         assert!(e.starts_with("schedule `daily at 25:00`: `25:00` is not a time; write HH:MM, 24-hour."), "{e}");
         let e = "cron 99 * * * *".parse::<Schedule>().unwrap_err().to_string();
-        assert!(e.contains("invalid cron expression"), "{e}");
+        assert!(e.contains("invalid cron expression: minute 99 is out of range; write 0 to 59"), "{e}");
+        let e = "cron 0 24 * * *".parse::<Schedule>().unwrap_err().to_string();
+        assert!(e.contains("invalid cron expression: hour 24 is out of range; write 0 to 23"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        let e = "cron 0 7 * * Funday".parse::<Schedule>().unwrap_err().to_string();
+        assert!(e.contains("invalid cron expression") && !e.contains('\n'), "one line: {e}");
         assert!(parse_zone("Mars/Olympus").unwrap_err().contains("not an IANA time zone"));
     }
 }

@@ -29,6 +29,8 @@ pub(crate) fn run(app: Arc<App>, listen: Option<String>) -> Result<()> {
         tracing::info!(%local, "Serving.");
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let socket = data.join(crate::cli::SOCKET);
+        let local_cli = tokio::spawn(serve_cli(app.clone(), bind_socket(&socket)?, stop_rx.clone()));
         let scheduler = tokio::spawn(app.engine().serve(stop_rx.clone()));
         let mut api_stop = stop_rx.clone();
         let api = axum::serve(listener, schoolbell::api::router(app.clone())).with_graceful_shutdown(async move {
@@ -60,11 +62,60 @@ pub(crate) fn run(app: Arc<App>, listen: Option<String>) -> Result<()> {
         if let Some(mail) = mail {
             let _ = mail.join();
         }
+        let _ = local_cli.await;
+        let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(data.join("serve.json"));
         app.flush()?;
         say("schoolbell stopped");
         Ok(())
     })
+}
+
+/// The CLI's socket, readable and writable by this account only.
+fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    // A socket left by a server that was killed: nothing listens on it.
+    let _ = std::fs::remove_file(path);
+    let listener =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Runs the commands CLIs send over the socket, one thread each, until stopped.
+async fn serve_cli(app: Arc<App>, listener: tokio::net::UnixListener, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("CLI socket: {e}");
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if tokio::io::BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let Ok(request) = serde_json::from_str::<crate::cli::ForwardedCommand>(&line) else { return };
+            // A plain thread: the command may start a runtime of its own
+            // (`task run-now --wait`), which a runtime's thread may not.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(crate::cli::run_forwarded(&app, request));
+            });
+            let Ok(response) = rx.await else { return };
+            let mut answer = serde_json::to_vec(&response).unwrap_or_default();
+            answer.push(b'\n');
+            let _ = write.write_all(&answer).await;
+        });
+    }
 }
 
 /// Prints a line for whoever started the server. A closed stdout (the

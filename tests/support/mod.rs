@@ -125,6 +125,77 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The HTTP API of a running server, as a client sees it.
+pub struct Api {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    pub fn new(url: &str) -> Api {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        Api { url: url.to_string(), agent }
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, String) {
+        let url = format!("{}{path}", self.url);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut resp = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            ("PUT", body) => {
+                let mut r = self.agent.put(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.send_json(body.unwrap_or(serde_json::Value::Null))
+            }
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            (_, body) => {
+                let mut r = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                match body {
+                    Some(b) => r.send_json(b),
+                    None => r.send_empty(),
+                }
+            }
+        }
+        .unwrap();
+        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
+    }
+
+    /// A call whose answer is read as JSON (text when it is not).
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let (status, text) = self.call(method, path, Some(token), body);
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+}
+
 /// A running `schoolbell serve`.
 pub struct Server {
     pub child: std::process::Child,

@@ -84,6 +84,7 @@ pub(super) enum ImportCmd {
         /// The mapping plugin.
         plugin: String,
         /// The input file.
+        #[arg(value_parser = super::path_arg)]
         file: PathBuf,
         /// The collection to store the rows in.
         #[arg(long)]
@@ -208,7 +209,7 @@ fn wait_with_progress(app: &Arc<App>, id: u64) -> Result<Run> {
     let engine = app.engine();
     // This process holds the store: runs left running belong to one that died.
     engine.recover()?;
-    let shown = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let shown = !super::forward::forwarded() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let run = tokio::runtime::Runtime::new()?.block_on(engine.finish(id, |r| {
         if shown && let Some(total) = r.progress_total.filter(|t| *t > 0) {
             let pct = (r.progress_done.min(total) * 100 / total) as usize;

@@ -3,6 +3,7 @@
 //! its arguments into a call on the application core and prints the
 //! answer, and nothing else: the core checks what the `--as` user may do.
 
+mod forward;
 mod import;
 mod notify;
 mod plugin;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use schoolbell::app::App;
+use schoolbell::app::{App, OpenError};
 use schoolbell::records::Value;
 
 pub(crate) use import::{Rows, print_file_import};
@@ -37,8 +38,12 @@ macro_rules! say {
 pub(crate) use say;
 
 /// Writes to standard output; a closed pipe exits at once, successfully.
+/// A command forwarded to the server writes to its caller instead.
 pub(crate) fn write_out(text: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    if forward::capture(&text) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(text) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -121,20 +126,56 @@ fn parse_param(s: &str) -> Result<(String, Value), String> {
     Ok((k.trim().to_string(), Value::Text(v.to_string())))
 }
 
-/// Runs one command.
-pub(crate) fn run(args: Args) -> Result<()> {
+/// A path argument (files to read): relative to the caller's directory,
+/// also when the command is forwarded to the server.
+fn path_arg(arg: &str) -> Result<PathBuf, String> {
+    Ok(forward::path(arg))
+}
+
+pub(crate) use forward::{Request as ForwardedCommand, SOCKET, run as run_forwarded};
+
+/// Runs one command; returns the exit status.
+pub(crate) fn run(args: Args) -> Result<i32> {
     // Commands that need no data directory.
     match &args.command {
-        Command::Rule(cmd) if rule::offline(cmd) => return rule::run_offline(&args.data, cmd),
+        Command::Rule(cmd) if rule::offline(cmd) => return rule::run_offline(&args.data, cmd).map(|()| 0),
         Command::Plugin(plugin::PluginCmd::New { kind, name, dir, sdk }) => {
-            return plugin::new(*kind, name, dir, sdk);
+            return plugin::new(*kind, name, dir, sdk).map(|()| 0);
         }
-        Command::Schedule(cmd) => return schedule::run(cmd),
+        Command::Schedule(cmd) => return schedule::run(cmd).map(|()| 0),
         _ => {}
     }
-    let app = App::open(&args.data, args.rules.as_deref())?;
+    let serving = matches!(args.command, Command::Serve { .. } | Command::Demo { .. });
+    // A server that holds the store answers on its socket: ask it first
+    // rather than wait for the store's lock.
+    if !serving && let Some(answer) = forward::send(&args.data) {
+        return answer;
+    }
+    let app = match App::open(&args.data, args.rules.as_deref()) {
+        Ok(app) => app,
+        Err(e @ OpenError::InUse { .. }) => {
+            // The server holds the store: it runs the command instead.
+            if serving {
+                return Err(e.into());
+            }
+            return forward::send(&args.data).unwrap_or(Err(e.into()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    run_on(&app, args).map(|()| 0)
+}
+
+/// Runs a command against an open core, as the `--as` user.
+fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
+    let app = app.clone();
     let user = app.user(&args.as_user)?;
     match args.command {
+        Command::Rule(cmd) if rule::offline(&cmd) => rule::run_offline(&args.data, &cmd),
+        Command::Plugin(plugin::PluginCmd::New { kind, name, dir, sdk }) => plugin::new(kind, &name, &dir, &sdk),
+        Command::Schedule(cmd) => schedule::run(&cmd),
+        Command::Serve { .. } | Command::Demo { .. } if forward::forwarded() => {
+            bail!("`schoolbell serve` is running on this data directory; stop it before running this command")
+        }
         Command::Plugin(cmd) => plugin::run(&app, &user, cmd),
         Command::Records(cmd) => records::run(&app, &user, cmd),
         Command::Import(cmd) => import::run(&app, &user, cmd),
@@ -147,7 +188,6 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Command::Check => check(&app, &user),
         Command::Demo { plugins } => crate::demo::run(&app, &user, &plugins),
         Command::Serve { listen } => crate::serve::run(app, listen),
-        Command::Schedule(_) => unreachable!("answered before the store is opened"),
     }
 }
 

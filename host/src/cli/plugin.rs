@@ -29,7 +29,7 @@ pub(super) enum PluginCmd {
     /// Install component files (the same bytes twice is a no-op).
     Install {
         /// `.wasm` component files.
-        #[arg(required = true)]
+        #[arg(value_parser = super::path_arg, required = true)]
         files: Vec<PathBuf>,
         /// Also grant every capability the plugin asks for.
         #[arg(long)]

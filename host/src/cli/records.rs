@@ -17,6 +17,7 @@ pub(super) enum RecordsCmd {
         /// The collection.
         collection: String,
         /// The JSON file.
+        #[arg(value_parser = super::path_arg)]
         file: PathBuf,
         /// The key field (needed when the collection is new).
         #[arg(long)]

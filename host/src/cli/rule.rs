@@ -18,14 +18,16 @@ pub(super) enum RuleCmd {
     /// Compile a rule file and report errors with line and column.
     Check {
         /// The `.rhai` file.
+        #[arg(value_parser = super::path_arg)]
         file: PathBuf,
     },
     /// Run a rule over sample rows and show which match and the values that decided.
     Test {
         /// The `.rhai` file.
+        #[arg(value_parser = super::path_arg)]
         file: PathBuf,
         /// A JSON array of objects, one per row.
-        #[arg(long)]
+        #[arg(value_parser = super::path_arg, long)]
         sample: PathBuf,
         /// A task parameter the rule reads as `params.NAME`, `name=value` (repeatable; numbers are numbers).
         #[arg(long = "param", value_parser = parse_json_param)]
@@ -36,6 +38,7 @@ pub(super) enum RuleCmd {
         /// The rule's name (the file becomes NAME.rhai).
         name: String,
         /// The `.rhai` file to save.
+        #[arg(value_parser = super::path_arg)]
         file: PathBuf,
     },
     /// List the loaded rules.

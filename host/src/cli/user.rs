@@ -49,7 +49,7 @@ pub(super) enum SecretCmd {
         /// Its name, used by tasks (`--credential NAME`).
         name: String,
         /// The file holding it.
-        #[arg(long)]
+        #[arg(value_parser = super::path_arg, long)]
         file: PathBuf,
     },
     /// List the secrets' names (never their values).

@@ -1,0 +1,107 @@
+//! The CLI next to a running server. sled lets one process hold the store,
+//! so while `schoolbell serve` runs, a CLI command is sent to it over a
+//! Unix socket in the data directory (`cli.sock`, mode 0600: only the
+//! account that runs the service can connect) and the server runs it, with
+//! the same code and the same permission checks, against its own core.
+//! What the command prints comes back, with its exit status.
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use schoolbell::app::App;
+use serde::{Deserialize, Serialize};
+
+use super::Args;
+
+/// The socket's file name in the data directory.
+pub(crate) const SOCKET: &str = "cli.sock";
+
+/// A command sent to the server.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Request {
+    /// The command line, program name first.
+    pub(crate) args: Vec<String>,
+    /// The caller's working directory: relative paths are read from there.
+    pub(crate) cwd: PathBuf,
+}
+
+/// What the command printed, and how it ended.
+#[derive(Serialize, Deserialize, Default)]
+pub(crate) struct Response {
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) code: i32,
+}
+
+thread_local! {
+    /// While a forwarded command runs on this thread: its output, and the
+    /// caller's working directory.
+    static FORWARDED: RefCell<Option<(Vec<u8>, PathBuf)>> = const { RefCell::new(None) };
+}
+
+/// Whether this thread runs a forwarded command (no terminal to draw on).
+pub(crate) fn forwarded() -> bool {
+    FORWARDED.with(|f| f.borrow().is_some())
+}
+
+/// Where a forwarded command's output goes; false when none runs here.
+pub(crate) fn capture(text: &std::fmt::Arguments<'_>) -> bool {
+    FORWARDED.with(|f| match f.borrow_mut().as_mut() {
+        Some((out, _)) => {
+            let _ = out.write_fmt(*text);
+            true
+        }
+        None => false,
+    })
+}
+
+/// A path argument: relative to the caller's directory when forwarded.
+pub(crate) fn path(arg: &str) -> PathBuf {
+    FORWARDED.with(|f| match f.borrow().as_ref() {
+        Some((_, cwd)) => cwd.join(arg),
+        None => PathBuf::from(arg),
+    })
+}
+
+/// Sends the command to the server holding `data`'s store; none when no
+/// server listens there.
+pub(crate) fn send(data: &Path) -> Option<Result<i32>> {
+    let stream = UnixStream::connect(data.join(SOCKET)).ok()?;
+    Some(exchange(stream))
+}
+
+fn exchange(mut stream: UnixStream) -> Result<i32> {
+    let request = Request {
+        args: std::env::args().collect(),
+        cwd: std::env::current_dir().context("cannot read the working directory")?,
+    };
+    let mut line = serde_json::to_vec(&request)?;
+    line.push(b'\n');
+    stream.write_all(&line).context("cannot send the command to `schoolbell serve`")?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).context("`schoolbell serve` did not answer")?;
+    let response: Response =
+        serde_json::from_str(&answer).context("`schoolbell serve` answered in a form this CLI does not read")?;
+    super::write_out(format_args!("{}", response.stdout));
+    eprint!("{}", response.stderr);
+    Ok(response.code)
+}
+
+/// Runs a forwarded command on this thread against the server's core.
+pub(crate) fn run(app: &Arc<App>, request: Request) -> Response {
+    FORWARDED.with(|f| *f.borrow_mut() = Some((Vec::new(), request.cwd)));
+    let outcome = Args::try_parse_from(&request.args)
+        .map_err(|e| e.to_string())
+        .and_then(|args| super::run_on(app, args).map_err(|e| format!("error: {e:#}\n")));
+    let stdout = FORWARDED.with(|f| f.borrow_mut().take()).map(|(out, _)| out).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    match outcome {
+        Ok(()) => Response { stdout, stderr: String::new(), code: 0 },
+        Err(stderr) => Response { stdout, stderr, code: 1 },
+    }
+}
