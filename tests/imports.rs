@@ -149,11 +149,14 @@ async fn files_are_picked_up_by_prefix_renamed_after_commit_and_never_imported_t
 async fn a_test_import_changes_nothing_and_its_commit_applies_exactly_that_plan() {
     let f = fixture();
     f.task("roster", Guard::default());
+    let spec = f.store.collection("students").unwrap();
+    assert!(spec.is_some(), "the task's collection and indexes are made when the task is added");
     let file = f.drop_file("IC_Roster.csv", 0..10);
     let run = f.finish(f.sched.tasks().test_import(&admin(), "roster").unwrap()).await;
     assert_eq!(run.status, RunStatus::Succeeded);
     assert!(run.dry_run);
     assert_eq!(f.count(), 0, "a test import writes nothing");
+    assert_eq!(f.store.collection("students").unwrap(), spec, "nor does it define or re-index the collection");
     assert!(file.exists(), "and leaves the file where it is");
     let plan = f.sched.imports().plan(&admin(), run.id).unwrap();
     assert_eq!(plan.counts.get("new"), Some(&10));

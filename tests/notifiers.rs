@@ -115,6 +115,36 @@ fn status_additions_since_the_last_run_follow_a_watermark() {
     assert_eq!(notify(&sb, "notifier-status-since", "other", &["status=Probation"]).len(), 2);
 }
 
+/// A task's watermark and dedupe ledger go with it: a new task of the same
+/// name starts afresh, unless the old one was removed with --keep-history.
+#[test]
+fn removing_a_task_forgets_its_state_unless_asked_to_keep_it() {
+    let sb = Sb::new();
+    install(&sb, "notifier-status-since");
+    load(
+        &sb,
+        "status-changes",
+        "change-id",
+        r#"[{"change-id": "c1", "student-id": "S1", "first-name": "Ann", "last-name": "Ng", "status": "Probation", "added": "2026-11-20T09:00:00"}]"#,
+    );
+    let add = || sb.ok(&["task", "add", "watch", "--plugin", "notifier-status-since", "--schedule", "daily at 07:00"]);
+    let notifications = || -> u64 {
+        sb.ok(&["task", "run-now", "watch", "--wait"]);
+        let runs: serde_json::Value =
+            serde_json::from_str(&sb.ok(&["runs", "list", "--task", "watch", "--json"])).unwrap();
+        runs[0]["summary"]["notifications"].as_u64().unwrap()
+    };
+    add();
+    assert_eq!(notifications(), 1);
+    assert_eq!(notifications(), 0, "the watermark holds between runs");
+    sb.ok(&["task", "remove", "watch", "--keep-history"]);
+    add();
+    assert_eq!(notifications(), 0, "kept: the new task carries on from the old watermark");
+    sb.ok(&["task", "remove", "watch"]);
+    add();
+    assert_eq!(notifications(), 1, "forgotten: the new task starts afresh");
+}
+
 #[test]
 fn blank_grades_go_to_the_sections_lead_faculty() {
     let sb = Sb::new();

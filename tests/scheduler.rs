@@ -30,6 +30,10 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn fixture() -> Fixture {
+    fixture_with_workers(2)
+}
+
+fn fixture_with_workers(workers: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
     store.define_collection("attendance", &CollectionSpec { key_field: "student-id".into(), indexes: vec![] }).unwrap();
@@ -41,8 +45,7 @@ fn fixture() -> Fixture {
         host.grant_all(p).unwrap();
     }
     let clock = Arc::new(ManualClock::new(t0()));
-    let config =
-        Config { scheduler: SchedulerConfig { workers: 2, ..SchedulerConfig::default() }, ..Config::default() };
+    let config = Config { scheduler: SchedulerConfig { workers, ..SchedulerConfig::default() }, ..Config::default() };
     let sched = App::new(host.clone(), clock.clone(), config);
     Fixture { _dir: dir, clock, sched, host, store }
 }
@@ -123,37 +126,53 @@ async fn missed_fires_run_once_or_are_skipped_as_the_task_says() {
     }
 }
 
+/// Each overlap policy, with the runs really dispatched: a still-running
+/// run makes `skip` drop the fire, `queue-one` keep one fire waiting for it,
+/// and `cancel-running` stop it for the new one.
 #[tokio::test(flavor = "multi_thread")]
-async fn overlap_skip_and_queue_one_keep_the_queue_short() {
-    let f = fixture();
-    f.sched.tasks().add(&admin(), TaskSpec { overlap: Overlap::Skip, ..every_minute("skip") }).unwrap();
-    f.sched.tasks().add(&admin(), TaskSpec { overlap: Overlap::QueueOne, ..every_minute("one") }).unwrap();
+async fn overlap_policies_skip_queue_one_or_cancel_the_running_run() {
+    let f = fixture_with_workers(6);
+    for (name, overlap) in [("skip", Overlap::Skip), ("one", Overlap::QueueOne), ("cancel", Overlap::CancelRunning)] {
+        f.sched.tasks().add(&admin(), TaskSpec { overlap, ..hostile(name, "loop") }).unwrap();
+    }
     for m in 1..=3 {
         f.clock.set(t0() + chrono::Duration::minutes(m));
         f.sched.engine().tick().unwrap();
+        f.sched.engine().dispatch().unwrap();
     }
-    assert_eq!(runs_of(&f, "skip").len(), 1);
-    assert_eq!(runs_of(&f, "one").len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn overlap_cancel_running_stops_the_old_run_for_the_new_one() {
-    let f = fixture();
-    f.sched.tasks().add(&admin(), TaskSpec { overlap: Overlap::CancelRunning, ..hostile("spin", "loop") }).unwrap();
-    f.clock.set(t0() + chrono::Duration::minutes(1));
-    f.sched.engine().tick().unwrap();
-    f.sched.engine().dispatch().unwrap();
-    let first = runs_of(&f, "spin")[0].clone();
-    assert_eq!(f.sched.runs().show(&admin(), first.id).unwrap().status, RunStatus::Running);
-    f.clock.set(t0() + chrono::Duration::minutes(2));
-    f.sched.engine().tick().unwrap();
-    let first = until_finished(&f, first.id).await;
-    assert_eq!(first.status, RunStatus::Cancelled);
-    assert!(first.error.unwrap().contains("did not stop within its grace period"));
-    let runs = runs_of(&f, "spin");
-    assert_eq!(runs.len(), 2);
-    f.sched.runs().cancel(&admin(), runs[0].id).unwrap();
-    until_finished(&f, runs[0].id).await;
+    let statuses = |task: &str| -> Vec<RunStatus> {
+        let mut runs = runs_of(&f, task);
+        runs.sort_by_key(|r| r.id);
+        runs.into_iter().map(|r| r.status).collect()
+    };
+    assert_eq!(statuses("skip"), [RunStatus::Running], "skip: the later fires are dropped");
+    assert_eq!(
+        statuses("one"),
+        [RunStatus::Running, RunStatus::Queued],
+        "queue-one: one fire waits, the third is dropped"
+    );
+    let cancel = {
+        let mut runs = runs_of(&f, "cancel");
+        runs.sort_by_key(|r| r.id);
+        runs
+    };
+    assert_eq!(cancel.len(), 2, "cancel-running: a new run for the running one");
+    let old = until_finished(&f, cancel[0].id).await;
+    assert_eq!(old.status, RunStatus::Cancelled);
+    assert!(old.error.unwrap().contains("did not stop within its grace period"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while f.sched.runs().show(&admin(), cancel[1].id).unwrap().status != RunStatus::Running {
+        assert!(std::time::Instant::now() < deadline, "the new run did not start once the old one stopped");
+        f.sched.engine().dispatch().unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(statuses("one"), [RunStatus::Running, RunStatus::Queued], "the queued fire still waits its turn");
+    for task in ["skip", "one", "cancel"] {
+        for run in runs_of(&f, task).into_iter().filter(|r| !r.status.is_finished()) {
+            f.sched.runs().cancel(&admin(), run.id).unwrap();
+        }
+    }
+    f.sched.engine().stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -395,6 +395,26 @@ pub fn define_collection(
     Ok(())
 }
 
+/// Sets up an import target's collection: its key field, its indexes, and
+/// an index for every match key of its rule. Done when an import task is
+/// added, so that its runs, test imports included, only read.
+pub fn prepare_collection(host: &PluginHost, target: &ImportTarget) -> Result<(), Error> {
+    let store = host.store();
+    define_collection(store, &target.collection, target.key_field.as_deref(), &target.indexes)?;
+    let Some(name) = &target.match_rule else { return Ok(()) };
+    let rule = host.rules().get(name)?;
+    let keys = host.rules().match_keys(&rule)?;
+    let Some(spec) = store.collection(&target.collection)? else { return Ok(()) };
+    let by_key = vec![spec.key_field.clone()];
+    let missing: Vec<Vec<String>> = keys.into_iter().filter(|k| *k != by_key && !spec.indexes.contains(k)).collect();
+    if !missing.is_empty() {
+        let mut with = spec.clone();
+        with.indexes.extend(missing);
+        store.define_collection(&target.collection, &with)?;
+    }
+    Ok(())
+}
+
 /// A file picked up for import.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PickedFile {
@@ -844,7 +864,8 @@ fn plan_rows(
     let by_key = vec![spec.key_field.clone()];
     keys.retain(|k| *k != by_key);
     keys.insert(0, by_key);
-    // Lookups go through indexes: make sure every match key has one.
+    // Lookups go through indexes: every match key has one since the task
+    // was added (`prepare_collection`), unless its rule changed since.
     let missing: Vec<Vec<String>> = keys.iter().skip(1).filter(|k| !spec.indexes.contains(k)).cloned().collect();
     if !missing.is_empty() {
         let mut with = spec.clone();

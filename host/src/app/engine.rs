@@ -252,12 +252,20 @@ impl Engine<'_> {
         let app = self.app;
         let (store, state) = (&app.store, &app.engine);
         let mut starting = Vec::new();
+        let mut after = None;
         while lock(&state.live).len() < app.config.scheduler.workers.max(1) && !state.is_shutting_down() {
-            let Some((key, id)) = store.first_queued()? else { break };
+            let Some((key, id)) = store.queued_after(after.as_ref())? else { break };
             let Some(mut run) = store.run::<Run>(id)? else {
                 store.dequeue(&key)?;
                 continue;
             };
+            // A scheduled run waits while its task still runs (queue-one,
+            // and cancel-running while the cancelled run stops): runs of
+            // a task never overlap by schedule. Runs people start go at once.
+            if run.trigger == Trigger::Schedule && lock(&state.live).values().any(|l| l.task == run.task) {
+                after = Some(key);
+                continue;
+            }
             run.status = RunStatus::Running;
             run.started_at = Some(app.now());
             let control = RunControl::new();

@@ -61,7 +61,7 @@ impl Tasks<'_> {
             .build(&user.name, app.zone(), &app.host, app.host.rules(), app.now())
             .map_err(|e| Error::Invalid(e.to_string()))?;
         if let Some(target) = &task.import {
-            imports::define_collection(&app.store, &target.collection, target.key_field.as_deref(), &target.indexes)
+            imports::prepare_collection(&app.host, target)
                 .map_err(|e| Error::Invalid(format!("task `{}`: {e}", task.name)))?;
         }
         let due = if task.enabled { task.next_fire } else { None };

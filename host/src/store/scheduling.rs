@@ -206,7 +206,19 @@ impl Store {
 
     /// The entry served next, if any.
     pub fn first_queued(&self) -> Result<Option<(QueueKey, RunId)>> {
-        let Some((k, v)) = self.queue.first().map_err(io("queue"))? else { return Ok(None) };
+        self.queued_after(None)
+    }
+
+    /// The entry served after `after` (the first when none): the
+    /// dispatcher walks on past runs that must wait.
+    pub fn queued_after(&self, after: Option<&QueueKey>) -> Result<Option<(QueueKey, RunId)>> {
+        use std::ops::Bound;
+        let from = match after {
+            Some(k) => Bound::Excluded(k.0.clone()),
+            None => Bound::Unbounded,
+        };
+        let Some(item) = self.queue.range::<Vec<u8>, _>((from, Bound::Unbounded)).next() else { return Ok(None) };
+        let (k, v) = item.map_err(io("queue"))?;
         let id = v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| Error::Corrupt {
             tree: "queue",
             key: hex::encode(&k),
