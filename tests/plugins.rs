@@ -253,34 +253,87 @@ fn components_from_the_registry_only_toolchain_import_no_wasi_and_run() {
     assert!(out.starts_with("notifier-attendance: 2 notifications"), "{out}");
 }
 
-#[test]
-fn the_demo_runs_the_shipped_plugins_over_the_demo_data() {
+/// Runs the demo in a fresh data directory with the clock stopped at
+/// `date`, noon UTC; its output.
+fn demo_on(date: &str) -> (Sb, String) {
     let sb = Sb::new();
     let batch = sb.dir.path().join("batch");
     sb.file("data/schoolbell.toml", format!("[sandbox.folders]\nbatch = \"{}\"\n", batch.display()));
     let plugins = support::root().join("target/plugins");
-    let out = sb.ok(&["demo", "--plugins", s(&plugins)]);
+    let out = sb
+        .command()
+        .env("SCHOOLBELL_NOW", format!("{date}T12:00:00Z"))
+        .args(["demo", "--plugins", s(&plugins)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "demo on {date} failed: {}", String::from_utf8_lossy(&out.stderr));
+    (sb, String::from_utf8(out.stdout).unwrap())
+}
+
+/// How many notifications the demo says a notifier gave.
+fn fired(out: &str, plugin: &str) -> u64 {
+    let prefix = format!("{plugin}: ");
+    let line = out.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{plugin} did not run:\n{out}"));
+    line[prefix.len()..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_demo_runs_the_shipped_plugins_over_the_demo_data() {
+    let (sb, out) = demo_on("2026-11-30");
     assert!(out.contains("2 error, 8 new (8 records written to `students`)"), "{out}");
     assert!(out.contains("line 9 error, field `Birth Date`"), "{out}");
-    // Every shipped notifier fires on the demo data, whatever day it is.
-    for fired in [
-        "notifier-attendance: 4 notifications",
-        "notifier-birthday: 4 notifications",
-        "notifier-immunization: 1 notifications",
-        "notifier-status-since: 2 notifications",
-        "notifier-blank-grades: 1 notifications",
-        "deleted 1 of 1 files",
-        "exported 10 students to names.csv",
-    ] {
-        assert!(out.contains(fired), "{fired}:\n{out}");
-    }
+    let batch = sb.dir.path().join("batch");
     assert!(batch.join("names.csv").exists());
     assert!(!out.contains("test-hostile"), "test plugins are not shipped:\n{out}");
     // Idempotent: a second run installs nothing new and gives the same
     // result, except what the watermark has already seen.
-    let again = sb.ok(&["demo", "--plugins", s(&plugins)]);
-    assert!(again.contains("notifier-attendance: 4 notifications"), "{again}");
-    assert!(again.contains("notifier-status-since: 0 notifications"), "{again}");
+    let plugins = support::root().join("target/plugins");
+    let again = sb
+        .command()
+        .env("SCHOOLBELL_NOW", "2026-11-30T12:00:00Z")
+        .args(["demo", "--plugins", s(&plugins)])
+        .output()
+        .unwrap();
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert_eq!(fired(&again, "notifier-attendance"), 4, "{again}");
+    assert_eq!(fired(&again, "notifier-status-since"), 0, "{again}");
+}
+
+/// Every shipped notifier fires on the demo data whatever day the demo
+/// runs: on 29 February, around it, and on each demo student's birthday,
+/// when that student is among the birthdays.
+#[test]
+fn the_demo_fires_every_notifier_on_any_day() {
+    let birthdays = [
+        ("03-14", "Maria Alvarez"),
+        ("11-02", "Daniel Brooks"),
+        ("06-25", "Li Chen"),
+        ("01-08", "Amélie Dubois"),
+        ("09-30", "Jordan Evans"),
+        ("02-17", "Noah Fischer"),
+        ("07-04", "Sofia Garcia"),
+        ("12-12", "Liam O'Neil, Jr."),
+    ];
+    let mut days: Vec<(String, Option<&str>)> =
+        ["2028-02-29", "2027-02-28", "2027-03-01"].iter().map(|d| (d.to_string(), None)).collect();
+    days.extend(birthdays.iter().map(|(md, name)| (format!("2027-{md}"), Some(*name))));
+    for (date, birthday) in days {
+        let (_sb, out) = demo_on(&date);
+        for plugin in [
+            "notifier-attendance",
+            "notifier-birthday",
+            "notifier-immunization",
+            "notifier-status-since",
+            "notifier-blank-grades",
+        ] {
+            assert!(fired(&out, plugin) >= 1, "{plugin} on {date}:\n{out}");
+        }
+        assert!(out.contains("deleted 1 of 1 files"), "cleanup on {date}:\n{out}");
+        assert!(out.contains("exported 10 students to names.csv"), "export on {date}:\n{out}");
+        if let Some(name) = birthday {
+            assert!(out.contains(&format!("Birthday: {name} turns")), "{name}'s birthday on {date}:\n{out}");
+        }
+    }
 }
 
 #[test]

@@ -117,6 +117,9 @@ pub enum OpenError {
     /// The plugin runtime cannot start.
     #[error(transparent)]
     Plugins(#[from] crate::plugins::Error),
+    /// `SCHOOLBELL_NOW` is not an instant.
+    #[error("{0}")]
+    Clock(String),
     /// The secrets key cannot be read or made.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::Error),
@@ -159,7 +162,7 @@ impl App {
         let store = Arc::new(Store::open(&data.join("store")).map_err(|e| in_use(data, e))?);
         let host = Arc::new(PluginHost::new(store, Arc::new(rules), &data.join("cache"), config.sandbox.clone())?);
         let secrets = crate::secrets::Secrets::open(data)?;
-        let mut app = App::build(host, Arc::new(SystemClock), config);
+        let mut app = App::build(host, clock_from_env()?, config);
         app.data = Some(data.to_path_buf());
         app.sources = RwLock::new(imports::Sources { secrets: Some(secrets), staging: data.join("staging") });
         Ok(Arc::new(app))
@@ -271,6 +274,23 @@ impl App {
 
     fn sources(&self) -> std::sync::RwLockReadGuard<'_, imports::Sources> {
         self.sources.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The variable that stops the clock at a given instant (RFC 3339), for
+/// tests and demonstrations of date-dependent behaviour.
+pub const NOW_VARIABLE: &str = "SCHOOLBELL_NOW";
+
+/// The system clock, or a stopped one when `SCHOOLBELL_NOW` says so.
+fn clock_from_env() -> Result<Arc<dyn Clock>, OpenError> {
+    match std::env::var(NOW_VARIABLE) {
+        Ok(text) => {
+            let at = DateTime::parse_from_rfc3339(text.trim()).map_err(|e| {
+                OpenError::Clock(format!("{NOW_VARIABLE}=`{text}`: {e}; write it like 2028-02-29T12:00:00Z"))
+            })?;
+            Ok(Arc::new(ManualClock::new(at.with_timezone(&Utc))))
+        }
+        Err(_) => Ok(Arc::new(SystemClock)),
     }
 }
 

@@ -77,7 +77,7 @@ pub(crate) fn run(app: &Arc<App>, admin: &User, plugins: &Path) -> Result<()> {
     let n = load_json(app, admin, "attendance", &attendance, Some("student-id"), &[])?;
     say!("\n== Attendance: {n} records loaded");
 
-    let today = chrono::Utc::now().date_naive();
+    let today = app.now().date_naive();
     for (collection, key, json) in dated_data(today) {
         let file = inputs.join(format!("{collection}.json"));
         std::fs::write(&file, json.to_string())?;
@@ -90,7 +90,8 @@ pub(crate) fn run(app: &Arc<App>, admin: &User, plugins: &Path) -> Result<()> {
         let old = batch.join("P_IC_Roster.csv_20250101T000000Z");
         std::fs::write(&old, "Student ID\n")?;
         let forty_days = std::time::Duration::from_secs(40 * 86_400);
-        std::fs::File::options().write(true).open(&old)?.set_modified(std::time::SystemTime::now() - forty_days)?;
+        let now = std::time::SystemTime::from(app.now());
+        std::fs::File::options().write(true).open(&old)?.set_modified(now - forty_days)?;
     }
 
     for (plugin, params) in [
@@ -188,9 +189,13 @@ fn dated_data(today: chrono::NaiveDate) -> Vec<(&'static str, &'static str, serd
     use chrono::{Datelike, Duration};
     let day = |offset: i64| (today + Duration::days(offset)).format("%Y-%m-%d").to_string();
     let years_ago = |n: i32| {
+        // Born on 29 February of a leap year when today is 29 February:
+        // a birthday the notifier keeps on the 28th in common years.
+        let year = today.year() - n;
         today
-            .with_year(today.year() - n)
-            .unwrap_or(today - Duration::days(365 * i64::from(n)))
+            .with_year(year)
+            .or_else(|| chrono::NaiveDate::from_ymd_opt(year, 2, 28))
+            .unwrap_or(today)
             .format("%Y-%m-%d")
             .to_string()
     };

@@ -266,7 +266,11 @@ impl files_api::Host for RunState {
     fn list_files(&mut self, folder: String) -> Result<Vec<files_api::FileInfo>, wit::PluginError> {
         let dir = self.folder(&folder, false)?;
         let entries = std::fs::read_dir(&dir).map_err(|e| io_failure("list", &dir, e))?;
-        let now = std::time::SystemTime::now();
+        // Ages count whole days up to the run's own "today", as every other
+        // date a plugin sees does (a scheduled run sees its fire's date).
+        let t = &self.setup.today;
+        let today = chrono::NaiveDate::from_ymd_opt(t.year, t.month.into(), t.day.into())
+            .unwrap_or_else(|| chrono::Utc::now().date_naive());
         let mut files = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io_failure("list", &dir, e))?;
@@ -274,11 +278,12 @@ impl files_api::Host for RunState {
             if !meta.is_file() {
                 continue;
             }
-            let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+            let written = meta.modified().ok().map(|m| chrono::DateTime::<chrono::Utc>::from(m).date_naive());
+            let age = written.map(|w| (today - w).num_days().max(0)).unwrap_or(0);
             files.push(files_api::FileInfo {
                 name: entry.file_name().to_string_lossy().into_owned(),
                 size: meta.len(),
-                age_days: (age.as_secs() / 86_400) as u32,
+                age_days: u32::try_from(age).unwrap_or(u32::MAX),
             });
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
