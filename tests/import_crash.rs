@@ -13,16 +13,46 @@ use support::{FOUR_COLUMNS, Sb, Xorshift, plugin, s};
 
 const ROWS: usize = 20_000;
 
+/// The records in the collection; the CLI must answer (the task made the
+/// collection when it was added).
 fn count(sb: &Sb, collection: &str) -> usize {
-    let out = sb.run(&["records", "list", collection, "--limit", "1"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // "(1 of N records)"; a collection never written does not exist yet.
+    let stdout = sb.ok(&["records", "list", collection, "--limit", "1"]);
+    // "(1 of N records)"
     stdout
         .lines()
         .find_map(|l| {
             l.strip_prefix("(").and_then(|l| l.split(" of ").nth(1)).and_then(|n| n.split(' ').next()?.parse().ok())
         })
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no count in {stdout:?}"))
+}
+
+/// The newest run's status: `running` after a kill means the process died
+/// in the middle of the import (nothing has marked it interrupted yet).
+fn newest_status(sb: &Sb, task: &str) -> Option<String> {
+    let runs: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["runs", "list", "--task", task, "--limit", "1", "--json"])).unwrap();
+    runs[0]["status"].as_str().map(str::to_string)
+}
+
+/// How long one whole import takes here: kills are aimed inside it.
+fn import_duration(body: &str) -> Duration {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    let file = sb.file("roster.csv", format!("Student ID,Last Name,First Name,Birth Date\n{body}"));
+    let started = Instant::now();
+    sb.ok(&[
+        "import",
+        "file",
+        "import-csv-roster",
+        s(&file),
+        "--into",
+        "students",
+        "--key",
+        "student-id",
+        "--param",
+        FOUR_COLUMNS,
+    ]);
+    started.elapsed()
 }
 
 #[test]
@@ -31,6 +61,7 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
     let body: String = (0..ROWS).map(|i| format!("S{i:06},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
     let columns = FOUR_COLUMNS;
     let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+    let whole = import_duration(&body).as_millis().max(50) as u64;
     let mut kills = 0;
     let mut partial_states = 0;
     for trial in 0..trials {
@@ -61,9 +92,12 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
             "--key",
             "student-id",
         ]);
-        let file = batch.join(format!("{prefix}roster.csv"));
+        let mut file = batch.join(format!("{prefix}roster.csv"));
         std::fs::write(&file, format!("Student ID,Last Name,First Name,Birth Date\n{body}")).unwrap();
         let started = Instant::now();
+        let task = format!("import-{trial}");
+        let mut mid_import = 0;
+        let mut imported = 0;
         loop {
             assert!(started.elapsed() < Duration::from_secs(120), "trial {trial} never completed");
             let mut child = sb
@@ -73,7 +107,13 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            let wait = Duration::from_millis(20 + rng.next() % 700);
+            // Until a kill has landed mid-import, aim inside one import's
+            // time; then anywhere, so that some attempts finish.
+            let wait = if mid_import == 0 {
+                Duration::from_millis(20 + rng.next() % whole)
+            } else {
+                Duration::from_millis(20 + rng.next() % 700)
+            };
             let deadline = Instant::now() + wait;
             let mut finished = None;
             while Instant::now() < deadline {
@@ -86,12 +126,26 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
             match finished {
                 Some(status) => {
                     assert!(status.success(), "trial {trial}: the import failed");
-                    break;
+                    imported += 1;
+                    if mid_import > 0 {
+                        break;
+                    }
+                    // Finished before any kill landed mid-import: again,
+                    // with the same rows in another order (another file to
+                    // the ledger, the same records), until one does.
+                    let rotated: String =
+                        body.lines().cycle().skip(imported * 997).take(ROWS).map(|l| format!("{l}\n")).collect();
+                    file = batch.join(format!("{prefix}roster-{imported}.csv"));
+                    std::fs::write(&file, format!("Student ID,Last Name,First Name,Birth Date\n{rotated}")).unwrap();
+                    continue;
                 }
                 None => {
                     child.kill().unwrap();
                     child.wait().unwrap();
                     kills += 1;
+                    if newest_status(&sb, &task).as_deref() == Some("running") {
+                        mid_import += 1;
+                    }
                 }
             }
             let n = count(&sb, &collection);
@@ -102,6 +156,7 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
                 partial_states += 1;
             }
         }
+        assert!(mid_import > 0, "trial {trial}: no kill landed in the middle of an import");
         assert_eq!(count(&sb, &collection), ROWS, "trial {trial}");
         assert!(!file.exists(), "trial {trial}: the file is renamed once the commit is durable");
         // Running again finds nothing new and changes nothing.
@@ -111,7 +166,7 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
             .unwrap()
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(&format!("P_{prefix}")))
             .count();
-        assert_eq!(renamed, 1, "trial {trial}: one processed file");
+        assert_eq!(renamed, imported, "trial {trial}: each imported file processed once");
     }
     eprintln!("{trials} trials, {kills} kills, {partial_states} kills between the commit and the rename");
 }
