@@ -82,10 +82,18 @@ fn notifications_wait_in_the_outbox_until_the_server_answers_and_are_sent_once()
     assert!(tried[0]["entry"]["last_error"].as_str().unwrap().contains("onnect"), "{outbox}");
 
     let smtp = Smtp::start(port);
-    // Past the first backoff (1 s), everything is due.
-    std::thread::sleep(std::time::Duration::from_millis(1200));
-    let out = sb.ok(&["notify", "send"]);
-    assert!(out.starts_with("4 sent, 0 to retry, 0 failed"), "{out}");
+    // The three never tried go at once; the one tried goes once its backoff
+    // (1 s) has passed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut sent = 0;
+    while sent < 4 {
+        assert!(std::time::Instant::now() < deadline, "only {sent} of 4 emails went out");
+        let out = sb.ok(&["notify", "send"]);
+        assert!(out.contains(" sent, 0 to retry, 0 failed"), "{out}");
+        sent += out.split(' ').next().unwrap().parse::<usize>().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(sent, 4);
     let messages = smtp.messages();
     assert_eq!(messages.len(), 4);
     let to_counselor: Vec<&String> = messages.iter().filter(|m| m.contains("To: counselor@district.test")).collect();
@@ -177,8 +185,10 @@ fn a_killed_server_loses_no_email_and_sends_none_twice() {
     };
 
     // The server runs the queued run; SMTP is down; the server dies hard.
+    // (The CLI asks the running server over its socket.)
     let server = sb.serve();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let succeeded = || sb.ok(&["runs", "list", "--status", "succeeded", "--json"]).contains("\"attendance\"");
+    wait_for("the run to finish", &|| succeeded() && pending(&sb) == 2);
     server.kill();
     assert_eq!(pending(&sb), 2, "both emails were kept with the run");
 
@@ -186,12 +196,14 @@ fn a_killed_server_loses_no_email_and_sends_none_twice() {
     let smtp = Smtp::start(port);
     let server = sb.serve();
     wait_for("two emails", &|| smtp.messages().len() == 2);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_for("the deliveries to be recorded", &|| pending(&sb) == 0);
     server.kill();
 
-    // A server after that has nothing to send.
+    // A server after that has nothing to send: asked to send now, it finds
+    // nothing due.
     let server = sb.serve();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = sb.ok(&["notify", "send"]);
+    assert!(out.starts_with("0 sent, 0 to retry, 0 failed"), "{out}");
     assert!(server.terminate().success());
     assert_eq!(smtp.messages().len(), 2, "nothing was sent twice");
     assert_eq!(pending(&sb), 0);

@@ -113,7 +113,11 @@ fn a_cancelled_guest_that_ignores_cancel_is_interrupted_after_the_grace_period()
         let f = f.clone();
         std::thread::spawn(move || f.host.run_notifier("test-hostile", &req))
     };
-    std::thread::sleep(Duration::from_millis(200));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while control.progress().0 == 0 {
+        assert!(std::time::Instant::now() < deadline, "the guest never started its loop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     control.cancel(Duration::from_millis(100));
     let err = worker.join().unwrap().unwrap_err();
     assert_eq!(

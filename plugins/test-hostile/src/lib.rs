@@ -45,6 +45,9 @@ impl NotifierGuest for Plugin {
         };
         match text_param(&params, "behaviour")?.as_str() {
             "loop" => {
+                // Says it has started, so a test can cancel it mid-loop
+                // rather than after a guessed delay.
+                host::progress(1, None);
                 let mut n = 0u64;
                 loop {
                     n = black_box(n.wrapping_add(1));
