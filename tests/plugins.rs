@@ -502,3 +502,35 @@ fn a_scaffolded_notifier_builds_installs_and_runs() {
     assert!(out.starts_with("late-bus: 2 notifications"), "{out}");
     assert!(out.contains("[late-bus:S2] late-bus: student S2"), "{out}");
 }
+
+/// The README's example: a OneRoster `users.csv` mapped by the `columns`
+/// parameter alone.
+#[test]
+fn a_oneroster_users_file_maps_with_the_readme_column_map() {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    let users = sb.file(
+        "users.csv",
+        "sourcedId,status,username,givenName,familyName,identifier,email,grades,birthDate\n\
+         u1,active,ann.ng,Ann,Ng,S100,ann@district.test,09,2010-01-02\n\
+         u2,active,bo.li,Bo,Li,S101,,10,\n",
+    );
+    let out = sb.ok(&[
+        "import",
+        "file",
+        "import-csv-roster",
+        s(&users),
+        "--into",
+        "students",
+        "--key",
+        "student-id",
+        "--param",
+        "columns=student-id=identifier; last-name=familyName; first-name=givenName; birth-date=birthDate:date?; email=email?; grade=grades?",
+    ]);
+    assert!(out.contains(": 2 new (2 records written to `students`)"), "{out}");
+    let students: serde_json::Value = serde_json::from_str(&sb.ok(&["records", "list", "students", "--json"])).unwrap();
+    assert_eq!(students[0]["student-id"], "S100");
+    assert_eq!(students[0]["birth-date"], "2010-01-02");
+    assert_eq!(students[1]["last-name"], "Li");
+    assert!(users.exists(), "a file imported by hand stays where and as it is");
+}

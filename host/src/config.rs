@@ -10,7 +10,7 @@ use crate::plugins::SandboxConfig;
 use crate::rules::RuleLimits;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The folder of admin rules (`*.rhai`). Relative paths are taken from
@@ -30,7 +30,7 @@ pub struct Config {
 }
 
 /// The `[api]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// The address `schoolbell serve` listens on.
@@ -78,9 +78,117 @@ impl Config {
     }
 }
 
+/// The configuration reference, in Markdown, generated from the types
+/// above (their doc comments, types and defaults), so it cannot drift from
+/// what `Config::load` accepts. `schoolbell config reference` prints it;
+/// the README's Configuration section is a copy, checked by a test.
+pub fn reference() -> String {
+    use std::fmt::Write;
+    let schema = serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default();
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    let defs = &schema["$defs"];
+    let mut out = String::new();
+    let mut top = String::new();
+    let mut sections = String::new();
+    let header = "| key | type | default | what it is |\n|---|---|---|---|\n";
+    for (key, prop) in schema["properties"].as_object().into_iter().flatten() {
+        match reference_to(prop).and_then(|name| defs.get(name)).filter(|d| d["properties"].is_object()) {
+            Some(def) => {
+                let _ = write!(sections, "\n### `[{key}]`\n\n{}\n\n{header}", one_line(&prop["description"]));
+                for (field, p) in def["properties"].as_object().into_iter().flatten() {
+                    let _ = writeln!(
+                        sections,
+                        "| `{field}` | {} | {} | {} |",
+                        type_name(p, defs),
+                        default_text(&defaults[key][field]),
+                        one_line(&p["description"]).replace('|', "\\|")
+                    );
+                }
+            }
+            None => {
+                let _ = writeln!(
+                    top,
+                    "| `{key}` | {} | {} | {} |",
+                    type_name(prop, defs),
+                    default_text(&defaults[key]),
+                    one_line(&prop["description"]).replace('|', "\\|")
+                );
+            }
+        }
+    }
+    let _ = write!(out, "Every key is optional; an unknown key is an error that names it.\n\n{header}{top}{sections}");
+    out
+}
+
+fn one_line(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn reference_to(prop: &serde_json::Value) -> Option<&str> {
+    let r = prop["$ref"].as_str().or_else(|| prop["allOf"][0]["$ref"].as_str())?;
+    r.strip_prefix("#/$defs/")
+}
+
+fn type_name(prop: &serde_json::Value, defs: &serde_json::Value) -> String {
+    if let Some(def) = reference_to(prop).and_then(|n| defs.get(n)) {
+        let values: Vec<String> = def["oneOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["const"].as_str().or_else(|| v["enum"][0].as_str()).map(|c| format!("`{c}`")))
+            .chain(def["enum"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(|c| format!("`{c}`"))))
+            .collect();
+        if !values.is_empty() {
+            return values.join(", ");
+        }
+    }
+    let types: Vec<&str> = match &prop["type"] {
+        serde_json::Value::String(t) => vec![t.as_str()],
+        serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+        _ => vec![],
+    };
+    let optional = types.contains(&"null");
+    let name = match types.iter().find(|t| **t != "null").copied() {
+        Some("integer") => "integer".to_string(),
+        Some("number") => "number".to_string(),
+        Some("boolean") => "boolean".to_string(),
+        Some("object") => "table".to_string(),
+        Some("array") => "list".to_string(),
+        Some(other) => other.to_string(),
+        None => "value".to_string(),
+    };
+    if optional { format!("{name} (optional)") } else { name }
+}
+
+fn default_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "none".into(),
+        serde_json::Value::String(s) if s.is_empty() => "`\"\"`".into(),
+        serde_json::Value::Object(m) if m.is_empty() => "none".into(),
+        other => format!("`{other}`"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference is generated; the copy kept in the repository (and in
+    /// the README) must be what the types say today.
+    #[test]
+    fn the_config_reference_matches_the_types() {
+        let golden = include_str!("../../tests/golden/config-reference.md");
+        let now = reference();
+        assert!(
+            golden == now,
+            "the config reference changed: run `cargo run -p schoolbell -- config reference > tests/golden/config-reference.md` and copy it into the README's Configuration section\n{now}"
+        );
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(golden),
+            "the README's Configuration section must hold tests/golden/config-reference.md as it is"
+        );
+    }
 
     #[test]
     fn an_unknown_key_is_named() {

@@ -100,7 +100,7 @@ pub enum Error {
 }
 
 /// The sandbox's limits for one rule evaluation.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuleLimits {
     /// The most rhai operations one evaluation may take.

@@ -59,7 +59,7 @@ impl Clock for ManualClock {
 }
 
 /// The `[scheduler]` section of the config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
     /// Runs that execute at once.

@@ -112,12 +112,21 @@ enum Command {
     },
     /// Compile the config, every rule and every installed plugin; list every problem.
     Check,
+    /// The configuration: `config reference` prints every key of `schoolbell.toml`.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Install the shipped plugins, import the demo roster, run the demo notifier, schedule demo tasks.
     Demo {
         /// Where the built plugins are.
         #[arg(long, default_value = "target/plugins")]
         plugins: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the reference of `schoolbell.toml` (Markdown), generated from the code.
+    Reference,
 }
 
 /// `name=value`, the value kept as text (the plugin checks its type).
@@ -143,6 +152,10 @@ pub(crate) fn run(args: Args) -> Result<i32> {
             return plugin::new(*kind, name, dir, sdk).map(|()| 0);
         }
         Command::Schedule(cmd) => return schedule::run(cmd).map(|()| 0),
+        Command::Config(ConfigCmd::Reference) => {
+            say!("{}", schoolbell::config::reference().trim_end());
+            return Ok(0);
+        }
         _ => {}
     }
     let serving = matches!(args.command, Command::Serve { .. } | Command::Demo { .. });
@@ -173,6 +186,10 @@ fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
         Command::Rule(cmd) if rule::offline(&cmd) => rule::run_offline(&args.data, &cmd),
         Command::Plugin(plugin::PluginCmd::New { kind, name, dir, sdk }) => plugin::new(kind, &name, &dir, &sdk),
         Command::Schedule(cmd) => schedule::run(&cmd),
+        Command::Config(ConfigCmd::Reference) => {
+            say!("{}", schoolbell::config::reference().trim_end());
+            Ok(())
+        }
         Command::Serve { .. } | Command::Demo { .. } if forward::forwarded() => {
             bail!("`schoolbell serve` is running on this data directory; stop it before running this command")
         }

@@ -23,7 +23,7 @@ use super::{Delivery, OutboxEntry};
 use crate::store::{self, Store};
 
 /// How the connection to the SMTP server is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsMode {
     /// Plain SMTP: only for a relay on the same host or a trusted network.
@@ -36,7 +36,7 @@ pub enum TlsMode {
 }
 
 /// The `[email]` section of `schoolbell.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmailConfig {
     /// The SMTP server. Empty: emails wait in the outbox, unsent.

@@ -26,7 +26,7 @@ use super::{Error, PluginId};
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Sandbox limits, from the `[sandbox]` section of the config.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
     /// The most linear memory one run's plugin may use, in MiB.
