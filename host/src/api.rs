@@ -668,7 +668,7 @@ pub fn openapi_document() -> Json_ {
         }
         r
     };
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": { "title": "Schoolbell", "version": env!("CARGO_PKG_VERSION"), "description": "Timed tasks and background runs. Authenticate with `Authorization: Bearer TOKEN` (`schoolbell user token NAME`)." },
         "components": {
@@ -676,28 +676,9 @@ pub fn openapi_document() -> Json_ {
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
                 "Decision": { "type": "object", "properties": { "comment": { "type": "string" }, "code": { "type": "string" } } },
-                "TaskSpec": { "type": "object", "required": ["name", "plugin", "schedule"], "properties": {
-                    "name": { "type": "string" }, "kind": { "enum": ["import", "notifier", "export", "cleanup"] },
-                    "plugin": { "type": "string" }, "params": { "type": "object" }, "rules": { "type": "array", "items": { "type": "string" } },
-                    "schedule": { "type": "string", "examples": ["daily at 07:00", "weekly on mon,wed at 06:30", "monthly on last at 18:00", "every 15 minutes", "cron 0 7 * * Mon-Fri"] },
-                    "zone": { "type": "string", "examples": ["America/Chicago"] }, "start": { "type": "string" }, "end": { "type": "string" },
-                    "pauses": { "type": "array", "items": { "type": "object", "properties": { "from": { "type": "string", "format": "date" }, "to": { "type": "string", "format": "date" } } } },
-                    "enabled": { "type": "boolean" }, "high_priority": { "type": "boolean" }, "keep": { "type": "boolean" },
-                    "misfire": { "enum": ["run-once", "skip"] }, "overlap": { "enum": ["skip", "queue-one", "cancel-running"] },
-                    "import": { "type": "object", "properties": { "source": { "type": "string" }, "collection": { "type": "string" }, "key_field": { "type": "string" }, "indexes": { "type": "array", "items": { "type": "string" } } } }
-                } },
                 "TaskView": { "type": "object", "properties": { "task": { "type": "object" }, "next": { "type": "array", "items": { "$ref": "#/components/schemas/Fire" } } } },
                 "Fire": { "type": "object", "properties": { "local": { "type": "string" }, "utc": { "type": "string", "format": "date-time" } } },
-                "Run": { "type": "object", "properties": {
-                    "id": { "type": "integer" }, "task": { "type": "string" }, "plugin": { "type": "string" }, "owner": { "type": "string" },
-                    "trigger": { "enum": ["user", "schedule", "workflow"] },
-                    "status": { "enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "awaiting-confirmation", "awaiting-authorization"] },
-                    "fire_time": { "type": ["string", "null"] }, "queued_at": { "type": "string" }, "started_at": { "type": ["string", "null"] }, "finished_at": { "type": ["string", "null"] },
-                    "progress_done": { "type": "integer" }, "progress_total": { "type": ["integer", "null"] }, "summary": { "type": "object" },
-                    "error": { "type": ["string", "null"] }, "keep": { "type": "boolean" }, "message_count": { "type": "integer" }
-                } },
-                "Messages": { "type": "object", "properties": { "messages": { "type": "array", "items": { "type": "object", "properties": {
-                    "seq": { "type": "integer" }, "row": { "type": ["integer", "null"] }, "status": { "type": "string" }, "field": { "type": ["string", "null"] }, "message": { "type": "string" } } } },
+                "Messages": { "type": "object", "properties": { "messages": { "type": "array", "items": { "$ref": "#/components/schemas/TaskMessage" } },
                     "next": { "type": ["integer", "null"] } } }
             }
         },
@@ -770,5 +751,24 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/collections/{name}": { "parameters": name, "get": { "summary": "The first records of a collection (account owner)", "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer" } }], "responses": errors(json!({ "200": { "description": "{records, total}" } })) } },
             "/api/v1/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
         }
-    })
+    });
+    // The request and response bodies' schemas come from the types
+    // themselves (their doc comments included), so they cannot drift.
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.extend(type_schemas());
+    }
+    doc
+}
+
+/// JSON Schemas of the types the API reads and writes, by name, with
+/// references into `#/components/schemas/`.
+fn type_schemas() -> serde_json::Map<String, Json_> {
+    let settings = schemars::generate::SchemaSettings::draft2020_12().with(|s| {
+        s.definitions_path = "/components/schemas".into();
+    });
+    let mut generator = schemars::SchemaGenerator::new(settings);
+    generator.subschema_for::<TaskSpec>();
+    generator.subschema_for::<crate::runs::Run>();
+    generator.subschema_for::<TaskMessage>();
+    generator.take_definitions(true).into_iter().collect()
 }

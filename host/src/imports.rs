@@ -24,7 +24,7 @@ use crate::rules;
 use crate::store::{self, CollectionSpec, Store};
 
 /// Where an import's rows go.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportTarget {
     /// The input: a file, or a batch folder to pick files up from.
@@ -66,7 +66,7 @@ pub struct ImportTarget {
 }
 
 /// What a full roster does with the records it lacks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Missing {
     /// Keep them, with `active` set to false.
@@ -147,7 +147,7 @@ pub fn test_connection(store: &Store, target: &ImportTarget, sources: &Sources) 
 /// least `confirm_percent` of the existing records waits for a person to
 /// confirm it; one that adds at least `authorize_percent` waits for an
 /// authorization.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Guard {
     /// Changed + added + inactivated, as a percentage of existing records.

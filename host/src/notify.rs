@@ -20,7 +20,7 @@ use crate::store::{self, Store};
 use crate::users::{JobEmail, User};
 
 /// How a task's notifications are deduped and addressed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifySettings {
     /// The notification group: email addresses or user names.
@@ -53,7 +53,7 @@ impl Default for NotifySettings {
 }
 
 /// When a dedupe key is notified again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Dedupe {
     /// Once per key, ever ("notify once per person").

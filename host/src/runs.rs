@@ -12,7 +12,7 @@ use crate::store::RunId;
 use crate::users::{Permission, Role, User};
 
 /// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunStatus {
     /// Waiting in the batch queue.
@@ -61,7 +61,7 @@ impl fmt::Display for RunStatus {
 }
 
 /// What started a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// A person (run-now).
@@ -83,7 +83,7 @@ impl fmt::Display for Trigger {
 }
 
 /// A run's durable record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Run {
     /// Unique, increasing.
     pub id: RunId,
@@ -129,7 +129,7 @@ pub struct Run {
 }
 
 /// One entry of a run's audit trail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Audit {
     /// Who.
     pub user: String,
@@ -181,7 +181,7 @@ impl Run {
 
 /// One message of a run (the Task Messages tab): a row, its status, and
 /// what happened to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskMessage {
     /// The message's number within the run.
     pub seq: u64,

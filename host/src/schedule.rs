@@ -204,7 +204,7 @@ impl<'de> Deserialize<'de> for Schedule {
 
 /// A date range (inclusive, local dates) when a task does not fire, such as
 /// a school break.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Pause {
     /// The first paused day.
     pub from: NaiveDate,

@@ -15,7 +15,7 @@ use crate::rules::RuleSet;
 use crate::schedule::{self, Pause, Schedule, Timing};
 
 /// What a task does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     /// Maps a file into records (an import-mapping plugin).
@@ -39,7 +39,7 @@ impl TaskKind {
 }
 
 /// What to do about fires missed while the host was down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Misfire {
     /// Run once now for all the missed fires, then keep the schedule.
@@ -50,7 +50,7 @@ pub enum Misfire {
 }
 
 /// What to do when a fire comes while the task's last run is still going.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Overlap {
     /// Do not start another.
@@ -176,7 +176,7 @@ impl Task {
 }
 
 /// A task as people write it (CLI flags, API JSON).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// Unique name: letters, digits, dashes, underscores.
