@@ -15,6 +15,7 @@
 //! | [`App::users`] | `accounts` | users, tokens and secrets |
 //! | [`App::plugins`] | `registry` | plugins: install, inspect, grant, revoke, remove |
 //! | [`App::jobs`] | `jobs` | a file imported by hand, a notifier run once |
+//! | [`App::storage`] | `storage` | schema migration, index check, backup |
 //! | [`App::engine`] | `engine` | fire due tasks, dispatch, execute, sweep |
 //!
 //! Every job, whoever starts it, runs through `jobs`: an import or a
@@ -29,6 +30,7 @@ mod outbox;
 mod registry;
 mod review;
 mod runs;
+mod storage;
 mod tasks;
 mod workbench;
 
@@ -45,6 +47,7 @@ pub use outbox::Outbox;
 pub use registry::Registry;
 pub use review::ImportReview;
 pub use runs::Runs;
+pub use storage::Storage;
 pub use tasks::{History, Tasks};
 pub use workbench::{Draft, RowVerdict, RuleTest, Workbench, test_rule};
 
@@ -138,6 +141,8 @@ pub struct App {
     /// Decisions on held imports one at a time, so two confirmations of
     /// the same run cannot both commit it.
     import_lock: Mutex<()>,
+    /// The migration made when the store was opened.
+    migrated: Option<crate::store::Migrated>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -159,11 +164,17 @@ impl App {
         };
         let rules = RuleSet::load_dir(&rules_dir, config.rules.clone())
             .map_err(|errors| OpenError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
-        let store = Arc::new(Store::open(&data.join("store")).map_err(|e| in_use(data, e))?);
+        let (store, migrated) =
+            Store::open_and_migrate(&data.join("store"), &data.join("backups")).map_err(|e| in_use(data, e))?;
+        if let Some(m) = &migrated {
+            tracing::warn!(from = m.from, to = m.to, backup = %m.backup.display(), "The store was migrated.");
+        }
+        let store = Arc::new(store);
         let host = Arc::new(PluginHost::new(store, Arc::new(rules), &data.join("cache"), config.sandbox.clone())?);
         let secrets = crate::secrets::Secrets::open(data)?;
         let mut app = App::build(host, clock_from_env()?, config);
         app.data = Some(data.to_path_buf());
+        app.migrated = migrated;
         app.sources = RwLock::new(imports::Sources { secrets: Some(secrets), staging: data.join("staging") });
         Ok(Arc::new(app))
     }
@@ -184,6 +195,7 @@ impl App {
             sources: RwLock::new(imports::Sources::default()),
             engine: engine::State::default(),
             import_lock: Mutex::new(()),
+            migrated: None,
         }
     }
 
@@ -230,6 +242,11 @@ impl App {
     /// The plugin registry.
     pub fn plugins(&self) -> Registry<'_> {
         Registry { app: self }
+    }
+
+    /// The store: check, backup, migration.
+    pub fn storage(&self) -> Storage<'_> {
+        Storage { app: self }
     }
 
     /// The engine: fires, dispatches, executes and sweeps.

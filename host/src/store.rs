@@ -15,11 +15,20 @@ use serde::de::DeserializeOwned;
 use crate::records::{Record, Value};
 
 mod scheduling;
+mod schema;
 
 pub use scheduling::{Finish, QueueKey, RunId};
+pub use schema::{Drift, Migrated};
 
-/// The schema this build writes. Bump it when a key layout changes.
-const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes. Bump it when a key layout or a stored
+/// type changes, and add the step from the version before to
+/// `schema::MIGRATIONS`.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Every encoded value starts with the schema version it was written in
+/// (two bytes, big-endian), so a value never decodes under a layout it was
+/// not written for.
+const VALUE_VERSION: [u8; 2] = (SCHEMA_VERSION as u16).to_be_bytes();
 
 /// Key separator. Collection names, keys and field names may not hold it.
 const SEP: u8 = 0;
@@ -61,6 +70,22 @@ pub enum Error {
     Schema {
         /// The version found on disk.
         found: u32,
+    },
+    /// The store was written by an older build and needs migrating.
+    #[error(
+        "the store has schema version {found} and this build writes {SCHEMA_VERSION}: run `schoolbell store migrate` (it takes a backup first)"
+    )]
+    Outdated {
+        /// The version found on disk.
+        found: u32,
+    },
+    /// A backup could not be written.
+    #[error("cannot write the backup to {}: {reason}", path.display())]
+    Backup {
+        /// Where it was going.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
     },
     /// A name or key holds a character the key layout cannot.
     #[error("{what} `{value}` holds a NUL character, which names and keys may not")]
@@ -165,8 +190,18 @@ pub fn index_text(record: &Record, fields: &[String]) -> Option<String> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `path`.
+    /// Opens (or creates) the store in `path`. A store written by an older
+    /// build is refused with what to run; [`Store::open_and_migrate`]
+    /// upgrades it.
     pub fn open(path: &Path) -> Result<Store> {
+        let store = Store::open_any(path)?;
+        match store.schema_version()? {
+            found if found < SCHEMA_VERSION => Err(Error::Outdated { found }),
+            _ => Ok(store),
+        }
+    }
+
+    fn open_any(path: &Path) -> Result<Store> {
         // sled's flusher thread lets go of the file lock a moment after the
         // last handle drops, so a reopen in the same process may wait briefly.
         let mut tries = 0;
@@ -207,22 +242,25 @@ impl Store {
             db,
             write_lock: Mutex::new(()),
         };
-        match store.meta.get("schema_version").map_err(io("meta"))? {
-            None => {
-                store.meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes()).map_err(io("meta"))?;
-            }
-            Some(v) => {
-                let found = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
-                    tree: "meta",
-                    key: "schema_version".into(),
-                    reason: format!("{} bytes, expected 4", v.len()),
-                })?);
-                if found > SCHEMA_VERSION {
-                    return Err(Error::Schema { found });
-                }
-            }
+        if store.meta.get("schema_version").map_err(io("meta"))?.is_none() {
+            // A new store: nothing to migrate.
+            store.meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes()).map_err(io("meta"))?;
+        }
+        let found = store.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(Error::Schema { found });
         }
         Ok(store)
+    }
+
+    /// The schema version the data on disk was written in.
+    pub fn schema_version(&self) -> Result<u32> {
+        let Some(v) = self.meta.get("schema_version").map_err(io("meta"))? else { return Ok(SCHEMA_VERSION) };
+        Ok(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
+            tree: "meta",
+            key: "schema_version".into(),
+            reason: format!("{} bytes, expected 4", v.len()),
+        })?))
     }
 
     /// The next number of a durable, gap-free sequence (run ids). sled's
@@ -550,16 +588,22 @@ pub enum Lookup {
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // postcard only fails on a full fixed buffer or an unsupported serde
-    // feature; neither can happen with `to_allocvec` on our own types.
-    postcard::to_allocvec(value).expect("postcard encodes store types")
+    // feature; neither can happen with `to_extend` on our own types.
+    postcard::to_extend(value, VALUE_VERSION.to_vec()).expect("postcard encodes store types")
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(tree: &'static str, k: &[u8], v: &[u8]) -> Result<T> {
-    postcard::from_bytes(v).map_err(|e| Error::Corrupt {
-        tree,
-        key: String::from_utf8_lossy(k).replace('\0', "/"),
-        reason: e.to_string(),
-    })
+    let corrupt = |reason: String| Error::Corrupt { tree, key: String::from_utf8_lossy(k).replace('\0', "/"), reason };
+    match v.split_first_chunk::<2>() {
+        Some((version, body)) if *version == VALUE_VERSION => {
+            postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))
+        }
+        Some((version, _)) => Err(corrupt(format!(
+            "written in schema version {}, this build reads {SCHEMA_VERSION}; run `schoolbell store migrate`",
+            u16::from_be_bytes(*version)
+        ))),
+        None => Err(corrupt("too short to hold a schema version".into())),
+    }
 }
 
 /// A tree of one serde type, keyed by name.

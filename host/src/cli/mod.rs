@@ -11,6 +11,7 @@ mod records;
 mod rule;
 mod runs;
 mod schedule;
+mod store;
 mod table;
 mod task;
 mod user;
@@ -112,6 +113,9 @@ enum Command {
     },
     /// Compile the config, every rule and every installed plugin; list every problem.
     Check,
+    /// The store: migrate, check, backup.
+    #[command(subcommand)]
+    Store(store::StoreCmd),
     /// The configuration: `config reference` prints every key of `schoolbell.toml`.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -203,6 +207,7 @@ fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
         Command::Secret(cmd) => user::secret(&app, &user, cmd),
         Command::Rule(cmd) => rule::run(&app, &user, cmd),
         Command::Check => check(&app, &user),
+        Command::Store(cmd) => store::run(&app, &user, cmd),
         Command::Demo { plugins } => crate::demo::run(&app, &user, &plugins),
         Command::Serve { listen } => crate::serve::run(app, listen),
     }
