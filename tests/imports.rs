@@ -15,6 +15,7 @@ use schoolbell::plugins::{PluginHost, SandboxConfig};
 use schoolbell::rules::RuleSet;
 use schoolbell::runs::{Run, RunStatus};
 use schoolbell::store::Store;
+use schoolbell::store::prelude::*;
 use schoolbell::tasks::TaskSpec;
 use schoolbell::users::{JobEmail, Permission, Role, User};
 
@@ -23,12 +24,12 @@ const HEADER: &str = "Student ID,Last Name,First Name,Birth Date\n";
 struct Fixture {
     dir: tempfile::TempDir,
     sched: Arc<App>,
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
     let rules = Arc::new(RuleSet::load_dir(&support::root().join("rules"), Default::default()).unwrap());
     let host =
         Arc::new(PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap());
@@ -134,7 +135,7 @@ async fn files_are_picked_up_by_prefix_renamed_after_commit_and_never_imported_t
     let run = f.finish(f.sched.tasks().run_now(&admin(), "roster").unwrap()).await;
     assert_eq!(run.status, RunStatus::Succeeded);
     assert_eq!(f.count(), 20);
-    let (messages, _) = f.store.messages::<schoolbell::runs::TaskMessage>(run.id, None, None, 10).unwrap();
+    let (messages, _) = f.store.messages(run.id, None, None, 10).unwrap();
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0].status, "already-imported");
     assert!(

@@ -18,7 +18,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
     store.define_collection("attendance", &CollectionSpec { key_field: "student-id".into(), indexes: vec![] }).unwrap();
     let rules = RuleSet::load_dir(&support::root().join("rules"), Default::default()).unwrap();
     let config = SandboxConfig { timeout_secs: 2, memory_limit_mib: 32, ..SandboxConfig::default() };
@@ -133,7 +133,7 @@ fn huge_output_keeps_only_the_capped_log() {
     // The same behaviour with a larger output limit succeeds, with its
     // stdout and log capped rather than failing.
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
     let rules = Arc::new(RuleSet::new(&dir.path().join("rules"), Default::default()));
     let config = SandboxConfig { output_limit: 200_000, ..SandboxConfig::default() };
     let host = PluginHost::new(store, rules, &dir.path().join("cache"), config).unwrap();

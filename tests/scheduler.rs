@@ -13,6 +13,7 @@ use schoolbell::config::Config;
 use schoolbell::plugins::{PluginHost, SandboxConfig};
 use schoolbell::rules::RuleSet;
 use schoolbell::runs::{Run, RunStatus};
+use schoolbell::store::prelude::*;
 use schoolbell::store::{CollectionSpec, Store};
 use schoolbell::tasks::{Misfire, Overlap, TaskSpec};
 use schoolbell::users::{JobEmail, Role, User};
@@ -22,7 +23,7 @@ struct Fixture {
     clock: Arc<ManualClock>,
     sched: Arc<App>,
     host: Arc<PluginHost>,
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
 }
 
 fn t0() -> DateTime<Utc> {
@@ -35,7 +36,7 @@ fn fixture() -> Fixture {
 
 fn fixture_with_workers(workers: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
     store.define_collection("attendance", &CollectionSpec { key_field: "student-id".into(), indexes: vec![] }).unwrap();
     let rules = Arc::new(RuleSet::load_dir(&support::root().join("rules"), Default::default()).unwrap());
     let sandbox = SandboxConfig { cancel_grace_secs: 1, timeout_secs: 60, ..SandboxConfig::default() };

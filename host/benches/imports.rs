@@ -11,6 +11,7 @@ use schoolbell::imports::{self, Guard, ImportTarget};
 use schoolbell::plugins::{PluginHost, RunRequest, SandboxConfig};
 use schoolbell::records::{Date, Record, Value};
 use schoolbell::rules::RuleSet;
+use schoolbell::store::prelude::*;
 use schoolbell::store::{CollectionSpec, Store};
 
 const ROWS: usize = 1_000_000;
@@ -49,7 +50,7 @@ fn csv() -> String {
     out
 }
 
-fn seed(store: &Store) -> Duration {
+fn seed(store: &dyn Backend) -> Duration {
     let spec = CollectionSpec {
         key_field: "student-id".into(),
         indexes: vec![
@@ -69,7 +70,7 @@ fn seed(store: &Store) -> Duration {
 }
 
 /// Parse with `csv`, match by key, write what changed: no component, no rules.
-fn native(store: &Store, path: &Path) -> (usize, usize) {
+fn native(store: &dyn Backend, path: &Path) -> (usize, usize) {
     let mut reader = csv::Reader::from_path(path).unwrap();
     let mut writes = Vec::new();
     let mut rows = 0;
@@ -103,7 +104,7 @@ fn main() {
 
     // The pipeline.
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
     let rules = Arc::new(RuleSet::load_dir(&root.join("rules"), Default::default()).unwrap());
     let host = PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap();
     host.install(&plugin).unwrap();
@@ -123,13 +124,13 @@ fn main() {
     })
     .unwrap();
     println!("mapping alone: {mapped} rows in {:.1?}", started.elapsed());
-    let seeded = seed(&store);
+    let seeded = seed(&*store);
     println!("seeded {ROWS} existing records in {seeded:.1?}");
     // A service restarted over the seeded store, not one still writing
     // the million records it was just given.
     drop(host);
     drop(store);
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
     let rules = Arc::new(RuleSet::load_dir(&root.join("rules"), Default::default()).unwrap());
     let host = PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap();
     let batch = dir.path().join("batch");
@@ -147,7 +148,7 @@ fn main() {
     };
     let started = Instant::now();
     let sources = imports::Sources::default();
-    let (files, _) = imports::pickup(&store, &target, Duration::ZERO, &sources).unwrap();
+    let (files, _) = imports::pickup(&*store, &target, Duration::ZERO, &sources).unwrap();
     let picked = started.elapsed();
     let plan = imports::prepare(&host, "import-csv-roster", &target, &files[0], &request).unwrap();
     let planned = started.elapsed();
@@ -166,15 +167,15 @@ fn main() {
 
     // The native baseline, on a fresh store with the same records.
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("store")).unwrap();
-    seed(&store);
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
+    seed(&*store);
     // Reopened, as the pipeline's store was: the same cold start.
     drop(store);
-    let store = Store::open(&dir.path().join("store")).unwrap();
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
     let path = dir.path().join("roster.csv");
     std::fs::write(&path, &body).unwrap();
     let started = Instant::now();
-    let (rows, n) = native(&store, &path);
+    let (rows, n) = native(&*store, &path);
     let native_time = started.elapsed();
     println!(
         "native: {native_time:.1?} = {:.0} rows/s ({rows} rows, {n} written)",

@@ -14,6 +14,7 @@ use schoolbell::notify::{MailKind, OutboxEntry};
 use schoolbell::plugins::{PluginHost, RunRequest, SandboxConfig};
 use schoolbell::records::{Record, Value};
 use schoolbell::rules::RuleSet;
+use schoolbell::store::prelude::*;
 use schoolbell::store::{CollectionSpec, Finish, Store};
 
 const RECORDS: usize = 1_000_000;
@@ -38,7 +39,7 @@ fn main() {
     let plugin = root.join("target/plugins/notifier-attendance.wasm");
     assert!(plugin.exists(), "run xtask/build-plugins first");
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
     let rules = Arc::new(RuleSet::load_dir(&root.join("rules"), Default::default()).unwrap());
     let host =
         PluginHost::new(store.clone(), rules.clone(), &dir.path().join("cache"), SandboxConfig::default()).unwrap();
@@ -46,7 +47,7 @@ fn main() {
     host.grant_all("notifier-attendance").unwrap();
     // `SCHOOLBELL_BENCH_EMAILS_ONLY=1` skips the million records.
     if std::env::var_os("SCHOOLBELL_BENCH_EMAILS_ONLY").is_none() {
-        records_part(&store, &host, &rules);
+        records_part(&*store, &host, &rules);
     }
 
     // Emails/s: a real SMTP server on loopback that accepts and discards.
@@ -74,10 +75,10 @@ fn main() {
             (store.next_sequence("outbox").unwrap(), now, entry)
         })
         .collect();
-    let none: &[(String, Option<()>)] = &[];
-    store
-        .finish_run(1, &serde_json::json!({}), now, "bench", &Finish { state: &[], ledger: none, outbox: &entries })
-        .unwrap();
+    let none: &[(String, Option<schoolbell::notify::LedgerEntry>)] = &[];
+    let run =
+        schoolbell::runs::Run::queued(1, "bench", "bench", "admin", schoolbell::runs::Trigger::User, None, now, false);
+    store.finish_run(&run, now, &Finish { state: &[], ledger: none, outbox: &entries }).unwrap();
     let config = EmailConfig {
         smtp_host: "127.0.0.1".into(),
         smtp_port: port,
@@ -87,7 +88,7 @@ fn main() {
     };
     let mailer = Mailer::new(&config, None).unwrap().unwrap();
     let started = Instant::now();
-    let delivered = mailer.deliver_due(&store, Utc::now()).unwrap();
+    let delivered = mailer.deliver_due(&*store, Utc::now()).unwrap();
     let t = started.elapsed();
     println!(
         "emails: {} sent in {t:.2?} = {:.0} emails/s (over {} pooled connections, each outcome flushed as it comes)",
@@ -100,7 +101,7 @@ fn main() {
     let _ = smtp.wait();
 }
 
-fn records_part(store: &Store, host: &PluginHost, rules: &RuleSet) {
+fn records_part(store: &dyn Backend, host: &PluginHost, rules: &RuleSet) {
     store.define_collection("attendance", &CollectionSpec { key_field: "student-id".into(), indexes: vec![] }).unwrap();
     let all: Vec<Record> = (0..RECORDS).map(attendance).collect();
     for chunk in all.chunks(100_000) {

@@ -17,7 +17,7 @@ use schoolbell::store::Store;
 const ROWS: usize = 100_000;
 
 fn host(dir: &Path) -> PluginHost {
-    let store = Arc::new(Store::open(&dir.join("store")).unwrap());
+    let store = Store::open_backend(&dir.join("store")).unwrap();
     let rules = Arc::new(RuleSet::new(&dir.join("rules"), Default::default()));
     PluginHost::new(store, rules, &dir.join("cache"), SandboxConfig::default()).unwrap()
 }

@@ -42,7 +42,7 @@ fn pct(sorted: &[i64], p: f64) -> i64 {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
+    let store = Store::open_backend(&dir.path().join("store")).unwrap();
     let rules = Arc::new(RuleSet::new(&dir.path().join("rules"), Default::default()));
     let host =
         Arc::new(PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap());
@@ -159,6 +159,7 @@ fn main() {
                 )
             })
             .collect();
+        let batch: Vec<(&str, &TaskMessage)> = batch.iter().map(|(s, m)| (*s, m)).collect();
         store.add_messages(run_id, chunk * 10_000, &batch).unwrap();
     }
     let write = started.elapsed();
@@ -167,10 +168,9 @@ fn main() {
         let n = f();
         (t.elapsed(), n)
     };
-    let (first, n1) = time(&|| store.messages::<TaskMessage>(run_id, None, None, 100).unwrap().0.len());
-    let (deep, n2) = time(&|| store.messages::<TaskMessage>(run_id, None, Some(900_000), 100).unwrap().0.len());
-    let (errors, n3) =
-        time(&|| store.messages::<TaskMessage>(run_id, Some("error"), Some(500_000), 100).unwrap().0.len());
+    let (first, n1) = time(&|| store.messages(run_id, None, None, 100).unwrap().0.len());
+    let (deep, n2) = time(&|| store.messages(run_id, None, Some(900_000), 100).unwrap().0.len());
+    let (errors, n3) = time(&|| store.messages(run_id, Some("error"), Some(500_000), 100).unwrap().0.len());
     assert_eq!((n1, n2, n3), (100, 100, 100));
     println!(
         "1,000,000 messages on one run: written in {write:.1?}; a 100-message page at the start {first:.1?}, at row 900,000 {deep:.1?}; 100 errors (1 in 100) from the middle {errors:.1?}"

@@ -55,7 +55,7 @@ use crate::config::Config;
 use crate::imports;
 use crate::plugins::PluginHost;
 use crate::rules::RuleSet;
-use crate::store::{self, Store};
+use crate::store::{self, Backend, Store};
 use crate::users::{Role, User};
 
 /// What went wrong with an operation, by what the caller should do.
@@ -132,7 +132,7 @@ pub enum OpenError {
 pub struct App {
     data: Option<PathBuf>,
     config: Config,
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     host: Arc<PluginHost>,
     clock: Arc<dyn Clock>,
     /// Credentials and staging for import sources.
@@ -276,12 +276,12 @@ impl App {
 
     /// The user a bearer token belongs to.
     pub fn authenticate(&self, token: &str) -> Result<User, crate::users::Error> {
-        crate::users::authenticate(&self.store, token)
+        crate::users::authenticate(&*self.store, token)
     }
 
     /// The user the CLI acts as (`--as`).
     pub fn user(&self, name: &str) -> Result<User> {
-        crate::users::get(&self.store, name).map_err(|e| Error::NotFound(e.to_string()))
+        crate::users::get(&*self.store, name).map_err(|e| Error::NotFound(e.to_string()))
     }
 
     /// Writes everything to disk.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::plugins::{self, Capability, LogLine, PluginHost, RowError, RunRequest};
 use crate::records::{Record, Value};
 use crate::rules;
-use crate::store::{self, CollectionSpec, Store};
+use crate::store::{self, Backend, CollectionSpec};
 
 /// Where an import's rows go.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -101,7 +101,7 @@ impl Default for Sources {
 }
 
 impl Sources {
-    fn connect(&self, store: &Store, target: &ImportTarget) -> Result<sftp::Conn, Error> {
+    fn connect(&self, store: &dyn Backend, target: &ImportTarget) -> Result<sftp::Conn, Error> {
         let remote = sftp::Remote::parse(&target.source)?;
         let name = target.credential.as_deref().ok_or_else(|| {
             Error::Target(format!(
@@ -117,7 +117,7 @@ impl Sources {
 }
 
 /// "Test connection": reaches the source and says what it would pick up.
-pub fn test_connection(store: &Store, target: &ImportTarget, sources: &Sources) -> Result<String, Error> {
+pub fn test_connection(store: &dyn Backend, target: &ImportTarget, sources: &Sources) -> Result<String, Error> {
     let prefix = target.prefix.as_deref().unwrap_or("");
     if target.source.starts_with("sftp://") {
         let conn = sources.connect(store, target)?;
@@ -368,7 +368,7 @@ pub enum Error {
 
 /// Defines (or extends) a collection: its key field and indexes.
 pub fn define_collection(
-    store: &store::Store,
+    store: &dyn Backend,
     collection: &str,
     key: Option<&str>,
     indexes: &[String],
@@ -399,7 +399,7 @@ pub fn define_collection(
 /// an index for every match key of its rule. Done when an import task is
 /// added, so that its runs, test imports included, only read.
 pub fn prepare_collection(host: &PluginHost, target: &ImportTarget) -> Result<(), Error> {
-    let store = host.store();
+    let store = &**host.store();
     define_collection(store, &target.collection, target.key_field.as_deref(), &target.indexes)?;
     let Some(name) = &target.match_rule else { return Ok(()) };
     let rule = host.rules().get(name)?;
@@ -441,7 +441,7 @@ fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
 /// which are done), oldest name first, once their size has held still for
 /// `settle`. Returns the files and a note for each one left for later.
 pub fn pickup(
-    store: &Store,
+    store: &dyn Backend,
     target: &ImportTarget,
     settle: std::time::Duration,
     sources: &Sources,
@@ -485,7 +485,7 @@ pub fn pickup(
 }
 
 fn pickup_remote(
-    store: &Store,
+    store: &dyn Backend,
     target: &ImportTarget,
     settle: std::time::Duration,
     sources: &Sources,
@@ -605,7 +605,7 @@ pub fn prepare(
     request: &RunRequest,
 ) -> Result<ImportPlan, Error> {
     let entry = check_capability(host, plugin, &target.collection)?;
-    let store = host.store();
+    let store = &**host.store();
     let rule = match &target.match_rule {
         Some(name) => Some(host.rules().get(name)?),
         None => None,
@@ -706,7 +706,7 @@ pub fn prepare(
 
 /// Records of the collection the full roster does not list are set
 /// inactive (`active: false`, unless they are already), or removed.
-fn settle_missing(store: &Store, collection: &str, missing: Missing, plan: &mut Plan) -> Result<(), Error> {
+fn settle_missing(store: &dyn Backend, collection: &str, missing: Missing, plan: &mut Plan) -> Result<(), Error> {
     let spec = store
         .collection(collection)?
         .ok_or_else(|| Error::Target(format!("collection `{collection}` does not exist")))?;
@@ -752,7 +752,7 @@ pub fn commit(
     source: Option<&ImportTarget>,
     sources: &Sources,
 ) -> Result<u64, Error> {
-    let store = host.store();
+    let store = &**host.store();
     let path = Path::new(&plan.file.path);
     let written = if plan.already_imported.is_some() {
         0
@@ -815,7 +815,7 @@ enum Match {
 /// Finds a row's records by the match keys in priority order: the first key
 /// whose fields the row has and that finds anything decides.
 fn find(
-    store: &Store,
+    store: &dyn Backend,
     collection: &str,
     spec: &CollectionSpec,
     keys: &[(Vec<String>, String)],
@@ -850,7 +850,7 @@ fn find(
 
 /// Works out what each row does, without writing anything.
 fn plan_rows(
-    store: &Store,
+    store: &dyn Backend,
     collection: &str,
     keys: &[Vec<String>],
     end_field: Option<&str>,

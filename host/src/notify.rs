@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::plugins::{Notification, Recipient};
 use crate::records::Value;
 use crate::runs::{Run, RunStatus};
-use crate::store::{self, Store};
-use crate::users::{JobEmail, User};
+use crate::store::{self, Backend};
+use crate::users::JobEmail;
 
 /// How a task's notifications are deduped and addressed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -136,7 +136,7 @@ impl std::str::FromStr for Delivery {
 /// with their ids. Walks the outbox a page at a time and keeps no more than
 /// `limit` entries in memory.
 pub fn outbox_newest(
-    store: &Store,
+    store: &dyn Backend,
     limit: usize,
     keep: impl Fn(&OutboxEntry) -> bool,
 ) -> Result<Vec<(u64, OutboxEntry)>, store::Error> {
@@ -235,7 +235,7 @@ pub struct Planned {
 /// Decides which notifications are sent (the ledger) and to which
 /// addresses, without writing anything.
 pub fn plan(
-    store: &Store,
+    store: &dyn Backend,
     settings: &NotifySettings,
     run: &Run,
     notifications: &[Notification],
@@ -313,7 +313,7 @@ pub fn plan(
 
 /// The addresses a recipient resolves to, and what could not be resolved.
 fn addresses(
-    store: &Store,
+    store: &dyn Backend,
     settings: &NotifySettings,
     recipient: &Recipient,
 ) -> Result<(Vec<String>, Vec<String>), store::Error> {
@@ -336,7 +336,7 @@ fn addresses(
                     found.push(member.clone());
                     continue;
                 }
-                match store.users::<User>().get(member.as_bytes())? {
+                match store.user(member)? {
                     Some(u) if !u.email.is_empty() => found.push(u.email),
                     Some(_) => problems.push(format!("user {member} has no email address")),
                     None => problems.push(format!("the notification group names {member}, who is not a user")),
@@ -368,7 +368,7 @@ fn addresses(
 }
 
 /// The job-completion email for a finished run, if its owner wants one.
-pub fn job_completion(store: &Store, run: &Run, now: DateTime<Utc>) -> Result<Option<OutboxEntry>, store::Error> {
+pub fn job_completion(store: &dyn Backend, run: &Run, now: DateTime<Utc>) -> Result<Option<OutboxEntry>, store::Error> {
     let owner = match crate::users::get(store, &run.owner) {
         Ok(u) => u,
         Err(crate::users::Error::Store(e)) => return Err(e),
@@ -402,6 +402,9 @@ mod tests {
     use super::*;
     use crate::runs::Trigger;
     use crate::store::Finish;
+    use crate::store::Store;
+    #[allow(unused_imports)]
+    use crate::store::prelude::*;
 
     fn notification(key: &str) -> Notification {
         Notification {
@@ -414,13 +417,13 @@ mod tests {
 
     /// Plans a run at `now` returning `keys`, and commits what it planned
     /// as the scheduler does; the keys that were sent.
-    fn run(store: &Store, settings: &NotifySettings, keys: &[&str], now: DateTime<Utc>) -> Vec<String> {
+    fn run(store: &dyn Backend, settings: &NotifySettings, keys: &[&str], now: DateTime<Utc>) -> Vec<String> {
         let run = Run::queued(1, "t", "p", "admin", Trigger::User, None, now, false);
         let ns: Vec<Notification> = keys.iter().map(|k| notification(k)).collect();
         let planned = plan(store, settings, &run, &ns, now).unwrap();
         let outbox: Vec<(u64, DateTime<Utc>, OutboxEntry)> =
             planned.outbox.iter().map(|e| (store.next_sequence("outbox").unwrap(), now, e.clone())).collect();
-        store.finish_run(1, &run, now, "t", &Finish { state: &[], ledger: &planned.ledger, outbox: &outbox }).unwrap();
+        store.finish_run(&run, now, &Finish { state: &[], ledger: &planned.ledger, outbox: &outbox }).unwrap();
         planned.outbox.into_iter().map(|e| e.dedupe_key).collect()
     }
 

@@ -25,7 +25,7 @@ use wasmtime::component::Component;
 
 use crate::records::{Record, Value};
 use crate::rules::RuleSet;
-use crate::store::Store;
+use crate::store::Backend;
 
 use bindings::{ImportMappingPre, NotifierPre};
 use host::{RunSetup, RunState};
@@ -430,7 +430,7 @@ pub struct CacheStats {
 /// The plugin runtime: one engine, the registry, the compile cache.
 pub struct PluginHost {
     sandbox: sandbox::Sandbox,
-    store: Arc<Store>,
+    store: Arc<dyn Backend>,
     rules: Arc<RuleSet>,
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
@@ -474,7 +474,12 @@ pub struct RunRequest {
 
 impl PluginHost {
     /// Builds the runtime over `store`, caching compiled code in `cache_dir`.
-    pub fn new(store: Arc<Store>, rules: Arc<RuleSet>, cache_dir: &Path, config: SandboxConfig) -> Result<Self, Error> {
+    pub fn new(
+        store: Arc<dyn Backend>,
+        rules: Arc<RuleSet>,
+        cache_dir: &Path,
+        config: SandboxConfig,
+    ) -> Result<Self, Error> {
         std::fs::create_dir_all(cache_dir).map_err(|source| Error::Io { path: cache_dir.into(), source })?;
         Ok(PluginHost {
             sandbox: sandbox::Sandbox::new(config)?,
@@ -502,7 +507,7 @@ impl PluginHost {
     }
 
     /// The store the host reads from.
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn Backend> {
         &self.store
     }
 

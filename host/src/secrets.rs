@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::store::{self, Store};
+use crate::store::{self, Backend};
 
 /// Errors about secrets. None of them includes a secret's value.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,7 @@ impl Secrets {
     }
 
     /// Seals and stores a secret.
-    pub fn set(&self, store: &Store, name: &str, value: &[u8]) -> Result<(), Error> {
+    pub fn set(&self, store: &dyn Backend, name: &str, value: &[u8]) -> Result<(), Error> {
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce)
             .map_err(|e| Error::Key { path: "secret.key".into(), source: std::io::Error::other(e.to_string()) })?;
@@ -73,7 +73,7 @@ impl Secrets {
     }
 
     /// A secret's value.
-    pub fn get(&self, store: &Store, name: &str) -> Result<Vec<u8>, Error> {
+    pub fn get(&self, store: &dyn Backend, name: &str) -> Result<Vec<u8>, Error> {
         let stored = store.secret(name)?.ok_or_else(|| Error::Unknown(name.into()))?;
         if stored.len() < 24 {
             return Err(Error::Undecryptable(name.into()));
@@ -93,6 +93,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
+    #[allow(unused_imports)]
+    use crate::store::prelude::*;
 
     #[test]
     fn secrets_round_trip_and_are_not_stored_in_the_clear() {

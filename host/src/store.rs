@@ -1,37 +1,43 @@
-//! The store: every byte Schoolbell keeps, behind one narrow API over sled.
+//! Storage: what the services need from a database, as a small set of
+//! traits typed by domain values, and the backends that implement them.
+//! `sled_store` is the embedded default (the demo runs on it); another
+//! engine implements the same traits and passes the same contract tests
+//! (`contract`). No sled type appears outside `store/sled*`.
 //!
-//! Trees and their key layouts live here and nowhere else, so another
-//! engine can stand behind the same API later. Writes that must land
-//! together go through one `sled::Batch` on one tree (atomic), and callers
-//! that report a commit as durable call [`Store::flush`] first.
+//! | trait | what it keeps |
+//! |---|---|
+//! | [`RecordStore`] | collections of records with secondary indexes, the import ledger |
+//! | [`TaskStore`] | tasks with the due index, and the fire (a conditional step) |
+//! | [`RunStore`] | sequences, the run queue, runs, their messages and import plans |
+//! | [`LedgerStore`] | per-task state (watermarks) and the dedupe ledger |
+//! | [`OutboxStore`] | the email outbox and its due index |
+//! | [`AccountStore`] | users, token hashes, sealed secrets |
+//! | [`PluginStore`] | the plugin registry and component blobs |
+//! | [`Maintenance`] | flush, schema version, check, backup |
 
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+use crate::imports::ImportPlan;
+use crate::notify::{LedgerEntry, OutboxEntry};
+use crate::plugins::PluginEntry;
 use crate::records::{Record, Value};
+use crate::runs::{Run, TaskMessage};
+use crate::tasks::Task;
+use crate::users::User;
 
-mod scheduling;
-mod schema;
+#[cfg(test)]
+mod contract;
+mod sled_store;
 
-pub use scheduling::{Finish, QueueKey, RunId};
-pub use schema::{Drift, Migrated};
+pub use sled_store::Store;
 
 /// The schema this build writes. Bump it when a key layout or a stored
 /// type changes, and add the step from the version before to
 /// `schema::MIGRATIONS`.
 pub const SCHEMA_VERSION: u32 = 2;
-
-/// Every encoded value starts with the schema version it was written in
-/// (two bytes, big-endian), so a value never decodes under a layout it was
-/// not written for.
-const VALUE_VERSION: [u8; 2] = (SCHEMA_VERSION as u16).to_be_bytes();
-
-/// Key separator. Collection names, keys and field names may not hold it.
-const SEP: u8 = 0;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +50,16 @@ pub enum Error {
     Open {
         /// The store's folder.
         path: PathBuf,
-        /// What sled said.
-        source: sled::Error,
+        /// What the database said.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A read or write failed.
     #[error("store I/O failed in tree `{tree}`: {source}")]
     Io {
         /// The tree.
         tree: &'static str,
-        /// What sled said.
-        source: sled::Error,
+        /// What the database said.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Stored bytes do not decode.
     #[error("stored data is corrupt in tree `{tree}` at key `{key}`: {reason}")]
@@ -123,56 +129,6 @@ pub struct CollectionSpec {
     pub indexes: Vec<Vec<String>>,
 }
 
-/// The Schoolbell store.
-pub struct Store {
-    db: sled::Db,
-    meta: sled::Tree,
-    collections: Typed<CollectionSpec>,
-    records: sled::Tree,
-    blobs: sled::Tree,
-    state: sled::Tree,
-    plugins: sled::Tree,
-    tasks: sled::Tree,
-    due: sled::Tree,
-    queue: sled::Tree,
-    runs: sled::Tree,
-    finished: sled::Tree,
-    messages: sled::Tree,
-    message_status: sled::Tree,
-    users: sled::Tree,
-    tokens: sled::Tree,
-    plans: sled::Tree,
-    secrets: sled::Tree,
-    notified: sled::Tree,
-    outbox: sled::Tree,
-    outbox_due: sled::Tree,
-    /// Record writes read old values to maintain indexes and counts; one
-    /// writer at a time keeps that read-modify-write consistent.
-    write_lock: Mutex<()>,
-}
-
-pub(crate) fn io(tree: &'static str) -> impl Fn(sled::Error) -> Error {
-    move |source| Error::Io { tree, source }
-}
-
-fn check_name(what: &'static str, value: &str) -> Result<()> {
-    if value.as_bytes().contains(&SEP) {
-        return Err(Error::BadName { what, value: value.escape_debug().to_string() });
-    }
-    Ok(())
-}
-
-fn key(parts: &[&[u8]]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            k.push(SEP);
-        }
-        k.extend_from_slice(p);
-    }
-    k
-}
-
 /// The text an index stores for a set of fields: trimmed, lowercased,
 /// joined by a unit separator. None when any field is empty, so a record
 /// with a missing birth date never matches on name + birth date.
@@ -189,392 +145,6 @@ pub fn index_text(record: &Record, fields: &[String]) -> Option<String> {
     Some(parts.join("\u{1f}"))
 }
 
-impl Store {
-    /// Opens (or creates) the store in `path`. A store written by an older
-    /// build is refused with what to run; [`Store::open_and_migrate`]
-    /// upgrades it.
-    pub fn open(path: &Path) -> Result<Store> {
-        let store = Store::open_any(path)?;
-        match store.schema_version()? {
-            found if found < SCHEMA_VERSION => Err(Error::Outdated { found }),
-            _ => Ok(store),
-        }
-    }
-
-    fn open_any(path: &Path) -> Result<Store> {
-        // sled's flusher thread lets go of the file lock a moment after the
-        // last handle drops, so a reopen in the same process may wait briefly.
-        let mut tries = 0;
-        let db = loop {
-            match sled::Config::new().path(path).open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(source) => {
-                    return Err(Error::Open { path: path.to_path_buf(), source });
-                }
-            }
-        };
-        let tree = |name: &'static str| db.open_tree(name).map_err(io(name));
-        let store = Store {
-            meta: tree("meta")?,
-            collections: Typed::new("collections", tree("collections")?),
-            records: tree("records")?,
-            blobs: tree("blobs")?,
-            state: tree("task_state")?,
-            plugins: tree("plugins")?,
-            tasks: tree("tasks")?,
-            due: tree("tasks_by_due")?,
-            queue: tree("queue")?,
-            runs: tree("runs")?,
-            finished: tree("runs_by_finish")?,
-            messages: tree("run_messages")?,
-            message_status: tree("run_messages_by_status")?,
-            users: tree("users")?,
-            tokens: tree("tokens")?,
-            plans: tree("import_plans")?,
-            secrets: tree("secrets")?,
-            notified: tree("notified")?,
-            outbox: tree("outbox")?,
-            outbox_due: tree("outbox_by_due")?,
-            db,
-            write_lock: Mutex::new(()),
-        };
-        if store.meta.get("schema_version").map_err(io("meta"))?.is_none() {
-            // A new store: nothing to migrate.
-            store.meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes()).map_err(io("meta"))?;
-        }
-        let found = store.schema_version()?;
-        if found > SCHEMA_VERSION {
-            return Err(Error::Schema { found });
-        }
-        Ok(store)
-    }
-
-    /// The schema version the data on disk was written in.
-    pub fn schema_version(&self) -> Result<u32> {
-        let Some(v) = self.meta.get("schema_version").map_err(io("meta"))? else { return Ok(SCHEMA_VERSION) };
-        Ok(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
-            tree: "meta",
-            key: "schema_version".into(),
-            reason: format!("{} bytes, expected 4", v.len()),
-        })?))
-    }
-
-    /// The next number of a durable, gap-free sequence (run ids). sled's
-    /// own `generate_id` jumps by a million after each restart, which makes
-    /// for ids nobody wants to type.
-    pub fn next_sequence(&self, name: &str) -> Result<u64> {
-        let key = format!("seq:{name}");
-        let v = self
-            .meta
-            .update_and_fetch(key.as_bytes(), |old| {
-                let n = old.and_then(|o| o.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-                Some((n + 1).to_be_bytes().to_vec())
-            })
-            .map_err(io("meta"))?;
-        Ok(v.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(1))
-    }
-
-    /// Writes everything to disk. Call before reporting a commit as durable.
-    pub fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(io("db"))?;
-        Ok(())
-    }
-
-    // ----- collections and records -----
-
-    /// Defines a collection, or updates its indexes (rebuilding them).
-    pub fn define_collection(&self, name: &str, spec: &CollectionSpec) -> Result<()> {
-        check_name("collection", name)?;
-        check_name("field", &spec.key_field)?;
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.collections.get(name.as_bytes())?;
-        if old.as_ref() == Some(spec) {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        // Drop the old index entries, then write the new ones.
-        for item in self.records.scan_prefix(key(&[b"i", name.as_bytes(), b""])) {
-            let (k, _) = item.map_err(io("records"))?;
-            batch.remove(k);
-        }
-        for item in self.records.scan_prefix(key(&[b"r", name.as_bytes(), b""])) {
-            let (k, v) = item.map_err(io("records"))?;
-            let record: Record = decode("records", &k, &v)?;
-            let rkey = &k[name.len() + 3..];
-            for (ik, iv) in index_entries(name, spec, &record, rkey) {
-                batch.insert(ik, iv);
-            }
-        }
-        self.records.apply_batch(batch).map_err(io("records"))?;
-        self.collections.put(name.as_bytes(), spec)
-    }
-
-    /// A collection's spec, if it exists.
-    pub fn collection(&self, name: &str) -> Result<Option<CollectionSpec>> {
-        self.collections.get(name.as_bytes())
-    }
-
-    /// The names of all collections.
-    pub fn collection_names(&self) -> Result<Vec<String>> {
-        self.collections.keys()
-    }
-
-    /// Inserts or replaces records, atomically: all of them land, with their
-    /// index entries and the collection's count, or none does.
-    pub fn put_records(&self, collection: &str, records: &[Record]) -> Result<usize> {
-        self.commit_records(collection, records, &[], None)
-    }
-
-    /// Commits an import atomically: its records, and the ledger entry that
-    /// marks the file's content as imported, in one batch. A crash leaves
-    /// either all of it or none of it.
-    pub fn commit_import(
-        &self,
-        collection: &str,
-        records: &[Record],
-        removes: &[String],
-        file_hash: &str,
-        entry: &str,
-    ) -> Result<usize> {
-        self.commit_records(collection, records, removes, Some((file_hash, entry)))
-    }
-
-    /// What the ledger says about a file's content hash: the import that
-    /// committed it, if one did.
-    pub fn import_ledger(&self, file_hash: &str) -> Result<Option<String>> {
-        Ok(self
-            .records
-            .get(key(&[b"l", file_hash.as_bytes()]))
-            .map_err(io("records"))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    fn commit_records(
-        &self,
-        collection: &str,
-        records: &[Record],
-        removes: &[String],
-        ledger: Option<(&str, &str)>,
-    ) -> Result<usize> {
-        let spec = self.collection(collection)?.ok_or_else(|| Error::UnknownCollection(collection.into()))?;
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut batch = sled::Batch::default();
-        let mut added: u64 = 0;
-        let mut pending = std::collections::HashSet::new();
-        for (i, record) in records.iter().enumerate() {
-            let rkey = match record.get(&spec.key_field) {
-                Some(v) if !matches!(v, Value::Null) => v.to_key_text(),
-                _ => {
-                    return Err(Error::MissingKey {
-                        collection: collection.into(),
-                        field: spec.key_field.clone(),
-                        index: i + 1,
-                    });
-                }
-            };
-            check_name("key", &rkey)?;
-            let k = key(&[b"r", collection.as_bytes(), rkey.as_bytes()]);
-            let new_entries = index_entries(collection, &spec, record, rkey.as_bytes());
-            // Index entries that stay the same (an update that leaves the
-            // indexed fields alone, as most do) are neither removed nor
-            // written again.
-            let old_entries = match self.records.get(&k).map_err(io("records"))? {
-                Some(old) => {
-                    let old: Record = decode("records", &k, &old)?;
-                    index_entries(collection, &spec, &old, rkey.as_bytes())
-                }
-                None => {
-                    if pending.insert(rkey.clone()) {
-                        added += 1;
-                    }
-                    Vec::new()
-                }
-            };
-            for (ik, _) in &old_entries {
-                if !new_entries.iter().any(|(n, _)| n == ik) {
-                    batch.remove(ik.as_slice());
-                }
-            }
-            for (ik, iv) in new_entries {
-                if !old_entries.iter().any(|(o, _)| *o == ik) {
-                    batch.insert(ik, iv);
-                }
-            }
-            batch.insert(k, encode(record));
-        }
-        let mut removed: u64 = 0;
-        for rkey in removes {
-            let k = key(&[b"r", collection.as_bytes(), rkey.as_bytes()]);
-            // A key that is already gone is no error: removing is idempotent.
-            if let Some(old) = self.records.get(&k).map_err(io("records"))? {
-                let old: Record = decode("records", &k, &old)?;
-                for (ik, _) in index_entries(collection, &spec, &old, rkey.as_bytes()) {
-                    batch.remove(ik);
-                }
-                batch.remove(k);
-                removed += 1;
-            }
-        }
-        let count_key = key(&[b"c", collection.as_bytes()]);
-        let count = (self.read_count(&count_key)? + added).saturating_sub(removed);
-        batch.insert(count_key, &count.to_be_bytes());
-        if let Some((hash, entry)) = ledger {
-            batch.insert(key(&[b"l", hash.as_bytes()]), entry.as_bytes());
-        }
-        self.records.apply_batch(batch).map_err(io("records"))?;
-        Ok(records.len() + removed as usize)
-    }
-
-    fn read_count(&self, count_key: &[u8]) -> Result<u64> {
-        Ok(match self.records.get(count_key).map_err(io("records"))? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt {
-                tree: "records",
-                key: String::from_utf8_lossy(count_key).into(),
-                reason: "count is not 8 bytes".into(),
-            })?),
-            None => 0,
-        })
-    }
-
-    /// One record by key.
-    pub fn get_record(&self, collection: &str, record_key: &str) -> Result<Option<Record>> {
-        let k = key(&[b"r", collection.as_bytes(), record_key.as_bytes()]);
-        self.records.get(&k).map_err(io("records"))?.map(|v| decode("records", &k, &v)).transpose()
-    }
-
-    /// A record by key, compared with `candidate` first by its stored
-    /// bytes: an import's unchanged rows (most of a nightly roster) are
-    /// recognised without decoding the record.
-    pub fn lookup_record(&self, collection: &str, record_key: &str, candidate: &Record) -> Result<Lookup> {
-        let k = key(&[b"r", collection.as_bytes(), record_key.as_bytes()]);
-        Ok(match self.records.get(&k).map_err(io("records"))? {
-            None => Lookup::Missing,
-            Some(v) if v.as_ref() == encode(candidate).as_slice() => Lookup::Same,
-            Some(v) => Lookup::Differs(decode("records", &k, &v)?),
-        })
-    }
-
-    /// Up to `limit` records after the key `after`, in key order, and the
-    /// cursor for the next page (none at the end).
-    pub fn scan_records(
-        &self,
-        collection: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<Record>, Option<String>)> {
-        let prefix = key(&[b"r", collection.as_bytes(), b""]);
-        let start = match after {
-            // The smallest key greater than `after`: `after` followed by 0.
-            Some(a) => {
-                let mut k = key(&[b"r", collection.as_bytes(), a.as_bytes()]);
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
-        let mut out = Vec::new();
-        let mut last = None;
-        for item in self.records.range(start..) {
-            let (k, v) = item.map_err(io("records"))?;
-            if !k.starts_with(&prefix) {
-                return Ok((out, None));
-            }
-            if out.len() == limit {
-                return Ok((out, last));
-            }
-            last = Some(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-            out.push(decode("records", &k, &v)?);
-        }
-        Ok((out, None))
-    }
-
-    /// The number of records in a collection.
-    pub fn count_records(&self, collection: &str) -> Result<u64> {
-        self.read_count(&key(&[b"c", collection.as_bytes()]))
-    }
-
-    /// Keys of the records whose `fields` match `record`'s values for them
-    /// (trimmed, case-insensitive), through the collection's index on those
-    /// fields. Errors if no such index exists.
-    pub fn find_by_index(&self, collection: &str, fields: &[String], record: &Record) -> Result<Vec<String>> {
-        let Some(text) = index_text(record, fields) else {
-            return Ok(Vec::new());
-        };
-        let name = fields.join("+");
-        let mut prefix = key(&[b"i", collection.as_bytes(), name.as_bytes(), text.as_bytes()]);
-        prefix.push(SEP);
-        let mut keys = Vec::new();
-        for item in self.records.scan_prefix(&prefix) {
-            let (k, _) = item.map_err(io("records"))?;
-            keys.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-        }
-        Ok(keys)
-    }
-
-    // ----- plugins -----
-
-    /// The plugin registry: name to entry.
-    pub fn plugins<T: Serialize + DeserializeOwned>(&self) -> Typed<T> {
-        Typed::new("plugins", self.plugins.clone())
-    }
-
-    /// Stores a component's bytes under their content hash. Returns false
-    /// if the same bytes were already stored.
-    pub fn put_blob(&self, hash: &str, bytes: &[u8]) -> Result<bool> {
-        let old = self.blobs.insert(hash.as_bytes(), bytes).map_err(io("blobs"))?;
-        Ok(old.is_none())
-    }
-
-    /// A stored component's bytes.
-    pub fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.blobs.get(hash.as_bytes()).map_err(io("blobs"))?.map(|v| v.to_vec()))
-    }
-
-    /// Removes a stored component's bytes.
-    pub fn remove_blob(&self, hash: &str) -> Result<()> {
-        self.blobs.remove(hash.as_bytes()).map_err(io("blobs"))?;
-        Ok(())
-    }
-
-    // ----- per-task state -----
-
-    /// A task's state value.
-    pub fn task_state(&self, task: &str, state_key: &str) -> Result<Option<String>> {
-        let k = key(&[task.as_bytes(), state_key.as_bytes()]);
-        Ok(self.state.get(k).map_err(io("task_state"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// Applies a run's state writes atomically (none clears a key).
-    pub fn apply_task_state(&self, task: &str, writes: &[(String, Option<String>)]) -> Result<()> {
-        check_name("task", task)?;
-        let mut batch = sled::Batch::default();
-        for (k, v) in writes {
-            check_name("state key", k)?;
-            let k = key(&[task.as_bytes(), k.as_bytes()]);
-            match v {
-                Some(v) => batch.insert(k, v.as_bytes()),
-                None => batch.remove(k),
-            }
-        }
-        self.state.apply_batch(batch).map_err(io("task_state"))
-    }
-}
-
-fn index_entries(collection: &str, spec: &CollectionSpec, record: &Record, rkey: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    spec.indexes
-        .iter()
-        .filter_map(|fields| {
-            let text = index_text(record, fields)?;
-            let name = fields.join("+");
-            Some((key(&[b"i", collection.as_bytes(), name.as_bytes(), text.as_bytes(), rkey]), Vec::new()))
-        })
-        .collect()
-}
-
 /// What [`Store::lookup_record`] found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -586,157 +156,271 @@ pub enum Lookup {
     Differs(Record),
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // postcard only fails on a full fixed buffer or an unsupported serde
-    // feature; neither can happen with `to_extend` on our own types.
-    postcard::to_extend(value, VALUE_VERSION.to_vec()).expect("postcard encodes store types")
+/// A run's id: unique and increasing across restarts.
+pub type RunId = u64;
+
+/// A queue entry's key: priority, then due time, then a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueKey(pub Vec<u8>);
+
+/// What finishing a run writes beside it.
+pub struct Finish<'a, L, O> {
+    /// The task's state writes (none: the key is cleared).
+    pub state: &'a [(String, Option<String>)],
+    /// Dedupe-ledger changes, by dedupe key (none: the entry is cleared).
+    pub ledger: &'a [(String, Option<L>)],
+    /// New outbox entries: id, when due, the entry.
+    pub outbox: &'a [(u64, DateTime<Utc>, O)],
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(tree: &'static str, k: &[u8], v: &[u8]) -> Result<T> {
-    let corrupt = |reason: String| Error::Corrupt { tree, key: String::from_utf8_lossy(k).replace('\0', "/"), reason };
-    match v.split_first_chunk::<2>() {
-        Some((version, body)) if *version == VALUE_VERSION => {
-            postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))
-        }
-        Some((version, _)) => Err(corrupt(format!(
-            "written in schema version {}, this build reads {SCHEMA_VERSION}; run `schoolbell store migrate`",
-            u16::from_be_bytes(*version)
-        ))),
-        None => Err(corrupt("too short to hold a schema version".into())),
-    }
+/// What a migration did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Migrated {
+    /// The version the store was in.
+    pub from: u32,
+    /// The version it is in now.
+    pub to: u32,
+    /// The copy taken before anything changed.
+    pub backup: PathBuf,
+    /// Values rewritten.
+    pub values: u64,
 }
 
-/// A tree of one serde type, keyed by name.
-pub struct Typed<T> {
-    name: &'static str,
-    tree: sled::Tree,
-    _type: PhantomData<fn() -> T>,
-}
+/// One place where an index disagrees with the records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drift(pub String);
 
-impl<T: Serialize + DeserializeOwned> Typed<T> {
-    pub(crate) fn new(name: &'static str, tree: sled::Tree) -> Self {
-        Typed { name, tree, _type: PhantomData }
-    }
-
-    /// The value under `k`.
-    pub fn get(&self, k: &[u8]) -> Result<Option<T>> {
-        self.tree.get(k).map_err(io(self.name))?.map(|v| decode(self.name, k, &v)).transpose()
-    }
-
-    /// Stores `value` under `k`.
-    pub fn put(&self, k: &[u8], value: &T) -> Result<()> {
-        self.tree.insert(k, encode(value)).map_err(io(self.name))?;
-        Ok(())
-    }
-
-    /// Removes `k`; returns whether it was there.
-    pub fn remove(&self, k: &[u8]) -> Result<bool> {
-        Ok(self.tree.remove(k).map_err(io(self.name))?.is_some())
-    }
-
-    /// Every value, in key order.
-    pub fn all(&self) -> Result<Vec<T>> {
-        self.tree
-            .iter()
-            .map(|item| {
-                let (k, v) = item.map_err(io(self.name))?;
-                decode(self.name, &k, &v)
-            })
-            .collect()
-    }
-
-    /// Every key, in order.
-    pub fn keys(&self) -> Result<Vec<String>> {
-        self.tree.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k.map_err(io(self.name))?).into_owned())).collect()
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::records::Date;
+/// Records in collections, each keyed by one field and indexed by others.
+pub trait RecordStore {
+    /// Defines a collection, or changes its indexes (rebuilding them).
+    fn define_collection(&self, name: &str, spec: &CollectionSpec) -> Result<()>;
+    /// A collection's spec, if it exists.
+    fn collection(&self, name: &str) -> Result<Option<CollectionSpec>>;
+    /// Every collection's name.
+    fn collection_names(&self) -> Result<Vec<String>>;
+    /// Inserts or replaces records, all or none.
+    fn put_records(&self, collection: &str, records: &[Record]) -> Result<usize>;
+    /// An import's writes, removals and ledger entry, all or none.
+    fn commit_import(
+        &self,
+        collection: &str,
+        writes: &[Record],
+        removes: &[String],
+        ledger_key: &str,
+        entry: &str,
+    ) -> Result<usize>;
+    /// What imported content with this ledger key, if anything did.
+    fn import_ledger(&self, ledger_key: &str) -> Result<Option<String>>;
+    /// One record by key.
+    fn get_record(&self, collection: &str, key: &str) -> Result<Option<Record>>;
+    /// One record by key, compared with a candidate without decoding when equal.
+    fn lookup_record(&self, collection: &str, key: &str, candidate: &Record) -> Result<Lookup>;
+    /// A page of records in key order after `after`, and the key to go on from.
+    fn scan_records(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Record>, Option<String>)>;
+    /// How many records the collection holds.
+    fn count_records(&self, collection: &str) -> Result<u64>;
+    /// Keys of the records whose `fields` match `record`'s, through an index.
+    fn find_by_index(&self, collection: &str, fields: &[String], record: &Record) -> Result<Vec<String>>;
+}
 
-    fn student(id: &str, last: &str, first: &str, birth: &str) -> Record {
-        let mut r = Record::new();
-        r.insert("student-id".into(), Value::Text(id.into()));
-        r.insert("last-name".into(), Value::Text(last.into()));
-        r.insert("first-name".into(), Value::Text(first.into()));
-        r.insert("birth-date".into(), Value::Date(Date::parse(birth).unwrap()));
-        r
-    }
+/// Tasks, and the index of when each is due.
+pub trait TaskStore {
+    /// One task.
+    fn task(&self, name: &str) -> Result<Option<Task>>;
+    /// Every task, by name.
+    fn all_tasks(&self) -> Result<Vec<Task>>;
+    /// Saves a task and moves its due entry from `old_due` to `new_due`, atomically.
+    fn put_task(&self, task: &Task, old_due: Option<DateTime<Utc>>, new_due: Option<DateTime<Utc>>) -> Result<()>;
+    /// Removes a task and its due entry.
+    fn remove_task(&self, name: &str, due: Option<DateTime<Utc>>) -> Result<()>;
+    /// Tasks due at or before `up_to`, earliest first.
+    fn due_tasks(&self, up_to: DateTime<Utc>, limit: usize) -> Result<Vec<(DateTime<Utc>, String)>>;
+    /// The earliest due time of any task.
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>>;
+    /// Fires a task once: only if its due entry for `due` is still there,
+    /// atomically removes it, saves the task with its next due time and,
+    /// unless the fire is skipped, queues its run. False when the entry
+    /// was already gone: another tick (or host) fired it.
+    fn fire(
+        &self,
+        task: &Task,
+        due: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        queued: Option<(u8, &Run)>,
+    ) -> Result<bool>;
+}
 
-    fn spec() -> CollectionSpec {
-        CollectionSpec {
-            key_field: "student-id".into(),
-            indexes: vec![vec!["last-name".into(), "first-name".into(), "birth-date".into()]],
-        }
-    }
+/// Sequences, the run queue, runs, their messages and their import plans.
+pub trait RunStore {
+    /// The next number of a durable, gap-free sequence.
+    fn next_sequence(&self, name: &str) -> Result<u64>;
+    /// A new run id.
+    fn new_run_id(&self) -> Result<RunId>;
+    /// Queues a run with its record, atomically.
+    fn enqueue(&self, priority: u8, due: DateTime<Utc>, run: &Run) -> Result<QueueKey>;
+    /// The queue in the order it is served.
+    fn queued(&self) -> Result<Vec<(QueueKey, RunId)>>;
+    /// The entry served after `after` (the first when none).
+    fn queued_after(&self, after: Option<&QueueKey>) -> Result<Option<(QueueKey, RunId)>>;
+    /// How many runs wait.
+    fn queue_len(&self) -> usize;
+    /// Takes an entry off the queue; false if it was not there.
+    fn dequeue(&self, key: &QueueKey) -> Result<bool>;
+    /// Takes the entry off the queue and saves the run as started, only if
+    /// the entry was still there: a queued run starts once.
+    fn start_run(&self, key: &QueueKey, run: &Run) -> Result<bool>;
+    /// Saves a run (`finished`: when it ended, for retention).
+    fn put_run(&self, run: &Run, finished: Option<DateTime<Utc>>) -> Result<()>;
+    /// Saves a finished run with its task's state writes, ledger changes
+    /// and outbox entries, all or none.
+    fn finish_run(
+        &self,
+        run: &Run,
+        finished: DateTime<Utc>,
+        writes: &Finish<'_, LedgerEntry, OutboxEntry>,
+    ) -> Result<()>;
+    /// One run.
+    fn run(&self, id: RunId) -> Result<Option<Run>>;
+    /// Runs newest first, before `before`.
+    fn runs(&self, before: Option<RunId>, limit: usize) -> Result<Vec<Run>>;
+    /// Every run.
+    fn all_runs(&self) -> Result<Vec<Run>>;
+    /// Runs that finished before `cutoff`.
+    fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<RunId>>;
+    /// Deletes a run, its messages and its plan.
+    fn delete_run(&self, id: RunId, finished: Option<DateTime<Utc>>) -> Result<()>;
+    /// Appends messages to a run, each with its status.
+    fn add_messages(&self, run: RunId, first_seq: u64, messages: &[(&str, &TaskMessage)]) -> Result<()>;
+    /// A page of a run's messages, with the position to go on from.
+    fn messages(
+        &self,
+        run: RunId,
+        status: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<TaskMessage>, Option<u64>)>;
+    /// Keeps an import plan for its run.
+    fn put_plan(&self, run: RunId, plan: &ImportPlan) -> Result<()>;
+    /// A run's import plan.
+    fn plan(&self, run: RunId) -> Result<Option<ImportPlan>>;
+    /// Drops a run's import plan.
+    fn remove_plan(&self, run: RunId) -> Result<()>;
+}
 
-    #[test]
-    fn records_survive_reopen_with_counts_and_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store.define_collection("students", &spec()).unwrap();
-            store
-                .put_records(
-                    "students",
-                    &[student("1", "Ng", "Ann", "2010-01-02"), student("2", "Ng", "Bo", "2011-03-04")],
-                )
-                .unwrap();
-            store.flush().unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.count_records("students").unwrap(), 2);
-        let probe = student("x", " NG ", "ann", "2010-01-02");
-        let fields = spec().indexes[0].clone();
-        assert_eq!(store.find_by_index("students", &fields, &probe).unwrap(), vec!["1".to_string()]);
-    }
+/// What a task remembers between runs: its state and its dedupe ledger.
+pub trait LedgerStore {
+    /// A task's state value.
+    fn task_state(&self, task: &str, key: &str) -> Result<Option<String>>;
+    /// Applies state writes, all or none (none clears a key).
+    fn apply_task_state(&self, task: &str, writes: &[(String, Option<String>)]) -> Result<()>;
+    /// A task's dedupe-ledger entries, by dedupe key.
+    fn notified(&self, task: &str) -> Result<Vec<(String, LedgerEntry)>>;
+    /// Drops a task's state and ledger.
+    fn forget_task(&self, task: &str) -> Result<()>;
+}
 
-    #[test]
-    fn replacing_a_record_moves_its_index_entry_and_keeps_the_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.define_collection("students", &spec()).unwrap();
-        store.put_records("students", &[student("1", "Ng", "Ann", "2010-01-02")]).unwrap();
-        store.put_records("students", &[student("1", "Li", "Ann", "2010-01-02")]).unwrap();
-        let fields = spec().indexes[0].clone();
-        assert!(store.find_by_index("students", &fields, &student("", "Ng", "Ann", "2010-01-02")).unwrap().is_empty());
-        assert_eq!(store.find_by_index("students", &fields, &student("", "Li", "Ann", "2010-01-02")).unwrap(), ["1"]);
-        assert_eq!(store.count_records("students").unwrap(), 1);
-    }
+/// The email outbox.
+pub trait OutboxStore {
+    /// Entries due at or before `now`, oldest first.
+    fn outbox_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>>;
+    /// Entries in id order after `after`.
+    fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>>;
+    /// Saves an entry's new state and moves its due entry, atomically.
+    fn update_outbox(
+        &self,
+        id: u64,
+        entry: &OutboxEntry,
+        was_due: DateTime<Utc>,
+        due: Option<DateTime<Utc>>,
+    ) -> Result<()>;
+}
 
-    #[test]
-    fn a_batch_with_a_keyless_record_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.define_collection("students", &spec()).unwrap();
-        let mut bad = student("3", "A", "B", "2010-01-01");
-        bad.remove("student-id");
-        let err = store.put_records("students", &[student("1", "Ng", "Ann", "2010-01-02"), bad]).unwrap_err();
-        assert!(err.to_string().contains("record 2"), "{err}");
-        assert_eq!(store.count_records("students").unwrap(), 0);
-        assert!(store.get_record("students", "1").unwrap().is_none());
-    }
+/// Users, their token hashes, and sealed secrets.
+pub trait AccountStore {
+    /// One user.
+    fn user(&self, name: &str) -> Result<Option<User>>;
+    /// Saves a user.
+    fn put_user(&self, user: &User) -> Result<()>;
+    /// Every user.
+    fn all_users(&self) -> Result<Vec<User>>;
+    /// Keeps a token's hash for a user.
+    fn put_token(&self, hash: &str, user: &str) -> Result<()>;
+    /// The user a token hash belongs to.
+    fn token_user(&self, hash: &str) -> Result<Option<String>>;
+    /// Drops every token of a user.
+    fn remove_tokens_of(&self, user: &str) -> Result<()>;
+    /// Keeps a sealed secret.
+    fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<()>;
+    /// A sealed secret.
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// The secrets' names.
+    fn secret_names(&self) -> Result<Vec<String>>;
+}
 
-    #[test]
-    fn pages_walk_a_collection_in_key_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.define_collection("students", &spec()).unwrap();
-        let all: Vec<Record> = (0..25).map(|i| student(&format!("{i:03}"), "L", "F", "2010-01-01")).collect();
-        store.put_records("students", &all).unwrap();
-        let mut seen = Vec::new();
-        let mut cursor = None;
-        loop {
-            let (page, next) = store.scan_records("students", cursor.as_deref(), 10).unwrap();
-            seen.extend(page.into_iter().map(|r| r["student-id"].to_key_text()));
-            match next {
-                Some(n) => cursor = Some(n),
-                None => break,
-            }
-        }
-        let expected: Vec<String> = (0..25).map(|i| format!("{i:03}")).collect();
-        assert_eq!(seen, expected);
-    }
+/// The plugin registry and the components' bytes.
+pub trait PluginStore {
+    /// One plugin.
+    fn plugin(&self, name: &str) -> Result<Option<PluginEntry>>;
+    /// Saves a plugin.
+    fn put_plugin(&self, entry: &PluginEntry) -> Result<()>;
+    /// Removes a plugin; false if there was none.
+    fn remove_plugin(&self, name: &str) -> Result<bool>;
+    /// Every plugin, by name.
+    fn all_plugins(&self) -> Result<Vec<PluginEntry>>;
+    /// Keeps a component by hash; false if it was there.
+    fn put_blob(&self, hash: &str, bytes: &[u8]) -> Result<bool>;
+    /// A component by hash.
+    fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>>;
+    /// Drops a component.
+    fn remove_blob(&self, hash: &str) -> Result<()>;
+}
+
+/// Keeping the store itself.
+pub trait Maintenance {
+    /// Writes everything to disk. Call before reporting a commit as durable.
+    fn flush(&self) -> Result<()>;
+    /// The schema version of the data.
+    fn schema_version(&self) -> Result<u32>;
+    /// Every place an index disagrees with what it indexes.
+    fn check(&self) -> Result<Vec<Drift>>;
+    /// A copy into `dir` (new or empty).
+    fn backup(&self, dir: &Path) -> Result<()>;
+}
+
+/// Everything a backend provides: what the application core holds.
+pub trait Backend:
+    RecordStore + TaskStore + RunStore + LedgerStore + OutboxStore + AccountStore + PluginStore + Maintenance + Send + Sync
+{
+}
+
+impl<T> Backend for T where
+    T: RecordStore
+        + TaskStore
+        + RunStore
+        + LedgerStore
+        + OutboxStore
+        + AccountStore
+        + PluginStore
+        + Maintenance
+        + Send
+        + Sync
+{
+}
+
+/// The traits, for `use crate::store::prelude::*` where a backend is used.
+pub mod prelude {
+    pub use super::{
+        AccountStore, Backend, LedgerStore, Maintenance, OutboxStore, PluginStore, RecordStore, RunStore, TaskStore,
+    };
 }

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{self, Store};
+use crate::store::{self, Backend};
 
 /// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,15 +143,15 @@ pub fn token_hash(token: &str) -> String {
 }
 
 /// Creates or replaces a user.
-pub fn put(store: &Store, user: &User) -> Result<(), Error> {
-    store.users::<User>().put(user.name.as_bytes(), user)?;
+pub fn put(store: &dyn Backend, user: &User) -> Result<(), Error> {
+    store.put_user(user)?;
     store.flush()?;
     Ok(())
 }
 
 /// A user by name.
-pub fn get(store: &Store, name: &str) -> Result<User, Error> {
-    if let Some(u) = store.users::<User>().get(name.as_bytes())? {
+pub fn get(store: &dyn Backend, name: &str) -> Result<User, Error> {
+    if let Some(u) = store.user(name)? {
         return Ok(u);
     }
     if name == "admin" {
@@ -161,13 +161,13 @@ pub fn get(store: &Store, name: &str) -> Result<User, Error> {
 }
 
 /// Every user.
-pub fn list(store: &Store) -> Result<Vec<User>, Error> {
-    Ok(store.users::<User>().all()?)
+pub fn list(store: &dyn Backend) -> Result<Vec<User>, Error> {
+    Ok(store.all_users()?)
 }
 
 /// Issues a new API token for a user; only its hash is stored. Returns the
 /// token, to be shown once.
-pub fn issue_token(store: &Store, name: &str) -> Result<String, Error> {
+pub fn issue_token(store: &dyn Backend, name: &str) -> Result<String, Error> {
     let user = get(store, name)?;
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| store::Error::Corrupt {
@@ -182,7 +182,7 @@ pub fn issue_token(store: &Store, name: &str) -> Result<String, Error> {
 }
 
 /// The user a bearer token belongs to.
-pub fn authenticate(store: &Store, token: &str) -> Result<User, Error> {
+pub fn authenticate(store: &dyn Backend, token: &str) -> Result<User, Error> {
     let name = store.token_user(&token_hash(token))?.ok_or(Error::BadToken)?;
     get(store, &name)
 }
@@ -190,6 +190,9 @@ pub fn authenticate(store: &Store, token: &str) -> Result<User, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
+    #[allow(unused_imports)]
+    use crate::store::prelude::*;
 
     #[test]
     fn tokens_are_stored_only_as_hashes_and_authenticate_their_user() {

@@ -22,7 +22,7 @@ impl Accounts<'_> {
     /// Creates or replaces a user (the account owner only).
     pub fn put(&self, by: &User, user: &User) -> Result<()> {
         owner_only(by, "add or change users")?;
-        users::put(&self.app.store, user).map_err(user_error)?;
+        users::put(&*self.app.store, user).map_err(user_error)?;
         tracing::info!(user = %user.name, by = %by.name, "User saved.");
         Ok(())
     }
@@ -30,15 +30,15 @@ impl Accounts<'_> {
     /// Every user (the account owner only).
     pub fn list(&self, by: &User) -> Result<Vec<User>> {
         owner_only(by, "list users")?;
-        users::list(&self.app.store).map_err(user_error)
+        users::list(&*self.app.store).map_err(user_error)
     }
 
     /// Issues a new API token for `name`, shown once (the account owner
     /// only). The built-in `admin` is stored on its first token.
     pub fn issue_token(&self, by: &User, name: &str) -> Result<String> {
         owner_only(by, "issue API tokens")?;
-        let store = &self.app.store;
-        if name == "admin" && store.users::<User>().get(b"admin")?.is_none() {
+        let store = &*self.app.store;
+        if name == "admin" && store.user("admin")?.is_none() {
             users::put(store, &User::local_owner()).map_err(user_error)?;
         }
         let token = users::issue_token(store, name).map_err(user_error)?;
@@ -51,7 +51,7 @@ impl Accounts<'_> {
         owner_only(by, "store secrets")?;
         let sources = self.app.sources();
         let secrets = sources.secrets.as_ref().ok_or_else(|| Error::Invalid("no secrets are open here".into()))?;
-        secrets.set(&self.app.store, name, value).map_err(|e| Error::Failed(e.to_string()))?;
+        secrets.set(&*self.app.store, name, value).map_err(|e| Error::Failed(e.to_string()))?;
         tracing::info!(secret = %name, by = %by.name, "Secret stored.");
         Ok(())
     }
@@ -66,6 +66,6 @@ impl Accounts<'_> {
     pub(super) fn secret(&self, name: &str) -> Result<Vec<u8>> {
         let sources = self.app.sources();
         let secrets = sources.secrets.as_ref().ok_or_else(|| Error::Invalid("no secrets are open here".into()))?;
-        secrets.get(&self.app.store, name).map_err(|e| Error::Invalid(e.to_string()))
+        secrets.get(&*self.app.store, name).map_err(|e| Error::Invalid(e.to_string()))
     }
 }

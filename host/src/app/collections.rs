@@ -34,7 +34,7 @@ impl Collections<'_> {
         shown: &str,
     ) -> Result<usize> {
         owner_only(user, "load records")?;
-        let store = &self.app.store;
+        let store = &*self.app.store;
         imports::define_collection(store, collection, key, indexes).map_err(|e| Error::Invalid(e.to_string()))?;
         let n = store.put_records(collection, records).map_err(|e| Error::Invalid(format!("{shown}: {e}")))?;
         store.flush()?;
@@ -45,7 +45,7 @@ impl Collections<'_> {
     /// The first `limit` records of a collection.
     pub fn page(&self, user: &User, collection: &str, limit: usize) -> Result<Page> {
         owner_only(user, "read records in bulk")?;
-        let store = &self.app.store;
+        let store = &*self.app.store;
         if store.collection(collection)?.is_none() {
             return Err(Error::NotFound(format!(
                 "collection `{collection}` does not exist; collections: {}",

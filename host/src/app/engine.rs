@@ -19,8 +19,9 @@ use serde::Deserialize;
 use super::{App, Result, lock};
 use crate::plugins::RunControl;
 use crate::runs::{Run, RunStatus, Trigger};
-use crate::store::{RunId, Store};
-use crate::tasks::{Misfire, Overlap, Task};
+use crate::store::RunId;
+use crate::store::prelude::*;
+use crate::tasks::{Misfire, Overlap};
 
 /// Where "now" comes from: the system clock, or a test's hand.
 pub trait Clock: Send + Sync {
@@ -114,12 +115,12 @@ impl State {
     }
 
     /// Runs queued per task, counted from the durable queue once.
-    fn queued_counts(&self, store: &Store) -> Result<std::sync::MutexGuard<'_, Option<HashMap<String, usize>>>> {
+    fn queued_counts(&self, store: &dyn Backend) -> Result<std::sync::MutexGuard<'_, Option<HashMap<String, usize>>>> {
         let mut counts = lock(&self.queued_per_task);
         if counts.is_none() {
             let mut map = HashMap::new();
             for (_, id) in store.queued()? {
-                if let Some(r) = store.run::<Run>(id)? {
+                if let Some(r) = store.run(id)? {
                     *map.entry(r.task).or_insert(0) += 1;
                 }
             }
@@ -128,7 +129,7 @@ impl State {
         Ok(counts)
     }
 
-    pub(super) fn count_queued(&self, store: &Store, task: &str, delta: isize) -> Result<()> {
+    pub(super) fn count_queued(&self, store: &dyn Backend, task: &str, delta: isize) -> Result<()> {
         let mut counts = self.queued_counts(store)?;
         if let Some(map) = counts.as_mut() {
             let n = map.entry(task.to_string()).or_insert(0);
@@ -138,7 +139,7 @@ impl State {
     }
 
     /// Whether a run of `task` is running, and whether one is queued.
-    fn task_is_busy(&self, store: &Store, task: &str) -> Result<(bool, bool)> {
+    fn task_is_busy(&self, store: &dyn Backend, task: &str) -> Result<(bool, bool)> {
         let running = lock(&self.live).values().any(|l| l.task == task);
         let queued = self.queued_counts(store)?.as_ref().and_then(|m| m.get(task)).copied().unwrap_or(0) > 0;
         Ok((running, queued))
@@ -157,12 +158,12 @@ impl Engine<'_> {
         let app = self.app;
         let now = app.now();
         let mut n = 0;
-        for mut run in app.store.all_runs::<Run>()? {
+        for mut run in app.store.all_runs()? {
             if run.status == RunStatus::Running {
                 run.status = RunStatus::Interrupted;
                 run.finished_at = Some(now);
                 run.error = Some("the host stopped while this run was running; run the task again to redo it".into());
-                app.store.put_run(run.id, &run, Some(now))?;
+                app.store.put_run(&run, Some(now))?;
                 n += 1;
             }
         }
@@ -178,7 +179,7 @@ impl Engine<'_> {
     /// Fires every task due by now into the queue. Returns how many fired.
     pub fn tick(&self) -> Result<usize> {
         let app = self.app;
-        let (store, state) = (&app.store, &app.engine);
+        let (store, state) = (&*app.store, &app.engine);
         let _guard = lock(&state.fire_lock);
         let now = app.now();
         let grace = chrono::Duration::seconds(app.config.scheduler.misfire_grace_secs as i64);
@@ -191,7 +192,7 @@ impl Engine<'_> {
                 break;
             }
             for (due_at, name) in due {
-                let Some(mut task) = store.tasks::<Task>().get(name.as_bytes())? else {
+                let Some(mut task) = store.task(&name)? else {
                     store.remove_task(&name, Some(due_at))?;
                     continue;
                 };
@@ -200,7 +201,7 @@ impl Engine<'_> {
                 if !task.enabled || indexed != Some(due_at.timestamp_millis()) {
                     // A stale index entry: put the task back where it belongs.
                     let due = if task.enabled { task.next_fire } else { None };
-                    store.put_task(&name, &task, Some(due_at), due.filter(|d| *d != due_at))?;
+                    store.put_task(&task, Some(due_at), due.filter(|d| *d != due_at))?;
                     continue;
                 }
                 let missed = now - due_at > grace;
@@ -217,23 +218,20 @@ impl Engine<'_> {
                         tracing::info!(task = %name, fire = %due_at, "Fire skipped: the previous run is still going.");
                     }
                 }
-                if enqueue && task.overlap == Overlap::CancelRunning && running {
-                    for l in lock(&state.live).values().filter(|l| l.task == name) {
-                        l.control.cancel(Duration::from_secs(app.host.config().cancel_grace_secs));
-                    }
-                }
                 let run = if enqueue {
                     Some(app.new_run(&task, &task.owner.clone(), Trigger::Schedule, Some(due_at))?)
                 } else {
                     None
                 };
-                store.fire(
-                    &name,
-                    &task,
-                    Some(due_at),
-                    task.next_fire,
-                    run.as_ref().map(|r| (task.priority(), due_at, r.id, r)),
-                )?;
+                // The store fires a due time once, whoever else ticks.
+                if !store.fire(&task, due_at, task.next_fire, run.as_ref().map(|r| (task.priority(), r)))? {
+                    continue;
+                }
+                if enqueue && task.overlap == Overlap::CancelRunning && running {
+                    for l in lock(&state.live).values().filter(|l| l.task == name) {
+                        l.control.cancel(Duration::from_secs(app.host.config().cancel_grace_secs));
+                    }
+                }
                 if enqueue {
                     state.count_queued(store, &name, 1)?;
                     fired += 1;
@@ -250,12 +248,12 @@ impl Engine<'_> {
     /// Starts queued runs while workers are free. Needs a tokio runtime.
     pub fn dispatch(&self) -> Result<usize> {
         let app = self.app;
-        let (store, state) = (&app.store, &app.engine);
+        let (store, state) = (&*app.store, &app.engine);
         let mut starting = Vec::new();
         let mut after = None;
         while lock(&state.live).len() < app.config.scheduler.workers.max(1) && !state.is_shutting_down() {
             let Some((key, id)) = store.queued_after(after.as_ref())? else { break };
-            let Some(mut run) = store.run::<Run>(id)? else {
+            let Some(mut run) = store.run(id)? else {
                 store.dequeue(&key)?;
                 continue;
             };
@@ -271,7 +269,7 @@ impl Engine<'_> {
             let control = RunControl::new();
             {
                 let mut live = lock(&state.live);
-                if !store.start_run(&key, id, &run)? {
+                if !store.start_run(&key, &run)? {
                     continue;
                 }
                 live.insert(id, Live { task: run.task.clone(), control: control.clone() });
@@ -325,7 +323,7 @@ impl Engine<'_> {
         let cancelled_cutoff = now - chrono::Duration::minutes(config.cancelled_retention_minutes as i64);
         let mut removed = 0;
         for id in app.store.finished_before(cancelled_cutoff)? {
-            let Some(run) = app.store.run::<Run>(id)? else { continue };
+            let Some(run) = app.store.run(id)? else { continue };
             let finished = run.finished_at.unwrap_or(now);
             let expired = match run.status {
                 RunStatus::Cancelled => finished <= cancelled_cutoff,
@@ -435,12 +433,12 @@ impl App {
         if !live.contains_key(&id) {
             return;
         }
-        if let Ok(Some(mut run)) = self.store.run::<Run>(id) {
+        if let Ok(Some(mut run)) = self.store.run(id) {
             let (done, total) = control.progress();
             if (run.progress_done, run.progress_total) != (done, total) {
                 run.progress_done = done;
                 run.progress_total = total;
-                let _ = self.store.put_run(id, &run, None);
+                let _ = self.store.put_run(&run, None);
             }
         }
     }

@@ -113,7 +113,7 @@ impl App {
                 run.error = Some(e);
             }
         }
-        if let Ok(Some(stored)) = self.store.run::<Run>(id) {
+        if let Ok(Some(stored)) = self.store.run(id) {
             run.cancel_requested_by = stored.cancel_requested_by;
         }
         for (i, m) in effects.messages.iter_mut().enumerate() {
@@ -144,15 +144,15 @@ impl App {
             (&[][..], Vec::new(), Vec::new())
         };
         if run.status.is_finished() {
-            outbox.extend(notify::job_completion(&self.store, run, now)?);
+            outbox.extend(notify::job_completion(&*self.store, run, now)?);
             let outbox = outbox
                 .into_iter()
                 .map(|e| Ok((self.store.next_sequence("outbox")?, e.next_attempt, e)))
                 .collect::<Result<Vec<_>>>()?;
-            self.store.finish_run(run.id, run, now, &run.task, &Finish { state, ledger: &ledger, outbox: &outbox })?;
+            self.store.finish_run(run, now, &Finish { state, ledger: &ledger, outbox: &outbox })?;
         } else {
             // Held for a person: not finished, so not in retention yet.
-            self.store.put_run(run.id, run, None)?;
+            self.store.put_run(run, None)?;
         }
         self.store.flush()?;
         Ok(())
@@ -179,7 +179,7 @@ impl App {
             TaskKind::Import => self.import_job(task, run, &request, effects, made),
             TaskKind::Notifier | TaskKind::Export | TaskKind::Cleanup => {
                 let outcome = self.host.run_notifier(&task.plugin, &request).map_err(|e| e.to_string())?;
-                effects.mail = notify::plan(&self.store, &task.notify, run, &outcome.notifications, self.now())
+                effects.mail = notify::plan(&*self.store, &task.notify, run, &outcome.notifications, self.now())
                     .map_err(|e| e.to_string())?;
                 for (status, message) in &effects.mail.messages {
                     effects.messages.push(note(status, message.clone()));
@@ -209,7 +209,7 @@ impl App {
         let settle =
             if by_hand { Duration::ZERO } else { Duration::from_millis(self.config.scheduler.pickup_settle_ms) };
         let sources = self.sources();
-        let (files, notes) = imports::pickup(&self.store, target, settle, &sources).map_err(|e| e.to_string())?;
+        let (files, notes) = imports::pickup(&*self.store, target, settle, &sources).map_err(|e| e.to_string())?;
         effects.messages.extend(notes.into_iter().map(|n| note("waiting", n)));
         let Some(file) = files.first() else {
             if by_hand {
@@ -276,7 +276,7 @@ impl App {
         run.started_at = Some(self.now());
         let control = RunControl::new();
         lock(&self.engine.live).insert(run.id, Live { task: run.task.clone(), control: control.clone() });
-        self.store.put_run(run.id, &run, None)?;
+        self.store.put_run(&run, None)?;
         self.store.flush()?;
         Ok(self.perform(Ok(task.clone()), run, control))
     }

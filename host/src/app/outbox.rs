@@ -21,7 +21,7 @@ impl Outbox<'_> {
             Role::Owner => None,
             Role::Staff => Some(self.app.tasks().list(user)?.into_iter().map(|t| t.name).collect()),
         };
-        Ok(notify::outbox_newest(&self.app.store, limit, |e| {
+        Ok(notify::outbox_newest(&*self.app.store, limit, |e| {
             status.is_none_or(|s| e.status == s) && own.as_ref().is_none_or(|o| o.contains(&e.task))
         })?)
     }
@@ -45,7 +45,7 @@ impl Outbox<'_> {
     /// Sends due emails through `mailer` until `stop` is set: the service's
     /// sender thread.
     pub fn serve(&self, mailer: &Mailer, stop: &std::sync::atomic::AtomicBool) {
-        mailer.serve(&self.app.store, stop, std::time::Duration::from_secs(1));
+        mailer.serve(&*self.app.store, stop, std::time::Duration::from_secs(1));
     }
 
     /// Sends the emails due now (the account owner only).
@@ -60,6 +60,6 @@ impl Outbox<'_> {
                 "no SMTP server is set: add smtp_host (and from, tls) under [email] in {config}"
             )));
         };
-        mailer.deliver_due(&self.app.store, self.app.now()).map_err(|e| Error::Failed(e.to_string()))
+        mailer.deliver_due(&*self.app.store, self.app.now()).map_err(|e| Error::Failed(e.to_string()))
     }
 }

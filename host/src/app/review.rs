@@ -22,7 +22,7 @@ pub(super) const FILE_TASK_PREFIX: &str = "file:";
 impl ImportReview<'_> {
     fn held_plan(&self, user: &User, id: RunId) -> Result<(Run, ImportPlan)> {
         let run = self.app.runs().show(user, id)?;
-        let plan = self.app.store.plan::<ImportPlan>(id)?.ok_or_else(|| {
+        let plan = self.app.store.plan(id)?.ok_or_else(|| {
             Error::Conflict(format!(
                 "run {id} has no import plan to act on (it is {}, and not a test import)",
                 run.status
@@ -70,7 +70,7 @@ impl ImportReview<'_> {
         run.approval_code_hash = None;
         self.audit(&mut run, user, "committed", None);
         app.store.remove_plan(run.id)?;
-        app.store.put_run(run.id, &run, Some(now))?;
+        app.store.put_run(&run, Some(now))?;
         app.store.flush()?;
         tracing::info!(run = run.id, by = %user.name, written, "Import committed.");
         Ok(run)
@@ -100,7 +100,7 @@ impl ImportReview<'_> {
                 };
                 run.finished_at = None;
                 self.audit(&mut run, user, "commit-requested", None);
-                self.app.store.put_run(id, &run, None)?;
+                self.app.store.put_run(&run, None)?;
                 self.app.store.flush()?;
                 Err(Error::Conflict(format!("{}; run {id} now waits for that", plan.summary())))
             }
@@ -133,7 +133,7 @@ impl ImportReview<'_> {
             ));
         }
         self.audit(&mut run, user, "requested-authorization", Some(comment.trim().into()));
-        self.app.store.put_run(id, &run, None)?;
+        self.app.store.put_run(&run, None)?;
         self.app.store.flush()?;
         Ok(run)
     }
@@ -155,7 +155,7 @@ impl ImportReview<'_> {
         let code = hex::encode(bytes).to_uppercase();
         run.approval_code_hash = Some(crate::users::token_hash(&code));
         self.audit(&mut run, user, "issued-approval-code", None);
-        self.app.store.put_run(id, &run, None)?;
+        self.app.store.put_run(&run, None)?;
         self.app.store.flush()?;
         Ok(code)
     }

@@ -16,7 +16,7 @@ pub struct Runs<'a> {
 
 impl Runs<'_> {
     pub(super) fn get(&self, id: RunId) -> Result<Run> {
-        self.app.store.run::<Run>(id)?.ok_or_else(|| Error::NotFound(format!("no run {id}")))
+        self.app.store.run(id)?.ok_or_else(|| Error::NotFound(format!("no run {id}")))
     }
 
     /// The runs `user` may see, newest first.
@@ -88,7 +88,7 @@ impl Runs<'_> {
                     l.control.cancel(Duration::from_secs(app.host.config().cancel_grace_secs));
                 }
                 current.cancel_requested_by = Some(user.name.clone());
-                app.store.put_run(id, &current, None)?;
+                app.store.put_run(&current, None)?;
                 run = current;
             }
             status => {
@@ -96,12 +96,12 @@ impl Runs<'_> {
                     && let Some((key, _)) = app.store.queued()?.into_iter().find(|(_, q)| *q == id)
                     && app.store.dequeue(&key)?
                 {
-                    app.engine.count_queued(&app.store, &run.task, -1)?;
+                    app.engine.count_queued(&*app.store, &run.task, -1)?;
                 }
                 run.status = RunStatus::Cancelled;
                 run.cancel_requested_by = Some(user.name.clone());
                 run.finished_at = Some(now);
-                app.store.put_run(id, &run, Some(now))?;
+                app.store.put_run(&run, Some(now))?;
             }
         }
         app.store.flush()?;

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use super::{App, Error, Result, lock, owner_only};
 use crate::store::{Drift, Migrated};
-use crate::tasks::Task;
 use crate::users::User;
 
 /// The storage service.
@@ -24,13 +23,13 @@ impl Storage<'_> {
     /// and counts, and the due index against the tasks. One line each.
     pub fn check(&self, user: &User) -> Result<Vec<Drift>> {
         owner_only(user, "check the store")?;
-        let store = &self.app.store;
+        let store = &*self.app.store;
         let mut drift = store.check()?;
         let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
         let due: std::collections::BTreeSet<(i64, String)> =
             store.due_tasks(far, usize::MAX)?.into_iter().map(|(t, n)| (t.timestamp_millis(), n)).collect();
         let mut wanted = std::collections::BTreeSet::new();
-        for task in store.tasks::<Task>().all()? {
+        for task in store.all_tasks()? {
             if let Some(next) = task.next_fire.filter(|_| task.enabled) {
                 wanted.insert((next.timestamp_millis(), task.name.clone()));
             }

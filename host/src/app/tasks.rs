@@ -29,8 +29,7 @@ impl Tasks<'_> {
     pub(super) fn get(&self, name: &str) -> Result<Task> {
         self.app
             .store
-            .tasks::<Task>()
-            .get(name.as_bytes())?
+            .task(name)?
             .ok_or_else(|| Error::NotFound(format!("no task named `{name}`; `schoolbell task list` shows the tasks")))
     }
 
@@ -51,7 +50,7 @@ impl Tasks<'_> {
     pub fn add(&self, user: &User, spec: TaskSpec) -> Result<Task> {
         let app = self.app;
         let _guard = lock(&app.engine.fire_lock);
-        if app.store.tasks::<Task>().get(spec.name.as_bytes())?.is_some() {
+        if app.store.task(&spec.name)?.is_some() {
             return Err(Error::Conflict(format!(
                 "a task named `{}` exists; remove it first or pick another name",
                 spec.name
@@ -65,7 +64,7 @@ impl Tasks<'_> {
                 .map_err(|e| Error::Invalid(format!("task `{}`: {e}", task.name)))?;
         }
         let due = if task.enabled { task.next_fire } else { None };
-        app.store.put_task(&task.name, &task, None, due)?;
+        app.store.put_task(&task, None, due)?;
         app.store.flush()?;
         app.engine.wake.notify_one();
         tracing::info!(task = %task.name, next = ?task.next_fire, by = %user.name, "Task added.");
@@ -74,7 +73,7 @@ impl Tasks<'_> {
 
     /// The tasks `user` may see, by name.
     pub fn list(&self, user: &User) -> Result<Vec<Task>> {
-        let all = self.app.store.tasks::<Task>().all()?;
+        let all = self.app.store.all_tasks()?;
         Ok(all.into_iter().filter(|t| user.role == Role::Owner || t.owner == user.name).collect())
     }
 
@@ -100,7 +99,7 @@ impl Tasks<'_> {
             };
         }
         let new_due = if enabled { task.next_fire } else { None };
-        app.store.put_task(name, &task, old_due, new_due)?;
+        app.store.put_task(&task, old_due, new_due)?;
         app.store.flush()?;
         app.engine.wake.notify_one();
         Ok(task)
@@ -145,8 +144,8 @@ impl Tasks<'_> {
         }
         let mut run = app.new_run(&task, &user.name, Trigger::User, None)?;
         run.dry_run = dry_run;
-        app.store.enqueue(task.priority(), run.queued_at, run.id, &run)?;
-        app.engine.count_queued(&app.store, &task.name, 1)?;
+        app.store.enqueue(task.priority(), run.queued_at, &run)?;
+        app.engine.count_queued(&*app.store, &task.name, 1)?;
         app.store.flush()?;
         app.engine.wake.notify_one();
         Ok(run)
@@ -156,7 +155,7 @@ impl Tasks<'_> {
     pub fn test_connection(&self, user: &User, name: &str) -> Result<String> {
         let task = self.show(user, name)?;
         let target = task.import.ok_or_else(|| Error::Invalid(format!("task `{name}` is not an import")))?;
-        imports::test_connection(&self.app.store, &target, &self.app.sources())
+        imports::test_connection(&*self.app.store, &target, &self.app.sources())
             .map_err(|e| Error::Invalid(e.to_string()))
     }
 }

@@ -20,7 +20,7 @@ use lettre::{Message, Transport};
 use serde::Deserialize;
 
 use super::{Delivery, OutboxEntry};
-use crate::store::{self, Store};
+use crate::store::{self, Backend};
 
 /// How the connection to the SMTP server is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -155,11 +155,11 @@ impl Mailer {
 
     /// Sends every entry due at `now`, oldest first, recording each
     /// outcome durably as it goes.
-    pub fn deliver_due(&self, store: &Store, now: DateTime<Utc>) -> Result<Delivered, Error> {
+    pub fn deliver_due(&self, store: &dyn Backend, now: DateTime<Utc>) -> Result<Delivered, Error> {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let mut delivered = Delivered::default();
         loop {
-            let mut due = store.outbox_due::<OutboxEntry>(now, 256)?.into_iter();
+            let mut due = store.outbox_due(now, 256)?.into_iter();
             // The first alone: when the server is down, one attempt says so.
             let Some(first) = due.next() else { return Ok(delivered) };
             if !self.attempt(store, now, first, &mut delivered)? {
@@ -211,7 +211,7 @@ impl Mailer {
     /// stay due).
     fn attempt(
         &self,
-        store: &Store,
+        store: &dyn Backend,
         now: DateTime<Utc>,
         (oid, mut entry): (u64, OutboxEntry),
         delivered: &mut Delivered,
@@ -248,7 +248,7 @@ impl Mailer {
 
     /// Delivers what is due every `poll` until `stop` is set: the server's
     /// mail loop, on a thread of its own because SMTP calls block.
-    pub fn serve(&self, store: &Store, stop: &std::sync::atomic::AtomicBool, poll: Duration) {
+    pub fn serve(&self, store: &dyn Backend, stop: &std::sync::atomic::AtomicBool, poll: Duration) {
         use std::sync::atomic::Ordering;
         while !stop.load(Ordering::SeqCst) {
             match self.deliver_due(store, Utc::now()) {

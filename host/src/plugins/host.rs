@@ -10,7 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::records::Record;
 use crate::rules::RuleSet;
-use crate::store::Store;
+use crate::store::Backend;
 
 use super::bindings::{self, files_api, host_api, log_api, wit};
 use super::output::CappedOutput;
@@ -55,7 +55,7 @@ pub(crate) struct RunSetup {
     pub(crate) declared: Vec<Capability>,
     /// What the admin granted.
     pub(crate) granted: Vec<Capability>,
-    pub(crate) store: Arc<Store>,
+    pub(crate) store: Arc<dyn Backend>,
     pub(crate) rules: Arc<RuleSet>,
     pub(crate) task: String,
     pub(crate) params: Record,

@@ -83,8 +83,7 @@ impl PluginHost {
                 message: format!("name `{}` must be lowercase letters, digits and dashes", info.name),
             });
         }
-        let registry = self.store.plugins::<PluginEntry>();
-        let previous = registry.get(info.name.as_bytes())?;
+        let previous = self.store.plugin(&info.name)?;
         if let Some(p) = &previous
             && p.hash == hash
         {
@@ -107,7 +106,7 @@ impl PluginHost {
             granted,
         };
         self.store.put_blob(&hash, bytes)?;
-        registry.put(entry.name.as_bytes(), &entry)?;
+        self.store.put_plugin(&entry)?;
         if let Some(p) = &previous
             && !self.list()?.iter().any(|e| e.hash == p.hash)
         {
@@ -151,12 +150,12 @@ impl PluginHost {
 
     /// Every installed plugin, by name.
     pub fn list(&self) -> Result<Vec<PluginEntry>, Error> {
-        Ok(self.store.plugins::<PluginEntry>().all()?)
+        Ok(self.store.all_plugins()?)
     }
 
     /// One installed plugin.
     pub fn entry(&self, name: &str) -> Result<PluginEntry, Error> {
-        self.store.plugins::<PluginEntry>().get(name.as_bytes())?.ok_or_else(|| Error::NotInstalled(name.into()))
+        self.store.plugin(name)?.ok_or_else(|| Error::NotInstalled(name.into()))
     }
 
     /// Grants a capability the plugin declared.
@@ -174,7 +173,7 @@ impl PluginHost {
         }
         if !entry.granted.contains(&cap) {
             entry.granted.push(cap);
-            self.store.plugins::<PluginEntry>().put(name.as_bytes(), &entry)?;
+            self.store.put_plugin(&entry)?;
             self.store.flush()?;
         }
         Ok(entry)
@@ -193,7 +192,7 @@ impl PluginHost {
     pub fn revoke(&self, name: &str, cap: &Capability) -> Result<PluginEntry, Error> {
         let mut entry = self.entry(name)?;
         entry.granted.retain(|g| g != cap);
-        self.store.plugins::<PluginEntry>().put(name.as_bytes(), &entry)?;
+        self.store.put_plugin(&entry)?;
         self.store.flush()?;
         Ok(entry)
     }
@@ -201,7 +200,7 @@ impl PluginHost {
     /// Removes a plugin and its component.
     pub fn remove(&self, name: &str) -> Result<PluginEntry, Error> {
         let entry = self.entry(name)?;
-        self.store.plugins::<PluginEntry>().remove(name.as_bytes())?;
+        self.store.remove_plugin(name)?;
         if !self.list()?.iter().any(|e| e.hash == entry.hash) {
             self.store.remove_blob(&entry.hash)?;
         }

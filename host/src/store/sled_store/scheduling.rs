@@ -14,13 +14,7 @@ use sled::Transactional;
 use sled::transaction::TransactionError;
 
 use super::{Error, Result, Store, Typed, decode, encode, io};
-
-/// A run's id: unique and increasing across restarts.
-pub type RunId = u64;
-
-/// A queue entry's key: priority, then due time, then a sequence number.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct QueueKey(pub Vec<u8>);
+use crate::store::{Finish, QueueKey, RunId};
 
 /// Orders instants as bytes: millisecond timestamps with the sign bit
 /// flipped, big-endian.
@@ -51,36 +45,26 @@ fn outbox_due_key(t: DateTime<Utc>, oid: u64) -> Vec<u8> {
     k
 }
 
-/// What finishing a run writes beside it.
-pub struct Finish<'a, L, O> {
-    /// The task's state writes (none: the key is cleared).
-    pub state: &'a [(String, Option<String>)],
-    /// Dedupe-ledger changes, by dedupe key (none: the entry is cleared).
-    pub ledger: &'a [(String, Option<L>)],
-    /// New outbox entries: id, when due, the entry.
-    pub outbox: &'a [(u64, DateTime<Utc>, O)],
-}
-
 fn tx_error(tree: &'static str) -> impl Fn(TransactionError<Error>) -> Error {
     move |e| match e {
         TransactionError::Abort(e) => e,
-        TransactionError::Storage(source) => Error::Io { tree, source },
+        TransactionError::Storage(source) => Error::Io { tree, source: Box::new(source) },
     }
 }
 
 impl Store {
     /// Task definitions, by name.
-    pub fn tasks<T: Serialize + DeserializeOwned>(&self) -> Typed<T> {
+    pub(in crate::store) fn tasks<T: Serialize + DeserializeOwned>(&self) -> Typed<T> {
         Typed::new("tasks", self.tasks.clone())
     }
 
     /// Users, by name.
-    pub fn users<U: Serialize + DeserializeOwned>(&self) -> Typed<U> {
+    pub(in crate::store) fn users<U: Serialize + DeserializeOwned>(&self) -> Typed<U> {
         Typed::new("users", self.users.clone())
     }
 
     /// Saves a task and moves its entry in the due index, atomically.
-    pub fn put_task<T: Serialize>(
+    pub(in crate::store) fn put_task<T: Serialize>(
         &self,
         name: &str,
         task: &T,
@@ -91,7 +75,7 @@ impl Store {
     }
 
     /// Removes a task and its due entry.
-    pub fn remove_task(&self, name: &str, due: Option<DateTime<Utc>>) -> Result<()> {
+    pub(in crate::store) fn remove_task(&self, name: &str, due: Option<DateTime<Utc>>) -> Result<()> {
         (&self.tasks, &self.due)
             .transaction(|(tasks, dues)| {
                 tasks.remove(name.as_bytes())?;
@@ -105,7 +89,7 @@ impl Store {
 
     /// Removes a task's state (watermarks) and its dedupe ledger, so a new
     /// task of the same name starts afresh.
-    pub fn forget_task(&self, name: &str) -> Result<()> {
+    pub(in crate::store) fn forget_task(&self, name: &str) -> Result<()> {
         let prefix = super::key(&[name.as_bytes(), b""]);
         for (tree, label) in [(&self.state, "task_state"), (&self.notified, "notified")] {
             let mut batch = sled::Batch::default();
@@ -118,7 +102,11 @@ impl Store {
     }
 
     /// Tasks due at or before `up_to`, earliest first.
-    pub fn due_tasks(&self, up_to: DateTime<Utc>, limit: usize) -> Result<Vec<(DateTime<Utc>, String)>> {
+    pub(in crate::store) fn due_tasks(
+        &self,
+        up_to: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(DateTime<Utc>, String)>> {
         let mut end = ts(up_to).to_vec();
         end.push(0xff);
         let mut out = Vec::new();
@@ -132,13 +120,13 @@ impl Store {
     }
 
     /// The earliest due time of any task.
-    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+    pub(in crate::store) fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
         Ok(self.due.first().map_err(io("tasks_by_due"))?.and_then(|(k, _)| from_ts(&k)))
     }
 
     /// Records a fire atomically: the task (with its next fire time), its
     /// due-index entry, and (unless the fire is skipped) a queue entry.
-    pub fn fire<T: Serialize, R: Serialize>(
+    pub(in crate::store) fn fire<T: Serialize, R: Serialize>(
         &self,
         name: &str,
         task: &T,
@@ -166,6 +154,39 @@ impl Store {
             .map_err(tx_error("tasks"))
     }
 
+    /// Fires a task once: only while its due entry for `due` is there, the
+    /// entry goes, the task is saved with its next due entry, and the run
+    /// (if any) is queued, in one transaction. False when the entry was
+    /// gone: someone else fired it.
+    pub(in crate::store) fn fire_once<T: Serialize, R: Serialize>(
+        &self,
+        name: &str,
+        task: &T,
+        due: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        queued: Option<(u8, DateTime<Utc>, RunId, &R)>,
+    ) -> Result<bool> {
+        let task = encode(task);
+        let queued = queued.map(|(priority, due, id, run)| (self.queue_key(priority, due, id), id, encode(run)));
+        let fired = (&self.tasks, &self.due, &self.queue, &self.runs)
+            .transaction(|(tasks, dues, queue, runs)| {
+                if dues.remove(due_key(due, name))?.is_none() {
+                    return Ok(false);
+                }
+                tasks.insert(name.as_bytes(), task.as_slice())?;
+                if let Some(d) = next {
+                    dues.insert(due_key(d, name), &[])?;
+                }
+                if let Some((k, id, run)) = &queued {
+                    queue.insert(k.0.as_slice(), &id.to_be_bytes())?;
+                    runs.insert(&id.to_be_bytes(), run.as_slice())?;
+                }
+                Ok(true)
+            })
+            .map_err(tx_error("tasks"))?;
+        Ok(fired)
+    }
+
     fn queue_key(&self, priority: u8, due: DateTime<Utc>, id: u64) -> QueueKey {
         let mut k = vec![priority];
         k.extend_from_slice(&ts(due));
@@ -174,7 +195,13 @@ impl Store {
     }
 
     /// Queues a run (a run-now, say), with its record, atomically.
-    pub fn enqueue<R: Serialize>(&self, priority: u8, due: DateTime<Utc>, id: RunId, run: &R) -> Result<QueueKey> {
+    pub(in crate::store) fn enqueue<R: Serialize>(
+        &self,
+        priority: u8,
+        due: DateTime<Utc>,
+        id: RunId,
+        run: &R,
+    ) -> Result<QueueKey> {
         let key = self.queue_key(priority, due, id);
         let run = encode(run);
         (&self.queue, &self.runs)
@@ -189,7 +216,7 @@ impl Store {
 
     /// The queue, in the order it is served (priority, then due time):
     /// each entry's key and run id.
-    pub fn queued(&self) -> Result<Vec<(QueueKey, RunId)>> {
+    pub(in crate::store) fn queued(&self) -> Result<Vec<(QueueKey, RunId)>> {
         self.queue
             .iter()
             .map(|item| {
@@ -204,14 +231,9 @@ impl Store {
             .collect()
     }
 
-    /// The entry served next, if any.
-    pub fn first_queued(&self) -> Result<Option<(QueueKey, RunId)>> {
-        self.queued_after(None)
-    }
-
     /// The entry served after `after` (the first when none): the
     /// dispatcher walks on past runs that must wait.
-    pub fn queued_after(&self, after: Option<&QueueKey>) -> Result<Option<(QueueKey, RunId)>> {
+    pub(in crate::store) fn queued_after(&self, after: Option<&QueueKey>) -> Result<Option<(QueueKey, RunId)>> {
         use std::ops::Bound;
         let from = match after {
             Some(k) => Bound::Excluded(k.0.clone()),
@@ -228,23 +250,23 @@ impl Store {
     }
 
     /// How many runs wait in the queue.
-    pub fn queue_len(&self) -> usize {
+    pub(in crate::store) fn queue_len(&self) -> usize {
         self.queue.len()
     }
 
     /// Removes a queue entry without running it.
-    pub fn dequeue(&self, key: &QueueKey) -> Result<bool> {
+    pub(in crate::store) fn dequeue(&self, key: &QueueKey) -> Result<bool> {
         Ok(self.queue.remove(&key.0).map_err(io("queue"))?.is_some())
     }
 
     /// A fresh run id.
-    pub fn new_run_id(&self) -> Result<RunId> {
+    pub(in crate::store) fn new_run_id(&self) -> Result<RunId> {
         self.next_sequence("runs")
     }
 
     /// Takes a queue entry and marks its run started, atomically. False if
     /// the entry is gone (another worker took it, or it was removed).
-    pub fn start_run<R: Serialize>(&self, key: &QueueKey, id: RunId, run: &R) -> Result<bool> {
+    pub(in crate::store) fn start_run<R: Serialize>(&self, key: &QueueKey, id: RunId, run: &R) -> Result<bool> {
         let run = encode(run);
         (&self.queue, &self.runs)
             .transaction(|(queue, runs)| {
@@ -259,7 +281,12 @@ impl Store {
 
     /// Creates or updates a run record (progress, status). A finished run
     /// goes into the retention index by its finish time.
-    pub fn put_run<R: Serialize>(&self, id: RunId, run: &R, finished: Option<DateTime<Utc>>) -> Result<()> {
+    pub(in crate::store) fn put_run<R: Serialize>(
+        &self,
+        id: RunId,
+        run: &R,
+        finished: Option<DateTime<Utc>>,
+    ) -> Result<()> {
         let run = encode(run);
         (&self.runs, &self.finished)
             .transaction(|(runs, fin)| {
@@ -277,7 +304,7 @@ impl Store {
     /// Finishes a run atomically with what it leaves behind: its task's
     /// state writes (watermarks), its dedupe-ledger changes and its
     /// outbox entries. A crash keeps all of them or none.
-    pub fn finish_run<R: Serialize, L: Serialize, O: Serialize>(
+    pub(in crate::store) fn finish_run<R: Serialize, L: Serialize, O: Serialize>(
         &self,
         id: RunId,
         run: &R,
@@ -322,7 +349,7 @@ impl Store {
     }
 
     /// A task's dedupe-ledger entries, by dedupe key.
-    pub fn notified<L: DeserializeOwned>(&self, task: &str) -> Result<Vec<(String, L)>> {
+    pub(in crate::store) fn notified<L: DeserializeOwned>(&self, task: &str) -> Result<Vec<(String, L)>> {
         let prefix = super::key(&[task.as_bytes(), b""]);
         self.notified
             .scan_prefix(&prefix)
@@ -335,7 +362,11 @@ impl Store {
     }
 
     /// Outbox entries due at or before `now`, oldest first, up to `limit`.
-    pub fn outbox_due<O: DeserializeOwned>(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<(u64, O)>> {
+    pub(in crate::store) fn outbox_due<O: DeserializeOwned>(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(u64, O)>> {
         let mut end = ts(now).to_vec();
         end.push(0xff);
         let mut due = Vec::new();
@@ -350,7 +381,11 @@ impl Store {
     }
 
     /// Outbox entries after the id `after`, in id order, up to `limit`.
-    pub fn outbox<O: DeserializeOwned>(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, O)>> {
+    pub(in crate::store) fn outbox<O: DeserializeOwned>(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, O)>> {
         let start = after.map_or(0, |a| a.saturating_add(1)).to_be_bytes();
         self.outbox
             .range(start..)
@@ -367,7 +402,7 @@ impl Store {
     /// index (`None`: no longer due, as when it is sent or has failed for
     /// good), atomically, and flushes: a sent entry must stay sent across a
     /// crash so it is never sent twice.
-    pub fn update_outbox<O: Serialize>(
+    pub(in crate::store) fn update_outbox<O: Serialize>(
         &self,
         oid: u64,
         entry: &O,
@@ -389,13 +424,13 @@ impl Store {
     }
 
     /// One run.
-    pub fn run<R: DeserializeOwned>(&self, id: RunId) -> Result<Option<R>> {
+    pub(in crate::store) fn run<R: DeserializeOwned>(&self, id: RunId) -> Result<Option<R>> {
         let k = id.to_be_bytes();
         self.runs.get(k).map_err(io("runs"))?.map(|v| decode("runs", &k, &v)).transpose()
     }
 
     /// Runs, newest first, up to `limit`, before the id `before`.
-    pub fn runs<R: DeserializeOwned>(&self, before: Option<RunId>, limit: usize) -> Result<Vec<R>> {
+    pub(in crate::store) fn runs<R: DeserializeOwned>(&self, before: Option<RunId>, limit: usize) -> Result<Vec<R>> {
         let end = before.unwrap_or(u64::MAX).to_be_bytes();
         self.runs
             .range(..end)
@@ -409,12 +444,12 @@ impl Store {
     }
 
     /// Every run (for recovery after a restart).
-    pub fn all_runs<R: DeserializeOwned>(&self) -> Result<Vec<R>> {
+    pub(in crate::store) fn all_runs<R: DeserializeOwned>(&self) -> Result<Vec<R>> {
         self.runs(None, usize::MAX)
     }
 
     /// Ids of runs finished at or before `cutoff`, oldest first.
-    pub fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<RunId>> {
+    pub(in crate::store) fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<RunId>> {
         let mut end = ts(cutoff).to_vec();
         end.push(0xff);
         let mut ids = Vec::new();
@@ -428,7 +463,7 @@ impl Store {
     }
 
     /// Deletes a run, its messages and its index entries.
-    pub fn delete_run(&self, id: RunId, finished: Option<DateTime<Utc>>) -> Result<()> {
+    pub(in crate::store) fn delete_run(&self, id: RunId, finished: Option<DateTime<Utc>>) -> Result<()> {
         let prefix = id.to_be_bytes();
         let mut batch = sled::Batch::default();
         for item in self.messages.scan_prefix(prefix).keys() {
@@ -452,7 +487,12 @@ impl Store {
 
     /// Appends messages to a run. `first_seq` numbers the first; each
     /// message is indexed by its status so filtering stays cheap.
-    pub fn add_messages<M: Serialize>(&self, run: RunId, first_seq: u64, messages: &[(&str, M)]) -> Result<()> {
+    pub(in crate::store) fn add_messages<M: Serialize>(
+        &self,
+        run: RunId,
+        first_seq: u64,
+        messages: &[(&str, M)],
+    ) -> Result<()> {
         let mut batch = sled::Batch::default();
         let mut index = sled::Batch::default();
         for (i, (status, m)) in messages.iter().enumerate() {
@@ -475,7 +515,7 @@ impl Store {
 
     /// A page of a run's messages after sequence `after`, optionally only
     /// those with `status`, and the cursor for the next page.
-    pub fn messages<M: DeserializeOwned>(
+    pub(in crate::store) fn messages<M: DeserializeOwned>(
         &self,
         run: RunId,
         status: Option<&str>,
@@ -536,36 +576,36 @@ impl Store {
 
     /// Stores a run's import plan (for a test import, or one held by the
     /// mass-change guard).
-    pub fn put_plan<P: Serialize>(&self, run: RunId, plan: &P) -> Result<()> {
+    pub(in crate::store) fn put_plan<P: Serialize>(&self, run: RunId, plan: &P) -> Result<()> {
         self.plans.insert(run.to_be_bytes(), encode(plan)).map_err(io("import_plans"))?;
         Ok(())
     }
 
     /// A run's import plan.
-    pub fn plan<P: DeserializeOwned>(&self, run: RunId) -> Result<Option<P>> {
+    pub(in crate::store) fn plan<P: DeserializeOwned>(&self, run: RunId) -> Result<Option<P>> {
         let k = run.to_be_bytes();
         self.plans.get(k).map_err(io("import_plans"))?.map(|v| decode("import_plans", &k, &v)).transpose()
     }
 
     /// Drops a run's plan once it is committed or discarded.
-    pub fn remove_plan(&self, run: RunId) -> Result<()> {
+    pub(in crate::store) fn remove_plan(&self, run: RunId) -> Result<()> {
         self.plans.remove(run.to_be_bytes()).map_err(io("import_plans"))?;
         Ok(())
     }
 
     /// Stores an encrypted secret (the `secrets` module encrypts it).
-    pub fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<()> {
+    pub(in crate::store) fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<()> {
         self.secrets.insert(name.as_bytes(), sealed).map_err(io("secrets"))?;
         Ok(())
     }
 
     /// An encrypted secret.
-    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+    pub(in crate::store) fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.secrets.get(name.as_bytes()).map_err(io("secrets"))?.map(|v| v.to_vec()))
     }
 
     /// The names of the stored secrets (never their values).
-    pub fn secret_names(&self) -> Result<Vec<String>> {
+    pub(in crate::store) fn secret_names(&self) -> Result<Vec<String>> {
         self.secrets
             .iter()
             .keys()
@@ -574,18 +614,18 @@ impl Store {
     }
 
     /// Maps a token's hash to its user.
-    pub fn put_token(&self, hash: &str, user: &str) -> Result<()> {
+    pub(in crate::store) fn put_token(&self, hash: &str, user: &str) -> Result<()> {
         self.tokens.insert(hash.as_bytes(), user.as_bytes()).map_err(io("tokens"))?;
         Ok(())
     }
 
     /// The user a token's hash belongs to.
-    pub fn token_user(&self, hash: &str) -> Result<Option<String>> {
+    pub(in crate::store) fn token_user(&self, hash: &str) -> Result<Option<String>> {
         Ok(self.tokens.get(hash.as_bytes()).map_err(io("tokens"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Removes every token of a user.
-    pub fn remove_tokens_of(&self, user: &str) -> Result<()> {
+    pub(in crate::store) fn remove_tokens_of(&self, user: &str) -> Result<()> {
         for item in self.tokens.iter() {
             let (k, v) = item.map_err(io("tokens"))?;
             if v.as_ref() == user.as_bytes() {

@@ -1,4 +1,4 @@
-//! The stored schema over time: the migrations from older layouts (run at
+//! The stored schema over time, in the sled backend: the migrations from older layouts (run at
 //! start, after a backup), backups, and the check of indexes against
 //! records.
 //!
@@ -6,34 +6,12 @@
 //! - 1: values are bare postcard.
 //! - 2: every encoded value starts with its schema version (two bytes).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sled::Transactional;
 
 use super::{Error, Record, Result, SCHEMA_VERSION, Store, VALUE_VERSION, decode, index_entries, io, key};
-
-/// What a migration did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Migrated {
-    /// The version the store was in.
-    pub from: u32,
-    /// The version it is in now.
-    pub to: u32,
-    /// The copy taken before anything changed.
-    pub backup: PathBuf,
-    /// Values rewritten.
-    pub values: u64,
-}
-
-/// One place where an index disagrees with the records.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Drift(pub String);
-
-impl std::fmt::Display for Drift {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use crate::store::{Drift, Migrated};
 
 /// One step: upgrades the store from the version it is listed with to the
 /// next. Returns how many values it rewrote.
@@ -92,7 +70,9 @@ fn values_carry_version(store: &Store) -> Result<u64> {
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(source) => Error::Io { tree: name, source },
+                sled::transaction::TransactionError::Storage(source) => {
+                    Error::Io { tree: name, source: Box::new(source) }
+                }
                 sled::transaction::TransactionError::Abort(()) => {
                     Error::Corrupt { tree: name, key: String::new(), reason: "the migration was aborted".into() }
                 }
@@ -128,7 +108,7 @@ impl Store {
     /// Copies every tree into a new store in `dir` (which must not exist
     /// or be empty), flushed before it returns. Each tree is copied as it
     /// stands when its turn comes; `serve` runs it between runs' writes.
-    pub fn backup(&self, dir: &Path) -> Result<()> {
+    pub(in crate::store) fn backup(&self, dir: &Path) -> Result<()> {
         let failed = |reason: String| Error::Backup { path: dir.to_path_buf(), reason };
         if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
             return Err(failed("the folder is not empty; pick a new one".into()));
@@ -142,7 +122,7 @@ impl Store {
 
     /// Checks every collection's indexes and counts against its records;
     /// one line per disagreement.
-    pub fn check(&self) -> Result<Vec<Drift>> {
+    pub(in crate::store) fn check(&self) -> Result<Vec<Drift>> {
         let mut drift = Vec::new();
         for name in self.collection_names()? {
             let Some(spec) = self.collection(&name)? else { continue };

@@ -1,0 +1,253 @@
+//! The contract every storage backend keeps, as checks over `&dyn Backend`.
+//! A new backend runs [`all`] on a fresh, empty store of its own and must
+//! pass every check; the sled store runs it in the test below.
+
+use chrono::{DateTime, Utc};
+
+use super::{Backend, CollectionSpec, Finish, Lookup};
+use crate::notify::{LedgerEntry, MailKind, OutboxEntry};
+use crate::plugins::{PluginEntry, PluginKind};
+use crate::records::{Record, Value};
+use crate::runs::{Run, RunStatus, TaskMessage, Trigger};
+use crate::tasks::{Task, TaskKind};
+use crate::users::{JobEmail, Role, User};
+
+fn at(minute: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + minute * 60, 0).unwrap()
+}
+
+fn record(id: &str, name: &str) -> Record {
+    [("id".to_string(), Value::Text(id.into())), ("name".to_string(), Value::Text(name.into()))].into_iter().collect()
+}
+
+fn run(id: u64, task: &str) -> Run {
+    Run::queued(id, task, "p", "admin", Trigger::Schedule, Some(at(0)), at(0), false)
+}
+
+/// Every check, each on its own part of the store.
+pub(crate) fn all(b: &dyn Backend) {
+    records(b);
+    tasks_fire_once(b);
+    runs_start_once(b);
+    messages_page_and_filter(b);
+    finishing_a_run_lands_whole(b);
+    outbox(b);
+    accounts(b);
+    plugins(b);
+    b.flush().unwrap();
+    assert_eq!(b.check().unwrap(), vec![], "a store written only through the traits has no drift");
+}
+
+fn records(b: &dyn Backend) {
+    let spec = CollectionSpec { key_field: "id".into(), indexes: vec![vec!["name".into()]] };
+    b.define_collection("people", &spec).unwrap();
+    assert_eq!(b.collection("people").unwrap(), Some(spec));
+    assert_eq!(b.put_records("people", &[record("1", "Ann"), record("2", "Bo"), record("3", " ANN ")]).unwrap(), 3);
+    assert_eq!(b.count_records("people").unwrap(), 3);
+    let mut ann = b.find_by_index("people", &["name".into()], &record("x", "ann")).unwrap();
+    ann.sort();
+    assert_eq!(ann, ["1", "3"], "index lookups trim and ignore case");
+    assert!(matches!(b.lookup_record("people", "2", &record("2", "Bo")).unwrap(), Lookup::Same));
+    assert!(matches!(b.lookup_record("people", "2", &record("2", "Cy")).unwrap(), Lookup::Differs(_)));
+    assert!(matches!(b.lookup_record("people", "9", &record("9", "Cy")).unwrap(), Lookup::Missing));
+    // An update moves the record's index entry.
+    b.put_records("people", &[record("3", "Cy")]).unwrap();
+    assert_eq!(b.find_by_index("people", &["name".into()], &record("x", "ann")).unwrap(), ["1"]);
+    assert_eq!(b.count_records("people").unwrap(), 3);
+    // An import lands whole, with its ledger entry.
+    let n = b.commit_import("people", &[record("4", "Di")], &["1".into()], "hash-1", "run 7").unwrap();
+    assert!(n >= 1);
+    assert_eq!(b.import_ledger("hash-1").unwrap().as_deref(), Some("run 7"));
+    assert_eq!(b.get_record("people", "1").unwrap(), None);
+    assert_eq!(b.count_records("people").unwrap(), 3);
+    let (page, next) = b.scan_records("people", None, 2).unwrap();
+    assert_eq!(page.len(), 2);
+    let (rest, _) = b.scan_records("people", next.as_deref(), 10).unwrap();
+    assert_eq!(rest.len(), 1, "pages follow on without repeating");
+    // Redefining the indexes rebuilds them.
+    b.define_collection("people", &CollectionSpec { key_field: "id".into(), indexes: vec![] }).unwrap();
+    assert!(
+        b.find_by_index("people", &["name".into()], &record("x", "di")).map_or(true, |keys| keys.is_empty()),
+        "no index, no lookup"
+    );
+    b.define_collection("people", &CollectionSpec { key_field: "id".into(), indexes: vec![vec!["name".into()]] })
+        .unwrap();
+    assert_eq!(b.find_by_index("people", &["name".into()], &record("x", "di")).unwrap(), ["4"]);
+    assert_eq!(b.collection_names().unwrap(), ["people"]);
+}
+
+fn tasks_fire_once(b: &dyn Backend) {
+    let mut task = Task::by_hand("nightly".into(), TaskKind::Notifier, "p", Record::new(), "admin", at(0));
+    task.enabled = true;
+    task.next_fire = Some(at(10));
+    b.put_task(&task, None, task.next_fire).unwrap();
+    assert_eq!(b.task("nightly").unwrap(), Some(task.clone()));
+    assert_eq!(b.due_tasks(at(9), 10).unwrap(), vec![]);
+    assert_eq!(b.due_tasks(at(10), 10).unwrap(), vec![(at(10), "nightly".to_string())]);
+    assert_eq!(b.next_due().unwrap(), Some(at(10)));
+    // A due time fires once: the second fire of it finds its entry gone.
+    task.next_fire = Some(at(20));
+    let queued = run(b.new_run_id().unwrap(), "nightly");
+    assert!(b.fire(&task, at(10), task.next_fire, Some((1, &queued))).unwrap());
+    assert!(!b.fire(&task, at(10), task.next_fire, Some((1, &run(999, "nightly")))).unwrap());
+    assert_eq!(b.queued().unwrap().into_iter().map(|(_, id)| id).collect::<Vec<_>>(), [queued.id]);
+    assert_eq!(b.run(999).unwrap(), None, "the refused fire queued nothing");
+    assert_eq!(b.due_tasks(at(30), 10).unwrap(), vec![(at(20), "nightly".to_string())]);
+    assert_eq!(b.all_tasks().unwrap().len(), 1);
+    b.remove_task("nightly", Some(at(20))).unwrap();
+    assert_eq!(b.task("nightly").unwrap(), None);
+    assert_eq!(b.next_due().unwrap(), None);
+    // Leave the queue empty for the next check.
+    for (key, _) in b.queued().unwrap() {
+        b.dequeue(&key).unwrap();
+    }
+}
+
+fn runs_start_once(b: &dyn Backend) {
+    let first = b.next_sequence("contract").unwrap();
+    assert_eq!(b.next_sequence("contract").unwrap(), first + 1, "sequences count up by one");
+    let low = run(b.new_run_id().unwrap(), "a");
+    let high = run(b.new_run_id().unwrap(), "b");
+    assert!(high.id > low.id, "run ids increase");
+    b.enqueue(1, at(0), &low).unwrap();
+    let high_key = b.enqueue(0, at(5), &high).unwrap();
+    assert_eq!(b.queue_len(), 2);
+    let (key, id) = b.queued_after(None).unwrap().unwrap();
+    assert_eq!((key.clone(), id), (high_key, high.id), "high priority is served first");
+    assert_eq!(b.queued_after(Some(&key)).unwrap().map(|(_, id)| id), Some(low.id));
+    let mut started = high.clone();
+    started.status = RunStatus::Running;
+    assert!(b.start_run(&key, &started).unwrap());
+    assert!(!b.start_run(&key, &started).unwrap(), "a queued run starts once");
+    assert_eq!(b.run(high.id).unwrap().unwrap().status, RunStatus::Running);
+    let mut done = started;
+    done.status = RunStatus::Succeeded;
+    b.put_run(&done, Some(at(6))).unwrap();
+    assert_eq!(b.finished_before(at(7)).unwrap(), [high.id]);
+    assert_eq!(b.runs(None, 10).unwrap().first().map(|r| r.id), Some(high.id), "newest first");
+    b.delete_run(high.id, Some(at(6))).unwrap();
+    assert_eq!(b.run(high.id).unwrap(), None);
+    assert_eq!(b.finished_before(at(7)).unwrap(), Vec::<u64>::new());
+    let (key, _) = b.queued_after(None).unwrap().unwrap();
+    assert!(b.dequeue(&key).unwrap());
+    assert!(!b.dequeue(&key).unwrap());
+}
+
+fn messages_page_and_filter(b: &dyn Backend) {
+    let r = run(b.new_run_id().unwrap(), "m");
+    b.put_run(&r, None).unwrap();
+    let messages: Vec<TaskMessage> = (0..5)
+        .map(|seq| TaskMessage {
+            seq,
+            row: Some(seq + 2),
+            status: if seq % 2 == 0 { "error".into() } else { "new".into() },
+            field: None,
+            message: format!("row {seq}"),
+        })
+        .collect();
+    let with_status: Vec<(&str, &TaskMessage)> = messages.iter().map(|m| (m.status.as_str(), m)).collect();
+    b.add_messages(r.id, 0, &with_status).unwrap();
+    let (page, next) = b.messages(r.id, None, None, 2).unwrap();
+    assert_eq!(page, messages[..2]);
+    let (rest, _) = b.messages(r.id, None, next, 10).unwrap();
+    assert_eq!(rest, messages[2..]);
+    let (errors, _) = b.messages(r.id, Some("error"), None, 10).unwrap();
+    assert_eq!(errors.iter().map(|m| m.seq).collect::<Vec<_>>(), [0, 2, 4]);
+}
+
+fn finishing_a_run_lands_whole(b: &dyn Backend) {
+    let mut r = run(b.new_run_id().unwrap(), "watch");
+    r.status = RunStatus::Succeeded;
+    let entry = LedgerEntry { first: at(1), last: at(1), count: 1 };
+    let mail = OutboxEntry::new(
+        r.id,
+        "watch",
+        MailKind::Notification,
+        "a@district.test".into(),
+        "s".into(),
+        "b".into(),
+        "k",
+        at(1),
+    );
+    let oid = b.next_sequence("outbox").unwrap();
+    let state = [("since".to_string(), Some("2026-01-01".to_string()))];
+    let ledger = [("k".to_string(), Some(entry.clone()))];
+    let outbox = [(oid, at(1), mail.clone())];
+    b.finish_run(&r, at(1), &Finish { state: &state, ledger: &ledger, outbox: &outbox }).unwrap();
+    assert_eq!(b.run(r.id).unwrap().unwrap().status, RunStatus::Succeeded);
+    assert_eq!(b.task_state("watch", "since").unwrap().as_deref(), Some("2026-01-01"));
+    assert_eq!(b.notified("watch").unwrap(), vec![("k".to_string(), entry)]);
+    assert_eq!(b.outbox(None, 10).unwrap(), vec![(oid, mail)]);
+    b.apply_task_state("watch", &[("since".into(), None)]).unwrap();
+    assert_eq!(b.task_state("watch", "since").unwrap(), None);
+    b.apply_task_state("watch", &[("other".into(), Some("x".into()))]).unwrap();
+    b.forget_task("watch").unwrap();
+    assert_eq!(b.task_state("watch", "other").unwrap(), None);
+    assert_eq!(b.notified("watch").unwrap(), vec![]);
+}
+
+fn outbox(b: &dyn Backend) {
+    let due = b.outbox_due(at(1), 10).unwrap();
+    assert_eq!(due.len(), 1);
+    let (oid, mut mail) = due[0].clone();
+    assert_eq!(b.outbox_due(at(0), 10).unwrap(), vec![], "not due before its time");
+    mail.attempts = 1;
+    b.update_outbox(oid, &mail, at(1), Some(at(30))).unwrap();
+    assert_eq!(b.outbox_due(at(29), 10).unwrap(), vec![]);
+    assert_eq!(b.outbox_due(at(30), 10).unwrap(), vec![(oid, mail.clone())]);
+    b.update_outbox(oid, &mail, at(30), None).unwrap();
+    assert_eq!(b.outbox_due(at(1000), 10).unwrap(), vec![], "no longer due once settled");
+    assert_eq!(b.outbox(None, 10).unwrap(), vec![(oid, mail)]);
+}
+
+fn accounts(b: &dyn Backend) {
+    let sam = User {
+        name: "sam".into(),
+        email: "sam@x".into(),
+        role: Role::Staff,
+        permissions: vec![],
+        job_email: JobEmail::Never,
+    };
+    b.put_user(&sam).unwrap();
+    assert_eq!(b.user("sam").unwrap(), Some(sam.clone()));
+    assert_eq!(b.all_users().unwrap(), vec![sam]);
+    b.put_token("h1", "sam").unwrap();
+    assert_eq!(b.token_user("h1").unwrap().as_deref(), Some("sam"));
+    b.remove_tokens_of("sam").unwrap();
+    assert_eq!(b.token_user("h1").unwrap(), None);
+    b.put_secret("smtp", b"sealed").unwrap();
+    assert_eq!(b.secret("smtp").unwrap().as_deref(), Some(&b"sealed"[..]));
+    assert_eq!(b.secret_names().unwrap(), ["smtp"]);
+}
+
+fn plugins(b: &dyn Backend) {
+    let entry = PluginEntry {
+        name: "p".into(),
+        version: "1.0.0".into(),
+        kind: PluginKind::Notifier,
+        description: String::new(),
+        hash: "abc".into(),
+        size: 3,
+        wit_version: "0.1.2".into(),
+        params: vec![],
+        capabilities: vec![],
+        granted: vec![],
+    };
+    assert!(b.put_blob("abc", b"wasm").unwrap());
+    assert!(!b.put_blob("abc", b"wasm").unwrap(), "the same blob twice is stored once");
+    b.put_plugin(&entry).unwrap();
+    assert_eq!(b.plugin("p").unwrap(), Some(entry.clone()));
+    assert_eq!(b.all_plugins().unwrap(), vec![entry]);
+    assert_eq!(b.blob("abc").unwrap().as_deref(), Some(&b"wasm"[..]));
+    assert!(b.remove_plugin("p").unwrap());
+    assert!(!b.remove_plugin("p").unwrap());
+    b.remove_blob("abc").unwrap();
+    assert_eq!(b.blob("abc").unwrap(), None);
+}
+
+#[test]
+fn the_sled_store_keeps_the_storage_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = super::Store::open(dir.path()).unwrap();
+    all(&store);
+}

@@ -1,0 +1,272 @@
+//! The storage traits over the sled store's trees.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use super::Store;
+use crate::imports::ImportPlan;
+use crate::notify::{LedgerEntry, OutboxEntry};
+use crate::plugins::PluginEntry;
+use crate::records::Record;
+use crate::runs::{Run, TaskMessage};
+use crate::store::{
+    AccountStore, CollectionSpec, Drift, Finish, LedgerStore, Lookup, Maintenance, OutboxStore, PluginStore, QueueKey,
+    RecordStore, Result, RunId, RunStore, TaskStore,
+};
+use crate::tasks::Task;
+use crate::users::User;
+
+impl RecordStore for Store {
+    fn define_collection(&self, name: &str, spec: &CollectionSpec) -> Result<()> {
+        Store::define_collection(self, name, spec)
+    }
+    fn collection(&self, name: &str) -> Result<Option<CollectionSpec>> {
+        Store::collection(self, name)
+    }
+    fn collection_names(&self) -> Result<Vec<String>> {
+        Store::collection_names(self)
+    }
+    fn put_records(&self, collection: &str, records: &[Record]) -> Result<usize> {
+        Store::put_records(self, collection, records)
+    }
+    fn commit_import(
+        &self,
+        collection: &str,
+        writes: &[Record],
+        removes: &[String],
+        ledger_key: &str,
+        entry: &str,
+    ) -> Result<usize> {
+        Store::commit_import(self, collection, writes, removes, ledger_key, entry)
+    }
+    fn import_ledger(&self, ledger_key: &str) -> Result<Option<String>> {
+        Store::import_ledger(self, ledger_key)
+    }
+    fn get_record(&self, collection: &str, key: &str) -> Result<Option<Record>> {
+        Store::get_record(self, collection, key)
+    }
+    fn lookup_record(&self, collection: &str, key: &str, candidate: &Record) -> Result<Lookup> {
+        Store::lookup_record(self, collection, key, candidate)
+    }
+    fn scan_records(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Record>, Option<String>)> {
+        Store::scan_records(self, collection, after, limit)
+    }
+    fn count_records(&self, collection: &str) -> Result<u64> {
+        Store::count_records(self, collection)
+    }
+    fn find_by_index(&self, collection: &str, fields: &[String], record: &Record) -> Result<Vec<String>> {
+        Store::find_by_index(self, collection, fields, record)
+    }
+}
+
+impl TaskStore for Store {
+    fn task(&self, name: &str) -> Result<Option<Task>> {
+        self.tasks::<Task>().get(name.as_bytes())
+    }
+    fn all_tasks(&self) -> Result<Vec<Task>> {
+        self.tasks::<Task>().all()
+    }
+    fn put_task(&self, task: &Task, old_due: Option<DateTime<Utc>>, new_due: Option<DateTime<Utc>>) -> Result<()> {
+        Store::put_task(self, &task.name, task, old_due, new_due)
+    }
+    fn remove_task(&self, name: &str, due: Option<DateTime<Utc>>) -> Result<()> {
+        Store::remove_task(self, name, due)
+    }
+    fn due_tasks(&self, up_to: DateTime<Utc>, limit: usize) -> Result<Vec<(DateTime<Utc>, String)>> {
+        Store::due_tasks(self, up_to, limit)
+    }
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        Store::next_due(self)
+    }
+    fn fire(
+        &self,
+        task: &Task,
+        due: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        queued: Option<(u8, &Run)>,
+    ) -> Result<bool> {
+        Store::fire_once(self, &task.name, task, due, next, queued.map(|(priority, run)| (priority, due, run.id, run)))
+    }
+}
+
+impl RunStore for Store {
+    fn next_sequence(&self, name: &str) -> Result<u64> {
+        Store::next_sequence(self, name)
+    }
+    fn new_run_id(&self) -> Result<RunId> {
+        Store::new_run_id(self)
+    }
+    fn enqueue(&self, priority: u8, due: DateTime<Utc>, run: &Run) -> Result<QueueKey> {
+        Store::enqueue(self, priority, due, run.id, run)
+    }
+    fn queued(&self) -> Result<Vec<(QueueKey, RunId)>> {
+        Store::queued(self)
+    }
+    fn queued_after(&self, after: Option<&QueueKey>) -> Result<Option<(QueueKey, RunId)>> {
+        Store::queued_after(self, after)
+    }
+    fn queue_len(&self) -> usize {
+        Store::queue_len(self)
+    }
+    fn dequeue(&self, key: &QueueKey) -> Result<bool> {
+        Store::dequeue(self, key)
+    }
+    fn start_run(&self, key: &QueueKey, run: &Run) -> Result<bool> {
+        Store::start_run(self, key, run.id, run)
+    }
+    fn put_run(&self, run: &Run, finished: Option<DateTime<Utc>>) -> Result<()> {
+        Store::put_run(self, run.id, run, finished)
+    }
+    fn finish_run(
+        &self,
+        run: &Run,
+        finished: DateTime<Utc>,
+        writes: &Finish<'_, LedgerEntry, OutboxEntry>,
+    ) -> Result<()> {
+        Store::finish_run(self, run.id, run, finished, &run.task, writes)
+    }
+    fn run(&self, id: RunId) -> Result<Option<Run>> {
+        Store::run(self, id)
+    }
+    fn runs(&self, before: Option<RunId>, limit: usize) -> Result<Vec<Run>> {
+        Store::runs(self, before, limit)
+    }
+    fn all_runs(&self) -> Result<Vec<Run>> {
+        Store::all_runs(self)
+    }
+    fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<RunId>> {
+        Store::finished_before(self, cutoff)
+    }
+    fn delete_run(&self, id: RunId, finished: Option<DateTime<Utc>>) -> Result<()> {
+        Store::delete_run(self, id, finished)
+    }
+    fn add_messages(&self, run: RunId, first_seq: u64, messages: &[(&str, &TaskMessage)]) -> Result<()> {
+        Store::add_messages(self, run, first_seq, messages)
+    }
+    fn messages(
+        &self,
+        run: RunId,
+        status: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<TaskMessage>, Option<u64>)> {
+        Store::messages(self, run, status, after, limit)
+    }
+    fn put_plan(&self, run: RunId, plan: &ImportPlan) -> Result<()> {
+        Store::put_plan(self, run, plan)
+    }
+    fn plan(&self, run: RunId) -> Result<Option<ImportPlan>> {
+        Store::plan(self, run)
+    }
+    fn remove_plan(&self, run: RunId) -> Result<()> {
+        Store::remove_plan(self, run)
+    }
+}
+
+impl LedgerStore for Store {
+    fn task_state(&self, task: &str, key: &str) -> Result<Option<String>> {
+        Store::task_state(self, task, key)
+    }
+    fn apply_task_state(&self, task: &str, writes: &[(String, Option<String>)]) -> Result<()> {
+        Store::apply_task_state(self, task, writes)
+    }
+    fn notified(&self, task: &str) -> Result<Vec<(String, LedgerEntry)>> {
+        Store::notified(self, task)
+    }
+    fn forget_task(&self, task: &str) -> Result<()> {
+        Store::forget_task(self, task)
+    }
+}
+
+impl OutboxStore for Store {
+    fn outbox_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        Store::outbox_due(self, now, limit)
+    }
+    fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        Store::outbox(self, after, limit)
+    }
+    fn update_outbox(
+        &self,
+        id: u64,
+        entry: &OutboxEntry,
+        was_due: DateTime<Utc>,
+        due: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        Store::update_outbox(self, id, entry, was_due, due)
+    }
+}
+
+impl AccountStore for Store {
+    fn user(&self, name: &str) -> Result<Option<User>> {
+        self.users::<User>().get(name.as_bytes())
+    }
+    fn put_user(&self, user: &User) -> Result<()> {
+        self.users::<User>().put(user.name.as_bytes(), user)
+    }
+    fn all_users(&self) -> Result<Vec<User>> {
+        self.users::<User>().all()
+    }
+    fn put_token(&self, hash: &str, user: &str) -> Result<()> {
+        Store::put_token(self, hash, user)
+    }
+    fn token_user(&self, hash: &str) -> Result<Option<String>> {
+        Store::token_user(self, hash)
+    }
+    fn remove_tokens_of(&self, user: &str) -> Result<()> {
+        Store::remove_tokens_of(self, user)
+    }
+    fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<()> {
+        Store::put_secret(self, name, sealed)
+    }
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Store::secret(self, name)
+    }
+    fn secret_names(&self) -> Result<Vec<String>> {
+        Store::secret_names(self)
+    }
+}
+
+impl PluginStore for Store {
+    fn plugin(&self, name: &str) -> Result<Option<PluginEntry>> {
+        self.plugins::<PluginEntry>().get(name.as_bytes())
+    }
+    fn put_plugin(&self, entry: &PluginEntry) -> Result<()> {
+        self.plugins::<PluginEntry>().put(entry.name.as_bytes(), entry)
+    }
+    fn remove_plugin(&self, name: &str) -> Result<bool> {
+        self.plugins::<PluginEntry>().remove(name.as_bytes())
+    }
+    fn all_plugins(&self) -> Result<Vec<PluginEntry>> {
+        self.plugins::<PluginEntry>().all()
+    }
+    fn put_blob(&self, hash: &str, bytes: &[u8]) -> Result<bool> {
+        Store::put_blob(self, hash, bytes)
+    }
+    fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        Store::blob(self, hash)
+    }
+    fn remove_blob(&self, hash: &str) -> Result<()> {
+        Store::remove_blob(self, hash)
+    }
+}
+
+impl Maintenance for Store {
+    fn flush(&self) -> Result<()> {
+        Store::flush(self)
+    }
+    fn schema_version(&self) -> Result<u32> {
+        Store::schema_version(self)
+    }
+    fn check(&self) -> Result<Vec<Drift>> {
+        Store::check(self)
+    }
+    fn backup(&self, dir: &Path) -> Result<()> {
+        Store::backup(self, dir)
+    }
+}
