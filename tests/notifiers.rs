@@ -227,3 +227,33 @@ fn the_batch_folder_is_cleaned_and_exported_to_only_when_granted() {
     let err = sb.fails(&["notify", "run", "export-names-csv", "--param", "file=../escape.csv"]);
     assert!(err.contains("not a plain file name"), "{err}");
 }
+
+/// `notify run` is a run like any other: its emails go to the outbox and
+/// its ledger holds them back next time; `--dry-run` only shows them.
+#[test]
+fn notify_run_writes_the_outbox_and_ledger_and_a_dry_run_writes_nothing() {
+    let sb = Sb::new();
+    install(&sb, "notifier-birthday");
+    load(&sb, "students", "student-id", STUDENTS);
+    let run = |extra: &[&str]| -> Value {
+        let mut args = vec!["notify", "run", "notifier-birthday", "--task", "bday", "--json"];
+        args.extend(["--param", "date=2026-11-23", "--param", "greet=true"]);
+        args.extend(extra);
+        serde_json::from_str(&sb.ok(&args)).unwrap()
+    };
+    let outbox =
+        || serde_json::from_str::<Value>(&sb.ok(&["notify", "outbox", "--json"])).unwrap().as_array().unwrap().len();
+    let dry = run(&["--dry-run"]);
+    assert!(dry["notifications"].as_array().unwrap().len() >= 3, "{dry}");
+    assert_eq!(dry["emails"], 0, "{dry}");
+    assert_eq!(outbox(), 0, "a dry run sends nothing");
+    let real = run(&[]);
+    assert_eq!(real["emails"], 1, "Ann's greeting goes to her address: {real}");
+    assert_eq!(outbox(), 1);
+    let again = run(&[]);
+    assert_eq!(again["emails"], 0, "the ledger holds it back: {again}");
+    assert_eq!(run(&["--dry-run"])["emails"], 0);
+    assert_eq!(outbox(), 1, "and a dry run still adds nothing");
+    let runs: Value = serde_json::from_str(&sb.ok(&["runs", "list", "--task", "bday", "--json"])).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 4, "every notify run is a run: {runs}");
+}

@@ -42,7 +42,7 @@ use chrono::{DateTime, Utc};
 pub use accounts::Accounts;
 pub use collections::{Collections, Page};
 pub use engine::{Clock, Engine, ManualClock, SchedulerConfig, SystemClock};
-pub use jobs::{FileImport, JobReport, Jobs, NotifyOnce};
+pub use jobs::{FileImport, JobError, JobReport, Jobs, NotifyOnce};
 pub use outbox::Outbox;
 pub use registry::Registry;
 pub use review::ImportReview;

@@ -195,24 +195,45 @@ pub fn record_to_json(record: &Record) -> serde_json::Value {
     serde_json::Value::Object(record.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
 }
 
+/// Why JSON is not records.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JsonError {
+    /// Not an array.
+    #[error("expected a JSON array of objects")]
+    NotArray,
+    /// An item that is not an object (items count from 1).
+    #[error("item {0} is not an object")]
+    NotObject(usize),
+    /// A field whose value no record can hold.
+    #[error("field `{0}`: arrays and objects are not record values")]
+    Field(String),
+    /// A field at fault in an item (items count from 1).
+    #[error("item {item}, {error}")]
+    Item {
+        /// The item.
+        item: usize,
+        /// What is wrong with it.
+        error: Box<JsonError>,
+    },
+}
+
 /// Records from a JSON array of objects (sample rows, seed data). The error
 /// names the item (1-based) and the field at fault.
-pub fn records_from_json(json: &serde_json::Value) -> Result<Vec<Record>, String> {
-    let items = json.as_array().ok_or("expected a JSON array of objects")?;
+pub fn records_from_json(json: &serde_json::Value) -> Result<Vec<Record>, JsonError> {
+    let items = json.as_array().ok_or(JsonError::NotArray)?;
     let mut records = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let obj = item.as_object().ok_or_else(|| format!("item {} is not an object", i + 1))?;
-        records.push(record_from_json(obj).map_err(|e| format!("item {}, {e}", i + 1))?);
+        let obj = item.as_object().ok_or(JsonError::NotObject(i + 1))?;
+        records.push(record_from_json(obj).map_err(|e| JsonError::Item { item: i + 1, error: Box::new(e) })?);
     }
     Ok(records)
 }
 
 /// A record from a JSON object; the error names the field at fault.
-pub fn record_from_json(obj: &serde_json::Map<String, serde_json::Value>) -> Result<Record, String> {
+pub fn record_from_json(obj: &serde_json::Map<String, serde_json::Value>) -> Result<Record, JsonError> {
     obj.iter()
         .map(|(k, v)| {
-            let value =
-                Value::from_json(v).ok_or_else(|| format!("field `{k}`: arrays and objects are not record values"))?;
+            let value = Value::from_json(v).ok_or_else(|| JsonError::Field(k.clone()))?;
             Ok((k.clone(), value))
         })
         .collect()

@@ -58,6 +58,29 @@ pub struct JobReport {
     pub notifications: Option<NotifierOutcome>,
 }
 
+/// Why a job failed: its run's error, said once, here.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The task is gone.
+    #[error("{0} (it was removed after this run was queued)")]
+    TaskRemoved(Error),
+    /// An import task without its import settings.
+    #[error("the task has no import source")]
+    NoSource,
+    /// A file given by hand is not there.
+    #[error("no file to import at {0}")]
+    NoFile(String),
+    /// Picking up, mapping, matching or committing failed.
+    #[error(transparent)]
+    Import(#[from] imports::Error),
+    /// The plugin failed or was refused.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
 /// What a job made, besides its run's counts.
 #[derive(Default)]
 pub(super) struct Made {
@@ -87,7 +110,7 @@ impl App {
         let mut effects = Effects::default();
         let mut made = Made::default();
         let result = task
-            .map_err(|e| format!("{e} (it was removed after this run was queued)"))
+            .map_err(JobError::TaskRemoved)
             .and_then(|task| self.job(&task, &run, &control, &mut effects, &mut made));
         let now = self.now();
         let (done, total) = control.progress();
@@ -110,7 +133,7 @@ impl App {
                 } else {
                     RunStatus::Failed
                 };
-                run.error = Some(e);
+                run.error = Some(e.to_string());
             }
         }
         if let Ok(Some(stored)) = self.store.run(id) {
@@ -165,7 +188,7 @@ impl App {
         control: &RunControl,
         effects: &mut Effects,
         made: &mut Made,
-    ) -> Result<(BTreeMap<String, u64>, RunStatus), String> {
+    ) -> Result<(BTreeMap<String, u64>, RunStatus), JobError> {
         // A scheduled run's "today" is its fire's date in the task's zone,
         // so a run that starts late still sees the day it was for.
         let today = run.fire_time.unwrap_or_else(|| self.now()).with_timezone(&task.tz()).date_naive();
@@ -178,9 +201,8 @@ impl App {
         match task.kind {
             TaskKind::Import => self.import_job(task, run, &request, effects, made),
             TaskKind::Notifier | TaskKind::Export | TaskKind::Cleanup => {
-                let outcome = self.host.run_notifier(&task.plugin, &request).map_err(|e| e.to_string())?;
-                effects.mail = notify::plan(&*self.store, &task.notify, run, &outcome.notifications, self.now())
-                    .map_err(|e| e.to_string())?;
+                let outcome = self.host.run_notifier(&task.plugin, &request)?;
+                effects.mail = notify::plan(&*self.store, &task.notify, run, &outcome.notifications, self.now())?;
                 for (status, message) in &effects.mail.messages {
                     effects.messages.push(note(status, message.clone()));
                 }
@@ -203,24 +225,24 @@ impl App {
         request: &RunRequest,
         effects: &mut Effects,
         made: &mut Made,
-    ) -> Result<(BTreeMap<String, u64>, RunStatus), String> {
-        let target = task.import.as_ref().ok_or("the task has no import source")?;
+    ) -> Result<(BTreeMap<String, u64>, RunStatus), JobError> {
+        let target = task.import.as_ref().ok_or(JobError::NoSource)?;
         let by_hand = task.name.starts_with(FILE_TASK_PREFIX);
         let settle =
             if by_hand { Duration::ZERO } else { Duration::from_millis(self.config.scheduler.pickup_settle_ms) };
         let sources = self.sources();
-        let (files, notes) = imports::pickup(&*self.store, target, settle, &sources).map_err(|e| e.to_string())?;
+        let (files, notes) = imports::pickup(&*self.store, target, settle, &sources)?;
         effects.messages.extend(notes.into_iter().map(|n| note("waiting", n)));
         let Some(file) = files.first() else {
             if by_hand {
-                return Err(format!("no file to import at {}", target.source));
+                return Err(JobError::NoFile(target.source.clone()));
             }
             return Ok((BTreeMap::from([("files".into(), 0)]), RunStatus::Succeeded));
         };
         if files.len() > 1 {
             effects.messages.push(note("waiting", format!("{} more files wait for the next run", files.len() - 1)));
         }
-        let plan = imports::prepare(&self.host, &task.plugin, target, file, request).map_err(|e| e.to_string())?;
+        let plan = imports::prepare(&self.host, &task.plugin, target, file, request)?;
         if plan.already_imported.is_some() {
             effects.messages.push(note("already-imported", plan.summary()));
         }
@@ -238,19 +260,18 @@ impl App {
         let mut summary = plan.counts.clone();
         summary.insert("existing-before".into(), plan.existing);
         let status = if run.dry_run {
-            self.store.put_plan(run.id, &plan).map_err(|e| e.to_string())?;
+            self.store.put_plan(run.id, &plan)?;
             RunStatus::Succeeded
         } else {
             match plan.hold {
                 Hold::None => {
                     let source = if by_hand { None } else { Some(target) };
-                    let written = imports::commit(&self.host, &plan, &format!("run {}", run.id), source, &sources)
-                        .map_err(|e| e.to_string())?;
+                    let written = imports::commit(&self.host, &plan, &format!("run {}", run.id), source, &sources)?;
                     summary.insert("written".into(), written);
                     RunStatus::Succeeded
                 }
                 hold => {
-                    self.store.put_plan(run.id, &plan).map_err(|e| e.to_string())?;
+                    self.store.put_plan(run.id, &plan)?;
                     effects.messages.push(note("held", plan.summary()));
                     if hold == Hold::Confirm {
                         RunStatus::AwaitingConfirmation
