@@ -89,24 +89,8 @@ pub(super) enum ImportCmd {
         /// The collection to store the rows in.
         #[arg(long)]
         into: String,
-        /// The key field (needed when the collection is new).
-        #[arg(long)]
-        key: Option<String>,
-        /// A secondary index: fields joined by `+` (repeatable).
-        #[arg(long = "index")]
-        indexes: Vec<String>,
-        /// The match rule (such as `match_student`); default: the key field alone.
-        #[arg(long)]
-        match_rule: Option<String>,
-        /// The file is the full roster: inactivate records it lacks.
-        #[arg(long)]
-        full_roster: bool,
-        /// With --full-roster: delete the records the file lacks instead.
-        #[arg(long, requires = "full_roster")]
-        remove_missing: bool,
-        /// The field holding a record's end date; rows that set it are reported as ended.
-        #[arg(long)]
-        end_field: Option<String>,
+        #[command(flatten)]
+        matching: Matching,
         /// Confirm a mass change (>= 10%) up front (audited on the run like `import confirm`).
         #[arg(long)]
         confirm: bool,
@@ -125,8 +109,48 @@ pub(super) enum ImportCmd {
     },
 }
 
-pub(super) fn missing_records(remove: bool) -> schoolbell::imports::Missing {
-    if remove { schoolbell::imports::Missing::Remove } else { schoolbell::imports::Missing::Inactivate }
+/// How an import keys, indexes and matches its rows, and what a full
+/// roster does: the same options for `import file` and `task add`.
+#[derive(clap::Args)]
+pub(super) struct Matching {
+    /// The collection's key field (needed when the collection is new).
+    #[arg(long)]
+    key: Option<String>,
+    /// A secondary index: fields joined by `+` (repeatable).
+    #[arg(long = "index")]
+    indexes: Vec<String>,
+    /// The match rule (such as `match_student`); default: the key field alone.
+    #[arg(long)]
+    match_rule: Option<String>,
+    /// The file is the full roster: inactivate the records it lacks.
+    #[arg(long)]
+    full_roster: bool,
+    /// With --full-roster: delete the records the file lacks instead.
+    #[arg(long, requires = "full_roster")]
+    remove_missing: bool,
+    /// The field holding a record's end date; rows that set it are reported as ended.
+    #[arg(long)]
+    end_field: Option<String>,
+}
+
+impl Matching {
+    /// The target these options describe, importing into `collection`.
+    pub(super) fn target(self, collection: String) -> ImportTarget {
+        ImportTarget {
+            full_roster: self.full_roster,
+            missing: if self.remove_missing {
+                schoolbell::imports::Missing::Remove
+            } else {
+                schoolbell::imports::Missing::Inactivate
+            },
+            end_field: self.end_field,
+            collection,
+            key_field: self.key,
+            indexes: self.indexes,
+            match_rule: self.match_rule,
+            ..Default::default()
+        }
+    }
 }
 
 /// Which rows to list.
@@ -234,32 +258,8 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: ImportCmd) -> Result<()> {
         Ok(())
     };
     match cmd {
-        ImportCmd::File {
-            plugin,
-            file,
-            into,
-            key,
-            indexes,
-            match_rule,
-            full_roster,
-            remove_missing,
-            end_field,
-            confirm,
-            params,
-            json,
-            rows,
-            statuses,
-        } => {
-            let target = ImportTarget {
-                full_roster,
-                missing: missing_records(remove_missing),
-                end_field,
-                collection: into,
-                key_field: key,
-                indexes,
-                match_rule,
-                ..Default::default()
-            };
+        ImportCmd::File { plugin, file, into, matching, confirm, params, json, rows, statuses } => {
+            let target = matching.target(into);
             let job = FileImport { plugin, file, target, params: params.into_iter().collect(), confirm };
             let report = app.jobs().import_file(user, job)?;
             return print_file_import(report, json, if rows { Rows::All } else { Rows::Only(statuses) });

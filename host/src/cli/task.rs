@@ -114,30 +114,15 @@ pub(super) struct TaskArgs {
     /// Import tasks: the collection the rows go into.
     #[arg(long)]
     collection: Option<String>,
-    /// Import tasks: the collection's key field.
-    #[arg(long)]
-    key: Option<String>,
-    /// Import tasks: a secondary index, fields joined by `+` (repeatable).
-    #[arg(long = "index")]
-    indexes: Vec<String>,
-    /// Import tasks: the match rule (such as `match_student`).
-    #[arg(long)]
-    match_rule: Option<String>,
+    /// Import tasks: how rows are keyed and matched.
+    #[command(flatten)]
+    matching: super::import::Matching,
     /// Import tasks with an `sftp://user@host:port/folder` source: the stored secret with the private key.
     #[arg(long)]
     credential: Option<String>,
     /// Import tasks with a folder source: pick up files whose names start with this.
     #[arg(long)]
     prefix: Option<String>,
-    /// Import tasks: the file is the full roster (records it lacks are inactivated).
-    #[arg(long)]
-    full_roster: bool,
-    /// Import tasks with --full-roster: delete the records the file lacks instead of inactivating them.
-    #[arg(long, requires = "full_roster")]
-    remove_missing: bool,
-    /// Import tasks: the field holding a record's end date; rows that set it are reported as ended.
-    #[arg(long)]
-    end_field: Option<String>,
     /// Import tasks: hold for confirmation at this % of records changed, added or inactivated.
     #[arg(long, default_value_t = 10.0)]
     confirm_percent: f64,
@@ -217,18 +202,12 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: TaskCmd) -> Result<()> {
                 (Some(source), Some(collection)) => Some(ImportTarget {
                     source,
                     prefix: a.prefix,
-                    full_roster: a.full_roster,
-                    missing: super::import::missing_records(a.remove_missing),
-                    end_field: a.end_field,
                     guard: schoolbell::imports::Guard {
                         confirm_percent: a.confirm_percent,
                         authorize_percent: a.authorize_percent,
                     },
-                    collection,
-                    key_field: a.key,
-                    indexes: a.indexes,
-                    match_rule: a.match_rule,
                     credential: a.credential,
+                    ..a.matching.target(collection)
                 }),
                 (None, None) => None,
                 _ => bail!("an import task needs both --source FILE-OR-FOLDER and --collection NAME"),
