@@ -116,16 +116,11 @@ pub fn router(scheduler: Arc<App>) -> Router {
 }
 
 /// A task with its next fire times (the engine's own, from
-/// [`Task::upcoming`]), as `task show` prints it.
+/// [`Task::upcoming`]), as `task show --json` prints it.
 pub fn task_view(task: &Task, count: usize) -> Json_ {
-    json!({ "task": task, "next": fires_json(&task.upcoming(count), task.tz()) })
-}
-
-fn fires_json(fires: &[DateTime<Utc>], tz: chrono_tz::Tz) -> Vec<Json_> {
-    fires
-        .iter()
-        .map(|t| json!({ "local": t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z (%:z)").to_string(), "utc": t.to_rfc3339() }))
-        .collect()
+    let fires: Vec<Json_> =
+        task.upcoming(count).iter().map(|t| json!({ "local": task.local_time(*t), "utc": t.to_rfc3339() })).collect();
+    json!({ "task": task, "next": fires })
 }
 
 async fn list_tasks(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Vec<Task>>, ApiError> {
@@ -434,7 +429,11 @@ pub fn preview(
     let tz = schedule::parse_zone(zone)?;
     let from = from.map(|f| schedule::parse_local(f, tz)).transpose()?.unwrap_or(now);
     let timing = Timing { schedule: &parsed, tz, start: from, end: None, pauses: &[] };
-    let fires = fires_json(&timing.upcoming(from - chrono::Duration::seconds(1), count.min(1000)), tz);
+    let fires: Vec<Json_> = timing
+        .upcoming(from - chrono::Duration::seconds(1), count.min(1000))
+        .iter()
+        .map(|t| json!({ "local": t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z (%:z)").to_string(), "utc": t.to_rfc3339() }))
+        .collect();
     Ok(json!({ "schedule": parsed.to_string(), "zone": zone, "fires": fires }))
 }
 

@@ -16,7 +16,7 @@ use schoolbell::notify::{Dedupe, NotifySettings};
 use schoolbell::tasks::TaskSpec;
 use schoolbell::users::User;
 
-use crate::cli::{Rows, load_json, print_file_import, print_notifications, say};
+use crate::output::{Rows, print_file_import, print_notifications, say};
 
 const ROSTER: &str = include_str!("../demo/roster.csv");
 const ATTENDANCE: &str = include_str!("../demo/attendance.json");
@@ -74,14 +74,14 @@ pub(crate) fn run(app: &Arc<App>, admin: &User, plugins: &Path) -> Result<()> {
     // Every row listed: the demo shows what an import reports.
     print_file_import(app.jobs().import_file(admin, job)?, false, Rows::All)?;
 
-    let n = load_json(app, admin, "attendance", &attendance, Some("student-id"), &[])?;
+    let n = load(app, admin, "attendance", &attendance, "student-id")?;
     say!("\n== Attendance: {n} records loaded");
 
     let today = app.now().date_naive();
     for (collection, key, json) in dated_data(today) {
         let file = inputs.join(format!("{collection}.json"));
         std::fs::write(&file, json.to_string())?;
-        let n = load_json(app, admin, collection, &file, Some(key), &[])?;
+        let n = load(app, admin, collection, &file, key)?;
         say!("== {collection}: {n} records loaded");
     }
     let batch = app.config().sandbox.folders.get("batch").cloned();
@@ -181,6 +181,12 @@ pub(crate) fn run(app: &Arc<App>, admin: &User, plugins: &Path) -> Result<()> {
         say!("  {name}: {} ({}), next fire {next}", task.schedule, task.zone);
     }
     Ok(())
+}
+
+/// Loads a demo JSON file into a collection.
+fn load(app: &App, admin: &User, collection: &str, file: &Path, key: &str) -> Result<usize> {
+    let records = schoolbell::records::read_json_file(file)?;
+    Ok(app.collections().load(admin, collection, Some(key), &[], &records, &file.display().to_string())?)
 }
 
 /// Demo records dated around `today`, so that each notifier has something

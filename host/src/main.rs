@@ -3,6 +3,8 @@
 
 mod cli;
 mod demo;
+mod local;
+mod output;
 mod serve;
 
 use std::process::ExitCode;

@@ -229,6 +229,44 @@ pub fn records_from_json(json: &serde_json::Value) -> Result<Vec<Record>, JsonEr
     Ok(records)
 }
 
+/// Why a JSON file of records cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonFileError {
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not JSON.
+    #[error("{}: not valid JSON: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Where and what, from the parser.
+        message: String,
+    },
+    /// The JSON is not records.
+    #[error("{}: {error}", path.display())]
+    Records {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The item and field at fault.
+        error: JsonError,
+    },
+}
+
+/// Records from a file holding a JSON array of objects; the error names
+/// the file, the item and the field.
+pub fn read_json_file(path: &std::path::Path) -> Result<Vec<Record>, JsonFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| JsonFileError::Read { path: path.into(), source })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| JsonFileError::Parse { path: path.into(), message: e.to_string() })?;
+    records_from_json(&json).map_err(|error| JsonFileError::Records { path: path.into(), error })
+}
+
 /// A record from a JSON object; the error names the field at fault.
 pub fn record_from_json(obj: &serde_json::Map<String, serde_json::Value>) -> Result<Record, JsonError> {
     obj.iter()

@@ -29,7 +29,7 @@ pub(crate) fn run(app: Arc<App>, listen: Option<String>) -> Result<()> {
         tracing::info!(%local, "Serving.");
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let socket = data.join(crate::cli::SOCKET);
+        let socket = data.join(crate::local::SOCKET);
         let local_cli = tokio::spawn(serve_cli(app.clone(), bind_socket(&socket)?, stop_rx.clone()));
         let scheduler = tokio::spawn(app.engine().serve(stop_rx.clone()));
         let mut api_stop = stop_rx.clone();
@@ -103,12 +103,12 @@ async fn serve_cli(app: Arc<App>, listener: tokio::net::UnixListener, mut stop: 
             if tokio::io::BufReader::new(read).read_line(&mut line).await.is_err() {
                 return;
             }
-            let Ok(request) = serde_json::from_str::<crate::cli::ForwardedCommand>(&line) else { return };
+            let Ok(request) = serde_json::from_str::<crate::local::Request>(&line) else { return };
             // A plain thread: the command may start a runtime of its own
             // (`task run-now --wait`), which a runtime's thread may not.
             let (tx, rx) = tokio::sync::oneshot::channel();
             std::thread::spawn(move || {
-                let _ = tx.send(crate::cli::run_forwarded(&app, request));
+                let _ = tx.send(crate::local::run(&app, request));
             });
             let Ok(response) = rx.await else { return };
             let mut answer = serde_json::to_vec(&response).unwrap_or_default();

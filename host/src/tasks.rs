@@ -169,6 +169,12 @@ impl Task {
         fires
     }
 
+    /// An instant in the task's zone, as people read it:
+    /// `2026-12-01 07:00 CST (-06:00)`.
+    pub fn local_time(&self, t: DateTime<Utc>) -> String {
+        t.with_timezone(&self.tz()).format("%Y-%m-%d %H:%M %Z (%:z)").to_string()
+    }
+
     /// The queue priority: 0 is served first.
     pub fn priority(&self) -> u8 {
         if self.high_priority { 0 } else { 1 }

@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use schoolbell::app::{App, FileImport, JobReport};
-use schoolbell::imports::{ImportPlan, ImportTarget};
+use schoolbell::app::{App, FileImport};
+use schoolbell::imports::ImportTarget;
 use schoolbell::records::Value;
 use schoolbell::runs::{Run, RunStatus};
 use schoolbell::users::User;
 
 use super::runs::print_run;
 use super::{parse_param, say};
+use crate::output::{Rows, print_file_import, print_rows};
 
 #[derive(Subcommand)]
 pub(super) enum ImportCmd {
@@ -153,87 +154,12 @@ impl Matching {
     }
 }
 
-/// Which rows to list.
-pub(crate) enum Rows {
-    /// Every row.
-    All,
-    /// The rows with these outcomes (none: no rows, only the counts).
-    Only(Vec<String>),
-}
-
-impl Rows {
-    fn shows(&self, status: &str) -> bool {
-        match self {
-            Rows::All => true,
-            Rows::Only(types) => types.iter().any(|t| t == status),
-        }
-    }
-}
-
-/// The counts by outcome, what was written, and the rows asked for.
-pub(crate) fn print_import(plan: &ImportPlan, written: Option<u64>, rows: &Rows) {
-    match written {
-        Some(n) => say!("{} ({n} records written to `{}`)", plan.summary(), plan.collection),
-        None => say!("{} (nothing written)", plan.summary()),
-    }
-    print_rows(plan, rows, usize::MAX);
-}
-
-fn print_rows(plan: &ImportPlan, rows: &Rows, limit: usize) {
-    let shown = plan.rows.iter().filter(|r| rows.shows(r.status())).take(limit);
-    for row in shown {
-        for (field, message) in row.messages() {
-            let field = field.map(|f| format!(", field `{f}`")).unwrap_or_default();
-            say!("  line {} {}{field}: {message}", row.line, row.status());
-        }
-    }
-}
-
-/// What `import file` prints, and its exit status: a failed or held run
-/// is an error that says what to do.
-pub(crate) fn print_file_import(report: JobReport, json: bool, rows: Rows) -> Result<()> {
-    let JobReport { run, plan, .. } = report;
-    let Some(plan) =
-        plan.filter(|_| !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled | RunStatus::Interrupted))
-    else {
-        bail!("{}", run.error.as_deref().unwrap_or("the import did not finish"));
-    };
-    let written = run.summary.get("written").copied();
-    if json {
-        say!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "run": run.id, "status": run.status, "plan": plan, "written": written })
-            )?
-        );
-    } else {
-        print_import(&plan, written, &rows);
-        if matches!(rows, Rows::Only(ref t) if t.is_empty()) && !plan.rows.is_empty() {
-            say!("run {}: list the rows with --rows, or only some with --status error", run.id);
-        }
-    }
-    match run.status {
-        RunStatus::AwaitingConfirmation => bail!(
-            "{}. Nothing was written: look the changes over (`schoolbell import preview {}`), then `schoolbell import confirm {}`, or run again with --confirm",
-            plan.summary(),
-            run.id,
-            run.id
-        ),
-        RunStatus::AwaitingAuthorization => bail!(
-            "{}. Nothing was written: file a request with `schoolbell import request {} --comment WHY` for someone with the authorize permission",
-            plan.summary(),
-            run.id
-        ),
-        _ => Ok(()),
-    }
-}
-
 fn wait_with_progress(app: &Arc<App>, id: u64) -> Result<Run> {
     use std::io::Write;
     let engine = app.engine();
     // This process holds the store: runs left running belong to one that died.
     engine.recover()?;
-    let shown = !super::forward::forwarded() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let shown = !crate::local::forwarded() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let run = tokio::runtime::Runtime::new()?.block_on(engine.finish(id, |r| {
         if shown && let Some(total) = r.progress_total.filter(|t| *t > 0) {
             let pct = (r.progress_done.min(total) * 100 / total) as usize;

@@ -3,7 +3,6 @@
 //! its arguments into a call on the application core and prints the
 //! answer, and nothing else: the core checks what the `--as` user may do.
 
-mod forward;
 mod import;
 mod notify;
 mod plugin;
@@ -12,7 +11,6 @@ mod rule;
 mod runs;
 mod schedule;
 mod store;
-mod table;
 mod task;
 mod user;
 
@@ -24,36 +22,7 @@ use clap::{Parser, Subcommand};
 use schoolbell::app::{App, OpenError};
 use schoolbell::records::Value;
 
-pub(crate) use import::{Rows, print_file_import};
-pub(crate) use notify::print_notifications;
-pub(crate) use records::load_json;
-pub(crate) use table::print_table;
-
-/// `println!` for everything the CLI prints. A reader that stops reading
-/// (`schoolbell task list | head -1`) ends the command quietly, as `ls`
-/// does, instead of a panic with a backtrace.
-macro_rules! say {
-    () => { $crate::cli::write_out(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*))) };
-}
-pub(crate) use say;
-
-/// Writes to standard output; a closed pipe exits at once, successfully.
-/// A command forwarded to the server writes to its caller instead.
-pub(crate) fn write_out(text: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    if forward::capture(&text) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(text) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: cannot write to standard output: {e}");
-        std::process::exit(1);
-    }
-}
+pub(crate) use crate::output::{print_table, say};
 
 /// Schoolbell: scheduled imports and notifiers for schools, with sandboxed
 /// WebAssembly plugins.
@@ -142,10 +111,8 @@ fn parse_param(s: &str) -> Result<(String, Value), String> {
 /// A path argument (files to read): relative to the caller's directory,
 /// also when the command is forwarded to the server.
 fn path_arg(arg: &str) -> Result<PathBuf, String> {
-    Ok(forward::path(arg))
+    Ok(crate::local::path(arg))
 }
-
-pub(crate) use forward::{Request as ForwardedCommand, SOCKET, run as run_forwarded};
 
 /// Runs one command; returns the exit status.
 pub(crate) fn run(args: Args) -> Result<i32> {
@@ -165,7 +132,7 @@ pub(crate) fn run(args: Args) -> Result<i32> {
     let serving = matches!(args.command, Command::Serve { .. } | Command::Demo { .. });
     // A server that holds the store answers on its socket: ask it first
     // rather than wait for the store's lock.
-    if !serving && let Some(answer) = forward::send(&args.data) {
+    if !serving && let Some(answer) = crate::local::send(&args.data) {
         return answer;
     }
     let app = match App::open(&args.data, args.rules.as_deref()) {
@@ -175,7 +142,7 @@ pub(crate) fn run(args: Args) -> Result<i32> {
             if serving {
                 return Err(e.into());
             }
-            return forward::send(&args.data).unwrap_or(Err(e.into()));
+            return crate::local::send(&args.data).unwrap_or(Err(e.into()));
         }
         Err(e) => return Err(e.into()),
     };
@@ -183,7 +150,7 @@ pub(crate) fn run(args: Args) -> Result<i32> {
 }
 
 /// Runs a command against an open core, as the `--as` user.
-fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
+pub(crate) fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
     let app = app.clone();
     let user = app.user(&args.as_user)?;
     match args.command {
@@ -194,7 +161,7 @@ fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
             say!("{}", schoolbell::config::reference().trim_end());
             Ok(())
         }
-        Command::Serve { .. } | Command::Demo { .. } if forward::forwarded() => {
+        Command::Serve { .. } | Command::Demo { .. } if crate::local::forwarded() => {
             bail!("`schoolbell serve` is running on this data directory; stop it before running this command")
         }
         Command::Plugin(cmd) => plugin::run(&app, &user, cmd),

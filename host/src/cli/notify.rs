@@ -9,6 +9,7 @@ use schoolbell::runs::RunStatus;
 use schoolbell::users::User;
 
 use super::{parse_param, print_table, say};
+use crate::output::print_notifications;
 
 #[derive(Subcommand)]
 pub(super) enum NotifyCmd {
@@ -100,15 +101,4 @@ pub(super) fn run(app: &App, user: &User, cmd: NotifyCmd) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn print_notifications(plugin: &str, outcome: &schoolbell::plugins::NotifierOutcome) {
-    say!("{plugin}: {} notifications", outcome.notifications.len());
-    for n in &outcome.notifications {
-        say!("  [{}] {}", n.dedupe_key, n.subject);
-        say!("      {}", n.body);
-    }
-    for line in &outcome.log {
-        say!("  log {:?}: {}", line.level, line.message);
-    }
 }

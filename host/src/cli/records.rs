@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use schoolbell::app::App;
-use schoolbell::records::{Record, Value, record_to_json};
+use schoolbell::records::{Value, record_to_json};
 use schoolbell::users::User;
 
 use super::{print_table, say};
@@ -74,7 +74,7 @@ pub(super) fn run(app: &App, user: &User, cmd: RecordsCmd) -> Result<()> {
 }
 
 /// Loads a JSON array of objects into a collection, all or nothing.
-pub(crate) fn load_json(
+fn load_json(
     app: &App,
     user: &User,
     collection: &str,
@@ -82,14 +82,6 @@ pub(crate) fn load_json(
     key: Option<&str>,
     indexes: &[String],
 ) -> Result<usize> {
-    let records = read_json_records(file)?;
+    let records = schoolbell::records::read_json_file(file)?;
     Ok(app.collections().load(user, collection, key, indexes, &records, &file.display().to_string())?)
-}
-
-/// Reads a JSON array of objects as records; an error names the item and field.
-pub(super) fn read_json_records(file: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))?;
-    schoolbell::records::records_from_json(&json).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }

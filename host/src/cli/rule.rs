@@ -72,7 +72,7 @@ pub(super) fn run_offline(data: &Path, cmd: &RuleCmd) -> Result<()> {
         }
         RuleCmd::Test { file, sample, params } => {
             let rule = set.compile_file(file)?;
-            let rows = super::records::read_json_records(sample)?;
+            let rows = schoolbell::records::read_json_file(sample)?;
             let params: Record = params.iter().cloned().collect();
             let tested = schoolbell::app::test_rule(&set, &rule, &rows, &params);
             for v in &tested.rows {

@@ -141,7 +141,7 @@ pub(super) fn run(app: &App, user: &User, cmd: RunsCmd) -> Result<()> {
             let limit = if csv { usize::MAX } else { limit };
             let (messages, next) = runs.messages(user, id, status.as_deref(), None, limit)?;
             if csv {
-                super::write_out(format_args!("{}", schoolbell::api::messages_csv(&messages)));
+                crate::output::write_out(format_args!("{}", schoolbell::api::messages_csv(&messages)));
             } else if json {
                 say!("{}", serde_json::json!({ "messages": messages, "next": next }));
             } else {

@@ -161,35 +161,39 @@ fn parse_pause(s: &str) -> Result<Pause, String> {
     Ok(Pause { from: date(from)?, to: date(to)? })
 }
 
-fn print_task(view: &serde_json::Value) {
-    let t = &view["task"];
-    let s = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    say!("{} ({}, plugin {}, owner {})", s(&t["name"]), s(&t["kind"]), s(&t["plugin"]), s(&t["owner"]));
-    say!("  schedule:  {} in {}", s(&t["schedule"]), s(&t["zone"]));
-    say!("  window:    from {}{}", s(&t["start"]), t["end"].as_str().map(|e| format!(" to {e}")).unwrap_or_default());
+/// A policy's name as people write it (`run-once`, `queue-one`).
+fn name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn print_task(t: &Task) {
+    let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    say!("{} ({}, plugin {}, owner {})", t.name, name(&t.kind), t.plugin, t.owner);
+    say!("  schedule:  {} in {}", t.schedule, t.zone);
+    say!("  window:    from {}{}", time(t.start), t.end.map(|e| format!(" to {}", time(e))).unwrap_or_default());
     say!(
         "  flags:     {}{}{}; misfire {}, overlap {}",
-        if t["enabled"] == true { "enabled" } else { "disabled" },
-        if t["high_priority"] == true { ", high priority" } else { "" },
-        if t["keep"] == true { ", keep runs" } else { "" },
-        s(&t["misfire"]),
-        s(&t["overlap"])
+        if t.enabled { "enabled" } else { "disabled" },
+        if t.high_priority { ", high priority" } else { "" },
+        if t.keep { ", keep runs" } else { "" },
+        name(&t.misfire),
+        name(&t.overlap)
     );
-    if let Some(p) = t["pauses"].as_array().filter(|p| !p.is_empty()) {
-        let list: Vec<String> = p.iter().map(|p| format!("{}..{}", s(&p["from"]), s(&p["to"]))).collect();
+    if !t.pauses.is_empty() {
+        let list: Vec<String> = t.pauses.iter().map(|p| format!("{}..{}", p.from, p.to)).collect();
         say!("  paused:    {}", list.join(", "));
     }
-    if let Some(params) = t["params"].as_object() {
-        let list: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !t.params.is_empty() {
+        let list: Vec<String> = t.params.iter().map(|(k, v)| format!("{k}={}", v.to_json())).collect();
         say!("  params:    {}", list.join(", "));
     }
     say!("  next fires:");
-    let fires = view["next"].as_array().cloned().unwrap_or_default();
+    let fires = t.upcoming(5);
     if fires.is_empty() {
         say!("    none");
     }
     for f in fires {
-        say!("    {}   {}", s(&f["local"]), s(&f["utc"]));
+        say!("    {}   {}", t.local_time(f), f.to_rfc3339());
     }
 }
 
@@ -237,7 +241,7 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: TaskCmd) -> Result<()> {
                 },
             };
             let task = tasks.add(user, spec)?;
-            print_task(&schoolbell::api::task_view(&task, 5));
+            print_task(&task);
         }
         TaskCmd::List { json } => {
             let tasks = tasks.list(user)?;
@@ -254,11 +258,11 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: TaskCmd) -> Result<()> {
             }
         }
         TaskCmd::Show { name, json } => {
-            let view = schoolbell::api::task_view(&tasks.show(user, &name)?, 5);
+            let task = tasks.show(user, &name)?;
             if json {
-                say!("{}", serde_json::to_string_pretty(&view)?);
+                say!("{}", serde_json::to_string_pretty(&schoolbell::api::task_view(&task, 5))?);
             } else {
-                print_task(&view);
+                print_task(&task);
             }
         }
         TaskCmd::Enable { name } => {

@@ -16,7 +16,7 @@ use clap::Parser;
 use schoolbell::app::App;
 use serde::{Deserialize, Serialize};
 
-use super::Args;
+use crate::cli::Args;
 
 /// The socket's file name in the data directory.
 pub(crate) const SOCKET: &str = "cli.sock";
@@ -87,7 +87,7 @@ fn exchange(mut stream: UnixStream) -> Result<i32> {
     BufReader::new(stream).read_line(&mut answer).context("`schoolbell serve` did not answer")?;
     let response: Response =
         serde_json::from_str(&answer).context("`schoolbell serve` answered in a form this CLI does not read")?;
-    super::write_out(format_args!("{}", response.stdout));
+    crate::output::write_out(format_args!("{}", response.stdout));
     eprint!("{}", response.stderr);
     Ok(response.code)
 }
@@ -97,7 +97,7 @@ pub(crate) fn run(app: &Arc<App>, request: Request) -> Response {
     FORWARDED.with(|f| *f.borrow_mut() = Some((Vec::new(), request.cwd)));
     let outcome = Args::try_parse_from(&request.args)
         .map_err(|e| e.to_string())
-        .and_then(|args| super::run_on(app, args).map_err(|e| format!("error: {e:#}\n")));
+        .and_then(|args| crate::cli::run_on(app, args).map_err(|e| format!("error: {e:#}\n")));
     let stdout = FORWARDED.with(|f| f.borrow_mut().take()).map(|(out, _)| out).unwrap_or_default();
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
     match outcome {
