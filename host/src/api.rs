@@ -10,13 +10,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
 use crate::app::{self, App};
 use crate::runs::{RunStatus, TaskMessage};
-use crate::schedule::{self, Schedule, Timing};
 use crate::store::RunId;
 use crate::tasks::{Task, TaskSpec};
 use crate::users::User;
@@ -115,14 +113,6 @@ pub fn router(scheduler: Arc<App>) -> Router {
         .with_state(scheduler)
 }
 
-/// A task with its next fire times (the engine's own, from
-/// [`Task::upcoming`]), as `task show --json` prints it.
-pub fn task_view(task: &Task, count: usize) -> Json_ {
-    let fires: Vec<Json_> =
-        task.upcoming(count).iter().map(|t| json!({ "local": task.local_time(*t), "utc": t.to_rfc3339() })).collect();
-    json!({ "task": task, "next": fires })
-}
-
 async fn list_tasks(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Vec<Task>>, ApiError> {
     blocking(move || Ok(Json(s.tasks().list(&u)?))).await
 }
@@ -135,7 +125,7 @@ async fn add_task(
     let Json(spec) = body.map_err(|e| bad(format!("the task is not valid JSON for a task: {}", e.body_text())))?;
     blocking(move || {
         let task = s.tasks().add(&u, spec)?;
-        Ok((StatusCode::CREATED, Json(task_view(&task, 5))))
+        Ok((StatusCode::CREATED, Json(crate::tasks::task_view(&task, 5))))
     })
     .await
 }
@@ -145,7 +135,7 @@ async fn show_task(
     Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    blocking(move || Ok(Json(task_view(&s.tasks().show(&u, &name)?, 5)))).await
+    blocking(move || Ok(Json(crate::tasks::task_view(&s.tasks().show(&u, &name)?, 5)))).await
 }
 
 async fn remove_task(
@@ -165,7 +155,7 @@ async fn enable_task(
     Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    blocking(move || Ok(Json(task_view(&s.tasks().set_enabled(&u, &name, true)?, 5)))).await
+    blocking(move || Ok(Json(crate::tasks::task_view(&s.tasks().set_enabled(&u, &name, true)?, 5)))).await
 }
 
 async fn disable_task(
@@ -173,7 +163,7 @@ async fn disable_task(
     Caller(u): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
-    blocking(move || Ok(Json(task_view(&s.tasks().set_enabled(&u, &name, false)?, 5)))).await
+    blocking(move || Ok(Json(crate::tasks::task_view(&s.tasks().set_enabled(&u, &name, false)?, 5)))).await
 }
 
 async fn run_now(
@@ -192,20 +182,13 @@ struct RunsQuery {
     limit: Option<usize>,
 }
 
-/// Parses a run status filter.
-pub fn parse_status(s: &str) -> Result<RunStatus, String> {
-    serde_json::from_value(json!(s)).map_err(|_| {
-        format!("`{s}` is not a run status; use queued, running, succeeded, failed, cancelled, interrupted, awaiting-confirmation or awaiting-authorization")
-    })
-}
-
 async fn list_runs(
     State(s): State<Arc<App>>,
     Caller(u): Caller,
     q: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
-    let status = q.status.as_deref().map(parse_status).transpose().map_err(bad)?;
+    let status = q.status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(bad)?;
     blocking(move || Ok(Json(json!(s.runs().list(&u, status, q.task.as_deref(), q.limit.unwrap_or(100))?)))).await
 }
 
@@ -262,24 +245,6 @@ struct MessagesQuery {
     format: Option<String>,
 }
 
-/// Messages as CSV: row, status, field, message.
-pub fn messages_csv(messages: &[TaskMessage]) -> String {
-    let mut out = String::from("row,status,field,message\n");
-    let quote = |s: &str| {
-        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-    };
-    for m in messages {
-        out.push_str(&format!(
-            "{},{},{},{}\n",
-            m.row.map(|r| r.to_string()).unwrap_or_default(),
-            quote(&m.status),
-            quote(m.field.as_deref().unwrap_or("")),
-            quote(&m.message)
-        ));
-    }
-    out
-}
-
 async fn run_messages(
     State(s): State<Arc<App>>,
     Caller(u): Caller,
@@ -297,7 +262,7 @@ async fn run_messages(
     blocking(move || {
         let (messages, next) = s.runs().messages(&u, id, q.status.as_deref(), q.after, limit)?;
         Ok(if csv {
-            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], messages_csv(&messages)).into_response()
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], crate::runs::messages_csv(&messages)).into_response()
         } else {
             Json(json!({ "messages": messages, "next": next })).into_response()
         })
@@ -416,34 +381,15 @@ struct NextQuery {
     count: Option<usize>,
 }
 
-/// The next fire times of a schedule, without a task: what `schedule next`
-/// prints.
-pub fn preview(
-    schedule: &str,
-    zone: &str,
-    from: Option<&str>,
-    count: usize,
-    now: DateTime<Utc>,
-) -> Result<Json_, String> {
-    let parsed: Schedule = schedule.parse().map_err(|e: schedule::ParseError| e.to_string())?;
-    let tz = schedule::parse_zone(zone)?;
-    let from = from.map(|f| schedule::parse_local(f, tz)).transpose()?.unwrap_or(now);
-    let timing = Timing { schedule: &parsed, tz, start: from, end: None, pauses: &[] };
-    let fires: Vec<Json_> = timing
-        .upcoming(from - chrono::Duration::seconds(1), count.min(1000))
-        .iter()
-        .map(|t| json!({ "local": t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z (%:z)").to_string(), "utc": t.to_rfc3339() }))
-        .collect();
-    Ok(json!({ "schedule": parsed.to_string(), "zone": zone, "fires": fires }))
-}
-
 async fn schedule_next(
     State(s): State<Arc<App>>,
     q: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = q.map_err(|e| bad(format!("{}; pass ?schedule=...&tz=...", e.body_text())))?;
     let zone = q.tz.unwrap_or_else(|| s.zone().to_string());
-    preview(&q.schedule, &zone, q.from.as_deref(), q.count.unwrap_or(5), s.now()).map(Json).map_err(bad)
+    crate::schedule::preview(&q.schedule, &zone, q.from.as_deref(), q.count.unwrap_or(5), s.now())
+        .map(Json)
+        .map_err(|e| bad(e.to_string()))
 }
 
 async fn list_rules(State(s): State<Arc<App>>, Caller(u): Caller) -> Json<Json_> {

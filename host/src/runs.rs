@@ -195,6 +195,33 @@ pub struct TaskMessage {
     pub message: String,
 }
 
+impl std::str::FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::json!(s)).map_err(|_| {
+            format!("`{s}` is not a run status; use queued, running, succeeded, failed, cancelled, interrupted, awaiting-confirmation or awaiting-authorization")
+        })
+    }
+}
+
+/// Messages as CSV: row, status, field, message.
+pub fn messages_csv(messages: &[TaskMessage]) -> String {
+    let mut out = String::from("row,status,field,message\n");
+    let quote = |s: &str| {
+        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    };
+    for m in messages {
+        out.push_str(&format!(
+            "{},{},{},{}\n",
+            m.row.map(|r| r.to_string()).unwrap_or_default(),
+            quote(&m.status),
+            quote(m.field.as_deref().unwrap_or("")),
+            quote(&m.message)
+        ));
+    }
+    out
+}
+
 /// Whether `user` may see `run`. Besides the rules above, a user with the
 /// authorize permission sees the runs that wait for an authorization.
 pub fn can_view(user: &User, run: &Run) -> bool {

@@ -424,6 +424,41 @@ pub fn parse_local(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
     Err(format!("`{text}` is not a date and time; write YYYY-MM-DD HH:MM (in the task's zone) or RFC 3339"))
 }
 
+/// Why a schedule preview failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PreviewError {
+    /// The schedule phrase.
+    #[error(transparent)]
+    Schedule(#[from] ParseError),
+    /// The zone.
+    #[error("{0}")]
+    Zone(String),
+    /// The start.
+    #[error("{0}")]
+    From(String),
+}
+
+/// The next fire times of a schedule, without a task: what `schedule next`
+/// prints.
+pub fn preview(
+    schedule: &str,
+    zone: &str,
+    from: Option<&str>,
+    count: usize,
+    now: DateTime<Utc>,
+) -> Result<serde_json::Value, PreviewError> {
+    let parsed: Schedule = schedule.parse()?;
+    let tz = parse_zone(zone).map_err(PreviewError::Zone)?;
+    let from = from.map(|f| parse_local(f, tz)).transpose().map_err(PreviewError::From)?.unwrap_or(now);
+    let timing = Timing { schedule: &parsed, tz, start: from, end: None, pauses: &[] };
+    let fires: Vec<serde_json::Value> = timing
+        .upcoming(from - chrono::Duration::seconds(1), count.min(1000))
+        .iter()
+        .map(|t| serde_json::json!({ "local": t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z (%:z)").to_string(), "utc": t.to_rfc3339() }))
+        .collect();
+    Ok(serde_json::json!({ "schedule": parsed.to_string(), "zone": zone, "fires": fires }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -344,3 +344,14 @@ impl TaskSpec {
         Ok(task)
     }
 }
+
+/// A task with its next fire times (the engine's own, from
+/// [`Task::upcoming`]), as `task show --json` prints it.
+pub fn task_view(task: &Task, count: usize) -> serde_json::Value {
+    let fires: Vec<serde_json::Value> = task
+        .upcoming(count)
+        .iter()
+        .map(|t| serde_json::json!({ "local": task.local_time(*t), "utc": t.to_rfc3339() }))
+        .collect();
+    serde_json::json!({ "task": task, "next": fires })
+}

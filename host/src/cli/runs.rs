@@ -95,8 +95,7 @@ pub(super) fn run(app: &App, user: &User, cmd: RunsCmd) -> Result<()> {
     let runs = app.runs();
     match cmd {
         RunsCmd::List { status, task, limit, json } => {
-            let status =
-                status.as_deref().map(schoolbell::api::parse_status).transpose().map_err(anyhow::Error::msg)?;
+            let status = status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(anyhow::Error::msg)?;
             let list = runs.list(user, status, task.as_deref(), limit)?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&list)?);
@@ -141,7 +140,7 @@ pub(super) fn run(app: &App, user: &User, cmd: RunsCmd) -> Result<()> {
             let limit = if csv { usize::MAX } else { limit };
             let (messages, next) = runs.messages(user, id, status.as_deref(), None, limit)?;
             if csv {
-                crate::output::write_out(format_args!("{}", schoolbell::api::messages_csv(&messages)));
+                crate::output::write_out(format_args!("{}", schoolbell::runs::messages_csv(&messages)));
             } else if json {
                 say!("{}", serde_json::json!({ "messages": messages, "next": next }));
             } else {

@@ -29,8 +29,7 @@ pub(super) enum ScheduleCmd {
 
 pub(super) fn run(cmd: &ScheduleCmd) -> Result<()> {
     let ScheduleCmd::Next { schedule, tz, from, count, json } = cmd;
-    let preview = schoolbell::api::preview(schedule, tz, from.as_deref(), *count, chrono::Utc::now())
-        .map_err(anyhow::Error::msg)?;
+    let preview = schoolbell::schedule::preview(schedule, tz, from.as_deref(), *count, chrono::Utc::now())?;
     if *json {
         say!("{}", serde_json::to_string_pretty(&preview)?);
     } else {

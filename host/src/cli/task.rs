@@ -260,7 +260,7 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: TaskCmd) -> Result<()> {
         TaskCmd::Show { name, json } => {
             let task = tasks.show(user, &name)?;
             if json {
-                say!("{}", serde_json::to_string_pretty(&schoolbell::api::task_view(&task, 5))?);
+                say!("{}", serde_json::to_string_pretty(&schoolbell::tasks::task_view(&task, 5))?);
             } else {
                 print_task(&task);
             }
