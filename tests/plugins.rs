@@ -534,3 +534,74 @@ fn a_oneroster_users_file_maps_with_the_readme_column_map() {
     assert_eq!(students[1]["last-name"], "Li");
     assert!(users.exists(), "a file imported by hand stays where and as it is");
 }
+
+/// Two children with the same name and birth date are two children: a row
+/// with its own new ID is a new student (flagged as a possible duplicate),
+/// never an update of the other; a fallback match that disagrees with the
+/// row's own SSN is a conflict, applied to no one.
+#[test]
+fn matching_never_merges_two_students() {
+    let sb = Sb::with_own_rules();
+    std::fs::write(
+        sb.rules.join("match_by_name_first.rhai"),
+        "[[\"student-id\"], [\"last-name\", \"first-name\", \"birth-date\"], [\"ssn\"]]\n",
+    )
+    .unwrap();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    let columns = "columns=student-id=Student ID?; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date; gender=Gender?; grade=Grade:integer?; ssn=SSN?";
+    let import = |name: &str, rule: &str, body: &str| -> String {
+        let file = sb.file(name, format!("Student ID,Last Name,First Name,Birth Date,Gender,Grade,SSN\n{body}"));
+        sb.ok(&[
+            "import",
+            "file",
+            "import-csv-roster",
+            s(&file),
+            "--into",
+            "students",
+            "--key",
+            "student-id",
+            "--match-rule",
+            rule,
+            "--param",
+            columns,
+            "--rows",
+            "--confirm",
+        ])
+    };
+    let seed: String =
+        (0..20).map(|i| format!("S1{i:05},Last{i},First{i},2010-01-{:02},F,9,{i:03}-00-0000\n", 1 + i % 28)).collect();
+    import("seed.csv", "match_student", &format!("S100325,Ng,Ann,2010-01-02,F,11,111-22-3333\n{seed}"));
+
+    let out = import(
+        "nightly.csv",
+        "match_student",
+        "S300203,Ng,Ann,2010-01-02,M,7,\n\
+         S300204,Ng,Ann,2010-01-02,F,11,\n",
+    );
+    assert!(out.contains("  line 2 new: new record S300203"), "{out}");
+    assert!(
+        out.contains("  line 2 possible-duplicate: new record S300203 has the same last-name + first-name + birth-date as S100325"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  line 3 new: new record S300204"),
+        "the same name, birth date and gender under a new ID is a new student: {out}"
+    );
+    assert!(out.contains("  line 3 possible-duplicate: new record S300204 has the same last-name + first-name + birth-date + gender as S100325"), "{out}");
+    let ann: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["records", "list", "students", "--json", "--limit", "100"])).unwrap();
+    let ann = ann.as_array().unwrap().iter().find(|r| r["student-id"] == "S100325").unwrap().clone();
+    assert_eq!((ann["gender"].as_str(), ann["grade"].as_i64()), (Some("F"), Some(11)), "S100325 keeps her own data");
+
+    // A rule that falls back to the name before the SSN: the SSN the row
+    // brings disagrees with the record the name found.
+    let out = import("by-name.csv", "match_by_name_first", ",Last5,First5,2010-01-06,F,9,999-88-7777\n");
+    assert!(
+        out.contains("  line 2 conflict, field `ssn`: matched")
+            && out.contains(
+                "by last-name + first-name + birth-date, but the file's ssn is 999-88-7777; the row is not applied"
+            ),
+        "{out}"
+    );
+    assert!(out.contains(": 1 conflict"), "the summary counts conflicts: {out}");
+}

@@ -185,8 +185,9 @@ impl Guard {
         }
         let n = |k: &str| counts.get(k).copied().unwrap_or(0) as f64;
         // Ending and removing a record change it as much as inactivating it.
-        let changed =
-            (n("new") + n("updated") + n("ended") + n("inactivated") + n("removed")) * 100.0 / existing as f64;
+        // A conflict is a change the import wanted to make to another person.
+        let changed = (n("new") + n("updated") + n("ended") + n("inactivated") + n("removed") + n("conflict")) * 100.0
+            / existing as f64;
         let added = n("new") * 100.0 / existing as f64;
         let hold = if added >= self.authorize_percent {
             Hold::Authorize
@@ -263,6 +264,28 @@ pub enum RowOutcome {
         /// What is wrong.
         message: String,
     },
+    /// A fallback key matched a record whose own ID (or SSN) differs from
+    /// the row's: two people, perhaps. Not applied; counted as an error.
+    Conflict {
+        /// The record the fallback found.
+        key: String,
+        /// Which match key found it.
+        matched_on: String,
+        /// The field that disagrees.
+        field: String,
+        /// The row's value of it.
+        file_value: String,
+    },
+    /// A new record shares a fallback key (name and birth date) with
+    /// existing records: created, and flagged for a person to look at.
+    PossibleDuplicate {
+        /// The new record's key.
+        key: String,
+        /// The records it resembles.
+        others: Vec<String>,
+        /// The key they share.
+        matched_on: String,
+    },
 }
 
 /// One row's outcome, with its line (0 for records a full roster lacks).
@@ -287,6 +310,8 @@ impl RowReport {
             RowOutcome::Duplicate { .. } => "duplicate",
             RowOutcome::Inactivated { .. } => "inactivated",
             RowOutcome::Error { .. } => "error",
+            RowOutcome::Conflict { .. } => "conflict",
+            RowOutcome::PossibleDuplicate { .. } => "possible-duplicate",
         }
     }
 
@@ -318,6 +343,19 @@ impl RowReport {
                 vec![(None, format!("record {key} is not in the full roster; inactivated"))]
             }
             RowOutcome::Error { field, message } => vec![(field.clone(), message.clone())],
+            RowOutcome::Conflict { key, matched_on, field, file_value } => vec![(
+                Some(field.clone()),
+                format!(
+                    "matched {key} by {matched_on}, but the file's {field} is {file_value}; the row is not applied"
+                ),
+            )],
+            RowOutcome::PossibleDuplicate { key, others, matched_on } => vec![(
+                None,
+                format!(
+                    "new record {key} has the same {matched_on} as {}: look whether they are one person",
+                    others.join(", ")
+                ),
+            )],
         }
     }
 }
@@ -803,7 +841,12 @@ struct Plan {
 
 /// How a row matched.
 enum Match {
-    New,
+    /// No record: a new one, with the records it resembles on a fallback
+    /// key (and that key's name), if any.
+    New(Option<(Vec<String>, String)>),
+    /// A fallback key found a record whose own ID or SSN differs from the
+    /// row's: record, match key, field, the row's value.
+    Conflict(String, String, String, String),
     /// The record's key, the match key's name, and the record when the
     /// lookup already read it.
     One(String, String, Option<Record>),
@@ -812,8 +855,14 @@ enum Match {
     Same(String),
 }
 
-/// Finds a row's records by the match keys in priority order: the first key
-/// whose fields the row has and that finds anything decides.
+/// The fields whose value names one person: a fallback match that
+/// disagrees on one of them is a conflict.
+const IDENTIFYING: &str = "ssn";
+
+/// Finds a row's records by the match keys in priority order: the first
+/// key whose fields the row has (not empty) decides, found or not; later
+/// keys are for rows that lack it. A record a fallback key found whose ID
+/// or SSN differs from the row's is a conflict, never a match.
 fn find(
     store: &dyn Backend,
     collection: &str,
@@ -826,26 +875,48 @@ fn find(
         Some(Value::Text(t)) => !t.trim().is_empty(),
         Some(_) => true,
     };
-    for (key, name) in keys {
-        if !key.iter().all(has) {
-            continue;
+    let Some(decides) = keys.iter().position(|(key, _)| key.iter().all(has)) else { return Ok(Match::New(None)) };
+    let (key, name) = &keys[decides];
+    let found = if key.len() == 1 && key[0] == spec.key_field {
+        let k = row[&spec.key_field].to_key_text();
+        match store.lookup_record(collection, &k, row)? {
+            store::Lookup::Same => return Ok(Match::Same(k)),
+            store::Lookup::Differs(record) => return Ok(Match::One(k, name.clone(), Some(record))),
+            store::Lookup::Missing => Vec::new(),
         }
-        if key.len() == 1 && key[0] == spec.key_field {
-            let k = row[&spec.key_field].to_key_text();
-            match store.lookup_record(collection, &k, row)? {
-                store::Lookup::Same => return Ok(Match::Same(k)),
-                store::Lookup::Differs(record) => return Ok(Match::One(k, name.clone(), Some(record))),
-                store::Lookup::Missing => continue,
+    } else {
+        store.find_by_index(collection, key, row)?
+    };
+    match found.len() {
+        0 => {
+            // New: but say so when a fallback key finds someone alike.
+            for (later, later_name) in &keys[decides + 1..] {
+                if later.iter().all(has) {
+                    let alike = store.find_by_index(collection, later, row)?;
+                    if !alike.is_empty() {
+                        return Ok(Match::New(Some((alike, later_name.clone()))));
+                    }
+                }
             }
+            Ok(Match::New(None))
         }
-        let found = store.find_by_index(collection, key, row)?;
-        match found.len() {
-            0 => continue,
-            1 => return Ok(Match::One(found.into_iter().next().unwrap_or_default(), name.clone(), None)),
-            _ => return Ok(Match::Several(found, name.clone())),
+        1 => {
+            let record_key = found.into_iter().next().unwrap_or_default();
+            let record = store.get_record(collection, &record_key)?.unwrap_or_default();
+            let norm = |v: &Value| v.to_key_text().trim().to_lowercase();
+            for field in [spec.key_field.as_str(), IDENTIFYING] {
+                if let (Some(mine), Some(theirs)) = (row.get(field), record.get(field))
+                    && has(&field.to_string())
+                    && !norm(theirs).is_empty()
+                    && norm(mine) != norm(theirs)
+                {
+                    return Ok(Match::Conflict(record_key, name.clone(), field.to_string(), mine.to_key_text()));
+                }
+            }
+            Ok(Match::One(record_key, name.clone(), Some(record)))
         }
+        _ => Ok(Match::Several(found, name.clone())),
     }
-    Ok(Match::New)
 }
 
 /// Works out what each row does, without writing anything.
@@ -911,27 +982,41 @@ fn plan_rows(
                     continue;
                 }
             };
+            let mut alike = None;
             let outcome = match found? {
                 Match::Several(candidates, matched_on) => RowOutcome::Multiple { candidates, matched_on },
-                Match::New if remove => RowOutcome::Error {
+                Match::Conflict(key, matched_on, field, file_value) => {
+                    // Not applied, and not inactivated by a full roster either:
+                    // a person looks first.
+                    seen.entry(key.clone()).or_insert(line);
+                    RowOutcome::Conflict { key, matched_on, field, file_value }
+                }
+                Match::New(_) if remove => RowOutcome::Error {
                     field: Some(ACTION_FIELD.into()),
                     message: "the row asks to remove a record, but no record matches it".into(),
                 },
-                Match::New => match row.get(&spec.key_field).map(Value::to_key_text).filter(|k| !k.trim().is_empty()) {
-                    None => RowOutcome::Error {
-                        field: Some(spec.key_field.clone()),
-                        message: format!(
-                            "no record matches and the row has no `{}` to create one with",
-                            spec.key_field
-                        ),
-                    },
-                    Some(key) if seen.contains_key(&key) => RowOutcome::Duplicate { first_line: seen[&key], key },
-                    Some(key) => {
-                        seen.insert(key.clone(), line);
-                        writes.push(row);
-                        RowOutcome::New { key }
+                Match::New(similar) => {
+                    match row.get(&spec.key_field).map(Value::to_key_text).filter(|k| !k.trim().is_empty()) {
+                        None => RowOutcome::Error {
+                            field: Some(spec.key_field.clone()),
+                            message: format!(
+                                "no record matches and the row has no `{}` to create one with",
+                                spec.key_field
+                            ),
+                        },
+                        Some(key) if seen.contains_key(&key) => RowOutcome::Duplicate { first_line: seen[&key], key },
+                        Some(key) => {
+                            seen.insert(key.clone(), line);
+                            writes.push(row);
+                            alike = similar.map(|(others, matched_on)| RowOutcome::PossibleDuplicate {
+                                key: key.clone(),
+                                others,
+                                matched_on,
+                            });
+                            RowOutcome::New { key }
+                        }
                     }
-                },
+                }
                 // A duplicate, or a removal: whatever the record holds.
                 Match::Same(key) | Match::One(key, _, _) if remove || seen.contains_key(&key) => {
                     if let Some(first_line) = seen.get(&key) {
@@ -985,6 +1070,9 @@ fn plan_rows(
                 }
             };
             out.push(RowReport { line, outcome });
+            if let Some(flag) = alike {
+                out.push(RowReport { line, outcome: flag });
+            }
         }
     }
     Ok(Plan { rows: out, writes, removes, seen })
