@@ -121,6 +121,13 @@ impl App {
             Ok((summary, status)) => {
                 run.status = status;
                 run.summary = summary;
+                // A run that succeeded did all its work, whatever the plugin
+                // last reported on the way.
+                if status == RunStatus::Succeeded
+                    && let Some(total) = run.progress_total
+                {
+                    run.progress_done = run.progress_done.max(total);
+                }
                 if !status.is_finished() {
                     run.finished_at = None;
                 }
