@@ -605,3 +605,40 @@ fn matching_never_merges_two_students() {
     );
     assert!(out.contains(": 1 conflict"), "the summary counts conflicts: {out}");
 }
+
+/// Malformed files a person can act on: a UTF-16 file is named as such,
+/// and a NUL byte in a key field fails its own line only.
+#[test]
+fn a_utf16_file_is_named_and_a_nul_in_a_key_fails_its_line_only() {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    let text = "Student ID,Last Name,First Name,Birth Date\nS1,Ng,Ann,2010-01-02\n";
+    let mut utf16 = vec![0xFF, 0xFE];
+    utf16.extend(text.encode_utf16().flat_map(|u| u.to_le_bytes()));
+    let file = sb.file("u16.csv", &utf16);
+    let err = sb.fails(&["import", "file", "import-csv-roster", s(&file), "--into", "students", "--key", "student-id"]);
+    assert!(one_error_line(&err).contains("u16.csv: the file is UTF-16; save it as UTF-8"), "{err}");
+    let no_bom: Vec<u8> = text.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+    let file = sb.file("u16-no-bom.csv", &no_bom);
+    let err = sb.fails(&["import", "file", "import-csv-roster", s(&file), "--into", "students", "--key", "student-id"]);
+    assert!(err.contains("the file is UTF-16"), "without a byte-order mark too: {err}");
+
+    let file = sb.file(
+        "nul.csv",
+        "Student ID,Last Name,First Name,Birth Date\nS1,Ng,Ann,2010-01-02\nS\u{0}2,Li,Bo,2011-03-04\n",
+    );
+    let out = sb.ok(&[
+        "import",
+        "file",
+        "import-csv-roster",
+        s(&file),
+        "--into",
+        "students",
+        "--key",
+        "student-id",
+        "--status",
+        "error",
+    ]);
+    assert!(out.contains(": 1 error, 1 new (1 records written"), "{out}");
+    assert!(out.contains("  line 3 error, field `student-id`: `student-id` holds a NUL character"), "{out}");
+}

@@ -673,6 +673,7 @@ pub fn prepare(
     if plan.already_imported.is_some() {
         return Ok(plan);
     }
+    refuse_utf16(&file.path)?;
     let input = std::fs::File::open(&file.path).map_err(|source| Error::Open { path: file.path.clone(), source })?;
     request.control.set_progress(0, Some(file.size.max(1)));
     // Set up the collection and read the match keys: once rows arrive, or
@@ -740,6 +741,26 @@ pub fn prepare(
     plan.removes = removes;
     plan.log = outcome.log;
     Ok(plan)
+}
+
+/// Refuses a UTF-16 file by name: read as UTF-8 it would only say that
+/// its header lacks every column. Known by its byte-order mark, or by the
+/// NUL byte beside every ASCII character.
+fn refuse_utf16(path: &str) -> Result<(), Error> {
+    use std::io::Read;
+    let mut head = [0u8; 512];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|source| Error::Open { path: path.into(), source })?;
+    let head = &head[..n];
+    let bom = head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]);
+    let nuls = head.iter().filter(|b| **b == 0).count();
+    if bom || (n >= 8 && nuls * 3 >= n) {
+        return Err(Error::Target(format!(
+            "{path}: the file is UTF-16; save it as UTF-8 (in Excel: CSV UTF-8) and import it again"
+        )));
+    }
+    Ok(())
 }
 
 /// Records of the collection the full roster does not list are set
@@ -954,6 +975,11 @@ fn plan_rows(
     let mut writes = Vec::new();
     let mut removes = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
+    // Every field a key or an index is made of.
+    let mut keyed: Vec<String> = keys.iter().flat_map(|(k, _)| k.iter().cloned()).collect();
+    keyed.extend(spec.indexes.iter().flatten().cloned());
+    keyed.sort();
+    keyed.dedup();
     for batch in batches {
         // The lookups (index reads, record decoding) are most of the work and
         // independent of each other: run them across cores, in row order.
@@ -962,6 +988,19 @@ fn plan_rows(
             batch.par_iter().map(|(_, row)| find(store, collection, &spec, &keys, row)).collect()
         };
         for ((line, mut row), found) in batch.into_iter().zip(found) {
+            // Keys and index entries cannot hold NUL: that row fails alone.
+            if let Some(field) = keyed.iter().find(|f| row.get(*f).is_some_and(|v| v.to_key_text().contains('\0'))) {
+                out.push(RowReport {
+                    line,
+                    outcome: RowOutcome::Error {
+                        field: Some(field.clone()),
+                        message: format!(
+                            "`{field}` holds a NUL character (byte 0), which no key or index may; fix this line"
+                        ),
+                    },
+                });
+                continue;
+            }
             let remove = match row.remove(ACTION_FIELD) {
                 None | Some(Value::Null) => false,
                 Some(Value::Text(t)) if t.trim().is_empty() => false,
