@@ -10,6 +10,26 @@ use std::process::{Command, Output};
 pub const FOUR_COLUMNS: &str =
     "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
 
+/// The column map for a roster with ID, names, birth date, gender, grade
+/// and SSN, the ID and the last three optional.
+pub const SEVEN_COLUMNS: &str = "columns=student-id=Student ID?; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date; gender=Gender?; grade=Grade:integer?; ssn=SSN?";
+
+/// The header of such a roster.
+pub const SEVEN_HEADER: &str = "Student ID,Last Name,First Name,Birth Date,Gender,Grade,SSN\n";
+
+impl Sb {
+    /// `import file` of `body` (under the seven-column header) into
+    /// `students` through `rule`, every row listed; `extra` flags appended.
+    pub fn import_roster(&self, name: &str, rule: &str, body: &str, extra: &[&str]) -> Output {
+        let file = self.file(name, format!("{SEVEN_HEADER}{body}"));
+        let mut args =
+            vec!["import", "file", "import-csv-roster", s(&file), "--into", "students", "--key", "student-id"];
+        args.extend(["--match-rule", rule, "--param", SEVEN_COLUMNS, "--rows"]);
+        args.extend(extra);
+        self.run(&args)
+    }
+}
+
 /// A small deterministic generator (xorshift64) for varied but repeatable
 /// kill moments in crash tests.
 pub struct Xorshift(pub u64);
