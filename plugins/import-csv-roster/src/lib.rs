@@ -88,6 +88,8 @@ struct State {
     /// `\n` bytes consumed so far.
     newlines: u64,
     ended_on_newline: bool,
+    /// The input has ended: a record ending now may be an unclosed quote.
+    at_eof: bool,
 }
 
 fn parse_columns(spec: &str) -> Result<Vec<Column>, PluginError> {
@@ -148,6 +150,7 @@ impl GuestMapper for Roster {
             record: Vec::new(),
             newlines: 0,
             ended_on_newline: false,
+            at_eof: false,
         }))))
     }
 
@@ -177,6 +180,7 @@ impl GuestMapper for Roster {
 impl State {
     fn read(&mut self, mut input: &[u8], eof: bool) -> Result<Batch, MappingError> {
         let mut batch = Batch { rows: Vec::new(), errors: Vec::new() };
+        self.at_eof = eof;
         let mut out = [0u8; 4096];
         loop {
             // csv-core reads an empty input as the end of the file, so a
@@ -218,6 +222,25 @@ impl State {
         if !self.header_read {
             self.header_read = true;
             return self.read_header(&record);
+        }
+        // A quote that never closes reads the rest of the file into one
+        // field: say where it opened and how much it swallowed, rather
+        // than lose the rows after it without a word.
+        let spanned: u64 = record.iter().map(|f| f.iter().filter(|&&b| b == b'\n').count() as u64).sum();
+        if self.at_eof && spanned > 0 {
+            let start = line.saturating_sub(spanned);
+            let open = record.iter().position(|f| f.contains(&b'\n')).unwrap_or(0);
+            // The file's own last line end is not a swallowed line.
+            let swallowed = spanned - u64::from(record.last().is_some_and(|f| f.ends_with(b"\n")));
+            let header = self.columns.iter().find(|c| c.index == Some(open)).map(|c| c.header.clone());
+            batch.errors.push(RowError {
+                line: start,
+                field: header,
+                message: format!(
+                    "a quote opens on line {start} and never closes: the {swallowed} lines after it, to the end of the file, were read as one field; close the quote (write \"\" for a quote inside a field) and import again"
+                ),
+            });
+            return Ok(());
         }
         let mut fields = Vec::with_capacity(self.columns.len());
         let mut row_ok = true;
