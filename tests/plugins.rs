@@ -580,18 +580,7 @@ fn a_utf16_file_is_named_and_a_nul_in_a_key_fails_its_line_only() {
         "nul.csv",
         "Student ID,Last Name,First Name,Birth Date\nS1,Ng,Ann,2010-01-02\nS\u{0}2,Li,Bo,2011-03-04\n",
     );
-    let out = sb.ok(&[
-        "import",
-        "file",
-        "import-csv-roster",
-        s(&file),
-        "--into",
-        "students",
-        "--key",
-        "student-id",
-        "--status",
-        "error",
-    ]);
+    let out = import_students(&sb, &file, FOUR_COLUMNS);
     assert!(out.contains(": 1 error, 1 new (1 records written"), "{out}");
     assert!(out.contains("  line 3 error, field `student-id`: `student-id` holds a NUL character"), "{out}");
 }
@@ -606,17 +595,7 @@ fn an_unclosed_quote_is_reported_where_it_opens_with_what_it_swallowed() {
         "quote.csv",
         "Student ID,Last Name,First Name,Birth Date\nS1,Ng,Ann,2010-01-02\nS2,\"Li,Bo,2011-03-04\nS3,Ko,Cy,2012-05-06\nS4,Wu,Di,2013-01-01\n",
     );
-    let out = sb.ok(&[
-        "import",
-        "file",
-        "import-csv-roster",
-        s(&file),
-        "--into",
-        "students",
-        "--key",
-        "student-id",
-        "--rows",
-    ]);
+    let out = import_students(&sb, &file, FOUR_COLUMNS);
     assert!(out.contains(": 1 error, 1 new"), "{out}");
     assert!(
         out.contains("  line 3 error, field `Last Name`: a quote opens on line 3 and never closes: the 2 lines after it, to the end of the file, were read as one field"),

@@ -868,9 +868,9 @@ enum Match {
     /// A fallback key found a record whose own ID or SSN differs from the
     /// row's: record, match key, field, the row's value.
     Conflict(String, String, String, String),
-    /// The record's key, the match key's name, and the record when the
-    /// lookup already read it.
-    One(String, String, Option<Record>),
+    /// The record's key, the match key's name, and the record (read in
+    /// the lookup, on the planner's worker threads).
+    One(String, String, Record),
     Several(Vec<String>, String),
     /// The key field matched a record identical to the row.
     Same(String),
@@ -891,18 +891,19 @@ fn find(
     keys: &[(Vec<String>, String)],
     row: &Record,
 ) -> Result<Match, Error> {
-    let has = |f: &String| match row.get(f) {
+    let has = |f: &str| match row.get(f) {
         None | Some(Value::Null) => false,
         Some(Value::Text(t)) => !t.trim().is_empty(),
         Some(_) => true,
     };
-    let Some(decides) = keys.iter().position(|(key, _)| key.iter().all(has)) else { return Ok(Match::New(None)) };
+    let row_has = |key: &[String]| key.iter().all(|f| has(f));
+    let Some(decides) = keys.iter().position(|(key, _)| row_has(key)) else { return Ok(Match::New(None)) };
     let (key, name) = &keys[decides];
     let found = if key.len() == 1 && key[0] == spec.key_field {
         let k = row[&spec.key_field].to_key_text();
         match store.lookup_record(collection, &k, row)? {
             store::Lookup::Same => return Ok(Match::Same(k)),
-            store::Lookup::Differs(record) => return Ok(Match::One(k, name.clone(), Some(record))),
+            store::Lookup::Differs(record) => return Ok(Match::One(k, name.clone(), record)),
             store::Lookup::Missing => Vec::new(),
         }
     } else {
@@ -912,7 +913,7 @@ fn find(
         0 => {
             // New: but say so when a fallback key finds someone alike.
             for (later, later_name) in &keys[decides + 1..] {
-                if later.iter().all(has) {
+                if row_has(later) {
                     let alike = store.find_by_index(collection, later, row)?;
                     if !alike.is_empty() {
                         return Ok(Match::New(Some((alike, later_name.clone()))));
@@ -927,14 +928,14 @@ fn find(
             let norm = |v: &Value| v.to_key_text().trim().to_lowercase();
             for field in [spec.key_field.as_str(), IDENTIFYING] {
                 if let (Some(mine), Some(theirs)) = (row.get(field), record.get(field))
-                    && has(&field.to_string())
+                    && has(field)
                     && !norm(theirs).is_empty()
                     && norm(mine) != norm(theirs)
                 {
                     return Ok(Match::Conflict(record_key, name.clone(), field.to_string(), mine.to_key_text()));
                 }
             }
-            Ok(Match::One(record_key, name.clone(), Some(record)))
+            Ok(Match::One(record_key, name.clone(), record))
         }
         _ => Ok(Match::Several(found, name.clone())),
     }
@@ -1071,12 +1072,8 @@ fn plan_rows(
                     // Most rows of a nightly roster: nothing to decode or copy.
                     RowOutcome::Existing { key }
                 }
-                Match::One(key, matched_on, read) => {
+                Match::One(key, matched_on, existing) => {
                     seen.insert(key.clone(), line);
-                    let existing = match read {
-                        Some(record) => record,
-                        None => store.get_record(collection, &key)?.unwrap_or_default(),
-                    };
                     let mut changes = Vec::new();
                     for (field, after) in &row {
                         // The record keeps its key even when another key matched it.

@@ -114,20 +114,24 @@ fn path_arg(arg: &str) -> Result<PathBuf, String> {
     Ok(crate::local::path(arg))
 }
 
-/// Runs one command; returns the exit status.
-pub(crate) fn run(args: Args) -> Result<i32> {
-    // Commands that need no data directory.
-    match &args.command {
-        Command::Rule(cmd) if rule::offline(cmd) => return rule::run_offline(&args.data, cmd).map(|()| 0),
-        Command::Plugin(plugin::PluginCmd::New { kind, name, dir, sdk }) => {
-            return plugin::new(*kind, name, dir, sdk).map(|()| 0);
-        }
-        Command::Schedule(cmd) => return schedule::run(cmd).map(|()| 0),
+/// Runs the commands that need no data directory; none for the rest.
+fn offline(args: &Args) -> Option<Result<()>> {
+    Some(match &args.command {
+        Command::Rule(cmd) if rule::offline(cmd) => rule::run_offline(&args.data, cmd),
+        Command::Plugin(plugin::PluginCmd::New { kind, name, dir, sdk }) => plugin::new(*kind, name, dir, sdk),
+        Command::Schedule(cmd) => schedule::run(cmd),
         Command::Config(ConfigCmd::Reference) => {
             say!("{}", schoolbell::config::reference().trim_end());
-            return Ok(0);
+            Ok(())
         }
-        _ => {}
+        _ => return None,
+    })
+}
+
+/// Runs one command; returns the exit status.
+pub(crate) fn run(args: Args) -> Result<i32> {
+    if let Some(done) = offline(&args) {
+        return done.map(|()| 0);
     }
     let serving = matches!(args.command, Command::Serve { .. } | Command::Demo { .. });
     // A server that holds the store answers on its socket: ask it first
@@ -151,16 +155,14 @@ pub(crate) fn run(args: Args) -> Result<i32> {
 
 /// Runs a command against an open core, as the `--as` user.
 pub(crate) fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
+    // A forwarded command line may be one of these too.
+    if let Some(done) = offline(&args) {
+        return done;
+    }
     let app = app.clone();
     let user = app.user(&args.as_user)?;
     match args.command {
-        Command::Rule(cmd) if rule::offline(&cmd) => rule::run_offline(&args.data, &cmd),
-        Command::Plugin(plugin::PluginCmd::New { kind, name, dir, sdk }) => plugin::new(kind, &name, &dir, &sdk),
-        Command::Schedule(cmd) => schedule::run(&cmd),
-        Command::Config(ConfigCmd::Reference) => {
-            say!("{}", schoolbell::config::reference().trim_end());
-            Ok(())
-        }
+        Command::Schedule(_) | Command::Config(_) => unreachable!("answered by `offline`"),
         Command::Serve { .. } | Command::Demo { .. } if crate::local::forwarded() => {
             bail!("`schoolbell serve` is running on this data directory; stop it before running this command")
         }
