@@ -26,7 +26,7 @@ fn setup(port: u16) -> Sb {
     sb.file(
         "data/schoolbell.toml",
         format!(
-            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"Schoolbell <bell@district.test>\"\nretry_base_secs = 1\n"
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"Schoolbell <bell@district.test>\"\nretry_base_secs = 1\nallowed_domains = [\"district.test\"]\n"
         ),
     );
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);

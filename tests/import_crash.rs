@@ -68,9 +68,7 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
         // A fresh data directory each trial: the roster plugin writes `students`.
         let sb = Sb::new();
         sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
-        sb.file("data/schoolbell.toml", "[scheduler]\npickup_settle_ms = 10\n");
-        let batch = sb.dir.path().join("batch");
-        std::fs::create_dir_all(&batch).unwrap();
+        let batch = sb.folder_source("batch", "[scheduler]\npickup_settle_ms = 10\n");
         let collection = "students".to_string();
         let prefix = "IC_Roster_".to_string();
         sb.ok(&[
@@ -84,7 +82,7 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
             "--param",
             columns,
             "--source",
-            s(&batch),
+            "batch",
             "--prefix",
             &prefix,
             "--collection",
@@ -179,9 +177,7 @@ fn an_import_killed_at_random_points_applies_all_or_nothing_and_exactly_once() {
 fn a_crash_between_the_commit_and_the_rename_leaves_the_file_for_the_ledger() {
     let sb = Sb::new();
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
-    sb.file("data/schoolbell.toml", "[scheduler]\npickup_settle_ms = 10\n");
-    let batch = sb.dir.path().join("batch");
-    std::fs::create_dir_all(&batch).unwrap();
+    let batch = sb.folder_source("batch", "[scheduler]\npickup_settle_ms = 10\n");
     sb.ok(&[
         "task",
         "add",
@@ -193,7 +189,7 @@ fn a_crash_between_the_commit_and_the_rename_leaves_the_file_for_the_ledger() {
         "--param",
         FOUR_COLUMNS,
         "--source",
-        s(&batch),
+        "batch",
         "--prefix",
         "IC_",
         "--collection",

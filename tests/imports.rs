@@ -14,6 +14,7 @@ use schoolbell::imports::{Guard, ImportTarget};
 use schoolbell::plugins::{PluginHost, SandboxConfig};
 use schoolbell::rules::RuleSet;
 use schoolbell::runs::{Run, RunStatus};
+use schoolbell::sources::Location;
 use schoolbell::store::Store;
 use schoolbell::store::prelude::*;
 use schoolbell::tasks::TaskSpec;
@@ -31,13 +32,16 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_backend(&dir.path().join("store")).unwrap();
     let rules = Arc::new(RuleSet::load_dir(&support::root().join("rules"), Default::default()).unwrap());
-    let host =
-        Arc::new(PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap());
+    let sandbox =
+        SandboxConfig { folders: [("batch".to_string(), dir.path().join("batch"))].into(), ..SandboxConfig::default() };
+    let host = Arc::new(PluginHost::new(store.clone(), rules, &dir.path().join("cache"), sandbox.clone()).unwrap());
     host.install(&support::plugin("import-csv-roster")).unwrap();
     host.grant_all("import-csv-roster").unwrap();
     let config = SchedulerConfig { pickup_settle_ms: 50, ..SchedulerConfig::default() };
-    let sched = App::new(host, Arc::new(SystemClock), Config { scheduler: config, ..Config::default() });
+    let sched = App::new(host, Arc::new(SystemClock), Config { scheduler: config, sandbox, ..Config::default() });
     std::fs::create_dir_all(dir.path().join("batch")).unwrap();
+    let batch = Location::Folder { folder: "batch".into(), path: None };
+    sched.sources().add(&admin(), "sis", batch).unwrap();
     Fixture { dir, sched, store }
 }
 
@@ -70,7 +74,7 @@ impl Fixture {
             schedule: "daily at 22:00".into(),
             params: [("columns".to_string(), serde_json::json!(columns))].into(),
             import: Some(ImportTarget {
-                source: self.batch().display().to_string(),
+                source: "sis".into(),
                 prefix: Some("IC_Roster".into()),
                 full_roster: false,
                 guard,
@@ -204,12 +208,17 @@ async fn a_mass_change_waits_for_confirmation() {
         matches!(f.sched.imports().confirm(&sam, run.id, None), Err(Error::NotFound(_))),
         "staff cannot touch another's run"
     );
-    let done = f.sched.imports().confirm(&admin(), run.id, Some("spring name fixes".into())).unwrap();
+    match f.sched.imports().confirm(&admin(), run.id, None) {
+        Err(Error::Forbidden(m)) => assert!(m.contains("admin asked for run") && m.contains("someone else"), "{m}"),
+        other => panic!("whoever asked for a run may not confirm it: {other:?}"),
+    }
+    let olga = User { role: Role::Owner, ..user("olga", vec![]) };
+    let done = f.sched.imports().confirm(&olga, run.id, Some("spring name fixes".into())).unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(done.summary.get("written"), Some(&15));
     assert_eq!(f.store.get_record("students", "S0001").unwrap().unwrap()["last-name"].to_key_text(), "Renamed1");
     let actions: Vec<(&str, &str)> = done.audit.iter().map(|a| (a.user.as_str(), a.action.as_str())).collect();
-    assert_eq!(actions, [("admin", "confirmed"), ("admin", "committed")]);
+    assert_eq!(actions, [("olga", "confirmed"), ("olga", "committed")]);
     assert_eq!(done.audit[0].comment.as_deref(), Some("spring name fixes"));
 }
 
@@ -271,7 +280,16 @@ fn rows_end_and_remove_records_and_a_full_roster_inactivates_or_removes_the_rest
         let file = sb.file(name, format!("Student ID,Last Name,First Name,Birth Date,End Date,Action\n{body}"));
         let mut args =
             vec!["import", "file", "import-csv-roster", s(&file), "--into", "students", "--key", "student-id"];
-        args.extend(["--end-field", "end-date", columns, "--confirm", "--rows"]);
+        args.extend([
+            "--end-field",
+            "end-date",
+            columns,
+            "--confirm-percent",
+            "1000",
+            "--authorize-percent",
+            "1000",
+            "--rows",
+        ]);
         args.extend(extra);
         sb.ok(&args)
     };
@@ -286,7 +304,7 @@ fn rows_end_and_remove_records_and_a_full_roster_inactivates_or_removes_the_rest
                   S4,Last4,First4,2010-01-04,,archive\n";
     let out = import("second.csv", second, &["--full-roster"]);
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].contains(": 1 ended, 2 error, 1 existing, 2 inactivated, 1 removed;"), "{out}");
+    assert!(lines[0].contains(": 1 ended, 2 error, 1 existing, 2 inactivated, 1 removed ("), "{out}");
     assert!(lines[0].ends_with("(4 records written to `students`)"), "{out}");
     assert!(
         lines.contains(&"  line 2 ended: record S1 (matched on student-id) ended: end-date: null → 2026-06-30"),

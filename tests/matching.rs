@@ -130,7 +130,12 @@ fn generated_rosters_with_twins_never_merge_two_students() {
     for st in students.iter().filter(|st| st.ssn.is_empty()).take(5) {
         push(&mut file, st, false);
     }
-    let second = rows(&sb.import_roster("nightly.csv", "match_student", &file, &["--json", "--confirm"]));
+    let second = rows(&sb.import_roster(
+        "nightly.csv",
+        "match_student",
+        &file,
+        &["--json", "--confirm-percent", "1000", "--authorize-percent", "1000"],
+    ));
 
     for (line, word, fields) in &second {
         assert!(OUTCOMES.contains(&word.as_str()), "line {line}: `{word}` is not a documented outcome");

@@ -58,6 +58,7 @@ fn birthdays_with_an_age_filter_a_greeting_and_leap_days() {
 #[test]
 fn immunizations_expiring_soon_are_notified_once_per_person() {
     let sb = Sb::new();
+    sb.file("data/schoolbell.toml", "[email]\nallowed_domains = [\"district.test\"]\n");
     install(&sb, "notifier-immunization");
     load(
         &sb,

@@ -94,7 +94,7 @@ fn the_cli_and_the_api_give_every_role_the_same_answers() {
             "--schedule",
             "daily at 07:00",
             "--notify",
-            "x@district.test",
+            "sam",
         ])
     };
     task("owners", "admin");
@@ -141,6 +141,7 @@ fn the_cli_and_the_api_give_every_role_the_same_answers() {
         op("notify outbox", &["notify", "outbox", "--json"], "GET", "/api/v1/outbox", None, count),
         op("user list", &["user", "list", "--json"], "GET", "/api/v1/users", None, names),
         op("secret list", &["secret", "list"], "GET", "/api/v1/secrets", None, nothing),
+        op("source list", &["source", "list", "--json"], "GET", "/api/v1/sources", None, names),
         op("plugin list", &["plugin", "list", "--json"], "GET", "/api/v1/plugins", None, names),
         op(
             "plugin grant",

@@ -381,7 +381,7 @@ fn a_second_import_matches_rows_by_the_rule_and_reports_each_one() {
          S9,Wu,Di,2013-07-08,F,6,\n";
     // One new record of four existing is 25% added: the guard holds it for
     // authorization, which the CLI cannot give; nothing is written.
-    let out = sb.import_roster("second.csv", "match_student", second, &["--confirm"]);
+    let out = sb.import_roster("second.csv", "match_student", second, &[]);
     let file = sb.dir.path().join("second.csv");
     assert!(!out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -389,7 +389,7 @@ fn a_second_import_matches_rows_by_the_rule_and_reports_each_one() {
     assert_eq!(
         report,
         [
-            format!("{}: 2 duplicate, 1 existing, 1 multiple, 1 new, 1 updated; it adds 25.0% of the 4 existing records, so it needs an authorization (nothing written)", s(&file)).as_str(),
+            format!("{}: 2 duplicate, 1 existing, 1 multiple, 1 new, 1 updated; it adds, updates or removes 25.0% of the 4 existing records, so it needs an authorization (nothing written)", s(&file)).as_str(),
             "  line 2 updated: record S1 (matched on student-id) updated: grade: 9 → 10",
             "  line 3 existing: record S2 is unchanged; skipped",
             "  line 4 duplicate: record S1 was already set by line 2; skipped",
@@ -517,7 +517,7 @@ fn matching_never_merges_two_students() {
     .unwrap();
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
     let import = |name: &str, rule: &str, body: &str| -> String {
-        let out = sb.import_roster(name, rule, body, &["--confirm"]);
+        let out = sb.import_roster(name, rule, body, &["--confirm-percent", "1000", "--authorize-percent", "1000"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };

@@ -231,20 +231,18 @@ fn a_fire_never_gives_two_runs_across_sigkill() {
 fn imports_are_tested_previewed_and_committed_over_the_api() {
     let (sb, admin, _, _) = setup();
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
-    let batch = sb.dir.path().join("batch");
-    std::fs::create_dir_all(&batch).unwrap();
+    let batch = sb.folder_source("sis", "[scheduler]\npickup_settle_ms = 50\n");
     std::fs::write(
         batch.join("IC_Roster.csv"),
         "Student ID,Last Name,First Name,Birth Date\nS1,Ng,Ann,2010-01-02\nS2,Li,Bo,2011-03-04\n",
     )
     .unwrap();
-    sb.file("data/schoolbell.toml", "[scheduler]\npickup_settle_ms = 50\n");
     let server = sb.serve();
     let api = Api::new(&server.url);
     let task = json!({
         "name": "roster", "plugin": "import-csv-roster", "schedule": "daily at 22:00",
         "params": { "columns": "student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date" },
-        "import": { "source": batch.display().to_string(), "prefix": "IC_Roster", "collection": "students", "key_field": "student-id", "match_rule": "match_student" }
+        "import": { "source": "sis", "prefix": "IC_Roster", "collection": "students", "key_field": "student-id", "match_rule": "match_student" }
     });
     assert_eq!(api.json("POST", "/api/v1/tasks", &admin, Some(task)).0, 201);
     let (status, run) = api.json("POST", "/api/v1/tasks/roster/test-import", &admin, None);

@@ -1,6 +1,8 @@
 //! SFTP imports against a real OpenSSH server on loopback with key
-//! authentication: test connection, pickup, rename on the server after the
-//! commit, and a credential that is stored encrypted and never printed.
+//! authentication: the owner's source with its pinned host key, test
+//! connection, pickup, rename on the server after the commit, a credential
+//! that is stored encrypted and never printed, and a server with another
+//! host key refused.
 
 mod support;
 
@@ -25,6 +27,16 @@ fn an_sftp_import_picks_up_by_prefix_and_renames_on_the_server() {
     .unwrap();
     std::fs::write(sshd.files().join("notes.txt"), "not ours").unwrap();
     let columns = FOUR_COLUMNS;
+    sshd.add_source(&sb, "sis", "sis-key");
+    // Nothing reaches the server, nor is a key sent to it, before the owner
+    // accepts its host key as `source test` shows it.
+    let fingerprint = sshd.fingerprint();
+    let err = sb.fails(&["source", "test", "sis", "--prefix", "IC_Roster"]);
+    assert!(err.contains(&format!("presents host key {fingerprint}")), "{err}");
+    assert!(err.contains(&format!("schoolbell source accept sis {fingerprint}")), "{err}");
+    sb.ok(&["source", "accept", "sis", &fingerprint]);
+    let out = sb.ok(&["source", "test", "sis", "--prefix", "IC_Roster"]);
+    assert!(out.contains("1 file(s) named IC_Roster*"), "{out}");
     sb.ok(&[
         "task",
         "add",
@@ -36,9 +48,7 @@ fn an_sftp_import_picks_up_by_prefix_and_renames_on_the_server() {
         "--param",
         columns,
         "--source",
-        &sshd.url(),
-        "--credential",
-        "sis-key",
+        "sis",
         "--prefix",
         "IC_Roster",
         "--collection",
@@ -47,7 +57,8 @@ fn an_sftp_import_picks_up_by_prefix_and_renames_on_the_server() {
         "student-id",
     ]);
     let out = sb.ok(&["import", "test-connection", "sis"]);
-    assert!(out.contains(&format!("connected to {}: 1 file(s) named IC_Roster*", sshd.url())), "{out}");
+    assert!(out.contains(&format!("connected to sftp://{}@127.0.0.1:{}", sshd.user(), sshd.port)), "{out}");
+    assert!(out.contains("1 file(s) named IC_Roster*"), "{out}");
 
     let out = sb.ok(&["import", "run", "sis"]);
     assert!(out.contains("run 1: succeeded"), "{out}");
@@ -72,6 +83,58 @@ fn an_sftp_import_picks_up_by_prefix_and_renames_on_the_server() {
     sb.ok(&["secret", "set", "sis-key", "--file", s(&other)]);
     let err = sb.fails(&["import", "test-connection", "sis"]);
     assert!(err.contains("the server refused the key (check the user and the authorized key)"), "{err}");
+}
+
+/// A server at the source's address with another host key (reinstalled,
+/// or a man in the middle) is refused before the key is offered, and the
+/// run says why and what to do.
+#[test]
+fn a_server_with_another_host_key_is_refused() {
+    let real = Sshd::start();
+    let other = Sshd::start();
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    sb.ok(&["secret", "set", "sis-key", "--file", s(&other.client_key())]);
+    std::fs::write(
+        other.files().join("IC_Roster_1.csv"),
+        "Student ID,Last Name,First Name,Birth Date\nS1,Ng,Ann,2010-01-02\n",
+    )
+    .unwrap();
+    // The owner accepted the real server's key; the address now answers with another.
+    other.add_source(&sb, "sis", "sis-key");
+    sb.ok(&["source", "accept", "sis", &real.fingerprint()]);
+    let err = sb.fails(&["source", "test", "sis"]);
+    assert!(
+        err.contains(&format!("presents host key {}, not the accepted {}", other.fingerprint(), real.fingerprint())),
+        "{err}"
+    );
+    sb.ok(&[
+        "task",
+        "add",
+        "sis",
+        "--plugin",
+        "import-csv-roster",
+        "--schedule",
+        "daily at 22:00",
+        "--param",
+        FOUR_COLUMNS,
+        "--source",
+        "sis",
+        "--prefix",
+        "IC_Roster",
+        "--collection",
+        "students",
+        "--key",
+        "student-id",
+    ]);
+    let out = sb.run(&["import", "run", "sis"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("refusing to connect"), "{text}");
+    assert!(
+        sb.ok(&["records", "list", "students"]).contains("0 of 0")
+            || !sb.ok(&["records", "list", "students"]).contains("S1")
+    );
+    assert!(other.files().join("IC_Roster_1.csv").exists(), "nothing was picked up or renamed");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<Vec<u8>> {

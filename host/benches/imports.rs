@@ -137,7 +137,7 @@ fn main() {
     std::fs::create_dir_all(&batch).unwrap();
     std::fs::write(batch.join("IC_Roster.csv"), &body).unwrap();
     let target = ImportTarget {
-        source: batch.display().to_string(),
+        source: "sis".into(),
         prefix: Some("IC_Roster".into()),
         guard: Guard { confirm_percent: 100.0, authorize_percent: 100.0 },
         collection: "students".into(),
@@ -147,7 +147,16 @@ fn main() {
         ..Default::default()
     };
     let started = Instant::now();
-    let sources = imports::Sources::default();
+    let sources =
+        imports::Access { folders: [("batch".to_string(), batch.clone())].into(), ..imports::Access::default() };
+    store
+        .put_source(&schoolbell::sources::Source {
+            name: "sis".into(),
+            location: schoolbell::sources::Location::Folder { folder: "batch".into(), path: None },
+            created_by: "bench".into(),
+            created_at: chrono::Utc::now(),
+        })
+        .unwrap();
     let (files, _) = imports::pickup(&*store, &target, Duration::ZERO, &sources).unwrap();
     let picked = started.elapsed();
     let plan = imports::prepare(&host, "import-csv-roster", &target, &files[0], &request).unwrap();

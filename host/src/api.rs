@@ -104,6 +104,10 @@ pub fn router(scheduler: Arc<App>) -> Router {
         .route("/api/v1/users/{name}", axum::routing::put(put_user))
         .route("/api/v1/users/{name}/tokens", post(issue_token))
         .route("/api/v1/secrets", get(list_secrets))
+        .route("/api/v1/sources", get(list_sources))
+        .route("/api/v1/sources/{name}", get(show_source).put(add_source).delete(remove_source))
+        .route("/api/v1/sources/{name}/test", post(test_source))
+        .route("/api/v1/sources/{name}/accept", post(accept_source))
         .route("/api/v1/plugins", get(list_plugins))
         .route("/api/v1/plugins/{name}", get(show_plugin).delete(remove_plugin))
         .route("/api/v1/plugins/{name}/grant", post(grant_plugin))
@@ -522,6 +526,74 @@ async fn list_secrets(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Js
     blocking(move || Ok(Json(json!(s.users().secret_names(&u)?)))).await
 }
 
+async fn list_sources(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.sources().list(&u)?)))).await
+}
+
+async fn show_source(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.sources().show(&u, &name)?)))).await
+}
+
+async fn add_source(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+    body: Result<Json<crate::sources::Location>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Json_>), ApiError> {
+    let Json(location) = body.map_err(|e| {
+        bad(format!("{}; send {{\"folder\": {{\"folder\": \"batch\"}}}} or {{\"sftp\": {{...}}}}", e.body_text()))
+    })?;
+    blocking(move || Ok((StatusCode::CREATED, Json(json!(s.sources().add(&u, &name, location)?))))).await
+}
+
+async fn remove_source(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        s.sources().remove(&u, &name)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PrefixQuery {
+    prefix: Option<String>,
+}
+
+async fn test_source(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+    q: Result<Query<PrefixQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    blocking(move || Ok(Json(json!(s.sources().test(&u, &name, q.prefix.as_deref().unwrap_or(""))?)))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptBody {
+    host_key: String,
+}
+
+async fn accept_source(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+    body: Result<Json<AcceptBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Json(b) = body.map_err(|e| bad(format!("{}; send {{\"host_key\": \"SHA256:...\"}}", e.body_text())))?;
+    blocking(move || Ok(Json(json!(s.sources().accept(&u, &name, &b.host_key)?)))).await
+}
+
 async fn list_plugins(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Json_>, ApiError> {
     blocking(move || Ok(Json(json!(s.plugins().list(&u)?)))).await
 }
@@ -685,6 +757,15 @@ pub fn openapi_document() -> Json_ {
                 "responses": errors(json!({ "200": { "description": "the user" } })) } },
             "/api/v1/users/{name}/tokens": { "parameters": name, "post": { "summary": "Issue an API token, shown once (account owner)", "responses": errors(json!({ "201": { "description": "{token}" } })) } },
             "/api/v1/secrets": { "get": { "summary": "The stored secrets' names, never their values (account owner)", "responses": errors(json!({ "200": { "description": "[name]" } })) } },
+            "/api/v1/sources": { "get": { "summary": "Import sources (account owner)", "responses": errors(json!({ "200": { "description": "[source]" } })) } },
+            "/api/v1/sources/{name}": {
+                "parameters": name,
+                "get": { "summary": "One source (account owner)", "responses": errors(json!({ "200": ok("the source", "Source") })) },
+                "put": { "summary": "Define a source: a folder under [sandbox.folders], or an SFTP server (account owner)", "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Location" } } } }, "responses": errors(json!({ "201": ok("the source", "Source") })) },
+                "delete": { "summary": "Remove a source no task uses (account owner)", "responses": errors(json!({ "204": { "description": "removed" } })) }
+            },
+            "/api/v1/sources/{name}/test": { "parameters": name, "post": { "summary": "Reach a source: the server's host key and the files it holds (account owner)", "parameters": [{ "name": "prefix", "in": "query", "schema": { "type": "string" } }], "responses": errors(json!({ "200": ok("what was reached", "Reached") })) } },
+            "/api/v1/sources/{name}/accept": { "parameters": name, "post": { "summary": "Accept an SFTP server's host key, as the test showed it (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["host_key"], "properties": { "host_key": { "type": "string" } } } } } }, "responses": errors(json!({ "200": ok("the source", "Source") })) } },
             "/api/v1/plugins": { "get": { "summary": "Installed plugins", "responses": errors(json!({ "200": { "description": "[plugin]" } })) } },
             "/api/v1/plugins/{name}": {
                 "parameters": name,
@@ -715,5 +796,7 @@ fn type_schemas() -> serde_json::Map<String, Json_> {
     generator.subschema_for::<TaskSpec>();
     generator.subschema_for::<crate::runs::Run>();
     generator.subschema_for::<TaskMessage>();
+    generator.subschema_for::<crate::sources::Source>();
+    generator.subschema_for::<crate::imports::Reached>();
     generator.take_definitions(true).into_iter().collect()
 }

@@ -30,12 +30,13 @@ mod outbox;
 mod registry;
 mod review;
 mod runs;
+mod sources;
 mod storage;
 mod tasks;
 mod workbench;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
@@ -47,6 +48,7 @@ pub use outbox::Outbox;
 pub use registry::Registry;
 pub use review::ImportReview;
 pub use runs::Runs;
+pub use sources::Sources;
 pub use storage::Storage;
 pub use tasks::{History, Tasks};
 pub use workbench::{Draft, RowVerdict, RuleTest, Workbench, test_rule};
@@ -135,8 +137,8 @@ pub struct App {
     store: Arc<dyn Backend>,
     host: Arc<PluginHost>,
     clock: Arc<dyn Clock>,
-    /// Credentials and staging for import sources.
-    sources: RwLock<imports::Sources>,
+    /// What imports reach sources with: folders, credentials, staging, limits.
+    access: imports::Access,
     engine: engine::State,
     /// Decisions on held imports one at a time, so two confirmations of
     /// the same run cannot both commit it.
@@ -175,7 +177,8 @@ impl App {
         let mut app = App::build(host, clock_from_env()?, config);
         app.data = Some(data.to_path_buf());
         app.migrated = migrated;
-        app.sources = RwLock::new(imports::Sources { secrets: Some(secrets), staging: data.join("staging") });
+        app.access.secrets = Some(secrets);
+        app.access.staging = data.join("staging");
         Ok(Arc::new(app))
     }
 
@@ -191,12 +194,21 @@ impl App {
             store: host.store().clone(),
             host,
             clock,
+            access: imports::Access {
+                folders: config.sandbox.folders.clone(),
+                max_file_bytes: config.imports.max_file_bytes,
+                ..Default::default()
+            },
             config,
-            sources: RwLock::new(imports::Sources::default()),
             engine: engine::State::default(),
             import_lock: Mutex::new(()),
             migrated: None,
         }
+    }
+
+    /// Import sources.
+    pub fn sources(&self) -> Sources<'_> {
+        Sources { app: self }
     }
 
     /// Timed tasks.
@@ -289,8 +301,8 @@ impl App {
         Ok(self.store.flush()?)
     }
 
-    fn sources(&self) -> std::sync::RwLockReadGuard<'_, imports::Sources> {
-        self.sources.read().unwrap_or_else(|e| e.into_inner())
+    fn access(&self) -> &imports::Access {
+        &self.access
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// The HTTP API.
     pub api: ApiConfig,
+    /// Imports: how large a file may be.
+    pub imports: crate::imports::ImportsConfig,
     /// The SMTP server the outbox is sent through.
     pub email: crate::notify::smtp::EmailConfig,
 }

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use schoolbell::app::{App, FileImport, NotifyOnce};
 use schoolbell::imports::ImportTarget;
 use schoolbell::notify::{Dedupe, NotifySettings};
+use schoolbell::sources::Location;
 use schoolbell::tasks::TaskSpec;
 use schoolbell::users::User;
 
@@ -69,7 +70,6 @@ pub(crate) fn run(app: &Arc<App>, admin: &User, plugins: &Path) -> Result<()> {
         file: roster.clone(),
         target: target.clone(),
         params: Default::default(),
-        confirm: false,
     };
     // Every row listed: the demo shows what an import reports.
     print_file_import(app.jobs().import_file(admin, job)?, false, Rows::All)?;
@@ -124,6 +124,16 @@ pub(crate) fn run(app: &Arc<App>, admin: &User, plugins: &Path) -> Result<()> {
     }
 
     say!("\n== Demo tasks");
+    // The school nurse is a user: a notification group names people the
+    // district set up, not addresses typed into a task.
+    let nurse = schoolbell::users::User {
+        name: "nurse".into(),
+        email: "nurse@district.example".into(),
+        role: schoolbell::users::Role::Staff,
+        permissions: vec![],
+        job_email: schoolbell::users::JobEmail::Never,
+    };
+    app.users().put(admin, &nurse)?;
     let specs = [
         TaskSpec {
             name: "attendance-check".into(),
@@ -147,11 +157,7 @@ pub(crate) fn run(app: &Arc<App>, admin: &User, plugins: &Path) -> Result<()> {
             plugin: "notifier-immunization".into(),
             schedule: "weekly on mon at 06:30".into(),
             zone: Some("America/Chicago".into()),
-            notify: NotifySettings {
-                group: vec!["nurse@district.example".into()],
-                dedupe: Dedupe::Once,
-                ..Default::default()
-            },
+            notify: NotifySettings { group: vec!["nurse".into()], dedupe: Dedupe::Once, ..Default::default() },
             ..TaskSpec::default()
         },
         TaskSpec {
@@ -162,15 +168,25 @@ pub(crate) fn run(app: &Arc<App>, admin: &User, plugins: &Path) -> Result<()> {
             zone: Some("America/Chicago".into()),
             ..TaskSpec::default()
         },
-        TaskSpec {
+    ];
+    let mut specs = Vec::from(specs);
+    // The nightly roster import picks files up from the district's batch
+    // folder, through a source the owner defines once.
+    if batch.is_some() {
+        if app.sources().show(admin, "sis").is_err() {
+            app.sources().add(admin, "sis", Location::Folder { folder: "batch".into(), path: None })?;
+        }
+        specs.push(TaskSpec {
             name: "roster-nightly".into(),
             plugin: "import-csv-roster".into(),
             schedule: "daily at 22:00".into(),
             zone: Some("America/Chicago".into()),
-            import: Some(target),
+            import: Some(ImportTarget { source: "sis".into(), prefix: Some("IC_Roster".into()), ..target }),
             ..TaskSpec::default()
-        },
-    ];
+        });
+    } else {
+        say!("  roster-nightly: skipped; set [sandbox.folders] batch in schoolbell.toml (xtask/demo does)");
+    }
     for spec in specs {
         let name = spec.name.clone();
         let task = match app.tasks().show(admin, &name) {

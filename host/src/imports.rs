@@ -21,15 +21,17 @@ use serde::{Deserialize, Serialize};
 use crate::plugins::{self, Capability, LogLine, PluginHost, RowError, RunRequest};
 use crate::records::{Record, Value};
 use crate::rules;
+use crate::sources::{Location, Source};
 use crate::store::{self, Backend, CollectionSpec};
 
 /// Where an import's rows go.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportTarget {
-    /// The input: a file, or a batch folder to pick files up from.
+    /// The source files are picked up from, by name, as the account owner
+    /// defined it (`schoolbell source add`).
     pub source: String,
-    /// With a folder: import the files whose names start with this.
+    /// Import the files whose names start with this.
     #[serde(default)]
     pub prefix: Option<String>,
     /// The file is the full roster: records missing from it are inactivated
@@ -59,10 +61,20 @@ pub struct ImportTarget {
     /// one, rows match on the key field alone.
     #[serde(default)]
     pub match_rule: Option<String>,
-    /// For an `sftp://` source: the name of the stored secret holding the
-    /// private key (`schoolbell secret set NAME --file KEY`).
-    #[serde(default)]
-    pub credential: Option<String>,
+}
+
+/// The `[imports]` section.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportsConfig {
+    /// The largest file an import reads or downloads, in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for ImportsConfig {
+    fn default() -> Self {
+        ImportsConfig { max_file_bytes: 256 << 20 }
+    }
 }
 
 /// What a full roster does with the records it lacks.
@@ -85,74 +97,166 @@ pub const ACTION_FIELD: &str = "_action";
 /// it is durable and before the file is renamed: the crash tests use it.
 pub const CRASH_AFTER_COMMIT: &str = "SCHOOLBELL_CRASH_AFTER_COMMIT";
 
-/// What pickup and commit need beyond the target: the stored credentials
-/// and where remote files are staged.
-pub struct Sources {
+/// What pickup and commit need beyond the target: the owner's sources,
+/// the district's folders, the stored credentials, where remote files are
+/// staged, and how large a file may be.
+pub struct Access {
     /// The data directory's secrets, when one is open.
     pub secrets: Option<crate::secrets::Secrets>,
     /// Where files from SFTP sources are downloaded to.
     pub staging: std::path::PathBuf,
+    /// The district's folders (`[sandbox.folders]`).
+    pub folders: BTreeMap<String, std::path::PathBuf>,
+    /// The largest file an import reads or downloads, in bytes.
+    pub max_file_bytes: u64,
 }
 
-impl Default for Sources {
+impl Default for Access {
     fn default() -> Self {
-        Sources { secrets: None, staging: std::env::temp_dir().join("schoolbell-staging") }
+        Access {
+            secrets: None,
+            staging: std::env::temp_dir().join("schoolbell-staging"),
+            folders: BTreeMap::new(),
+            max_file_bytes: ImportsConfig::default().max_file_bytes,
+        }
     }
 }
 
-impl Sources {
-    fn connect(&self, store: &dyn Backend, target: &ImportTarget) -> Result<sftp::Conn, Error> {
-        let remote = sftp::Remote::parse(&target.source)?;
-        let name = target.credential.as_deref().ok_or_else(|| {
+/// Where a task's source resolved to.
+enum Place {
+    /// A folder on this machine.
+    Local(std::path::PathBuf),
+    /// A folder on an SFTP server.
+    Remote(Box<sftp::Remote>, String),
+}
+
+impl Access {
+    /// The task's source, as the owner defined it.
+    fn source(&self, store: &dyn Backend, target: &ImportTarget) -> Result<Source, Error> {
+        store.source(&target.source)?.ok_or_else(|| {
             Error::Target(format!(
-                "source {} needs a credential: the name of a stored secret with the private key",
+                "no source named `{}`: the account owner defines it with `schoolbell source add`",
                 target.source
             ))
-        })?;
+        })
+    }
+
+    fn place(&self, source: &Source) -> Result<Place, Error> {
+        if let Some(folder) = source.local_folder(&self.folders) {
+            return Ok(Place::Local(folder.map_err(|e| Error::Target(e.to_string()))?));
+        }
+        let Location::Sftp { host, port, user, path, credential, host_key } = &source.location else {
+            return Err(Error::Target(format!("source `{}` has no location", source.name)));
+        };
+        let remote = sftp::Remote {
+            user: user.clone(),
+            host: host.clone(),
+            port: *port,
+            folder: path.clone(),
+            host_key: host_key.clone(),
+            source: source.name.clone(),
+        };
+        Ok(Place::Remote(Box::new(remote), credential.clone()))
+    }
+
+    fn connect(&self, store: &dyn Backend, remote: &sftp::Remote, credential: &str) -> Result<sftp::Conn, Error> {
         let secrets =
             self.secrets.as_ref().ok_or_else(|| Error::Target("no secrets are open in this process".into()))?;
-        let key = secrets.get(store, name)?;
-        sftp::Conn::connect(&remote, &String::from_utf8_lossy(&key))
+        let key = secrets.get(store, credential)?;
+        sftp::Conn::connect(remote, &String::from_utf8_lossy(&key))
     }
 }
 
-/// "Test connection": reaches the source and says what it would pick up.
-pub fn test_connection(store: &dyn Backend, target: &ImportTarget, sources: &Sources) -> Result<String, Error> {
-    let prefix = target.prefix.as_deref().unwrap_or("");
-    if target.source.starts_with("sftp://") {
-        let conn = sources.connect(store, target)?;
-        let files = conn.list(prefix)?;
-        return Ok(format!("connected to {}: {} file(s) named {prefix}*", target.source, files.len()));
-    }
-    let path = Path::new(&target.source);
-    if path.is_dir() {
-        let n = std::fs::read_dir(path)
-            .map_err(|source| Error::Open { path: target.source.clone(), source })?
-            .filter(|e| {
-                e.as_ref().is_ok_and(|e| {
-                    e.file_name().to_string_lossy().starts_with(prefix)
-                        && !e.file_name().to_string_lossy().starts_with("P_")
-                })
+/// What `source test` found: whether the source answers, its server's host
+/// key, and the files it would pick up.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Reached {
+    /// What it says, for people.
+    pub message: String,
+    /// For an SFTP source: the server's host key fingerprint as it
+    /// presents it now (`SHA256:` and base64).
+    pub host_key: Option<String>,
+    /// Whether that key is the accepted one.
+    pub host_key_accepted: Option<bool>,
+}
+
+/// "Test connection": reaches a source and says what it would pick up with
+/// `prefix`. An SFTP server whose key was not accepted yet shows its
+/// fingerprint and goes no further.
+pub fn test_source(store: &dyn Backend, source: &Source, prefix: &str, access: &Access) -> Result<Reached, Error> {
+    match access.place(source)? {
+        Place::Remote(remote, credential) => {
+            let seen = sftp::host_key(&remote)?;
+            if remote.host_key.as_deref() != Some(seen.as_str()) {
+                let message = match &remote.host_key {
+                    None => format!(
+                        "{} presents host key {seen}; if that is the server's key, accept it with `schoolbell source accept {} {seen}`",
+                        source.shown(),
+                        source.name
+                    ),
+                    Some(accepted) => format!(
+                        "{} presents host key {seen}, not the accepted {accepted}: the server was reinstalled or someone is in between; ask its administrator before accepting the new key",
+                        source.shown()
+                    ),
+                };
+                return Ok(Reached { message, host_key: Some(seen), host_key_accepted: Some(false) });
+            }
+            let files = access.connect(store, &remote, &credential)?.list(prefix)?;
+            Ok(Reached {
+                message: format!("connected to {}: {} file(s) named {prefix}*", source.shown(), files.len()),
+                host_key: Some(seen),
+                host_key_accepted: Some(true),
             })
-            .count();
-        Ok(format!("folder {} is readable: {n} file(s) named {prefix}*", target.source))
-    } else if path.is_file() {
-        Ok(format!("file {} is readable", target.source))
-    } else {
-        Err(Error::Target(format!("{} does not exist", target.source)))
+        }
+        Place::Local(path) => {
+            let files = local_files(&path, prefix).map_err(|e| Error::Target(format!("{}: {e}", source.shown())))?;
+            Ok(Reached {
+                message: format!("{} is readable: {} file(s) named {prefix}*", source.shown(), files.len()),
+                host_key: None,
+                host_key_accepted: None,
+            })
+        }
     }
+}
+
+/// "Test connection" for a task: its source, with its prefix.
+pub fn test_connection(store: &dyn Backend, target: &ImportTarget, access: &Access) -> Result<String, Error> {
+    let source = access.source(store, target)?;
+    let reached = test_source(store, &source, target.prefix.as_deref().unwrap_or(""), access)?;
+    if reached.host_key_accepted == Some(false) {
+        return Err(Error::Remote(reached.message));
+    }
+    Ok(reached.message)
+}
+
+/// The files in a folder whose names start with `prefix` (never `P_`
+/// ones, which are done), by name. Symbolic links are not followed: a file
+/// planted as a link to elsewhere on the server is not a file of the folder.
+fn local_files(folder: &Path, prefix: &str) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(folder)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_file() && name.starts_with(prefix) && !name.starts_with("P_") {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The mass-change guard: a plan that changes, adds or inactivates at
 /// least `confirm_percent` of the existing records waits for a person to
-/// confirm it; one that adds at least `authorize_percent` waits for an
-/// authorization.
+/// confirm it; one whose additions, updates or removals each reach
+/// `authorize_percent` waits for an authorization. Whoever confirms or
+/// approves must not be whoever asked for the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Guard {
     /// Changed + added + inactivated, as a percentage of existing records.
     pub confirm_percent: f64,
-    /// Added, as a percentage of existing records.
+    /// Added, or updated, or removed and inactivated, as a percentage of
+    /// existing records.
     pub authorize_percent: f64,
 }
 
@@ -188,7 +292,11 @@ impl Guard {
         // A conflict is a change the import wanted to make to another person.
         let changed = (n("new") + n("updated") + n("ended") + n("inactivated") + n("removed") + n("conflict")) * 100.0
             / existing as f64;
-        let added = n("new") * 100.0 / existing as f64;
+        // Replacing many records' data or taking many records away harms a
+        // district as much as adding many: each kind is weighed alone.
+        let added = n("new").max(n("updated") + n("ended") + n("conflict")).max(n("removed") + n("inactivated"))
+            * 100.0
+            / existing as f64;
         let hold = if added >= self.authorize_percent {
             Hold::Authorize
         } else if changed >= self.confirm_percent {
@@ -389,6 +497,18 @@ pub enum Error {
     /// The SFTP server failed or refused.
     #[error("{0}")]
     Remote(String),
+    /// A file is larger than `[imports] max_file_bytes`.
+    #[error(
+        "{file} is {size} bytes, over the {limit} an import reads ([imports] max_file_bytes in schoolbell.toml); split it or raise the limit"
+    )]
+    TooLarge {
+        /// The file.
+        file: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The credential could not be read.
     #[error(transparent)]
     Secret(#[from] crate::secrets::Error),
@@ -413,6 +533,14 @@ pub fn define_collection(
 ) -> Result<(), Error> {
     let existing = store.collection(collection)?;
     let key_field = match (key, &existing) {
+        // A key decides which record every row is about: changing it under
+        // stored records would merge or split people.
+        (Some(k), Some(spec)) if k != spec.key_field => {
+            return Err(Error::Target(format!(
+                "collection `{collection}` is keyed by `{}`; an import cannot change its key to `{k}`",
+                spec.key_field
+            )));
+        }
         (Some(k), _) => k.to_string(),
         (None, Some(spec)) => spec.key_field.clone(),
         (None, None) => {
@@ -474,78 +602,93 @@ fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
-/// Picks up the files to import: the source file itself, or the files in
-/// the source folder whose names start with the prefix (never `P_` ones,
-/// which are done), oldest name first, once their size has held still for
-/// `settle`. Returns the files and a note for each one left for later.
+/// Picks up the files to import: the files in the task's source whose
+/// names start with its prefix (never `P_` ones, which are done), oldest
+/// name first, once their size has held still for `settle`. Returns the
+/// files and a note for each one left for later. A file larger than
+/// `[imports] max_file_bytes` is refused, not read.
 pub fn pickup(
     store: &dyn Backend,
     target: &ImportTarget,
     settle: std::time::Duration,
-    sources: &Sources,
+    access: &Access,
 ) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
-    if target.source.starts_with("sftp://") {
-        return pickup_remote(store, target, settle, sources);
-    }
-    let source = Path::new(&target.source);
-    let open_error = |source_err: std::io::Error| Error::Open { path: target.source.clone(), source: source_err };
-    let mut candidates = Vec::new();
-    if source.is_dir() {
-        let prefix = target.prefix.as_deref().unwrap_or("");
-        for entry in std::fs::read_dir(source).map_err(open_error)? {
-            let entry = entry.map_err(open_error)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if entry.file_type().map_err(open_error)?.is_file() && name.starts_with(prefix) && !name.starts_with("P_") {
-                candidates.push(entry.path());
-            }
+    let source = access.source(store, target)?;
+    let prefix = target.prefix.as_deref().unwrap_or("");
+    let folder = match access.place(&source)? {
+        Place::Remote(remote, credential) => {
+            return pickup_remote(store, &source, &remote, &credential, prefix, settle, access);
         }
-        candidates.sort();
-    } else if source.is_file() {
-        candidates.push(source.to_path_buf());
-    }
-    let sizes: Vec<Option<u64>> = candidates.iter().map(|p| std::fs::metadata(p).ok().map(|m| m.len())).collect();
+        Place::Local(folder) => folder,
+    };
+    let open_error = |e: std::io::Error| Error::Open { path: source.shown(), source: e };
+    let candidates = local_files(&folder, prefix).map_err(open_error)?;
+    let sizes: Vec<Option<u64>> =
+        candidates.iter().map(|p| std::fs::symlink_metadata(p).ok().map(|m| m.len())).collect();
     if !candidates.is_empty() && !settle.is_zero() {
         std::thread::sleep(settle);
     }
     let mut picked = Vec::new();
     let mut notes = Vec::new();
     for (path, before) in candidates.into_iter().zip(sizes) {
-        let now = std::fs::metadata(&path).ok().map(|m| m.len());
+        let now = std::fs::symlink_metadata(&path).ok().map(|m| m.len());
         let shown = path.display().to_string();
         if before.is_none() || before != now {
             notes.push(format!("{shown} is still being written; it is left for the next run"));
             continue;
         }
+        access.check_size(&shown, now.unwrap_or(0))?;
         let (hash, size) = hash_file(&path).map_err(|source| Error::Open { path: shown.clone(), source })?;
         picked.push(PickedFile { path: shown, hash, size, remote: None });
     }
     Ok((picked, notes))
 }
 
+/// A file the account owner gave by hand (`import file`).
+pub fn pick_file(path: &Path, access: &Access) -> Result<PickedFile, Error> {
+    let shown = path.display().to_string();
+    let size = std::fs::metadata(path).map_err(|source| Error::Open { path: shown.clone(), source })?.len();
+    access.check_size(&shown, size)?;
+    let (hash, size) = hash_file(path).map_err(|source| Error::Open { path: shown.clone(), source })?;
+    Ok(PickedFile { path: shown, hash, size, remote: None })
+}
+
+impl Access {
+    fn check_size(&self, file: &str, size: u64) -> Result<(), Error> {
+        if size > self.max_file_bytes {
+            return Err(Error::TooLarge { file: file.into(), size, limit: self.max_file_bytes });
+        }
+        Ok(())
+    }
+}
+
 fn pickup_remote(
     store: &dyn Backend,
-    target: &ImportTarget,
+    source: &Source,
+    remote: &sftp::Remote,
+    credential: &str,
+    prefix: &str,
     settle: std::time::Duration,
-    sources: &Sources,
+    access: &Access,
 ) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
-    let conn = sources.connect(store, target)?;
-    let prefix = target.prefix.as_deref().unwrap_or("");
+    let conn = access.connect(store, remote, credential)?;
     let before = conn.list(prefix)?;
     if !before.is_empty() && !settle.is_zero() {
         std::thread::sleep(settle);
     }
     let after: BTreeMap<String, u64> = conn.list(prefix)?.into_iter().collect();
-    std::fs::create_dir_all(&sources.staging)
-        .map_err(|source| Error::Open { path: sources.staging.display().to_string(), source })?;
+    crate::secrets::private_dir(&access.staging)
+        .map_err(|e| Error::Open { path: access.staging.display().to_string(), source: e })?;
     let mut picked = Vec::new();
     let mut notes = Vec::new();
     for (name, size) in before {
         if after.get(&name) != Some(&size) {
-            notes.push(format!("{}/{name} is still being written; it is left for the next run", target.source));
+            notes.push(format!("{}/{name} is still being written; it is left for the next run", source.shown()));
             continue;
         }
-        let local = sources.staging.join(&name);
-        conn.download(&name, &local)?;
+        access.check_size(&format!("{}/{name}", source.shown()), size)?;
+        let local = access.staging.join(&name);
+        conn.download(&name, &local, access.max_file_bytes)?;
         let (hash, size) =
             hash_file(&local).map_err(|source| Error::Open { path: local.display().to_string(), source })?;
         picked.push(PickedFile { path: local.display().to_string(), hash, size, remote: Some(name) });
@@ -608,7 +751,7 @@ impl ImportPlan {
                 self.changed_percent, self.existing
             ),
             Hold::Authorize => format!(
-                "; it adds {:.1}% of the {} existing records, so it needs an authorization",
+                "; it adds, updates or removes {:.1}% of the {} existing records, so it needs an authorization",
                 self.added_percent, self.existing
             ),
         };
@@ -809,7 +952,7 @@ pub fn commit(
     plan: &ImportPlan,
     run: &str,
     source: Option<&ImportTarget>,
-    sources: &Sources,
+    access: &Access,
 ) -> Result<u64, Error> {
     let store = &**host.store();
     let path = Path::new(&plan.file.path);
@@ -841,7 +984,10 @@ pub fn commit(
     let Some(target) = source else { return Ok(written) };
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     if let Some(remote) = &plan.file.remote {
-        sources.connect(store, target)?.rename(remote, &format!("P_{remote}_{stamp}"))?;
+        let Place::Remote(place, credential) = access.place(&access.source(store, target)?)? else {
+            return Err(Error::Target(format!("source `{}` is no longer a remote one", target.source)));
+        };
+        access.connect(store, &place, &credential)?.rename(remote, &format!("P_{remote}_{stamp}"))?;
         let _ = std::fs::remove_file(path);
     } else if path.exists() {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -18,6 +18,7 @@ pub mod rules;
 pub mod runs;
 pub mod schedule;
 pub mod secrets;
+pub mod sources;
 pub mod store;
 pub mod tasks;
 pub mod users;

@@ -232,11 +232,43 @@ pub struct Planned {
     pub messages: Vec<(&'static str, String)>,
 }
 
+/// Which raw addresses a run may mail: an address is written into a
+/// notification group or returned by a plugin, rather than read from a
+/// user or from the district's records.
+#[derive(Debug, Clone, Copy)]
+pub struct Allowed<'a> {
+    /// `[email] allowed_domains`.
+    pub domains: &'a [String],
+    /// Whether the plugin holds a granted `send:address`.
+    pub plugin_addresses: bool,
+}
+
+impl Allowed<'_> {
+    /// Whether a raw address's domain is on the allowlist.
+    pub fn domain(&self, address: &str) -> bool {
+        address_allowed(self.domains, address)
+    }
+}
+
+/// Whether `address`'s domain is one of `domains` (case does not matter).
+pub fn address_allowed(domains: &[String], address: &str) -> bool {
+    let Some((_, domain)) = address.trim().rsplit_once('@') else { return false };
+    domains.iter().any(|d| d.trim().trim_start_matches('@').eq_ignore_ascii_case(domain))
+}
+
+/// Why a raw address is refused, for messages.
+pub fn not_allowed(address: &str) -> String {
+    format!(
+        "`{address}` is not a user, and its domain is not in [email] allowed_domains in schoolbell.toml; add the domain there or name a user"
+    )
+}
+
 /// Decides which notifications are sent (the ledger) and to which
 /// addresses, without writing anything.
 pub fn plan(
     store: &dyn Backend,
     settings: &NotifySettings,
+    allowed: Allowed<'_>,
     run: &Run,
     notifications: &[Notification],
     now: DateTime<Utc>,
@@ -266,7 +298,7 @@ pub fn plan(
             ));
             continue;
         }
-        let (addresses, problems) = addresses(store, settings, &n.recipient)?;
+        let (addresses, problems) = addresses(store, settings, allowed, &n.recipient)?;
         let shown = if addresses.is_empty() {
             n.subject.clone()
         } else {
@@ -315,6 +347,7 @@ pub fn plan(
 fn addresses(
     store: &dyn Backend,
     settings: &NotifySettings,
+    allowed: Allowed<'_>,
     recipient: &Recipient,
 ) -> Result<(Vec<String>, Vec<String>), store::Error> {
     let mut found = Vec::new();
@@ -326,6 +359,10 @@ fn addresses(
         }))
     };
     match recipient {
+        Recipient::Address(_) if !allowed.plugin_addresses => problems.push(
+            "the plugin returned an email address, which needs the `send:address` capability granted".to_string(),
+        ),
+        Recipient::Address(a) if !allowed.domain(a) => problems.push(not_allowed(a)),
         Recipient::Address(a) => found.push(a.clone()),
         Recipient::NotificationGroup => {
             if settings.group.is_empty() {
@@ -333,7 +370,11 @@ fn addresses(
             }
             for member in &settings.group {
                 if member.contains('@') {
-                    found.push(member.clone());
+                    if allowed.domain(member) {
+                        found.push(member.clone());
+                    } else {
+                        problems.push(not_allowed(member));
+                    }
                     continue;
                 }
                 match store.user(member)? {
@@ -415,12 +456,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn raw_addresses_need_the_capability_and_an_allowed_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let run = Run::queued(1, "t", "p", "admin", Trigger::User, None, Utc::now(), false);
+        let domains = ["district.test".to_string()];
+        let mut outside = notification("a");
+        outside.recipient = Recipient::Address("someone@elsewhere.example".into());
+        let settings = NotifySettings::default();
+        for (n, plugin_addresses, problem) in [
+            (notification("a"), false, "needs the `send:address` capability"),
+            (outside, true, "not in [email] allowed_domains"),
+        ] {
+            let allowed = Allowed { domains: &domains, plugin_addresses };
+            let planned = plan(&store, &settings, allowed, &run, &[n], Utc::now()).unwrap();
+            assert!(planned.outbox.is_empty());
+            assert!(planned.messages.iter().any(|(_, m)| m.contains(problem)), "{:?}", planned.messages);
+        }
+    }
+
     /// Plans a run at `now` returning `keys`, and commits what it planned
     /// as the scheduler does; the keys that were sent.
     fn run(store: &dyn Backend, settings: &NotifySettings, keys: &[&str], now: DateTime<Utc>) -> Vec<String> {
         let run = Run::queued(1, "t", "p", "admin", Trigger::User, None, now, false);
         let ns: Vec<Notification> = keys.iter().map(|k| notification(k)).collect();
-        let planned = plan(store, settings, &run, &ns, now).unwrap();
+        let domains = ["district.test".to_string()];
+        let allowed = Allowed { domains: &domains, plugin_addresses: true };
+        let planned = plan(store, settings, allowed, &run, &ns, now).unwrap();
         let outbox: Vec<(u64, DateTime<Utc>, OutboxEntry)> =
             planned.outbox.iter().map(|e| (store.next_sequence("outbox").unwrap(), now, e.clone())).collect();
         store.finish_run(&run, now, &Finish { state: &[], ledger: &planned.ledger, outbox: &outbox }).unwrap();

@@ -121,6 +121,9 @@ pub enum Capability {
     ReadCollection(String),
     /// Produce records for a collection.
     WriteCollection(String),
+    /// Address email directly: `send:address` lets a notifier return a raw
+    /// address (still only in `[email] allowed_domains`).
+    Send(String),
 }
 
 impl fmt::Display for Capability {
@@ -138,6 +141,8 @@ impl fmt::Display for Capability {
                 Some(folder) => write!(f, "write and delete in folder `{folder}`"),
                 None => write!(f, "write collection `{c}`"),
             },
+            (Capability::Send(what), false) => write!(f, "send:{what}"),
+            (Capability::Send(_), true) => write!(f, "email addresses it chooses (within the allowed domains)"),
         }
     }
 }
@@ -149,7 +154,10 @@ impl std::str::FromStr for Capability {
         match s.split_once(':') {
             Some(("read", c)) if !c.is_empty() => Ok(Capability::ReadCollection(c.into())),
             Some(("write", c)) if !c.is_empty() => Ok(Capability::WriteCollection(c.into())),
-            _ => Err(format!("`{s}` is not a capability; write `read:COLLECTION` or `write:COLLECTION`")),
+            Some(("send", "address")) => Ok(Capability::Send("address".into())),
+            _ => {
+                Err(format!("`{s}` is not a capability; write `read:COLLECTION`, `write:COLLECTION` or `send:address`"))
+            }
         }
     }
 }

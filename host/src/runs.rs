@@ -228,7 +228,8 @@ pub fn can_view(user: &User, run: &Run) -> bool {
     user.role == Role::Owner
         || run.owner == user.name
         || (user.has(Permission::Autopilot) && matches!(run.trigger, Trigger::Schedule | Trigger::Workflow))
-        || (user.has(Permission::Authorize) && run.status == RunStatus::AwaitingAuthorization)
+        || (user.has(Permission::Authorize)
+            && matches!(run.status, RunStatus::AwaitingAuthorization | RunStatus::AwaitingConfirmation))
 }
 
 /// Whether `user` may cancel or delete `run`.

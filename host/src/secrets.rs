@@ -85,9 +85,28 @@ impl Secrets {
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    private_file(path)?.write_all(bytes)
+}
+
+/// Creates a new file only its owner may read and write. It must not exist
+/// yet, and a symbolic link planted at its name is not followed.
+pub fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(bytes)
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc_nofollow()).open(path)
+}
+
+/// `O_NOFOLLOW` on Linux; `create_new` already refuses an existing link,
+/// this also covers a link that appears between checks.
+const fn libc_nofollow() -> i32 {
+    0o400000
+}
+
+/// Creates a folder (and its parents) that only its owner may enter, and
+/// tightens an existing one.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use crate::notify::{LedgerEntry, OutboxEntry};
 use crate::plugins::PluginEntry;
 use crate::records::{Record, Value};
 use crate::runs::{Run, TaskMessage};
+use crate::sources::Source;
 use crate::tasks::Task;
 use crate::users::User;
 
@@ -368,6 +369,18 @@ pub trait AccountStore {
     fn secret_names(&self) -> Result<Vec<String>>;
 }
 
+/// The account owner's import sources.
+pub trait SourceStore {
+    /// One source.
+    fn source(&self, name: &str) -> Result<Option<Source>>;
+    /// Saves a source (new or changed).
+    fn put_source(&self, source: &Source) -> Result<()>;
+    /// Removes a source; false if there was none.
+    fn remove_source(&self, name: &str) -> Result<bool>;
+    /// Every source, by name.
+    fn all_sources(&self) -> Result<Vec<Source>>;
+}
+
 /// The plugin registry and the components' bytes.
 pub trait PluginStore {
     /// One plugin.
@@ -400,7 +413,17 @@ pub trait Maintenance {
 
 /// Everything a backend provides: what the application core holds.
 pub trait Backend:
-    RecordStore + TaskStore + RunStore + LedgerStore + OutboxStore + AccountStore + PluginStore + Maintenance + Send + Sync
+    RecordStore
+    + TaskStore
+    + RunStore
+    + LedgerStore
+    + OutboxStore
+    + AccountStore
+    + SourceStore
+    + PluginStore
+    + Maintenance
+    + Send
+    + Sync
 {
 }
 
@@ -411,6 +434,7 @@ impl<T> Backend for T where
         + LedgerStore
         + OutboxStore
         + AccountStore
+        + SourceStore
         + PluginStore
         + Maintenance
         + Send
@@ -421,6 +445,7 @@ impl<T> Backend for T where
 /// The traits, for `use crate::store::prelude::*` where a backend is used.
 pub mod prelude {
     pub use super::{
-        AccountStore, Backend, LedgerStore, Maintenance, OutboxStore, PluginStore, RecordStore, RunStore, TaskStore,
+        AccountStore, Backend, LedgerStore, Maintenance, OutboxStore, PluginStore, RecordStore, RunStore, SourceStore,
+        TaskStore,
     };
 }

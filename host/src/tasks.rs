@@ -227,6 +227,11 @@ pub struct TaskSpec {
     /// For notifiers: the notification group and the dedupe policy.
     #[serde(default)]
     pub notify: NotifySettings,
+    /// Who owns it; default whoever adds it. Only the account owner may
+    /// add a task for someone else (such as an import for a staff user to
+    /// run and test).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// A task that cannot be saved, and why.

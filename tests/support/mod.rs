@@ -18,6 +18,19 @@ pub const SEVEN_COLUMNS: &str = "columns=student-id=Student ID?; last-name=Last 
 pub const SEVEN_HEADER: &str = "Student ID,Last Name,First Name,Birth Date,Gender,Grade,SSN\n";
 
 impl Sb {
+    /// A `batch` folder set up under `[sandbox.folders]` (after `config`,
+    /// the rest of `schoolbell.toml`), and the source `name` over it.
+    pub fn folder_source(&self, name: &str, config: &str) -> PathBuf {
+        let batch = self.dir.path().join("batch");
+        std::fs::create_dir_all(&batch).unwrap();
+        self.file(
+            "data/schoolbell.toml",
+            format!("{config}\n[sandbox.folders]\nbatch = {:?}\n", batch.display().to_string()),
+        );
+        self.ok(&["source", "add-folder", name, "--folder", "batch"]);
+        batch
+    }
+
     /// `import file` of `body` (under the seven-column header) into
     /// `students` through `rule`, every row listed; `extra` flags appended.
     pub fn import_roster(&self, name: &str, rule: &str, body: &str, extra: &[&str]) -> Output {
@@ -328,9 +341,40 @@ impl Sshd {
         self.dir.path().join("client_key")
     }
 
-    pub fn url(&self) -> String {
-        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-        format!("sftp://{user}@127.0.0.1:{}{}", self.port, self.files().display())
+    pub fn user(&self) -> String {
+        std::env::var("USER").unwrap_or_else(|_| "root".into())
+    }
+
+    /// The server's host key fingerprint, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f"])
+            .arg(self.dir.path().join("host_key.pub"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    /// `source add-sftp NAME` for this server, with the credential `key`.
+    pub fn add_source(&self, sb: &Sb, name: &str, key: &str) {
+        let port = self.port.to_string();
+        let user = self.user();
+        sb.ok(&[
+            "source",
+            "add-sftp",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--user",
+            &user,
+            "--path",
+            s(&self.files()),
+            "--credential",
+            key,
+        ]);
     }
 }
 

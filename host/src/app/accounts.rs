@@ -49,8 +49,8 @@ impl Accounts<'_> {
     /// Stores a secret, encrypted (the account owner only).
     pub fn set_secret(&self, by: &User, name: &str, value: &[u8]) -> Result<()> {
         owner_only(by, "store secrets")?;
-        let sources = self.app.sources();
-        let secrets = sources.secrets.as_ref().ok_or_else(|| Error::Invalid("no secrets are open here".into()))?;
+        let secrets =
+            self.app.access().secrets.as_ref().ok_or_else(|| Error::Invalid("no secrets are open here".into()))?;
         secrets.set(&*self.app.store, name, value).map_err(|e| Error::Failed(e.to_string()))?;
         tracing::info!(secret = %name, by = %by.name, "Secret stored.");
         Ok(())
@@ -64,8 +64,8 @@ impl Accounts<'_> {
 
     /// A secret's value, for the host's own use (the SMTP password).
     pub(super) fn secret(&self, name: &str) -> Result<Vec<u8>> {
-        let sources = self.app.sources();
-        let secrets = sources.secrets.as_ref().ok_or_else(|| Error::Invalid("no secrets are open here".into()))?;
+        let secrets =
+            self.app.access().secrets.as_ref().ok_or_else(|| Error::Invalid("no secrets are open here".into()))?;
         secrets.get(&*self.app.store, name).map_err(|e| Error::Invalid(e.to_string()))
     }
 }

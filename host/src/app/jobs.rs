@@ -30,8 +30,6 @@ pub struct FileImport {
     pub target: ImportTarget,
     /// The plugin's parameters.
     pub params: Record,
-    /// Confirm a mass change up front, as `import confirm` would.
-    pub confirm: bool,
 }
 
 /// A notifier run once by hand (`schoolbell notify run`).
@@ -209,7 +207,13 @@ impl App {
             TaskKind::Import => self.import_job(task, run, &request, effects, made),
             TaskKind::Notifier | TaskKind::Export | TaskKind::Cleanup => {
                 let outcome = self.host.run_notifier(&task.plugin, &request)?;
-                effects.mail = notify::plan(&*self.store, &task.notify, run, &outcome.notifications, self.now())?;
+                let plugin_addresses = self
+                    .host
+                    .entry(&task.plugin)
+                    .is_ok_and(|e| e.granted.contains(&crate::plugins::Capability::Send("address".into())));
+                let allowed = notify::Allowed { domains: &self.config.email.allowed_domains, plugin_addresses };
+                effects.mail =
+                    notify::plan(&*self.store, &task.notify, allowed, run, &outcome.notifications, self.now())?;
                 for (status, message) in &effects.mail.messages {
                     effects.messages.push(note(status, message.clone()));
                 }
@@ -237,8 +241,14 @@ impl App {
         let by_hand = task.name.starts_with(FILE_TASK_PREFIX);
         let settle =
             if by_hand { Duration::ZERO } else { Duration::from_millis(self.config.scheduler.pickup_settle_ms) };
-        let sources = self.sources();
-        let (files, notes) = imports::pickup(&*self.store, target, settle, &sources)?;
+        let sources = self.access();
+        // A file given by hand (owner only) is named by its path; a task's
+        // files come from the source the owner defined.
+        let (files, notes) = if by_hand {
+            (vec![imports::pick_file(std::path::Path::new(&target.source), sources)?], vec![])
+        } else {
+            imports::pickup(&*self.store, target, settle, sources)?
+        };
         effects.messages.extend(notes.into_iter().map(|n| note("waiting", n)));
         let Some(file) = files.first() else {
             if by_hand {
@@ -273,7 +283,7 @@ impl App {
             match plan.hold {
                 Hold::None => {
                     let source = if by_hand { None } else { Some(target) };
-                    let written = imports::commit(&self.host, &plan, &format!("run {}", run.id), source, &sources)?;
+                    let written = imports::commit(&self.host, &plan, &format!("run {}", run.id), source, sources)?;
                     summary.insert("written".into(), written);
                     RunStatus::Succeeded
                 }
@@ -317,9 +327,8 @@ pub struct Jobs<'a> {
 
 impl Jobs<'_> {
     /// Imports a file given by hand (the account owner only): a run like a
-    /// scheduled import's, through the guard. With `confirm`, a mass
-    /// change held for confirmation is confirmed, and audited, as `import
-    /// confirm` would; one held for authorization waits for it.
+    /// scheduled import's, through the guard: a mass change waits for
+    /// someone else to confirm or approve it, like any other.
     pub fn import_file(&self, user: &User, job: FileImport) -> Result<JobReport> {
         owner_only(user, "import a file by hand; staff run the import tasks the owner set up")?;
         let shown = job.file.display().to_string();
@@ -336,11 +345,7 @@ impl Jobs<'_> {
             self.app.now(),
         )
         .with_import(ImportTarget { source: shown, prefix: None, ..job.target });
-        let (mut run, made) = self.app.run_here(user, &task, false)?;
-        if job.confirm && run.status == RunStatus::AwaitingConfirmation {
-            run =
-                self.app.imports().confirm(user, run.id, Some("confirmed up front (import file --confirm)".into()))?;
-        }
+        let (run, made) = self.app.run_here(user, &task, false)?;
         Ok(JobReport { run, plan: made.plan, notifications: None })
     }
 

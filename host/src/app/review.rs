@@ -7,7 +7,7 @@ use super::{App, Error, Result, Runs, lock};
 use crate::imports::{self, Hold, ImportPlan, ImportTarget};
 use crate::runs::{Audit, Run, RunStatus};
 use crate::store::RunId;
-use crate::users::{Permission, User};
+use crate::users::{Permission, Role, User};
 
 /// The import review service.
 pub struct ImportReview<'a> {
@@ -56,8 +56,8 @@ impl ImportReview<'_> {
     fn apply(&self, mut run: Run, plan: &ImportPlan, user: &User) -> Result<Run> {
         let app = self.app;
         let target = self.target(&run)?;
-        let sources = app.sources();
-        let written = imports::commit(&app.host, plan, &format!("run {}", run.id), target.as_ref(), &sources).map_err(
+        let sources = app.access();
+        let written = imports::commit(&app.host, plan, &format!("run {}", run.id), target.as_ref(), sources).map_err(
             |e| match e {
                 imports::Error::Changed(_) => Error::Conflict(e.to_string()),
                 other => Error::Invalid(other.to_string()),
@@ -107,14 +107,37 @@ impl ImportReview<'_> {
         }
     }
 
-    /// Confirms an import held for confirmation, and commits it.
+    /// Refused when `user` asked for the run: its owner, whoever asked for
+    /// its commit, whoever filed its authorization request. A mass change
+    /// always takes two people.
+    fn second_person(user: &User, run: &Run, what: &str) -> Result<()> {
+        let asked = run.owner == user.name
+            || run.audit.iter().any(|a| {
+                a.user == user.name && matches!(a.action.as_str(), "commit-requested" | "requested-authorization")
+            });
+        if asked {
+            return Err(Error::Forbidden(format!(
+                "{} asked for run {}, so someone else must {what} it: another account owner, or a user with the authorize permission",
+                user.name, run.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Confirms an import held for confirmation, and commits it: the
+    /// account owner or an authorizer, who is not whoever asked for it.
     pub fn confirm(&self, user: &User, id: RunId, comment: Option<String>) -> Result<Run> {
         let _decide = lock(&self.app.import_lock);
         let (mut run, plan) = self.held_plan(user, id)?;
-        Runs::check_control(user, &run, "confirm")?;
+        if user.role != Role::Owner && !user.has(Permission::Authorize) {
+            return Err(Error::Forbidden(format!(
+                "confirming run {id} needs the account owner or the authorize permission"
+            )));
+        }
         if run.status != RunStatus::AwaitingConfirmation {
             return Err(Error::Conflict(format!("run {id} is {}, not awaiting confirmation", run.status)));
         }
+        Self::second_person(user, &run, "confirm")?;
         self.audit(&mut run, user, "confirmed", comment);
         self.apply(run, &plan, user)
     }
@@ -177,6 +200,12 @@ impl ImportReview<'_> {
         let by_code = match code {
             Some(c) => {
                 Runs::check_control(user, &run, "release")?;
+                if run.audit.iter().any(|a| a.action == "issued-approval-code" && a.user == user.name) {
+                    return Err(Error::Forbidden(format!(
+                        "{} issued this run's approval code, so cannot also use it; the requester releases the import with it",
+                        user.name
+                    )));
+                }
                 if run.approval_code_hash.as_deref() != Some(crate::users::token_hash(c.trim()).as_str()) {
                     return Err(Error::Forbidden(
                         "that approval code is not valid for this run (codes work once)".into(),
@@ -184,7 +213,10 @@ impl ImportReview<'_> {
                 }
                 true
             }
-            None if user.has(Permission::Authorize) => false,
+            None if user.has(Permission::Authorize) => {
+                Self::second_person(user, &run, "approve")?;
+                false
+            }
             None => {
                 return Err(Error::Forbidden(
                     "approving needs the authorize permission, or the one-time approval code an authorizer issued for this run"

@@ -2,7 +2,7 @@
 //! import and test connection. Staff manage their own tasks; the account
 //! owner manages every task.
 
-use super::{App, Error, Result, lock};
+use super::{App, Error, Result, lock, owner_only};
 use crate::imports;
 use crate::runs::{Run, Trigger};
 use crate::schedule::Schedule;
@@ -56,10 +56,45 @@ impl Tasks<'_> {
                 spec.name
             )));
         }
+        let owner = match spec.owner.as_deref() {
+            None => user.name.clone(),
+            Some(other) if other == user.name => other.to_string(),
+            Some(other) => {
+                owner_only(user, "add a task for someone else")?;
+                if app.store.user(other)?.is_none() && other != "admin" {
+                    return Err(Error::Invalid(format!(
+                        "task `{}`: no user named `{other}` to own it; `schoolbell user list` shows them",
+                        spec.name
+                    )));
+                }
+                other.to_string()
+            }
+        };
+        if spec.import.is_some() {
+            // Where the rows go, how they match and when a mass change is
+            // held decide what happens to every student's record: the
+            // account owner sets them, staff run and test what was set up.
+            owner_only(
+                user,
+                "set up an import (its source, collection, key, missing-record policy and guard); staff run and test the imports the owner set up for them with --owner",
+            )?;
+        }
+        let domains = &app.config.email.allowed_domains;
+        if let Some(raw) =
+            spec.notify.group.iter().find(|m| m.contains('@') && !crate::notify::address_allowed(domains, m))
+        {
+            return Err(Error::Invalid(format!("task `{}`, notify: {}", spec.name, crate::notify::not_allowed(raw))));
+        }
         let task = spec
-            .build(&user.name, app.zone(), &app.host, app.host.rules(), app.now())
+            .build(&owner, app.zone(), &app.host, app.host.rules(), app.now())
             .map_err(|e| Error::Invalid(e.to_string()))?;
         if let Some(target) = &task.import {
+            if app.store.source(&target.source)?.is_none() {
+                return Err(Error::Invalid(format!(
+                    "task `{}`: no source named `{}`; define it with `schoolbell source add` (`schoolbell source list` shows them)",
+                    task.name, target.source
+                )));
+            }
             imports::prepare_collection(&app.host, target)
                 .map_err(|e| Error::Invalid(format!("task `{}`: {e}", task.name)))?;
         }
@@ -67,7 +102,7 @@ impl Tasks<'_> {
         app.store.put_task(&task, None, due)?;
         app.store.flush()?;
         app.engine.wake.notify_one();
-        tracing::info!(task = %task.name, next = ?task.next_fire, by = %user.name, "Task added.");
+        tracing::info!(task = %task.name, owner = %task.owner, next = ?task.next_fire, by = %user.name, "Task added.");
         Ok(task)
     }
 
@@ -155,7 +190,7 @@ impl Tasks<'_> {
     pub fn test_connection(&self, user: &User, name: &str) -> Result<String> {
         let task = self.show(user, name)?;
         let target = task.import.ok_or_else(|| Error::Invalid(format!("task `{name}` is not an import")))?;
-        imports::test_connection(&*self.app.store, &target, &self.app.sources())
+        imports::test_connection(&*self.app.store, &target, self.app.access())
             .map_err(|e| Error::Invalid(e.to_string()))
     }
 }

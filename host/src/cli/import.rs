@@ -91,10 +91,7 @@ pub(super) enum ImportCmd {
         #[arg(long)]
         into: String,
         #[command(flatten)]
-        matching: Matching,
-        /// Confirm a mass change (>= 10%) up front (audited on the run like `import confirm`).
-        #[arg(long)]
-        confirm: bool,
+        matching: Box<Matching>,
         /// List every row's outcome, not only the counts.
         #[arg(long)]
         rows: bool,
@@ -132,6 +129,12 @@ pub(super) struct Matching {
     /// The field holding a record's end date; rows that set it are reported as ended.
     #[arg(long)]
     end_field: Option<String>,
+    /// Hold for confirmation at this % of records changed, added or inactivated.
+    #[arg(long, default_value_t = 10.0)]
+    confirm_percent: f64,
+    /// Hold for authorization at this % of records added, or updated, or removed.
+    #[arg(long, default_value_t = 20.0)]
+    authorize_percent: f64,
 }
 
 impl Matching {
@@ -149,6 +152,10 @@ impl Matching {
             key_field: self.key,
             indexes: self.indexes,
             match_rule: self.match_rule,
+            guard: schoolbell::imports::Guard {
+                confirm_percent: self.confirm_percent,
+                authorize_percent: self.authorize_percent,
+            },
             ..Default::default()
         }
     }
@@ -184,9 +191,9 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: ImportCmd) -> Result<()> {
         Ok(())
     };
     match cmd {
-        ImportCmd::File { plugin, file, into, matching, confirm, params, json, rows, statuses } => {
-            let target = matching.target(into);
-            let job = FileImport { plugin, file, target, params: params.into_iter().collect(), confirm };
+        ImportCmd::File { plugin, file, into, matching, params, json, rows, statuses } => {
+            let target = (*matching).target(into);
+            let job = FileImport { plugin, file, target, params: params.into_iter().collect() };
             let report = app.jobs().import_file(user, job)?;
             return print_file_import(report, json, if rows { Rows::All } else { Rows::Only(statuses) });
         }

@@ -10,6 +10,7 @@ mod records;
 mod rule;
 mod runs;
 mod schedule;
+mod source;
 mod store;
 mod task;
 mod user;
@@ -71,6 +72,9 @@ enum Command {
     /// Users, roles and API tokens.
     #[command(subcommand)]
     User(user::UserCmd),
+    /// Import sources (account owner): folders and SFTP servers that tasks pick files up from.
+    #[command(subcommand)]
+    Source(source::SourceCmd),
     /// Credentials (SFTP keys), stored encrypted and never printed.
     #[command(subcommand)]
     Secret(user::SecretCmd),
@@ -174,6 +178,7 @@ pub(crate) fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
         Command::Runs(cmd) => runs::run(&app, &user, cmd),
         Command::User(cmd) => user::run(&app, &user, cmd),
         Command::Secret(cmd) => user::secret(&app, &user, cmd),
+        Command::Source(cmd) => source::run(&app, &user, cmd),
         Command::Rule(cmd) => rule::run(&app, &user, cmd),
         Command::Check => check(&app, &user),
         Command::Store(cmd) => store::run(&app, &user, cmd),

@@ -108,7 +108,7 @@ pub(super) struct TaskArgs {
     /// When the last run is still going: skip, queue-one or cancel-running.
     #[arg(long, value_parser = parse_overlap, default_value = "skip")]
     overlap: Overlap,
-    /// Import tasks: the file to import.
+    /// Import tasks: the source to pick files up from, by name (`schoolbell source list`).
     #[arg(long)]
     source: Option<String>,
     /// Import tasks: the collection the rows go into.
@@ -117,18 +117,12 @@ pub(super) struct TaskArgs {
     /// Import tasks: how rows are keyed and matched.
     #[command(flatten)]
     matching: super::import::Matching,
-    /// Import tasks with an `sftp://user@host:port/folder` source: the stored secret with the private key.
+    /// Who owns the task (account owner only): the staff user who runs and tests it.
     #[arg(long)]
-    credential: Option<String>,
-    /// Import tasks with a folder source: pick up files whose names start with this.
+    owner: Option<String>,
+    /// Import tasks: pick up files whose names start with this.
     #[arg(long)]
     prefix: Option<String>,
-    /// Import tasks: hold for confirmation at this % of records changed, added or inactivated.
-    #[arg(long, default_value_t = 10.0)]
-    confirm_percent: f64,
-    /// Import tasks: hold for authorization at this % of records added.
-    #[arg(long, default_value_t = 20.0)]
-    authorize_percent: f64,
     /// Notifier tasks: the notification group, email addresses or user names separated by commas.
     #[arg(long = "notify", value_delimiter = ',')]
     notify_group: Vec<String>,
@@ -203,18 +197,11 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: TaskCmd) -> Result<()> {
         TaskCmd::Add(a) => {
             let a = *a;
             let import = match (a.source, a.collection) {
-                (Some(source), Some(collection)) => Some(ImportTarget {
-                    source,
-                    prefix: a.prefix,
-                    guard: schoolbell::imports::Guard {
-                        confirm_percent: a.confirm_percent,
-                        authorize_percent: a.authorize_percent,
-                    },
-                    credential: a.credential,
-                    ..a.matching.target(collection)
-                }),
+                (Some(source), Some(collection)) => {
+                    Some(ImportTarget { source, prefix: a.prefix, ..a.matching.target(collection) })
+                }
                 (None, None) => None,
-                _ => bail!("an import task needs both --source FILE-OR-FOLDER and --collection NAME"),
+                _ => bail!("an import task needs both --source NAME and --collection NAME"),
             };
             let spec = TaskSpec {
                 name: a.name,
@@ -239,6 +226,7 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: TaskCmd) -> Result<()> {
                     repeat_days: a.repeat_days,
                     ..Default::default()
                 },
+                owner: a.owner,
             };
             let task = tasks.add(user, spec)?;
             print_task(&task);

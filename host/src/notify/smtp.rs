@@ -56,6 +56,10 @@ pub struct EmailConfig {
     pub max_attempts: u32,
     /// The first retry's delay; each next one doubles, up to six hours.
     pub retry_base_secs: u64,
+    /// The domains notification groups and plugins may address mail to
+    /// directly, such as `district.org`. Users' addresses and those in the
+    /// district's records are always allowed.
+    pub allowed_domains: Vec<String>,
     /// Connections kept open to the server.
     pub pool_size: u32,
     /// How long one SMTP command may take.
@@ -73,6 +77,7 @@ impl Default for EmailConfig {
             from: "Schoolbell <schoolbell@localhost>".into(),
             max_attempts: 8,
             retry_base_secs: 60,
+            allowed_domains: Vec::new(),
             pool_size: 4,
             timeout_secs: 30,
         }

@@ -10,9 +10,10 @@ use crate::notify::{LedgerEntry, OutboxEntry};
 use crate::plugins::PluginEntry;
 use crate::records::Record;
 use crate::runs::{Run, TaskMessage};
+use crate::sources::Source;
 use crate::store::{
     AccountStore, CollectionSpec, Drift, Finish, LedgerStore, Lookup, Maintenance, OutboxStore, PluginStore, QueueKey,
-    RecordStore, Result, RunId, RunStore, TaskStore,
+    RecordStore, Result, RunId, RunStore, SourceStore, TaskStore,
 };
 use crate::tasks::Task;
 use crate::users::User;
@@ -229,6 +230,21 @@ impl AccountStore for Store {
     }
     fn secret_names(&self) -> Result<Vec<String>> {
         Store::secret_names(self)
+    }
+}
+
+impl SourceStore for Store {
+    fn source(&self, name: &str) -> Result<Option<Source>> {
+        self.sources.get(name.as_bytes())
+    }
+    fn put_source(&self, source: &Source) -> Result<()> {
+        self.sources.put(source.name.as_bytes(), source)
+    }
+    fn remove_source(&self, name: &str) -> Result<bool> {
+        self.sources.remove(name.as_bytes())
+    }
+    fn all_sources(&self) -> Result<Vec<Source>> {
+        self.sources.all()
     }
 }
 

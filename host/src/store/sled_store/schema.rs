@@ -35,6 +35,7 @@ fn encoded_trees(store: &Store) -> Vec<(&'static str, &sled::Tree, Option<Vec<u8
         ("notified", &store.notified, None),
         ("outbox", &store.outbox, None),
         ("import_plans", &store.plans, None),
+        ("sources", &store.sources.tree, None),
     ]
 }
 

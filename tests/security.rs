@@ -1,0 +1,175 @@
+//! What a staff user, a careless task or a plugin may not do with the
+//! district's data, each refusal exercised through the HTTP API of a
+//! running server: sources, targets and recipients are the owner's; a mass
+//! change takes two people; a collection's key stays.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Api, Sb, plugin, s};
+
+const COLUMNS: &str = "student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
+
+fn wait_finished(api: &Api, token: &str, id: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, run) = api.json("GET", &format!("/api/v1/runs/{id}"), token, None);
+        assert_eq!(status, 200, "{run}");
+        if !["queued", "running"].contains(&run["status"].as_str().unwrap()) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn roster(rows: std::ops::Range<usize>) -> String {
+    let body: String = rows.map(|i| format!("S{i:04},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
+    format!("Student ID,Last Name,First Name,Birth Date\n{body}")
+}
+
+struct District {
+    sb: Sb,
+    batch: std::path::PathBuf,
+    admin: String,
+    olga: String,
+    sam: String,
+}
+
+fn district() -> District {
+    let sb = Sb::new();
+    let batch =
+        sb.folder_source("sis", "[scheduler]\npickup_settle_ms = 10\n[email]\nallowed_domains = [\"district.test\"]\n");
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster")), s(&plugin("notifier-attendance"))]);
+    sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
+    sb.ok(&["user", "add", "olga", "--role", "owner", "--email", "olga@district.test"]);
+    let token = |u: &str| sb.ok(&["user", "token", u]).trim().to_string();
+    let (admin, olga, sam) = (token("admin"), token("olga"), token("sam"));
+    District { sb, batch, admin, olga, sam }
+}
+
+fn import_task(name: &str, source: &str, owner: Option<&str>) -> Value {
+    json!({
+        "name": name, "plugin": "import-csv-roster", "schedule": "daily at 22:00",
+        "params": { "columns": COLUMNS }, "owner": owner,
+        "import": { "source": source, "prefix": "IC_", "collection": "students", "key_field": "student-id" }
+    })
+}
+
+#[test]
+fn sources_and_import_targets_are_the_owners() {
+    let d = district();
+    let server = d.sb.serve();
+    let api = Api::new(&server.url);
+
+    // A staff user can neither define a source nor see where they point.
+    let folder = json!({ "folder": { "folder": "batch" } });
+    let (status, body) = api.json("PUT", "/api/v1/sources/mine", &d.sam, Some(folder.clone()));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(api.json("GET", "/api/v1/sources", &d.sam, None).0, 403);
+
+    // Nor can the owner point a source outside the district's folders.
+    let (status, body) =
+        api.json("PUT", "/api/v1/sources/etc", &d.admin, Some(json!({ "folder": { "folder": "etc" } })));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no folder `etc` under [sandbox.folders]"), "{body}");
+    let (status, body) = api.json(
+        "PUT",
+        "/api/v1/sources/up",
+        &d.admin,
+        Some(json!({ "folder": { "folder": "batch", "path": "../../etc" } })),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    // A task names a source; a path is not one.
+    let (status, body) = api.json("POST", "/api/v1/tasks", &d.admin, Some(import_task("leak", "/proc/self", None)));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no source named `/proc/self`"), "{body}");
+
+    // Staff may not set up an import: where rows go and when a mass change is held is the owner's.
+    let (status, body) = api.json("POST", "/api/v1/tasks", &d.sam, Some(import_task("mine", "sis", None)));
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("only the account owner may set up an import"), "{body}");
+
+    // The owner sets one up for sam, who may test and run it, but not remove its source.
+    let (status, body) = api.json("POST", "/api/v1/tasks", &d.admin, Some(import_task("nightly", "sis", Some("sam"))));
+    assert_eq!(status, 201, "{body}");
+    std::fs::write(d.batch.join("IC_1.csv"), roster(0..5)).unwrap();
+    let (status, run) = api.json("POST", "/api/v1/tasks/nightly/test-import", &d.sam, None);
+    assert_eq!(status, 202, "{run}");
+    let done = wait_finished(&api, &d.sam, run["id"].as_u64().unwrap());
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(api.json("DELETE", "/api/v1/sources/sis", &d.sam, None).0, 403);
+    let (status, body) = api.json("DELETE", "/api/v1/sources/sis", &d.admin, None);
+    assert_eq!(status, 409, "a source in use stays: {body}");
+
+    // An existing collection's key cannot be changed by another import.
+    let mut rekey = import_task("rekey", "sis", None);
+    rekey["import"]["key_field"] = json!("last-name");
+    let (status, body) = api.json("POST", "/api/v1/tasks", &d.admin, Some(rekey));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("cannot change its key"), "{body}");
+    server.terminate();
+}
+
+#[test]
+fn a_mass_change_takes_two_people() {
+    let d = district();
+    let server = d.sb.serve();
+    let api = Api::new(&server.url);
+    let (status, body) = api.json("POST", "/api/v1/tasks", &d.admin, Some(import_task("nightly", "sis", Some("sam"))));
+    assert_eq!(status, 201, "{body}");
+    std::fs::write(d.batch.join("IC_1.csv"), roster(0..100)).unwrap();
+    let (_, run) = api.json("POST", "/api/v1/tasks/nightly/run-now", &d.sam, None);
+    assert_eq!(wait_finished(&api, &d.sam, run["id"].as_u64().unwrap())["status"], "succeeded");
+
+    // 15 of 100 renamed: held for confirmation.
+    let renamed: String = (0..15).map(|i| format!("S{i:04},Renamed{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
+    std::fs::write(d.batch.join("IC_2.csv"), format!("Student ID,Last Name,First Name,Birth Date\n{renamed}")).unwrap();
+    let (_, run) = api.json("POST", "/api/v1/tasks/nightly/run-now", &d.sam, None);
+    let id = run["id"].as_u64().unwrap();
+    assert_eq!(wait_finished(&api, &d.sam, id)["status"], "awaiting-confirmation");
+    let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &d.sam, Some(json!({})));
+    assert_eq!(status, 403, "the requester may not confirm their own run: {body}");
+    let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &d.olga, Some(json!({})));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "succeeded");
+
+    // Removing 60 of 100 (a full roster of 40) goes to authorization, like adding 60 would.
+    let (status, body) = api.json(
+        "POST",
+        "/api/v1/tasks",
+        &d.admin,
+        Some({
+            let mut t = import_task("full", "sis", None);
+            t["import"]["full_roster"] = json!(true);
+            t["import"]["missing"] = json!("remove");
+            t["import"]["prefix"] = json!("FULL_");
+            t
+        }),
+    );
+    assert_eq!(status, 201, "{body}");
+    std::fs::write(d.batch.join("FULL_1.csv"), roster(0..40)).unwrap();
+    let (_, run) = api.json("POST", "/api/v1/tasks/full/run-now", &d.admin, None);
+    let id = run["id"].as_u64().unwrap();
+    let held = wait_finished(&api, &d.admin, id);
+    assert_eq!(held["status"], "awaiting-authorization", "{held}");
+    assert_eq!(api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &d.olga, Some(json!({}))).0, 409);
+    server.terminate();
+}
+
+#[test]
+fn mail_goes_only_to_users_and_allowed_domains() {
+    let d = district();
+    let server = d.sb.serve();
+    let api = Api::new(&server.url);
+    let notifier = |group: &[&str]| json!({ "name": "absences", "plugin": "notifier-attendance", "schedule": "daily at 07:00", "notify": { "group": group } });
+    let (status, body) = api.json("POST", "/api/v1/tasks", &d.sam, Some(notifier(&["me@elsewhere.example"])));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not in [email] allowed_domains"), "{body}");
+    let (status, body) = api.json("POST", "/api/v1/tasks", &d.sam, Some(notifier(&["olga", "office@district.test"])));
+    assert_eq!(status, 201, "users and allowed domains are fine: {body}");
+    server.terminate();
+}
