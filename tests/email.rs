@@ -208,3 +208,45 @@ fn a_killed_server_loses_no_email_and_sends_none_twice() {
     assert_eq!(smtp.messages().len(), 2, "nothing was sent twice");
     assert_eq!(pending(&sb), 0);
 }
+
+/// The server's certificate is verified: a relay with a certificate no
+/// root vouches for gets nothing, and the error says so; pinned in
+/// `[email] tls_certificate`, it is trusted, and only it.
+#[test]
+fn an_smtp_server_with_an_untrusted_certificate_gets_no_mail() {
+    let port = free_port();
+    let smtp = Smtp::start_tls(port);
+    let sb = Sb::new();
+    let config = |pin: &str| {
+        format!(
+            "[email]\nsmtp_host = \"localhost\"\nsmtp_port = {port}\ntls = \"starttls\"\nfrom = \"Schoolbell <bell@district.test>\"\nretry_base_secs = 0\nallowed_domains = [\"district.test\"]\n{pin}"
+        )
+    };
+    sb.file("data/schoolbell.toml", config(""));
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
+    load(&sb, [7, 1, 1]);
+    add_attendance_task(&sb, "counselor@district.test");
+    run(&sb);
+    let out = sb.ok(&["notify", "send"]);
+    assert!(out.starts_with("0 sent, 1 to retry"), "{out}");
+    let outbox = sb.ok(&["notify", "outbox", "--json"]);
+    assert!(outbox.to_lowercase().contains("certificate"), "the error names the certificate: {outbox}");
+    assert!(smtp.messages().is_empty());
+
+    sb.file(
+        "data/schoolbell.toml",
+        config(&format!("tls_certificate = {:?}\n", smtp.certificate().display().to_string())),
+    );
+    // The failed attempt waits out its backoff first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = sb.ok(&["notify", "send"]);
+        assert!(out.contains(" 0 to retry, 0 failed"), "{out}");
+        if out.starts_with("1 sent") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the email never went out");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(smtp.messages().len(), 1);
+}

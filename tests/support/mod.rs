@@ -395,10 +395,37 @@ pub struct Smtp {
 impl Smtp {
     /// Starts the server on `port`.
     pub fn start(port: u16) -> Smtp {
-        let python = Path::new("/usr/bin/python3");
+        Smtp::spawn(port, tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// Starts the server on `port` with STARTTLS required, under a
+    /// self-signed certificate for `localhost` (in `cert.pem` of its folder).
+    pub fn start_tls(port: u16) -> Smtp {
         let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let st = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
+            .arg(d.join("key.pem"))
+            .arg("-out")
+            .arg(d.join("cert.pem"))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "openssl could not make a certificate");
+        let (cert, key) = (d.join("cert.pem").display().to_string(), d.join("key.pem").display().to_string());
+        Smtp::spawn(port, dir, &["--tlscert", &cert, "--tlskey", &key])
+    }
+
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    fn spawn(port: u16, dir: tempfile::TempDir, extra: &[&str]) -> Smtp {
+        let python = Path::new("/usr/bin/python3");
         let child = Command::new(python)
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .args(extra)
             .arg(dir.path().join("maildir"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

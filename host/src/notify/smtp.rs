@@ -43,8 +43,13 @@ pub struct EmailConfig {
     pub smtp_host: String,
     /// Its port.
     pub smtp_port: u16,
-    /// How the connection is secured.
+    /// How the connection is secured. The server's certificate is always
+    /// verified, against the system's roots or `tls_certificate`.
     pub tls: TlsMode,
+    /// A PEM certificate to trust for this server, such as a district's
+    /// own relay with a self-signed one: pinned, it is trusted in addition
+    /// to the system's roots. Nothing turns verification off.
+    pub tls_certificate: Option<std::path::PathBuf>,
     /// The SMTP user name, if the server wants one.
     pub username: Option<String>,
     /// The stored secret holding the SMTP password
@@ -72,6 +77,7 @@ impl Default for EmailConfig {
             smtp_host: String::new(),
             smtp_port: 25,
             tls: TlsMode::default(),
+            tls_certificate: None,
             username: None,
             password_secret: None,
             from: "Schoolbell <schoolbell@localhost>".into(),
@@ -134,9 +140,22 @@ impl Mailer {
             .from
             .parse()
             .map_err(|e| Error::Config(format!("`from = \"{}\"` is not a mailbox: {e}", config.from)))?;
+        let pinned = match &config.tls_certificate {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Error::Config(format!("tls_certificate {}: {e}", path.display())))?;
+                Some(lettre::transport::smtp::client::Certificate::from_pem(&pem).map_err(|e| {
+                    Error::Config(format!("tls_certificate {}: not a PEM certificate: {e}", path.display()))
+                })?)
+            }
+        };
         let tls = |host: &str| {
-            TlsParameters::new(host.to_string())
-                .map_err(|e| Error::Config(format!("cannot set up TLS for {host}: {e}")))
+            let mut builder = TlsParameters::builder(host.to_string());
+            if let Some(cert) = &pinned {
+                builder = builder.add_root_certificate(cert.clone());
+            }
+            builder.build().map_err(|e| Error::Config(format!("cannot set up TLS for {host}: {e}")))
         };
         let tls = match config.tls {
             TlsMode::None => Tls::None,
