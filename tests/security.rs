@@ -173,3 +173,106 @@ fn mail_goes_only_to_users_and_allowed_domains() {
     assert_eq!(status, 201, "users and allowed domains are fine: {body}");
     server.terminate();
 }
+
+#[test]
+fn access_can_be_taken_away_and_every_change_is_recorded() {
+    let d = district();
+    d.sb.ok(&["user", "add", "pat", "--role", "staff"]);
+    // Issued a year ago: past the default 90 days.
+    let old =
+        d.sb.command().args(["user", "token", "pat"]).env("SCHOOLBELL_NOW", "2025-11-01T00:00:00Z").output().unwrap();
+    let stale = String::from_utf8(old.stdout).unwrap().trim().to_string();
+    let server = d.sb.serve();
+    let api = Api::new(&server.url);
+
+    let (status, body) = api.json("GET", "/api/v1/runs", &stale, None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("expired"), "{body}");
+    assert_eq!(api.json("GET", "/api/v1/runs", &d.sam, None).0, 200);
+    let (_, tokens) = api.json("GET", "/api/v1/tokens", &d.admin, None);
+    let sams: Vec<&Value> = tokens.as_array().unwrap().iter().filter(|t| t["user"] == "sam").collect();
+    assert_eq!(sams.len(), 1, "{tokens}");
+    assert!(sams[0]["last_used_at"].is_string(), "the use was noted: {tokens}");
+    assert!(!tokens.to_string().contains(&d.sam), "a token is never shown again");
+    assert_eq!(api.json("GET", "/api/v1/tokens", &d.sam, None).0, 403);
+
+    // Revoked: refused at once.
+    let id = sams[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(api.json("DELETE", &format!("/api/v1/tokens/{id}"), &d.admin, None).0, 200);
+    assert_eq!(api.json("GET", "/api/v1/runs", &d.sam, None).0, 401);
+
+    // A removed user's tokens go with them.
+    assert_eq!(api.json("GET", "/api/v1/runs", &d.olga, None).0, 200);
+    assert_eq!(api.json("DELETE", "/api/v1/users/olga", &d.admin, None).0, 204);
+    assert_eq!(api.json("GET", "/api/v1/runs", &d.olga, None).0, 401);
+    assert_eq!(api.json("DELETE", "/api/v1/users/admin", &d.admin, None).0, 400, "nobody removes themselves");
+
+    let (status, log) = api.json("GET", "/api/v1/audit", &d.admin, None);
+    assert_eq!(status, 200, "{log}");
+    let actions: Vec<String> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["entry"]["user"].as_str().unwrap(),
+                e["entry"]["action"].as_str().unwrap(),
+                e["entry"]["target"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "admin source.add sis",
+        "admin user.put sam",
+        "admin token.issue sam",
+        "admin token.revoke sam",
+        "admin user.remove olga",
+    ] {
+        assert!(actions.iter().any(|a| a == expected), "{expected} missing from {actions:?}");
+    }
+    assert!(actions.iter().filter(|a| a.starts_with("- sign-in.failed")).count() >= 3, "{actions:?}");
+    assert_eq!(api.json("GET", "/api/v1/audit", &d.sam, None).0, 401);
+    server.terminate();
+    // The CLI reads the same log; deleting runs does not touch it.
+    let out = d.sb.ok(&["audit", "--limit", "1000"]);
+    assert!(out.contains("token.revoke"), "{out}");
+}
+
+#[test]
+fn approval_codes_are_long_secret_and_die_after_five_wrong_tries() {
+    let d = district();
+    let server = d.sb.serve();
+    let api = Api::new(&server.url);
+    d.sb.ok(&["user", "add", "ana", "--role", "staff", "--permission", "authorize"]);
+    let ana = d.sb.ok(&["user", "token", "ana"]).trim().to_string();
+    let (status, body) = api.json("POST", "/api/v1/tasks", &d.admin, Some(import_task("nightly", "sis", Some("sam"))));
+    assert_eq!(status, 201, "{body}");
+    std::fs::write(d.batch.join("IC_1.csv"), roster(0..10)).unwrap();
+    let (_, run) = api.json("POST", "/api/v1/tasks/nightly/run-now", &d.sam, None);
+    wait_finished(&api, &d.sam, run["id"].as_u64().unwrap());
+    std::fs::write(d.batch.join("IC_2.csv"), roster(10..20)).unwrap();
+    let (_, run) = api.json("POST", "/api/v1/tasks/nightly/run-now", &d.sam, None);
+    let id = run["id"].as_u64().unwrap();
+    assert_eq!(wait_finished(&api, &d.sam, id)["status"], "awaiting-authorization");
+    let request = json!({ "comment": "new campus" });
+    assert_eq!(api.json("POST", &format!("/api/v1/runs/{id}/request"), &d.sam, Some(request)).0, 200);
+
+    let (status, issued) = api.json("POST", &format!("/api/v1/runs/{id}/code"), &ana, None);
+    assert_eq!(status, 200, "{issued}");
+    let code = issued["code"].as_str().unwrap().to_string();
+    assert!(code.len() >= 32, "at least 128 bits: {code}");
+    let (_, shown) = api.json("GET", &format!("/api/v1/runs/{id}"), &d.sam, None);
+    assert!(!shown.to_string().contains("approval_code"), "the run shows nothing of the code: {shown}");
+    let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/approve"), &ana, Some(json!({ "code": code })));
+    assert_eq!(status, 403, "whoever issued a code does not use it: {body}");
+
+    for _ in 0..5 {
+        let wrong = json!({ "code": "0".repeat(32) });
+        assert_eq!(api.json("POST", &format!("/api/v1/runs/{id}/approve"), &d.sam, Some(wrong)).0, 403);
+    }
+    let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/approve"), &d.sam, Some(json!({ "code": code })));
+    assert_eq!(status, 403, "five wrong tries void the code: {body}");
+    assert!(body["error"].as_str().unwrap().contains("none is outstanding"), "{body}");
+    server.terminate();
+}

@@ -270,6 +270,7 @@ fn imports_are_tested_previewed_and_committed_over_the_api() {
 #[test]
 fn rules_saved_through_the_api_take_effect_in_the_running_server() {
     let (sb, admin, sam, _) = setup_in(Sb::with_own_rules());
+    sb.file("data/schoolbell.toml", "[email]\nallowed_domains = [\"example.org\"]\n");
     let server = sb.serve();
     let api = Api::new(&server.url);
     let task = json!({ "name": "absences", "plugin": "notifier-attendance", "schedule": "daily at 07:00", "rules": ["attendance_threshold"],

@@ -101,7 +101,10 @@ pub fn router(scheduler: Arc<App>) -> Router {
         .route("/api/v1/rules/{name}/test", post(test_rule))
         .route("/api/v1/outbox", get(outbox))
         .route("/api/v1/users", get(list_users))
-        .route("/api/v1/users/{name}", axum::routing::put(put_user))
+        .route("/api/v1/users/{name}", axum::routing::put(put_user).delete(remove_user))
+        .route("/api/v1/tokens", get(list_tokens))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/users/{name}/tokens", post(issue_token))
         .route("/api/v1/secrets", get(list_secrets))
         .route("/api/v1/sources", get(list_sources))
@@ -522,6 +525,51 @@ async fn issue_token(
     blocking(move || Ok((StatusCode::CREATED, Json(json!({ "token": s.users().issue_token(&u, &name)? }))))).await
 }
 
+async fn remove_user(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        s.users().remove(&u, &name)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+async fn list_tokens(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.users().tokens(&u)?)))).await
+}
+
+async fn revoke_token(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.users().revoke_token(&u, &id)?)))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn audit_log(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    blocking(move || {
+        let entries = s.audit_log().list(&u, q.after, q.limit.unwrap_or(100).min(10_000))?;
+        let list: Vec<Json_> = entries.iter().map(|(n, e)| json!({ "seq": n, "entry": e })).collect();
+        Ok(Json(json!(list)))
+    })
+    .await
+}
+
 async fn list_secrets(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Json_>, ApiError> {
     blocking(move || Ok(Json(json!(s.users().secret_names(&u)?)))).await
 }
@@ -754,8 +802,12 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/users": { "get": { "summary": "Users (account owner)", "responses": errors(json!({ "200": { "description": "[user]" } })) } },
             "/api/v1/users/{name}": { "parameters": name, "put": { "summary": "Add or replace a user (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["role"], "properties": {
                 "role": { "enum": ["owner", "staff"] }, "email": { "type": "string" }, "permissions": { "type": "array", "items": { "enum": ["autopilot", "authorize"] } }, "job_email": { "enum": ["always", "on-failure", "never"] } } } } } },
-                "responses": errors(json!({ "200": { "description": "the user" } })) } },
+                "responses": errors(json!({ "200": { "description": "the user" } })) },
+                "delete": { "summary": "Remove a user and their tokens (account owner)", "responses": errors(json!({ "204": { "description": "removed" } })) } },
             "/api/v1/users/{name}/tokens": { "parameters": name, "post": { "summary": "Issue an API token, shown once (account owner)", "responses": errors(json!({ "201": { "description": "{token}" } })) } },
+            "/api/v1/tokens": { "get": { "summary": "API tokens: id, user, issued, last used; never the token (account owner)", "responses": errors(json!({ "200": { "description": "[token]" } })) } },
+            "/api/v1/tokens/{id}": { "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }], "delete": { "summary": "Revoke a token (account owner)", "responses": errors(json!({ "200": ok("the revoked token", "Token") })) } },
+            "/api/v1/audit": { "get": { "summary": "The audit log, oldest first (account owner)", "parameters": [{ "name": "after", "in": "query", "schema": { "type": "integer" } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }], "responses": errors(json!({ "200": { "description": "[{seq, entry: AuditEntry}]" } })) } },
             "/api/v1/secrets": { "get": { "summary": "The stored secrets' names, never their values (account owner)", "responses": errors(json!({ "200": { "description": "[name]" } })) } },
             "/api/v1/sources": { "get": { "summary": "Import sources (account owner)", "responses": errors(json!({ "200": { "description": "[source]" } })) } },
             "/api/v1/sources/{name}": {
@@ -798,5 +850,7 @@ fn type_schemas() -> serde_json::Map<String, Json_> {
     generator.subschema_for::<TaskMessage>();
     generator.subschema_for::<crate::sources::Source>();
     generator.subschema_for::<crate::imports::Reached>();
+    generator.subschema_for::<crate::users::Token>();
+    generator.subschema_for::<crate::audit::AuditEntry>();
     generator.take_definitions(true).into_iter().collect()
 }

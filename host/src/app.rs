@@ -23,6 +23,7 @@
 //! the same way for a schedule, run-now, `import file` and `notify run`.
 
 mod accounts;
+mod audit_log;
 mod collections;
 mod engine;
 mod jobs;
@@ -41,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 
 pub use accounts::Accounts;
+pub use audit_log::AuditLog;
 pub use collections::{Collections, Page};
 pub use engine::{Clock, Engine, ManualClock, SchedulerConfig, SystemClock};
 pub use jobs::{FileImport, JobError, JobReport, Jobs, NotifyOnce};
@@ -139,6 +141,9 @@ pub struct App {
     clock: Arc<dyn Clock>,
     /// What imports reach sources with: folders, credentials, staging, limits.
     access: imports::Access,
+    /// The key approval codes are MACed under: derived from `secret.key`,
+    /// or random for an app without a data directory.
+    approval_key: [u8; 32],
     engine: engine::State,
     /// Decisions on held imports one at a time, so two confirmations of
     /// the same run cannot both commit it.
@@ -177,6 +182,7 @@ impl App {
         let mut app = App::build(host, clock_from_env()?, config);
         app.data = Some(data.to_path_buf());
         app.migrated = migrated;
+        app.approval_key = secrets.approval_key();
         app.access.secrets = Some(secrets);
         app.access.staging = data.join("staging");
         Ok(Arc::new(app))
@@ -200,10 +206,21 @@ impl App {
                 ..Default::default()
             },
             config,
+            approval_key: {
+                let mut key = [0u8; 32];
+                // Without randomness no code can be issued; `code` says so.
+                let _ = getrandom::fill(&mut key);
+                key
+            },
             engine: engine::State::default(),
             import_lock: Mutex::new(()),
             migrated: None,
         }
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> AuditLog<'_> {
+        AuditLog { app: self }
     }
 
     /// Import sources.
@@ -287,8 +304,34 @@ impl App {
     }
 
     /// The user a bearer token belongs to.
+    /// A failed sign-in is recorded in the audit log (with the token's id,
+    /// never the token).
     pub fn authenticate(&self, token: &str) -> Result<User, crate::users::Error> {
-        crate::users::authenticate(&*self.store, token)
+        let result = crate::users::authenticate(&*self.store, token, self.now(), self.config.api.token_days);
+        if let Err(e) = &result {
+            let id = crate::users::token_hash(token)[..12].to_string();
+            self.audit("-", "sign-in.failed", &id, Some(e.to_string()))?;
+        }
+        result
+    }
+
+    /// Appends to the audit log.
+    pub(crate) fn audit(
+        &self,
+        user: &str,
+        action: &str,
+        target: &str,
+        detail: Option<String>,
+    ) -> Result<(), store::Error> {
+        let entry = crate::audit::AuditEntry {
+            at: self.now(),
+            user: user.into(),
+            action: action.into(),
+            target: target.into(),
+            detail,
+        };
+        self.store.append_audit(&entry)?;
+        Ok(())
     }
 
     /// The user the CLI acts as (`--as`).

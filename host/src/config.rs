@@ -37,11 +37,13 @@ pub struct Config {
 pub struct ApiConfig {
     /// The address `schoolbell serve` listens on.
     pub listen: String,
+    /// Days an API token works after it is issued.
+    pub token_days: u32,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".into() }
+        ApiConfig { listen: "127.0.0.1:8080".into(), token_days: 90 }
     }
 }
 

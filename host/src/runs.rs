@@ -124,8 +124,20 @@ pub struct Run {
     /// Who did what to the run, when, and why (confirmations, requests,
     /// approvals, commits).
     pub audit: Vec<Audit>,
-    /// SHA-256 of the one-time approval code, while one is outstanding.
-    pub approval_code_hash: Option<String>,
+}
+
+/// A held run's outstanding one-time approval code, kept apart from the
+/// run (which its viewers read): only its MAC under the server's key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// HMAC-SHA-256 of the run and the code, hex.
+    pub mac: String,
+    /// Who issued it.
+    pub issued_by: String,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+    /// Wrong codes tried so far; at the limit the code is void.
+    pub failed_attempts: u32,
 }
 
 /// One entry of a run's audit trail.
@@ -174,7 +186,6 @@ impl Run {
             cancel_requested_by: None,
             dry_run: false,
             audit: Vec::new(),
-            approval_code_hash: None,
         }
     }
 }

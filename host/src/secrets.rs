@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::store::{self, Backend};
@@ -35,6 +35,8 @@ pub enum Error {
 /// The secrets of one data directory.
 pub struct Secrets {
     cipher: XChaCha20Poly1305,
+    /// Keys for other purposes, each derived from the secrets key.
+    approvals: [u8; 32],
 }
 
 impl Secrets {
@@ -55,7 +57,13 @@ impl Secrets {
         };
         let cipher =
             XChaCha20Poly1305::new_from_slice(&key).map_err(|_| key_error(std::io::Error::other("bad key length")))?;
-        Ok(Secrets { cipher })
+        let approvals = derive(&key, "schoolbell approval codes v1");
+        Ok(Secrets { cipher, approvals })
+    }
+
+    /// The key approval codes are MACed under.
+    pub fn approval_key(&self) -> [u8; 32] {
+        self.approvals
     }
 
     /// Seals and stores a secret.
@@ -63,8 +71,11 @@ impl Secrets {
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce)
             .map_err(|e| Error::Key { path: "secret.key".into(), source: std::io::Error::other(e.to_string()) })?;
+        // The name is bound into the ciphertext: a sealed value copied
+        // under another name does not open.
+        let payload = Payload { msg: value, aad: name.as_bytes() };
         let sealed =
-            self.cipher.encrypt(XNonce::from_slice(&nonce), value).map_err(|_| Error::Undecryptable(name.into()))?;
+            self.cipher.encrypt(XNonce::from_slice(&nonce), payload).map_err(|_| Error::Undecryptable(name.into()))?;
         let mut stored = nonce.to_vec();
         stored.extend_from_slice(&sealed);
         store.put_secret(name, &stored)?;
@@ -79,8 +90,31 @@ impl Secrets {
             return Err(Error::Undecryptable(name.into()));
         }
         let (nonce, sealed) = stored.split_at(24);
-        self.cipher.decrypt(XNonce::from_slice(nonce), sealed).map_err(|_| Error::Undecryptable(name.into()))
+        let nonce = XNonce::from_slice(nonce);
+        if let Ok(value) = self.cipher.decrypt(nonce, Payload { msg: sealed, aad: name.as_bytes() }) {
+            return Ok(value);
+        }
+        // Sealed before names were bound in: opened once more the old way,
+        // and sealed again the new way.
+        let value = self.cipher.decrypt(nonce, sealed).map_err(|_| Error::Undecryptable(name.into()))?;
+        self.set(store, name, &value)?;
+        Ok(value)
     }
+}
+
+/// HMAC-SHA-256 of `message` under `key`.
+pub fn mac(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    // HMAC takes a key of any length.
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(message);
+    m.finalize().into_bytes().into()
+}
+
+/// A key for `purpose`, derived from the secrets key: one key file, a
+/// separate key per use.
+fn derive(key: &[u8], purpose: &str) -> [u8; 32] {
+    mac(key, purpose.as_bytes())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -125,6 +159,9 @@ mod tests {
         secrets.set(&store, "sftp", value).unwrap();
         assert_eq!(secrets.get(&store, "sftp").unwrap(), value);
         assert!(matches!(secrets.get(&store, "other"), Err(Error::Unknown(_))));
+        // A sealed value moved under another name does not open.
+        store.put_secret("moved", &store.secret("sftp").unwrap().unwrap()).unwrap();
+        assert!(matches!(secrets.get(&store, "moved"), Err(Error::Undecryptable(_))));
         drop(store);
         let leaked = walk(&dir.path().join("store")).into_iter().any(|b| b.windows(11).any(|w| w == b"very secret"));
         assert!(!leaked, "the secret must not be on disk in the clear");

@@ -20,14 +20,15 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::audit::AuditEntry;
 use crate::imports::ImportPlan;
 use crate::notify::{LedgerEntry, OutboxEntry};
 use crate::plugins::PluginEntry;
 use crate::records::{Record, Value};
-use crate::runs::{Run, TaskMessage};
+use crate::runs::{Approval, Run, TaskMessage};
 use crate::sources::Source;
 use crate::tasks::Task;
-use crate::users::User;
+use crate::users::{Token, User};
 
 #[cfg(test)]
 mod contract;
@@ -38,7 +39,7 @@ pub use sled_store::Store;
 /// The schema this build writes. Bump it when a key layout or a stored
 /// type changes, and add the step from the version before to
 /// `schema::MIGRATIONS`.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +318,12 @@ pub trait RunStore {
     fn plan(&self, run: RunId) -> Result<Option<ImportPlan>>;
     /// Drops a run's import plan.
     fn remove_plan(&self, run: RunId) -> Result<()>;
+    /// Keeps a held run's outstanding approval code (its MAC).
+    fn put_approval(&self, run: RunId, approval: &Approval) -> Result<()>;
+    /// A run's outstanding approval code.
+    fn approval(&self, run: RunId) -> Result<Option<Approval>>;
+    /// Drops a run's approval code.
+    fn remove_approval(&self, run: RunId) -> Result<()>;
 }
 
 /// What a task remembers between runs: its state and its dedupe ledger.
@@ -355,10 +362,16 @@ pub trait AccountStore {
     fn put_user(&self, user: &User) -> Result<()>;
     /// Every user.
     fn all_users(&self) -> Result<Vec<User>>;
-    /// Keeps a token's hash for a user.
-    fn put_token(&self, hash: &str, user: &str) -> Result<()>;
-    /// The user a token hash belongs to.
-    fn token_user(&self, hash: &str) -> Result<Option<String>>;
+    /// Removes a user; false if there was none.
+    fn remove_user(&self, name: &str) -> Result<bool>;
+    /// Keeps a token under its hash.
+    fn put_token(&self, hash: &str, token: &Token) -> Result<()>;
+    /// The token stored under a hash.
+    fn token(&self, hash: &str) -> Result<Option<Token>>;
+    /// Every token, with its hash.
+    fn all_tokens(&self) -> Result<Vec<(String, Token)>>;
+    /// Drops a token by hash; false if there was none.
+    fn remove_token(&self, hash: &str) -> Result<bool>;
     /// Drops every token of a user.
     fn remove_tokens_of(&self, user: &str) -> Result<()>;
     /// Keeps a sealed secret.
@@ -367,6 +380,14 @@ pub trait AccountStore {
     fn secret(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// The secrets' names.
     fn secret_names(&self) -> Result<Vec<String>>;
+}
+
+/// The append-only audit log.
+pub trait AuditStore {
+    /// Appends an entry; returns its number.
+    fn append_audit(&self, entry: &AuditEntry) -> Result<u64>;
+    /// Entries after `after`, oldest first.
+    fn audit_log(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, AuditEntry)>>;
 }
 
 /// The account owner's import sources.
@@ -420,6 +441,7 @@ pub trait Backend:
     + OutboxStore
     + AccountStore
     + SourceStore
+    + AuditStore
     + PluginStore
     + Maintenance
     + Send
@@ -435,6 +457,7 @@ impl<T> Backend for T where
         + OutboxStore
         + AccountStore
         + SourceStore
+        + AuditStore
         + PluginStore
         + Maintenance
         + Send
@@ -445,7 +468,7 @@ impl<T> Backend for T where
 /// The traits, for `use crate::store::prelude::*` where a backend is used.
 pub mod prelude {
     pub use super::{
-        AccountStore, Backend, LedgerStore, Maintenance, OutboxStore, PluginStore, RecordStore, RunStore, SourceStore,
-        TaskStore,
+        AccountStore, AuditStore, Backend, LedgerStore, Maintenance, OutboxStore, PluginStore, RecordStore, RunStore,
+        SourceStore, TaskStore,
     };
 }

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -123,6 +124,20 @@ impl User {
     }
 }
 
+/// An API token as stored: never the token itself, only its hash (the
+/// key it is stored under) and what people need to manage it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Token {
+    /// Its id: the first 12 hex digits of its hash, safe to show.
+    pub id: String,
+    /// Whose it is.
+    pub user: String,
+    /// When it was issued; it expires `[api] token_days` later.
+    pub created_at: DateTime<Utc>,
+    /// When it was last used (to the minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
 /// Errors about users.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -132,6 +147,9 @@ pub enum Error {
     /// The token matches no user.
     #[error("the API token is not valid; create one with `schoolbell user token NAME`")]
     BadToken,
+    /// The token is past its expiry.
+    #[error("the API token expired on {0}; ask the account owner for a new one (`schoolbell user token NAME`)")]
+    Expired(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -166,8 +184,8 @@ pub fn list(store: &dyn Backend) -> Result<Vec<User>, Error> {
 }
 
 /// Issues a new API token for a user; only its hash is stored. Returns the
-/// token, to be shown once.
-pub fn issue_token(store: &dyn Backend, name: &str) -> Result<String, Error> {
+/// token, to be shown once, and its record.
+pub fn issue_token(store: &dyn Backend, name: &str, now: DateTime<Utc>) -> Result<(String, Token), Error> {
     let user = get(store, name)?;
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| store::Error::Corrupt {
@@ -176,15 +194,28 @@ pub fn issue_token(store: &dyn Backend, name: &str) -> Result<String, Error> {
         reason: format!("no randomness for a token: {e}"),
     })?;
     let token = format!("sb_{}", hex::encode(bytes));
-    store.put_token(&token_hash(&token), &user.name)?;
+    let hash = token_hash(&token);
+    let record = Token { id: hash[..12].to_string(), user: user.name, created_at: now, last_used_at: None };
+    store.put_token(&hash, &record)?;
     store.flush()?;
-    Ok(token)
+    Ok((token, record))
 }
 
-/// The user a bearer token belongs to.
-pub fn authenticate(store: &dyn Backend, token: &str) -> Result<User, Error> {
-    let name = store.token_user(&token_hash(token))?.ok_or(Error::BadToken)?;
-    get(store, &name)
+/// The user a bearer token belongs to, if it has not expired after
+/// `token_days`; its last use is noted (once a minute at most).
+pub fn authenticate(store: &dyn Backend, token: &str, now: DateTime<Utc>, token_days: u32) -> Result<User, Error> {
+    let hash = token_hash(token);
+    let mut record = store.token(&hash)?.ok_or(Error::BadToken)?;
+    let expires = record.created_at + chrono::Duration::days(i64::from(token_days));
+    if now >= expires {
+        return Err(Error::Expired(expires.format("%Y-%m-%d").to_string()));
+    }
+    let user = get(store, &record.user)?;
+    if record.last_used_at.is_none_or(|t| now - t >= chrono::Duration::minutes(1)) {
+        record.last_used_at = Some(now);
+        store.put_token(&hash, &record)?;
+    }
+    Ok(user)
 }
 
 #[cfg(test)]
@@ -206,10 +237,14 @@ mod tests {
             job_email: JobEmail::Always,
         };
         put(&store, &ann).unwrap();
-        let token = issue_token(&store, "ann").unwrap();
+        let now = Utc::now();
+        let (token, record) = issue_token(&store, "ann", now).unwrap();
         assert!(token.starts_with("sb_") && token.len() == 67);
-        assert_eq!(authenticate(&store, &token).unwrap(), ann);
-        assert!(matches!(authenticate(&store, "sb_nope"), Err(Error::BadToken)));
+        assert_eq!(record.id.len(), 12);
+        assert_eq!(authenticate(&store, &token, now, 90).unwrap(), ann);
+        assert!(matches!(authenticate(&store, "sb_nope", now, 90), Err(Error::BadToken)));
+        let later = now + chrono::Duration::days(90);
+        assert!(matches!(authenticate(&store, &token, later, 90), Err(Error::Expired(_))));
         drop(store);
         let raw = std::fs::read_dir(dir.path())
             .unwrap()

@@ -38,6 +38,7 @@ impl Collections<'_> {
         imports::define_collection(store, collection, key, indexes).map_err(|e| Error::Invalid(e.to_string()))?;
         let n = store.put_records(collection, records).map_err(|e| Error::Invalid(format!("{shown}: {e}")))?;
         store.flush()?;
+        self.app.audit(&user.name, "records.load", collection, Some(format!("{n} records")))?;
         tracing::info!(collection, records = n, by = %user.name, "Records loaded.");
         Ok(n)
     }
@@ -52,6 +53,7 @@ impl Collections<'_> {
                 store.collection_names()?.join(", ")
             )));
         }
+        self.app.audit(&user.name, "records.read", collection, Some(format!("first {limit}")))?;
         let (records, _) = store.scan_records(collection, None, limit)?;
         Ok(Page { records, total: store.count_records(collection)? })
     }

@@ -21,6 +21,7 @@ impl Outbox<'_> {
             Role::Owner => None,
             Role::Staff => Some(self.app.tasks().list(user)?.into_iter().map(|t| t.name).collect()),
         };
+        self.app.audit(&user.name, "outbox.read", "outbox", None)?;
         Ok(notify::outbox_newest(&*self.app.store, limit, |e| {
             status.is_none_or(|s| e.status == s) && own.as_ref().is_none_or(|o| o.contains(&e.task))
         })?)

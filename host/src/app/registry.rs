@@ -25,6 +25,7 @@ impl Registry<'_> {
     pub fn install(&self, user: &User, file: &Path) -> Result<(PluginEntry, InstallStatus)> {
         owner_only(user, "install plugins")?;
         let installed = self.app.host.install(file).map_err(plugin_error)?;
+        self.app.audit(&user.name, "plugin.install", &installed.0.name, Some(installed.0.hash.clone()))?;
         tracing::info!(plugin = %installed.0.name, by = %user.name, "Plugin installed.");
         Ok(installed)
     }
@@ -42,25 +43,35 @@ impl Registry<'_> {
     /// Grants a capability the plugin declared (the account owner only).
     pub fn grant(&self, user: &User, name: &str, capability: Capability) -> Result<PluginEntry> {
         owner_only(user, "grant capabilities")?;
-        self.app.host.grant(name, capability).map_err(plugin_error)
+        let detail = capability.to_string();
+        let entry = self.app.host.grant(name, capability).map_err(plugin_error)?;
+        self.app.audit(&user.name, "plugin.grant", name, Some(detail))?;
+        Ok(entry)
     }
 
     /// Grants everything the plugin declared (the account owner only).
     pub fn grant_all(&self, user: &User, name: &str) -> Result<PluginEntry> {
         owner_only(user, "grant capabilities")?;
-        self.app.host.grant_all(name).map_err(plugin_error)
+        let entry = self.app.host.grant_all(name).map_err(plugin_error)?;
+        let granted: Vec<String> = entry.granted.iter().map(|c| c.to_string()).collect();
+        self.app.audit(&user.name, "plugin.grant", name, Some(granted.join(", ")))?;
+        Ok(entry)
     }
 
     /// Revokes a capability (the account owner only).
     pub fn revoke(&self, user: &User, name: &str, capability: &Capability) -> Result<PluginEntry> {
         owner_only(user, "revoke capabilities")?;
-        self.app.host.revoke(name, capability).map_err(plugin_error)
+        let entry = self.app.host.revoke(name, capability).map_err(plugin_error)?;
+        self.app.audit(&user.name, "plugin.revoke", name, Some(capability.to_string()))?;
+        Ok(entry)
     }
 
     /// Removes a plugin (the account owner only).
     pub fn remove(&self, user: &User, name: &str) -> Result<PluginEntry> {
         owner_only(user, "remove plugins")?;
-        self.app.host.remove(name).map_err(plugin_error)
+        let entry = self.app.host.remove(name).map_err(plugin_error)?;
+        self.app.audit(&user.name, "plugin.remove", name, None)?;
+        Ok(entry)
     }
 
     /// Loads every installed plugin to check it still compiles and links;

@@ -5,7 +5,7 @@
 
 use super::{App, Error, Result, Runs, lock};
 use crate::imports::{self, Hold, ImportPlan, ImportTarget};
-use crate::runs::{Audit, Run, RunStatus};
+use crate::runs::{Approval, Audit, Run, RunStatus};
 use crate::store::RunId;
 use crate::users::{Permission, Role, User};
 
@@ -18,6 +18,12 @@ pub struct ImportReview<'a> {
 /// file`): never a stored task's name (those have no `:`), so such a run
 /// commits without a source to rename the file in.
 pub(super) const FILE_TASK_PREFIX: &str = "file:";
+
+/// Hours an approval code works.
+pub(super) const APPROVAL_CODE_HOURS: i64 = 24;
+
+/// Wrong tries after which an approval code is void.
+pub(super) const APPROVAL_CODE_ATTEMPTS: u32 = 5;
 
 impl ImportReview<'_> {
     fn held_plan(&self, user: &User, id: RunId) -> Result<(Run, ImportPlan)> {
@@ -33,7 +39,9 @@ impl ImportReview<'_> {
 
     /// A run's import plan: what each row does (the preview).
     pub fn plan(&self, user: &User, id: RunId) -> Result<ImportPlan> {
-        Ok(self.held_plan(user, id)?.1)
+        let plan = self.held_plan(user, id)?.1;
+        self.app.audit(&user.name, "run.plan.read", &id.to_string(), None)?;
+        Ok(plan)
     }
 
     fn audit(&self, run: &mut Run, user: &User, action: &str, comment: Option<String>) {
@@ -67,7 +75,7 @@ impl ImportReview<'_> {
         run.summary.insert("written".into(), written);
         run.status = RunStatus::Succeeded;
         run.finished_at = Some(now);
-        run.approval_code_hash = None;
+        app.store.remove_approval(run.id)?;
         self.audit(&mut run, user, "committed", None);
         app.store.remove_plan(run.id)?;
         app.store.put_run(&run, Some(now))?;
@@ -162,8 +170,10 @@ impl ImportReview<'_> {
     }
 
     /// Issues a one-time approval code for a held import (authorize
-    /// permission only), for the requester to release it with. Only its
-    /// hash is kept; a new code replaces the old.
+    /// permission only), for the requester to release it with: 128 random
+    /// bits, shown once. Only its MAC under the server's key is kept, apart
+    /// from the run; it works once, for `APPROVAL_CODE_HOURS`, and dies
+    /// after `APPROVAL_CODE_ATTEMPTS` wrong tries. A new code replaces the old.
     pub fn code(&self, user: &User, id: RunId) -> Result<String> {
         let _decide = lock(&self.app.import_lock);
         if !user.has(Permission::Authorize) {
@@ -173,14 +183,54 @@ impl ImportReview<'_> {
         if run.status != RunStatus::AwaitingAuthorization {
             return Err(Error::Conflict(format!("run {id} is {}, not awaiting authorization", run.status)));
         }
-        let mut bytes = [0u8; 5];
+        let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|e| Error::Failed(format!("no randomness for a code: {e}")))?;
-        let code = hex::encode(bytes).to_uppercase();
-        run.approval_code_hash = Some(crate::users::token_hash(&code));
+        let code = hex::encode_upper(bytes);
+        let approval = Approval {
+            mac: self.code_mac(id, &code),
+            issued_by: user.name.clone(),
+            expires_at: self.app.now() + chrono::Duration::hours(APPROVAL_CODE_HOURS),
+            failed_attempts: 0,
+        };
+        self.app.store.put_approval(id, &approval)?;
         self.audit(&mut run, user, "issued-approval-code", None);
         self.app.store.put_run(&run, None)?;
         self.app.store.flush()?;
         Ok(code)
+    }
+
+    fn code_mac(&self, run: RunId, code: &str) -> String {
+        let message = format!("run {run}: {}", code.trim().to_uppercase());
+        hex::encode(crate::secrets::mac(&self.app.approval_key, message.as_bytes()))
+    }
+
+    /// Checks a code against the run's outstanding one, counting a wrong try.
+    fn check_code(&self, id: RunId, code: &str) -> Result<()> {
+        let store = &self.app.store;
+        let refused = |why: &str| Err(Error::Forbidden(format!("that approval code is not valid for run {id}: {why}")));
+        let Some(mut approval) = store.approval(id)? else {
+            return refused("none is outstanding (codes work once; an authorizer issues a new one)");
+        };
+        if self.app.now() >= approval.expires_at {
+            store.remove_approval(id)?;
+            return refused("it expired; an authorizer issues a new one");
+        }
+        let given = self.code_mac(id, code);
+        // Compared in constant time: the MACs are secret-dependent.
+        let same = given.len() == approval.mac.len()
+            && given.bytes().zip(approval.mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            approval.failed_attempts += 1;
+            if approval.failed_attempts >= APPROVAL_CODE_ATTEMPTS {
+                store.remove_approval(id)?;
+                store.flush()?;
+                return refused("too many wrong tries, so the code is void; an authorizer issues a new one");
+            }
+            store.put_approval(id, &approval)?;
+            store.flush()?;
+            return refused("it does not match");
+        }
+        Ok(())
     }
 
     /// Approves a held import, after its authorization request: by a user
@@ -206,11 +256,7 @@ impl ImportReview<'_> {
                         user.name
                     )));
                 }
-                if run.approval_code_hash.as_deref() != Some(crate::users::token_hash(c.trim()).as_str()) {
-                    return Err(Error::Forbidden(
-                        "that approval code is not valid for this run (codes work once)".into(),
-                    ));
-                }
+                self.check_code(id, c)?;
                 true
             }
             None if user.has(Permission::Authorize) => {

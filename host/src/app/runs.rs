@@ -134,6 +134,7 @@ impl Runs<'_> {
         limit: usize,
     ) -> Result<(Vec<TaskMessage>, Option<u64>)> {
         self.show(user, id)?;
+        self.app.audit(&user.name, "run.messages.read", &id.to_string(), None)?;
         Ok(self.app.store.messages(id, status, after, limit)?)
     }
 }

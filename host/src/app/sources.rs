@@ -45,6 +45,7 @@ impl Sources<'_> {
         source.check(&app.config.sandbox.folders).map_err(|e| Error::Invalid(e.to_string()))?;
         app.store.put_source(&source)?;
         app.store.flush()?;
+        app.audit(&by.name, "source.add", name, Some(source.shown()))?;
         tracing::info!(source = %name, by = %by.name, "Source defined.");
         Ok(source)
     }
@@ -69,6 +70,7 @@ impl Sources<'_> {
         }
         app.store.remove_source(name)?;
         app.store.flush()?;
+        app.audit(&by.name, "source.remove", name, None)?;
         tracing::info!(source = %name, by = %by.name, "Source removed.");
         Ok(())
     }
@@ -95,6 +97,7 @@ impl Sources<'_> {
         source.check(&app.config.sandbox.folders).map_err(|e| Error::Invalid(e.to_string()))?;
         app.store.put_source(&source)?;
         app.store.flush()?;
+        app.audit(&by.name, "source.accept", name, Some(fingerprint.trim().to_string()))?;
         tracing::info!(source = %name, by = %by.name, key = %fingerprint, "Host key accepted.");
         Ok(source)
     }

@@ -102,6 +102,7 @@ impl Tasks<'_> {
         app.store.put_task(&task, None, due)?;
         app.store.flush()?;
         app.engine.wake.notify_one();
+        app.audit(&user.name, "task.add", &task.name, Some(format!("owner {}", task.owner)))?;
         tracing::info!(task = %task.name, owner = %task.owner, next = ?task.next_fire, by = %user.name, "Task added.");
         Ok(task)
     }
@@ -137,6 +138,7 @@ impl Tasks<'_> {
         app.store.put_task(&task, old_due, new_due)?;
         app.store.flush()?;
         app.engine.wake.notify_one();
+        app.audit(&user.name, if enabled { "task.enable" } else { "task.disable" }, name, None)?;
         Ok(task)
     }
 
@@ -152,6 +154,7 @@ impl Tasks<'_> {
             app.store.forget_task(name)?;
         }
         app.store.flush()?;
+        app.audit(&user.name, "task.remove", name, None)?;
         tracing::info!(task = %name, by = %user.name, "Task removed.");
         Ok(task)
     }

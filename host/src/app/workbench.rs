@@ -100,6 +100,7 @@ impl Workbench<'_> {
     pub fn save(&self, user: &User, name: &str, shown: &str, source: &str) -> Result<RuleInfo> {
         owner_only(user, "save rules")?;
         let rule = self.app.host.rules().save(name, shown, source).map_err(rule_error)?;
+        self.app.audit(&user.name, "rule.save", &rule.name, Some(rule.hash.clone()))?;
         tracing::info!(rule = %rule.name, by = %user.name, hash = %rule.hash, "Rule saved.");
         Ok(rule.info())
     }

@@ -66,6 +66,18 @@ enum Command {
     /// Runs (background tasks): list, show, cancel, delete, messages.
     #[command(subcommand)]
     Runs(runs::RunsCmd),
+    /// The audit log (account owner): who changed, issued, revoked, failed to sign in, or read what.
+    Audit {
+        /// Entries after this number.
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a schedule before saving it.
     #[command(subcommand)]
     Schedule(schedule::ScheduleCmd),
@@ -181,10 +193,36 @@ pub(crate) fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
         Command::Source(cmd) => source::run(&app, &user, cmd),
         Command::Rule(cmd) => rule::run(&app, &user, cmd),
         Command::Check => check(&app, &user),
+        Command::Audit { after, limit, json } => audit(&app, &user, after, limit, json),
         Command::Store(cmd) => store::run(&app, &user, cmd),
         Command::Demo { plugins } => crate::demo::run(&app, &user, &plugins),
         Command::Serve { listen } => crate::serve::run(app, listen),
     }
+}
+
+fn audit(app: &Arc<App>, user: &schoolbell::users::User, after: Option<u64>, limit: usize, json: bool) -> Result<()> {
+    let entries = app.audit_log().list(user, after, limit)?;
+    if json {
+        let list: Vec<serde_json::Value> =
+            entries.iter().map(|(n, e)| serde_json::json!({ "seq": n, "entry": e })).collect();
+        say!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|(n, e)| {
+            vec![
+                n.to_string(),
+                e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                e.user.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                e.detail.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(&["#", "AT (UTC)", "USER", "ACTION", "TARGET", "DETAIL"], &rows);
+    Ok(())
 }
 
 fn check(app: &Arc<App>, user: &schoolbell::users::User) -> Result<()> {

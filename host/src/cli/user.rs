@@ -40,6 +40,22 @@ pub(super) enum UserCmd {
         /// The user.
         name: String,
     },
+    /// List the API tokens: id, user, issued, last used (never the token).
+    Tokens {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API token by its id (`user tokens` lists them).
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+    /// Remove a user and their tokens (their tasks and runs stay).
+    Remove {
+        /// The user.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +96,29 @@ pub(super) fn run(app: &App, by: &User, cmd: UserCmd) -> Result<()> {
             }
         }
         UserCmd::Token { name } => say!("{}", accounts.issue_token(by, &name)?),
+        UserCmd::Tokens { json } => {
+            let tokens = accounts.tokens(by)?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into())
+                };
+                let rows: Vec<Vec<String>> = tokens
+                    .iter()
+                    .map(|t| vec![t.id.clone(), t.user.clone(), when(Some(t.created_at)), when(t.last_used_at)])
+                    .collect();
+                print_table(&["ID", "USER", "ISSUED (UTC)", "LAST USED (UTC)"], &rows);
+            }
+        }
+        UserCmd::Revoke { id } => {
+            let token = accounts.revoke_token(by, &id)?;
+            say!("token {} of {} revoked", token.id, token.user);
+        }
+        UserCmd::Remove { name } => {
+            accounts.remove(by, &name)?;
+            say!("user {name} removed, with their tokens");
+        }
     }
     Ok(())
 }

@@ -5,12 +5,13 @@
 use chrono::{DateTime, Utc};
 
 use super::{Backend, CollectionSpec, Finish, Lookup};
+use crate::audit::AuditEntry;
 use crate::notify::{LedgerEntry, MailKind, OutboxEntry};
 use crate::plugins::{PluginEntry, PluginKind};
 use crate::records::{Record, Value};
 use crate::runs::{Run, RunStatus, TaskMessage, Trigger};
 use crate::tasks::{Task, TaskKind};
-use crate::users::{JobEmail, Role, User};
+use crate::users::{JobEmail, Role, Token, User};
 
 fn at(minute: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000 + minute * 60, 0).unwrap()
@@ -33,6 +34,8 @@ pub(crate) fn all(b: &dyn Backend) {
     finishing_a_run_lands_whole(b);
     outbox(b);
     accounts(b);
+    sources(b);
+    approvals(b);
     plugins(b);
     b.flush().unwrap();
     assert_eq!(b.check().unwrap(), vec![], "a store written only through the traits has no drift");
@@ -211,13 +214,66 @@ fn accounts(b: &dyn Backend) {
     b.put_user(&sam).unwrap();
     assert_eq!(b.user("sam").unwrap(), Some(sam.clone()));
     assert_eq!(b.all_users().unwrap(), vec![sam]);
-    b.put_token("h1", "sam").unwrap();
-    assert_eq!(b.token_user("h1").unwrap().as_deref(), Some("sam"));
+    let token = Token { id: "h1".into(), user: "sam".into(), created_at: at(0), last_used_at: None };
+    b.put_token("h1hash", &token).unwrap();
+    b.put_token("h2hash", &Token { id: "h2".into(), ..token.clone() }).unwrap();
+    assert_eq!(b.token("h1hash").unwrap(), Some(token.clone()));
+    assert_eq!(b.all_tokens().unwrap().len(), 2);
+    assert!(b.remove_token("h2hash").unwrap());
     b.remove_tokens_of("sam").unwrap();
-    assert_eq!(b.token_user("h1").unwrap(), None);
+    assert_eq!(b.token("h1hash").unwrap(), None);
+    assert!(b.remove_user("sam").unwrap());
+    assert_eq!(b.user("sam").unwrap(), None);
+    let entry =
+        AuditEntry { at: at(1), user: "admin".into(), action: "task.add".into(), target: "t".into(), detail: None };
+    let first = b.append_audit(&entry).unwrap();
+    let second = b.append_audit(&AuditEntry { action: "task.remove".into(), ..entry.clone() }).unwrap();
+    assert_eq!(b.audit_log(None, 10).unwrap().len(), 2);
+    assert_eq!(
+        b.audit_log(Some(first), 10).unwrap(),
+        vec![(second, AuditEntry { action: "task.remove".into(), ..entry })]
+    );
     b.put_secret("smtp", b"sealed").unwrap();
     assert_eq!(b.secret("smtp").unwrap().as_deref(), Some(&b"sealed"[..]));
     assert_eq!(b.secret_names().unwrap(), ["smtp"]);
+}
+
+fn approvals(b: &dyn Backend) {
+    let approval =
+        crate::runs::Approval { mac: "m".into(), issued_by: "ana".into(), expires_at: at(60), failed_attempts: 0 };
+    b.put_approval(7, &approval).unwrap();
+    assert_eq!(b.approval(7).unwrap(), Some(approval));
+    b.remove_approval(7).unwrap();
+    assert_eq!(b.approval(7).unwrap(), None);
+}
+
+fn sources(b: &dyn Backend) {
+    use crate::sources::{Location, Source};
+    let sis = Source {
+        name: "sis".into(),
+        location: Location::Folder { folder: "batch".into(), path: Some("rosters".into()) },
+        created_by: "admin".into(),
+        created_at: at(0),
+    };
+    let ftp = Source {
+        name: "ftp".into(),
+        location: Location::Sftp {
+            host: "files.test".into(),
+            port: 22,
+            user: "sis".into(),
+            path: "/out".into(),
+            credential: "key".into(),
+            host_key: Some("SHA256:abc".into()),
+        },
+        ..sis.clone()
+    };
+    b.put_source(&sis).unwrap();
+    b.put_source(&ftp).unwrap();
+    assert_eq!(b.source("sis").unwrap(), Some(sis.clone()));
+    assert_eq!(b.all_sources().unwrap(), vec![ftp, sis]);
+    assert!(b.remove_source("sis").unwrap());
+    assert!(!b.remove_source("sis").unwrap());
+    assert_eq!(b.source("sis").unwrap(), None);
 }
 
 fn plugins(b: &dyn Backend) {

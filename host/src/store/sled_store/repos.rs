@@ -4,19 +4,20 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-use super::Store;
+use super::{Store, decode, io};
+use crate::audit::AuditEntry;
 use crate::imports::ImportPlan;
 use crate::notify::{LedgerEntry, OutboxEntry};
 use crate::plugins::PluginEntry;
 use crate::records::Record;
-use crate::runs::{Run, TaskMessage};
+use crate::runs::{Approval, Run, TaskMessage};
 use crate::sources::Source;
 use crate::store::{
-    AccountStore, CollectionSpec, Drift, Finish, LedgerStore, Lookup, Maintenance, OutboxStore, PluginStore, QueueKey,
-    RecordStore, Result, RunId, RunStore, SourceStore, TaskStore,
+    AccountStore, AuditStore, CollectionSpec, Drift, Finish, LedgerStore, Lookup, Maintenance, OutboxStore,
+    PluginStore, QueueKey, RecordStore, Result, RunId, RunStore, SourceStore, TaskStore,
 };
 use crate::tasks::Task;
-use crate::users::User;
+use crate::users::{Token, User};
 
 impl RecordStore for Store {
     fn define_collection(&self, name: &str, spec: &CollectionSpec) -> Result<()> {
@@ -168,6 +169,15 @@ impl RunStore for Store {
     fn remove_plan(&self, run: RunId) -> Result<()> {
         Store::remove_plan(self, run)
     }
+    fn put_approval(&self, run: RunId, approval: &Approval) -> Result<()> {
+        self.approvals.put(&run.to_be_bytes(), approval)
+    }
+    fn approval(&self, run: RunId) -> Result<Option<Approval>> {
+        self.approvals.get(&run.to_be_bytes())
+    }
+    fn remove_approval(&self, run: RunId) -> Result<()> {
+        self.approvals.remove(&run.to_be_bytes()).map(|_| ())
+    }
 }
 
 impl LedgerStore for Store {
@@ -213,14 +223,29 @@ impl AccountStore for Store {
     fn all_users(&self) -> Result<Vec<User>> {
         self.users::<User>().all()
     }
-    fn put_token(&self, hash: &str, user: &str) -> Result<()> {
-        Store::put_token(self, hash, user)
+    fn remove_user(&self, name: &str) -> Result<bool> {
+        Ok(self.users.remove(name.as_bytes()).map_err(io("users"))?.is_some())
     }
-    fn token_user(&self, hash: &str) -> Result<Option<String>> {
-        Store::token_user(self, hash)
+    fn put_token(&self, hash: &str, token: &Token) -> Result<()> {
+        self.tokens.put(hash.as_bytes(), token)
+    }
+    fn token(&self, hash: &str) -> Result<Option<Token>> {
+        self.tokens.get(hash.as_bytes())
+    }
+    fn all_tokens(&self) -> Result<Vec<(String, Token)>> {
+        let hashes = self.tokens.keys()?;
+        Ok(hashes.into_iter().zip(self.tokens.all()?).collect())
+    }
+    fn remove_token(&self, hash: &str) -> Result<bool> {
+        self.tokens.remove(hash.as_bytes())
     }
     fn remove_tokens_of(&self, user: &str) -> Result<()> {
-        Store::remove_tokens_of(self, user)
+        for (hash, token) in self.all_tokens()? {
+            if token.user == user {
+                self.tokens.remove(hash.as_bytes())?;
+            }
+        }
+        Ok(())
     }
     fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<()> {
         Store::put_secret(self, name, sealed)
@@ -230,6 +255,27 @@ impl AccountStore for Store {
     }
     fn secret_names(&self) -> Result<Vec<String>> {
         Store::secret_names(self)
+    }
+}
+
+impl AuditStore for Store {
+    fn append_audit(&self, entry: &AuditEntry) -> Result<u64> {
+        let n = Store::next_sequence(self, "audit")?;
+        self.audit.put(&n.to_be_bytes(), entry)?;
+        Ok(n)
+    }
+    fn audit_log(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, AuditEntry)>> {
+        let from = after.map_or(0, |a| a + 1).to_be_bytes();
+        self.audit
+            .tree
+            .range(from..)
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(io("audit"))?;
+                let n = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                Ok((n, decode("audit", &k, &v)?))
+            })
+            .collect()
     }
 }
 

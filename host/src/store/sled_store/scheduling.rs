@@ -481,6 +481,7 @@ impl Store {
             self.finished.remove(k).map_err(io("runs_by_finish"))?;
         }
         self.plans.remove(prefix).map_err(io("import_plans"))?;
+        self.approvals.remove(&prefix)?;
         self.runs.remove(prefix).map_err(io("runs"))?;
         Ok(())
     }
@@ -611,28 +612,6 @@ impl Store {
             .keys()
             .map(|k| Ok(String::from_utf8_lossy(&k.map_err(io("secrets"))?).into_owned()))
             .collect()
-    }
-
-    /// Maps a token's hash to its user.
-    pub(in crate::store) fn put_token(&self, hash: &str, user: &str) -> Result<()> {
-        self.tokens.insert(hash.as_bytes(), user.as_bytes()).map_err(io("tokens"))?;
-        Ok(())
-    }
-
-    /// The user a token's hash belongs to.
-    pub(in crate::store) fn token_user(&self, hash: &str) -> Result<Option<String>> {
-        Ok(self.tokens.get(hash.as_bytes()).map_err(io("tokens"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
-    /// Removes every token of a user.
-    pub(in crate::store) fn remove_tokens_of(&self, user: &str) -> Result<()> {
-        for item in self.tokens.iter() {
-            let (k, v) = item.map_err(io("tokens"))?;
-            if v.as_ref() == user.as_bytes() {
-                self.tokens.remove(k).map_err(io("tokens"))?;
-            }
-        }
-        Ok(())
     }
 }
 

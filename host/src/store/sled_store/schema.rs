@@ -5,12 +5,14 @@
 //! Schema versions:
 //! - 1: values are bare postcard.
 //! - 2: every encoded value starts with its schema version (two bytes).
+//! - 3: tokens are records (id, user, issued, last used) rather than a
+//!   bare user name; approval codes live apart from the runs.
 
 use std::path::Path;
 
 use sled::Transactional;
 
-use super::{Error, Record, Result, SCHEMA_VERSION, Store, VALUE_VERSION, decode, index_entries, io, key};
+use super::{Error, Record, Result, SCHEMA_VERSION, Store, decode, index_entries, io, key};
 use crate::store::{Drift, Migrated};
 
 /// One step: upgrades the store from the version it is listed with to the
@@ -18,7 +20,162 @@ use crate::store::{Drift, Migrated};
 type Step = fn(&Store) -> Result<u64>;
 
 /// Every step, oldest first. A change to a stored type adds one here.
-const MIGRATIONS: &[(u32, &str, Step)] = &[(1, "every stored value carries its schema version", values_carry_version)];
+const MIGRATIONS: &[(u32, &str, Step)] = &[
+    (1, "every stored value carries its schema version", values_carry_version),
+    (2, "tokens carry ids and dates; approval codes leave the runs", tokens_and_approvals),
+];
+
+/// The runs as schema 2 stored them: with the approval code's hash, which
+/// every viewer of the run could read.
+#[derive(serde::Deserialize)]
+struct RunV2 {
+    id: crate::store::RunId,
+    task: String,
+    plugin: String,
+    owner: String,
+    trigger: crate::runs::Trigger,
+    status: crate::runs::RunStatus,
+    fire_time: Option<chrono::DateTime<chrono::Utc>>,
+    queued_at: chrono::DateTime<chrono::Utc>,
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    progress_done: u64,
+    progress_total: Option<u64>,
+    summary: std::collections::BTreeMap<String, u64>,
+    error: Option<String>,
+    keep: bool,
+    message_count: u64,
+    cancel_requested_by: Option<String>,
+    dry_run: bool,
+    audit: Vec<crate::runs::Audit>,
+    _approval_code_hash: Option<String>,
+}
+
+impl From<RunV2> for crate::runs::Run {
+    fn from(r: RunV2) -> Self {
+        crate::runs::Run {
+            id: r.id,
+            task: r.task,
+            plugin: r.plugin,
+            owner: r.owner,
+            trigger: r.trigger,
+            status: r.status,
+            fire_time: r.fire_time,
+            queued_at: r.queued_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            progress_done: r.progress_done,
+            progress_total: r.progress_total,
+            summary: r.summary,
+            error: r.error,
+            keep: r.keep,
+            message_count: r.message_count,
+            cancel_requested_by: r.cancel_requested_by,
+            dry_run: r.dry_run,
+            audit: r.audit,
+        }
+    }
+}
+
+/// How one value is rewritten: `None` leaves it as it is.
+type Rewrite<'a> = &'a dyn Fn(&[u8], &[u8]) -> Result<Option<Vec<u8>>>;
+
+/// Rewrites one tree's values (those under `prefix`) in one transaction
+/// with a mark in `meta`, so a crash part way leaves the tree either wholly
+/// old and unmarked or wholly new and marked, and running again finishes
+/// the rest without rewriting twice.
+fn rewrite_tree(
+    store: &Store,
+    to: u32,
+    name: &'static str,
+    tree: &sled::Tree,
+    prefix: Option<&[u8]>,
+    f: Rewrite<'_>,
+) -> Result<u64> {
+    let mark = format!("migrated:{to}:{name}");
+    if store.meta.get(&mark).map_err(io("meta"))?.is_some() {
+        return Ok(0);
+    }
+    let items = match prefix {
+        Some(p) => tree.scan_prefix(p).collect::<Vec<_>>(),
+        None => tree.iter().collect(),
+    };
+    let mut pairs = Vec::with_capacity(items.len());
+    for item in items {
+        let (k, v) = item.map_err(io(name))?;
+        if let Some(new) = f(&k, &v)? {
+            pairs.push((k, new));
+        }
+    }
+    let rewritten = pairs.len() as u64;
+    (tree, &store.meta)
+        .transaction(|(t, meta)| {
+            for (k, v) in &pairs {
+                t.insert(k, v.as_slice())?;
+            }
+            meta.insert(mark.as_bytes(), &[])?;
+            Ok(())
+        })
+        .map_err(|e: sled::transaction::TransactionError<()>| match e {
+            sled::transaction::TransactionError::Storage(source) => Error::Io { tree: name, source: Box::new(source) },
+            sled::transaction::TransactionError::Abort(()) => {
+                Error::Corrupt { tree: name, key: String::new(), reason: "the migration was aborted".into() }
+            }
+        })?;
+    Ok(rewritten)
+}
+
+/// The two-byte header of values written at schema `version`.
+fn header(version: u32) -> [u8; 2] {
+    (version as u16).to_be_bytes()
+}
+
+/// 2 → 3: every value gets the new header; runs drop their approval code's
+/// hash (an outstanding code is void: an authorizer issues a new one), and
+/// each token becomes a record, issued now for the purpose of expiry.
+fn tokens_and_approvals(store: &Store) -> Result<u64> {
+    let (old, new) = (header(2), header(3));
+    let mut rewritten = 0;
+    for (name, tree, prefix) in encoded_trees(store) {
+        let reheader = |k: &[u8], v: &[u8]| -> Result<Option<Vec<u8>>> {
+            match v.split_first_chunk::<2>() {
+                Some((h, body)) if *h == old => {
+                    if name == "runs" {
+                        let run: RunV2 = postcard::from_bytes(body).map_err(|e| Error::Corrupt {
+                            tree: "runs",
+                            key: String::from_utf8_lossy(k).into_owned(),
+                            reason: e.to_string(),
+                        })?;
+                        return Ok(Some(super::encode(&crate::runs::Run::from(run))));
+                    }
+                    let mut out = new.to_vec();
+                    out.extend_from_slice(body);
+                    Ok(Some(out))
+                }
+                _ => Ok(None),
+            }
+        };
+        rewritten += rewrite_tree(store, 3, name, tree, prefix.as_deref(), &reheader)?;
+    }
+    let now = chrono::Utc::now();
+    let token = |k: &[u8], v: &[u8]| -> Result<Option<Vec<u8>>> {
+        if v.split_first_chunk::<2>().is_some_and(|(h, _)| *h == new)
+            && decode::<crate::users::Token>("tokens", k, v).is_ok()
+        {
+            return Ok(None);
+        }
+        let hash = String::from_utf8_lossy(k);
+        let record = crate::users::Token {
+            id: hash.chars().take(12).collect(),
+            user: String::from_utf8_lossy(v).into_owned(),
+            created_at: now,
+            last_used_at: None,
+        };
+        Ok(Some(super::encode(&record)))
+    };
+    rewritten += rewrite_tree(store, 3, "tokens", &store.tokens.tree, None, &token)?;
+    Ok(rewritten)
+}
 
 /// The trees whose values are encoded with `encode`, and which of their
 /// keys hold such values (records share their tree with index entries,
@@ -36,48 +193,23 @@ fn encoded_trees(store: &Store) -> Vec<(&'static str, &sled::Tree, Option<Vec<u8
         ("outbox", &store.outbox, None),
         ("import_plans", &store.plans, None),
         ("sources", &store.sources.tree, None),
+        ("audit", &store.audit.tree, None),
+        ("approvals", &store.approvals.tree, None),
+        // `tokens` held bare user names up to schema 2; from schema 3 on
+        // they are encoded, and a step after 3 lists them here.
     ]
 }
 
-/// 1 → 2: prefixes every encoded value with its schema version. Each tree
-/// is rewritten in one transaction with a mark in `meta`, so a crash part
-/// way leaves every tree either wholly old and unmarked or wholly new and
-/// marked, and running again finishes the rest without wrapping twice.
+/// 1 → 2: prefixes every encoded value with its schema version.
 fn values_carry_version(store: &Store) -> Result<u64> {
     let mut rewritten = 0;
     for (name, tree, prefix) in encoded_trees(store) {
-        let mark = format!("migrated:2:{name}");
-        if store.meta.get(&mark).map_err(io("meta"))?.is_some() {
-            continue;
-        }
-        let items = match &prefix {
-            Some(p) => tree.scan_prefix(p).collect::<Vec<_>>(),
-            None => tree.iter().collect(),
+        let wrap = |_: &[u8], v: &[u8]| -> Result<Option<Vec<u8>>> {
+            let mut wrapped = header(2).to_vec();
+            wrapped.extend_from_slice(v);
+            Ok(Some(wrapped))
         };
-        let mut pairs = Vec::with_capacity(items.len());
-        for item in items {
-            let (k, v) = item.map_err(io(name))?;
-            let mut wrapped = VALUE_VERSION.to_vec();
-            wrapped.extend_from_slice(&v);
-            pairs.push((k, wrapped));
-        }
-        rewritten += pairs.len() as u64;
-        (tree, &store.meta)
-            .transaction(|(t, meta)| {
-                for (k, v) in &pairs {
-                    t.insert(k, v.as_slice())?;
-                }
-                meta.insert(mark.as_bytes(), &[])?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(source) => {
-                    Error::Io { tree: name, source: Box::new(source) }
-                }
-                sled::transaction::TransactionError::Abort(()) => {
-                    Error::Corrupt { tree: name, key: String::new(), reason: "the migration was aborted".into() }
-                }
-            })?;
+        rewritten += rewrite_tree(store, 2, name, tree, prefix.as_deref(), &wrap)?;
     }
     Ok(rewritten)
 }
