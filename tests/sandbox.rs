@@ -31,7 +31,7 @@ fn fixture() -> Fixture {
 fn request(behaviour: &str) -> RunRequest {
     let mut params = Record::new();
     params.insert("behaviour".into(), Value::Text(behaviour.into()));
-    RunRequest { task: "t".into(), params, control: RunControl::new(), today: None }
+    RunRequest { task: "t".into(), params, control: RunControl::new(), ..RunRequest::default() }
 }
 
 /// Runs a hostile behaviour, then proves the host still serves a good run.
@@ -146,4 +146,16 @@ fn huge_output_keeps_only_the_capped_log() {
     assert!(out.log.iter().any(|l| l.message.starts_with("stdout: ")), "stdout was captured");
     assert!(out.log.iter().any(|l| l.message.contains("more bytes dropped")));
     drop(f);
+}
+
+#[test]
+fn a_plugin_evaluates_only_the_rules_its_task_names() {
+    let f = fixture();
+    let err = fails(&f, "other-rule");
+    assert!(err.to_string().contains("rule `attendance_threshold`, which its task does not name"), "{err}");
+    let mut named = request("other-rule");
+    named.rules = vec!["attendance_threshold".into()];
+    // Named, the rule runs (and fails on the empty record it was given).
+    let err = f.host.run_notifier("test-hostile", &named).unwrap_err().to_string();
+    assert!(err.contains("Variable not found: absences"), "{err}");
 }

@@ -132,6 +132,7 @@ fn records_part(store: &dyn Backend, host: &PluginHost, rules: &RuleSet) {
     let request = RunRequest {
         task: "bench".into(),
         params: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        rules: vec!["attendance_threshold".into()],
         ..Default::default()
     };
     let started = Instant::now();

@@ -202,7 +202,7 @@ impl App {
             clock,
             access: imports::Access {
                 folders: config.sandbox.folders.clone(),
-                max_file_bytes: config.imports.max_file_bytes,
+                limits: config.imports.clone(),
                 ..Default::default()
             },
             config,

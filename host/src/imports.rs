@@ -69,11 +69,13 @@ pub struct ImportTarget {
 pub struct ImportsConfig {
     /// The largest file an import reads or downloads, in bytes.
     pub max_file_bytes: u64,
+    /// The most rows one file may have: what an import's plan holds.
+    pub max_rows: u64,
 }
 
 impl Default for ImportsConfig {
     fn default() -> Self {
-        ImportsConfig { max_file_bytes: 256 << 20 }
+        ImportsConfig { max_file_bytes: 256 << 20, max_rows: 2_000_000 }
     }
 }
 
@@ -107,8 +109,8 @@ pub struct Access {
     pub staging: std::path::PathBuf,
     /// The district's folders (`[sandbox.folders]`).
     pub folders: BTreeMap<String, std::path::PathBuf>,
-    /// The largest file an import reads or downloads, in bytes.
-    pub max_file_bytes: u64,
+    /// How large a file and its plan may be.
+    pub limits: ImportsConfig,
 }
 
 impl Default for Access {
@@ -117,7 +119,7 @@ impl Default for Access {
             secrets: None,
             staging: std::env::temp_dir().join("schoolbell-staging"),
             folders: BTreeMap::new(),
-            max_file_bytes: ImportsConfig::default().max_file_bytes,
+            limits: ImportsConfig::default(),
         }
     }
 }
@@ -655,8 +657,8 @@ pub fn pick_file(path: &Path, access: &Access) -> Result<PickedFile, Error> {
 
 impl Access {
     fn check_size(&self, file: &str, size: u64) -> Result<(), Error> {
-        if size > self.max_file_bytes {
-            return Err(Error::TooLarge { file: file.into(), size, limit: self.max_file_bytes });
+        if size > self.limits.max_file_bytes {
+            return Err(Error::TooLarge { file: file.into(), size, limit: self.limits.max_file_bytes });
         }
         Ok(())
     }
@@ -688,7 +690,7 @@ fn pickup_remote(
         }
         access.check_size(&format!("{}/{name}", source.shown()), size)?;
         let local = access.staging.join(&name);
-        conn.download(&name, &local, access.max_file_bytes)?;
+        conn.download(&name, &local, access.limits.max_file_bytes)?;
         let (hash, size) =
             hash_file(&local).map_err(|source| Error::Open { path: local.display().to_string(), source })?;
         picked.push(PickedFile { path: local.display().to_string(), hash, size, remote: Some(name) });
@@ -784,6 +786,7 @@ pub fn prepare(
     target: &ImportTarget,
     file: &PickedFile,
     request: &RunRequest,
+    limits: &ImportsConfig,
 ) -> Result<ImportPlan, Error> {
     let entry = check_capability(host, plugin, &target.collection)?;
     let store = &**host.store();
@@ -845,9 +848,19 @@ pub fn prepare(
             }
             plan_from(&mut rows).map(Some)
         });
+        let mut rows_seen = 0u64;
         let mapped = host.run_mapping(plugin, &file.path, std::io::BufReader::new(input), request, |batch| {
             if batch.is_empty() {
                 return Ok(());
+            }
+            rows_seen += batch.len() as u64;
+            if rows_seen > limits.max_rows {
+                return Err(plugins::Error::OutputTooLarge {
+                    plugin: entry.id(),
+                    count: rows_seen as usize,
+                    what: "rows in one file ([imports] max_rows)",
+                    limit: limits.max_rows as usize,
+                });
             }
             tx.send(batch.into_iter().map(|r| (r.line, r.record)).collect())
                 .map_err(|_| plugins::Error::Cancelled { plugin: entry.id() })

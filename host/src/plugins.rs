@@ -478,6 +478,9 @@ pub struct RunRequest {
     pub control: RunControl,
     /// The date `host.today` answers, in the district's zone; none: today in UTC.
     pub today: Option<crate::records::Date>,
+    /// The rules the task names (its rules, and rule names among its
+    /// parameters): the only ones the plugin may evaluate.
+    pub rules: Vec<String>,
 }
 
 impl PluginHost {
@@ -641,6 +644,7 @@ impl PluginHost {
             params,
             control: request.control.clone(),
             today: request.today.unwrap_or_else(|| crate::records::Date::from_chrono(chrono::Utc::now().date_naive())),
+            rules_named: request.rules.clone(),
         };
         self.sandbox.store(RunState::new(setup, &self.sandbox))
     }
@@ -666,8 +670,8 @@ impl PluginHost {
             Ok(Err(e)) => return Err(guest_failure(&id, store.data(), e)),
             Ok(Ok(list)) => list,
         };
-        if let Some(v) = store.data().violations.first() {
-            return Err(Error::Denied { plugin: id, message: v.clone() });
+        if let Some(v) = store.data().first_violation() {
+            return Err(Error::Denied { plugin: id, message: v });
         }
         if notifications.len() > self.sandbox.config.output_limit {
             return Err(Error::OutputTooLarge {
@@ -677,11 +681,26 @@ impl PluginHost {
                 limit: self.sandbox.config.output_limit,
             });
         }
+        let config = &self.sandbox.config;
+        for n in &notifications {
+            let over = |what: &'static str, len: usize, limit: usize| Error::Limit {
+                plugin: id.clone(),
+                limit: format!(
+                    "returned a notification whose {what} is {len} bytes, over the {limit} allowed ([sandbox] max_{what}_bytes)"
+                ),
+            };
+            if n.subject.len() > config.max_subject_bytes {
+                return Err(over("subject", n.subject.len(), config.max_subject_bytes));
+            }
+            if n.body.len() > config.max_body_bytes {
+                return Err(over("body", n.body.len(), config.max_body_bytes));
+            }
+        }
         let state = store.data_mut();
         Ok(NotifierOutcome {
             notifications: notifications.into_iter().map(bindings::notification_from_wit).collect(),
             log: state.finish_log(),
-            state_writes: std::mem::take(&mut state.state_writes),
+            state_writes: state.take_state_writes(),
         })
     }
 
@@ -746,9 +765,21 @@ impl PluginHost {
                     limit: self.sandbox.config.output_limit,
                 });
             }
-            let (mapped, row_errors) = bindings::batch_from_wit(batch);
+            let caps = bindings::RowCaps {
+                fields: self.sandbox.config.max_fields,
+                field_bytes: self.sandbox.config.max_field_bytes,
+            };
+            let (mapped, row_errors) = bindings::batch_from_wit(batch, caps);
             rows += mapped.len() as u64;
             errors.extend(row_errors);
+            if errors.len() > self.sandbox.config.max_row_errors {
+                return Err(Error::OutputTooLarge {
+                    plugin: id,
+                    count: errors.len(),
+                    what: "row errors ([sandbox] max_row_errors)",
+                    limit: self.sandbox.config.max_row_errors,
+                });
+            }
             on_rows(mapped)?;
             done_bytes += n as u64;
             // The caller may know the file's size; keep its total.
@@ -817,6 +848,15 @@ fn trap_error(plugin: &PluginId, store: &mut wasmtime::Store<RunState>, e: wasmt
                 "tried to grow its memory to {} MiB; the limit is {} MiB",
                 bytes >> 20,
                 state.limiter.limit >> 20
+            ),
+        };
+    }
+    if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return Error::Limit {
+            plugin: plugin.clone(),
+            limit: format!(
+                "tried to hand the host more than {} MiB in one call ([sandbox] hostcall_limit_mib)",
+                state.hostcall_limit >> 20
             ),
         };
     }

@@ -330,6 +330,8 @@ pub trait RunStore {
 pub trait LedgerStore {
     /// A task's state value.
     fn task_state(&self, task: &str, key: &str) -> Result<Option<String>>;
+    /// Bytes a task's state holds: its keys and values.
+    fn task_state_bytes(&self, task: &str) -> Result<u64>;
     /// Applies state writes, all or none (none clears a key).
     fn apply_task_state(&self, task: &str, writes: &[(String, Option<String>)]) -> Result<()>;
     /// A task's dedupe-ledger entries, by dedupe key.

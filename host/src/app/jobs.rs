@@ -202,6 +202,16 @@ impl App {
             params: task.params.clone(),
             control: control.clone(),
             today: Some(crate::records::Date::from_chrono(today)),
+            rules: {
+                // The parameters as the plugin will see them, defaults included.
+                let filled = self
+                    .host
+                    .entry(&task.plugin)
+                    .ok()
+                    .and_then(|e| crate::plugins::check_params(&e, &task.params).ok())
+                    .unwrap_or_else(|| task.params.clone());
+                task.named_rules(&filled, self.host.rules())
+            },
         };
         match task.kind {
             TaskKind::Import => self.import_job(task, run, &request, effects, made),
@@ -259,7 +269,7 @@ impl App {
         if files.len() > 1 {
             effects.messages.push(note("waiting", format!("{} more files wait for the next run", files.len() - 1)));
         }
-        let plan = imports::prepare(&self.host, &task.plugin, target, file, request)?;
+        let plan = imports::prepare(&self.host, &task.plugin, target, file, request, &sources.limits)?;
         if plan.already_imported.is_some() {
             effects.messages.push(note("already-imported", plan.summary()));
         }

@@ -178,11 +178,65 @@ pub(crate) fn notification_from_wit(n: notify_api::Notification) -> Notification
     }
 }
 
-pub(crate) fn batch_from_wit(b: mapping_api::Batch) -> (Vec<MappedRow>, Vec<RowError>) {
-    (
-        b.rows.into_iter().map(|r| MappedRow { line: r.line, record: record_from_wit(r.fields) }).collect(),
-        b.errors.into_iter().map(|e| RowError { line: e.line, field: e.field, message: e.message }).collect(),
-    )
+/// The caps on a mapped row: how many fields, how long a value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowCaps {
+    pub(crate) fields: usize,
+    pub(crate) field_bytes: usize,
+}
+
+/// A batch's rows and row errors. A row with an empty or repeated field
+/// name, too many fields or too long a value becomes a row error: nothing
+/// of it is silently dropped or overwritten.
+pub(crate) fn batch_from_wit(b: mapping_api::Batch, caps: RowCaps) -> (Vec<MappedRow>, Vec<RowError>) {
+    let mut errors: Vec<RowError> =
+        b.errors.into_iter().map(|e| RowError { line: e.line, field: e.field, message: e.message }).collect();
+    let mut rows = Vec::with_capacity(b.rows.len());
+    for r in b.rows {
+        match check_row(&r.fields, caps) {
+            Ok(()) => rows.push(MappedRow { line: r.line, record: record_from_wit(r.fields) }),
+            Err((field, message)) => errors.push(RowError { line: r.line, field, message }),
+        }
+    }
+    (rows, errors)
+}
+
+fn check_row(fields: &[wit::Field], caps: RowCaps) -> Result<(), (Option<String>, String)> {
+    if fields.len() > caps.fields {
+        return Err((
+            None,
+            format!(
+                "the mapping gave {} fields, over the {} a row may have ([sandbox] max_fields)",
+                fields.len(),
+                caps.fields
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(fields.len());
+    for f in fields {
+        if f.name.trim().is_empty() {
+            return Err((None, "the mapping gave a field with no name; fix the plugin's column map".into()));
+        }
+        if !seen.insert(f.name.as_str()) {
+            return Err((
+                Some(f.name.clone()),
+                format!("the mapping gave field `{}` twice; fix the plugin's column map", f.name),
+            ));
+        }
+        if let wit::Value::Text(t) = &f.value
+            && t.len() > caps.field_bytes
+        {
+            return Err((
+                Some(f.name.clone()),
+                format!(
+                    "the value is {} bytes, over the {} a field may hold ([sandbox] max_field_bytes)",
+                    t.len(),
+                    caps.field_bytes
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 // ----- host -> WIT -----
@@ -209,6 +263,30 @@ pub(crate) fn params_to_wit(p: &Record) -> Vec<wit::Param> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_with_an_empty_repeated_or_oversized_field_is_a_row_error() {
+        let field = |name: &str, value: &str| wit::Field { name: name.into(), value: wit::Value::Text(value.into()) };
+        let caps = RowCaps { fields: 3, field_bytes: 8 };
+        let row = |fields: Vec<wit::Field>| mapping_api::MappedRow { line: 2, fields };
+        let batch = mapping_api::Batch {
+            rows: vec![
+                row(vec![field("id", "S1"), field("name", "Ann")]),
+                row(vec![field("id", "S2"), field("", "x")]),
+                row(vec![field("id", "S3"), field("id", "S4")]),
+                row(vec![field("id", "S5"), field("note", "far too long")]),
+                row(vec![field("a", ""), field("b", ""), field("c", ""), field("d", "")]),
+            ],
+            errors: vec![],
+        };
+        let (rows, errors) = batch_from_wit(batch, caps);
+        assert_eq!(rows.len(), 1);
+        let said: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert!(said[0].contains("a field with no name"), "{said:?}");
+        assert!(said[1].contains("field `id` twice"), "{said:?}");
+        assert!(said[2].contains("[sandbox] max_field_bytes"), "{said:?}");
+        assert!(said[3].contains("[sandbox] max_fields"), "{said:?}");
+    }
 
     #[test]
     fn detects_world_and_version_from_export_names() {

@@ -35,15 +35,34 @@ pub(crate) struct RunState {
     /// The folders `files` may reach, by name, from the sandbox config.
     folders: std::collections::BTreeMap<String, std::path::PathBuf>,
     pub(crate) started: Instant,
+    /// How long it may take: the run's limit, or `describe`'s shorter one.
+    pub(crate) timeout: std::time::Duration,
+    /// The most data one call may hand the host.
+    pub(crate) hostcall_limit: usize,
     pub(crate) interrupted: Option<Interrupt>,
     pub(crate) log: Vec<LogLine>,
     log_bytes: usize,
     log_dropped: u64,
     log_limit: usize,
-    pub(crate) state_writes: Vec<(String, Option<String>)>,
+    /// State writes, each key once (the last write wins), within the
+    /// task's state limit.
+    state_writes: std::collections::BTreeMap<String, Option<String>>,
+    /// For each key the run wrote: its stored size and its size now.
+    state_sizes: std::collections::HashMap<String, (usize, usize)>,
+    /// Bytes the task's state holds with this run's writes (read from the
+    /// store at the first write).
+    state_total: Option<usize>,
+    state_limit: usize,
+    /// Whether a write was already refused: the run fails anyway, so later
+    /// writes are only counted.
+    state_refused: bool,
     /// Capability denials and host failures, which fail the run even if the
-    /// guest swallows the error it was given.
+    /// guest swallows the error it was given: the first few in full, the
+    /// rest counted.
     pub(crate) violations: Vec<String>,
+    violations_more: u64,
+    /// The last capability refused, and what the plugin was told.
+    last_denied: Option<(Capability, String)>,
     /// Keeps the epoch ticking while this store lives.
     pub(crate) ticker: Option<super::sandbox::TickerGuard>,
 }
@@ -61,7 +80,13 @@ pub(crate) struct RunSetup {
     pub(crate) params: Record,
     pub(crate) control: RunControl,
     pub(crate) today: crate::records::Date,
+    /// The rules the task names (its rules and its parameters): the only
+    /// ones the plugin may evaluate.
+    pub(crate) rules_named: Vec<String>,
 }
+
+/// Violations kept in full; the rest are counted.
+const VIOLATIONS_KEPT: usize = 10;
 
 impl RunState {
     pub(crate) fn new(setup: RunSetup, sandbox: &super::sandbox::Sandbox) -> RunState {
@@ -69,20 +94,28 @@ impl RunState {
         RunState {
             wasi,
             table: super::sandbox::Sandbox::table(),
-            limiter: Limiter { limit: sandbox.config.memory_limit(), refused: None },
+            limiter: Limiter { limit: sandbox.config.memory_limit(), refused: None, used: 0 },
             stdout,
             stderr,
             setup,
             rule_versions: Default::default(),
             folders: sandbox.config.folders.clone(),
             started: Instant::now(),
+            timeout: std::time::Duration::from_secs(sandbox.config.timeout_secs),
+            hostcall_limit: sandbox.config.hostcall_limit(),
             interrupted: None,
             log: Vec::new(),
             log_bytes: 0,
             log_dropped: 0,
             log_limit: sandbox.config.log_limit_bytes,
-            state_writes: Vec::new(),
+            state_writes: Default::default(),
+            state_sizes: Default::default(),
+            state_total: None,
+            state_refused: false,
+            state_limit: sandbox.config.state_limit_bytes,
             violations: Vec::new(),
+            violations_more: 0,
+            last_denied: None,
             ticker: None,
         }
     }
@@ -122,25 +155,56 @@ impl RunState {
         std::mem::take(&mut self.log)
     }
 
-    /// Checks that the plugin both declared and was granted `cap`.
+    /// Records a violation: kept in full for the first few, counted after.
+    pub(crate) fn violate(&mut self, message: String) {
+        if self.violations.len() < VIOLATIONS_KEPT {
+            self.violations.push(message);
+        } else {
+            self.violations_more += 1;
+        }
+    }
+
+    /// The first violation, with how many more there were.
+    pub(crate) fn first_violation(&self) -> Option<String> {
+        let first = self.violations.first()?;
+        let more = self.violations.len() as u64 - 1 + self.violations_more;
+        Some(if more == 0 { first.clone() } else { format!("{first} (and {more} more refusals)") })
+    }
+
+    /// The state writes to apply, each key once.
+    pub(crate) fn take_state_writes(&mut self) -> Vec<(String, Option<String>)> {
+        std::mem::take(&mut self.state_writes).into_iter().collect()
+    }
+
+    /// Checks that the plugin both declared and was granted `cap`. A
+    /// plugin that keeps asking for the same refused thing gets the same
+    /// answer, counted, without the host doing the work again.
     fn check(&mut self, cap: Capability) -> Result<(), wit::PluginError> {
+        if let Some((last, message)) = &self.last_denied
+            && *last == cap
+        {
+            self.violations_more += 1;
+            return Err(wit::PluginError::Denied(message.clone()));
+        }
+        if self.setup.declared.contains(&cap) && self.setup.granted.contains(&cap) {
+            return Ok(());
+        }
         let message = if !self.setup.declared.contains(&cap) {
             format!("it tried to {cap:#}, which it did not declare in `describe`")
-        } else if !self.setup.granted.contains(&cap) {
+        } else {
             format!(
                 "it may {cap:#} only once an admin grants it: `schoolbell plugin grant {} {cap}`",
                 self.setup.plugin.name
             )
-        } else {
-            return Ok(());
         };
-        self.violations.push(message.clone());
+        self.violate(message.clone());
+        self.last_denied = Some((cap, message.clone()));
         Err(wit::PluginError::Denied(message))
     }
 
     fn store_error(&mut self, e: crate::store::Error) -> wit::PluginError {
         let message = e.to_string();
-        self.violations.push(format!("the host failed to read the store: {message}"));
+        self.violate(format!("the host failed to read the store: {message}"));
         wit::PluginError::Transient(message)
     }
 }
@@ -188,6 +252,13 @@ impl host_api::Host for RunState {
     }
 
     fn eval_rule(&mut self, rule: String, record: Vec<wit::Field>) -> Result<host_api::RuleDecision, wit::PluginError> {
+        if !self.setup.rules_named.contains(&rule) {
+            let message = format!(
+                "it asked for rule `{rule}`, which its task does not name; add it to the task's rules (--rule {rule})"
+            );
+            self.violate(message.clone());
+            return Err(wit::PluginError::Denied(message));
+        }
         let version = match self.rule_versions.get(&rule) {
             Some(r) => Ok(r.clone()),
             None => self.setup.rules.get(&rule).inspect(|r| {
@@ -200,7 +271,7 @@ impl host_api::Host for RunState {
             Ok(d) => Ok(host_api::RuleDecision { matched: d.matched, reason: d.reason }),
             Err(e) => {
                 let message = e.to_string();
-                self.violations.push(message.clone());
+                self.violate(message.clone());
                 Err(wit::PluginError::Permanent(message))
             }
         }
@@ -208,14 +279,42 @@ impl host_api::Host for RunState {
 
     fn state_get(&mut self, key: String) -> Option<String> {
         // A write earlier in this run wins over the stored value.
-        if let Some((_, v)) = self.state_writes.iter().rev().find(|(k, _)| *k == key) {
+        if let Some(v) = self.state_writes.get(&key) {
             return v.clone();
         }
         self.setup.store.task_state(&self.setup.task, &key).ok().flatten()
     }
 
     fn state_set(&mut self, key: String, value: Option<String>) {
-        self.state_writes.push((key, value));
+        // Each key is held once, its last value replacing the one before,
+        // and the whole state a task keeps is capped.
+        if self.state_refused {
+            self.violations_more += 1;
+            return;
+        }
+        let (task, store) = (&self.setup.task, &self.setup.store);
+        let total = *self.state_total.get_or_insert_with(|| store.task_state_bytes(task).unwrap_or(0) as usize);
+        let (stored, now) = match self.state_sizes.get(&key) {
+            Some(sizes) => *sizes,
+            None => {
+                let stored = store.task_state(task, &key).ok().flatten().map_or(0, |v| key.len() + v.len());
+                (stored, stored)
+            }
+        };
+        let after = value.as_ref().map_or(0, |v| key.len() + v.len());
+        let new_total = (total + after).saturating_sub(now);
+        if new_total > self.state_limit {
+            // Refused: the run fails, and nothing of this write is kept.
+            self.state_refused = true;
+            self.violate(format!(
+                "its state would hold {new_total} bytes, over the {} a task may keep ([sandbox] state_limit_bytes)",
+                self.state_limit
+            ));
+            return;
+        }
+        self.state_total = Some(new_total);
+        self.state_sizes.insert(key.clone(), (stored, after));
+        self.state_writes.insert(key, value);
     }
 
     fn progress(&mut self, done: u64, total: Option<u64>) {
@@ -241,7 +340,7 @@ impl RunState {
             None => {
                 let message =
                     format!("the district has no folder `{folder}`: set it under [sandbox.folders] in schoolbell.toml");
-                self.violations.push(message.clone());
+                self.violate(message.clone());
                 Err(wit::PluginError::Permanent(message))
             }
         }
@@ -251,7 +350,7 @@ impl RunState {
     fn file_in(&mut self, dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf, wit::PluginError> {
         if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
             let message = format!("`{name}` is not a plain file name");
-            self.violations.push(message.clone());
+            self.violate(message.clone());
             return Err(wit::PluginError::Denied(message));
         }
         Ok(dir.join(name))

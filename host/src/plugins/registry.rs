@@ -137,6 +137,8 @@ impl PluginHost {
             granted: vec![],
         };
         let mut store = self.new_store(&unknown, &super::RunRequest::default(), Default::default());
+        // `describe` only says what the plugin is: it gets seconds, not a run's minutes.
+        store.data_mut().timeout = std::time::Duration::from_millis(self.sandbox.config.describe_timeout_ms);
         let info = match pre {
             WorldPre::Notifier(p) => {
                 p.instantiate(&mut store).and_then(|i| i.schoolbell_plugin_plugin().call_describe(&mut store))

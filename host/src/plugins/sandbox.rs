@@ -29,8 +29,27 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
-    /// The most linear memory one run's plugin may use, in MiB.
+    /// The most linear memory one run's plugin may use, in MiB, across all
+    /// of its memories.
     pub memory_limit_mib: u64,
+    /// The most data one call may hand the host, in MiB: the arguments of
+    /// a host call, or what a plugin's function returns (wasmtime's
+    /// hostcall fuel). Past it the call traps before the host allocates.
+    pub hostcall_limit_mib: u64,
+    /// Milliseconds `describe` may take at install and inspect time.
+    pub describe_timeout_ms: u64,
+    /// Bytes of state (keys and values) a task may keep.
+    pub state_limit_bytes: usize,
+    /// The longest notification subject, in bytes.
+    pub max_subject_bytes: usize,
+    /// The longest notification body, in bytes.
+    pub max_body_bytes: usize,
+    /// The most fields a mapped row may have.
+    pub max_fields: usize,
+    /// The longest field value of a mapped row, in bytes.
+    pub max_field_bytes: usize,
+    /// The most row errors one import may report.
+    pub max_row_errors: usize,
     /// Wall-clock time one run may take, in seconds.
     pub timeout_secs: u64,
     /// Seconds a cancelled run has to stop by itself before it is interrupted.
@@ -50,6 +69,14 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             memory_limit_mib: 64,
+            hostcall_limit_mib: 16,
+            describe_timeout_ms: 2_000,
+            state_limit_bytes: 1 << 20,
+            max_subject_bytes: 1_024,
+            max_body_bytes: 256 * 1024,
+            max_fields: 256,
+            max_field_bytes: 64 * 1024,
+            max_row_errors: 10_000,
             timeout_secs: 300,
             cancel_grace_secs: 10,
             max_instances: 32,
@@ -63,6 +90,10 @@ impl Default for SandboxConfig {
 impl SandboxConfig {
     pub(crate) fn memory_limit(&self) -> usize {
         (self.memory_limit_mib as usize) << 20
+    }
+
+    pub(crate) fn hostcall_limit(&self) -> usize {
+        (self.hostcall_limit_mib as usize) << 20
     }
 }
 
@@ -242,14 +273,14 @@ impl Sandbox {
         #[allow(clippy::disallowed_methods)] // This is the one place.
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(self.config.hostcall_limit());
         store.set_epoch_deadline(1);
-        let timeout = Duration::from_secs(self.config.timeout_secs);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
             let interrupt = if state.setup.control.forced() {
                 Some(Interrupt::Cancelled)
-            } else if state.started.elapsed() >= timeout {
-                Some(Interrupt::Deadline(timeout))
+            } else if state.started.elapsed() >= state.timeout {
+                Some(Interrupt::Deadline(state.timeout))
             } else {
                 None
             };
@@ -270,21 +301,27 @@ impl Sandbox {
     }
 }
 
-/// The memory limiter of one store. It records the growth it refused so the
-/// run's error can say how much the plugin asked for.
+/// The memory limiter of one store: the limit holds for all of the run's
+/// memories together (a component may have several). It records the
+/// growth it refused so the run's error can say how much the plugin asked
+/// for.
 pub(crate) struct Limiter {
     pub(crate) limit: usize,
     pub(crate) refused: Option<usize>,
+    /// Bytes of linear memory the run holds now, all memories together.
+    pub(crate) used: usize,
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.refused = Some(desired);
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_add(desired.saturating_sub(current));
+        if total > self.limit {
+            self.refused = Some(total);
             // An error (not `Ok(false)`) traps at once: a Rust guest would
             // otherwise abort with an allocation failure that says less.
             return Err(wasmtime::Error::msg("memory limit reached"));
         }
+        self.used = total;
         Ok(true)
     }
 

@@ -15,12 +15,20 @@ impl PluginGuest for Plugin {
             version: env!("CARGO_PKG_VERSION").into(),
             kind: PluginKind::Notifier,
             description: "Misbehaves on purpose (tests only).".into(),
-            params: vec![param_spec(
-                "behaviour",
-                ValueType::Text,
-                None,
-                "loop, memory, recursion, panic, huge-output, undeclared, ambient or well",
-            )],
+            params: vec![
+                param_spec(
+                    "behaviour",
+                    ValueType::Text,
+                    None,
+                    "loop, memory, recursion, panic, huge-output, undeclared, ambient, well, flood, big-body, state-keys, state-value, refusals, chatter or other-rule",
+                ),
+                param_spec(
+                    "times",
+                    ValueType::Integer,
+                    Some(Value::Integer(1)),
+                    "how many times to misbehave, where it counts",
+                ),
+            ],
             capabilities: vec![Capability::ReadCollection("attendance".into())],
         }
     }
@@ -42,6 +50,10 @@ impl NotifierGuest for Plugin {
             subject,
             body: String::new(),
             dedupe_key: String::new(),
+        };
+        let times = match params.iter().find(|p| p.name == "times").map(|p| &p.value) {
+            Some(Value::Integer(n)) => (*n).max(0) as u64,
+            _ => 1,
         };
         match text_param(&params, "behaviour")?.as_str() {
             "loop" => {
@@ -84,6 +96,44 @@ impl NotifierGuest for Plugin {
                 Ok(vec![note(format!("files={files} env={env} args={args} net={net}"))])
             }
             "well" => Ok(vec![note("behaved".into())]),
+            // What a vendor's broken plugin does to a host: each must fail
+            // its own run, or succeed within bounds, with the host's
+            // memory flat.
+            "flood" => Ok((0..5_000_000).map(|_| note(String::new())).collect()),
+            "big-body" => {
+                let mut n = note("big".into());
+                n.body = "x".repeat(50_000_000);
+                Ok(vec![n])
+            }
+            "state-keys" => {
+                for i in 0..1_000_000u32 {
+                    host::state_set(&format!("k{i}"), Some("1"));
+                }
+                Ok(vec![note("wrote a million keys".into())])
+            }
+            "state-value" => {
+                let value = "v".repeat(512 * 1024);
+                for _ in 0..1_200 {
+                    host::state_set("big", Some(&value));
+                }
+                Ok(vec![note("rewrote one value".into())])
+            }
+            "refusals" => {
+                for _ in 0..times {
+                    let _ = host::count_records("staff");
+                }
+                Ok(vec![note("asked ten million times".into())])
+            }
+            "other-rule" => {
+                let d = host::eval_rule("attendance_threshold", &[])?;
+                Ok(vec![note(format!("the rule said {}", d.matched))])
+            }
+            "chatter" => {
+                for i in 0..1_000_000u32 {
+                    log(Level::Info, &format!("log line {i}"));
+                }
+                Ok(vec![note("talked".into())])
+            }
             other => Err(PluginError::BadInput(format!("unknown behaviour `{other}`"))),
         }
     }

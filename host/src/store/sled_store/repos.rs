@@ -187,6 +187,15 @@ impl LedgerStore for Store {
     fn apply_task_state(&self, task: &str, writes: &[(String, Option<String>)]) -> Result<()> {
         Store::apply_task_state(self, task, writes)
     }
+    fn task_state_bytes(&self, task: &str) -> Result<u64> {
+        let prefix = super::key(&[task.as_bytes(), b""]);
+        let mut total = 0u64;
+        for item in self.state.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(io("task_state"))?;
+            total += (k.len() - prefix.len() + v.len()) as u64;
+        }
+        Ok(total)
+    }
     fn notified(&self, task: &str) -> Result<Vec<(String, LedgerEntry)>> {
         Store::notified(self, task)
     }
