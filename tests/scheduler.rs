@@ -296,3 +296,37 @@ async fn a_start_with_fractions_of_a_second_fires_once_and_does_not_spin() {
     assert_eq!(f.sched.engine().tick().unwrap(), 0);
     assert_eq!(f.store.next_due().unwrap(), Some(t0() + chrono::Duration::minutes(2)));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sent_emails_are_purged_after_the_outbox_retention_and_pending_ones_stay() {
+    let f = fixture();
+    f.store.put_user(&User { email: "ada@district.test".into(), ..staff("ada") }).unwrap();
+    let notify = schoolbell::notify::NotifySettings {
+        group: vec!["ada".into()],
+        dedupe: schoolbell::notify::Dedupe::EveryRun,
+        ..Default::default()
+    };
+    let spec = TaskSpec { notify, ..hostile("mail", "well") };
+    f.sched.tasks().add(&admin(), spec).unwrap();
+    for _ in 0..2 {
+        let run = f.sched.tasks().run_now(&admin(), "mail").unwrap();
+        until_finished(&f, run.id).await;
+    }
+    let outbox = f.sched.outbox().list(&admin(), None, 10).unwrap();
+    assert_eq!(outbox.len(), 2, "{outbox:?}");
+    // The first was sent; the second never could be.
+    let (id, mut sent) = outbox.iter().find(|(_, e)| e.run == 1).cloned().unwrap();
+    let due = sent.next_attempt;
+    sent.status = schoolbell::notify::Delivery::Sent;
+    sent.sent_at = Some(t0());
+    f.store.update_outbox(id, &sent, due, None).unwrap();
+
+    f.clock.set(t0() + chrono::Duration::days(29));
+    f.sched.engine().sweep().unwrap();
+    assert_eq!(f.sched.outbox().list(&admin(), None, 10).unwrap().len(), 2);
+    f.clock.set(t0() + chrono::Duration::days(31));
+    f.sched.engine().sweep().unwrap();
+    let left = f.sched.outbox().list(&admin(), None, 10).unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].1.status, schoolbell::notify::Delivery::Pending);
+}

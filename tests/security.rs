@@ -276,3 +276,23 @@ fn approval_codes_are_long_secret_and_die_after_five_wrong_tries() {
     assert!(body["error"].as_str().unwrap().contains("none is outstanding"), "{body}");
     server.terminate();
 }
+
+#[test]
+fn sensitive_fields_are_masked_where_people_read_about_records() {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    let first = sb.import_roster("first.csv", "match_student", "S1,Ng,Ann,2010-01-02,F,9,111-22-3333\n", &[]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let no_guard = ["--confirm-percent", "1000", "--authorize-percent", "1000"];
+    let out = sb.import_roster("second.csv", "match_student", "S1,Ng,Ann,2010-01-02,F,9,444-55-6666\n", &no_guard);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("ssn: \"***-**-3333\" → \"***-**-6666\""), "{text}");
+    assert!(!text.contains("111-22-3333") && !text.contains("444-55-6666"), "{text}");
+    let runs: Value = serde_json::from_str(&sb.ok(&["runs", "list", "--json"])).unwrap();
+    let id = runs[0]["id"].as_u64().unwrap().to_string();
+    let messages = sb.ok(&["runs", "messages", &id, "--json"]);
+    assert!(messages.contains("***-**-6666") && !messages.contains("444-55-6666"), "{messages}");
+    // The record itself is whole.
+    let records = sb.ok(&["records", "list", "students", "--json"]);
+    assert!(records.contains("444-55-6666"), "{records}");
+}

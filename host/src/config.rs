@@ -27,6 +27,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Imports: how large a file may be.
     pub imports: crate::imports::ImportsConfig,
+    /// Which fields are masked where people read about records.
+    pub privacy: crate::privacy::Privacy,
     /// The SMTP server the outbox is sent through.
     pub email: crate::notify::smtp::EmailConfig,
 }

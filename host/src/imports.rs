@@ -408,6 +408,37 @@ pub struct RowReport {
 }
 
 impl RowReport {
+    /// The row as people may read it: sensitive fields' values masked in
+    /// its changes, and SSN-shaped text masked in its errors.
+    pub fn masked(&self, privacy: &crate::privacy::Privacy) -> RowReport {
+        let changes = |c: &[(String, Value, Value)]| -> Vec<(String, Value, Value)> {
+            c.iter().map(|(f, b, a)| (f.clone(), privacy.value(f, b), privacy.value(f, a))).collect()
+        };
+        let outcome = match &self.outcome {
+            RowOutcome::Updated { key, matched_on, changes: c } => {
+                RowOutcome::Updated { key: key.clone(), matched_on: matched_on.clone(), changes: changes(c) }
+            }
+            RowOutcome::Ended { key, matched_on, changes: c } => {
+                RowOutcome::Ended { key: key.clone(), matched_on: matched_on.clone(), changes: changes(c) }
+            }
+            RowOutcome::Conflict { key, matched_on, field, file_value } => RowOutcome::Conflict {
+                key: key.clone(),
+                matched_on: matched_on.clone(),
+                field: field.clone(),
+                file_value: if privacy.is_sensitive(field) {
+                    crate::privacy::mask(file_value)
+                } else {
+                    file_value.clone()
+                },
+            },
+            RowOutcome::Error { field, message } => {
+                RowOutcome::Error { field: field.clone(), message: privacy.text(message) }
+            }
+            other => other.clone(),
+        };
+        RowReport { line: self.line, outcome }
+    }
+
     /// The status word of the row's messages.
     pub fn status(&self) -> &'static str {
         match self.outcome {

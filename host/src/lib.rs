@@ -14,6 +14,7 @@ pub mod config;
 pub mod imports;
 pub mod notify;
 pub mod plugins;
+pub mod privacy;
 pub mod records;
 pub mod rules;
 pub mod runs;

@@ -232,18 +232,20 @@ pub struct Planned {
     pub messages: Vec<(&'static str, String)>,
 }
 
-/// Which raw addresses a run may mail: an address is written into a
-/// notification group or returned by a plugin, rather than read from a
-/// user or from the district's records.
+/// What a run's mail may do: which raw addresses it may reach (written
+/// into a notification group or returned by a plugin, rather than read
+/// from a user or the district's records), and what is masked in it.
 #[derive(Debug, Clone, Copy)]
-pub struct Allowed<'a> {
+pub struct MailPolicy<'a> {
     /// `[email] allowed_domains`.
     pub domains: &'a [String],
     /// Whether the plugin holds a granted `send:address`.
     pub plugin_addresses: bool,
+    /// `[privacy]`: SSN-shaped text in subjects and bodies is masked.
+    pub privacy: &'a crate::privacy::Privacy,
 }
 
-impl Allowed<'_> {
+impl MailPolicy<'_> {
     /// Whether a raw address's domain is on the allowlist.
     pub fn domain(&self, address: &str) -> bool {
         address_allowed(self.domains, address)
@@ -268,7 +270,7 @@ pub fn not_allowed(address: &str) -> String {
 pub fn plan(
     store: &dyn Backend,
     settings: &NotifySettings,
-    allowed: Allowed<'_>,
+    allowed: MailPolicy<'_>,
     run: &Run,
     notifications: &[Notification],
     now: DateTime<Utc>,
@@ -318,8 +320,8 @@ pub fn plan(
                 &run.task,
                 MailKind::Notification,
                 to,
-                n.subject.clone(),
-                n.body.clone(),
+                allowed.privacy.text(&n.subject),
+                allowed.privacy.text(&n.body),
                 &n.dedupe_key,
                 now,
             ));
@@ -347,7 +349,7 @@ pub fn plan(
 fn addresses(
     store: &dyn Backend,
     settings: &NotifySettings,
-    allowed: Allowed<'_>,
+    allowed: MailPolicy<'_>,
     recipient: &Recipient,
 ) -> Result<(Vec<String>, Vec<String>), store::Error> {
     let mut found = Vec::new();
@@ -431,8 +433,10 @@ pub fn job_completion(store: &dyn Backend, run: &Run, now: DateTime<Utc>) -> Res
         let list: Vec<String> = run.summary.iter().map(|(k, v)| format!("{k} {v}")).collect();
         body.push_str(&format!("Summary: {}.\n", list.join(", ")));
     }
-    if let Some(e) = &run.error {
-        body.push_str(&format!("Error: {e}\n"));
+    // A summary only: why it failed (what the plugin printed, what it
+    // read) stays on the run, for those who may see it.
+    if run.error.is_some() {
+        body.push_str("It failed; the reason is on the run.\n");
     }
     body.push_str(&format!("Details: schoolbell runs show {}\n", run.id));
     Ok(Some(OutboxEntry::new(run.id, &run.task, MailKind::JobCompletion, owner.email, subject, body, "", now)))
@@ -469,7 +473,8 @@ mod tests {
             (notification("a"), false, "needs the `send:address` capability"),
             (outside, true, "not in [email] allowed_domains"),
         ] {
-            let allowed = Allowed { domains: &domains, plugin_addresses };
+            let privacy = crate::privacy::Privacy::default();
+            let allowed = MailPolicy { domains: &domains, plugin_addresses, privacy: &privacy };
             let planned = plan(&store, &settings, allowed, &run, &[n], Utc::now()).unwrap();
             assert!(planned.outbox.is_empty());
             assert!(planned.messages.iter().any(|(_, m)| m.contains(problem)), "{:?}", planned.messages);
@@ -482,7 +487,8 @@ mod tests {
         let run = Run::queued(1, "t", "p", "admin", Trigger::User, None, now, false);
         let ns: Vec<Notification> = keys.iter().map(|k| notification(k)).collect();
         let domains = ["district.test".to_string()];
-        let allowed = Allowed { domains: &domains, plugin_addresses: true };
+        let privacy = crate::privacy::Privacy::default();
+        let allowed = MailPolicy { domains: &domains, plugin_addresses: true, privacy: &privacy };
         let planned = plan(store, settings, allowed, &run, &ns, now).unwrap();
         let outbox: Vec<(u64, DateTime<Utc>, OutboxEntry)> =
             planned.outbox.iter().map(|e| (store.next_sequence("outbox").unwrap(), now, e.clone())).collect();

@@ -354,6 +354,8 @@ pub trait OutboxStore {
         was_due: DateTime<Utc>,
         due: Option<DateTime<Utc>>,
     ) -> Result<()>;
+    /// Drops an entry that is no longer due (sent or failed).
+    fn remove_outbox(&self, id: u64) -> Result<()>;
 }
 
 /// Users, their token hashes, and sealed secrets.

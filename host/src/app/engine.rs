@@ -338,7 +338,8 @@ impl Engine<'_> {
             app.store.flush()?;
             tracing::info!(removed, "Retention removed old runs.");
         }
-        Ok(removed)
+        let purged = app.outbox().purge(now)?;
+        Ok(removed + purged)
     }
 
     /// Fires, dispatches and sweeps until `shutdown` turns true; sleeps

@@ -138,7 +138,8 @@ impl App {
                 } else {
                     RunStatus::Failed
                 };
-                run.error = Some(e.to_string());
+                // What a plugin printed can hold anything it read.
+                run.error = Some(self.config.privacy.text(&e.to_string()));
             }
         }
         if let Ok(Some(stored)) = self.store.run(id) {
@@ -221,7 +222,11 @@ impl App {
                     .host
                     .entry(&task.plugin)
                     .is_ok_and(|e| e.granted.contains(&crate::plugins::Capability::Send("address".into())));
-                let allowed = notify::Allowed { domains: &self.config.email.allowed_domains, plugin_addresses };
+                let allowed = notify::MailPolicy {
+                    domains: &self.config.email.allowed_domains,
+                    plugin_addresses,
+                    privacy: &self.config.privacy,
+                };
                 effects.mail =
                     notify::plan(&*self.store, &task.notify, allowed, run, &outcome.notifications, self.now())?;
                 for (status, message) in &effects.mail.messages {
@@ -273,8 +278,9 @@ impl App {
         if plan.already_imported.is_some() {
             effects.messages.push(note("already-imported", plan.summary()));
         }
+        let privacy = &self.config.privacy;
         for row in &plan.rows {
-            for (field, message) in row.messages() {
+            for (field, message) in row.masked(privacy).messages() {
                 effects.messages.push(TaskMessage {
                     seq: 0,
                     row: Some(row.line),
@@ -308,7 +314,10 @@ impl App {
                 }
             }
         };
-        made.plan = Some(plan);
+        // What the caller prints: the rows masked, as every other reader sees them.
+        let mut shown = plan;
+        shown.rows = shown.rows.iter().map(|r| r.masked(privacy)).collect();
+        made.plan = Some(shown);
         Ok((summary, status))
     }
 

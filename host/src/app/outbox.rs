@@ -27,6 +27,35 @@ impl Outbox<'_> {
         })?)
     }
 
+    /// Purges sent and failed emails older than `[email] retention_days`
+    /// (pending ones stay until they are sent or fail); how many went.
+    pub(super) fn purge(&self, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
+        let cutoff = now - chrono::Duration::days(i64::from(self.app.config.email.retention_days));
+        let store = &self.app.store;
+        let mut purged = 0;
+        let mut after = None;
+        // Ids grow with time: the scan stops at the first entry too young.
+        'scan: loop {
+            let page = store.outbox(after, 256)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            for (id, entry) in page {
+                if entry.created >= cutoff {
+                    break 'scan;
+                }
+                if entry.status != notify::Delivery::Pending {
+                    store.remove_outbox(id)?;
+                    purged += 1;
+                }
+            }
+        }
+        if purged > 0 {
+            store.flush()?;
+            tracing::info!(purged, "Retention purged old emails from the outbox.");
+        }
+        Ok(purged)
+    }
+
     /// The mailer for the `[email]` settings, with the SMTP password from
     /// the stored secrets; none when no SMTP server is set.
     pub fn mailer(&self) -> Result<Option<Mailer>> {

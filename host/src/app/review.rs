@@ -39,8 +39,10 @@ impl ImportReview<'_> {
 
     /// A run's import plan: what each row does (the preview).
     pub fn plan(&self, user: &User, id: RunId) -> Result<ImportPlan> {
-        let plan = self.held_plan(user, id)?.1;
+        let mut plan = self.held_plan(user, id)?.1;
         self.app.audit(&user.name, "run.plan.read", &id.to_string(), None)?;
+        let privacy = &self.app.config.privacy;
+        plan.rows = plan.rows.iter().map(|r| r.masked(privacy)).collect();
         Ok(plan)
     }
 

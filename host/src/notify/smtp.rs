@@ -65,6 +65,8 @@ pub struct EmailConfig {
     /// directly, such as `district.org`. Users' addresses and those in the
     /// district's records are always allowed.
     pub allowed_domains: Vec<String>,
+    /// Days sent and failed emails stay in the outbox; then they are purged.
+    pub retention_days: u32,
     /// Connections kept open to the server.
     pub pool_size: u32,
     /// How long one SMTP command may take.
@@ -84,6 +86,7 @@ impl Default for EmailConfig {
             max_attempts: 8,
             retry_base_secs: 60,
             allowed_domains: Vec::new(),
+            retention_days: 30,
             pool_size: 4,
             timeout_secs: 30,
         }

@@ -220,6 +220,10 @@ impl OutboxStore for Store {
     ) -> Result<()> {
         Store::update_outbox(self, id, entry, was_due, due)
     }
+    fn remove_outbox(&self, id: u64) -> Result<()> {
+        self.outbox.remove(id.to_be_bytes()).map_err(io("outbox"))?;
+        Ok(())
+    }
 }
 
 impl AccountStore for Store {
