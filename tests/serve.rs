@@ -146,6 +146,17 @@ fn the_api_serves_tasks_and_runs_behind_tokens_with_the_permission_rules() {
     );
     assert_eq!(status, 200, "{next}");
     assert_eq!(next["fires"][0]["utc"], "2028-02-29T18:00:00+00:00");
+    assert_eq!(api.call("GET", "/api/v1/schedule/next?schedule=daily%20at%2007:00", None, None).0, 401);
+    for extreme in [
+        "schedule=every%201%20minutes&from=262142-12-31%2023:59",
+        "schedule=every%201%20minutes&from=1000-01-01%2000:00",
+        "schedule=once%209999-01-01%2000:00",
+    ] {
+        let (status, e) = api.json("GET", &format!("/api/v1/schedule/next?{extreme}"), &admin, None);
+        assert_eq!(status, 400, "{extreme}: {e}");
+        let said = e["error"].as_str().unwrap();
+        assert!(said.contains("outside the years 1970 to 2999") || said.contains("is not a date"), "{e}");
+    }
 
     let status = server.terminate();
     assert!(status.success(), "serve should exit cleanly on SIGTERM: {status}");

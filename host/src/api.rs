@@ -390,6 +390,7 @@ struct NextQuery {
 
 async fn schedule_next(
     State(s): State<Arc<App>>,
+    Caller(_): Caller,
     q: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = q.map_err(|e| bad(format!("{}; pass ?schedule=...&tz=...", e.body_text())))?;
@@ -783,10 +784,10 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/runs/{id}/request": { "parameters": id, "post": { "summary": "File an authorization request, with a comment", "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Decision" } } } }, "responses": errors(json!({ "200": ok("the run", "Run") })) } },
             "/api/v1/runs/{id}/code": { "parameters": id, "post": { "summary": "Issue a one-time approval code (authorize permission)", "responses": errors(json!({ "200": { "description": "{\"code\": ...}" } })) } },
             "/api/v1/runs/{id}/approve": { "parameters": id, "post": { "summary": "Approve a held import: authorize permission, or a one-time code", "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Decision" } } } }, "responses": errors(json!({ "200": ok("the run", "Run") })) } },
-            "/api/v1/schedule/next": { "get": { "summary": "Preview a schedule's next fire times", "security": [], "parameters": [
+            "/api/v1/schedule/next": { "get": { "summary": "Preview a schedule's next fire times", "parameters": [
                 { "name": "schedule", "in": "query", "required": true, "schema": { "type": "string" } }, { "name": "tz", "in": "query", "schema": { "type": "string" } },
                 { "name": "from", "in": "query", "schema": { "type": "string" } }, { "name": "count", "in": "query", "schema": { "type": "integer" } }
-            ], "responses": { "200": { "description": "fire times in the zone and in UTC" }, "400": error } } },
+            ], "responses": { "200": { "description": "fire times in the zone and in UTC" }, "400": error, "401": error } } },
             "/api/v1/rules": { "get": { "summary": "The loaded admin rules (name, file, hash)", "responses": errors(json!({ "200": { "description": "rules" } })) } },
             "/api/v1/rules/{name}": {
                 "parameters": name,

@@ -161,7 +161,7 @@ impl App {
     /// else the config's `rules_dir`, else `./rules`), the store, the
     /// compile cache and the secrets.
     pub fn open(data: &Path, rules: Option<&Path>) -> Result<Arc<App>, OpenError> {
-        std::fs::create_dir_all(data).map_err(|source| OpenError::DataDir { path: data.into(), source })?;
+        crate::secrets::private_dir(data).map_err(|source| OpenError::DataDir { path: data.into(), source })?;
         let config = Config::load(data)?;
         let rules_dir = match (rules, &config.rules_dir) {
             (Some(dir), _) => dir.to_path_buf(),
@@ -178,7 +178,12 @@ impl App {
         }
         let store = Arc::new(store);
         let host = Arc::new(PluginHost::new(store, Arc::new(rules), &data.join("cache"), config.sandbox.clone())?);
-        let secrets = crate::secrets::Secrets::open(data)?;
+        let key = match &config.secret_key {
+            Some(path) if path.is_relative() => data.join(path),
+            Some(path) => path.clone(),
+            None => data.join("secret.key"),
+        };
+        let secrets = crate::secrets::Secrets::open(&key)?;
         let mut app = App::build(host, clock_from_env()?, config);
         app.data = Some(data.to_path_buf());
         app.migrated = migrated;

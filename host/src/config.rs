@@ -17,6 +17,11 @@ pub struct Config {
     /// the data directory. Default: the `rules` folder beside the data
     /// directory's `schoolbell.toml`, else `./rules`.
     pub rules_dir: Option<PathBuf>,
+    /// The key that seals the stored secrets and approval codes. Default:
+    /// `secret.key` in the data directory. Keep it elsewhere (another disk,
+    /// a mounted secret) so that a copy of the data directory alone
+    /// reveals no secret. Relative paths are taken from the data directory.
+    pub secret_key: Option<PathBuf>,
     /// Limits for plugins.
     pub sandbox: SandboxConfig,
     /// Limits for rules.

@@ -12,6 +12,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Everything this process creates (the store, the secrets key, staged
+    // downloads, sockets, backups) is its user's alone: files 0600,
+    // folders 0700. The data directory holds student records.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let args = cli::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -219,7 +219,11 @@ impl std::str::FromStr for RunStatus {
 pub fn messages_csv(messages: &[TaskMessage]) -> String {
     let mut out = String::from("row,status,field,message\n");
     let quote = |s: &str| {
-        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+        // A cell a spreadsheet would run as a formula is made text first
+        // (OWASP's CSV injection advice): a file's content must not become
+        // a command on the admin's desktop.
+        let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
+        if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
     };
     for m in messages {
         out.push_str(&format!(
@@ -251,6 +255,24 @@ pub fn can_control(user: &User, run: &Run) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_cells_a_spreadsheet_would_run_are_made_text() {
+        let m = |message: &str| TaskMessage {
+            seq: 1,
+            row: Some(2),
+            status: "error".into(),
+            field: Some("=cmd".into()),
+            message: message.into(),
+        };
+        let csv = messages_csv(&[m("=HYPERLINK(\"http://x\")"), m("+1"), m("-2"), m("@SUM(A1)"), m("fine")]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[1], "2,error,'=cmd,\"'=HYPERLINK(\"\"http://x\"\")\"");
+        assert_eq!(lines[2], "2,error,'=cmd,'+1");
+        assert_eq!(lines[3], "2,error,'=cmd,'-2");
+        assert_eq!(lines[4], "2,error,'=cmd,'@SUM(A1)");
+        assert_eq!(lines[5], "2,error,'=cmd,fine");
+    }
     use crate::users::JobEmail;
 
     fn user(name: &str, role: Role, permissions: Vec<Permission>) -> User {

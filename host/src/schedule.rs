@@ -99,6 +99,7 @@ impl FromStr for Schedule {
             ["once", date, time] => {
                 let at = NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M")
                     .map_err(|_| err("expected `once YYYY-MM-DD HH:MM`"))?;
+                in_range(at, &format!("{date} {time}")).map_err(|m| err(&m))?;
                 Ok(Schedule::Once(at))
             }
             ["every", n, unit] if ["minute", "minutes", "min", "mins"].contains(unit) => {
@@ -314,12 +315,14 @@ impl Timing<'_> {
     /// schedule has no more (a past `once`, an end date reached).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if let Schedule::EveryMinutes(n) = self.schedule {
-            let step = Duration::minutes(*n as i64);
+            let step = Duration::minutes(i64::from(*n));
+            // Checked: a next fire must never come out in the past.
             let mut t = if after < self.start {
                 self.start
             } else {
                 let k = (after - self.start).num_seconds() / step.num_seconds() + 1;
-                self.start + step * k as i32
+                let offset = k.checked_mul(step.num_seconds()).and_then(Duration::try_seconds)?;
+                self.start.checked_add_signed(offset)?
             };
             for _ in 0..MAX_CANDIDATES {
                 if self.end.is_some_and(|end| t > end) {
@@ -328,7 +331,7 @@ impl Timing<'_> {
                 if !self.paused(t) {
                     return Some(t);
                 }
-                t += step;
+                t = t.checked_add_signed(step)?;
             }
             return None;
         }
@@ -410,18 +413,34 @@ pub fn parse_zone(name: &str) -> Result<Tz, String> {
 /// Parses a local date-time (`YYYY-MM-DD HH:MM`, or RFC 3339 with offset)
 /// in `tz`.
 pub fn parse_local(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
+    let parsed = if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        Some(t.with_timezone(&Utc))
+    } else if let Some(local) = ["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+    {
+        in_range(local, text)?;
+        Some(resolve(tz, local))
+    } else {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(|date| resolve(tz, date.and_time(NaiveTime::MIN)))
+    };
+    let t = parsed.ok_or_else(|| {
+        format!("`{text}` is not a date and time; write YYYY-MM-DD HH:MM (in the task's zone) or RFC 3339")
+    })?;
+    in_range(t.naive_utc(), text)?;
+    Ok(t)
+}
+
+/// The years a schedule's dates may fall in. Far from chrono's limits, so
+/// no fire-time arithmetic can overflow, and wide enough for any district.
+pub const YEARS: std::ops::RangeInclusive<i32> = 1970..=2999;
+
+fn in_range(t: NaiveDateTime, text: &str) -> Result<(), String> {
+    if YEARS.contains(&t.year()) {
+        Ok(())
+    } else {
+        Err(format!("`{text}` is outside the years {} to {}", YEARS.start(), YEARS.end()))
     }
-    for format in ["%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"] {
-        if let Ok(local) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(resolve(tz, local));
-        }
-    }
-    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(resolve(tz, date.and_time(NaiveTime::MIN)));
-    }
-    Err(format!("`{text}` is not a date and time; write YYYY-MM-DD HH:MM (in the task's zone) or RFC 3339"))
 }
 
 /// Why a schedule preview failed.

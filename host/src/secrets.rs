@@ -36,34 +36,45 @@ pub enum Error {
 pub struct Secrets {
     cipher: XChaCha20Poly1305,
     /// Keys for other purposes, each derived from the secrets key.
-    approvals: [u8; 32],
+    approvals: zeroize::Zeroizing<[u8; 32]>,
 }
 
 impl Secrets {
-    /// Opens the key in `data_dir`, making it on first use.
-    pub fn open(data_dir: &Path) -> Result<Secrets, Error> {
-        let path = data_dir.join("secret.key");
-        let key_error = |source| Error::Key { path: path.clone(), source };
-        let key = match std::fs::read(&path) {
-            Ok(k) if k.len() == 32 => k,
-            Ok(_) => return Err(key_error(std::io::Error::other("it is not 32 bytes"))),
+    /// Opens the key at `path` (by default `secret.key` in the data
+    /// directory), making it on first use. A key that others may read is
+    /// refused: whoever reads it reads every secret.
+    pub fn open(path: &Path) -> Result<Secrets, Error> {
+        use std::os::unix::fs::PermissionsExt;
+        let key_error = |source| Error::Key { path: path.to_path_buf(), source };
+        let key = match std::fs::read(path) {
+            Ok(k) => zeroize::Zeroizing::new(k),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut k = vec![0u8; 32];
+                let mut k = zeroize::Zeroizing::new(vec![0u8; 32]);
                 getrandom::fill(&mut k).map_err(|e| key_error(std::io::Error::other(e.to_string())))?;
-                write_private(&path, &k).map_err(key_error)?;
+                write_private(path, &k).map_err(key_error)?;
                 k
             }
             Err(e) => return Err(key_error(e)),
         };
+        if key.len() != 32 {
+            return Err(key_error(std::io::Error::other("it is not 32 bytes")));
+        }
+        let mode = std::fs::metadata(path).map_err(key_error)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(key_error(std::io::Error::other(format!(
+                "others may read it (mode {mode:o}); `chmod 600 {}` and check who copied it",
+                path.display()
+            ))));
+        }
         let cipher =
             XChaCha20Poly1305::new_from_slice(&key).map_err(|_| key_error(std::io::Error::other("bad key length")))?;
-        let approvals = derive(&key, "schoolbell approval codes v1");
+        let approvals = zeroize::Zeroizing::new(derive(&key, "schoolbell approval codes v1"));
         Ok(Secrets { cipher, approvals })
     }
 
     /// The key approval codes are MACed under.
     pub fn approval_key(&self) -> [u8; 32] {
-        self.approvals
+        *self.approvals
     }
 
     /// Seals and stores a secret.
@@ -154,7 +165,7 @@ mod tests {
     fn secrets_round_trip_and_are_not_stored_in_the_clear() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
-        let secrets = Secrets::open(dir.path()).unwrap();
+        let secrets = Secrets::open(&dir.path().join("secret.key")).unwrap();
         let value = b"-----BEGIN OPENSSH PRIVATE KEY----- very secret";
         secrets.set(&store, "sftp", value).unwrap();
         assert_eq!(secrets.get(&store, "sftp").unwrap(), value);
@@ -165,6 +176,18 @@ mod tests {
         drop(store);
         let leaked = walk(&dir.path().join("store")).into_iter().any(|b| b.windows(11).any(|w| w == b"very secret"));
         assert!(!leaked, "the secret must not be on disk in the clear");
+    }
+
+    #[test]
+    fn a_key_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        Secrets::open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Secrets::open(&path).err().unwrap().to_string();
+        assert!(e.contains("others may read it (mode 644); `chmod 600"), "{e}");
     }
 
     fn walk(dir: &Path) -> Vec<Vec<u8>> {

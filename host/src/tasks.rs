@@ -363,6 +363,15 @@ impl TaskSpec {
             }
             _ => task.timing().next_after(now.max(task.start - chrono::Duration::seconds(1))),
         };
+        if task.next_fire.is_none() {
+            return Err(bad(
+                "schedule",
+                format!(
+                    "`{}` never fires between the start and the end, outside the pauses; check the dates",
+                    task.schedule
+                ),
+            ));
+        }
         Ok(task)
     }
 }

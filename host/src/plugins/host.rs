@@ -394,7 +394,16 @@ impl files_api::Host for RunState {
         let path = self.file_in(&dir, &name)?;
         // Written beside, then renamed: a reader never sees half a file.
         let staged = dir.join(format!(".{name}.writing"));
-        std::fs::write(&staged, &contents).map_err(|e| io_failure("write", &staged, e))?;
+        // A leftover (or a link planted at the staged name) is removed, not
+        // followed; the staged file is made new, so no link is written through.
+        let _ = std::fs::remove_file(&staged);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = crate::secrets::private_file(&staged)?;
+            file.write_all(&contents)?;
+            file.sync_all()
+        };
+        write().map_err(|e| io_failure("write", &staged, e))?;
         std::fs::rename(&staged, &path).map_err(|e| io_failure("write", &path, e))?;
         self.push_log(LogLevel::Info, format!("wrote {} ({} bytes)", path.display(), contents.len()));
         Ok(())
