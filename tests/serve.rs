@@ -368,3 +368,36 @@ fn rules_saved_through_the_api_take_effect_in_the_running_server() {
     assert!(body["error"].as_str().unwrap().contains("pending, sent or failed"), "{body}");
     drop(server);
 }
+
+/// Tokens and records cross the network only inside TLS: a listen address
+/// that is not loopback is refused without it, and with `[api] tls_cert`
+/// the API answers HTTPS (checked with curl against the certificate).
+#[test]
+fn the_api_speaks_tls_and_refuses_clear_text_off_loopback() {
+    let sb = Sb::new();
+    let out = sb.run(&["serve", "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to serve tokens and student records in clear"), "{err}");
+
+    support::self_signed(sb.dir.path());
+    let (cert, key) = (sb.dir.path().join("cert.pem"), sb.dir.path().join("key.pem"));
+    sb.file("data/schoolbell.toml", format!("[api]\ntls_cert = {:?}\ntls_key = {:?}\n", s(&cert), s(&key)));
+    let token = sb.ok(&["user", "token", "admin"]).trim().to_string();
+    let server = sb.serve();
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let port = server.url.rsplit(':').next().unwrap().trim_end_matches('/').to_string();
+    let curl = |extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-s", "--max-time", "10", "-H", &format!("Authorization: Bearer {token}")])
+            .args(extra)
+            .arg(format!("https://localhost:{port}/api/v1/runs"))
+            .output()
+            .unwrap()
+    };
+    let trusted = curl(&["--cacert", s(&cert)]);
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert_eq!(String::from_utf8_lossy(&trusted.stdout).trim(), "[]");
+    assert!(!curl(&[]).status.success(), "a client that does not trust the certificate gets nothing");
+    server.terminate();
+}

@@ -36,10 +36,23 @@ impl From<app::Error> for ApiError {
             app::Error::Forbidden(_) => StatusCode::FORBIDDEN,
             app::Error::Conflict(_) => StatusCode::CONFLICT,
             app::Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            app::Error::Store(_) | app::Error::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            app::Error::Store(_) | app::Error::Failed(_) => {
+                // The details (paths, store internals) are for the operator's log.
+                tracing::error!(error = %e, "A request failed inside the server.");
+                return ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the server failed to do this; its log says why, and the request may be retried".into(),
+                );
+            }
         };
         ApiError(status, e.to_string())
     }
+}
+
+/// A failure inside the server: logged whole, answered without details.
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "A request failed inside the server.");
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the server failed to do this; its log says why".into())
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -64,7 +77,7 @@ impl FromRequestParts<Arc<App>> for Caller {
         let token = token.trim().to_string();
         let user = tokio::task::spawn_blocking(move || app.authenticate(&token))
             .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(internal)?
             .map_err(|e| unauthorized(&e.to_string()))?;
         Ok(Caller(user))
     }
@@ -72,11 +85,12 @@ impl FromRequestParts<Arc<App>> for Caller {
 
 /// Runs blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
 }
 
 /// The router over a scheduler.
 pub fn router(scheduler: Arc<App>) -> Router {
+    let api = scheduler.config().api.clone();
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/tasks", get(list_tasks).post(add_task))
@@ -117,6 +131,11 @@ pub fn router(scheduler: Arc<App>) -> Router {
         .route("/api/v1/plugins/{name}/revoke", post(revoke_plugin))
         .route("/api/v1/collections/{name}", get(collection_page))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/openapi.json".into()) })
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            std::time::Duration::from_secs(api.request_timeout_secs),
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(api.max_concurrent_requests.max(1)))
         .with_state(scheduler)
 }
 

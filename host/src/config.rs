@@ -46,11 +46,28 @@ pub struct ApiConfig {
     pub listen: String,
     /// Days an API token works after it is issued.
     pub token_days: u32,
+    /// The PEM certificate (chain) the API serves HTTPS with. Tokens and
+    /// student records cross the network only inside TLS: a listen address
+    /// that is not loopback needs it (or `serve --insecure-listen`).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Seconds a request may take before it is answered 408.
+    pub request_timeout_secs: u64,
+    /// Requests served at once; more wait their turn.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".into(), token_days: 90 }
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+            token_days: 90,
+            tls_cert: None,
+            tls_key: None,
+            request_timeout_secs: 30,
+            max_concurrent_requests: 64,
+        }
     }
 }
 

@@ -8,7 +8,35 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use schoolbell::app::App;
 
-pub(crate) fn run(app: Arc<App>, listen: Option<String>) -> Result<()> {
+/// Whether the API may listen on `addr` as configured: on loopback always;
+/// elsewhere only with TLS, or when the operator says the network is
+/// protected otherwise.
+fn check_listen(addr: std::net::SocketAddr, tls: bool, insecure: bool) -> Result<()> {
+    if addr.ip().is_loopback() || tls || insecure {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve tokens and student records in clear on {addr}: set [api] tls_cert and tls_key in schoolbell.toml, listen on 127.0.0.1 behind a TLS proxy, or pass --insecure-listen if the network is protected otherwise"
+    )
+}
+
+/// The TLS settings of `[api]`, when both files are set.
+async fn tls_config(app: &App) -> Result<Option<axum_server::tls_rustls::RustlsConfig>> {
+    let api = &app.config().api;
+    let (cert, key) = match (&api.tls_cert, &api.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => anyhow::bail!("[api] tls_cert and tls_key go together: set both, or neither"),
+    };
+    // One process-wide crypto provider: ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+        .await
+        .with_context(|| format!("cannot read the API's TLS certificate {} and key {}", cert.display(), key.display()))?;
+    Ok(Some(config))
+}
+
+pub(crate) fn run(app: Arc<App>, listen: Option<String>, insecure: bool) -> Result<()> {
     let data = app.data_dir().context("serve needs a data directory")?.to_path_buf();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -17,14 +45,17 @@ pub(crate) fn run(app: Arc<App>, listen: Option<String>) -> Result<()> {
             tracing::warn!(interrupted, "Runs left running by the last process were marked interrupted.");
         }
         let addr = listen.unwrap_or_else(|| app.config().api.listen.clone());
+        let tls = tls_config(&app).await?;
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr}; pick another with --listen or `[api] listen`"))?;
         let local = listener.local_addr()?;
-        let info = serde_json::json!({ "pid": std::process::id(), "listen": local.to_string() });
+        check_listen(local, tls.is_some(), insecure)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let info = serde_json::json!({ "pid": std::process::id(), "listen": local.to_string(), "scheme": scheme });
         std::fs::write(data.join("serve.json"), info.to_string())?;
         println!(
-            "schoolbell serving on http://{local} (API: http://{local}/api/v1/openapi.json); SIGTERM or Ctrl-C stops it"
+            "schoolbell serving on {scheme}://{local} (API: {scheme}://{local}/api/v1/openapi.json); SIGTERM or Ctrl-C stops it"
         );
         tracing::info!(%local, "Serving.");
 
@@ -33,10 +64,25 @@ pub(crate) fn run(app: Arc<App>, listen: Option<String>) -> Result<()> {
         let local_cli = tokio::spawn(serve_cli(app.clone(), bind_socket(&socket)?, stop_rx.clone()));
         let scheduler = tokio::spawn(app.engine().serve(stop_rx.clone()));
         let mut api_stop = stop_rx.clone();
-        let api = axum::serve(listener, schoolbell::api::router(app.clone())).with_graceful_shutdown(async move {
-            let _ = api_stop.wait_for(|stop| *stop).await;
-        });
-        let api = tokio::spawn(async move { api.await });
+        let router = schoolbell::api::router(app.clone());
+        let api = match tls {
+            None => {
+                let api = axum::serve(listener, router).with_graceful_shutdown(async move {
+                    let _ = api_stop.wait_for(|stop| *stop).await;
+                });
+                tokio::spawn(async move { api.await })
+            }
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    let _ = api_stop.wait_for(|stop| *stop).await;
+                    stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+                });
+                let server = axum_server::from_tcp_rustls(listener.into_std()?, tls).handle(handle);
+                tokio::spawn(async move { server.serve(router.into_make_service()).await })
+            }
+        };
         let mail_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mail = match app.outbox().mailer()? {
             Some(mailer) => {

@@ -251,7 +251,7 @@ impl Sb {
         std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("serve did not say where it listens: {line:?}"))
             .to_string();
         Server { child, url }
@@ -378,6 +378,21 @@ impl Sshd {
     }
 }
 
+/// A self-signed certificate for `localhost` and its key, as `cert.pem`
+/// and `key.pem` in `dir` (made with Debian's openssl).
+pub fn self_signed(dir: &Path) {
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl could not make a certificate");
+}
+
 /// A free loopback port (nothing listens on it once this returns).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -403,16 +418,7 @@ impl Smtp {
     pub fn start_tls(port: u16) -> Smtp {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let st = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
-            .arg(d.join("key.pem"))
-            .arg("-out")
-            .arg(d.join("cert.pem"))
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "openssl could not make a certificate");
+        self_signed(d);
         let (cert, key) = (d.join("cert.pem").display().to_string(), d.join("key.pem").display().to_string());
         Smtp::spawn(port, dir, &["--tlscert", &cert, "--tlskey", &key])
     }

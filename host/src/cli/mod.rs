@@ -95,6 +95,10 @@ enum Command {
         /// Listen address (overrides `[api] listen`); port 0 picks a free port.
         #[arg(long)]
         listen: Option<String>,
+        /// Serve plain HTTP on an address that is not loopback (without
+        /// [api] tls_cert): only where the network is protected otherwise.
+        #[arg(long)]
+        insecure_listen: bool,
     },
     /// Compile the config, every rule and every installed plugin; list every problem.
     Check,
@@ -196,7 +200,7 @@ pub(crate) fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
         Command::Audit { after, limit, json } => audit(&app, &user, after, limit, json),
         Command::Store(cmd) => store::run(&app, &user, cmd),
         Command::Demo { plugins } => crate::demo::run(&app, &user, &plugins),
-        Command::Serve { listen } => crate::serve::run(app, listen),
+        Command::Serve { listen, insecure_listen } => crate::serve::run(app, listen, insecure_listen),
     }
 }
 

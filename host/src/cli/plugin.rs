@@ -100,8 +100,18 @@ pub(super) fn run(app: &App, user: &User, cmd: PluginCmd) -> Result<()> {
                 let what = match status {
                     InstallStatus::Installed => "installed".to_string(),
                     InstallStatus::Unchanged => "already installed (same bytes); nothing changed".to_string(),
-                    InstallStatus::Replaced { previous } => {
-                        format!("installed, replacing {previous}")
+                    InstallStatus::Replaced { previous, added, dropped } => {
+                        let list = |caps: &[schoolbell::plugins::Capability]| {
+                            caps.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+                        };
+                        let mut what = format!("installed, replacing {previous}");
+                        if !added.is_empty() {
+                            what.push_str(&format!("; it now also asks for {} (not granted)", list(&added)));
+                        }
+                        if !dropped.is_empty() {
+                            what.push_str(&format!("; grants it no longer asks for were dropped: {}", list(&dropped)));
+                        }
+                        what
                     }
                 };
                 say!("{} {} ({}, WIT {}): {what}", entry.name, entry.version, entry.kind, entry.wit_version);

@@ -54,6 +54,11 @@ pub enum InstallStatus {
     Replaced {
         /// The version it replaced.
         previous: String,
+        /// Capabilities it asks for that the old build did not: not
+        /// granted until an admin grants them.
+        added: Vec<Capability>,
+        /// Grants dropped because the new build no longer asks for them.
+        dropped: Vec<Capability>,
     },
 }
 
@@ -115,7 +120,11 @@ impl PluginHost {
         self.store.flush()?;
         tracing::info!(plugin = %entry.name, version = %entry.version, hash = %entry.hash, "Plugin installed.");
         let status = match previous {
-            Some(p) => InstallStatus::Replaced { previous: p.version },
+            Some(p) => InstallStatus::Replaced {
+                added: entry.capabilities.iter().filter(|c| !p.capabilities.contains(c)).cloned().collect(),
+                dropped: p.granted.iter().filter(|g| !entry.capabilities.contains(g)).cloned().collect(),
+                previous: p.version,
+            },
             None => InstallStatus::Installed,
         };
         Ok((entry, status))
