@@ -140,18 +140,7 @@ impl GuestMapper for Roster {
                 )));
             }
         };
-        Ok(Mapper::new(Roster(RefCell::new(State {
-            reader: ReaderBuilder::new().delimiter(delimiter).build(),
-            columns,
-            encoding,
-            header_read: false,
-            at_start: true,
-            field: Vec::new(),
-            record: Vec::new(),
-            newlines: 0,
-            ended_on_newline: false,
-            at_eof: false,
-        }))))
+        Ok(Mapper::new(Roster(RefCell::new(State::new(columns, delimiter, encoding)))))
     }
 
     fn feed(&self, chunk: Vec<u8>) -> Result<Batch, MappingError> {
@@ -178,6 +167,21 @@ impl GuestMapper for Roster {
 }
 
 impl State {
+    fn new(columns: Vec<Column>, delimiter: u8, encoding: Encoding) -> State {
+        State {
+            reader: ReaderBuilder::new().delimiter(delimiter).build(),
+            columns,
+            encoding,
+            header_read: false,
+            at_start: true,
+            field: Vec::new(),
+            record: Vec::new(),
+            newlines: 0,
+            ended_on_newline: false,
+            at_eof: false,
+        }
+    }
+
     fn read(&mut self, mut input: &[u8], eof: bool) -> Result<Batch, MappingError> {
         let mut batch = Batch { rows: Vec::new(), errors: Vec::new() };
         self.at_eof = eof;
@@ -369,3 +373,92 @@ fn windows_1252(b: u8) -> char {
 }
 
 export_mapping!(Plugin);
+
+/// The parser, natively, under generated input: it never panics, every
+/// row and error points at a line of the file, and where the file is cut
+/// into chunks changes nothing. `PROPTEST_CASES` sets how many files are
+/// tried (`xtask/fuzz` tries many).
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn state() -> State {
+        let columns = parse_columns("student-id=Student ID; last-name=Last Name?; grade=Grade:integer?; birth-date=Birth Date:date?")
+            .unwrap();
+        State::new(columns, b',', Encoding::Utf8)
+    }
+
+    /// Everything the parser says about `file` read in chunks cut at `cuts`.
+    fn parse(file: &[u8], cuts: &[usize]) -> Result<(Vec<(u64, usize)>, Vec<(u64, String)>), String> {
+        let mut s = state();
+        let mut rows = Vec::new();
+        let mut errors = Vec::new();
+        let mut take = |b: Batch| {
+            rows.extend(b.rows.iter().map(|r| (r.line, r.fields.len())));
+            errors.extend(b.errors.into_iter().map(|e| (e.line, e.message)));
+        };
+        let mut at = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&file.len())) {
+            let cut = cut.clamp(at, file.len());
+            take(s.read(&file[at..cut], false).map_err(|e| format!("{e:?}"))?);
+            at = cut;
+        }
+        take(s.read(&[], true).map_err(|e| format!("{e:?}"))?);
+        Ok((rows, errors))
+    }
+
+    fn cell() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[A-Za-z0-9 ]{0,8}",
+            Just("\"".to_string()),
+            Just("\"a,b\"".to_string()),
+            Just("\"two\nlines\"".to_string()),
+            Just("2010-01-02".to_string()),
+            Just("12".to_string()),
+            "\\PC{0,4}",
+        ]
+    }
+
+    fn file() -> impl Strategy<Value = Vec<u8>> {
+        let row = prop::collection::vec(cell(), 0..6).prop_map(|c| c.join(","));
+        (prop::collection::vec(row, 0..12), prop::bool::ANY, prop::bool::ANY).prop_map(|(rows, crlf, last)| {
+            let end = if crlf { "\r\n" } else { "\n" };
+            let mut text = format!("Student ID,Last Name,Grade,Birth Date{end}");
+            text.push_str(&rows.join(end));
+            if last {
+                text.push_str(end);
+            }
+            text.into_bytes()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_change_nothing_and_every_line_is_in_the_file(
+            file in file(),
+            cuts in prop::collection::vec(0usize..400, 0..6),
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let whole = parse(&file, &[]);
+            let chunked = parse(&file, &cuts);
+            prop_assert_eq!(&whole, &chunked);
+            let lines = file.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+            if let Ok((rows, errors)) = whole {
+                for (line, _) in rows.iter().map(|(l, n)| (*l, *n)) {
+                    prop_assert!(line >= 2 && line <= lines, "row at line {line} of {lines}");
+                }
+                for (line, _) in &errors {
+                    prop_assert!(*line >= 1 && *line <= lines, "error at line {line} of {lines}");
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(file in prop::collection::vec(any::<u8>(), 0..600), cut in 0usize..600) {
+            let _ = parse(&file, &[cut]);
+        }
+    }
+}
