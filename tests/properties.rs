@@ -8,11 +8,12 @@
 //! - any text given as `schoolbell.toml` is read or refused with a message;
 //! - any text given as a rule compiles or is refused with its line.
 
-use chrono::{DateTime, Duration, NaiveTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration, NaiveTime, TimeZone, Utc};
 use proptest::prelude::*;
 use schoolbell::schedule::{Schedule, Timing, parse_zone};
 
-const ZONES: &[&str] = &["UTC", "America/New_York", "America/Chicago", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata"];
+const ZONES: &[&str] =
+    &["UTC", "America/New_York", "America/Chicago", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata"];
 
 fn instant() -> impl Strategy<Value = DateTime<Utc>> {
     // 1971 to 2998: inside the years schedules accept.

@@ -30,9 +30,9 @@ async fn tls_config(app: &App) -> Result<Option<axum_server::tls_rustls::RustlsC
     };
     // One process-wide crypto provider: ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-        .await
-        .with_context(|| format!("cannot read the API's TLS certificate {} and key {}", cert.display(), key.display()))?;
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key).await.with_context(|| {
+        format!("cannot read the API's TLS certificate {} and key {}", cert.display(), key.display())
+    })?;
     Ok(Some(config))
 }
 

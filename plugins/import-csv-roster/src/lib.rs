@@ -385,8 +385,10 @@ mod tests {
     use super::*;
 
     fn state() -> State {
-        let columns = parse_columns("student-id=Student ID; last-name=Last Name?; grade=Grade:integer?; birth-date=Birth Date:date?")
-            .unwrap();
+        let columns = parse_columns(
+            "student-id=Student ID; last-name=Last Name?; grade=Grade:integer?; birth-date=Birth Date:date?",
+        )
+        .unwrap();
         State::new(columns, b',', Encoding::Utf8)
     }
 
