@@ -602,3 +602,25 @@ fn an_unclosed_quote_is_reported_where_it_opens_with_what_it_swallowed() {
         "{out}"
     );
 }
+
+/// A field too large for the mapping fails its own row with its line and
+/// column, whatever the column, and the rows around it import; the
+/// mapping's memory never holds it.
+#[test]
+fn a_field_past_the_limit_fails_its_row_with_line_and_column() {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    let huge = "x".repeat(20 << 20);
+    let file = sb.file(
+        "notes.csv",
+        format!(
+            "Student ID,Last Name,First Name,Birth Date,Notes\nS1,Ng,Ann,2010-01-02,fine\nS2,Li,Bo,2011-03-04,{huge}\nS3,Ko,Cy,2012-05-06,\n"
+        ),
+    );
+    let out = import_students(&sb, &file, FOUR_COLUMNS);
+    assert!(out.contains(": 1 error, 2 new"), "{out}");
+    assert!(
+        out.contains("  line 3 error, field `Notes`: a field of 20 MB is larger than the limit of 1 MB (max-field-bytes); the row is not imported"),
+        "{out}"
+    );
+}

@@ -296,3 +296,39 @@ fn sensitive_fields_are_masked_where_people_read_about_records() {
     let records = sb.ok(&["records", "list", "students", "--json"]);
     assert!(records.contains("444-55-6666"), "{records}");
 }
+
+#[test]
+fn a_plugin_cannot_address_mail_itself_without_send_address() {
+    let d = district();
+    d.sb.ok(&["plugin", "install", "--grant-all", s(&plugin("test-hostile"))]);
+    let server = d.sb.serve();
+    let api = Api::new(&server.url);
+    let task = json!({ "name": "chooser", "plugin": "test-hostile", "schedule": "daily at 07:00", "params": { "behaviour": "address" } });
+    assert_eq!(api.json("POST", "/api/v1/tasks", &d.admin, Some(task)).0, 201);
+    let (_, run) = api.json("POST", "/api/v1/tasks/chooser/run-now", &d.admin, None);
+    let id = run["id"].as_u64().unwrap();
+    let done = wait_finished(&api, &d.admin, id);
+    assert_eq!(done["summary"]["emails"].as_u64().unwrap_or(0), 0, "{done}");
+    let (_, messages) = api.json("GET", &format!("/api/v1/runs/{id}/messages"), &d.admin, None);
+    assert!(messages.to_string().contains("needs the `send:address` capability granted"), "{messages}");
+    let (_, outbox) = api.json("GET", "/api/v1/outbox", &d.admin, None);
+    assert_eq!(outbox, json!([]), "nothing was queued");
+    server.terminate();
+}
+
+/// What the service writes is its user's alone: the data directory 0700,
+/// the store's files and the secrets key 0600.
+#[test]
+fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sb::new();
+    sb.ok(&["secret", "set", "k", "--file", s(&sb.file("k.txt", "secret"))]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sb.data()), 0o700);
+    assert_eq!(mode(&sb.data().join("secret.key")), 0o600);
+    for entry in std::fs::read_dir(sb.data().join("store")).unwrap() {
+        let path = entry.unwrap().path();
+        let m = mode(&path);
+        assert_eq!(m & 0o077, 0, "{} is mode {m:o}", path.display());
+    }
+}

@@ -25,6 +25,10 @@ fn json(sb: &Sb, args: &[&str]) -> Value {
 fn a_store_written_at_schema_1_opens_with_everything_intact() {
     let sb = Sb::new();
     copy_dir(&support::root().join("tests/fixtures/store-v1"), &sb.data());
+    // Git keeps no modes beyond the executable bit: a restored key is made
+    // private again, as an operator restoring a backup would.
+    std::fs::set_permissions(sb.data().join("secret.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
 
     let backups: Vec<_> =

@@ -1081,7 +1081,7 @@ fn find(
     keys: &[(Vec<String>, String)],
     row: &Record,
 ) -> Result<Match, Error> {
-    let has = |f: &str| match row.get(f) {
+    let has = |f: &str| match row.get(crate::records::key_field(f).0) {
         None | Some(Value::Null) => false,
         Some(Value::Text(t)) => !t.trim().is_empty(),
         Some(_) => true,
@@ -1169,6 +1169,9 @@ fn plan_rows(
     // Every field a key or an index is made of.
     let mut keyed: Vec<String> = keys.iter().flat_map(|(k, _)| k.iter().cloned()).collect();
     keyed.extend(spec.indexes.iter().flatten().cloned());
+    for f in &mut keyed {
+        *f = crate::records::key_field(f).0.to_string();
+    }
     keyed.sort();
     keyed.dedup();
     for batch in batches {

@@ -190,6 +190,29 @@ impl fmt::Display for Value {
 /// A dynamic record: field names to typed values.
 pub type Record = BTreeMap<String, Value>;
 
+/// The prefix of a match key field compared folded (`folded("last-name")`
+/// in a rule gives `folded:last-name`).
+pub const FOLDED: &str = "folded:";
+
+/// A match key field's record field, and whether it is compared folded.
+pub fn key_field(spec: &str) -> (&str, bool) {
+    match spec.strip_prefix(FOLDED) {
+        Some(field) => (field, true),
+        None => (spec, false),
+    }
+}
+
+/// Text as people compare names: trimmed, lower case, without diacritics
+/// (`García` and `GARCIA` fold alike).
+pub fn fold(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    text.trim()
+        .nfd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 /// A record as a JSON object.
 pub fn record_to_json(record: &Record) -> serde_json::Value {
     serde_json::Value::Object(record.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())

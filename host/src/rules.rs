@@ -164,6 +164,10 @@ pub fn engine(limits: &RuleLimits) -> Engine {
         }
         None
     });
+    // Names compared as people mean them: `fold("García") == fold("GARCIA")`.
+    engine.register_fn("fold", |text: &str| crate::records::fold(text));
+    // A match key field compared folded: `[folded("last-name"), "birth-date"]`.
+    engine.register_fn("folded", |field: &str| format!("{}{field}", crate::records::FOLDED));
     engine.on_print(|text| tracing::info!(target: "schoolbell::rules", "{text}"));
     engine.on_debug(|text, source, pos| tracing::debug!(target: "schoolbell::rules", ?source, %pos, "{text}"));
     engine

@@ -21,6 +21,18 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Others may read the key file.
+    #[error(
+        "the secrets key {} may be read by others (mode {mode:o}): `chmod 600 {}`, and find out who may have copied it",
+        path.display(),
+        path.display()
+    )]
+    Exposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// No secret by that name.
     #[error("no secret named `{0}`; store one with `schoolbell secret set {0} --file PATH`")]
     Unknown(String),
@@ -61,10 +73,7 @@ impl Secrets {
         }
         let mode = std::fs::metadata(path).map_err(key_error)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(key_error(std::io::Error::other(format!(
-                "others may read it (mode {mode:o}); `chmod 600 {}` and check who copied it",
-                path.display()
-            ))));
+            return Err(Error::Exposed { path: path.to_path_buf(), mode });
         }
         let cipher =
             XChaCha20Poly1305::new_from_slice(&key).map_err(|_| key_error(std::io::Error::other("bad key length")))?;
@@ -187,7 +196,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = Secrets::open(&path).err().unwrap().to_string();
-        assert!(e.contains("others may read it (mode 644); `chmod 600"), "{e}");
+        assert!(e.contains("may be read by others (mode 644): `chmod 600"), "{e}");
     }
 
     fn walk(dir: &Path) -> Vec<Vec<u8>> {

@@ -137,8 +137,9 @@ pub struct CollectionSpec {
 pub fn index_text(record: &Record, fields: &[String]) -> Option<String> {
     let mut parts = Vec::with_capacity(fields.len());
     for f in fields {
-        let text = record.get(f).map(Value::to_key_text).unwrap_or_default();
-        let text = text.trim().to_lowercase();
+        let (field, folded) = crate::records::key_field(f);
+        let text = record.get(field).map(Value::to_key_text).unwrap_or_default();
+        let text = if folded { crate::records::fold(&text) } else { text.trim().to_lowercase() };
         if text.is_empty() {
             return None;
         }

@@ -126,6 +126,9 @@ impl RunState {
             self.log_dropped += 1;
             return;
         }
+        // A vendor's log line may quote what it read: SSN-shaped text is
+        // masked before anyone (the server's log included) sees it.
+        let message = crate::privacy::Privacy::default().text(&message);
         tracing::debug!(plugin = %self.setup.plugin, ?level, "{message}");
         self.log_bytes += message.len();
         self.log.push(LogLine { level, message });

@@ -75,7 +75,7 @@ impl Default for SandboxConfig {
             max_subject_bytes: 1_024,
             max_body_bytes: 256 * 1024,
             max_fields: 256,
-            max_field_bytes: 64 * 1024,
+            max_field_bytes: 1 << 20,
             max_row_errors: 10_000,
             timeout_secs: 300,
             cancel_grace_secs: 10,

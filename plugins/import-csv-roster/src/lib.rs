@@ -41,6 +41,12 @@ impl PluginGuest for Plugin {
                     Some(Value::Text("utf-8".into())),
                     "The file's encoding: `utf-8` (a byte-order mark is allowed) or `windows-1252`.",
                 ),
+                param_spec(
+                    "max-field-bytes",
+                    ValueType::Integer,
+                    Some(Value::Integer(DEFAULT_MAX_FIELD as i64)),
+                    "The longest field read, in bytes; a longer one fails its row with its line and column.",
+                ),
             ],
             capabilities: vec![Capability::WriteCollection("students".into())],
         }
@@ -77,8 +83,20 @@ enum Encoding {
 /// called through `&self`.
 pub struct Roster(RefCell<State>);
 
+/// The longest field kept by default: 1 MiB.
+const DEFAULT_MAX_FIELD: u64 = 1 << 20;
+
 struct State {
     reader: Reader,
+    /// The longest field kept; the bytes of a longer one are counted, not kept.
+    max_field: u64,
+    /// Bytes of the field being read, kept or not.
+    field_len: u64,
+    /// The first field of the record being read that was too long: its
+    /// position in the record and its size.
+    oversized: Option<(usize, u64)>,
+    /// The header row's names, for messages about columns not mapped.
+    header_names: Vec<String>,
     columns: Vec<Column>,
     encoding: Encoding,
     header_read: bool,
@@ -140,7 +158,15 @@ impl GuestMapper for Roster {
                 )));
             }
         };
-        Ok(Mapper::new(Roster(RefCell::new(State::new(columns, delimiter, encoding)))))
+        let mut state = State::new(columns, delimiter, encoding);
+        state.max_field = match params.iter().find(|p| p.name == "max-field-bytes").map(|p| &p.value) {
+            Some(Value::Integer(n)) if *n > 0 => *n as u64,
+            Some(Value::Integer(_)) => {
+                return Err(PluginError::BadInput("parameter `max-field-bytes` must be at least 1".into()));
+            }
+            _ => DEFAULT_MAX_FIELD,
+        };
+        Ok(Mapper::new(Roster(RefCell::new(state))))
     }
 
     fn feed(&self, chunk: Vec<u8>) -> Result<Batch, MappingError> {
@@ -170,6 +196,10 @@ impl State {
     fn new(columns: Vec<Column>, delimiter: u8, encoding: Encoding) -> State {
         State {
             reader: ReaderBuilder::new().delimiter(delimiter).build(),
+            max_field: DEFAULT_MAX_FIELD,
+            field_len: 0,
+            oversized: None,
+            header_names: Vec::new(),
             columns,
             encoding,
             header_read: false,
@@ -199,10 +229,21 @@ impl State {
             // next read consumes), or at the end of the file.
             self.ended_on_newline = consumed.last() == Some(&b'\n');
             input = &input[nin..];
-            self.field.extend_from_slice(&out[..nout]);
+            // A field past the limit is counted, not kept: the mapping's
+            // memory stays small and the row says which field it was.
+            self.field_len += nout as u64;
+            if self.field_len <= self.max_field {
+                self.field.extend_from_slice(&out[..nout]);
+            } else if !self.field.is_empty() {
+                self.field = Vec::new();
+            }
             match result {
                 ReadFieldResult::InputEmpty | ReadFieldResult::OutputFull => {}
                 ReadFieldResult::Field { record_end } => {
+                    if self.field_len > self.max_field && self.oversized.is_none() {
+                        self.oversized = Some((self.record.len(), self.field_len));
+                    }
+                    self.field_len = 0;
                     let field = std::mem::take(&mut self.field);
                     self.record.push(field);
                     if record_end {
@@ -221,6 +262,24 @@ impl State {
         let line = if self.ended_on_newline { self.newlines } else { self.newlines + 1 };
         // A blank line is one empty field: skip it, as spreadsheets write them.
         if record.len() == 1 && record[0].is_empty() {
+            return Ok(());
+        }
+        if let Some((index, size)) = self.oversized.take() {
+            let column = match self.header_names.get(index) {
+                Some(name) if !name.is_empty() => format!("`{name}`"),
+                _ => format!("number {}", index + 1),
+            };
+            let message = format!(
+                "a field of {} is larger than the limit of {} (max-field-bytes); the row is not imported",
+                size_text(size),
+                size_text(self.max_field)
+            );
+            if !self.header_read {
+                let message = format!("line {line}, column {column}: {message}");
+                return Err(MappingError::Header(HeaderError { column, message }));
+            }
+            let field = self.header_names.get(index).cloned();
+            batch.errors.push(RowError { line, field, message });
             return Ok(());
         }
         if !self.header_read {
@@ -279,6 +338,7 @@ impl State {
     fn read_header(&mut self, record: &[Vec<u8>]) -> Result<(), MappingError> {
         let names: Vec<String> =
             record.iter().map(|raw| self.decode(raw).unwrap_or_default().trim().to_string()).collect();
+        self.header_names = names.clone();
         for column in &mut self.columns {
             let mut found = names.iter().enumerate().filter(|(_, n)| n.eq_ignore_ascii_case(&column.header));
             column.index = found.next().map(|(i, _)| i);
@@ -334,6 +394,15 @@ impl State {
                 format!("`{text}` in `{}` is not a date; write YYYY-MM-DD or MM/DD/YYYY", column.header)
             }),
         }
+    }
+}
+
+/// A size for people: `20 MB`, `1 MB`, `512 KB`, `300 bytes`.
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{} MB", b >> 20),
+        b if b >= 1 << 10 => format!("{} KB", b >> 10),
+        b => format!("{b} bytes"),
     }
 }
 

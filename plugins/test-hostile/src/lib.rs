@@ -20,7 +20,7 @@ impl PluginGuest for Plugin {
                     "behaviour",
                     ValueType::Text,
                     None,
-                    "loop, memory, recursion, panic, huge-output, undeclared, ambient, well, flood, big-body, state-keys, state-value, refusals, chatter or other-rule",
+                    "loop, memory, recursion, panic, huge-output, undeclared, ambient, well, flood, big-body, state-keys, state-value, refusals, chatter, other-rule or address",
                 ),
                 param_spec(
                     "times",
@@ -124,6 +124,12 @@ impl NotifierGuest for Plugin {
                 }
                 Ok(vec![note("asked ten million times".into())])
             }
+            "address" => Ok(vec![Notification {
+                recipient: Recipient::Address("someone@elsewhere.example".into()),
+                subject: "to an address it chose".into(),
+                body: String::new(),
+                dedupe_key: "address".into(),
+            }]),
             "other-rule" => {
                 let d = host::eval_rule("attendance_threshold", &[])?;
                 Ok(vec![note(format!("the rule said {}", d.matched))])
