@@ -11,7 +11,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::{Api, Sb, plugin, s};
 
 fn peak_resident_mib(pid: u32) -> u64 {
@@ -19,19 +18,6 @@ fn peak_resident_mib(pid: u32) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib / 1024
-}
-
-fn wait_finished(api: &Api, token: &str, id: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (status, run) = api.json("GET", &format!("/api/v1/runs/{id}"), token, None);
-        assert_eq!(status, 200, "{run}");
-        if !["queued", "running"].contains(&run["status"].as_str().unwrap()) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -69,7 +55,7 @@ fn hostile_plugins_fail_their_own_runs_and_the_host_stays_small() {
         let t = Instant::now();
         let (status, run) = api.json("POST", &format!("/api/v1/tasks/{b}/run-now"), &token, None);
         assert_eq!(status, 202, "{run}");
-        let done = wait_finished(&api, &token, run["id"].as_u64().unwrap());
+        let done = api.settled(&token, run["id"].as_u64().unwrap());
         let peak = peak_resident_mib(pid);
         eprintln!("{b}: {:?}, peak {peak} MiB", t.elapsed());
         assert!(peak < 300, "after {b} the host's peak resident memory is {peak} MiB");

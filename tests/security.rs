@@ -5,25 +5,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 use support::{Api, Sb, plugin, s};
 
 const COLUMNS: &str = "student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
-
-fn wait_finished(api: &Api, token: &str, id: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, run) = api.json("GET", &format!("/api/v1/runs/{id}"), token, None);
-        assert_eq!(status, 200, "{run}");
-        if !["queued", "running"].contains(&run["status"].as_str().unwrap()) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 fn roster(rows: std::ops::Range<usize>) -> String {
     let body: String = rows.map(|i| format!("S{i:04},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
@@ -99,7 +84,7 @@ fn sources_and_import_targets_are_the_owners() {
     std::fs::write(d.batch.join("IC_1.csv"), roster(0..5)).unwrap();
     let (status, run) = api.json("POST", "/api/v1/tasks/nightly/test-import", &d.sam, None);
     assert_eq!(status, 202, "{run}");
-    let done = wait_finished(&api, &d.sam, run["id"].as_u64().unwrap());
+    let done = api.settled(&d.sam, run["id"].as_u64().unwrap());
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(api.json("DELETE", "/api/v1/sources/sis", &d.sam, None).0, 403);
     let (status, body) = api.json("DELETE", "/api/v1/sources/sis", &d.admin, None);
@@ -123,14 +108,14 @@ fn a_mass_change_takes_two_people() {
     assert_eq!(status, 201, "{body}");
     std::fs::write(d.batch.join("IC_1.csv"), roster(0..100)).unwrap();
     let (_, run) = api.json("POST", "/api/v1/tasks/nightly/run-now", &d.sam, None);
-    assert_eq!(wait_finished(&api, &d.sam, run["id"].as_u64().unwrap())["status"], "succeeded");
+    assert_eq!(api.settled(&d.sam, run["id"].as_u64().unwrap())["status"], "succeeded");
 
     // 15 of 100 renamed: held for confirmation.
     let renamed: String = (0..15).map(|i| format!("S{i:04},Renamed{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
     std::fs::write(d.batch.join("IC_2.csv"), format!("Student ID,Last Name,First Name,Birth Date\n{renamed}")).unwrap();
     let (_, run) = api.json("POST", "/api/v1/tasks/nightly/run-now", &d.sam, None);
     let id = run["id"].as_u64().unwrap();
-    assert_eq!(wait_finished(&api, &d.sam, id)["status"], "awaiting-confirmation");
+    assert_eq!(api.settled(&d.sam, id)["status"], "awaiting-confirmation");
     let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &d.sam, Some(json!({})));
     assert_eq!(status, 403, "the requester may not confirm their own run: {body}");
     let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &d.olga, Some(json!({})));
@@ -154,7 +139,7 @@ fn a_mass_change_takes_two_people() {
     std::fs::write(d.batch.join("FULL_1.csv"), roster(0..40)).unwrap();
     let (_, run) = api.json("POST", "/api/v1/tasks/full/run-now", &d.admin, None);
     let id = run["id"].as_u64().unwrap();
-    let held = wait_finished(&api, &d.admin, id);
+    let held = api.settled(&d.admin, id);
     assert_eq!(held["status"], "awaiting-authorization", "{held}");
     assert_eq!(api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &d.olga, Some(json!({}))).0, 409);
     server.terminate();
@@ -250,11 +235,11 @@ fn approval_codes_are_long_secret_and_die_after_five_wrong_tries() {
     assert_eq!(status, 201, "{body}");
     std::fs::write(d.batch.join("IC_1.csv"), roster(0..10)).unwrap();
     let (_, run) = api.json("POST", "/api/v1/tasks/nightly/run-now", &d.sam, None);
-    wait_finished(&api, &d.sam, run["id"].as_u64().unwrap());
+    api.settled(&d.sam, run["id"].as_u64().unwrap());
     std::fs::write(d.batch.join("IC_2.csv"), roster(10..20)).unwrap();
     let (_, run) = api.json("POST", "/api/v1/tasks/nightly/run-now", &d.sam, None);
     let id = run["id"].as_u64().unwrap();
-    assert_eq!(wait_finished(&api, &d.sam, id)["status"], "awaiting-authorization");
+    assert_eq!(api.settled(&d.sam, id)["status"], "awaiting-authorization");
     let request = json!({ "comment": "new campus" });
     assert_eq!(api.json("POST", &format!("/api/v1/runs/{id}/request"), &d.sam, Some(request)).0, 200);
 
@@ -307,7 +292,7 @@ fn a_plugin_cannot_address_mail_itself_without_send_address() {
     assert_eq!(api.json("POST", "/api/v1/tasks", &d.admin, Some(task)).0, 201);
     let (_, run) = api.json("POST", "/api/v1/tasks/chooser/run-now", &d.admin, None);
     let id = run["id"].as_u64().unwrap();
-    let done = wait_finished(&api, &d.admin, id);
+    let done = api.settled(&d.admin, id);
     assert_eq!(done["summary"]["emails"].as_u64().unwrap_or(0), 0, "{done}");
     let (_, messages) = api.json("GET", &format!("/api/v1/runs/{id}/messages"), &d.admin, None);
     assert!(messages.to_string().contains("needs the `send:address` capability granted"), "{messages}");

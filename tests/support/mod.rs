@@ -165,6 +165,21 @@ pub struct Api {
 }
 
 impl Api {
+    /// Waits, within two minutes, until run `id` is no longer queued or
+    /// running (finished, or held for a person), and returns it.
+    pub fn settled(&self, token: &str, id: u64) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let (status, run) = self.json("GET", &format!("/api/v1/runs/{id}"), token, None);
+            assert_eq!(status, 200, "{run}");
+            if !["queued", "running"].contains(&run["status"].as_str().unwrap()) {
+                return run;
+            }
+            assert!(std::time::Instant::now() < deadline, "run {id} did not settle: {run}");
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+
     pub fn new(url: &str) -> Api {
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
         Api { url: url.to_string(), agent }

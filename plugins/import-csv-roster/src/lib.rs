@@ -97,6 +97,8 @@ struct State {
     oversized: Option<(usize, u64)>,
     /// The header row's names, for messages about columns not mapped.
     header_names: Vec<String>,
+    /// Quote bytes read since the record began.
+    quotes: u64,
     columns: Vec<Column>,
     encoding: Encoding,
     header_read: bool,
@@ -200,6 +202,7 @@ impl State {
             field_len: 0,
             oversized: None,
             header_names: Vec::new(),
+            quotes: 0,
             columns,
             encoding,
             header_read: false,
@@ -225,6 +228,7 @@ impl State {
             let (result, nin, nout) = self.reader.read_field(input, &mut out);
             let consumed = &input[..nin];
             self.newlines += consumed.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.quotes += consumed.iter().filter(|&&b| b == b'"').count() as u64;
             // A record ends on `\n`, on the `\r` of a CRLF (whose `\n` the
             // next read consumes), or at the end of the file.
             self.ended_on_newline = consumed.last() == Some(&b'\n');
@@ -257,6 +261,7 @@ impl State {
 
     fn end_record(&mut self, batch: &mut Batch) -> Result<(), MappingError> {
         let record = std::mem::take(&mut self.record);
+        let quotes = std::mem::take(&mut self.quotes);
         // The line the record ends on: the same as where it starts, except
         // for a quoted field that spans lines.
         let line = if self.ended_on_newline { self.newlines } else { self.newlines + 1 };
@@ -289,18 +294,25 @@ impl State {
         // A quote that never closes reads the rest of the file into one
         // field: say where it opened and how much it swallowed, rather
         // than lose the rows after it without a word.
+        // Quotes come in pairs (`""` inside a field): an odd count in the
+        // last record means one opened and never closed.
         let spanned: u64 = record.iter().map(|f| f.iter().filter(|&&b| b == b'\n').count() as u64).sum();
-        if self.at_eof && spanned > 0 {
+        if self.at_eof && quotes % 2 == 1 {
             let start = line.saturating_sub(spanned);
-            let open = record.iter().position(|f| f.contains(&b'\n')).unwrap_or(0);
+            // It swallowed everything after it: it is the record's last field.
+            let open = record.len().saturating_sub(1);
             // The file's own last line end is not a swallowed line.
             let swallowed = spanned - u64::from(record.last().is_some_and(|f| f.ends_with(b"\n")));
-            let header = self.columns.iter().find(|c| c.index == Some(open)).map(|c| c.header.clone());
+            let header = self.header_names.get(open).cloned();
+            let after = match swallowed {
+                0 => "the rest of its line was read as one field".to_string(),
+                n => format!("the {n} lines after it, to the end of the file, were read as one field"),
+            };
             batch.errors.push(RowError {
                 line: start,
                 field: header,
                 message: format!(
-                    "a quote opens on line {start} and never closes: the {swallowed} lines after it, to the end of the file, were read as one field; close the quote (write \"\" for a quote inside a field) and import again"
+                    "a quote opens on line {start} and never closes: {after}; close the quote (write \"\" for a quote inside a field) and import again"
                 ),
             });
             return Ok(());
@@ -503,6 +515,22 @@ mod tests {
             }
             text.into_bytes()
         })
+    }
+
+    #[test]
+    fn a_quote_left_open_on_the_last_line_is_named_and_a_closed_one_is_not() {
+        let header = "Student ID,Last Name,Grade,Birth Date\n";
+        let (rows, errors) =
+            parse(format!("{header}S1,Ng,9,2010-01-02\nS2,\"Li,8,2011-03-04").as_bytes(), &[]).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, 3);
+        assert!(
+            errors[0].1.starts_with("a quote opens on line 3 and never closes: the rest of its line"),
+            "{errors:?}"
+        );
+        let (rows, errors) = parse(format!("{header}S1,\"Ng\nNg\",9,2010-01-02\n").as_bytes(), &[]).unwrap();
+        assert_eq!((rows.len(), errors.len()), (1, 0), "{errors:?}");
     }
 
     proptest! {
