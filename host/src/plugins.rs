@@ -478,8 +478,8 @@ pub struct RunRequest {
     pub control: RunControl,
     /// The date `host.today` answers, in the district's zone; none: today in UTC.
     pub today: Option<crate::records::Date>,
-    /// The rules the task names (its rules, and rule names among its
-    /// parameters): the only ones the plugin may evaluate.
+    /// The task's rules. With the parameters that name a rule, they are
+    /// the only rules the plugin may evaluate.
     pub rules: Vec<String>,
 }
 
@@ -634,6 +634,7 @@ impl PluginHost {
     }
 
     fn new_store(&self, entry: &PluginEntry, request: &RunRequest, params: Record) -> wasmtime::Store<RunState> {
+        let named = named_rules(&request.rules, &params, &self.rules);
         let setup = RunSetup {
             plugin: entry.id(),
             declared: entry.capabilities.clone(),
@@ -644,7 +645,7 @@ impl PluginHost {
             params,
             control: request.control.clone(),
             today: request.today.unwrap_or_else(|| crate::records::Date::from_chrono(chrono::Utc::now().date_naive())),
-            rules_named: request.rules.clone(),
+            rules_named: named,
         };
         self.sandbox.store(RunState::new(setup, &self.sandbox))
     }
@@ -885,6 +886,22 @@ fn guest_failure(plugin: &PluginId, state: &RunState, e: bindings::wit::PluginEr
         return Error::Cancelled { plugin: plugin.clone() };
     }
     Error::Failed { plugin: plugin.clone(), error: bindings::guest_error(e) }
+}
+
+/// The rules a run names: the task's, and parameter values (defaults
+/// filled in) that name a rule, such as a notifier's
+/// `rule=attendance_threshold`. A plugin may evaluate only these.
+fn named_rules(rules: &[String], params: &Record, all: &RuleSet) -> Vec<String> {
+    let mut named = rules.to_vec();
+    for value in params.values() {
+        if let Value::Text(t) = value
+            && all.get(t).is_ok()
+            && !named.contains(t)
+        {
+            named.push(t.clone());
+        }
+    }
+    named
 }
 
 /// Checks a task's parameters against the plugin's specs and fills in

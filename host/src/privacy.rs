@@ -61,7 +61,7 @@ pub fn mask(text: &str) -> String {
 }
 
 /// Masks `ddd-dd-dddd` runs not inside a longer run of digits.
-fn mask_ssns(text: &str) -> String {
+pub fn mask_ssns(text: &str) -> String {
     let bytes = text.as_bytes();
     let shape = b"ddd-dd-dddd";
     let mut out = String::with_capacity(text.len());

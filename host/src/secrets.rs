@@ -131,6 +131,15 @@ pub fn mac(key: &[u8], message: &[u8]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
+/// Whether `tag` is the HMAC-SHA-256 of `message` under `key`, compared
+/// in constant time.
+pub fn verify_mac(key: &[u8], message: &[u8], tag: &[u8]) -> bool {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(message);
+    m.verify_slice(tag).is_ok()
+}
+
 /// A key for `purpose`, derived from the secrets key: one key file, a
 /// separate key per use.
 fn derive(key: &[u8], purpose: &str) -> [u8; 32] {

@@ -109,23 +109,6 @@ pub struct Task {
 }
 
 impl Task {
-    /// The rules the task names: its rules, and values of `params` (its
-    /// parameters with the plugin's defaults filled in) that name a rule,
-    /// such as a notifier's `rule=attendance_threshold`. A plugin may
-    /// evaluate only these.
-    pub fn named_rules(&self, params: &Record, rules: &crate::rules::RuleSet) -> Vec<String> {
-        let mut named = self.rules.clone();
-        for value in params.values() {
-            if let crate::records::Value::Text(t) = value
-                && rules.get(t).is_ok()
-                && !named.contains(t)
-            {
-                named.push(t.clone());
-            }
-        }
-        named
-    }
-
     /// The task's zone.
     pub fn tz(&self) -> Tz {
         self.zone.parse().unwrap_or(Tz::UTC)

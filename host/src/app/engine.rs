@@ -338,8 +338,8 @@ impl Engine<'_> {
             app.store.flush()?;
             tracing::info!(removed, "Retention removed old runs.");
         }
-        let purged = app.outbox().purge(now)?;
-        Ok(removed + purged)
+        app.outbox().purge(now)?;
+        Ok(removed)
     }
 
     /// Fires, dispatches and sweeps until `shutdown` turns true; sleeps

@@ -203,16 +203,7 @@ impl App {
             params: task.params.clone(),
             control: control.clone(),
             today: Some(crate::records::Date::from_chrono(today)),
-            rules: {
-                // The parameters as the plugin will see them, defaults included.
-                let filled = self
-                    .host
-                    .entry(&task.plugin)
-                    .ok()
-                    .and_then(|e| crate::plugins::check_params(&e, &task.params).ok())
-                    .unwrap_or_else(|| task.params.clone());
-                task.named_rules(&filled, self.host.rules())
-            },
+            rules: task.rules.clone(),
         };
         match task.kind {
             TaskKind::Import => self.import_job(task, run, &request, effects, made),

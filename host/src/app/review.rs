@@ -201,9 +201,12 @@ impl ImportReview<'_> {
         Ok(code)
     }
 
+    fn code_message(run: RunId, code: &str) -> String {
+        format!("run {run}: {}", code.trim().to_uppercase())
+    }
+
     fn code_mac(&self, run: RunId, code: &str) -> String {
-        let message = format!("run {run}: {}", code.trim().to_uppercase());
-        hex::encode(crate::secrets::mac(&self.app.approval_key, message.as_bytes()))
+        hex::encode(crate::secrets::mac(&self.app.approval_key, Self::code_message(run, code).as_bytes()))
     }
 
     /// Checks a code against the run's outstanding one, counting a wrong try.
@@ -217,10 +220,8 @@ impl ImportReview<'_> {
             store.remove_approval(id)?;
             return refused("it expired; an authorizer issues a new one");
         }
-        let given = self.code_mac(id, code);
-        // Compared in constant time: the MACs are secret-dependent.
-        let same = given.len() == approval.mac.len()
-            && given.bytes().zip(approval.mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let stored = hex::decode(&approval.mac).unwrap_or_default();
+        let same = crate::secrets::verify_mac(&self.app.approval_key, Self::code_message(id, code).as_bytes(), &stored);
         if !same {
             approval.failed_attempts += 1;
             if approval.failed_attempts >= APPROVAL_CODE_ATTEMPTS {

@@ -128,7 +128,7 @@ impl RunState {
         }
         // A vendor's log line may quote what it read: SSN-shaped text is
         // masked before anyone (the server's log included) sees it.
-        let message = crate::privacy::Privacy::default().text(&message);
+        let message = crate::privacy::mask_ssns(&message);
         tracing::debug!(plugin = %self.setup.plugin, ?level, "{message}");
         self.log_bytes += message.len();
         self.log.push(LogLine { level, message });
