@@ -91,7 +91,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 /// The router over a scheduler.
 pub fn router(scheduler: Arc<App>) -> Router {
     let api = scheduler.config().api.clone();
-    Router::new()
+    let (console, live) = crate::console::router(&scheduler);
+    let routes = Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/tasks", get(list_tasks).post(add_task))
         .route("/api/v1/tasks/{name}", get(show_task).delete(remove_task))
@@ -130,13 +131,26 @@ pub fn router(scheduler: Arc<App>) -> Router {
         .route("/api/v1/plugins/{name}/grant", post(grant_plugin))
         .route("/api/v1/plugins/{name}/revoke", post(revoke_plugin))
         .route("/api/v1/collections/{name}", get(collection_page))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/openapi.json".into()) })
+        .merge(console)
+        .fallback(not_found)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             std::time::Duration::from_secs(api.request_timeout_secs),
         ))
         .layer(tower::limit::ConcurrencyLimitLayer::new(api.max_concurrent_requests.max(1)))
-        .with_state(scheduler)
+        // The console's live streams outlive any request timeout; they
+        // have their own limit.
+        .merge(live)
+        .with_state(scheduler);
+    if api.base_path.is_empty() { routes } else { Router::new().nest(&api.base_path, routes) }
+}
+
+/// No such address: JSON under the API, a page elsewhere.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().contains("/api/") {
+        return ApiError(StatusCode::NOT_FOUND, "no such endpoint; see /api/v1/openapi.json".into()).into_response();
+    }
+    crate::console::not_found().into_response()
 }
 
 async fn list_tasks(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Vec<Task>>, ApiError> {

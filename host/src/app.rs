@@ -49,7 +49,7 @@ pub use jobs::{FileImport, JobError, JobReport, Jobs, NotifyOnce};
 pub use outbox::Outbox;
 pub use registry::Registry;
 pub use review::ImportReview;
-pub use runs::Runs;
+pub use runs::{Count, PageAt, RunPage, Runs, Sort, kind_name};
 pub use sources::Sources;
 pub use storage::Storage;
 pub use tasks::{History, Tasks};
@@ -150,6 +150,11 @@ pub struct App {
     import_lock: Mutex<()>,
     /// The migration made when the store was opened.
     migrated: Option<crate::store::Migrated>,
+    /// Bumped whenever a run is written: the console's live views wait on it.
+    runs_changed: tokio::sync::watch::Sender<u64>,
+    /// The console's live streams open at once (they outlive requests, so
+    /// the API's concurrency limit does not count them).
+    live_streams: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -210,7 +215,6 @@ impl App {
                 limits: config.imports.clone(),
                 ..Default::default()
             },
-            config,
             approval_key: {
                 let mut key = [0u8; 32];
                 // Without randomness no code can be issued; `code` says so.
@@ -220,6 +224,9 @@ impl App {
             engine: engine::State::default(),
             import_lock: Mutex::new(()),
             migrated: None,
+            runs_changed: tokio::sync::watch::Sender::new(0),
+            live_streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_concurrent_requests.max(1))),
+            config,
         }
     }
 
@@ -318,6 +325,27 @@ impl App {
             self.audit("-", "sign-in.failed", &id, Some(e.to_string()))?;
         }
         result
+    }
+
+    /// Tells whoever watches runs (the console's live grid) that one changed.
+    pub(crate) fn run_changed(&self) {
+        self.runs_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Permits for the console's live streams.
+    pub fn live_streams(&self) -> Arc<tokio::sync::Semaphore> {
+        self.live_streams.clone()
+    }
+
+    /// A receiver that wakes when runs change.
+    pub fn watch_runs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.runs_changed.subscribe()
+    }
+
+    /// The key the console's anti-forgery tokens are MACed under, apart
+    /// from the approval codes' own by derivation.
+    pub fn console_key(&self) -> [u8; 32] {
+        crate::secrets::mac(&self.approval_key, b"schoolbell console csrf")
     }
 
     /// Appends to the audit log.

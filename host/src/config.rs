@@ -54,8 +54,16 @@ pub struct ApiConfig {
     pub tls_key: Option<PathBuf>,
     /// Seconds a request may take before it is answered 408.
     pub request_timeout_secs: u64,
-    /// Requests served at once; more wait their turn.
+    /// Requests served at once; more wait their turn. The console's live
+    /// updates are streams apart from these, up to the same number.
     pub max_concurrent_requests: usize,
+    /// The path the console and the API are served under, behind a reverse
+    /// proxy that forwards it unchanged: `/schoolbell`, say. Empty: the root.
+    pub base_path: String,
+    /// Marks the console's session cookie `Secure` although this server
+    /// speaks plain HTTP: set it when a TLS proxy stands in front. With
+    /// `tls_cert` set the cookie is always `Secure`.
+    pub secure_cookies: bool,
 }
 
 impl Default for ApiConfig {
@@ -67,6 +75,8 @@ impl Default for ApiConfig {
             tls_key: None,
             request_timeout_secs: 30,
             max_concurrent_requests: 64,
+            base_path: String::new(),
+            secure_cookies: false,
         }
     }
 }
@@ -102,7 +112,20 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(source) => return Err(Error::Io { path, source }),
         };
-        toml::from_str(&text).map_err(|e| Error::Invalid { path, message: e.to_string().trim().to_string() })
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| Error::Invalid { path: path.clone(), message: e.to_string().trim().to_string() })?;
+        let base = &config.api.base_path;
+        if !base.is_empty()
+            && (!base.starts_with('/') || base.ends_with('/') || base.contains("//") || base.contains(['?', '#', ' ']))
+        {
+            return Err(Error::Invalid {
+                path,
+                message: format!(
+                    "[api] base_path `{base}` must start with `/` and not end with one, like `/schoolbell`; leave it empty to serve at the root"
+                ),
+            });
+        }
+        Ok(config)
     }
 }
 

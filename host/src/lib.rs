@@ -11,6 +11,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod console;
 pub mod imports;
 pub mod notify;
 pub mod plugins;
@@ -24,6 +25,7 @@ pub mod sources;
 pub mod store;
 pub mod tasks;
 pub mod users;
+pub mod views;
 
 // The service allocates and frees millions of small values per import (rows,
 // keys, sled's nodes) from several threads; glibc's malloc spent a third of

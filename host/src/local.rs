@@ -28,6 +28,28 @@ pub(crate) struct Request {
     pub(crate) args: Vec<String>,
     /// The caller's working directory: relative paths are read from there.
     pub(crate) cwd: PathBuf,
+    /// What the caller read from its terminal or standard input for the
+    /// command (a new password), which the server cannot read itself.
+    #[serde(default)]
+    pub(crate) input: Option<String>,
+}
+
+/// The line this process read for its command (see [`Request::input`]).
+static INPUT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// A forwarded command's input line.
+    static FORWARDED_INPUT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Keeps the line read for this process's command.
+pub(crate) fn set_input(line: String) {
+    let _ = INPUT.set(line);
+}
+
+/// The line read for the command running here: the caller's, when forwarded.
+pub(crate) fn input() -> Option<String> {
+    FORWARDED_INPUT.with(|f| f.borrow().clone()).or_else(|| INPUT.get().cloned())
 }
 
 /// What the command printed, and how it ended.
@@ -79,6 +101,7 @@ fn exchange(mut stream: UnixStream) -> Result<i32> {
     let request = Request {
         args: std::env::args().collect(),
         cwd: std::env::current_dir().context("cannot read the working directory")?,
+        input: INPUT.get().cloned(),
     };
     let mut line = serde_json::to_vec(&request)?;
     line.push(b'\n');
@@ -95,9 +118,11 @@ fn exchange(mut stream: UnixStream) -> Result<i32> {
 /// Runs a forwarded command on this thread against the server's core.
 pub(crate) fn run(app: &Arc<App>, request: Request) -> Response {
     FORWARDED.with(|f| *f.borrow_mut() = Some((Vec::new(), request.cwd)));
+    FORWARDED_INPUT.with(|f| *f.borrow_mut() = request.input);
     let outcome = Args::try_parse_from(&request.args)
         .map_err(|e| e.to_string())
         .and_then(|args| crate::cli::run_on(app, args).map_err(|e| format!("error: {e:#}\n")));
+    FORWARDED_INPUT.with(|f| f.borrow_mut().take());
     let stdout = FORWARDED.with(|f| f.borrow_mut().take()).map(|(out, _)| out).unwrap_or_default();
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
     match outcome {

@@ -34,6 +34,18 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Every status, in the order filters list them.
+    pub const ALL: [RunStatus; 8] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::AwaitingConfirmation,
+        RunStatus::AwaitingAuthorization,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Interrupted,
+    ];
+
     /// Whether the run is over (it may be deleted).
     pub fn is_finished(self) -> bool {
         matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Interrupted)
@@ -245,6 +257,100 @@ pub fn can_view(user: &User, run: &Run) -> bool {
         || (user.has(Permission::Autopilot) && matches!(run.trigger, Trigger::Schedule | Trigger::Workflow))
         || (user.has(Permission::Authorize)
             && matches!(run.status, RunStatus::AwaitingAuthorization | RunStatus::AwaitingConfirmation))
+}
+
+/// A time column the runs grid sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeColumn {
+    /// When it was queued (the run's id order: the cheap one).
+    #[default]
+    Queued,
+    /// When a worker started it.
+    Started,
+    /// When it ended.
+    Finished,
+}
+
+impl TimeColumn {
+    /// The column's name in addresses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeColumn::Queued => "queued",
+            TimeColumn::Started => "started",
+            TimeColumn::Finished => "finished",
+        }
+    }
+
+    /// The column's time in a run.
+    pub fn of(self, run: &Run) -> Option<DateTime<Utc>> {
+        match self {
+            TimeColumn::Queued => Some(run.queued_at),
+            TimeColumn::Started => run.started_at,
+            TimeColumn::Finished => run.finished_at,
+        }
+    }
+}
+
+impl std::str::FromStr for TimeColumn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "queued" => Ok(TimeColumn::Queued),
+            "started" => Ok(TimeColumn::Started),
+            "finished" => Ok(TimeColumn::Finished),
+            _ => Err(format!("`{s}` is not a time column; sort by queued, started or finished")),
+        }
+    }
+}
+
+impl std::str::FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "user" => Ok(Trigger::User),
+            "schedule" => Ok(Trigger::Schedule),
+            "workflow" => Ok(Trigger::Workflow),
+            _ => Err(format!("`{s}` is not a trigger; use user, schedule or workflow")),
+        }
+    }
+}
+
+/// Which runs a grid shows: every filter set must hold. `kind` is the
+/// plugin's kind (`import`, `notifier`), looked up by the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Any of these statuses (none: any).
+    pub statuses: Vec<RunStatus>,
+    /// The plugin's kind.
+    pub kind: Option<String>,
+    /// Whose run.
+    pub owner: Option<String>,
+    /// What started it.
+    pub trigger: Option<Trigger>,
+    /// Which task.
+    pub task: Option<String>,
+    /// Queued at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Queued before.
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl RunQuery {
+    /// Whether no filter is set: the query matches every run.
+    pub fn is_empty(&self) -> bool {
+        *self == RunQuery::default()
+    }
+
+    /// Whether `run` (of a plugin of `kind`) matches.
+    pub fn matches(&self, run: &Run, kind: &str) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&run.status))
+            && self.kind.as_deref().is_none_or(|k| k == kind)
+            && self.owner.as_deref().is_none_or(|o| o == run.owner)
+            && self.trigger.is_none_or(|t| t == run.trigger)
+            && self.task.as_deref().is_none_or(|t| t == run.task)
+            && self.from.is_none_or(|f| run.queued_at >= f)
+            && self.to.is_none_or(|t| run.queued_at < t)
+    }
 }
 
 /// Whether `user` may cancel or delete `run`.

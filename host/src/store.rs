@@ -29,6 +29,7 @@ use crate::runs::{Approval, Run, TaskMessage};
 use crate::sources::Source;
 use crate::tasks::Task;
 use crate::users::{Token, User};
+use crate::views::SavedView;
 
 #[cfg(test)]
 mod contract;
@@ -305,6 +306,8 @@ pub trait RunStore {
     fn delete_run(&self, id: RunId, finished: Option<DateTime<Utc>>) -> Result<()>;
     /// Appends messages to a run, each with its status.
     fn add_messages(&self, run: RunId, first_seq: u64, messages: &[(&str, &TaskMessage)]) -> Result<()>;
+    /// The statuses a run's messages have, sorted.
+    fn message_statuses(&self, run: RunId) -> Result<Vec<String>>;
     /// A page of a run's messages, with the position to go on from.
     fn messages(
         &self,
@@ -379,6 +382,18 @@ pub trait AccountStore {
     fn remove_token(&self, hash: &str) -> Result<bool>;
     /// Drops every token of a user.
     fn remove_tokens_of(&self, user: &str) -> Result<()>;
+    /// Keeps a user's console password hash (a PHC string).
+    fn put_password(&self, user: &str, hash: &str) -> Result<()>;
+    /// A user's console password hash.
+    fn password(&self, user: &str) -> Result<Option<String>>;
+    /// Drops a user's console password; false if there was none.
+    fn remove_password(&self, user: &str) -> Result<bool>;
+    /// Keeps one of a user's saved views (replacing one of the same name).
+    fn put_view(&self, user: &str, view: &SavedView) -> Result<()>;
+    /// A user's saved views, by name.
+    fn views(&self, user: &str) -> Result<Vec<SavedView>>;
+    /// Drops a user's saved view; false if there was none.
+    fn remove_view(&self, user: &str, name: &str) -> Result<bool>;
     /// Keeps a sealed secret.
     fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<()>;
     /// A sealed secret.

@@ -150,9 +150,42 @@ pub enum Error {
     /// The token is past its expiry.
     #[error("the API token expired on {0}; ask the account owner for a new one (`schoolbell user token NAME`)")]
     Expired(String),
+    /// A password the console would not accept.
+    #[error("{0}")]
+    WeakPassword(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+}
+
+/// The shortest console password accepted, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// Hashes a console password with Argon2id (memory-hard) and a random
+/// salt, as a PHC string; the password itself is never stored.
+pub fn hash_password(password: &str) -> Result<String, Error> {
+    use argon2::password_hash::PasswordHasher;
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(Error::WeakPassword(format!(
+            "the password is too short: use at least {MIN_PASSWORD_CHARS} characters (a few words make a good one)"
+        )));
+    }
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| Error::WeakPassword(format!("the password cannot be hashed: {e}")))
+}
+
+/// Whether `password` matches a stored hash. Without a hash the work is
+/// done anyway against a fixed one, so a wrong user name takes as long as
+/// a wrong password and does not tell which users exist.
+pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier;
+    use argon2::password_hash::phc::PasswordHash;
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let decoy = DECOY.get_or_init(|| hash_password("no user has this password").unwrap_or_default());
+    let Ok(hash) = PasswordHash::new(stored.unwrap_or(decoy)) else { return false };
+    argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_ok() && stored.is_some()
 }
 
 /// Hashes a token for storage and lookup.
@@ -224,6 +257,17 @@ mod tests {
     use crate::store::Store;
     #[allow(unused_imports)]
     use crate::store::prelude::*;
+
+    #[test]
+    fn passwords_are_stored_hashed_and_verified() {
+        assert!(matches!(hash_password("short"), Err(Error::WeakPassword(_))));
+        let hash = hash_password("correct horse battery").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(!hash.contains("correct horse"));
+        assert!(verify_password(Some(&hash), "correct horse battery"));
+        assert!(!verify_password(Some(&hash), "correct horse battery!"));
+        assert!(!verify_password(None, "no user has this password"));
+    }
 
     #[test]
     fn tokens_are_stored_only_as_hashes_and_authenticate_their_user() {

@@ -15,6 +15,7 @@ fn user_error(e: users::Error) -> Error {
         users::Error::Unknown(_) => Error::NotFound(e.to_string()),
         users::Error::Store(e) => Error::Store(e),
         users::Error::BadToken | users::Error::Expired(_) => Error::Forbidden(e.to_string()),
+        users::Error::WeakPassword(_) => Error::Invalid(e.to_string()),
     }
 }
 
@@ -42,10 +43,92 @@ impl Accounts<'_> {
             return Err(Error::NotFound(format!("no user named `{name}`; `schoolbell user list` shows them")));
         }
         store.remove_tokens_of(name)?;
+        store.remove_password(name)?;
+        for view in store.views(name)? {
+            store.remove_view(name, &view.name)?;
+        }
         store.flush()?;
         self.app.audit(&by.name, "user.remove", name, None)?;
         tracing::info!(user = %name, by = %by.name, "User removed.");
         Ok(())
+    }
+
+    /// Sets a user's console password: the account owner for anyone,
+    /// everyone else for themselves.
+    pub fn set_password(&self, by: &User, name: &str, password: &str) -> Result<()> {
+        if by.name != name {
+            owner_only(by, "set another user's password")?;
+        }
+        let store = &*self.app.store;
+        if name == "admin" && store.user("admin")?.is_none() {
+            users::put(store, &User::local_owner()).map_err(user_error)?;
+        }
+        users::get(store, name).map_err(user_error)?;
+        let hash = users::hash_password(password).map_err(user_error)?;
+        store.put_password(name, &hash)?;
+        store.flush()?;
+        self.app.audit(&by.name, "user.password", name, None)?;
+        tracing::info!(user = %name, by = %by.name, "Password set.");
+        Ok(())
+    }
+
+    /// Signs a person in with their password: a new session token (an API
+    /// token, so the same checks and expiry apply). A wrong name and a
+    /// wrong password are one answer, in the same time.
+    pub fn sign_in(&self, name: &str, password: &str) -> Result<(User, String)> {
+        let store = &*self.app.store;
+        let name = name.trim();
+        let stored = if name.is_empty() { None } else { store.password(name)? };
+        if !users::verify_password(stored.as_deref(), password) {
+            self.app.audit("-", "sign-in.failed", name, Some("wrong user name or password".into()))?;
+            return Err(Error::Forbidden("the user name or the password is wrong".into()));
+        }
+        let (token, record) = users::issue_token(store, name, self.app.now()).map_err(user_error)?;
+        let user = users::get(store, name).map_err(user_error)?;
+        self.app.audit(name, "sign-in", name, Some(format!("session {}", record.id)))?;
+        Ok((user, token))
+    }
+
+    /// Ends a session: its token stops working at once.
+    pub fn sign_out(&self, by: &User, token: &str) -> Result<()> {
+        let store = &*self.app.store;
+        store.remove_token(&users::token_hash(token))?;
+        store.flush()?;
+        self.app.audit(&by.name, "sign-out", &by.name, None)?;
+        Ok(())
+    }
+
+    /// Sets the caller's own job-completion email preference.
+    pub fn set_job_email(&self, by: &User, preference: users::JobEmail) -> Result<User> {
+        let store = &*self.app.store;
+        let mut user = users::get(store, &by.name).map_err(user_error)?;
+        user.job_email = preference;
+        users::put(store, &user).map_err(user_error)?;
+        self.app.audit(&by.name, "user.job-email", &by.name, Some(format!("{preference:?}")))?;
+        Ok(user)
+    }
+
+    /// The caller's saved views.
+    pub fn views(&self, by: &User) -> Result<Vec<crate::views::SavedView>> {
+        Ok(self.app.store.views(&by.name)?)
+    }
+
+    /// Saves one of the caller's views (replacing one of the same name).
+    pub fn save_view(&self, by: &User, view: crate::views::SavedView) -> Result<()> {
+        view.check().map_err(Error::Invalid)?;
+        if self.app.store.views(&by.name)?.len() >= 100 && !self.views(by)?.iter().any(|v| v.name == view.name) {
+            return Err(Error::Invalid("you have 100 saved views; remove one first".into()));
+        }
+        self.app.store.put_view(&by.name, &view)?;
+        Ok(self.app.store.flush()?)
+    }
+
+    /// Removes one of the caller's views.
+    pub fn remove_view(&self, by: &User, name: &str) -> Result<()> {
+        if !self.app.store.remove_view(&by.name, name)? {
+            return Err(Error::NotFound(format!("you have no view named `{name}`")));
+        }
+        Ok(self.app.store.flush()?)
     }
 
     /// Every API token's record, never the token (the account owner only).

@@ -164,6 +164,7 @@ impl Engine<'_> {
                 run.finished_at = Some(now);
                 run.error = Some("the host stopped while this run was running; run the task again to redo it".into());
                 app.store.put_run(&run, Some(now))?;
+                app.run_changed();
                 n += 1;
             }
         }
@@ -274,6 +275,7 @@ impl Engine<'_> {
                 }
                 live.insert(id, Live { task: run.task.clone(), control: control.clone() });
             }
+            app.run_changed();
             state.count_queued(store, &run.task, -1)?;
             starting.push((run, control));
         }
@@ -331,6 +333,7 @@ impl Engine<'_> {
             };
             if expired && !run.keep {
                 app.store.delete_run(id, run.finished_at)?;
+                app.run_changed();
                 removed += 1;
             }
         }
@@ -440,6 +443,7 @@ impl App {
                 run.progress_done = done;
                 run.progress_total = total;
                 let _ = self.store.put_run(&run, None);
+                self.run_changed();
             }
         }
     }

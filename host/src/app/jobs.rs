@@ -184,6 +184,7 @@ impl App {
             self.store.put_run(run, None)?;
         }
         self.store.flush()?;
+        self.run_changed();
         Ok(())
     }
 
@@ -326,6 +327,7 @@ impl App {
         lock(&self.engine.live).insert(run.id, Live { task: run.task.clone(), control: control.clone() });
         self.store.put_run(&run, None)?;
         self.store.flush()?;
+        self.run_changed();
         Ok(self.perform(Ok(task.clone()), run, control))
     }
 }

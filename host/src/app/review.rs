@@ -81,6 +81,7 @@ impl ImportReview<'_> {
         self.audit(&mut run, user, "committed", None);
         app.store.remove_plan(run.id)?;
         app.store.put_run(&run, Some(now))?;
+        app.run_changed();
         app.store.flush()?;
         tracing::info!(run = run.id, by = %user.name, written, "Import committed.");
         Ok(run)
@@ -111,6 +112,7 @@ impl ImportReview<'_> {
                 run.finished_at = None;
                 self.audit(&mut run, user, "commit-requested", None);
                 self.app.store.put_run(&run, None)?;
+                self.app.run_changed();
                 self.app.store.flush()?;
                 Err(Error::Conflict(format!("{}; run {id} now waits for that", plan.summary())))
             }
@@ -167,6 +169,7 @@ impl ImportReview<'_> {
         }
         self.audit(&mut run, user, "requested-authorization", Some(comment.trim().into()));
         self.app.store.put_run(&run, None)?;
+        self.app.run_changed();
         self.app.store.flush()?;
         Ok(run)
     }
@@ -197,6 +200,7 @@ impl ImportReview<'_> {
         self.app.store.put_approval(id, &approval)?;
         self.audit(&mut run, user, "issued-approval-code", None);
         self.app.store.put_run(&run, None)?;
+        self.app.run_changed();
         self.app.store.flush()?;
         Ok(code)
     }

@@ -5,9 +5,54 @@
 use std::time::Duration;
 
 use super::{App, Error, Result, lock};
-use crate::runs::{self, Run, RunStatus, TaskMessage};
+use crate::runs::{self, Run, RunQuery, RunStatus, TaskMessage, TimeColumn};
 use crate::store::RunId;
 use crate::users::User;
+
+/// How many runs a grid's count reads before it says "many" instead: a
+/// count over a long history must not hold the page up.
+const COUNT_LIMIT: usize = 10_000;
+
+/// A grid's count of matching runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// Exactly this many.
+    Exact(usize),
+    /// At least this many; there may be more.
+    AtLeast(usize),
+}
+
+/// How a grid is sorted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sort {
+    /// By which time.
+    pub column: TimeColumn,
+    /// Oldest first instead of newest first.
+    pub ascending: bool,
+}
+
+/// Where a grid's page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageAt {
+    /// The first page.
+    Start,
+    /// After this run, in the default order (newest queued first): a
+    /// cursor, as cheap deep into the history as at its top.
+    Before(RunId),
+    /// This many matches in, for the other orders.
+    Offset(usize),
+}
+
+/// One page of the runs grid.
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    /// The runs with their plugin's kind.
+    pub runs: Vec<(Run, String)>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<PageAt>,
+    /// How many runs match in all.
+    pub count: Count,
+}
 
 /// The runs service.
 pub struct Runs<'a> {
@@ -38,6 +83,135 @@ impl Runs<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// The kind of each plugin (`import`, `notifier`), by name.
+    pub fn kinds(&self) -> Result<std::collections::HashMap<String, String>> {
+        Ok(self.app.store.all_plugins()?.into_iter().map(|p| (p.name, kind_name(p.kind).to_string())).collect())
+    }
+
+    /// Visits the runs `user` may see that match `query`, newest first,
+    /// starting before `before`, until `visit` says stop.
+    fn scan(
+        &self,
+        user: &User,
+        query: &RunQuery,
+        before: Option<RunId>,
+        kinds: &std::collections::HashMap<String, String>,
+        mut visit: impl FnMut(Run, &str) -> bool,
+    ) -> Result<()> {
+        let mut before = before;
+        loop {
+            let page: Vec<Run> = self.app.store.runs(before, 500)?;
+            let Some(last) = page.last() else { return Ok(()) };
+            before = Some(last.id);
+            for r in page {
+                let kind = kinds.get(&r.plugin).map_or("", String::as_str);
+                if runs::can_view(user, &r) && query.matches(&r, kind) && !visit(r, kind) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// A page of the runs grid: the runs `user` may see that match
+    /// `query`, in `sort` order. The default order pages by cursor; the
+    /// others read every match and sort them.
+    pub fn page(&self, user: &User, query: &RunQuery, sort: Sort, at: PageAt, limit: usize) -> Result<RunPage> {
+        let kinds = self.kinds()?;
+        let limit = limit.clamp(1, 500);
+        let mut counted = 0;
+        self.scan(user, query, None, &kinds, |_, _| {
+            counted += 1;
+            counted < COUNT_LIMIT
+        })?;
+        let count = if counted >= COUNT_LIMIT { Count::AtLeast(counted) } else { Count::Exact(counted) };
+        if sort == Sort::default() && !matches!(at, PageAt::Offset(_)) {
+            let before = match at {
+                PageAt::Before(id) => Some(id),
+                _ => None,
+            };
+            let mut runs = Vec::new();
+            let mut more = false;
+            self.scan(user, query, before, &kinds, |r, kind| {
+                if runs.len() == limit {
+                    more = true;
+                    return false;
+                }
+                runs.push((r, kind.to_string()));
+                true
+            })?;
+            let next = if more { runs.last().map(|(r, _)| PageAt::Before(r.id)) } else { None };
+            return Ok(RunPage { runs, next, count });
+        }
+        let offset = match at {
+            PageAt::Offset(n) => n,
+            _ => 0,
+        };
+        let mut all = Vec::new();
+        self.scan(user, query, None, &kinds, |r, kind| {
+            all.push((r, kind.to_string()));
+            true
+        })?;
+        // Runs without the time (not started, not finished) go last either way.
+        all.sort_by(|(a, _), (b, _)| {
+            let (ta, tb) = (sort.column.of(a), sort.column.of(b));
+            match (ta, tb) {
+                (Some(x), Some(y)) if sort.ascending => x.cmp(&y).then(a.id.cmp(&b.id)),
+                (Some(x), Some(y)) => y.cmp(&x).then(b.id.cmp(&a.id)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => b.id.cmp(&a.id),
+            }
+        });
+        let total = all.len();
+        let runs: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
+        let next = (offset + runs.len() < total).then_some(PageAt::Offset(offset + runs.len()));
+        Ok(RunPage { runs, next, count: Count::Exact(total) })
+    }
+
+    /// The runs matching `query` that `user` may cancel and that have not
+    /// finished: what a bulk cancel acts on.
+    pub fn cancelable(&self, user: &User, query: &RunQuery) -> Result<Vec<RunId>> {
+        let kinds = self.kinds()?;
+        let mut ids = Vec::new();
+        self.scan(user, query, None, &kinds, |r, _| {
+            if !r.status.is_finished() && runs::can_control(user, &r) {
+                ids.push(r.id);
+            }
+            true
+        })?;
+        Ok(ids)
+    }
+
+    /// Cancels every run `query` matches that `user` may cancel, when the
+    /// filter names something and the caller saw exactly `expected` of
+    /// them: a filter lost on the way, or runs that changed since the
+    /// dialog, must not widen the action.
+    pub fn cancel_matching(&self, user: &User, query: &RunQuery, expected: usize) -> Result<usize> {
+        if query.is_empty() {
+            return Err(Error::Invalid(
+                "a bulk cancel needs at least one filter; cancelling every run is not offered".into(),
+            ));
+        }
+        let ids = self.cancelable(user, query)?;
+        if ids.len() != expected {
+            return Err(Error::Conflict(format!(
+                "{} runs match now, not the {expected} you were shown; look at the list again and retry",
+                ids.len()
+            )));
+        }
+        let mut cancelled = 0;
+        for id in ids {
+            match self.cancel(user, id) {
+                Ok(_) => cancelled += 1,
+                // Finished meanwhile: nothing left to cancel.
+                Err(Error::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.app.audit(&user.name, "runs.cancel-matching", "runs", Some(format!("{cancelled} runs")))?;
+        Ok(cancelled)
     }
 
     /// One run, if `user` may see it.
@@ -89,6 +263,7 @@ impl Runs<'_> {
                 }
                 current.cancel_requested_by = Some(user.name.clone());
                 app.store.put_run(&current, None)?;
+                app.run_changed();
                 run = current;
             }
             status => {
@@ -102,6 +277,7 @@ impl Runs<'_> {
                 run.cancel_requested_by = Some(user.name.clone());
                 run.finished_at = Some(now);
                 app.store.put_run(&run, Some(now))?;
+                app.run_changed();
             }
         }
         app.store.flush()?;
@@ -120,8 +296,15 @@ impl Runs<'_> {
             )));
         }
         self.app.store.delete_run(id, run.finished_at)?;
+        self.app.run_changed();
         self.app.store.flush()?;
         Ok(())
+    }
+
+    /// The statuses a run's messages have: what its filter offers.
+    pub fn message_statuses(&self, user: &User, id: RunId) -> Result<Vec<String>> {
+        self.show(user, id)?;
+        Ok(self.app.store.message_statuses(id)?)
     }
 
     /// A page of a run's messages.
@@ -136,5 +319,13 @@ impl Runs<'_> {
         self.show(user, id)?;
         self.app.audit(&user.name, "run.messages.read", &id.to_string(), None)?;
         Ok(self.app.store.messages(id, status, after, limit)?)
+    }
+}
+
+/// A plugin kind as the grid names it.
+pub fn kind_name(kind: crate::plugins::PluginKind) -> &'static str {
+    match kind {
+        crate::plugins::PluginKind::ImportMapping => "import",
+        crate::plugins::PluginKind::Notifier => "notifier",
     }
 }

@@ -183,6 +183,7 @@ impl Tasks<'_> {
         let mut run = app.new_run(&task, &user.name, Trigger::User, None)?;
         run.dry_run = dry_run;
         app.store.enqueue(task.priority(), run.queued_at, &run)?;
+        app.run_changed();
         app.engine.count_queued(&*app.store, &task.name, 1)?;
         app.store.flush()?;
         app.engine.wake.notify_one();

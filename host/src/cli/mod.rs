@@ -153,6 +153,9 @@ pub(crate) fn run(args: Args) -> Result<i32> {
     if let Some(done) = offline(&args) {
         return done.map(|()| 0);
     }
+    if let Command::User(cmd) = &args.command {
+        user::read_password(cmd)?;
+    }
     let serving = matches!(args.command, Command::Serve { .. } | Command::Demo { .. });
     // A server that holds the store answers on its socket: ask it first
     // rather than wait for the store's lock.

@@ -51,6 +51,12 @@ pub(super) enum UserCmd {
         /// The token's id.
         id: String,
     },
+    /// Set a user's console password: prompted for on a terminal (twice),
+    /// else read as one line from standard input.
+    Passwd {
+        /// The user.
+        name: String,
+    },
     /// Remove a user and their tokens (their tasks and runs stay).
     Remove {
         /// The user.
@@ -115,6 +121,11 @@ pub(super) fn run(app: &App, by: &User, cmd: UserCmd) -> Result<()> {
             let token = accounts.revoke_token(by, &id)?;
             say!("token {} of {} revoked", token.id, token.user);
         }
+        UserCmd::Passwd { name } => {
+            let password = crate::local::input().context("no password was read")?;
+            accounts.set_password(by, &name, &password)?;
+            say!("password of {name} set; they sign in to the console with it");
+        }
         UserCmd::Remove { name } => {
             accounts.remove(by, &name)?;
             say!("user {name} removed, with their tokens");
@@ -136,5 +147,24 @@ pub(super) fn secret(app: &App, by: &User, cmd: SecretCmd) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Reads a new password before the command runs (here or on the server):
+/// prompted twice on a terminal, one line from standard input otherwise.
+pub(super) fn read_password(cmd: &UserCmd) -> Result<()> {
+    let UserCmd::Passwd { name } = cmd else { return Ok(()) };
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("New console password for {name}: "))?;
+        let again = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ; nothing was changed");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    crate::local::set_input(password);
     Ok(())
 }

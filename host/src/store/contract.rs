@@ -233,6 +233,19 @@ fn accounts(b: &dyn Backend) {
         b.audit_log(Some(first), 10).unwrap(),
         vec![(second, AuditEntry { action: "task.remove".into(), ..entry })]
     );
+    b.put_password("sam", "$argon2id$x").unwrap();
+    assert_eq!(b.password("sam").unwrap().as_deref(), Some("$argon2id$x"));
+    assert!(b.remove_password("sam").unwrap());
+    assert_eq!(b.password("sam").unwrap(), None);
+    let view =
+        crate::views::SavedView { name: "failed".into(), query: "status=failed".into(), columns: vec!["task".into()] };
+    b.put_view("sam", &view).unwrap();
+    b.put_view("samuel", &crate::views::SavedView { name: "other".into(), ..view.clone() }).unwrap();
+    b.put_view("sam", &crate::views::SavedView { query: "status=running".into(), ..view.clone() }).unwrap();
+    assert_eq!(b.views("sam").unwrap().len(), 1, "one view per name, and only sam's (not samuel's)");
+    assert_eq!(b.views("sam").unwrap()[0].query, "status=running");
+    assert!(b.remove_view("sam", "failed").unwrap());
+    assert_eq!(b.views("sam").unwrap(), vec![]);
     b.put_secret("smtp", b"sealed").unwrap();
     assert_eq!(b.secret("smtp").unwrap().as_deref(), Some(&b"sealed"[..]));
     assert_eq!(b.secret_names().unwrap(), ["smtp"]);

@@ -45,6 +45,8 @@ pub struct Store {
     message_status: sled::Tree,
     users: sled::Tree,
     tokens: Typed<crate::users::Token>,
+    passwords: Typed<String>,
+    views: Typed<crate::views::SavedView>,
     audit: Typed<crate::audit::AuditEntry>,
     approvals: Typed<crate::runs::Approval>,
     plans: sled::Tree,
@@ -62,14 +64,14 @@ pub(crate) fn io(tree: &'static str) -> impl Fn(sled::Error) -> Error {
     move |source| Error::Io { tree, source: Box::new(source) }
 }
 
-fn check_name(what: &'static str, value: &str) -> Result<()> {
+pub(super) fn check_name(what: &'static str, value: &str) -> Result<()> {
     if value.as_bytes().contains(&SEP) {
         return Err(Error::BadName { what, value: value.escape_debug().to_string() });
     }
     Ok(())
 }
 
-fn key(parts: &[&[u8]]) -> Vec<u8> {
+pub(super) fn key(parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
@@ -130,6 +132,8 @@ impl Store {
             message_status: tree("run_messages_by_status")?,
             users: tree("users")?,
             tokens: Typed::new("tokens", tree("tokens")?),
+            passwords: Typed::new("passwords", tree("passwords")?),
+            views: Typed::new("views", tree("views")?),
             audit: Typed::new("audit", tree("audit")?),
             approvals: Typed::new("approvals", tree("approvals")?),
             plans: tree("import_plans")?,

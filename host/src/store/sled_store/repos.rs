@@ -4,7 +4,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, decode, io};
+use super::{Store, check_name, decode, io, key};
 use crate::audit::AuditEntry;
 use crate::imports::ImportPlan;
 use crate::notify::{LedgerEntry, OutboxEntry};
@@ -18,6 +18,7 @@ use crate::store::{
 };
 use crate::tasks::Task;
 use crate::users::{Token, User};
+use crate::views::SavedView;
 
 impl RecordStore for Store {
     fn define_collection(&self, name: &str, spec: &CollectionSpec) -> Result<()> {
@@ -151,6 +152,9 @@ impl RunStore for Store {
     fn add_messages(&self, run: RunId, first_seq: u64, messages: &[(&str, &TaskMessage)]) -> Result<()> {
         Store::add_messages(self, run, first_seq, messages)
     }
+    fn message_statuses(&self, run: RunId) -> Result<Vec<String>> {
+        Store::message_statuses(self, run)
+    }
     fn messages(
         &self,
         run: RunId,
@@ -259,6 +263,36 @@ impl AccountStore for Store {
             }
         }
         Ok(())
+    }
+    fn put_password(&self, user: &str, hash: &str) -> Result<()> {
+        self.passwords.put(user.as_bytes(), &hash.to_string())
+    }
+    fn password(&self, user: &str) -> Result<Option<String>> {
+        self.passwords.get(user.as_bytes())
+    }
+    fn remove_password(&self, user: &str) -> Result<bool> {
+        self.passwords.remove(user.as_bytes())
+    }
+    fn put_view(&self, user: &str, view: &SavedView) -> Result<()> {
+        check_name("user", user)?;
+        check_name("view", &view.name)?;
+        self.views.put(&key(&[user.as_bytes(), view.name.as_bytes()]), view)
+    }
+    fn views(&self, user: &str) -> Result<Vec<SavedView>> {
+        check_name("user", user)?;
+        self.views
+            .tree
+            .scan_prefix(key(&[user.as_bytes(), b""]))
+            .map(|item| {
+                let (k, v) = item.map_err(io("views"))?;
+                decode("views", &k, &v)
+            })
+            .collect()
+    }
+    fn remove_view(&self, user: &str, name: &str) -> Result<bool> {
+        check_name("user", user)?;
+        check_name("view", name)?;
+        self.views.remove(&key(&[user.as_bytes(), name.as_bytes()]))
     }
     fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<()> {
         Store::put_secret(self, name, sealed)

@@ -575,6 +575,27 @@ impl Store {
         Ok((out, None))
     }
 
+    /// The statuses a run's messages have, each read once: the index is
+    /// skipped past each status, so a million messages cost a few seeks.
+    pub(in crate::store) fn message_statuses(&self, run: RunId) -> Result<Vec<String>> {
+        let prefix = run.to_be_bytes();
+        let mut out = Vec::new();
+        let mut start = prefix.to_vec();
+        while let Some(item) = self.message_status.range(start.clone()..).keys().next() {
+            let k = item.map_err(io("run_messages_by_status"))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let Some(end) = rest.iter().position(|b| *b == 0) else { break };
+            out.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+            // Past every key of this status: its name, then a byte above the separator.
+            start = k[..prefix.len() + end].to_vec();
+            start.push(1);
+        }
+        Ok(out)
+    }
+
     /// Stores a run's import plan (for a test import, or one held by the
     /// mass-change guard).
     pub(in crate::store) fn put_plan<P: Serialize>(&self, run: RunId, plan: &P) -> Result<()> {
@@ -655,6 +676,9 @@ mod tests {
         assert_eq!((page.len(), next), (15, None));
         let (errors, _) = store.messages::<String>(3, Some("error"), None, 100).unwrap();
         assert_eq!(errors, ["m0", "m5", "m10", "m15", "m20"]);
+        assert_eq!(store.message_statuses(3).unwrap(), ["error", "new"]);
+        assert_eq!(store.message_statuses(4).unwrap(), ["error"]);
+        assert!(store.message_statuses(5).unwrap().is_empty());
         store.delete_run(3, None).unwrap();
         assert!(store.messages::<String>(3, None, None, 10).unwrap().0.is_empty());
         assert_eq!(store.messages::<String>(4, Some("error"), None, 10).unwrap().0, ["other run"]);

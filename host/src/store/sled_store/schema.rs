@@ -193,6 +193,8 @@ fn encoded_trees(store: &Store) -> Vec<(&'static str, &sled::Tree, Option<Vec<u8
         ("outbox", &store.outbox, None),
         ("import_plans", &store.plans, None),
         ("sources", &store.sources.tree, None),
+        ("passwords", &store.passwords.tree, None),
+        ("views", &store.views.tree, None),
         ("audit", &store.audit.tree, None),
         ("approvals", &store.approvals.tree, None),
         // `tokens` held bare user names up to schema 2; from schema 3 on
