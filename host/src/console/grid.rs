@@ -183,40 +183,45 @@ pub(super) async fn page(
 fn filters(session: &Session, q: &GridQuery, kinds: &[String]) -> Markup {
     let selected = |v: &Option<String>, x: &str| v.as_deref() == Some(x);
     html! {
-        details.filters open {
+        details.filters open[!q.encoded().is_empty()] {
             summary { "Filters" }
-            form method="get" action=(session.link("/")) role="search" aria-label="Filter runs" {
+            form method="get" action=(session.link("/")) aria-label="Filter runs" {
                 fieldset.grid-filters {
-                    label { "Status"
-                        select name="status" multiple size="4" {
+                    div {
+                        label for="f-status" { "Status" }
+                        select id="f-status" name="status" multiple size="4" {
                             @for s in RunStatus::ALL {
                                 option value=(s.as_str()) selected[q.status.iter().any(|x| x == s.as_str())] { (s.as_str()) }
                             }
                         }
                     }
-                    label { "Kind"
-                        select name="kind" {
+                    div {
+                        label for="f-kind" { "Kind" }
+                        select id="f-kind" name="kind" {
                             option value="" { "any" }
                             @for k in kinds { option value=(k) selected[selected(&q.kind, k)] { (k) } }
                         }
                     }
-                    label { "Owner" input name="owner" value=[q.owner.as_deref()] placeholder="any"; }
-                    label { "Task" input name="task" value=[q.task.as_deref()] placeholder="any"; }
-                    label { "Trigger"
-                        select name="trigger" {
+                    div { label for="f-owner" { "Owner" } input id="f-owner" name="owner" value=[q.owner.as_deref()] placeholder="any"; }
+                    div { label for="f-task" { "Task" } input id="f-task" name="task" value=[q.task.as_deref()] placeholder="any"; }
+                    div {
+                        label for="f-trigger" { "Trigger" }
+                        select id="f-trigger" name="trigger" {
                             option value="" { "any" }
                             @for t in ["user", "schedule", "workflow"] { option value=(t) selected[selected(&q.trigger, t)] { (t) } }
                         }
                     }
-                    label { "Queued from" input type="date" name="from" value=[q.from.as_deref()]; }
-                    label { "Queued to" input type="date" name="to" value=[q.to.as_deref()]; }
-                    label { "Sort by"
-                        select name="sort" {
+                    div { label for="f-from" { "Queued from" } input id="f-from" type="date" name="from" value=[q.from.as_deref()]; }
+                    div { label for="f-to" { "Queued to" } input id="f-to" type="date" name="to" value=[q.to.as_deref()]; }
+                    div {
+                        label for="f-sort" { "Sort by" }
+                        select id="f-sort" name="sort" {
                             @for c in ["queued", "started", "finished"] { option value=(c) selected[selected(&q.sort, c)] { (c) } }
                         }
                     }
-                    label { "Order"
-                        select name="order" {
+                    div {
+                        label for="f-order" { "Order" }
+                        select id="f-order" name="order" {
                             option value="desc" { "newest first" }
                             option value="asc" selected[selected(&q.order, "asc")] { "oldest first" }
                         }
@@ -253,10 +258,10 @@ fn views_bar(session: &Session, q: &GridQuery, views: &[SavedView], encoded: &st
             form method="post" action=(session.link("/views")) aria-label="Save this view" {
                 input type="hidden" name="csrf" value=(session.csrf);
                 input type="hidden" name="query" value=(strip_columns(encoded));
-                label { "Columns, in order (from: " (COLUMNS.join(", ")) ")"
-                    input name="columns" value=(columns) required;
-                }
-                label { "Save these filters and columns as" input name="name" required maxlength="60" placeholder="e.g. Failed imports"; }
+                label for="v-columns" { "Columns, in order (from: " (COLUMNS.join(", ")) ")" }
+                input id="v-columns" name="columns" value=(columns) required;
+                label for="v-name" { "Save these filters and columns as" }
+                input id="v-name" name="name" required maxlength="60" placeholder="e.g. Failed imports";
                 button type="submit" { "Save view" }
             }
         }

@@ -67,11 +67,10 @@ pub(super) async fn page(
         @if let Some((messages, next)) = &messages {
             form method="get" action=(base) aria-label="Filter messages" {
                 input type="hidden" name="tab" value="messages";
-                label { "Status"
-                    select name="status" {
-                        option value="" { "any" }
-                        @for s in &statuses { option value=(s) selected[status.as_deref() == Some(s.as_str())] { (s) } }
-                    }
+                label for="m-status" { "Status" }
+                select id="m-status" name="status" {
+                    option value="" { "any" }
+                    @for s in &statuses { option value=(s) selected[status.as_deref() == Some(s.as_str())] { (s) } }
                 }
                 button type="submit" { "Show" }
                 " "

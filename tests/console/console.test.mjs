@@ -1,0 +1,208 @@
+// The console in a real browser: Debian's Chromium driven by Playwright
+// against `schoolbell serve` on loopback, with seeded data. Run by
+// xtask/test (`node --test tests/console/`).
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+
+import { District, accessible, browser, shoot, signIn, until } from "./harness.mjs";
+
+const PASSWORD = "correct horse battery staple";
+const FOUR = "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
+let district;
+let url;
+let chrome;
+
+before(async () => {
+  district = new District();
+  const d = district;
+  d.sb(["user", "add", "admin", "--role", "owner", "--email", "admin@district.example"]);
+  d.sb(["user", "add", "sam", "--role", "staff", "--email", "sam@district.example"]);
+  d.sb(["user", "add", "pat", "--role", "staff", "--email", "pat@district.example", "--permission", "authorize"]);
+  for (const name of ["admin", "sam", "pat"]) {
+    d.sb(["user", "passwd", name], `${PASSWORD}\n`);
+  }
+  for (const plugin of ["import-csv-roster", "test-slow-import"]) {
+    d.sb(["plugin", "install", "--grant-all", d.plugin(plugin)]);
+  }
+  d.sb(["source", "add-folder", "batch", "--folder", "batch"]);
+  d.sb([
+    "task", "add", "slow-import", "--plugin", "test-slow-import", "--schedule", "daily at 22:00",
+    "--source", "batch", "--prefix", "Slow_", "--collection", "students", "--key", "student-id",
+  ]);
+  d.sb([
+    "task", "add", "sams-import", "--owner", "sam", "--plugin", "test-slow-import", "--schedule", "daily at 22:00",
+    "--source", "batch", "--prefix", "Sam_", "--collection", "students", "--key", "student-id", "--param", "spin=0",
+  ]);
+  // A roster with a markup-laden error, run by the admin: the messages tab's data.
+  const roster = d.file(
+    "roster.csv",
+    "Student ID,Last Name,First Name,Birth Date\n" +
+      "S1,Lee,Ann,2010-01-02\nS2,Bo,Cy,<script>alert(1)</script>\nS3,Di,Ed,2011-03-04\nS4,Fay,Gil,tomorrow\n",
+  );
+  d.sb(["import", "file", "import-csv-roster", roster, "--into", "students", "--key", "student-id", "--param", FOUR]);
+  url = await district.serve();
+  chrome = await browser();
+});
+
+after(async () => {
+  await chrome?.close();
+  await district?.stop();
+});
+
+/// The newest run of a task, as the CLI reports it.
+function newestRun(task) {
+  const runs = JSON.parse(district.sb(["runs", "list", "--task", task, "--limit", "1", "--json"]));
+  return runs[0];
+}
+
+test("signing in takes the right password and sets a strict, HttpOnly session cookie", async () => {
+  const context = await chrome.newContext();
+  const page = await context.newPage();
+  await page.goto(`${url}/`);
+  assert.match(page.url(), /\/login\?next=/, "an anonymous visit is sent to sign in");
+  await page.getByLabel("User name").fill("admin");
+  await page.getByLabel("Password").fill("not the password at all");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("alert").filter({ hasText: "the user name or the password is wrong" }).waitFor();
+  await shoot(page, "sign-in");
+  await accessible(page, "sign-in");
+  await page.getByLabel("User name").fill("admin");
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(`${url}/`);
+  const [cookie] = (await context.cookies()).filter((c) => c.name === "sb_session");
+  assert.ok(cookie.httpOnly, "HttpOnly");
+  assert.equal(cookie.sameSite, "Strict");
+  // A form posted without the anti-forgery token is refused.
+  const status = await page.evaluate(async (u) => {
+    const r = await fetch(`${u}/profile`, { method: "POST", body: new URLSearchParams({ csrf: "00", job_email: "never" }) });
+    return r.status;
+  }, url);
+  assert.equal(status, 403);
+  // Signing out ends the session: the old cookie no longer works.
+  await page.getByRole("button", { name: /Sign out/ }).click();
+  await page.waitForURL(/\/login/);
+  await context.addCookies([cookie]);
+  await page.goto(`${url}/`);
+  assert.match(page.url(), /\/login/, "the signed-out session is gone");
+  await context.close();
+});
+
+test("a running import's progress moves without a reload, and No Thanks keeps it while Yes cancels it, then it is deleted", async () => {
+  // Two hundred 64 KiB chunks, each spun over: long enough to watch.
+  const line = "S000000,Someone Quite Ordinary\n";
+  district.file("batch/Slow_roster.csv", "Student ID,Last Name\n" + line.repeat(Math.ceil((200 * 65536) / line.length)));
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.evaluate(() => (window.notReloaded = true));
+  district.sb(["task", "run-now", "slow-import"]);
+  const run = await until("the import to run", () => {
+    const r = newestRun("slow-import");
+    return r && r.status === "running" && r;
+  });
+  const row = page.locator("tr", { has: page.getByRole("link", { name: "slow-import" }) }).first();
+  await row.locator(".status", { hasText: "running" }).waitFor();
+  const progress = async () => (await row.locator(".progress-count").textContent()).trim();
+  const first = await until("a first progress figure", async () => (await progress()) || null);
+  await until("progress to move on", async () => (await progress()) !== first);
+  assert.equal(await page.evaluate(() => window.notReloaded), true, "the page was not reloaded");
+  await shoot(page, "all-system-tasks");
+  await accessible(page, "all-system-tasks");
+
+  const cancel = row.getByRole("button", { name: `Cancel run ${run.id} of slow-import` });
+  await cancel.click();
+  const dialog = page.getByRole("dialog", { name: "Cancel this task?" });
+  await dialog.waitFor();
+  await shoot(page, "cancel-dialog");
+  await dialog.getByRole("button", { name: "No Thanks" }).click();
+  await dialog.waitFor({ state: "hidden" });
+  assert.equal(newestRun("slow-import").status, "running", "No Thanks leaves it running");
+  await cancel.click();
+  await dialog.getByRole("button", { name: "Yes" }).click();
+  await until("the run to be cancelled", () => newestRun("slow-import").status === "cancelled");
+  const done = page.locator("tr", { has: page.getByRole("link", { name: "slow-import" }) }).first();
+  await done.locator(".status", { hasText: "cancelled" }).waitFor();
+  const remove = done.getByRole("button", { name: `Delete run ${run.id} of slow-import` });
+  await until("delete to be enabled", () => remove.isEnabled());
+  await remove.click();
+  await until("the run to be gone", async () => (await page.getByRole("link", { name: "slow-import" }).count()) === 0);
+  assert.equal(newestRun("slow-import"), undefined);
+  await page.context().close();
+});
+
+test("a run's messages filter by the statuses it produced and export as CSV, markup shown as text", async () => {
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  const run = newestRun("file:roster.csv");
+  await page.getByRole("link", { name: "file:roster.csv" }).first().click();
+  await page.getByRole("link", { name: /Task Messages/ }).click();
+  const options = await page.getByLabel("Status", { exact: true }).locator("option").allTextContents();
+  assert.deepEqual(options.slice(1).sort(), ["error", "held", "new"].filter((s) => options.includes(s)).sort());
+  assert.ok(!options.includes("updated"), "only statuses this run produced are offered");
+  await page.getByLabel("Status", { exact: true }).selectOption("error");
+  await page.getByRole("button", { name: "Show" }).click();
+  const rows = page.locator("table.messages tbody tr");
+  assert.equal(await rows.count(), 2);
+  // The script is text on the page, never run (a dialog would fail the test).
+  await page.getByText("`<script>alert(1)</script>` in `Birth Date` is not a date", { exact: false }).waitFor();
+  assert.equal(await page.locator("table.messages script").count(), 0);
+  assert.deepEqual(page.scriptDialogs, [], "no script ran");
+  await shoot(page, "task-messages");
+  await accessible(page, "task-messages");
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("link", { name: "Export CSV" }).click()]);
+  const csv = readFileSync(await download.path(), "utf8").trim().split("\n");
+  assert.equal(csv[0], "row,status,field,message");
+  assert.equal(csv.length, 3, `a header and two error rows: ${csv}`);
+  assert.ok(csv.slice(1).every((l) => l.split(",")[1] === "error"));
+  assert.equal(run.message_count >= 4, true);
+  await page.context().close();
+});
+
+test("the job-completion email preference is saved from the profile", async () => {
+  const page = await signIn(chrome, url, "sam", PASSWORD);
+  await page.getByRole("link", { name: "Profile" }).click();
+  await page.getByLabel("Never").check();
+  await page.getByRole("button", { name: "Save email preference" }).click();
+  await page.waitForURL(`${url}/profile`);
+  assert.ok(await page.getByLabel("Never").isChecked());
+  await shoot(page, "profile");
+  await accessible(page, "profile");
+  const users = JSON.parse(district.sb(["user", "list", "--json"]));
+  assert.equal(users.find((u) => u.name === "sam").job_email, "never");
+  await page.context().close();
+});
+
+test("staff see their own runs only, and another's run is not found", async () => {
+  district.sb(["task", "run-now", "sams-import", "--as", "sam"]);
+  const sams = await until("sam's run", () => newestRun("sams-import"));
+  const pat = await signIn(chrome, url, "pat", PASSWORD);
+  assert.equal(await pat.getByRole("link", { name: "sams-import" }).count(), 0);
+  assert.equal(await pat.getByRole("link", { name: "file:roster.csv" }).count(), 0);
+  const response = await pat.goto(`${url}/runs/${sams.id}`);
+  assert.equal(response.status(), 404);
+  await pat.context().close();
+  const sam = await signIn(chrome, url, "sam", PASSWORD);
+  await sam.getByRole("link", { name: "sams-import" }).first().waitFor();
+  assert.equal(await sam.getByRole("link", { name: "file:roster.csv" }).count(), 0);
+  assert.equal(await sam.getByRole("link", { name: "Users" }).count(), 0, "staff have no Users screen");
+  await sam.context().close();
+});
+
+test("filters live in the address: a bookmarked filter shows the same runs, and back restores the last one", async () => {
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.getByText("Filters", { exact: true }).click();
+  const roster = newestRun("file:roster.csv");
+  const other = roster.status === "failed" ? "cancelled" : "failed";
+  await page.getByLabel("Status", { exact: true }).selectOption([roster.status, other]);
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForURL(new RegExp(`status=${other}`));
+  const filtered = page.url();
+  assert.match(filtered, new RegExp(`status=${roster.status}`));
+  await page.getByLabel("Task", { exact: true }).fill("nothing-has-this-name");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.getByText("No runs match.").waitFor();
+  await page.goBack();
+  await page.waitForURL(filtered);
+  await page.getByRole("link", { name: "file:roster.csv" }).first().waitFor();
+  await page.context().close();
+});
