@@ -78,3 +78,32 @@ document.addEventListener("dblclick", (event) => {
     open();
   }
 })();
+
+// The task form: the preview of the next fires follows the schedule's
+// fields as they change, and picking a plugin brings its parameters.
+(() => {
+  const form = document.querySelector("form[data-schedule-form]");
+  const target = document.getElementById("preview");
+  if (!form || !target) {
+    return;
+  }
+  let timer = null;
+  const refresh = async () => {
+    const body = new URLSearchParams(new FormData(form));
+    const response = await fetch(target.dataset.preview, { method: "POST", body, credentials: "same-origin" });
+    if (response.ok) {
+      target.innerHTML = await response.text();
+      target.dataset.updates = String(Number(target.dataset.updates || 0) + 1);
+    }
+  };
+  const later = (event) => {
+    if (event.target.name === "plugin") {
+      form.querySelector("button[value=plugin]")?.click();
+      return;
+    }
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 250);
+  };
+  form.addEventListener("input", later);
+  form.addEventListener("change", later);
+})();

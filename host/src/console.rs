@@ -15,6 +15,7 @@ mod layout;
 mod profile;
 mod run_page;
 mod session;
+mod tasks_page;
 
 use std::sync::Arc;
 
@@ -117,6 +118,11 @@ pub fn router(app: &App) -> (Router<Arc<App>>, Router<Arc<App>>) {
         .route("/runs/{id}/delete", post(grid::delete))
         .route("/views", post(grid::save_view))
         .route("/views/delete", post(grid::remove_view))
+        .route("/tasks", get(tasks_page::list).post(tasks_page::save))
+        .route("/tasks/new", get(tasks_page::new))
+        .route("/tasks/preview", post(tasks_page::preview))
+        .route("/tasks/{name}", get(tasks_page::edit).post(tasks_page::save))
+        .route("/tasks/{name}/{action}", post(tasks_page::act))
         .route("/profile", get(profile::page).post(profile::save))
         .route("/plugins", get(admin::plugins))
         .route("/outbox", get(admin::outbox))

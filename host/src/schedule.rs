@@ -14,7 +14,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{
-    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc, Weekday,
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Timelike, Utc,
+    Weekday,
 };
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -470,12 +471,70 @@ pub fn preview(
     let tz = parse_zone(zone).map_err(PreviewError::Zone)?;
     let from = from.map(|f| parse_local(f, tz)).transpose().map_err(PreviewError::From)?.unwrap_or(now);
     let timing = Timing { schedule: &parsed, tz, start: from, end: None, pauses: &[] };
-    let fires: Vec<serde_json::Value> = timing
-        .upcoming(from - chrono::Duration::seconds(1), count.min(1000))
-        .iter()
-        .map(|t| serde_json::json!({ "local": t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z (%:z)").to_string(), "utc": t.to_rfc3339() }))
-        .collect();
+    let fires: Vec<serde_json::Value> =
+        explain(&parsed, tz, &timing.upcoming(from - chrono::Duration::seconds(1), count.min(1000)))
+            .into_iter()
+            .map(|f| serde_json::json!({ "local": f.local, "utc": f.at.to_rfc3339(), "moved": f.moved }))
+            .collect();
     Ok(serde_json::json!({ "schedule": parsed.to_string(), "zone": zone, "fires": fires }))
+}
+
+/// A fire as people read it, and what daylight saving did to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fire {
+    /// The instant.
+    pub at: DateTime<Utc>,
+    /// Its local date and time, zone and offset.
+    pub local: String,
+    /// How daylight saving moved it, if it did.
+    pub moved: Option<String>,
+}
+
+/// Explains fires: a time of day that does not exist that day (the clocks
+/// go forward) fires late, one that happens twice (they go back) fires
+/// once; for schedules without a time of day, a change of offset between
+/// two fires is named.
+pub fn explain(schedule: &Schedule, tz: Tz, fires: &[DateTime<Utc>]) -> Vec<Fire> {
+    let at_time = match schedule {
+        Schedule::Daily(t) | Schedule::Weekly(_, t) | Schedule::Monthly(_, t) => Some(*t),
+        _ => None,
+    };
+    let mut previous: Option<chrono::FixedOffset> = None;
+    fires
+        .iter()
+        .map(|at| {
+            let local = at.with_timezone(&tz);
+            let offset = local.offset().fix();
+            let moved = match at_time {
+                Some(t) if local.time() != t => Some(format!(
+                    "{} does not exist on {} in {tz}: the clocks go forward, so it fires at {}",
+                    t.format("%H:%M"),
+                    local.date_naive(),
+                    local.format("%H:%M")
+                )),
+                Some(t)
+                    if matches!(
+                        tz.from_local_datetime(&local.date_naive().and_time(t)),
+                        LocalResult::Ambiguous(..)
+                    ) =>
+                {
+                    Some(format!(
+                        "{} happens twice on {} in {tz}: the clocks go back, and it fires once, the first time",
+                        t.format("%H:%M"),
+                        local.date_naive()
+                    ))
+                }
+                None if previous.is_some_and(|p| p != offset) => Some(format!(
+                    "the clocks changed since the fire before (UTC{} to UTC{})",
+                    previous.map(|p| p.to_string()).unwrap_or_default(),
+                    offset
+                )),
+                _ => None,
+            };
+            previous = Some(offset);
+            Fire { at: *at, local: local.format("%Y-%m-%d %H:%M %Z (%:z)").to_string(), moved }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -491,6 +550,22 @@ mod tests {
         let tz = parse_zone(tz).unwrap();
         let timing = Timing { schedule: &schedule, tz, start: utc("2000-01-01T00:00:00Z"), end: None, pauses: &[] };
         timing.upcoming(utc(from), n).iter().map(|t| t.with_timezone(&tz).to_rfc3339()).collect()
+    }
+
+    #[test]
+    fn fires_moved_by_daylight_saving_say_what_moved_them() {
+        let tz = parse_zone("America/New_York").unwrap();
+        let weekly: Schedule = "weekly on sun at 02:30".parse().unwrap();
+        let timing = Timing { schedule: &weekly, tz, start: utc("2000-01-01T00:00:00Z"), end: None, pauses: &[] };
+        let fires = explain(&weekly, tz, &timing.upcoming(utc("2026-02-28T12:00:00Z"), 2));
+        assert_eq!(fires[0].moved, None);
+        let moved = fires[1].moved.as_deref().unwrap();
+        assert!(moved.contains("02:30 does not exist on 2026-03-08") && moved.contains("fires at 03:00"), "{moved}");
+        let fall: Schedule = "weekly on sun at 01:30".parse().unwrap();
+        let timing = Timing { schedule: &fall, tz, start: utc("2000-01-01T00:00:00Z"), end: None, pauses: &[] };
+        let fires = explain(&fall, tz, &timing.upcoming(utc("2026-10-26T12:00:00Z"), 2));
+        assert!(fires[0].moved.as_deref().unwrap().contains("happens twice on 2026-11-01"));
+        assert_eq!(fires[1].moved, None);
     }
 
     #[test]

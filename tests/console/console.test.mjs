@@ -23,7 +23,7 @@ before(async () => {
   for (const name of ["admin", "sam", "pat"]) {
     d.sb(["user", "passwd", name], `${PASSWORD}\n`);
   }
-  for (const plugin of ["import-csv-roster", "test-slow-import"]) {
+  for (const plugin of ["import-csv-roster", "test-slow-import", "notifier-attendance"]) {
     d.sb(["plugin", "install", "--grant-all", d.plugin(plugin)]);
   }
   d.sb(["source", "add-folder", "batch", "--folder", "batch"]);
@@ -204,5 +204,38 @@ test("filters live in the address: a bookmarked filter shows the same runs, and 
   await page.goBack();
   await page.waitForURL(filtered);
   await page.getByRole("link", { name: "file:roster.csv" }).first().waitFor();
+  await page.context().close();
+});
+
+test("a weekly task is created from the schedule builder, its preview marking the fire daylight saving moved", async () => {
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.getByRole("link", { name: "Tasks", exact: true }).click();
+  await page.getByRole("button", { name: "New task" }).click();
+  await page.getByLabel("Name").fill("weekly-attendance");
+  await page.getByLabel("Plugin").selectOption("notifier-attendance");
+  // Picking the plugin brings the form back with its parameters.
+  await page.getByText("Parameters of notifier-attendance").waitFor();
+  await page.getByLabel("Runs").selectOption("weekly");
+  await page.getByLabel("Sunday").check();
+  await page.getByLabel("At (time of day)").fill("02:30");
+  await page.getByLabel("Time zone").fill("America/New_York");
+  // A fixed start, so the preview does not depend on today's date.
+  await page.getByLabel("Starts").fill("2027-03-01T00:00");
+  const preview = page.locator("#preview");
+  await until("the preview to show the spring change", async () =>
+    (await preview.textContent()).includes("02:30 does not exist on 2027-03-14"));
+  const moved = preview.locator("tr.moved");
+  assert.equal(await moved.count(), 1, "one fire of ten is moved");
+  assert.match(await moved.textContent(), /2027-03-14 03:00/);
+  assert.match(await preview.locator("tbody tr").first().textContent(), /2027-03-07 02:30 EST/);
+  await shoot(page, "task-form");
+  await accessible(page, "task-form");
+  await page.getByRole("button", { name: "Save task" }).click();
+  await page.waitForURL(`${url}/tasks`);
+  const row = page.locator("tr", { has: page.getByRole("link", { name: "weekly-attendance" }) });
+  await row.getByText("weekly on sun at 02:30").waitFor();
+  assert.match(await row.textContent(), /2027-03-07 02:30/);
+  await shoot(page, "tasks");
+  await accessible(page, "tasks");
   await page.context().close();
 });

@@ -56,6 +56,39 @@ impl Tasks<'_> {
                 spec.name
             )));
         }
+        let task = self.build(user, spec)?;
+        let due = if task.enabled { task.next_fire } else { None };
+        app.store.put_task(&task, None, due)?;
+        app.store.flush()?;
+        app.engine.wake.notify_one();
+        app.audit(&user.name, "task.add", &task.name, Some(format!("owner {}", task.owner)))?;
+        tracing::info!(task = %task.name, owner = %task.owner, next = ?task.next_fire, by = %user.name, "Task added.");
+        Ok(task)
+    }
+
+    /// Replaces a task with a new version of itself (same name): its runs,
+    /// state and dedupe ledger stay, its next fire is worked out anew.
+    pub fn replace(&self, user: &User, mut spec: TaskSpec) -> Result<Task> {
+        let app = self.app;
+        let _guard = lock(&app.engine.fire_lock);
+        let old = self.get(&spec.name)?;
+        Self::check(user, &old)?;
+        spec.owner.get_or_insert_with(|| old.owner.clone());
+        let task = self.build(user, spec)?;
+        let old_due = if old.enabled { old.next_fire } else { None };
+        let due = if task.enabled { task.next_fire } else { None };
+        app.store.put_task(&task, old_due, due)?;
+        app.store.flush()?;
+        app.engine.wake.notify_one();
+        app.audit(&user.name, "task.replace", &task.name, Some(format!("owner {}", task.owner)))?;
+        tracing::info!(task = %task.name, next = ?task.next_fire, by = %user.name, "Task replaced.");
+        Ok(task)
+    }
+
+    /// A task from its spec, checked: who may own it, who may set up an
+    /// import, where its mail may go, and that its source exists.
+    fn build(&self, user: &User, spec: TaskSpec) -> Result<Task> {
+        let app = self.app;
         let owner = match spec.owner.as_deref() {
             None => user.name.clone(),
             Some(other) if other == user.name => other.to_string(),
@@ -98,12 +131,6 @@ impl Tasks<'_> {
             imports::prepare_collection(&app.host, target)
                 .map_err(|e| Error::Invalid(format!("task `{}`: {e}", task.name)))?;
         }
-        let due = if task.enabled { task.next_fire } else { None };
-        app.store.put_task(&task, None, due)?;
-        app.store.flush()?;
-        app.engine.wake.notify_one();
-        app.audit(&user.name, "task.add", &task.name, Some(format!("owner {}", task.owner)))?;
-        tracing::info!(task = %task.name, owner = %task.owner, next = ?task.next_fire, by = %user.name, "Task added.");
         Ok(task)
     }
 
