@@ -13,6 +13,7 @@ mod assets;
 mod grid;
 mod layout;
 mod profile;
+mod rules_page;
 mod run_page;
 mod session;
 mod tasks_page;
@@ -123,6 +124,8 @@ pub fn router(app: &App) -> (Router<Arc<App>>, Router<Arc<App>>) {
         .route("/tasks/preview", post(tasks_page::preview))
         .route("/tasks/{name}", get(tasks_page::edit).post(tasks_page::save))
         .route("/tasks/{name}/{action}", post(tasks_page::act))
+        .route("/rules", get(rules_page::list))
+        .route("/rules/{name}", get(rules_page::edit).post(rules_page::save))
         .route("/profile", get(profile::page).post(profile::save))
         .route("/plugins", get(admin::plugins))
         .route("/outbox", get(admin::outbox))

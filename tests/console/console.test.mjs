@@ -239,3 +239,35 @@ test("a weekly task is created from the schedule builder, its preview marking th
   await accessible(page, "tasks");
   await page.context().close();
 });
+
+test("a rule with a syntax error shows its line and column, is not saved, and once fixed tests row by row", async () => {
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.getByRole("link", { name: "Rules", exact: true }).click();
+  await page.getByRole("link", { name: "attendance_threshold" }).click();
+  const source = page.getByLabel("Source (rhai)");
+  const good = await source.inputValue();
+  await source.fill(good.replace("absences >= params.threshold", "absences >= params.threshold &&& 1"));
+  await page.getByRole("button", { name: "Save" }).click();
+  const alert = page.getByRole("alert");
+  await alert.getByText("Does not compile").waitFor();
+  // The third `&` is the error: its own line and column in the source.
+  const lines = good.split("\n");
+  const line = lines.findIndex((l) => l.includes("absences >= params.threshold")) + 1;
+  const column = lines[line - 1].indexOf("absences") + "absences >= params.threshold &&& ".indexOf("&&&") + 3;
+  assert.match(await alert.textContent(), new RegExp(`line ${line}, column ${column}:`));
+  assert.equal(readFileSync(`${district.rules}/attendance_threshold.rhai`, "utf8"), good, "nothing was saved");
+  await shoot(page, "rule-error");
+  await accessible(page, "rule-error");
+  await page.getByLabel("Source (rhai)").fill(good);
+  const row = { absences: 7, division: "", campus: "North", department: "", level: "" };
+  await page.getByLabel("Sample rows").fill(JSON.stringify([row, { ...row, absences: 2 }]));
+  await page.getByLabel("Parameters").fill(JSON.stringify({ threshold: 5, division: "", campus: "", department: "", level: "" }));
+  await page.getByRole("button", { name: "Test" }).click();
+  const verdicts = page.locator("table.verdicts");
+  await verdicts.waitFor();
+  assert.match(await verdicts.locator("caption").textContent(), /1 of 2 rows match/);
+  assert.match(await verdicts.locator("tbody tr").nth(0).textContent(), /match/);
+  assert.match(await verdicts.locator("tbody tr").nth(1).textContent(), /no match/);
+  await shoot(page, "rule-test");
+  await page.context().close();
+});

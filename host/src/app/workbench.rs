@@ -94,6 +94,17 @@ impl Workbench<'_> {
         Ok(test_rule(rules, &rule, rows, params))
     }
 
+    /// Where a draft fails to compile: line, column (1-based) and why;
+    /// none when it compiles.
+    pub fn compile_error(&self, name: &str, source: &str) -> Option<(usize, usize, String)> {
+        let shown = format!("{name}.rhai (draft)");
+        match self.app.host.rules().compile(name, &shown, source) {
+            Ok(_) => None,
+            Err(rules::Error::Compile { line, column, message, .. }) => Some((line, column, message)),
+            Err(e) => Some((0, 0, e.to_string())),
+        }
+    }
+
     /// Saves a rule (the account owner only). Runs started from now on use
     /// it; a broken rule is refused with its line and nothing is written.
     /// `shown` names where the source came from in errors.
