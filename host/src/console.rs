@@ -12,6 +12,7 @@ mod admin;
 mod assets;
 mod grid;
 mod layout;
+mod plan_page;
 mod profile;
 mod rules_page;
 mod run_page;
@@ -114,6 +115,8 @@ pub fn router(app: &App) -> (Router<Arc<App>>, Router<Arc<App>>) {
         .route("/assets/{name}", get(assets::serve))
         .route("/runs/cancel-matching", post(grid::cancel_matching))
         .route("/runs/{id}", get(run_page::page))
+        .route("/runs/{id}/plan", get(plan_page::page))
+        .route("/runs/{id}/decide", post(plan_page::decide))
         .route("/runs/{id}/messages.csv", get(run_page::messages_csv))
         .route("/runs/{id}/cancel", post(grid::cancel))
         .route("/runs/{id}/delete", post(grid::delete))

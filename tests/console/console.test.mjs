@@ -35,6 +35,10 @@ before(async () => {
     "task", "add", "sams-import", "--owner", "sam", "--plugin", "test-slow-import", "--schedule", "daily at 22:00",
     "--source", "batch", "--prefix", "Sam_", "--collection", "students", "--key", "student-id", "--param", "spin=0",
   ]);
+  d.sb([
+    "task", "add", "roster-sam", "--owner", "sam", "--plugin", "import-csv-roster", "--schedule", "daily at 22:00",
+    "--source", "batch", "--prefix", "Roster_", "--collection", "students", "--key", "student-id", "--param", FOUR,
+  ]);
   // A roster with a markup-laden error, run by the admin: the messages tab's data.
   const roster = d.file(
     "roster.csv",
@@ -270,4 +274,54 @@ test("a rule with a syntax error shows its line and column, is not saved, and on
   assert.match(await verdicts.locator("tbody tr").nth(1).textContent(), /no match/);
   await shoot(page, "rule-test");
   await page.context().close();
+});
+
+test("a test import over the guard is requested with a comment and released with a one-time code from a second user", async () => {
+  const count = () => Number(/of (\d+) records/.exec(district.sb(["records", "list", "students", "--limit", "1"]))[1]);
+  const before = count();
+  const rows = ["T1", "T2", "T3", "T4", "T5"].map((id, i) => `${id},New${i},Kid,2012-0${i + 1}-01`).join("\n");
+  district.file("batch/Roster_spring.csv", `Student ID,Last Name,First Name,Birth Date\n${rows}\n`);
+  const sam = await signIn(chrome, url, "sam", PASSWORD);
+  await sam.getByRole("link", { name: "Tasks", exact: true }).click();
+  await sam.getByRole("button", { name: "Test import roster-sam" }).click();
+  await sam.waitForURL(/\/runs\/\d+$/);
+  const id = Number(/runs\/(\d+)$/.exec(sam.url())[1]);
+  await until("the test import to finish", () => newestRun("roster-sam").status === "succeeded");
+  await sam.goto(`${url}/runs/${id}/plan`);
+  assert.match(await sam.locator(".gauge").textContent(), /authorize at 20%/);
+  // Show Change Types: only the new rows.
+  for (const t of ["existing", "error", "updated"]) {
+    await sam.getByLabel(new RegExp(`^${t} \\(`)).uncheck();
+  }
+  await sam.getByRole("button", { name: "Show", exact: true }).click();
+  const listed = sam.locator("details.plan-row");
+  assert.equal(await listed.count(), 5);
+  await listed.first().locator("summary").click();
+  await shoot(sam, "import-plan");
+  await accessible(sam, "import-plan");
+  await sam.getByRole("button", { name: "Ok: import exactly this plan" }).click();
+  await sam.getByLabel("Why are these changes wanted? (required)").fill("Spring enrolments from the district office");
+  await sam.getByRole("button", { name: "Request authorization" }).click();
+  await sam.getByText("Authorization was requested").waitFor();
+  assert.equal(count(), before, "nothing is written while it waits");
+
+  const pat = await signIn(chrome, url, "pat", PASSWORD);
+  await pat.goto(`${url}/runs/${id}/plan`);
+  await pat.getByRole("button", { name: "Issue a one-time code" }).click();
+  const code = (await pat.locator("strong.code").textContent()).trim();
+  assert.match(code, /^[0-9A-F]{32}$/);
+  await shoot(pat, "authorization-code");
+  await pat.context().close();
+
+  await sam.reload();
+  await sam.getByLabel("Approval code").fill(code);
+  await sam.getByRole("button", { name: "Release with the code" }).click();
+  await until("the import to be committed", () => newestRun("roster-sam").status === "succeeded" && count() === before + 5);
+  // The run's page keeps the audit trail: who, when, and the comment.
+  await sam.goto(`${url}/runs/${id}`);
+  const audit = await sam.locator("dl.summary").textContent();
+  assert.match(audit, /sam requested-authorization: “Spring enrolments from the district office”/);
+  assert.match(audit, /pat issued-approval-code/);
+  assert.match(audit, /sam approved/);
+  await sam.context().close();
 });

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::layout::{self, Page};
 use super::{ConsoleError, Session, blocking, local};
 use crate::app::App;
-use crate::runs::TaskMessage;
+use crate::runs::{RunStatus, TaskMessage};
 
 /// Messages per page.
 const PAGE_MESSAGES: usize = 100;
@@ -50,6 +50,9 @@ pub(super) async fn page(
     })
     .await?;
     let base = session.link(&format!("/runs/{id}"));
+    // Test imports and held imports keep their plan for a decision.
+    let has_plan =
+        run.dry_run || matches!(run.status, RunStatus::AwaitingConfirmation | RunStatus::AwaitingAuthorization);
     let header_failure =
         run.error.as_deref().and_then(|e| e.split_once("File import has failed: ")).map(|(_, why)| why);
     let body = html! {
@@ -61,6 +64,7 @@ pub(super) async fn page(
         nav.tabs aria-label="Run" {
             ul {
                 li { a href=(base) aria-current=[(!messages_tab).then_some("page")] { "Summary" } }
+                @if has_plan { li { a href={ (base) "/plan" } { "Import plan" } } }
                 li { a href={ (base) "?tab=messages" } aria-current=[messages_tab.then_some("page")] { "Task Messages (" (run.message_count) ")" } }
             }
         }
