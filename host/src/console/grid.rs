@@ -77,11 +77,8 @@ impl GridQuery {
         for s in self.status.iter().filter(|s| !s.trim().is_empty()) {
             statuses.push(s.parse::<RunStatus>().map_err(bad)?);
         }
-        let to = match day("to", &self.to)? {
-            // "To" names the last day shown, inclusive.
-            Some(t) => Some(t + chrono::Duration::days(1)),
-            None => None,
-        };
+        // "To" names the last day shown, inclusive.
+        let to = day("to", &self.to)?.map(|t| t + chrono::Duration::days(1));
         Ok(RunQuery {
             statuses,
             kind: blank_none(&self.kind),
