@@ -401,3 +401,26 @@ fn the_api_speaks_tls_and_refuses_clear_text_off_loopback() {
     assert!(!curl(&[]).status.success(), "a client that does not trust the certificate gets nothing");
     server.terminate();
 }
+
+#[test]
+fn the_console_and_the_api_live_under_the_base_path_behind_a_proxy() {
+    let sb = Sb::new();
+    sb.file("data/schoolbell.toml", "[api]\nbase_path = \"/schoolbell\"\n");
+    let server = sb.serve();
+    let api = Api::new(&server.url);
+    // An anonymous visit is sent to sign in, under the base path.
+    let (status, body) = api.call("GET", "/schoolbell/", None, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#"action="/schoolbell/login""#), "{body}");
+    assert!(body.contains(r#"href="/schoolbell/assets/pico.min.css"#), "{body}");
+    let (status, css) = api.call("GET", "/schoolbell/assets/console.css", None, None);
+    assert_eq!(status, 200);
+    assert!(css.contains("prefers-color-scheme") || css.contains(".visually-hidden"));
+    let (status, _) = api.call("GET", "/schoolbell/api/v1/openapi.json", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(api.call("GET", "/login", None, None).0, 404, "nothing is served outside the base path");
+    let bad = Sb::new();
+    bad.file("data/schoolbell.toml", "[api]\nbase_path = \"schoolbell/\"\n");
+    let err = bad.fails(&["task", "list"]);
+    assert!(err.contains("base_path `schoolbell/` must start with `/`"), "{err}");
+}

@@ -130,10 +130,16 @@ pub fn router(app: &App) -> (Router<Arc<App>>, Router<Arc<App>>) {
         .route("/rules", get(rules_page::list))
         .route("/rules/{name}", get(rules_page::edit).post(rules_page::save))
         .route("/profile", get(profile::page).post(profile::save))
-        .route("/plugins", get(admin::plugins))
+        .route(
+            "/plugins",
+            get(admin::plugins).post(admin::upload).layer(axum::extract::DefaultBodyLimit::max(admin::UPLOAD_LIMIT)),
+        )
+        .route("/plugins/{name}/{action}", post(admin::capability))
         .route("/outbox", get(admin::outbox))
-        .route("/users", get(admin::users))
-        .layer(axum::middleware::map_response(layout::secure_headers));
+        .route("/users", get(admin::users).post(admin::save_user))
+        .layer(axum::middleware::map_response(layout::secure_headers))
+        // Pico's stylesheet is most of a page's weight; gzip takes it to a sixth.
+        .layer(tower_http::compression::CompressionLayer::new());
     let live = Router::new().route("/runs/events", get(grid::events));
     (pages, live)
 }

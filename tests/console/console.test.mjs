@@ -325,3 +325,110 @@ test("a test import over the guard is requested with a comment and released with
   assert.match(audit, /sam approved/);
   await sam.context().close();
 });
+
+test("an email subject carrying markup is shown as text in the outbox", async () => {
+  const students = [{ "student-id": "A1", "first-name": "Eve", "last-name": "<img src=x onerror=alert(1)>", absences: 9,
+    division: "Upper", campus: "North", department: "Math", level: "10" }];
+  district.sb(["records", "load", "attendance", district.file("attendance.json", JSON.stringify(students)), "--key", "student-id"]);
+  district.sb(["task", "add", "attendance-now", "--plugin", "notifier-attendance", "--schedule", "daily at 07:00", "--notify", "admin"]);
+  district.sb(["task", "run-now", "attendance-now", "--wait"]);
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.getByRole("link", { name: "Outbox" }).click();
+  await page.getByText("Attendance: Eve <img src=x onerror=alert(1)> has 9 absences").waitFor();
+  assert.equal(await page.locator("main img").count(), 0, "the markup made no element");
+  assert.deepEqual(page.scriptDialogs, [], "no script ran");
+  await shoot(page, "outbox");
+  await accessible(page, "outbox");
+  await page.context().close();
+});
+
+test("a bulk cancel shows its filter and count, acts on exactly those runs, and refuses a count that changed", async () => {
+  // Queued runs that wait: the task's own runs go one at a time.
+  for (let i = 0; i < 3; i++) {
+    district.sb(["task", "run-now", "slow-import"]);
+  }
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.goto(`${url}/?task=slow-import&status=queued&status=running`);
+  const open = page.getByRole("button", { name: /Cancel all \d+ matching runs/ });
+  await open.waitFor();
+  const shown = Number(/Cancel all (\d+)/.exec(await open.textContent())[1]);
+  assert.ok(shown >= 1);
+  await open.click();
+  const dialog = page.getByRole("dialog", { name: `Cancel ${shown} runs?` });
+  assert.match(await dialog.textContent(), /task slow-import/);
+  assert.match(await dialog.textContent(), /status queued or running/);
+  // Another run joins meanwhile: the count the dialog showed is no longer true.
+  district.sb(["task", "run-now", "slow-import"]);
+  await dialog.getByRole("button", { name: `Yes, cancel ${shown}` }).click();
+  await page.getByRole("alert").filter({ hasText: "match now, not the" }).waitFor();
+  await page.goto(`${url}/?task=slow-import&status=queued&status=running`);
+  const again = page.getByRole("button", { name: /Cancel all \d+ matching runs/ });
+  const now = Number(/Cancel all (\d+)/.exec(await again.textContent())[1]);
+  await again.click();
+  await page.getByRole("dialog", { name: `Cancel ${now} runs?` }).getByRole("button", { name: `Yes, cancel ${now}` }).click();
+  await until("every matching run to stop", () => {
+    const runs = JSON.parse(district.sb(["runs", "list", "--task", "slow-import", "--json"]));
+    return runs.every((r) => ["cancelled", "succeeded", "failed", "interrupted"].includes(r.status));
+  });
+  const others = JSON.parse(district.sb(["runs", "list", "--task", "file:roster.csv", "--json"]));
+  assert.ok(others.every((r) => r.status !== "cancelled"), "runs outside the filter are untouched");
+  await page.context().close();
+});
+
+test("a saved view keeps its filters and columns, and the live stream pauses while the tab is hidden", async () => {
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.goto(`${url}/?status=succeeded`);
+  await page.getByText("Views", { exact: true }).click();
+  await page.getByLabel("Columns, in order").fill("status, task, finished");
+  await page.getByLabel("Save these filters and columns as").fill("Done");
+  await page.getByRole("button", { name: "Save view" }).click();
+  const headers = await page.locator("table.runs thead th").allTextContents();
+  assert.deepEqual(headers.slice(0, 3), ["status", "task", "finished"]);
+  await page.goto(`${url}/`);
+  await page.getByText("Views", { exact: true }).click();
+  await page.getByRole("link", { name: "Done" }).click();
+  assert.match(page.url(), /status=succeeded/);
+  assert.deepEqual((await page.locator("table.runs thead th").allTextContents()).slice(0, 3), ["status", "task", "finished"]);
+  const grid = page.locator("#grid");
+  await until("the live stream to open", async () => (await grid.getAttribute("data-stream")) === "open");
+  await page.evaluate(() => {
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
+    document.dispatchEvent(new Event("visibilitychange"));
+  });
+  assert.equal(await grid.getAttribute("data-stream"), "paused");
+  await page.evaluate(() => {
+    Object.defineProperty(document, "hidden", { configurable: true, get: () => false });
+    document.dispatchEvent(new Event("visibilitychange"));
+  });
+  assert.equal(await grid.getAttribute("data-stream"), "open");
+  await page.context().close();
+});
+
+test("the owner adds a user with permissions and grants a plugin's capability from the console", async () => {
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.getByRole("link", { name: "Users" }).click();
+  await page.getByText("Add or change a user").click();
+  await page.getByLabel("User name").fill("lee");
+  await page.getByLabel("Email", { exact: true }).fill("lee@district.example");
+  await page.getByLabel(/autopilot/).check();
+  await page.getByRole("button", { name: "Save user" }).click();
+  await page.getByRole("cell", { name: "lee@district.example" }).waitFor();
+  const lee = JSON.parse(district.sb(["user", "list", "--json"])).find((u) => u.name === "lee");
+  assert.deepEqual([lee.role, lee.permissions], ["staff", ["autopilot"]]);
+  await accessible(page, "users");
+  await page.getByRole("link", { name: "Plugins" }).click();
+  await page.getByRole("button", { name: "Revoke write:students from test-slow-import" }).click();
+  await page.getByRole("button", { name: "Grant write:students to test-slow-import" }).click();
+  await page.getByRole("button", { name: "Revoke write:students from test-slow-import" }).waitFor();
+  await page.locator("#component").setInputFiles(district.plugin("notifier-birthday"));
+  await page.getByRole("button", { name: "Install", exact: true }).click();
+  await page.getByRole("cell", { name: /^notifier-birthday/ }).waitFor();
+  await shoot(page, "plugins");
+  await accessible(page, "plugins");
+  await page.context().close();
+  // Staff cannot: the same check as the API.
+  const sam = await signIn(chrome, url, "sam", PASSWORD);
+  const response = await sam.goto(`${url}/users`);
+  assert.equal(response.status(), 403);
+  await sam.context().close();
+});

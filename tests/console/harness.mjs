@@ -141,7 +141,7 @@ export async function signIn(b, url, user, password, options = {}) {
 /// Saves a screenshot of the page for the README's Console section.
 export async function shoot(page, name) {
   mkdirSync(screenshots, { recursive: true });
-  await page.screenshot({ path: join(screenshots, `${name}.png`), fullPage: true });
+  await page.screenshot({ path: join(screenshots, `${name}.png`), fullPage: false });
 }
 
 /// Runs axe-core on the page; fails on serious or critical violations.

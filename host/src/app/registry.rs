@@ -30,6 +30,27 @@ impl Registry<'_> {
         Ok(installed)
     }
 
+    /// Installs a component sent as bytes (an upload; the account owner
+    /// only): written to a private file in the data directory's staging
+    /// folder for the install, then removed.
+    pub fn install_bytes(&self, user: &User, bytes: &[u8]) -> Result<(PluginEntry, InstallStatus)> {
+        owner_only(user, "install plugins")?;
+        let staging = &self.app.access().staging;
+        let dir = if staging.as_os_str().is_empty() { std::env::temp_dir() } else { staging.clone() };
+        crate::secrets::private_dir(&dir).map_err(|e| Error::Failed(format!("cannot make {}: {e}", dir.display())))?;
+        let mut name = [0u8; 12];
+        getrandom::fill(&mut name).map_err(|e| Error::Failed(format!("no randomness for a file name: {e}")))?;
+        let path = dir.join(format!("upload-{}.wasm", hex::encode(name)));
+        let written = crate::secrets::private_file(&path).and_then(|mut f| std::io::Write::write_all(&mut f, bytes));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::Failed(format!("cannot stage the upload in {}: {e}", dir.display())));
+        }
+        let installed = self.install(user, &path);
+        let _ = std::fs::remove_file(&path);
+        installed
+    }
+
     /// The installed plugins.
     pub fn list(&self, _user: &User) -> Result<Vec<PluginEntry>> {
         self.app.host.list().map_err(plugin_error)
