@@ -142,7 +142,27 @@ pub fn router(scheduler: Arc<App>) -> Router {
         // have their own limit.
         .merge(live)
         .with_state(scheduler);
-    if api.base_path.is_empty() { routes } else { Router::new().nest(&api.base_path, routes) }
+    if api.base_path.is_empty() {
+        return routes;
+    }
+    // Behind a proxy that forwards `/base/...` unchanged: the base is taken
+    // off before routing, so every route (the console's `/` among them)
+    // answers under it exactly as at the root, and nothing answers outside it.
+    let base = api.base_path.clone();
+    let strip = move |mut request: axum::extract::Request| {
+        let uri = request.uri();
+        let rest = match uri.path().strip_prefix(base.as_str()) {
+            Some("") => "/",
+            Some(rest) if rest.starts_with('/') => rest,
+            _ => "/outside-the-base-path",
+        };
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        if let Ok(inner) = format!("{rest}{query}").parse() {
+            *request.uri_mut() = inner;
+        }
+        request
+    };
+    Router::new().fallback_service(tower::ServiceBuilder::new().map_request(strip).service(routes))
 }
 
 /// No such address: JSON under the API, a page elsewhere.

@@ -39,6 +39,10 @@ before(async () => {
     "task", "add", "roster-sam", "--owner", "sam", "--plugin", "import-csv-roster", "--schedule", "daily at 22:00",
     "--source", "batch", "--prefix", "Roster_", "--collection", "students", "--key", "student-id", "--param", FOUR,
   ]);
+  d.sb([
+    "task", "add", "roster-dupes", "--plugin", "import-csv-roster", "--schedule", "daily at 22:00", "--source", "batch",
+    "--prefix", "Dupes_", "--collection", "students", "--key", "student-id", "--match-rule", "match_student", "--param", FOUR,
+  ]);
   // A roster with a markup-laden error, run by the admin: the messages tab's data.
   const roster = d.file(
     "roster.csv",
@@ -431,4 +435,50 @@ test("the owner adds a user with permissions and grants a plugin's capability fr
   const response = await sam.goto(`${url}/users`);
   assert.equal(response.status(), 403);
   await sam.context().close();
+});
+
+test("a new student who shares a name and birth date with another is listed as a possible duplicate", async () => {
+  // S1 is Ann Lee, born 2010-01-02 (the first roster); Z9 is another child.
+  district.file("batch/Dupes_new.csv", "Student ID,Last Name,First Name,Birth Date\nZ9,Lee,Ann,2010-01-02\n");
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.getByRole("link", { name: "Tasks", exact: true }).click();
+  await page.getByRole("button", { name: "Test import roster-dupes" }).click();
+  await until("the test import to finish", () => newestRun("roster-dupes").status === "succeeded");
+  await page.goto(`${url}/runs/${newestRun("roster-dupes").id}/plan`);
+  await page.getByLabel("possible-duplicate (1)").waitFor();
+  const row = page.locator("details.change-possible-duplicate");
+  assert.equal(await row.count(), 1);
+  await row.locator("summary").click();
+  assert.match(await row.textContent(), /Z9/);
+  assert.match(await row.textContent(), /shares last-name \+ first-name \+ birth-date with: S1/);
+  await page.context().close();
+});
+
+test("the grid works by keyboard alone: a run's cancel dialog opens, closes and answers from the keys", async () => {
+  district.sb(["task", "run-now", "slow-import"]);
+  const run = await until("the import to run", () => {
+    const r = newestRun("slow-import");
+    return r && r.status === "running" && r;
+  });
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  const cancel = page.getByRole("button", { name: `Cancel run ${run.id} of slow-import` });
+  await cancel.waitFor();
+  // Tab until the cancel control has focus, as a keyboard user would.
+  await until("focus to reach the cancel control", async () => {
+    await page.keyboard.press("Tab");
+    return page.evaluate((id) => document.activeElement?.id === `cancel-${id}`, run.id);
+  }, 20_000);
+  await page.keyboard.press("Enter");
+  const dialog = page.getByRole("dialog", { name: "Cancel this task?" });
+  await dialog.waitFor();
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  assert.equal(newestRun("slow-import").status, "running");
+  await cancel.focus();
+  await page.keyboard.press("Enter");
+  await dialog.waitFor();
+  await dialog.getByRole("button", { name: "Yes" }).focus();
+  await page.keyboard.press("Enter");
+  await until("the run to be cancelled", () => newestRun("slow-import").status === "cancelled");
+  await page.context().close();
 });

@@ -75,8 +75,8 @@ impl FromRequestParts<Arc<App>> for Session {
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         let base = app.config().api.base_path.clone();
         let sign_in = || {
-            let here = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let next = if parts.method == axum::http::Method::GET { here } else { "" };
+            let here = format!("{base}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+            let next = if parts.method == axum::http::Method::GET { here.as_str() } else { "" };
             let query = serde_urlencoded::to_string([("next", next)]).unwrap_or_default();
             Redirect::to(&format!("{base}/login?{query}")).into_response()
         };
