@@ -268,7 +268,7 @@ test("a rule with a syntax error shows its line and column, is not saved, and on
   await accessible(page, "rule-error");
   await page.getByLabel("Source (rhai)").fill(good);
   const row = { absences: 7, division: "", campus: "North", department: "", level: "" };
-  await page.getByLabel("Sample rows").fill(JSON.stringify([row, { ...row, absences: 2 }]));
+  await page.getByLabel("Sample rows (a JSON array of objects)").fill(JSON.stringify([row, { ...row, absences: 2 }]));
   await page.getByLabel("Parameters").fill(JSON.stringify({ threshold: 5, division: "", campus: "", department: "", level: "" }));
   await page.getByRole("button", { name: "Test" }).click();
   const verdicts = page.locator("table.verdicts");
@@ -277,6 +277,13 @@ test("a rule with a syntax error shows its line and column, is not saved, and on
   assert.match(await verdicts.locator("tbody tr").nth(0).textContent(), /match/);
   assert.match(await verdicts.locator("tbody tr").nth(1).textContent(), /no match/);
   await shoot(page, "rule-test");
+  // Sample rows can come from a collection instead of being pasted.
+  await page.getByLabel("Take sample rows from the collection").fill("students");
+  await page.getByLabel("How many").fill("2");
+  await page.getByRole("button", { name: "Take them" }).click();
+  const picked = JSON.parse(await page.getByLabel("Sample rows (a JSON array of objects)").inputValue());
+  assert.equal(picked.length, 2);
+  assert.ok(picked.every((r) => typeof r["student-id"] === "string"), "records of the collection, with their fields");
   await page.context().close();
 });
 

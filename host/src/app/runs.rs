@@ -9,8 +9,8 @@ use crate::runs::{self, Run, RunQuery, RunStatus, TaskMessage, TimeColumn};
 use crate::store::RunId;
 use crate::users::User;
 
-/// How many runs a grid's count reads before it says "many" instead: a
-/// count over a long history must not hold the page up.
+/// How many runs a grid's count reads before it says "at least" instead:
+/// a count over a long history must not hold the page up.
 const COUNT_LIMIT: usize = 10_000;
 
 /// A grid's count of matching runs.
@@ -120,12 +120,7 @@ impl Runs<'_> {
     pub fn page(&self, user: &User, query: &RunQuery, sort: Sort, at: PageAt, limit: usize) -> Result<RunPage> {
         let kinds = self.kinds()?;
         let limit = limit.clamp(1, 500);
-        let mut counted = 0;
-        self.scan(user, query, None, &kinds, |_, _| {
-            counted += 1;
-            counted < COUNT_LIMIT
-        })?;
-        let count = if counted >= COUNT_LIMIT { Count::AtLeast(counted) } else { Count::Exact(counted) };
+        let count = self.count(user, query, &kinds)?;
         if sort == Sort::default() && !matches!(at, PageAt::Offset(_)) {
             let before = match at {
                 PageAt::Before(id) => Some(id),
@@ -168,6 +163,28 @@ impl Runs<'_> {
         let runs: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
         let next = (offset + runs.len() < total).then_some(PageAt::Offset(offset + runs.len()));
         Ok(RunPage { runs, next, count: Count::Exact(total) })
+    }
+
+    /// How many runs match among the newest `COUNT_LIMIT` read: exact
+    /// when that was all of them, else "at least", so a rare filter over
+    /// a long history costs no more than a common one.
+    fn count(&self, user: &User, query: &RunQuery, kinds: &std::collections::HashMap<String, String>) -> Result<Count> {
+        let (mut read, mut counted, mut before) = (0, 0, None);
+        loop {
+            let page: Vec<Run> = self.app.store.runs(before, 500)?;
+            let Some(last) = page.last() else { return Ok(Count::Exact(counted)) };
+            before = Some(last.id);
+            for r in page {
+                read += 1;
+                if read > COUNT_LIMIT {
+                    return Ok(Count::AtLeast(counted));
+                }
+                let kind = kinds.get(&r.plugin).map_or("", String::as_str);
+                if runs::can_view(user, &r) && query.matches(&r, kind) {
+                    counted += 1;
+                }
+            }
+        }
     }
 
     /// The runs matching `query` that `user` may cancel and that have not

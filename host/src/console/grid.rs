@@ -328,7 +328,7 @@ fn grid(app: &App, session: &Session, q: &GridQuery, page: &RunPage, encoded: &s
     let count = match page.count {
         Count::Exact(1) => "1 run".to_string(),
         Count::Exact(n) => format!("{n} runs"),
-        Count::AtLeast(n) => format!("many runs (more than {n})"),
+        Count::AtLeast(n) => format!("many runs: {n} among the newest 10,000 (older runs are not counted)"),
     };
     let now = app.now();
     let sep = if encoded.is_empty() { "" } else { "&" };

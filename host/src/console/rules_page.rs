@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::Form;
 use maud::{Markup, html};
@@ -34,14 +34,34 @@ struct Outcome {
     saved: bool,
 }
 
+/// Sample rows taken from a collection (`?collection=students&limit=5`).
+#[derive(Deserialize, Default)]
+pub(super) struct PickQuery {
+    collection: Option<String>,
+    limit: Option<usize>,
+}
+
 pub(super) async fn edit(
     State(app): State<Arc<App>>,
     session: Session,
     Path(name): Path<String>,
+    Query(q): Query<PickQuery>,
 ) -> Result<Response, ConsoleError> {
     let (a, user, n) = (app.clone(), session.user.clone(), name.clone());
-    let (_, source) = blocking(move || Ok(a.rules().show(&user, &n)?)).await?;
-    let sample = "[\n  {}\n]".to_string();
+    let (source, sample) = blocking(move || {
+        let (_, source) = a.rules().show(&user, &n)?;
+        let sample = match q.collection.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+            // Reading records in bulk is the account owner's: the service checks.
+            Some(c) => {
+                let page = a.collections().page(&user, c, q.limit.unwrap_or(5).clamp(1, 100))?;
+                let rows: Vec<serde_json::Value> = page.records.iter().map(crate::records::record_to_json).collect();
+                serde_json::to_string_pretty(&rows).unwrap_or_default()
+            }
+            None => "[\n  {}\n]".to_string(),
+        };
+        Ok((source, sample))
+    })
+    .await?;
     Ok(editor(&session, &name, &source, &sample, "{}", Outcome::default()).into_response())
 }
 
@@ -59,6 +79,15 @@ fn editor(session: &Session, name: &str, source: &str, sample: &str, params: &st
                 @if let Some(text) = source.lines().nth(line.saturating_sub(1)).filter(|_| *line > 0) {
                     pre.excerpt { (line) " | " (text) "\n" (" ".repeat(line.to_string().len() + 3 + column.saturating_sub(1))) "^" }
                 }
+            }
+        }
+        @if owner {
+            form.pick method="get" action=(session.link(&format!("/rules/{name}"))) aria-label="Sample rows from a collection" {
+                label for="r-collection" { "Take sample rows from the collection" }
+                input id="r-collection" name="collection" placeholder="students";
+                label for="r-limit" { "How many" }
+                input id="r-limit" type="number" name="limit" min="1" max="100" value="5";
+                button.secondary type="submit" { "Take them" }
             }
         }
         form method="post" action=(session.link(&format!("/rules/{name}"))) {
