@@ -190,6 +190,10 @@ impl Runs<'_> {
     /// The runs matching `query` that `user` may cancel and that have not
     /// finished: what a bulk cancel acts on.
     pub fn cancelable(&self, user: &User, query: &RunQuery) -> Result<Vec<RunId>> {
+        // A filter on finished statuses only matches nothing to cancel: no read.
+        if !query.statuses.is_empty() && query.statuses.iter().all(|s| s.is_finished()) {
+            return Ok(Vec::new());
+        }
         let kinds = self.kinds()?;
         let mut ids = Vec::new();
         self.scan(user, query, None, &kinds, |r, _| {
