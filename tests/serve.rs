@@ -424,3 +424,55 @@ fn the_console_and_the_api_live_under_the_base_path_behind_a_proxy() {
     let err = bad.fails(&["task", "list"]);
     assert!(err.contains("base_path `schoolbell/` must start with `/`"), "{err}");
 }
+
+#[test]
+fn a_run_submitted_for_later_waits_in_the_batch_queue_until_its_time() {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
+    let attendance = sb.file(
+        "attendance.json",
+        r#"[{"student-id": "S1", "first-name": "Ann", "last-name": "Ng", "absences": 7, "division": "Upper", "campus": "North", "department": "Math", "level": "10"}]"#,
+    );
+    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
+    sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
+    sb.ok(&["user", "add", "pri", "--role", "staff", "--email", "pri@district.test", "--permission", "set-priority"]);
+    for (task, owner) in [("later", "sam"), ("urgent", "pri")] {
+        sb.ok(&["--as", owner, "task", "add", task, "--plugin", "notifier-attendance", "--schedule", "daily at 07:00"]);
+    }
+    let server = sb.serve();
+    let _ = &server;
+    let run_of = |id: u64| -> Value {
+        let runs: Value = serde_json::from_str(&sb.ok(&["runs", "list", "--json"])).unwrap();
+        runs.as_array().unwrap().iter().find(|r| r["id"] == id).cloned().unwrap()
+    };
+    // A start a few seconds ahead, in RFC 3339 (the CLI also takes local time).
+    let start = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let said = sb.ok(&["--as", "sam", "task", "run-now", "later", "--at", &start.to_rfc3339(), "--keep"]);
+    assert!(said.contains("waits in the batch queue to start at"), "{said}");
+    let id: u64 = said.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let waiting = run_of(id);
+    assert_eq!(waiting["status"], "queued", "it waits: {waiting}");
+    assert_eq!(waiting["keep"], true);
+    assert!(sb.ok(&["runs", "list"]).contains("(starts "), "the queue shows when it starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = loop {
+        let run = run_of(id);
+        if run["status"] == "succeeded" {
+            break run;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run never ran: {run}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let started: chrono::DateTime<chrono::Utc> = done["started_at"].as_str().unwrap().parse().unwrap();
+    assert!(started >= start, "it started at {started}, before its time {start}");
+    // High priority is for those who hold the right.
+    let refused = sb.fails(&["--as", "sam", "task", "run-now", "later", "--high-priority"]);
+    assert!(refused.contains("needs the set-priority permission"), "{refused}");
+    sb.ok(&["--as", "pri", "task", "run-now", "urgent", "--high-priority"]);
+    // A run waiting for its time can be taken off the queue.
+    let far = (chrono::Utc::now() + chrono::Duration::hours(5)).to_rfc3339();
+    let said = sb.ok(&["--as", "sam", "task", "run-now", "later", "--at", &far]);
+    let id: u64 = said.split_whitespace().nth(1).unwrap().parse().unwrap();
+    sb.ok(&["--as", "sam", "runs", "cancel", &id.to_string()]);
+    assert_eq!(run_of(id)["status"], "cancelled");
+}

@@ -226,12 +226,41 @@ async fn disable_task(
     blocking(move || Ok(Json(crate::tasks::task_view(&s.tasks().set_enabled(&u, &name, false)?, 5)))).await
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    at: Option<String>,
+    #[serde(default)]
+    high_priority: bool,
+    #[serde(default)]
+    keep: bool,
+}
+
 async fn run_now(
     State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Json_>), ApiError> {
-    blocking(move || Ok((StatusCode::ACCEPTED, Json(json!(s.tasks().run_now(&u, &name)?))))).await
+    // No body: at once, as before.
+    let body: SubmitBody = if body.iter().all(u8::is_ascii_whitespace) {
+        SubmitBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("the body must be {{\"at\": ..., \"high_priority\": ..., \"keep\": ...}}: {e}")))?
+    };
+    blocking(move || {
+        let tasks = s.tasks();
+        let at = match &body.at {
+            Some(text) => Some(
+                crate::schedule::parse_local(text, tasks.show(&u, &name)?.tz()).map_err(|e| bad(format!("at: {e}")))?,
+            ),
+            None => None,
+        };
+        let submit = app::Submit { at, high_priority: body.high_priority, keep: body.keep };
+        Ok((StatusCode::ACCEPTED, Json(json!(tasks.submit(&u, &name, &submit)?))))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -795,6 +824,10 @@ pub fn openapi_document() -> Json_ {
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
                 "Decision": { "type": "object", "properties": { "comment": { "type": "string" }, "code": { "type": "string" } } },
+                "Submit": { "type": "object", "additionalProperties": false, "properties": {
+                    "at": { "type": "string", "description": "when to start: YYYY-MM-DD HH:MM in the task's zone, or RFC 3339; none: at once" },
+                    "high_priority": { "type": "boolean", "description": "ahead of normal-priority runs (the set-priority permission)" },
+                    "keep": { "type": "boolean", "description": "kept until deleted by hand" } } },
                 "TaskView": { "type": "object", "properties": { "task": { "type": "object" }, "next": { "type": "array", "items": { "$ref": "#/components/schemas/Fire" } } } },
                 "Fire": { "type": "object", "properties": { "local": { "type": "string" }, "utc": { "type": "string", "format": "date-time" } } },
                 "Messages": { "type": "object", "properties": { "messages": { "type": "array", "items": { "$ref": "#/components/schemas/TaskMessage" } },
@@ -814,7 +847,7 @@ pub fn openapi_document() -> Json_ {
             },
             "/api/v1/tasks/{name}/enable": { "parameters": name, "post": { "summary": "Enable a task", "responses": errors(json!({ "200": ok("the task", "TaskView") })) } },
             "/api/v1/tasks/{name}/disable": { "parameters": name, "post": { "summary": "Disable a task", "responses": errors(json!({ "200": ok("the task", "TaskView") })) } },
-            "/api/v1/tasks/{name}/run-now": { "parameters": name, "post": { "summary": "Queue a run now", "responses": errors(json!({ "202": ok("the queued run", "Run") })) } },
+            "/api/v1/tasks/{name}/run-now": { "parameters": name, "post": { "summary": "Queue a run now, or submit it to the batch queue for later", "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Submit" } } } }, "responses": errors(json!({ "202": ok("the queued run", "Run") })) } },
             "/api/v1/runs": { "get": { "summary": "Runs you may see, newest first", "parameters": [
                 { "name": "status", "in": "query", "schema": { "type": "string" } }, { "name": "task", "in": "query", "schema": { "type": "string" } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
             ], "responses": errors(json!({ "200": { "description": "runs" } })) } },

@@ -52,7 +52,7 @@ pub use review::ImportReview;
 pub use runs::{Count, PageAt, RunPage, Runs, Sort, kind_name};
 pub use sources::Sources;
 pub use storage::Storage;
-pub use tasks::{History, Tasks};
+pub use tasks::{History, Submit, Tasks};
 pub use workbench::{Draft, RowVerdict, RuleTest, Workbench, test_rule};
 
 use crate::config::Config;

@@ -126,6 +126,7 @@ pub fn router(app: &App) -> (Router<Arc<App>>, Router<Arc<App>>) {
         .route("/tasks/new", get(tasks_page::new))
         .route("/tasks/preview", post(tasks_page::preview))
         .route("/tasks/{name}", get(tasks_page::edit).post(tasks_page::save))
+        .route("/tasks/{name}/submit", post(tasks_page::submit))
         .route("/tasks/{name}/{action}", post(tasks_page::act))
         .route("/rules", get(rules_page::list))
         .route("/rules/{name}", get(rules_page::edit).post(rules_page::save))

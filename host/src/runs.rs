@@ -109,7 +109,8 @@ pub struct Run {
     pub trigger: Trigger,
     /// Where it is.
     pub status: RunStatus,
-    /// The scheduled fire time it executes, if scheduled.
+    /// The scheduled fire time it executes, if scheduled; for a run a
+    /// person submitted for later, when it is to start.
     pub fire_time: Option<DateTime<Utc>>,
     /// When it was queued.
     pub queued_at: DateTime<Utc>,
@@ -257,6 +258,17 @@ pub fn can_view(user: &User, run: &Run) -> bool {
         || (user.has(Permission::Autopilot) && matches!(run.trigger, Trigger::Schedule | Trigger::Workflow))
         || (user.has(Permission::Authorize)
             && matches!(run.status, RunStatus::AwaitingAuthorization | RunStatus::AwaitingConfirmation))
+}
+
+impl Run {
+    /// When a run a person submitted for later is to start, while that is
+    /// still ahead of `now`.
+    pub fn waits_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match (self.trigger, self.status, self.fire_time) {
+            (Trigger::User, RunStatus::Queued, Some(at)) if at > now => Some(at),
+            _ => None,
+        }
+    }
 }
 
 /// A time column the runs grid sorts by.

@@ -33,6 +33,9 @@ pub enum Permission {
     Autopilot,
     /// Approve imports held for authorization.
     Authorize,
+    /// Submit runs at high priority.
+    #[serde(rename = "set-priority")]
+    SetPriority,
 }
 
 impl FromStr for Permission {
@@ -41,7 +44,8 @@ impl FromStr for Permission {
         match s {
             "autopilot" => Ok(Permission::Autopilot),
             "authorize" => Ok(Permission::Authorize),
-            _ => Err(format!("`{s}` is not a permission; use autopilot or authorize")),
+            "set-priority" => Ok(Permission::SetPriority),
+            _ => Err(format!("`{s}` is not a permission; use autopilot, authorize or set-priority")),
         }
     }
 }
@@ -118,7 +122,7 @@ impl User {
             name: "admin".into(),
             email: "admin@localhost".into(),
             role: Role::Owner,
-            permissions: vec![Permission::Autopilot, Permission::Authorize],
+            permissions: vec![Permission::Autopilot, Permission::Authorize, Permission::SetPriority],
             job_email: JobEmail::OnFailure,
         }
     }

@@ -489,3 +489,34 @@ test("the grid works by keyboard alone: a run's cancel dialog opens, closes and 
   await until("the run to be cancelled", () => newestRun("slow-import").status === "cancelled");
   await page.context().close();
 });
+
+test("a run submitted to the batch for a later time waits in the grid with its start, and can be cancelled", async () => {
+  const page = await signIn(chrome, url, "admin", PASSWORD);
+  await page.getByRole("link", { name: "Tasks", exact: true }).click();
+  const label = "Submit slow-import to the batch queue";
+  await page.locator("details.submit", { has: page.locator(`form[aria-label="${label}"]`) }).locator("summary").click();
+  const form = page.getByRole("form", { name: label });
+  // A start a month ahead, at 22:00 UTC (the district's zone here).
+  const day = new Date(Date.now() + 30 * 86_400_000).toISOString().slice(0, 10);
+  await form.getByLabel(/Start at/).fill(`${day}T22:00`);
+  await form.getByLabel("High priority").check();
+  await form.getByLabel("Keep until I delete it").check();
+  await form.getByRole("button", { name: "Submit" }).click();
+  await page.waitForURL(/\/runs\/\d+$/);
+  const id = Number(/runs\/(\d+)$/.exec(page.url())[1]);
+  const run = JSON.parse(district.sb(["runs", "show", String(id), "--json"]));
+  assert.deepEqual([run.status, run.keep], ["queued", true]);
+  await page.goto(`${url}/?task=slow-import`);
+  const row = page.locator("tr", { has: page.getByRole("link", { name: "slow-import" }) }).first();
+  await row.getByText(`starts ${day} 22:00`).waitFor();
+  await row.getByRole("button", { name: `Cancel run ${id} of slow-import` }).click();
+  await page.getByRole("dialog", { name: "Cancel this task?" }).getByRole("button", { name: "Yes" }).click();
+  await until("the waiting run to be cancelled", () =>
+    JSON.parse(district.sb(["runs", "show", String(id), "--json"])).status === "cancelled");
+  await page.context().close();
+  // Staff without the set-priority permission are not offered high priority.
+  const sam = await signIn(chrome, url, "sam", PASSWORD);
+  await sam.getByRole("link", { name: "Tasks", exact: true }).click();
+  assert.equal(await sam.getByLabel("High priority").count(), 0);
+  await sam.context().close();
+});

@@ -107,9 +107,19 @@ pub(super) struct State {
     /// Queued runs per task, for the overlap policy without scanning the
     /// queue at every fire. Built from the durable queue on first use.
     queued_per_task: Mutex<Option<HashMap<String, usize>>>,
+    /// The earliest start of a run submitted for later: the loop wakes
+    /// for it. Noted at submission, worked out again at every dispatch.
+    next_start: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl State {
+    /// Notes a run submitted to start at `at`, and wakes the loop to plan for it.
+    pub(super) fn note_start(&self, at: DateTime<Utc>) {
+        let mut next = lock(&self.next_start);
+        *next = Some(next.map_or(at, |n| n.min(at)));
+        self.wake.notify_one();
+    }
+
     pub(super) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
@@ -252,12 +262,24 @@ impl Engine<'_> {
         let (store, state) = (&*app.store, &app.engine);
         let mut starting = Vec::new();
         let mut after = None;
+        let now = app.now();
+        let mut next_start: Option<DateTime<Utc>> = None;
+        let mut read_all = false;
         while lock(&state.live).len() < app.config.scheduler.workers.max(1) && !state.is_shutting_down() {
-            let Some((key, id)) = store.queued_after(after.as_ref())? else { break };
+            let Some((key, id)) = store.queued_after(after.as_ref())? else {
+                read_all = true;
+                break;
+            };
             let Some(mut run) = store.run(id)? else {
                 store.dequeue(&key)?;
                 continue;
             };
+            // Submitted for later: it waits in the queue until its time.
+            if let Some(at) = run.waits_until(now) {
+                next_start = Some(next_start.map_or(at, |n| n.min(at)));
+                after = Some(key);
+                continue;
+            }
             // A scheduled run waits while its task still runs (queue-one,
             // and cancel-running while the cancelled run stops): runs of
             // a task never overlap by schedule. Runs people start go at once.
@@ -278,6 +300,16 @@ impl Engine<'_> {
             app.run_changed();
             state.count_queued(store, &run.task, -1)?;
             starting.push((run, control));
+        }
+        {
+            // Having read the whole queue, the earliest start seen is the
+            // next one; otherwise it may still be further on.
+            let mut noted = lock(&state.next_start);
+            *noted = match (read_all, *noted, next_start) {
+                (true, _, seen) => seen,
+                (false, Some(n), Some(seen)) => Some(n.min(seen)),
+                (false, n, seen) => n.or(seen),
+            };
         }
         if starting.is_empty() {
             return Ok(0);
@@ -374,6 +406,10 @@ impl Engine<'_> {
                     last_sweep = Some(now);
                 }
                 let next = app.store.next_due().ok().flatten();
+                let next = match (next, *lock(&app.engine.next_start)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 let sleep = next
                     .map(|t| (t - app.now()).to_std().unwrap_or(Duration::ZERO))
                     .unwrap_or(Duration::from_secs(60))

@@ -7,7 +7,18 @@ use crate::imports;
 use crate::runs::{Run, Trigger};
 use crate::schedule::Schedule;
 use crate::tasks::{Task, TaskKind, TaskSpec};
-use crate::users::{Role, User};
+use crate::users::{Permission, Role, User};
+
+/// How a run is submitted to the batch queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Submit {
+    /// When it is to start; none (or a time past): at once.
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Ahead of normal-priority runs (needs the set-priority permission).
+    pub high_priority: bool,
+    /// Kept until deleted by hand, whatever the retention.
+    pub keep: bool,
+}
 
 /// The tasks service.
 pub struct Tasks<'a> {
@@ -188,16 +199,22 @@ impl Tasks<'_> {
 
     /// Queues a run of the task now, owned by `user`.
     pub fn run_now(&self, user: &User, name: &str) -> Result<Run> {
-        self.queue_now(user, name, false)
+        self.queue_now(user, name, false, &Submit::default())
+    }
+
+    /// Submits a run to the batch queue: now or at a time, at high priority
+    /// (with the set-priority permission), kept until deleted by hand.
+    pub fn submit(&self, user: &User, name: &str, submit: &Submit) -> Result<Run> {
+        self.queue_now(user, name, false, submit)
     }
 
     /// Queues a test import ("dry run") of an import task: it plans and
     /// reports, and changes nothing until it is committed.
     pub fn test_import(&self, user: &User, name: &str) -> Result<Run> {
-        self.queue_now(user, name, true)
+        self.queue_now(user, name, true, &Submit::default())
     }
 
-    fn queue_now(&self, user: &User, name: &str, dry_run: bool) -> Result<Run> {
+    fn queue_now(&self, user: &User, name: &str, dry_run: bool, submit: &Submit) -> Result<Run> {
         let app = self.app;
         let task = self.get(name)?;
         Self::check(user, &task)?;
@@ -207,9 +224,25 @@ impl Tasks<'_> {
         if app.engine.is_shutting_down() {
             return Err(Error::Conflict("the host is shutting down; try again once it is back".into()));
         }
-        let mut run = app.new_run(&task, &user.name, Trigger::User, None)?;
+        if submit.high_priority && !user.has(Permission::SetPriority) {
+            return Err(Error::Forbidden(format!(
+                "{} may not submit at high priority: that needs the set-priority permission",
+                user.name
+            )));
+        }
+        let now = app.now();
+        let start = submit.at.filter(|at| *at > now);
+        if start.is_some_and(|at| at - now > chrono::Duration::days(366)) {
+            return Err(Error::Invalid("a run can be submitted at most a year ahead".into()));
+        }
+        let mut run = app.new_run(&task, &user.name, Trigger::User, start)?;
         run.dry_run = dry_run;
-        app.store.enqueue(task.priority(), run.queued_at, &run)?;
+        run.keep |= submit.keep;
+        let priority = if submit.high_priority { 0 } else { task.priority() };
+        app.store.enqueue(priority, start.unwrap_or(run.queued_at), &run)?;
+        if let Some(at) = start {
+            app.engine.note_start(at);
+        }
         app.run_changed();
         app.engine.count_queued(&*app.store, &task.name, 1)?;
         app.store.flush()?;

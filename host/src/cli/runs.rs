@@ -102,13 +102,18 @@ pub(super) fn run(app: &App, user: &User, cmd: RunsCmd) -> Result<()> {
             } else if list.is_empty() {
                 say!("No runs.");
             } else {
+                let now = app.now();
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|r| {
+                        let status = match r.waits_until(now) {
+                            Some(at) => format!("{} (starts {} UTC)", r.status, at.format("%Y-%m-%d %H:%M")),
+                            None => r.status.to_string(),
+                        };
                         vec![
                             r.id.to_string(),
                             r.task.clone(),
-                            r.status.to_string(),
+                            status,
                             r.trigger.to_string(),
                             r.owner.clone(),
                             r.queued_at.format("%Y-%m-%d %H:%M:%S").to_string(),

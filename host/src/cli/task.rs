@@ -43,13 +43,23 @@ pub(super) enum TaskCmd {
         /// The task.
         name: String,
     },
-    /// Queue a run now (`--wait` runs it here and waits for it).
+    /// Queue a run now (`--wait` runs it here and waits for it), or submit
+    /// it to the batch queue for later with `--at`.
     RunNow {
         /// The task.
         name: String,
         /// Run it in this process and wait for the outcome.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "at")]
         wait: bool,
+        /// Start it then: `YYYY-MM-DD HH:MM` in the task's zone, or RFC 3339.
+        #[arg(long)]
+        at: Option<String>,
+        /// Ahead of normal-priority runs (needs the set-priority permission).
+        #[arg(long)]
+        high_priority: bool,
+        /// Keep the run until it is deleted by hand.
+        #[arg(long)]
+        keep: bool,
     },
     /// Remove a task (its runs stay; its state and dedupe ledger go).
     Remove {
@@ -261,8 +271,25 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: TaskCmd) -> Result<()> {
             tasks.set_enabled(user, &name, false)?;
             say!("{name}: disabled");
         }
-        TaskCmd::RunNow { name, wait } => {
-            let run = tasks.run_now(user, &name)?;
+        TaskCmd::RunNow { name, wait, at, high_priority, keep } => {
+            let at = match at {
+                Some(text) => {
+                    let zone = tasks.show(user, &name)?.tz();
+                    Some(schoolbell::schedule::parse_local(&text, zone).map_err(|e| anyhow::anyhow!("--at: {e}"))?)
+                }
+                None => None,
+            };
+            let run = tasks.submit(user, &name, &schoolbell::app::Submit { at, high_priority, keep })?;
+            if let Some(start) = run.fire_time.filter(|_| at.is_some()) {
+                let zone = tasks.show(user, &name)?.tz();
+                say!(
+                    "run {} of task {name} waits in the batch queue to start at {} ({start}); `schoolbell runs cancel {}` takes it off",
+                    run.id,
+                    start.with_timezone(&zone).format("%Y-%m-%d %H:%M %Z"),
+                    run.id
+                );
+                return Ok(());
+            }
             if !wait {
                 say!("run {} queued for task {name}; `schoolbell serve` runs it, or use --wait", run.id);
                 return Ok(());

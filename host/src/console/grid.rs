@@ -375,7 +375,10 @@ fn cell(
             html! { a href=(session.link(&format!("/runs/{}", run.id))) { (run.task) } " " small.id { "#" (run.id) } }
         }
         "kind" => html! { (kind) },
-        "status" => html! { span class={ "status status-" (run.status.as_str()) } { (run.status.as_str()) } },
+        "status" => html! {
+            span class={ "status status-" (run.status.as_str()) } { (run.status.as_str()) }
+            @if let Some(at) = run.waits_until(now) { br; small.starts { "starts " (local(app, Some(at))) } }
+        },
         "progress" => {
             let label = match run.progress_total {
                 Some(t) => format!("{} / {t}", run.progress_done),

@@ -172,6 +172,7 @@ fn task_actions(session: &Session, t: &Task) -> Markup {
             }
         }
     };
+    let may_prioritize = session.user.has(crate::users::Permission::SetPriority);
     html! {
         @if t.enabled { (action("disable", "Disable", format!("Disable {}", t.name))) }
         @else { (action("enable", "Enable", format!("Enable {}", t.name))) }
@@ -180,7 +181,49 @@ fn task_actions(session: &Session, t: &Task) -> Markup {
             " " (action("test-import", "Test import", format!("Test import {}", t.name)))
             " " (action("test-connection", "Test connection", format!("Test the connection of {}", t.name)))
         }
+        details.submit {
+            summary { "Submit to batch…" }
+            form method="post" action=(session.link(&format!("/tasks/{}/submit", t.name))) aria-label={ "Submit " (t.name) " to the batch queue" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label for={ "at-" (t.name) } { "Start at (" (t.zone) ")" }
+                input id={ "at-" (t.name) } type="datetime-local" name="at" required;
+                @if may_prioritize { label { input type="checkbox" name="high_priority"; "High priority" } }
+                label { input type="checkbox" name="keep"; "Keep until I delete it" }
+                button type="submit" { "Submit" }
+            }
+        }
     }
+}
+
+#[derive(Deserialize)]
+pub(super) struct SubmitForm {
+    csrf: String,
+    at: String,
+    high_priority: Option<String>,
+    keep: Option<String>,
+}
+
+/// Submits a run to the batch queue at a time (the service checks who may
+/// ask for high priority).
+pub(super) async fn submit(
+    State(app): State<Arc<App>>,
+    session: Session,
+    Path(name): Path<String>,
+    Form(form): Form<SubmitForm>,
+) -> Result<Response, ConsoleError> {
+    session.check_csrf(&app, &form.csrf)?;
+    let user = session.user.clone();
+    let run = blocking(move || {
+        let tasks = app.tasks();
+        let zone = tasks.show(&user, &name)?.tz();
+        let at = crate::schedule::parse_local(&form.at.replace('T', " "), zone)
+            .map_err(|e| ConsoleError::new(StatusCode::BAD_REQUEST, format!("start at: {e}")))?;
+        let submit =
+            crate::app::Submit { at: Some(at), high_priority: form.high_priority.is_some(), keep: form.keep.is_some() };
+        Ok(tasks.submit(&user, &name, &submit)?)
+    })
+    .await?;
+    Ok(Redirect::to(&session.link(&format!("/runs/{}", run.id))).into_response())
 }
 
 #[derive(Deserialize)]
