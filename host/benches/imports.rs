@@ -159,7 +159,16 @@ fn main() {
         .unwrap();
     let (files, _) = imports::pickup(&*store, &target, Duration::ZERO, &sources).unwrap();
     let picked = started.elapsed();
-    let plan = imports::prepare(&host, "import-csv-roster", &target, &files[0], &request, &sources.limits).unwrap();
+    let plan = imports::prepare(
+        &host,
+        "import-csv-roster",
+        &target,
+        &files[0],
+        &request,
+        &sources.limits,
+        Some((1, &schoolbell::privacy::Privacy::default())),
+    )
+    .unwrap();
     let planned = started.elapsed();
     let written = imports::commit(&host, &plan, "bench", Some(&target), &sources).unwrap();
     let total = started.elapsed();

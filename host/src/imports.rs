@@ -22,7 +22,7 @@ use crate::plugins::{self, Capability, LogLine, PluginHost, RowError, RunRequest
 use crate::records::{Record, Value};
 use crate::rules;
 use crate::sources::{Location, Source};
-use crate::store::{self, Backend, CollectionSpec};
+use crate::store::{self, Backend, CollectionSpec, RunId};
 
 /// Where an import's rows go.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -818,6 +818,7 @@ pub fn prepare(
     file: &PickedFile,
     request: &RunRequest,
     limits: &ImportsConfig,
+    rows_of: Option<(RunId, &crate::privacy::Privacy)>,
 ) -> Result<ImportPlan, Error> {
     let entry = check_capability(host, plugin, &target.collection)?;
     let store = &**host.store();
@@ -892,6 +893,17 @@ pub fn prepare(
                     what: "rows in one file ([imports] max_rows)",
                     limit: limits.max_rows as usize,
                 });
+            }
+            // The rows as the file gave them, masked, for the run's Task
+            // Messages: written as they stream, so memory stays bounded.
+            if let Some((run, privacy)) = rows_of {
+                let shown: Vec<(u64, Record)> = batch
+                    .iter()
+                    .map(|r| (r.line, r.record.iter().map(|(f, v)| (f.clone(), privacy.value(f, v))).collect()))
+                    .collect();
+                if let Err(e) = store.add_message_rows(run, &shown) {
+                    tracing::warn!(run, error = %e, "The rows of an import could not be kept for its messages.");
+                }
             }
             tx.send(batch.into_iter().map(|r| (r.line, r.record)).collect())
                 .map_err(|_| plugins::Error::Cancelled { plugin: entry.id() })

@@ -306,6 +306,11 @@ pub trait RunStore {
     fn delete_run(&self, id: RunId, finished: Option<DateTime<Utc>>) -> Result<()>;
     /// Appends messages to a run, each with its status.
     fn add_messages(&self, run: RunId, first_seq: u64, messages: &[(&str, &TaskMessage)]) -> Result<()>;
+    /// Keeps the fields of an import's rows as the file gave them (after
+    /// masking), by line, for its Task Messages.
+    fn add_message_rows(&self, run: RunId, rows: &[(u64, Record)]) -> Result<()>;
+    /// The fields of some of a run's rows, by line (none where not kept).
+    fn message_rows(&self, run: RunId, lines: &[u64]) -> Result<Vec<Option<Record>>>;
     /// The statuses a run's messages have, sorted.
     fn message_statuses(&self, run: RunId) -> Result<Vec<String>>;
     /// A page of a run's messages, with the position to go on from.

@@ -144,6 +144,14 @@ test("a run's messages filter by the statuses it produced and export as CSV, mar
   const run = newestRun("file:roster.csv");
   await page.getByRole("link", { name: "file:roster.csv" }).first().click();
   await page.getByRole("link", { name: /Task Messages/ }).click();
+  // The file's own columns sit beside each message (rows the mapping read).
+  const headers = await page.locator("table.messages thead th").allTextContents();
+  assert.ok(["student-id", "last-name", "first-name", "birth-date"].every((c) => headers.includes(c)), `${headers}`);
+  const lee = page.locator("table.messages tbody tr", { hasText: "new record S1" });
+  assert.match(await lee.textContent(), /Lee/);
+  // Sensitive fields ([privacy]) are masked here as everywhere.
+  assert.match(await lee.textContent(), /\*\*\*\*-01-02/);
+  assert.doesNotMatch(await lee.textContent(), /2010-01-02/);
   const options = await page.getByLabel("Status", { exact: true }).locator("option").allTextContents();
   assert.deepEqual(options.slice(1).sort(), ["error", "held", "new"].filter((s) => options.includes(s)).sort());
   assert.ok(!options.includes("updated"), "only statuses this run produced are offered");

@@ -266,11 +266,19 @@ impl App {
         if files.len() > 1 {
             effects.messages.push(note("waiting", format!("{} more files wait for the next run", files.len() - 1)));
         }
-        let plan = imports::prepare(&self.host, &task.plugin, target, file, request, &sources.limits)?;
+        let privacy = &self.config.privacy;
+        let plan = imports::prepare(
+            &self.host,
+            &task.plugin,
+            target,
+            file,
+            request,
+            &sources.limits,
+            Some((run.id, privacy)),
+        )?;
         if plan.already_imported.is_some() {
             effects.messages.push(note("already-imported", plan.summary()));
         }
-        let privacy = &self.config.privacy;
         for row in &plan.rows {
             for (field, message) in row.masked(privacy).messages() {
                 effects.messages.push(TaskMessage {

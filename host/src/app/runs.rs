@@ -328,6 +328,19 @@ impl Runs<'_> {
         Ok(self.app.store.message_statuses(id)?)
     }
 
+    /// The fields of the rows some messages are about, as the file gave
+    /// them (masked when they were kept), by line.
+    pub fn message_rows(
+        &self,
+        user: &User,
+        id: RunId,
+        lines: &[u64],
+    ) -> Result<std::collections::BTreeMap<u64, crate::records::Record>> {
+        self.show(user, id)?;
+        let rows = self.app.store.message_rows(id, lines)?;
+        Ok(lines.iter().zip(rows).filter_map(|(line, row)| row.map(|r| (*line, r))).collect())
+    }
+
     /// A page of a run's messages.
     pub fn messages(
         &self,

@@ -39,14 +39,16 @@ pub(super) async fn page(
     let messages_tab = q.tab.as_deref() == Some("messages");
     let status = status_filter(&q.status);
     let (a, user, st) = (app.clone(), session.user.clone(), status.clone());
-    let (run, plugin, statuses, messages) = blocking(move || {
+    let (run, plugin, statuses, messages, rows) = blocking(move || {
         let runs = a.runs();
         let run = runs.show(&user, id)?;
         let plugin = a.plugins().inspect(&user, &run.plugin).ok();
         let statuses = runs.message_statuses(&user, id)?;
         let messages =
             if messages_tab { Some(runs.messages(&user, id, st.as_deref(), q.after, PAGE_MESSAGES)?) } else { None };
-        Ok((run, plugin, statuses, messages))
+        let lines: Vec<u64> = messages.iter().flat_map(|(m, _)| m.iter().filter_map(|m| m.row)).collect();
+        let rows = runs.message_rows(&user, id, &lines)?;
+        Ok((run, plugin, statuses, messages, rows))
     })
     .await?;
     let base = session.link(&format!("/runs/{id}"));
@@ -80,7 +82,7 @@ pub(super) async fn page(
                 " "
                 a href={ (base) "/messages.csv" @if let Some(s) = &status { "?status=" (url(s)) } } download { "Export CSV" }
             }
-            (messages_table(messages))
+            (messages_table(messages, &rows))
             nav.pager aria-label="Pages" {
                 @if q.after.is_some() { a href={ (base) "?tab=messages" @if let Some(s) = &status { "&status=" (url(s)) } } { "First page" } " " }
                 @if let Some(n) = next {
@@ -128,19 +130,37 @@ fn url(s: &str) -> String {
     serde_urlencoded::to_string([("", s)]).unwrap_or_default().trim_start_matches('=').to_string()
 }
 
-fn messages_table(messages: &[TaskMessage]) -> maud::Markup {
+/// The messages, and after them the file's own columns for the rows they
+/// are about (as the mapping read them, masked where sensitive).
+fn messages_table(
+    messages: &[TaskMessage],
+    rows: &std::collections::BTreeMap<u64, crate::records::Record>,
+) -> maud::Markup {
+    let mut columns: Vec<&str> = Vec::new();
+    for row in rows.values() {
+        for field in row.keys() {
+            if !columns.contains(&field.as_str()) {
+                columns.push(field);
+            }
+        }
+    }
     html! {
         div.table-scroll {
             table.messages {
-                thead { tr { th scope="col" { "Row" } th scope="col" { "Status" } th scope="col" { "Field" } th scope="col" { "Message" } } }
+                thead { tr {
+                    th scope="col" { "Row" } th scope="col" { "Status" } th scope="col" { "Field" } th scope="col" { "Message" }
+                    @for c in &columns { th scope="col" .file-column { (c) } }
+                } }
                 tbody {
-                    @if messages.is_empty() { tr { td colspan="4" { "No messages." } } }
+                    @if messages.is_empty() { tr { td colspan=(4 + columns.len()) { "No messages." } } }
                     @for m in messages {
+                        @let row = m.row.and_then(|r| rows.get(&r));
                         tr {
                             td { @if let Some(r) = m.row { (r) } }
                             td { span class={ "message-status status-" (m.status) } { (m.status) } }
                             td { @if let Some(f) = &m.field { (f) } }
                             td { (m.message) }
+                            @for c in &columns { td.file-column { @if let Some(v) = row.and_then(|r| r.get(*c)) { (v.to_key_text()) } } }
                         }
                     }
                 }

@@ -156,6 +156,12 @@ fn messages_page_and_filter(b: &dyn Backend) {
     assert_eq!(rest, messages[2..]);
     let (errors, _) = b.messages(r.id, Some("error"), None, 10).unwrap();
     assert_eq!(errors.iter().map(|m| m.seq).collect::<Vec<_>>(), [0, 2, 4]);
+    let mut row = crate::records::Record::new();
+    row.insert("last-name".into(), crate::records::Value::Text("Ng".into()));
+    b.add_message_rows(r.id, &[(2, row.clone())]).unwrap();
+    assert_eq!(b.message_rows(r.id, &[2, 3]).unwrap(), vec![Some(row), None]);
+    b.delete_run(r.id, None).unwrap();
+    assert_eq!(b.message_rows(r.id, &[2]).unwrap(), vec![None], "a run's rows go with it");
 }
 
 fn finishing_a_run_lands_whole(b: &dyn Backend) {

@@ -475,6 +475,11 @@ impl Store {
             batch.remove(item.map_err(io("run_messages_by_status"))?);
         }
         self.message_status.apply_batch(batch).map_err(io("run_messages_by_status"))?;
+        let mut batch = sled::Batch::default();
+        for item in self.message_rows.tree.scan_prefix(prefix).keys() {
+            batch.remove(item.map_err(io("run_message_rows"))?);
+        }
+        self.message_rows.tree.apply_batch(batch).map_err(io("run_message_rows"))?;
         if let Some(t) = finished {
             let mut k = ts(t).to_vec();
             k.extend_from_slice(&prefix);
@@ -573,6 +578,33 @@ impl Store {
             }
         }
         Ok((out, None))
+    }
+
+    /// Keeps rows' fields by line.
+    pub(in crate::store) fn add_message_rows(&self, run: RunId, rows: &[(u64, crate::records::Record)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (line, record) in rows {
+            let mut k = run.to_be_bytes().to_vec();
+            k.extend_from_slice(&line.to_be_bytes());
+            batch.insert(k, encode(record));
+        }
+        self.message_rows.tree.apply_batch(batch).map_err(io("run_message_rows"))
+    }
+
+    /// Rows' fields by line.
+    pub(in crate::store) fn message_rows(
+        &self,
+        run: RunId,
+        lines: &[u64],
+    ) -> Result<Vec<Option<crate::records::Record>>> {
+        lines
+            .iter()
+            .map(|line| {
+                let mut k = run.to_be_bytes().to_vec();
+                k.extend_from_slice(&line.to_be_bytes());
+                self.message_rows.get(&k)
+            })
+            .collect()
     }
 
     /// The statuses a run's messages have, each read once: the index is
