@@ -476,3 +476,52 @@ fn a_run_submitted_for_later_waits_in_the_batch_queue_until_its_time() {
     sb.ok(&["--as", "sam", "runs", "cancel", &id.to_string()]);
     assert_eq!(run_of(id)["status"], "cancelled");
 }
+
+#[test]
+fn a_command_that_waits_for_its_run_leaves_the_servers_running_runs_alone() {
+    let sb = Sb::new();
+    let batch = sb.folder_source("batch", "");
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("test-slow-import"))]);
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
+    sb.ok(&[
+        "task",
+        "add",
+        "slow",
+        "--plugin",
+        "test-slow-import",
+        "--schedule",
+        "daily at 22:00",
+        "--source",
+        "batch",
+        "--prefix",
+        "Slow_",
+        "--collection",
+        "students",
+        "--key",
+        "student-id",
+    ]);
+    sb.ok(&["task", "add", "quick", "--plugin", "notifier-attendance", "--schedule", "daily at 07:00"]);
+    let line = "S000000,Someone\n";
+    std::fs::write(
+        batch.join("Slow_roster.csv"),
+        format!("Student ID,Last Name\n{}", line.repeat(200 * 65536 / line.len())),
+    )
+    .unwrap();
+    let _server = sb.serve();
+    let said = sb.ok(&["task", "run-now", "slow"]);
+    let id: u64 = said.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = |id: u64| -> String {
+        let runs: Value = serde_json::from_str(&sb.ok(&["runs", "list", "--json"])).unwrap();
+        runs.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap()["status"].as_str().unwrap().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(id) != "running" {
+        assert!(Instant::now() < deadline, "the slow import never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Forwarded to the server, a command that waits for its own run must
+    // not take the server's running runs for a dead process's.
+    sb.ok(&["task", "run-now", "quick", "--wait"]);
+    assert_eq!(status(id), "running", "the server's running import was left alone");
+    sb.ok(&["runs", "cancel", &id.to_string()]);
+}

@@ -164,8 +164,7 @@ impl Matching {
 fn wait_with_progress(app: &Arc<App>, id: u64) -> Result<Run> {
     use std::io::Write;
     let engine = app.engine();
-    // This process holds the store: runs left running belong to one that died.
-    engine.recover()?;
+    super::recover_if_alone(app)?;
     let shown = !crate::local::forwarded() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let run = tokio::runtime::Runtime::new()?.block_on(engine.finish(id, |r| {
         if shown && let Some(total) = r.progress_total.filter(|t| *t > 0) {

@@ -148,6 +148,17 @@ fn offline(args: &Args) -> Option<Result<()>> {
     })
 }
 
+/// Before a command runs jobs in this process: holding the store alone,
+/// runs left running belong to a process that died, and are marked
+/// interrupted. Inside `serve` (a forwarded command) they are the server's
+/// own, running now, and are left be.
+fn recover_if_alone(app: &Arc<App>) -> Result<()> {
+    if !crate::local::forwarded() {
+        app.engine().recover()?;
+    }
+    Ok(())
+}
+
 /// Runs one command; returns the exit status.
 pub(crate) fn run(args: Args) -> Result<i32> {
     if let Some(done) = offline(&args) {

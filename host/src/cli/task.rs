@@ -295,8 +295,7 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: TaskCmd) -> Result<()> {
                 return Ok(());
             }
             let engine = app.engine();
-            // This process holds the store: runs left running belong to one that died.
-            engine.recover()?;
+            super::recover_if_alone(app)?;
             let finished = tokio::runtime::Runtime::new()?.block_on(engine.finish(run.id, |_| {}))?;
             print_run(&finished);
             if finished.status != RunStatus::Succeeded {
