@@ -49,7 +49,7 @@ pub use jobs::{FileImport, JobError, JobReport, Jobs, NotifyOnce};
 pub use outbox::Outbox;
 pub use registry::Registry;
 pub use review::ImportReview;
-pub use runs::{Count, PageAt, RunPage, Runs, Sort, kind_name};
+pub use runs::{Count, Kinds, PageAt, RunPage, Runs, Sort, kind_name};
 pub use sources::Sources;
 pub use storage::Storage;
 pub use tasks::{History, Submit, Tasks};

@@ -614,6 +614,9 @@ pub fn prepare_collection(host: &PluginHost, target: &ImportTarget) -> Result<()
     Ok(())
 }
 
+/// How many rows of a file keep their fields for the run's Task Messages.
+pub const ROWS_KEPT: u64 = 10_000;
+
 /// A file picked up for import.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PickedFile {
@@ -895,10 +898,16 @@ pub fn prepare(
                 });
             }
             // The rows as the file gave them, masked, for the run's Task
-            // Messages: written as they stream, so memory stays bounded.
-            if let Some((run, privacy)) = rows_of {
+            // Messages: written as they stream, so memory stays bounded, and
+            // only the first ROWS_KEPT, since writing every row of a
+            // million-row file would cost the import several times its time.
+            if let Some((run, privacy)) = rows_of
+                && rows_seen - (batch.len() as u64) < ROWS_KEPT
+            {
+                let room = (ROWS_KEPT - (rows_seen - batch.len() as u64)) as usize;
                 let shown: Vec<(u64, Record)> = batch
                     .iter()
+                    .take(room)
                     .map(|r| (r.line, r.record.iter().map(|(f, v)| (f.clone(), privacy.value(f, v))).collect()))
                     .collect();
                 if let Err(e) = store.add_message_rows(run, &shown) {

@@ -85,9 +85,14 @@ impl Runs<'_> {
         Ok(out)
     }
 
-    /// The kind of each plugin (`import`, `notifier`), by name.
-    pub fn kinds(&self) -> Result<std::collections::HashMap<String, String>> {
-        Ok(self.app.store.all_plugins()?.into_iter().map(|p| (p.name, kind_name(p.kind).to_string())).collect())
+    /// What each run is: its task's kind (import, notifier, export,
+    /// cleanup), or for a task gone or a file given by hand, its plugin's.
+    pub fn kinds(&self) -> Result<Kinds> {
+        let store = &self.app.store;
+        Ok(Kinds {
+            tasks: store.all_tasks()?.into_iter().map(|t| (t.name, task_kind_name(t.kind))).collect(),
+            plugins: store.all_plugins()?.into_iter().map(|p| (p.name, kind_name(p.kind))).collect(),
+        })
     }
 
     /// Visits the runs `user` may see that match `query`, newest first,
@@ -97,7 +102,7 @@ impl Runs<'_> {
         user: &User,
         query: &RunQuery,
         before: Option<RunId>,
-        kinds: &std::collections::HashMap<String, String>,
+        kinds: &Kinds,
         mut visit: impl FnMut(Run, &str) -> bool,
     ) -> Result<()> {
         let mut before = before;
@@ -106,7 +111,7 @@ impl Runs<'_> {
             let Some(last) = page.last() else { return Ok(()) };
             before = Some(last.id);
             for r in page {
-                let kind = kinds.get(&r.plugin).map_or("", String::as_str);
+                let kind = kinds.of(&r);
                 if runs::can_view(user, &r) && query.matches(&r, kind) && !visit(r, kind) {
                     return Ok(());
                 }
@@ -168,7 +173,7 @@ impl Runs<'_> {
     /// How many runs match among the newest `COUNT_LIMIT` read: exact
     /// when that was all of them, else "at least", so a rare filter over
     /// a long history costs no more than a common one.
-    fn count(&self, user: &User, query: &RunQuery, kinds: &std::collections::HashMap<String, String>) -> Result<Count> {
+    fn count(&self, user: &User, query: &RunQuery, kinds: &Kinds) -> Result<Count> {
         let (mut read, mut counted, mut before) = (0, 0, None);
         loop {
             let page: Vec<Run> = self.app.store.runs(before, 500)?;
@@ -179,7 +184,7 @@ impl Runs<'_> {
                 if read > COUNT_LIMIT {
                     return Ok(Count::AtLeast(counted));
                 }
-                let kind = kinds.get(&r.plugin).map_or("", String::as_str);
+                let kind = kinds.of(&r);
                 if runs::can_view(user, &r) && query.matches(&r, kind) {
                     counted += 1;
                 }
@@ -353,6 +358,33 @@ impl Runs<'_> {
         self.show(user, id)?;
         self.app.audit(&user.name, "run.messages.read", &id.to_string(), None)?;
         Ok(self.app.store.messages(id, status, after, limit)?)
+    }
+}
+
+/// The kinds of runs, for the grid's column and filter.
+#[derive(Debug, Clone, Default)]
+pub struct Kinds {
+    tasks: std::collections::HashMap<String, &'static str>,
+    plugins: std::collections::HashMap<String, &'static str>,
+}
+
+impl Kinds {
+    /// Every kind a run can have.
+    pub const ALL: [&'static str; 4] = ["import", "notifier", "export", "cleanup"];
+
+    /// A run's kind.
+    pub fn of(&self, run: &Run) -> &'static str {
+        self.tasks.get(&run.task).or_else(|| self.plugins.get(&run.plugin)).copied().unwrap_or("")
+    }
+}
+
+/// A task kind as the grid names it.
+fn task_kind_name(kind: crate::tasks::TaskKind) -> &'static str {
+    match kind {
+        crate::tasks::TaskKind::Import => "import",
+        crate::tasks::TaskKind::Notifier => "notifier",
+        crate::tasks::TaskKind::Export => "export",
+        crate::tasks::TaskKind::Cleanup => "cleanup",
     }
 }
 

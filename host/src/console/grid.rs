@@ -151,20 +151,17 @@ pub(super) async fn page(
     let sort = q.sort()?;
     let (a, user, rq) = (app.clone(), session.user.clone(), query.clone());
     let at = q.at();
-    let (page, views, cancelable, kinds) = blocking(move || {
+    let (page, views, cancelable) = blocking(move || {
         let runs = a.runs();
         let page = runs.page(&user, &rq, sort, at, PAGE_ROWS)?;
         let cancelable = if rq.is_empty() { 0 } else { runs.cancelable(&user, &rq)?.len() };
-        let mut kinds: Vec<String> = runs.kinds()?.into_values().collect();
-        kinds.sort();
-        kinds.dedup();
-        Ok((page, a.users().views(&user)?, cancelable, kinds))
+        Ok((page, a.users().views(&user)?, cancelable))
     })
     .await?;
     let encoded = q.encoded();
     let body = html! {
         h1 { "All System Tasks" }
-        (filters(&session, &q, &kinds))
+        (filters(&session, &q))
         (views_bar(&session, &q, &views, &encoded))
         @if cancelable > 0 {
             (bulk_cancel(&session, &q, &query, cancelable, &encoded))
@@ -177,7 +174,7 @@ pub(super) async fn page(
     Ok(layout::page(&session, Page::new("All System Tasks").section("runs").scripted(), body).into_response())
 }
 
-fn filters(session: &Session, q: &GridQuery, kinds: &[String]) -> Markup {
+fn filters(session: &Session, q: &GridQuery) -> Markup {
     let selected = |v: &Option<String>, x: &str| v.as_deref() == Some(x);
     html! {
         details.filters open[!q.encoded().is_empty()] {
@@ -196,7 +193,7 @@ fn filters(session: &Session, q: &GridQuery, kinds: &[String]) -> Markup {
                         label for="f-kind" { "Kind" }
                         select id="f-kind" name="kind" {
                             option value="" { "any" }
-                            @for k in kinds { option value=(k) selected[selected(&q.kind, k)] { (k) } }
+                            @for k in crate::app::Kinds::ALL { option value=(k) selected[selected(&q.kind, k)] { (k) } }
                         }
                     }
                     div { label for="f-owner" { "Owner" } input id="f-owner" name="owner" value=[q.owner.as_deref()] placeholder="any"; }
