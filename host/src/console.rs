@@ -95,8 +95,8 @@ fn local(app: &App, t: Option<DateTime<Utc>>) -> String {
     }
 }
 
-/// A path back into the console from a form's `back` field: only a path
-/// under the base, never another site.
+/// A path back into the console from a form's `back` field or sign-in's
+/// `next`: only a path under the base, never another site.
 fn back_to(base: &str, back: Option<&str>) -> String {
     match back {
         Some(b) if b.starts_with(&format!("{base}/")) && !b.starts_with("//") && !b.contains('\\') => b.to_string(),

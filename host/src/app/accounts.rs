@@ -116,7 +116,8 @@ impl Accounts<'_> {
     /// Saves one of the caller's views (replacing one of the same name).
     pub fn save_view(&self, by: &User, view: crate::views::SavedView) -> Result<()> {
         view.check().map_err(Error::Invalid)?;
-        if self.app.store.views(&by.name)?.len() >= 100 && !self.views(by)?.iter().any(|v| v.name == view.name) {
+        let views = self.app.store.views(&by.name)?;
+        if views.len() >= 100 && !views.iter().any(|v| v.name == view.name) {
             return Err(Error::Invalid("you have 100 saved views; remove one first".into()));
         }
         self.app.store.put_view(&by.name, &view)?;

@@ -117,11 +117,12 @@ impl GridQuery {
 
     /// The address of these filters (no page).
     fn encoded(&self) -> String {
-        serde_html_form(self)
+        filters_address(self)
     }
 }
 
-fn serde_html_form(q: &GridQuery) -> String {
+/// The filters, sort and columns as a query string (repeated `status`).
+fn filters_address(q: &GridQuery) -> String {
     let mut pairs: Vec<(String, String)> = q.status.iter().map(|s| ("status".to_string(), s.clone())).collect();
     let mut single = |k: &str, v: &Option<String>| {
         if let Some(v) = blank_none(v) {
@@ -239,7 +240,7 @@ fn views_bar(session: &Session, q: &GridQuery, views: &[SavedView], encoded: &st
                 ul.saved-views {
                     @for v in views {
                         li {
-                            a href={ (session.link("/")) "?" (v.query) @if !v.query.is_empty() { "&" } "columns=" (v.columns.join(",")) } { (v.name) }
+                            a href=(view_link(session, v)) { (v.name) }
                             form.inline method="post" action=(session.link("/views/delete")) {
                                 input type="hidden" name="csrf" value=(session.csrf);
                                 input type="hidden" name="name" value=(v.name);
@@ -260,6 +261,12 @@ fn views_bar(session: &Session, q: &GridQuery, views: &[SavedView], encoded: &st
             }
         }
     }
+}
+
+/// A saved view's address: its filters, then its columns.
+fn view_link(session: &Session, view: &SavedView) -> String {
+    let sep = if view.query.is_empty() { "" } else { "&" };
+    format!("{}?{}{sep}columns={}", session.link("/"), view.query, view.columns.join(","))
 }
 
 fn strip_columns(encoded: &str) -> String {
@@ -573,13 +580,7 @@ pub(super) async fn save_view(
     let columns: Vec<String> =
         form.columns.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect();
     let view = SavedView { name: form.name.trim().to_string(), query: strip_columns(&form.query), columns };
-    let target = format!(
-        "{}?{}{}columns={}",
-        session.link("/"),
-        view.query,
-        if view.query.is_empty() { "" } else { "&" },
-        view.columns.join(",")
-    );
+    let target = view_link(&session, &view);
     let (a, user) = (app.clone(), session.user.clone());
     blocking(move || Ok(a.users().save_view(&user, view)?)).await?;
     Ok(Redirect::to(&target).into_response())

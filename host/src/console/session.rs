@@ -18,7 +18,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout::{self, Page};
-use super::{ConsoleError, blocking};
+use super::{ConsoleError, back_to, blocking};
 use crate::app::App;
 use crate::users::User;
 
@@ -101,21 +101,13 @@ pub(super) struct Next {
     next: Option<String>,
 }
 
-/// Where to go after signing in: a path inside the console, never another site.
-fn safe_next(base: &str, next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with(&format!("{base}/")) && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
-        _ => format!("{base}/"),
-    }
-}
-
 pub(super) async fn sign_in_page(State(app): State<Arc<App>>, Query(q): Query<Next>) -> Response {
     sign_in_form(&app, q.next.as_deref(), None, StatusCode::OK)
 }
 
 fn sign_in_form(app: &App, next: Option<&str>, error: Option<&str>, status: StatusCode) -> Response {
     let base = app.config().api.base_path.clone();
-    let next = safe_next(&base, next);
+    let next = back_to(&base, next);
     let body = html! {
         article.sign-in {
             h1 { "Sign in to Schoolbell" }
@@ -161,7 +153,7 @@ pub(super) async fn sign_in(
                 .secure(api.tls_cert.is_some() || api.secure_cookies)
                 .path(format!("{base}/"))
                 .build();
-            (jar.add(cookie), Redirect::to(&safe_next(&base, form.next.as_deref()))).into_response()
+            (jar.add(cookie), Redirect::to(&back_to(&base, form.next.as_deref()))).into_response()
         }
         Err(e) => sign_in_form(&app, form.next.as_deref(), Some(&e.message), StatusCode::UNAUTHORIZED),
     }
