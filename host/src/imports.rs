@@ -614,8 +614,44 @@ pub fn prepare_collection(host: &PluginHost, target: &ImportTarget) -> Result<()
     Ok(())
 }
 
-/// How many rows of a file keep their fields for the run's Task Messages.
-pub const ROWS_KEPT: u64 = 10_000;
+/// Rows as a file gave them, for a run's Task Messages: sensitive fields
+/// masked as they are written, the rest borrowed, so keeping every row of
+/// a file copies nothing. Written as a list of `(line, Record)`.
+pub struct ShownRows<'a> {
+    rows: &'a [crate::plugins::MappedRow],
+    privacy: &'a crate::privacy::Privacy,
+}
+
+impl<'a> ShownRows<'a> {
+    /// The rows of one mapped batch.
+    pub fn new(rows: &'a [crate::plugins::MappedRow], privacy: &'a crate::privacy::Privacy) -> Self {
+        ShownRows { rows, privacy }
+    }
+
+    /// The line of the first row.
+    pub fn first_line(&self) -> Option<u64> {
+        self.rows.first().map(|r| r.line)
+    }
+}
+
+impl Serialize for ShownRows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Shown<'a>(&'a Record, &'a crate::privacy::Privacy);
+        impl Serialize for Shown<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(f, v)| {
+                    let v = if self.1.is_sensitive(f) {
+                        std::borrow::Cow::Owned(self.1.value(f, v))
+                    } else {
+                        std::borrow::Cow::Borrowed(v)
+                    };
+                    (f, v)
+                }))
+            }
+        }
+        serializer.collect_seq(self.rows.iter().map(|r| (r.line, Shown(&r.record, self.privacy))))
+    }
+}
 
 /// A file picked up for import.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -898,19 +934,10 @@ pub fn prepare(
                 });
             }
             // The rows as the file gave them, masked, for the run's Task
-            // Messages: written as they stream, so memory stays bounded, and
-            // only the first ROWS_KEPT, since writing every row of a
-            // million-row file would cost the import several times its time.
-            if let Some((run, privacy)) = rows_of
-                && rows_seen - (batch.len() as u64) < ROWS_KEPT
-            {
-                let room = (ROWS_KEPT - (rows_seen - batch.len() as u64)) as usize;
-                let shown: Vec<(u64, Record)> = batch
-                    .iter()
-                    .take(room)
-                    .map(|r| (r.line, r.record.iter().map(|(f, v)| (f.clone(), privacy.value(f, v))).collect()))
-                    .collect();
-                if let Err(e) = store.add_message_rows(run, &shown) {
+            // Messages: written as they stream, one value per batch, so
+            // memory stays bounded and a million rows cost a thousand writes.
+            if let Some((run, privacy)) = rows_of {
+                if let Err(e) = store.add_message_rows(run, &ShownRows::new(&batch, privacy)) {
                     tracing::warn!(run, error = %e, "The rows of an import could not be kept for its messages.");
                 }
             }

@@ -308,7 +308,8 @@ pub trait RunStore {
     fn add_messages(&self, run: RunId, first_seq: u64, messages: &[(&str, &TaskMessage)]) -> Result<()>;
     /// Keeps the fields of an import's rows as the file gave them (after
     /// masking), by line, for its Task Messages.
-    fn add_message_rows(&self, run: RunId, rows: &[(u64, Record)]) -> Result<()>;
+    /// Rows come in line order, as the file streams.
+    fn add_message_rows(&self, run: RunId, rows: &crate::imports::ShownRows<'_>) -> Result<()>;
     /// The fields of some of a run's rows, by line (none where not kept).
     fn message_rows(&self, run: RunId, lines: &[u64]) -> Result<Vec<Option<Record>>>;
     /// The statuses a run's messages have, sorted.

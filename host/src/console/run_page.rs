@@ -83,9 +83,6 @@ pub(super) async fn page(
                 a href={ (base) "/messages.csv" @if let Some(s) = &status { "?status=" (url(s)) } } download { "Export CSV" }
             }
             (messages_table(messages, &rows))
-            @if plugin.as_ref().is_some_and(|p| p.kind == crate::plugins::PluginKind::ImportMapping) {
-                p.hint { "The file's own columns are kept for its first " (crate::imports::ROWS_KEPT) " rows; the CSV export has every message." }
-            }
             nav.pager aria-label="Pages" {
                 @if q.after.is_some() { a href={ (base) "?tab=messages" @if let Some(s) = &status { "&status=" (url(s)) } } { "First page" } " " }
                 @if let Some(n) = next {

@@ -158,8 +158,17 @@ fn messages_page_and_filter(b: &dyn Backend) {
     assert_eq!(errors.iter().map(|m| m.seq).collect::<Vec<_>>(), [0, 2, 4]);
     let mut row = crate::records::Record::new();
     row.insert("last-name".into(), crate::records::Value::Text("Ng".into()));
-    b.add_message_rows(r.id, &[(2, row.clone())]).unwrap();
-    assert_eq!(b.message_rows(r.id, &[2, 3]).unwrap(), vec![Some(row), None]);
+    let mapped = |lines: &[u64]| -> Vec<crate::plugins::MappedRow> {
+        lines.iter().map(|&line| crate::plugins::MappedRow { line, record: row.clone() }).collect()
+    };
+    let privacy = crate::privacy::Privacy::default();
+    // Two batches, the way a file streams: a line is found in the batch
+    // that holds it, and a line no batch holds is none.
+    b.add_message_rows(r.id, &crate::imports::ShownRows::new(&mapped(&[2]), &privacy)).unwrap();
+    b.add_message_rows(r.id, &crate::imports::ShownRows::new(&mapped(&[5, 7]), &privacy)).unwrap();
+    let found = b.message_rows(r.id, &[1, 2, 3, 5, 6, 7, 8]).unwrap();
+    let some = Some(row.clone());
+    assert_eq!(found, vec![None, some.clone(), None, some.clone(), None, some, None]);
     b.delete_run(r.id, None).unwrap();
     assert_eq!(b.message_rows(r.id, &[2]).unwrap(), vec![None], "a run's rows go with it");
 }

@@ -43,7 +43,7 @@ pub struct Store {
     finished: sled::Tree,
     messages: sled::Tree,
     message_status: sled::Tree,
-    message_rows: Typed<Record>,
+    message_rows: Typed<Vec<(u64, Record)>>,
     users: sled::Tree,
     tokens: Typed<crate::users::Token>,
     passwords: Typed<String>,
@@ -117,6 +117,9 @@ impl Store {
             }
         };
         let tree = |name: &'static str| db.open_tree(name).map_err(io(name));
+        // Rows kept one key per line before they were kept in chunks; no
+        // release wrote them, so what a build in between left is dropped.
+        db.drop_tree("run_message_rows").map_err(io("run_message_rows"))?;
         let store = Store {
             meta: tree("meta")?,
             collections: Typed::new("collections", tree("collections")?),
@@ -131,7 +134,7 @@ impl Store {
             finished: tree("runs_by_finish")?,
             messages: tree("run_messages")?,
             message_status: tree("run_messages_by_status")?,
-            message_rows: Typed::new("run_message_rows", tree("run_message_rows")?),
+            message_rows: Typed::new("run_message_chunks", tree("run_message_chunks")?),
             users: tree("users")?,
             tokens: Typed::new("tokens", tree("tokens")?),
             passwords: Typed::new("passwords", tree("passwords")?),

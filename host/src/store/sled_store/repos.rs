@@ -152,7 +152,7 @@ impl RunStore for Store {
     fn add_messages(&self, run: RunId, first_seq: u64, messages: &[(&str, &TaskMessage)]) -> Result<()> {
         Store::add_messages(self, run, first_seq, messages)
     }
-    fn add_message_rows(&self, run: RunId, rows: &[(u64, Record)]) -> Result<()> {
+    fn add_message_rows(&self, run: RunId, rows: &crate::imports::ShownRows<'_>) -> Result<()> {
         Store::add_message_rows(self, run, rows)
     }
     fn message_rows(&self, run: RunId, lines: &[u64]) -> Result<Vec<Option<Record>>> {

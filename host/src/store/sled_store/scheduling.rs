@@ -477,9 +477,9 @@ impl Store {
         self.message_status.apply_batch(batch).map_err(io("run_messages_by_status"))?;
         let mut batch = sled::Batch::default();
         for item in self.message_rows.tree.scan_prefix(prefix).keys() {
-            batch.remove(item.map_err(io("run_message_rows"))?);
+            batch.remove(item.map_err(io("run_message_chunks"))?);
         }
-        self.message_rows.tree.apply_batch(batch).map_err(io("run_message_rows"))?;
+        self.message_rows.tree.apply_batch(batch).map_err(io("run_message_chunks"))?;
         if let Some(t) = finished {
             let mut k = ts(t).to_vec();
             k.extend_from_slice(&prefix);
@@ -580,31 +580,45 @@ impl Store {
         Ok((out, None))
     }
 
-    /// Keeps rows' fields by line.
-    pub(in crate::store) fn add_message_rows(&self, run: RunId, rows: &[(u64, crate::records::Record)]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for (line, record) in rows {
-            let mut k = run.to_be_bytes().to_vec();
-            k.extend_from_slice(&line.to_be_bytes());
-            batch.insert(k, encode(record));
-        }
-        self.message_rows.tree.apply_batch(batch).map_err(io("run_message_rows"))
+    /// Keeps rows' fields by line: one value per call, keyed by its first
+    /// line, so a million-row file costs a thousand writes, not a million.
+    /// Calls come in line order, as the file streams.
+    pub(in crate::store) fn add_message_rows(&self, run: RunId, rows: &crate::imports::ShownRows<'_>) -> Result<()> {
+        let Some(first) = rows.first_line() else { return Ok(()) };
+        let value = crate::store::sled_store::encode(rows);
+        self.message_rows.tree.insert(chunk_key(run, first), value).map_err(io("run_message_chunks"))?;
+        Ok(())
     }
 
-    /// Rows' fields by line.
+    /// Rows' fields by line: each line is in the chunk that starts at or
+    /// before it, and lines close together share one read.
     pub(in crate::store) fn message_rows(
         &self,
         run: RunId,
         lines: &[u64],
     ) -> Result<Vec<Option<crate::records::Record>>> {
-        lines
-            .iter()
-            .map(|line| {
-                let mut k = run.to_be_bytes().to_vec();
-                k.extend_from_slice(&line.to_be_bytes());
-                self.message_rows.get(&k)
-            })
-            .collect()
+        let mut chunk: Option<(Vec<u8>, Vec<(u64, crate::records::Record)>)> = None;
+        let mut out = Vec::with_capacity(lines.len());
+        for line in lines {
+            let found = self
+                .message_rows
+                .tree
+                .range(chunk_key(run, 0)..=chunk_key(run, *line))
+                .next_back()
+                .transpose()
+                .map_err(io("run_message_chunks"))?;
+            let Some((k, v)) = found else {
+                out.push(None);
+                continue;
+            };
+            if chunk.as_ref().is_none_or(|(held, _)| held[..] != k[..]) {
+                let rows = crate::store::sled_store::decode("run_message_chunks", &k, &v)?;
+                chunk = Some((k.to_vec(), rows));
+            }
+            let rows = chunk.as_ref().map(|(_, rows)| rows.as_slice()).unwrap_or_default();
+            out.push(rows.binary_search_by_key(line, |(l, _)| *l).ok().map(|i| rows[i].1.clone()));
+        }
+        Ok(out)
     }
 
     /// The statuses a run's messages have, each read once: the index is
@@ -715,4 +729,10 @@ mod tests {
         assert!(store.messages::<String>(3, None, None, 10).unwrap().0.is_empty());
         assert_eq!(store.messages::<String>(4, Some("error"), None, 10).unwrap().0, ["other run"]);
     }
+}
+
+fn chunk_key(run: RunId, line: u64) -> Vec<u8> {
+    let mut k = run.to_be_bytes().to_vec();
+    k.extend_from_slice(&line.to_be_bytes());
+    k
 }

@@ -195,7 +195,7 @@ fn encoded_trees(store: &Store) -> Vec<(&'static str, &sled::Tree, Option<Vec<u8
         ("sources", &store.sources.tree, None),
         ("passwords", &store.passwords.tree, None),
         ("views", &store.views.tree, None),
-        ("run_message_rows", &store.message_rows.tree, None),
+        ("run_message_chunks", &store.message_rows.tree, None),
         ("audit", &store.audit.tree, None),
         ("approvals", &store.approvals.tree, None),
         // `tokens` held bare user names up to schema 2; from schema 3 on
