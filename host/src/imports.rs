@@ -936,10 +936,10 @@ pub fn prepare(
             // The rows as the file gave them, masked, for the run's Task
             // Messages: written as they stream, one value per batch, so
             // memory stays bounded and a million rows cost a thousand writes.
-            if let Some((run, privacy)) = rows_of {
-                if let Err(e) = store.add_message_rows(run, &ShownRows::new(&batch, privacy)) {
-                    tracing::warn!(run, error = %e, "The rows of an import could not be kept for its messages.");
-                }
+            if let Some((run, privacy)) = rows_of
+                && let Err(e) = store.add_message_rows(run, &ShownRows::new(&batch, privacy))
+            {
+                tracing::warn!(run, error = %e, "The rows of an import could not be kept for its messages.");
             }
             tx.send(batch.into_iter().map(|r| (r.line, r.record)).collect())
                 .map_err(|_| plugins::Error::Cancelled { plugin: entry.id() })
