@@ -597,7 +597,7 @@ impl Store {
         run: RunId,
         lines: &[u64],
     ) -> Result<Vec<Option<crate::records::Record>>> {
-        let mut chunk: Option<(Vec<u8>, Vec<(u64, crate::records::Record)>)> = None;
+        let mut chunk: Option<Chunk> = None;
         let mut out = Vec::with_capacity(lines.len());
         for line in lines {
             let found = self
@@ -682,6 +682,15 @@ impl Store {
     }
 }
 
+/// Rows kept for a run's messages are keyed by run and first line.
+type Chunk = (Vec<u8>, Vec<(u64, crate::records::Record)>);
+
+fn chunk_key(run: RunId, line: u64) -> Vec<u8> {
+    let mut k = run.to_be_bytes().to_vec();
+    k.extend_from_slice(&line.to_be_bytes());
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,10 +738,4 @@ mod tests {
         assert!(store.messages::<String>(3, None, None, 10).unwrap().0.is_empty());
         assert_eq!(store.messages::<String>(4, Some("error"), None, 10).unwrap().0, ["other run"]);
     }
-}
-
-fn chunk_key(run: RunId, line: u64) -> Vec<u8> {
-    let mut k = run.to_be_bytes().to_vec();
-    k.extend_from_slice(&line.to_be_bytes());
-    k
 }
