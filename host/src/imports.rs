@@ -11,7 +11,12 @@
 //! full roster), duplicate, several matches (one message per candidate; the
 //! row is not applied), or error (with line and field).
 
+mod ftps;
+mod remote;
 mod sftp;
+mod smb;
+
+pub use ftps::normalize_fingerprint;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -124,14 +129,6 @@ impl Default for Access {
     }
 }
 
-/// Where a task's source resolved to.
-enum Place {
-    /// A folder on this machine.
-    Local(std::path::PathBuf),
-    /// A folder on an SFTP server.
-    Remote(Box<sftp::Remote>, String),
-}
-
 impl Access {
     /// The task's source, as the owner defined it.
     fn source(&self, store: &dyn Backend, target: &ImportTarget) -> Result<Source, Error> {
@@ -143,29 +140,59 @@ impl Access {
         })
     }
 
-    fn place(&self, source: &Source) -> Result<Place, Error> {
-        if let Some(folder) = source.local_folder(&self.folders) {
-            return Ok(Place::Local(folder.map_err(|e| Error::Target(e.to_string()))?));
-        }
-        let Location::Sftp { host, port, user, path, credential, host_key } = &source.location else {
-            return Err(Error::Target(format!("source `{}` has no location", source.name)));
-        };
-        let remote = sftp::Remote {
-            user: user.clone(),
-            host: host.clone(),
-            port: *port,
-            folder: path.clone(),
-            host_key: host_key.clone(),
-            source: source.name.clone(),
-        };
-        Ok(Place::Remote(Box::new(remote), credential.clone()))
-    }
-
-    fn connect(&self, store: &dyn Backend, remote: &sftp::Remote, credential: &str) -> Result<sftp::Conn, Error> {
+    /// A stored credential, as text.
+    fn credential(&self, store: &dyn Backend, name: &str) -> Result<String, Error> {
         let secrets =
             self.secrets.as_ref().ok_or_else(|| Error::Target("no secrets are open in this process".into()))?;
-        let key = secrets.get(store, credential)?;
-        sftp::Conn::connect(remote, &String::from_utf8_lossy(&key))
+        Ok(String::from_utf8_lossy(&secrets.get(store, name)?).into_owned())
+    }
+
+    /// Opens the source's folder, wherever it is: logged in, its server
+    /// verified, the folder found.
+    fn open(&self, store: &dyn Backend, source: &Source) -> Result<Box<dyn remote::Remote>, Error> {
+        if let Some(folder) = source.local_folder(&self.folders) {
+            let path = folder.map_err(|e| Error::Target(e.to_string()))?;
+            return Ok(Box::new(remote::Folder { path, shown: source.shown() }));
+        }
+        let name = source.name.clone();
+        match &source.location {
+            Location::Folder { .. } => Err(Error::Target(format!("source `{name}` has no location"))),
+            Location::Sftp { host, port, user, path, credential, host_key } => {
+                let remote = sftp::Remote {
+                    user: user.clone(),
+                    host: host.clone(),
+                    port: *port,
+                    folder: path.clone(),
+                    host_key: host_key.clone(),
+                    source: name,
+                };
+                Ok(Box::new(sftp::Conn::connect(&remote, &self.credential(store, credential)?)?))
+            }
+            Location::Ftps { host, port, tls, user, path, credential, certificate } => {
+                let server = ftps::Server {
+                    host: host.clone(),
+                    port: port.unwrap_or(tls.default_port()),
+                    implicit: *tls == crate::sources::FtpsTls::Implicit,
+                    user: user.clone(),
+                    folder: path.clone(),
+                    pin: certificate.clone(),
+                    source: name,
+                };
+                Ok(Box::new(ftps::Conn::connect(&server, &self.credential(store, credential)?)?))
+            }
+            Location::Smb { host, port, share, path, domain, user, credential } => {
+                let share = smb::Share {
+                    host: host.clone(),
+                    port: *port,
+                    share: share.clone(),
+                    folder: path.clone(),
+                    domain: domain.clone(),
+                    user: user.clone(),
+                    source: name,
+                };
+                Ok(Box::new(smb::Conn::connect(&share, &self.credential(store, credential)?)?))
+            }
+        }
     }
 }
 
@@ -180,45 +207,60 @@ pub struct Reached {
     pub host_key: Option<String>,
     /// Whether that key is the accepted one.
     pub host_key_accepted: Option<bool>,
+    /// The files it would pick up now, by name.
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
-/// "Test connection": reaches a source and says what it would pick up with
-/// `prefix`. An SFTP server whose key was not accepted yet shows its
-/// fingerprint and goes no further.
+/// "Test connection": reaches a source, logs in, lists the folder, checks
+/// that files can be renamed there (as every import does once its commit is
+/// durable), and says what it would pick up with `prefix`. An SFTP server
+/// whose key was not accepted yet shows its fingerprint and goes no
+/// further. Each failure is one line naming the step: DNS, TCP, the TLS
+/// certificate (with its fingerprint), the host key, the login, the folder,
+/// or the rename.
 pub fn test_source(store: &dyn Backend, source: &Source, prefix: &str, access: &Access) -> Result<Reached, Error> {
-    match access.place(source)? {
-        Place::Remote(remote, credential) => {
-            let seen = sftp::host_key(&remote)?;
-            if remote.host_key.as_deref() != Some(seen.as_str()) {
-                let message = match &remote.host_key {
-                    None => format!(
-                        "{} presents host key {seen}; if that is the server's key, accept it with `schoolbell source accept {} {seen}`",
-                        source.shown(),
-                        source.name
-                    ),
-                    Some(accepted) => format!(
-                        "{} presents host key {seen}, not the accepted {accepted}: the server was reinstalled or someone is in between; ask its administrator before accepting the new key",
-                        source.shown()
-                    ),
-                };
-                return Ok(Reached { message, host_key: Some(seen), host_key_accepted: Some(false) });
-            }
-            let files = access.connect(store, &remote, &credential)?.list(prefix)?;
-            Ok(Reached {
-                message: format!("connected to {}: {} file(s) named {prefix}*", source.shown(), files.len()),
-                host_key: Some(seen),
-                host_key_accepted: Some(true),
-            })
+    let mut host_key = None;
+    if let Location::Sftp { host, port, user, path, host_key: accepted, .. } = &source.location {
+        let remote = sftp::Remote {
+            user: user.clone(),
+            host: host.clone(),
+            port: *port,
+            folder: path.clone(),
+            host_key: accepted.clone(),
+            source: source.name.clone(),
+        };
+        let seen = sftp::host_key(&remote)?;
+        if accepted.as_deref() != Some(seen.as_str()) {
+            let message = match accepted {
+                None => format!(
+                    "{} presents host key {seen}; if that is the server's key, accept it with `schoolbell source accept {} {seen}`",
+                    source.shown(),
+                    source.name
+                ),
+                Some(accepted) => format!(
+                    "{} presents host key {seen}, not the accepted {accepted}: the server was reinstalled or someone is in between; ask its administrator before accepting the new key",
+                    source.shown()
+                ),
+            };
+            return Ok(Reached { message, host_key: Some(seen), host_key_accepted: Some(false), files: Vec::new() });
         }
-        Place::Local(path) => {
-            let files = local_files(&path, prefix).map_err(|e| Error::Target(format!("{}: {e}", source.shown())))?;
-            Ok(Reached {
-                message: format!("{} is readable: {} file(s) named {prefix}*", source.shown(), files.len()),
-                host_key: None,
-                host_key_accepted: None,
-            })
-        }
+        host_key = Some(seen);
     }
+    let mut conn = access.open(store, source)?;
+    let files: Vec<String> = conn.list(prefix)?.into_iter().map(|(name, _)| name).collect();
+    remote::probe_rename(&mut *conn)?;
+    let shown: Vec<&str> = files.iter().take(5).map(String::as_str).collect();
+    let more = if files.len() > shown.len() { format!(" and {} more", files.len() - shown.len()) } else { String::new() };
+    let list = if files.is_empty() { String::new() } else { format!(": {}{more}", shown.join(", ")) };
+    let found = format!("{} file(s) named {prefix}*{list}; files can be renamed there", files.len());
+    let message = if source.local_folder(&access.folders).is_some() {
+        format!("{} is readable: {found}", source.shown())
+    } else {
+        format!("connected to {}: {found}", source.shown())
+    };
+    let accepted = host_key.as_ref().map(|_| true);
+    Ok(Reached { message, host_key, host_key_accepted: accepted, files })
 }
 
 /// "Test connection" for a task: its source, with its prefix.
@@ -686,34 +728,8 @@ pub fn pickup(
     access: &Access,
 ) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
     let source = access.source(store, target)?;
-    let prefix = target.prefix.as_deref().unwrap_or("");
-    let folder = match access.place(&source)? {
-        Place::Remote(remote, credential) => {
-            return pickup_remote(store, &source, &remote, &credential, prefix, settle, access);
-        }
-        Place::Local(folder) => folder,
-    };
-    let open_error = |e: std::io::Error| Error::Open { path: source.shown(), source: e };
-    let candidates = local_files(&folder, prefix).map_err(open_error)?;
-    let sizes: Vec<Option<u64>> =
-        candidates.iter().map(|p| std::fs::symlink_metadata(p).ok().map(|m| m.len())).collect();
-    if !candidates.is_empty() && !settle.is_zero() {
-        std::thread::sleep(settle);
-    }
-    let mut picked = Vec::new();
-    let mut notes = Vec::new();
-    for (path, before) in candidates.into_iter().zip(sizes) {
-        let now = std::fs::symlink_metadata(&path).ok().map(|m| m.len());
-        let shown = path.display().to_string();
-        if before.is_none() || before != now {
-            notes.push(format!("{shown} is still being written; it is left for the next run"));
-            continue;
-        }
-        access.check_size(&shown, now.unwrap_or(0))?;
-        let (hash, size) = hash_file(&path).map_err(|source| Error::Open { path: shown.clone(), source })?;
-        picked.push(PickedFile { path: shown, hash, size, remote: None });
-    }
-    Ok((picked, notes))
+    let mut conn = access.open(store, &source)?;
+    remote::pickup(&mut *conn, target.prefix.as_deref().unwrap_or(""), settle, access)
 }
 
 /// A file the account owner gave by hand (`import file`).
@@ -732,40 +748,6 @@ impl Access {
         }
         Ok(())
     }
-}
-
-fn pickup_remote(
-    store: &dyn Backend,
-    source: &Source,
-    remote: &sftp::Remote,
-    credential: &str,
-    prefix: &str,
-    settle: std::time::Duration,
-    access: &Access,
-) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
-    let conn = access.connect(store, remote, credential)?;
-    let before = conn.list(prefix)?;
-    if !before.is_empty() && !settle.is_zero() {
-        std::thread::sleep(settle);
-    }
-    let after: BTreeMap<String, u64> = conn.list(prefix)?.into_iter().collect();
-    crate::secrets::private_dir(&access.staging)
-        .map_err(|e| Error::Open { path: access.staging.display().to_string(), source: e })?;
-    let mut picked = Vec::new();
-    let mut notes = Vec::new();
-    for (name, size) in before {
-        if after.get(&name) != Some(&size) {
-            notes.push(format!("{}/{name} is still being written; it is left for the next run", source.shown()));
-            continue;
-        }
-        access.check_size(&format!("{}/{name}", source.shown()), size)?;
-        let local = access.staging.join(&name);
-        conn.download(&name, &local, access.limits.max_file_bytes)?;
-        let (hash, size) =
-            hash_file(&local).map_err(|source| Error::Open { path: local.display().to_string(), source })?;
-        picked.push(PickedFile { path: local.display().to_string(), hash, size, remote: Some(name) });
-    }
-    Ok((picked, notes))
 }
 
 /// A planned import: what each row does and the records to write, with the
@@ -1076,10 +1058,7 @@ pub fn commit(
     let Some(target) = source else { return Ok(written) };
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     if let Some(remote) = &plan.file.remote {
-        let Place::Remote(place, credential) = access.place(&access.source(store, target)?)? else {
-            return Err(Error::Target(format!("source `{}` is no longer a remote one", target.source)));
-        };
-        access.connect(store, &place, &credential)?.rename(remote, &format!("P_{remote}_{stamp}"))?;
+        access.open(store, &access.source(store, target)?)?.rename(remote, &format!("P_{remote}_{stamp}"))?;
         let _ = std::fs::remove_file(path);
     } else if path.exists() {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

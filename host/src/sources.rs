@@ -4,9 +4,11 @@
 //! path or a network address.
 //!
 //! A source is a folder the district set up under `[sandbox.folders]` (or
-//! a subfolder of one), or an SFTP server with its host, port, folder,
-//! stored credential and the SHA-256 fingerprint of its host key, which the
-//! owner accepts after `source test` shows it.
+//! a subfolder of one); an SFTP server with its host, port, folder, stored
+//! credential and the SHA-256 fingerprint of its host key, which the owner
+//! accepts after `source test` shows it; an FTPS server, whose certificate
+//! the system's roots or a fingerprint pinned by the owner vouch for; or an
+//! SMB share with its domain user.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -56,6 +58,79 @@ pub enum Location {
         #[serde(default)]
         host_key: Option<String>,
     },
+    /// A folder on an FTPS server (FTP over TLS, passive mode).
+    Ftps {
+        /// Host name or address.
+        host: String,
+        /// Port: by default 990 for implicit TLS, 21 for explicit.
+        #[serde(default)]
+        port: Option<u16>,
+        /// TLS from the first byte (implicit), or `AUTH TLS` after the
+        /// greeting (explicit).
+        #[serde(default)]
+        tls: FtpsTls,
+        /// Login name.
+        user: String,
+        /// The folder on the server.
+        path: String,
+        /// The stored secret holding the password.
+        credential: String,
+        /// A pinned certificate, `SHA256:` and colon-separated hex (as
+        /// `openssl x509 -fingerprint -sha256` prints it), for a server
+        /// whose certificate no system root vouches for; none to verify
+        /// against the system's roots.
+        #[serde(default)]
+        certificate: Option<String>,
+    },
+    /// A folder on an SMB (Windows) share.
+    Smb {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        #[serde(default = "smb_port")]
+        port: u16,
+        /// The share's name.
+        share: String,
+        /// The folder inside the share (`/` for its top).
+        #[serde(default = "top")]
+        path: String,
+        /// The user's domain (`DOMAIN\user`), if any.
+        #[serde(default)]
+        domain: Option<String>,
+        /// Login name.
+        user: String,
+        /// The stored secret holding the password.
+        credential: String,
+    },
+}
+
+/// How an FTPS server starts TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FtpsTls {
+    /// TLS from the first byte, on port 990.
+    #[default]
+    Implicit,
+    /// `AUTH TLS` after a plain greeting, on port 21.
+    Explicit,
+}
+
+impl FtpsTls {
+    /// The port servers listen on for it.
+    pub fn default_port(self) -> u16 {
+        match self {
+            FtpsTls::Implicit => 990,
+            FtpsTls::Explicit => 21,
+        }
+    }
+}
+
+fn smb_port() -> u16 {
+    445
+}
+
+fn top() -> String {
+    "/".into()
 }
 
 /// What is wrong with a source.
@@ -102,6 +177,21 @@ impl Source {
             return Err(Invalid::Name(self.name.clone()));
         }
         let field = |message: &str| Invalid::Field { source_name: self.name.clone(), message: message.into() };
+        let remote_fields = |host: &str, user: &str, path: &str, credential: &str, what: &str| {
+            if host.is_empty() || host.contains(['/', '@', ' ']) {
+                return Err(field("the host must be a host name or address"));
+            }
+            if user.is_empty() {
+                return Err(field("the user is empty"));
+            }
+            if !path.starts_with('/') {
+                return Err(field("the server folder must be an absolute path, such as /exports"));
+            }
+            if credential.is_empty() {
+                return Err(field(&format!("a remote source needs a credential: a stored secret with {what}")));
+            }
+            Ok(())
+        };
         match &self.location {
             Location::Folder { folder, path } => {
                 if !folders.contains_key(folder) {
@@ -119,20 +209,30 @@ impl Source {
                 }
             }
             Location::Sftp { host, user, path, credential, host_key, .. } => {
-                if host.is_empty() || host.contains(['/', '@', ' ']) {
-                    return Err(field("the host must be a host name or address"));
-                }
-                if user.is_empty() {
-                    return Err(field("the user is empty"));
-                }
-                if !path.starts_with('/') {
-                    return Err(field("the server folder must be an absolute path, such as /exports"));
-                }
-                if credential.is_empty() {
-                    return Err(field("an SFTP source needs a credential: a stored secret with the private key"));
-                }
+                remote_fields(host, user, path, credential, "the private key")?;
                 if host_key.as_deref().is_some_and(|k| !k.starts_with("SHA256:")) {
                     return Err(field("a host key is written SHA256:base64, as `schoolbell source test` shows it"));
+                }
+            }
+            Location::Ftps { host, user, path, credential, certificate, .. } => {
+                remote_fields(host, user, path, credential, "the password")?;
+                if certificate
+                    .as_deref()
+                    .is_some_and(|c| crate::imports::normalize_fingerprint(c).as_deref() != Some(c))
+                {
+                    return Err(field("a pinned certificate is written SHA256:AB:CD:… (64 hex digits), as `openssl x509 -fingerprint -sha256` prints it"));
+                }
+            }
+            Location::Smb { host, share, path, domain, user, credential, .. } => {
+                remote_fields(host, user, path, credential, "the password")?;
+                if share.is_empty() || share.contains(['/', '\\']) {
+                    return Err(field("the share is its name alone, such as `exports`"));
+                }
+                if path.split('/').any(|p| p == "..") {
+                    return Err(field("the folder must stay inside the share (no `..`)"));
+                }
+                if domain.as_deref().is_some_and(|d| d.is_empty() || d.contains(['\\', '/', '@'])) {
+                    return Err(field("the domain is its name alone, such as `DISTRICT`"));
                 }
             }
         }
@@ -146,6 +246,13 @@ impl Source {
             Location::Folder { folder, path: None } => format!("folder {folder}"),
             Location::Folder { folder, path: Some(p) } => format!("folder {folder}/{p}"),
             Location::Sftp { host, port, user, path, .. } => format!("sftp://{user}@{host}:{port}{path}"),
+            Location::Ftps { host, port, tls, user, path, .. } => {
+                format!("ftps://{user}@{host}:{}{path}", port.unwrap_or(tls.default_port()))
+            }
+            Location::Smb { host, port, share, path, domain: Some(d), user, .. } => {
+                format!("smb://{d}\\{user}@{host}:{port}/{share}{path}")
+            }
+            Location::Smb { host, port, share, path, user, .. } => format!("smb://{user}@{host}:{port}/{share}{path}"),
         }
     }
 

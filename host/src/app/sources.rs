@@ -84,16 +84,30 @@ impl Sources<'_> {
             .map_err(|e| Error::Invalid(e.to_string()))
     }
 
-    /// Accepts an SFTP server's host key, as `test` showed it (the account
-    /// owner only). From then on a server with another key is refused.
+    /// Accepts an SFTP server's host key, or pins an FTPS server's
+    /// certificate, as `test` showed it (the account owner only). From then
+    /// on a server with another key or certificate is refused.
     pub fn accept(&self, by: &User, name: &str, fingerprint: &str) -> Result<Source> {
-        owner_only(by, "accept a server's host key")?;
+        owner_only(by, "accept a server's host key or certificate")?;
         let app = self.app;
         let mut source = self.get(name)?;
-        let Location::Sftp { host_key, .. } = &mut source.location else {
-            return Err(Error::Invalid(format!("source `{name}` is a folder; only SFTP sources have host keys")));
-        };
-        *host_key = Some(fingerprint.trim().to_string());
+        match &mut source.location {
+            Location::Sftp { host_key, .. } => *host_key = Some(fingerprint.trim().to_string()),
+            Location::Ftps { certificate, .. } => {
+                let pin = imports::normalize_fingerprint(fingerprint).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "`{}` is not a certificate fingerprint: write SHA256:AB:CD:… (64 hex digits), as `schoolbell source test {name}` or `openssl x509 -fingerprint -sha256` shows it",
+                        fingerprint.trim()
+                    ))
+                })?;
+                *certificate = Some(pin);
+            }
+            Location::Folder { .. } | Location::Smb { .. } => {
+                return Err(Error::Invalid(format!(
+                    "source `{name}` has no host key or certificate to accept: only SFTP and FTPS sources do"
+                )));
+            }
+        }
         source.check(&app.config.sandbox.folders).map_err(|e| Error::Invalid(e.to_string()))?;
         app.store.put_source(&source)?;
         app.store.flush()?;

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 use schoolbell::app::App;
-use schoolbell::sources::{Location, Source};
+use schoolbell::sources::{FtpsTls, Location, Source};
 use schoolbell::users::User;
 
 use super::{print_table, say};
@@ -42,6 +42,56 @@ pub(super) enum SourceCmd {
         #[arg(long)]
         credential: String,
     },
+    /// Define an FTPS source (FTP over TLS, passive mode). Its certificate
+    /// must be one the system's roots vouch for, or pinned with `source accept`.
+    AddFtps {
+        /// The source's name, which tasks use (`--source NAME`).
+        name: String,
+        /// Host name or address.
+        #[arg(long)]
+        host: String,
+        /// Port [default: 990 for implicit TLS, 21 for explicit].
+        #[arg(long)]
+        port: Option<u16>,
+        /// How the server starts TLS.
+        #[arg(long, value_enum, default_value_t = FtpsTls::Implicit)]
+        tls: FtpsTls,
+        /// Login name.
+        #[arg(long)]
+        user: String,
+        /// The folder on the server, such as /exports.
+        #[arg(long)]
+        path: String,
+        /// The stored secret with the password (`schoolbell secret set NAME`).
+        #[arg(long)]
+        credential: String,
+    },
+    /// Define an SMB source: a folder on a Windows or Samba share.
+    AddSmb {
+        /// The source's name, which tasks use (`--source NAME`).
+        name: String,
+        /// Host name or address.
+        #[arg(long)]
+        host: String,
+        /// Port.
+        #[arg(long, default_value_t = 445)]
+        port: u16,
+        /// The share's name, such as `exports`.
+        #[arg(long)]
+        share: String,
+        /// The folder inside the share, such as /sis.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The user's domain (the `DISTRICT` of `DISTRICT\\user`).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Login name.
+        #[arg(long)]
+        user: String,
+        /// The stored secret with the password (`schoolbell secret set NAME`).
+        #[arg(long)]
+        credential: String,
+    },
     /// List the sources.
     List {
         /// Print JSON.
@@ -56,7 +106,8 @@ pub(super) enum SourceCmd {
         #[arg(long, default_value = "")]
         prefix: String,
     },
-    /// Accept an SFTP server's host key, as `source test` showed it.
+    /// Accept an SFTP server's host key, or pin an FTPS server's
+    /// certificate, as `source test` showed it.
     Accept {
         /// The source.
         name: String,
@@ -74,7 +125,9 @@ fn row(s: &Source) -> Vec<String> {
     let key = match &s.location {
         Location::Sftp { host_key: Some(k), .. } => k.clone(),
         Location::Sftp { host_key: None, .. } => "not accepted yet".into(),
-        Location::Folder { .. } => "-".into(),
+        Location::Ftps { certificate: Some(c), .. } => format!("pinned {c}"),
+        Location::Ftps { certificate: None, .. } => "system roots".into(),
+        Location::Folder { .. } | Location::Smb { .. } => "-".into(),
     };
     vec![s.name.clone(), s.shown(), key, s.created_by.clone()]
 }
@@ -95,16 +148,25 @@ pub(super) fn run(app: &App, by: &User, cmd: SourceCmd) -> Result<()> {
                 s.name
             );
         }
+        SourceCmd::AddFtps { name, host, port, tls, user, path, credential } => {
+            let location = Location::Ftps { host, port, tls, user, path, credential, certificate: None };
+            let s = sources.add(by, &name, location)?;
+            say!("source {} defined: {}; `schoolbell source test {}` reaches it", s.name, s.shown(), s.name);
+        }
+        SourceCmd::AddSmb { name, host, port, share, path, domain, user, credential } => {
+            let s = sources.add(by, &name, Location::Smb { host, port, share, path, domain, user, credential })?;
+            say!("source {} defined: {}; `schoolbell source test {}` reaches it", s.name, s.shown(), s.name);
+        }
         SourceCmd::List { json } => {
             let all = sources.list(by)?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&all)?);
             } else if all.is_empty() {
                 say!(
-                    "No sources. Define one with `schoolbell source add-folder NAME --folder F` or `source add-sftp`."
+                    "No sources. Define one with `schoolbell source add-folder NAME --folder F`, `add-sftp`, `add-ftps` or `add-smb`."
                 );
             } else {
-                print_table(&["NAME", "WHERE", "HOST KEY", "DEFINED BY"], &all.iter().map(row).collect::<Vec<_>>());
+                print_table(&["NAME", "WHERE", "HOST KEY OR CERTIFICATE", "DEFINED BY"], &all.iter().map(row).collect::<Vec<_>>());
             }
         }
         SourceCmd::Test { name, prefix } => {
@@ -117,7 +179,10 @@ pub(super) fn run(app: &App, by: &User, cmd: SourceCmd) -> Result<()> {
         }
         SourceCmd::Accept { name, fingerprint } => {
             let s = sources.accept(by, &name, &fingerprint)?;
-            say!("source {}: host key {} accepted", s.name, fingerprint.trim());
+            match &s.location {
+                Location::Ftps { certificate: Some(c), .. } => say!("source {}: certificate {c} pinned", s.name),
+                _ => say!("source {}: host key {} accepted", s.name, fingerprint.trim()),
+            }
         }
         SourceCmd::Remove { name } => {
             sources.remove(by, &name)?;

@@ -3,10 +3,7 @@
 //! to the data directory's staging folder once their size holds still, and
 //! renamed on the server only after the import's commit is durable.
 
-use std::io::Read;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::time::Duration;
 
 use super::Error;
 
@@ -34,23 +31,16 @@ impl Remote {
 
     /// Connects and completes the SSH handshake, without logging in.
     fn handshake(&self) -> Result<ssh2::Session, Error> {
-        // Errors name the source, not what the network said about the
-        // address: a source is the owner's, and its failures should not
-        // map the district's internal hosts for whoever reads the run.
+        let shown = self.shown();
+        let tcp = super::remote::reach(&shown, &self.source, &self.host, self.port)?;
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             tracing::warn!(source = %self.source, error = %e, "{what}");
-            Error::Remote(format!("{}: {what}", self.shown()))
+            Error::Remote(format!("{shown}: {what}"))
         };
-        let addr = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| fail("cannot resolve the host", &e))?
-            .next()
-            .ok_or_else(|| fail("cannot resolve the host", &"no address"))?;
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| fail("cannot connect", &e))?;
         let mut session = ssh2::Session::new().map_err(|e| fail("cannot start SSH", &e))?;
-        session.set_timeout(30_000);
+        session.set_timeout(super::remote::IO_TIMEOUT.as_millis() as u32);
         session.set_tcp_stream(tcp);
-        session.handshake().map_err(|e| fail("the SSH handshake failed", &e))?;
+        session.handshake().map_err(|e| fail("the SSH handshake failed (is it an SSH server?)", &e))?;
         Ok(session)
     }
 }
@@ -110,14 +100,22 @@ impl Conn {
     fn path(&self, name: &str) -> std::path::PathBuf {
         Path::new(&self.remote.folder).join(name)
     }
+}
 
-    /// Files in the folder whose names start with `prefix` (never `P_`
-    /// ones), with their sizes, by name.
-    pub(super) fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
-        let entries = self
-            .sftp
-            .readdir(Path::new(&self.remote.folder))
-            .map_err(|e| Error::Remote(format!("{}: cannot list the folder: {e}", self.remote.shown())))?;
+impl super::remote::Remote for Conn {
+    fn shown(&self) -> String {
+        self.remote.shown()
+    }
+
+    fn list(&mut self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
+        let entries = self.sftp.readdir(Path::new(&self.remote.folder)).map_err(|e| {
+            let what = match e.code() {
+                ssh2::ErrorCode::SFTP(2) => "the folder does not exist",
+                ssh2::ErrorCode::SFTP(3) => "the user may not list the folder",
+                _ => "cannot list the folder",
+            };
+            Error::Remote(format!("{}: {what} ({e})", self.remote.shown()))
+        })?;
         let mut out: Vec<(String, u64)> = entries
             .into_iter()
             .filter(|(_, stat)| stat.is_file())
@@ -130,37 +128,30 @@ impl Conn {
         Ok(out)
     }
 
-    /// Copies a remote file to `to` (a new file only its owner may read),
-    /// stopping past `limit` bytes; returns its size.
-    pub(super) fn download(&self, name: &str, to: &Path, limit: u64) -> Result<u64, Error> {
+    fn read_into(&mut self, name: &str, to: &mut dyn std::io::Write) -> Result<(), Error> {
         let fail =
             |e: &dyn std::fmt::Display| Error::Remote(format!("{}/{name}: cannot download: {e}", self.remote.shown()));
         let mut remote = self.sftp.open(self.path(name)).map_err(|e| fail(&e))?;
-        let _ = std::fs::remove_file(to);
-        let mut local = crate::secrets::private_file(to).map_err(|e| fail(&e))?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = remote.read(&mut buf).map_err(|e| fail(&e))?;
-            if n == 0 {
-                break;
-            }
-            std::io::Write::write_all(&mut local, &buf[..n]).map_err(|e| fail(&e))?;
-            total += n as u64;
-            if total > limit {
-                drop(local);
-                let _ = std::fs::remove_file(to);
-                return Err(Error::TooLarge { file: format!("{}/{name}", self.remote.shown()), size: total, limit });
-            }
-        }
-        local.sync_all().map_err(|e| fail(&e))?;
-        Ok(total)
+        std::io::copy(&mut remote, to).map_err(|e| fail(&e))?;
+        Ok(())
     }
 
-    /// Renames a file in the folder.
-    pub(super) fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), Error> {
         self.sftp
             .rename(&self.path(from), &self.path(to), None)
             .map_err(|e| Error::Remote(format!("{}/{from}: cannot rename to {to}: {e}", self.remote.shown())))
+    }
+
+    fn create(&mut self, name: &str) -> Result<(), Error> {
+        self.sftp
+            .create(&self.path(name))
+            .map(drop)
+            .map_err(|e| Error::Remote(format!("{}/{name}: cannot create: {e}", self.remote.shown())))
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(), Error> {
+        self.sftp
+            .unlink(&self.path(name))
+            .map_err(|e| Error::Remote(format!("{}/{name}: cannot remove: {e}", self.remote.shown())))
     }
 }
