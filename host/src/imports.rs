@@ -251,7 +251,8 @@ pub fn test_source(store: &dyn Backend, source: &Source, prefix: &str, access: &
     let files: Vec<String> = conn.list(prefix)?.into_iter().map(|(name, _)| name).collect();
     remote::probe_rename(&mut *conn)?;
     let shown: Vec<&str> = files.iter().take(5).map(String::as_str).collect();
-    let more = if files.len() > shown.len() { format!(" and {} more", files.len() - shown.len()) } else { String::new() };
+    let more =
+        if files.len() > shown.len() { format!(" and {} more", files.len() - shown.len()) } else { String::new() };
     let list = if files.is_empty() { String::new() } else { format!(": {}{more}", shown.join(", ")) };
     let found = format!("{} file(s) named {prefix}*{list}; files can be renamed there", files.len());
     let message = if source.local_folder(&access.folders).is_some() {

@@ -220,7 +220,9 @@ impl Source {
                     .as_deref()
                     .is_some_and(|c| crate::imports::normalize_fingerprint(c).as_deref() != Some(c))
                 {
-                    return Err(field("a pinned certificate is written SHA256:AB:CD:… (64 hex digits), as `openssl x509 -fingerprint -sha256` prints it"));
+                    return Err(field(
+                        "a pinned certificate is written SHA256:AB:CD:… (64 hex digits), as `openssl x509 -fingerprint -sha256` prints it",
+                    ));
                 }
             }
             Location::Smb { host, share, path, domain, user, credential, .. } => {

@@ -166,7 +166,10 @@ pub(super) fn run(app: &App, by: &User, cmd: SourceCmd) -> Result<()> {
                     "No sources. Define one with `schoolbell source add-folder NAME --folder F`, `add-sftp`, `add-ftps` or `add-smb`."
                 );
             } else {
-                print_table(&["NAME", "WHERE", "HOST KEY OR CERTIFICATE", "DEFINED BY"], &all.iter().map(row).collect::<Vec<_>>());
+                print_table(
+                    &["NAME", "WHERE", "HOST KEY OR CERTIFICATE", "DEFINED BY"],
+                    &all.iter().map(row).collect::<Vec<_>>(),
+                );
             }
         }
         SourceCmd::Test { name, prefix } => {

@@ -59,7 +59,8 @@ pub fn normalize_fingerprint(text: &str) -> Option<String> {
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    let bytes: Vec<String> = hex.to_ascii_uppercase().as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).into()).collect();
+    let bytes: Vec<String> =
+        hex.to_ascii_uppercase().as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).into()).collect();
     Some(format!("SHA256:{}", bytes.join(":")))
 }
 
@@ -96,7 +97,7 @@ impl ServerCertVerifier for Verifier {
             (Some(pin), _) => Err(format!("it is not the pinned certificate {pin}")),
             (None, Some(roots)) => roots
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-                .map_err(|e| format!("it is not trusted by this machine's roots: {e}")),
+                .map_err(|e| untrusted(&e, server_name)),
             (None, None) => Err("this machine has no trusted root certificates".into()),
         };
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -128,6 +129,25 @@ impl ServerCertVerifier for Verifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Why the system's roots do not vouch for a certificate, in words.
+fn untrusted(e: &rustls::Error, server_name: &ServerName<'_>) -> String {
+    use rustls::CertificateError as C;
+    let why = match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::Other(_)) => {
+            "no authority this machine trusts signed it (it is self-signed, or from a private authority)".to_string()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            format!("it is not issued for {}", server_name.to_str())
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "it has expired".into(),
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "it is not valid yet".into()
+        }
+        e => e.to_string(),
+    };
+    format!("this machine's trusted roots do not vouch for it: {why}")
 }
 
 /// The system's trusted roots, read once.
@@ -178,7 +198,10 @@ impl Conn {
                 )),
                 _ => {
                     tracing::warn!(source = %server.source, error = %e, "An FTPS server's TLS handshake failed.");
-                    Error::Remote(format!("{shown}: the TLS handshake failed (is it an FTPS server, and {} TLS?)", if server.implicit { "implicit" } else { "explicit" }))
+                    Error::Remote(format!(
+                        "{shown}: the TLS handshake failed (is it an FTPS server, and {} TLS?)",
+                        if server.implicit { "implicit" } else { "explicit" }
+                    ))
                 }
             }
         };
@@ -202,6 +225,15 @@ impl Conn {
             )),
             _ => tls_failure(e),
         })?;
+        if server.implicit {
+            // Explicit TLS asks for protected data connections as it starts
+            // TLS; implicit TLS starts before any command, so ask now.
+            for command in ["PBSZ 0", "PROT P"] {
+                ftp.custom_command(command, &[Status::CommandOk]).map_err(|e| {
+                    Error::Remote(format!("{shown}: the server refused encrypted data connections ({command}): {e}"))
+                })?;
+            }
+        }
         ftp.transfer_type(suppaftp::types::FileType::Binary)
             .map_err(|e| Error::Remote(format!("{shown}: the server refused binary transfers: {e}")))?;
         ftp.cwd(server.folder.as_str()).map_err(|e| {
@@ -216,7 +248,8 @@ impl Conn {
             FtpError::UnexpectedResponse(r) => String::from_utf8_lossy(&r.body).trim().to_string(),
             e => e.to_string(),
         };
-        Error::Remote(format!("{}/{name}: {what}: {said}", self.server.shown()))
+        let file = if name.is_empty() { String::new() } else { format!("/{name}") };
+        Error::Remote(format!("{}{file}: {what}: {said}", self.server.shown()))
     }
 }
 
@@ -269,12 +302,9 @@ mod tests {
     fn fingerprints_are_kept_one_way() {
         let hex = "ab".repeat(32);
         let want = format!("SHA256:{}", ["AB"; 32].join(":"));
-        for pasted in [
-            format!("SHA256:{hex}"),
-            format!("sha256 Fingerprint={}", ["ab"; 32].join(":")),
-            hex.clone(),
-            want.clone(),
-        ] {
+        for pasted in
+            [format!("SHA256:{hex}"), format!("sha256 Fingerprint={}", ["ab"; 32].join(":")), hex.clone(), want.clone()]
+        {
             assert_eq!(normalize_fingerprint(&pasted).as_deref(), Some(want.as_str()), "{pasted}");
         }
         assert_eq!(normalize_fingerprint("SHA256:abc"), None);

@@ -178,18 +178,18 @@ pub(super) fn probe_rename(conn: &mut dyn Remote) -> Result<(), Error> {
     let probe = format!("P_schoolbell-probe_{stamp}");
     let moved = format!("{probe}_renamed");
     let shown = conn.shown();
-    let refused = |what: &str, e: Error| {
+    let refused = |step: &str, e: Error| {
         Error::Remote(format!(
-            "{shown}: no permission to {what} files in the folder, which every import does to mark its file done ({}); ask the server's administrator for write access",
+            "{shown}: no permission to rename files in the folder, which every import does to mark its file done ({step} a probe file: {}); ask the server's administrator for write access",
             e.to_string().rsplit(": ").next().unwrap_or_default()
         ))
     };
-    conn.create(&probe).map_err(|e| refused("create", e))?;
+    conn.create(&probe).map_err(|e| refused("creating", e))?;
     if let Err(e) = conn.rename(&probe, &moved) {
         let _ = conn.remove(&probe);
-        return Err(refused("rename", e));
+        return Err(refused("renaming", e));
     }
-    conn.remove(&moved).map_err(|e| refused("remove", e))
+    conn.remove(&moved).map_err(|e| refused("removing", e))
 }
 
 /// A folder on this machine, under `[sandbox.folders]`.

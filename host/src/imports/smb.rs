@@ -119,7 +119,8 @@ impl Conn {
     }
 
     fn failed(&self, name: &str, what: &str, e: &SmbError) -> Error {
-        Error::Remote(format!("{}/{name}: {what}: {}", self.share.shown(), said(e)))
+        let file = if name.is_empty() { String::new() } else { format!("/{name}") };
+        Error::Remote(format!("{}{file}: {what}: {}", self.share.shown(), said(e)))
     }
 }
 
@@ -129,7 +130,8 @@ impl Remote for Conn {
     }
 
     fn list(&mut self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
-        let entries = self.client.list_dirplus(self.share.path("")).map_err(|e| self.failed("", "cannot list the folder", &e))?;
+        let entries =
+            self.client.list_dirplus(self.share.path("")).map_err(|e| self.failed("", "cannot list the folder", &e))?;
         let mut out: Vec<(String, u64)> = entries
             .into_iter()
             .filter(|e| e.get_type() == pavao::SmbDirentType::File)
@@ -158,7 +160,10 @@ impl Remote for Conn {
 
     fn create(&mut self, name: &str) -> Result<(), Error> {
         let options = SmbOpenOptions::default().write(true).create(true).exclusive(true).mode(0o600);
-        self.client.open_with(self.share.path(name), options).map(drop).map_err(|e| self.failed(name, "cannot create", &e))
+        self.client
+            .open_with(self.share.path(name), options)
+            .map(drop)
+            .map_err(|e| self.failed(name, "cannot create", &e))
     }
 
     fn remove(&mut self, name: &str) -> Result<(), Error> {
