@@ -320,3 +320,34 @@ fn an_ftps_server_dying_mid_download_fails_the_run_and_imports_nothing() {
     let files = ftpd.files();
     dies_mid_download(&sb, &files, "sis", || ftpd.kill());
 }
+
+#[test]
+fn the_api_tests_a_source_lists_what_it_would_pick_up_and_names_the_failing_step() {
+    let smbd = fileservers::smbd();
+    roster(&smbd, "IC_Roster_1.csv", &["S1"]);
+    let sb = sb_with_password();
+    let wrong = sb.file("wrong", "not-the-password");
+    sb.ok(&["secret", "set", "wrong-pw", "--file", s(&wrong)]);
+    let token = sb.ok(&["user", "token", "admin"]).trim().to_string();
+    let server = sb.serve();
+    let api = support::Api::new(&server.url);
+    let share = |credential: &str| {
+        serde_json::json!({ "smb": {
+            "host": "127.0.0.1", "port": smbd.port, "share": "exports", "domain": "DISTRICT",
+            "user": fileservers::ACCOUNT, "credential": credential,
+        }})
+    };
+    let (status, body) = api.json("PUT", "/api/v1/sources/sis", &token, Some(share("sis-pw")));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.json("POST", "/api/v1/sources/sis/test?prefix=IC_Roster", &token, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["files"], serde_json::json!(["IC_Roster_1.csv"]));
+    let (status, body) = api.json("PUT", "/api/v1/sources/wrong", &token, Some(share("wrong-pw")));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.json("POST", "/api/v1/sources/wrong/test", &token, None);
+    let text = body.to_string();
+    assert!((400..500).contains(&status), "{status} {text}");
+    assert!(text.contains("the server refused the user name or password"), "{text}");
+    assert!(!text.contains(PASSWORD) && !text.contains("not-the-password"), "{text}");
+    server.terminate();
+}
