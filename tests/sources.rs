@@ -93,8 +93,10 @@ impl Drop for Growing {
     }
 }
 
-/// Two prefixed files, one per run, each renamed on the server after its
-/// commit; a file still growing waits; a third run imports nothing.
+/// Two prefixed files picked up by one run: it imports the first and
+/// queues a run for the second, which starts once it ends; each file is
+/// renamed on the server after its commit; a file still growing waits; the
+/// next run imports nothing. Under `serve`, as a district runs it.
 fn picks_up_renames_and_imports_nothing_twice(sb: &Sb, server: &Server, source: &str) {
     roster(server, "IC_Roster_1.csv", &["S1", "S2"]);
     roster(server, "IC_Roster_2.csv", &["S3"]);
@@ -103,17 +105,22 @@ fn picks_up_renames_and_imports_nothing_twice(sb: &Sb, server: &Server, source: 
     assert!(out.contains("2 file(s) named IC_Roster*: IC_Roster_1.csv, IC_Roster_2.csv"), "{out}");
     assert!(out.contains("files can be renamed there"), "{out}");
     add_task(sb, source);
+    let token = sb.ok(&["user", "token", "admin"]).trim().to_string();
+    let serve = sb.serve();
+    let api = support::Api::new(&serve.url);
     {
         let _growing = Growing::start(server, "IC_Roster_3.csv");
         let out = sb.ok(&["import", "run", source]);
         assert!(out.contains("succeeded"), "{out}");
         let messages = sb.ok(&["runs", "messages", "1"]);
         assert!(messages.contains("IC_Roster_3.csv is still being written; it is left for the next run"), "{messages}");
+        assert!(
+            messages.contains("1 more file(s) are ready; run 2 imports the next one once this run ends"),
+            "{messages}"
+        );
+        assert_eq!(api.settled(&token, 2)["status"], "succeeded");
     }
     std::fs::remove_file(server.files().join("IC_Roster_3.csv")).unwrap();
-    assert_eq!(students(sb), 2);
-    let out = sb.ok(&["import", "run", source]);
-    assert!(out.contains("succeeded"), "{out}");
     assert_eq!(students(sb), 3);
     let names = server.names();
     assert_eq!(names.len(), 3, "{names:?}");
@@ -121,8 +128,9 @@ fn picks_up_renames_and_imports_nothing_twice(sb: &Sb, server: &Server, source: 
     assert_eq!(names[2], "notes.txt");
     let out = sb.ok(&["import", "run", source]);
     assert!(out.contains("files: 0") || out.contains("files 0") || out.contains("0 files"), "{out}");
-    assert_eq!(students(sb), 3, "a third run imports nothing");
+    assert_eq!(students(sb), 3, "the next run imports nothing");
     assert_eq!(server.names(), names);
+    serve.terminate();
 }
 
 /// The server dies once the download is under way: the run fails, says

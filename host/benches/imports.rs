@@ -157,13 +157,13 @@ fn main() {
             created_at: chrono::Utc::now(),
         })
         .unwrap();
-    let (files, _) = imports::pickup(&*store, &target, Duration::ZERO, &sources).unwrap();
+    let file = imports::pickup(&*store, &target, Duration::ZERO, &sources).unwrap().file.unwrap();
     let picked = started.elapsed();
     let plan = imports::prepare(
         &host,
         "import-csv-roster",
         &target,
-        &files[0],
+        &file,
         &request,
         &sources.limits,
         Some((1, &schoolbell::privacy::Privacy::default())),

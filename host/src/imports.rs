@@ -717,17 +717,28 @@ fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
-/// Picks up the files to import: the files in the task's source whose
-/// names start with its prefix (never `P_` ones, which are done), oldest
-/// name first, once their size has held still for `settle`. Returns the
-/// files and a note for each one left for later. A file larger than
-/// `[imports] max_file_bytes` is refused, not read.
+/// What a pickup found: the file to import now (one per run, so that each
+/// file has its own plan, guard, report and rename), how many more are
+/// ready, and a note for each file still being written.
+#[derive(Debug, Default)]
+pub struct Picked {
+    /// The first ready file, by name.
+    pub file: Option<PickedFile>,
+    /// Ready files after it, left on the server for the runs that follow.
+    pub more: usize,
+    /// Files left because they are still being written.
+    pub notes: Vec<String>,
+}
+
+/// Picks up a task's next file from its source: the first, by name, of
+/// the files named with its prefix whose size held still for `settle`. A
+/// file larger than `[imports] max_file_bytes` is refused, not read.
 pub fn pickup(
     store: &dyn Backend,
     target: &ImportTarget,
     settle: std::time::Duration,
     access: &Access,
-) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
+) -> Result<Picked, Error> {
     let source = access.source(store, target)?;
     let mut conn = access.open(store, &source)?;
     remote::pickup(&mut *conn, target.prefix.as_deref().unwrap_or(""), settle, access)

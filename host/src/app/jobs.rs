@@ -251,21 +251,19 @@ impl App {
         let sources = self.access();
         // A file given by hand (owner only) is named by its path; a task's
         // files come from the source the owner defined.
-        let (files, notes) = if by_hand {
-            (vec![imports::pick_file(std::path::Path::new(&target.source), sources)?], vec![])
+        let picked = if by_hand {
+            let file = imports::pick_file(std::path::Path::new(&target.source), sources)?;
+            imports::Picked { file: Some(file), ..Default::default() }
         } else {
             imports::pickup(&*self.store, target, settle, sources)?
         };
-        effects.messages.extend(notes.into_iter().map(|n| note("waiting", n)));
-        let Some(file) = files.first() else {
+        effects.messages.extend(picked.notes.into_iter().map(|n| note("waiting", n)));
+        let Some(file) = &picked.file else {
             if by_hand {
                 return Err(JobError::NoFile(target.source.clone()));
             }
             return Ok((BTreeMap::from([("files".into(), 0)]), RunStatus::Succeeded));
         };
-        if files.len() > 1 {
-            effects.messages.push(note("waiting", format!("{} more files wait for the next run", files.len() - 1)));
-        }
         let privacy = &self.config.privacy;
         let plan = imports::prepare(
             &self.host,
@@ -301,6 +299,30 @@ impl App {
                     let source = if by_hand { None } else { Some(target) };
                     let written = imports::commit(&self.host, &plan, &format!("run {}", run.id), source, sources)?;
                     summary.insert("written".into(), written);
+                    if picked.more > 0 {
+                        // Every ready file is imported now, as the schedule
+                        // meant, each by a run of its own: a scheduled run
+                        // waits for this one to end, so they go one after
+                        // another.
+                        // This file is committed whatever happens here: a
+                        // run that cannot be queued leaves the rest to the
+                        // next fire, and says so.
+                        let queued = self.new_run(task, &task.owner, Trigger::Schedule, None).and_then(|next| {
+                            self.enqueue(task, &next, task.priority(), None)?;
+                            Ok(next.id)
+                        });
+                        let more = picked.more;
+                        effects.messages.push(note(
+                            "waiting",
+                            match queued {
+                                Ok(id) => format!("{more} more file(s) are ready; run {id} imports the next one once this run ends"),
+                                Err(e) => {
+                                    tracing::warn!(task = %task.name, error = %e, "The run for an import's next file could not be queued.");
+                                    format!("{more} more file(s) are ready; they wait for the next run (queueing one now failed: {e})")
+                                }
+                            },
+                        ));
+                    }
                     RunStatus::Succeeded
                 }
                 hold => {

@@ -239,14 +239,7 @@ impl Tasks<'_> {
         run.dry_run = dry_run;
         run.keep |= submit.keep;
         let priority = if submit.high_priority { 0 } else { task.priority() };
-        app.store.enqueue(priority, start.unwrap_or(run.queued_at), &run)?;
-        if let Some(at) = start {
-            app.engine.note_start(at);
-        }
-        app.run_changed();
-        app.engine.count_queued(&*app.store, &task.name, 1)?;
-        app.store.flush()?;
-        app.engine.wake.notify_one();
+        app.enqueue(&task, &run, priority, start)?;
         Ok(run)
     }
 
@@ -270,5 +263,25 @@ impl App {
     ) -> Result<Run> {
         let id = self.store.new_run_id()?;
         Ok(Run::queued(id, &task.name, &task.plugin, owner, trigger, fire_time, self.now(), task.keep))
+    }
+
+    /// Puts a new run of `task` on the batch queue, to start at `start` (or
+    /// now), durably, and wakes the dispatcher.
+    pub(super) fn enqueue(
+        &self,
+        task: &Task,
+        run: &Run,
+        priority: u8,
+        start: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<()> {
+        self.store.enqueue(priority, start.unwrap_or(run.queued_at), run)?;
+        if let Some(at) = start {
+            self.engine.note_start(at);
+        }
+        self.run_changed();
+        self.engine.count_queued(&*self.store, &task.name, 1)?;
+        self.store.flush()?;
+        self.engine.wake.notify_one();
+        Ok(())
     }
 }

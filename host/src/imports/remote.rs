@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Access, Error, PickedFile};
+use super::{Access, Error, Picked, PickedFile};
 
 /// How long a server has to accept a connection.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,33 +83,32 @@ pub(super) fn resolve(shown: &str, source: &str, host: &str, port: u16) -> Resul
     (host, port).to_socket_addrs().map_err(|e| unknown(&e))?.next().ok_or_else(|| unknown(&"no address"))
 }
 
-/// Picks up the folder's files named `prefix*` whose sizes held still for
-/// `settle`, copying each (or hashing it in place, for a local folder);
-/// returns them and a note for each one left for later. A file larger than
-/// `[imports] max_file_bytes` is refused, not read.
-pub(super) fn pickup(
-    conn: &mut dyn Remote,
-    prefix: &str,
-    settle: Duration,
-    access: &Access,
-) -> Result<(Vec<PickedFile>, Vec<String>), Error> {
+/// Picks up the first (by name) of the folder's files named `prefix*`
+/// whose sizes held still for `settle`, copying it (or hashing it in place,
+/// for a local folder); the others that held still are counted, not copied,
+/// and each one still growing gets a note. A file larger than `[imports]
+/// max_file_bytes` is refused, not read.
+pub(super) fn pickup(conn: &mut dyn Remote, prefix: &str, settle: Duration, access: &Access) -> Result<Picked, Error> {
     let before = conn.list(prefix)?;
     if !before.is_empty() && !settle.is_zero() {
         std::thread::sleep(settle);
     }
     let after: BTreeMap<String, u64> = conn.list(prefix)?.into_iter().collect();
-    let mut picked = Vec::new();
-    let mut notes = Vec::new();
+    let mut picked = Picked::default();
     for (name, size) in before {
         let shown = conn.in_place(&name).map(|p| p.display().to_string()).unwrap_or_else(|| conn.shown_file(&name));
         if after.get(&name) != Some(&size) {
-            notes.push(format!("{shown} is still being written; it is left for the next run"));
+            picked.notes.push(format!("{shown} is still being written; it is left for the next run"));
+            continue;
+        }
+        if picked.file.is_some() {
+            picked.more += 1;
             continue;
         }
         access.check_size(&shown, size)?;
         if let Some(path) = conn.in_place(&name) {
             let (hash, size) = super::hash_file(&path).map_err(|source| Error::Open { path: shown.clone(), source })?;
-            picked.push(PickedFile { path: shown, hash, size, remote: None });
+            picked.file = Some(PickedFile { path: shown, hash, size, remote: None });
             continue;
         }
         crate::secrets::private_dir(&access.staging)
@@ -118,9 +117,9 @@ pub(super) fn pickup(
         download(conn, &name, &local, access.limits.max_file_bytes)?;
         let (hash, size) =
             super::hash_file(&local).map_err(|source| Error::Open { path: local.display().to_string(), source })?;
-        picked.push(PickedFile { path: local.display().to_string(), hash, size, remote: Some(name) });
+        picked.file = Some(PickedFile { path: local.display().to_string(), hash, size, remote: Some(name) });
     }
-    Ok((picked, notes))
+    Ok(picked)
 }
 
 /// Copies a file of the folder to `to` (a new file only its owner may
