@@ -180,25 +180,7 @@ fn a_crash_between_the_commit_and_the_rename_leaves_the_file_for_the_ledger() {
     let sb = Sb::new();
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
     let batch = sb.folder_source("batch", "[scheduler]\npickup_settle_ms = 10\n");
-    sb.ok(&[
-        "task",
-        "add",
-        "nightly",
-        "--plugin",
-        "import-csv-roster",
-        "--schedule",
-        "daily at 22:00",
-        "--param",
-        FOUR_COLUMNS,
-        "--source",
-        "batch",
-        "--prefix",
-        "IC_",
-        "--collection",
-        "students",
-        "--key",
-        "student-id",
-    ]);
+    sb.roster_task("nightly", "batch", "IC_", &[]);
     let body: String = (0..100).map(|i| format!("S{i:03},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
     let file = batch.join("IC_roster.csv");
     std::fs::write(&file, format!("Student ID,Last Name,First Name,Birth Date\n{body}")).unwrap();

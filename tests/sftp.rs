@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::{FOUR_COLUMNS, Sb, Sshd, plugin, s};
+use support::{Sb, Sshd, plugin, s};
 
 #[test]
 fn an_sftp_import_picks_up_by_prefix_and_renames_on_the_server() {
@@ -26,7 +26,6 @@ fn an_sftp_import_picks_up_by_prefix_and_renames_on_the_server() {
     )
     .unwrap();
     std::fs::write(sshd.files().join("notes.txt"), "not ours").unwrap();
-    let columns = FOUR_COLUMNS;
     sshd.add_source(&sb, "sis", "sis-key");
     // Nothing reaches the server, nor is a key sent to it, before the owner
     // accepts its host key as `source test` shows it.
@@ -37,25 +36,7 @@ fn an_sftp_import_picks_up_by_prefix_and_renames_on_the_server() {
     sb.ok(&["source", "accept", "sis", &fingerprint]);
     let out = sb.ok(&["source", "test", "sis", "--prefix", "IC_Roster"]);
     assert!(out.contains("1 file(s) named IC_Roster*"), "{out}");
-    sb.ok(&[
-        "task",
-        "add",
-        "sis",
-        "--plugin",
-        "import-csv-roster",
-        "--schedule",
-        "daily at 22:00",
-        "--param",
-        columns,
-        "--source",
-        "sis",
-        "--prefix",
-        "IC_Roster",
-        "--collection",
-        "students",
-        "--key",
-        "student-id",
-    ]);
+    sb.roster_task("sis", "sis", "IC_Roster", &[]);
     let out = sb.ok(&["import", "test-connection", "sis"]);
     assert!(out.contains(&format!("connected to sftp://{}@127.0.0.1:{}", sshd.user(), sshd.port)), "{out}");
     assert!(out.contains("1 file(s) named IC_Roster*"), "{out}");
@@ -108,25 +89,7 @@ fn a_server_with_another_host_key_is_refused() {
         err.contains(&format!("presents host key {}, not the accepted {}", other.fingerprint(), real.fingerprint())),
         "{err}"
     );
-    sb.ok(&[
-        "task",
-        "add",
-        "sis",
-        "--plugin",
-        "import-csv-roster",
-        "--schedule",
-        "daily at 22:00",
-        "--param",
-        FOUR_COLUMNS,
-        "--source",
-        "sis",
-        "--prefix",
-        "IC_Roster",
-        "--collection",
-        "students",
-        "--key",
-        "student-id",
-    ]);
+    sb.roster_task("sis", "sis", "IC_Roster", &[]);
     let out = sb.run(&["import", "run", "sis"]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("refusing to connect"), "{text}");

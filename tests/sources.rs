@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::fileservers::{self, PASSWORD, Server};
-use support::{FOUR_COLUMNS, Sb, plugin, s};
+use support::{Sb, plugin, s};
 
 const HEADER: &str = "Student ID,Last Name,First Name,Birth Date\n";
 
@@ -25,30 +25,8 @@ fn sb_with_password() -> Sb {
 }
 
 fn add_task(sb: &Sb, source: &str) {
-    sb.ok(&[
-        "task",
-        "add",
-        source,
-        "--plugin",
-        "import-csv-roster",
-        "--schedule",
-        "daily at 22:00",
-        "--param",
-        FOUR_COLUMNS,
-        "--source",
-        source,
-        "--prefix",
-        "IC_Roster",
-        "--collection",
-        "students",
-        "--key",
-        "student-id",
-        // The second file adds half again to the first: not a mass change here.
-        "--confirm-percent",
-        "100",
-        "--authorize-percent",
-        "100",
-    ]);
+    // The second file adds half again to the first: not a mass change here.
+    sb.roster_task(source, source, "IC_Roster", &["--confirm-percent", "100", "--authorize-percent", "100"]);
 }
 
 fn students(sb: &Sb) -> usize {

@@ -33,6 +33,33 @@ impl Sb {
         batch
     }
 
+    /// An import task `name` with the roster mapping over the four-column
+    /// file, picking up `prefix*` from `source` into `students` keyed by
+    /// student ID, run daily at 22:00; `extra` flags appended.
+    pub fn roster_task(&self, name: &str, source: &str, prefix: &str, extra: &[&str]) {
+        let mut args = vec![
+            "task",
+            "add",
+            name,
+            "--plugin",
+            "import-csv-roster",
+            "--schedule",
+            "daily at 22:00",
+            "--param",
+            FOUR_COLUMNS,
+            "--source",
+            source,
+            "--prefix",
+            prefix,
+            "--collection",
+            "students",
+            "--key",
+            "student-id",
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
     /// `import file` of `body` (under the seven-column header) into
     /// `students` through `rule`, every row listed; `extra` flags appended.
     pub fn import_roster(&self, name: &str, rule: &str, body: &str, extra: &[&str]) -> Output {
