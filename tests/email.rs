@@ -250,3 +250,39 @@ fn an_smtp_server_with_an_untrusted_certificate_gets_no_mail() {
     }
     assert_eq!(smtp.messages().len(), 1);
 }
+
+/// TLS from the first byte (SMTPS, `tls = "tls"`): refused while the
+/// server's self-signed certificate is not pinned, delivered once it is.
+#[test]
+fn smtps_delivers_only_to_a_pinned_certificate() {
+    let port = free_port();
+    let smtp = Smtp::start_smtps(port);
+    let sb = Sb::new();
+    let config = |pin: &str| {
+        format!(
+            "[email]\nsmtp_host = \"localhost\"\nsmtp_port = {port}\ntls = \"tls\"\nfrom = \"Schoolbell <bell@district.test>\"\nretry_base_secs = 0\nallowed_domains = [\"district.test\"]\n{pin}"
+        )
+    };
+    sb.file("data/schoolbell.toml", config(""));
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
+    load(&sb, [7, 1, 1]);
+    add_attendance_task(&sb, "counselor@district.test");
+    run(&sb);
+    let out = sb.ok(&["notify", "send"]);
+    assert!(out.starts_with("0 sent, 1 to retry"), "{out}");
+    assert!(smtp.messages().is_empty());
+    sb.file(
+        "data/schoolbell.toml",
+        config(&format!("tls_certificate = {:?}\n", smtp.certificate().display().to_string())),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = sb.ok(&["notify", "send"]);
+        if out.starts_with("1 sent") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the email never went out: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(smtp.messages().len(), 1);
+}

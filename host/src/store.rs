@@ -200,6 +200,11 @@ impl std::fmt::Display for Drift {
     }
 }
 
+/// An outbox entry after a delivery attempt: its id, its new state, the
+/// time it was due, and when it is due next (`None`: sent, or failed for
+/// good).
+pub type OutboxUpdate = (u64, OutboxEntry, DateTime<Utc>, Option<DateTime<Utc>>);
+
 /// Records in collections, each keyed by one field and indexed by others.
 pub trait RecordStore {
     /// Defines a collection, or changes its indexes (rebuilding them).
@@ -363,7 +368,12 @@ pub trait OutboxStore {
         entry: &OutboxEntry,
         was_due: DateTime<Utc>,
         due: Option<DateTime<Utc>>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.update_outbox_batch(&[(id, entry.clone(), was_due, due)])
+    }
+    /// Saves several entries' new states, each with its due entry moved
+    /// atomically (`None`: no longer due), durably with one flush.
+    fn update_outbox_batch(&self, updates: &[OutboxUpdate]) -> Result<()>;
     /// Drops an entry that is no longer due (sent or failed).
     fn remove_outbox(&self, id: u64) -> Result<()>;
 }

@@ -467,6 +467,16 @@ impl Smtp {
         Smtp::spawn(port, dir, &["--tlscert", &cert, "--tlskey", &key])
     }
 
+    /// Starts the server on `port` speaking TLS from the first byte
+    /// (SMTPS), under a self-signed certificate for `localhost`.
+    pub fn start_smtps(port: u16) -> Smtp {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        self_signed(d);
+        let (cert, key) = (d.join("cert.pem").display().to_string(), d.join("key.pem").display().to_string());
+        Smtp::spawn(port, dir, &["--smtpscert", &cert, "--smtpskey", &key])
+    }
+
     pub fn certificate(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
     }

@@ -221,14 +221,8 @@ impl OutboxStore for Store {
     fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
         Store::outbox(self, after, limit)
     }
-    fn update_outbox(
-        &self,
-        id: u64,
-        entry: &OutboxEntry,
-        was_due: DateTime<Utc>,
-        due: Option<DateTime<Utc>>,
-    ) -> Result<()> {
-        Store::update_outbox(self, id, entry, was_due, due)
+    fn update_outbox_batch(&self, updates: &[crate::store::OutboxUpdate]) -> Result<()> {
+        Store::update_outbox_batch(self, updates)
     }
     fn remove_outbox(&self, id: u64) -> Result<()> {
         self.outbox.remove(id.to_be_bytes()).map_err(io("outbox"))?;

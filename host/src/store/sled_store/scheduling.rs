@@ -398,24 +398,23 @@ impl Store {
             .collect()
     }
 
-    /// Saves an outbox entry after a delivery attempt, moving it in the due
+    /// Saves outbox entries after delivery attempts, each moved in the due
     /// index (`None`: no longer due, as when it is sent or has failed for
-    /// good), atomically, and flushes: a sent entry must stay sent across a
-    /// crash so it is never sent twice.
-    pub(in crate::store) fn update_outbox<O: Serialize>(
-        &self,
-        oid: u64,
-        entry: &O,
-        was_due: DateTime<Utc>,
-        due: Option<DateTime<Utc>>,
-    ) -> Result<()> {
-        let entry = encode(entry);
+    /// good) atomically with its entry, then flushes once: a sent entry must
+    /// stay sent across a crash so it is never sent twice, and the mailer
+    /// reports none before this returns.
+    pub(in crate::store) fn update_outbox_batch(&self, updates: &[crate::store::OutboxUpdate]) -> Result<()> {
+        let encoded: Vec<Vec<u8>> = updates.iter().map(|(_, entry, _, _)| encode(entry)).collect();
+        // One transaction for the batch: a transaction per entry cost more
+        // than sending the email.
         (&self.outbox, &self.outbox_due)
             .transaction(|(out, index)| {
-                out.insert(&oid.to_be_bytes(), entry.as_slice())?;
-                index.remove(outbox_due_key(was_due, oid))?;
-                if let Some(d) = due {
-                    index.insert(outbox_due_key(d, oid), &[])?;
+                for ((oid, _, was_due, due), entry) in updates.iter().zip(&encoded) {
+                    out.insert(&oid.to_be_bytes(), entry.as_slice())?;
+                    index.remove(outbox_due_key(*was_due, *oid))?;
+                    if let Some(d) = due {
+                        index.insert(outbox_due_key(*d, *oid), &[])?;
+                    }
                 }
                 Ok(())
             })
