@@ -20,6 +20,9 @@ use schoolbell::store::{CollectionSpec, Finish, Store};
 const RECORDS: usize = 1_000_000;
 const EMAILS: u64 = 20_000;
 
+/// Starts an SMTP server on a port.
+type Starter = fn(u16) -> std::process::Command;
+
 fn attendance(i: usize) -> Record {
     let text = |s: &str| Value::Text(s.to_string());
     Record::from([
@@ -53,7 +56,7 @@ fn main() {
     // Emails/s to real SMTP servers on loopback that accept and discard:
     // Postfix's smtp-sink and aiosmtpd, each beside a plain client's
     // ceiling on the same server.
-    let servers: [(&str, fn(u16) -> std::process::Command); 2] = [
+    let servers: [(&str, Starter); 2] = [
         ("smtp-sink", |port| {
             let mut c = std::process::Command::new("/usr/sbin/smtp-sink");
             // As root it must be told whose privileges to drop to.
