@@ -34,8 +34,7 @@ fn setup(port: u16) -> Sb {
 }
 
 fn load(sb: &Sb, absences: [i64; 3]) {
-    let file = sb.file("attendance.json", attendance(absences));
-    sb.ok(&["records", "load", "attendance", s(&file), "--key", "student-id"]);
+    sb.load_attendance(&attendance(absences));
 }
 
 /// The attendance notifier, daily, as `user`, with `extra` flags.

@@ -69,11 +69,7 @@ fn count(v: &Value) -> Value {
 fn the_cli_and_the_api_give_every_role_the_same_answers() {
     let sb = Sb::with_own_rules();
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
-    let attendance = sb.file(
-        "attendance.json",
-        r#"[{"student-id": "S1", "first-name": "Ann", "last-name": "Ng", "absences": 7, "division": "Upper", "campus": "North", "department": "Math", "level": "10"}]"#,
-    );
-    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
+    sb.load_attendance(support::ONE_ATTENDANCE);
     let users = [("sam", vec![]), ("pat", vec!["autopilot"]), ("ann", vec!["authorize"]), ("olga", vec![])];
     for (name, permissions) in &users {
         let mut args = vec!["user", "add", name, "--role", "staff", "--email", "x@district.test"];

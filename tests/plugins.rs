@@ -152,8 +152,7 @@ fn a_roster_maps_into_records_and_the_notifier_reads_them_through_the_rule() {
         ])
     );
 
-    let attendance = sb.file("attendance.json", ATTENDANCE);
-    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
+    sb.load_attendance(ATTENDANCE);
     let run = |params: &[&str]| -> serde_json::Value {
         let mut args = vec!["notify", "run", "notifier-attendance", "--json"];
         for p in params {
@@ -192,8 +191,7 @@ fn a_missing_required_column_fails_the_whole_file_and_stores_nothing() {
 fn a_notifier_reads_nothing_until_an_admin_grants_it() {
     let sb = Sb::new();
     sb.ok(&["plugin", "install", s(&plugin("notifier-attendance"))]);
-    let attendance = sb.file("attendance.json", ATTENDANCE);
-    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
+    sb.load_attendance(ATTENDANCE);
     let err = sb.fails(&["notify", "run", "notifier-attendance"]);
     assert!(
         one_error_line(&err).contains(
@@ -208,8 +206,7 @@ fn a_plugin_built_against_the_older_wit_still_loads_and_runs() {
     let sb = Sb::new();
     let out = sb.ok(&["plugin", "install", "--grant-all", s(&plugin("test-legacy-notifier"))]);
     assert!(out.contains("(notifier, WIT 0.1.0): installed"), "{out}");
-    let attendance = sb.file("attendance.json", ATTENDANCE);
-    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
+    sb.load_attendance(ATTENDANCE);
     let out = sb.ok(&["notify", "run", "test-legacy-notifier"]);
     assert!(out.contains("legacy plugin saw 3 records"), "{out}");
 }
@@ -247,8 +244,7 @@ fn components_from_the_registry_only_toolchain_import_no_wasi_and_run() {
     let roster = sb.file("roster.csv", ROSTER);
     let out = import_students(&sb, &roster, FOUR_COLUMNS);
     assert!(out.contains("1 error, 3 new (3 records written to `students`)"), "{out}");
-    let attendance = sb.file("attendance.json", ATTENDANCE);
-    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
+    sb.load_attendance(ATTENDANCE);
     let out = sb.ok(&["notify", "run", "notifier-attendance"]);
     assert!(out.starts_with("notifier-attendance: 2 notifications"), "{out}");
 }

@@ -9,18 +9,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::{Api, Sb, plugin, s};
 
-const ATTENDANCE: &str = r#"[
-  {"student-id": "S1", "first-name": "Ann", "last-name": "Ng", "absences": 7, "division": "Upper", "campus": "North", "department": "Math", "level": "10"}
-]"#;
-
 fn setup() -> (Sb, String, String, String) {
     setup_in(Sb::new())
 }
 
 fn setup_in(sb: Sb) -> (Sb, String, String, String) {
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance")), s(&plugin("test-hostile"))]);
-    let attendance = sb.file("attendance.json", ATTENDANCE);
-    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
+    sb.load_attendance(support::ONE_ATTENDANCE);
     sb.ok(&["user", "add", "sam", "--role", "staff"]);
     sb.ok(&["user", "add", "pat", "--role", "staff", "--permission", "autopilot"]);
     let token = |u: &str| sb.ok(&["user", "token", u]).trim().to_string();
@@ -429,11 +424,7 @@ fn the_console_and_the_api_live_under_the_base_path_behind_a_proxy() {
 fn a_run_submitted_for_later_waits_in_the_batch_queue_until_its_time() {
     let sb = Sb::new();
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
-    let attendance = sb.file(
-        "attendance.json",
-        r#"[{"student-id": "S1", "first-name": "Ann", "last-name": "Ng", "absences": 7, "division": "Upper", "campus": "North", "department": "Math", "level": "10"}]"#,
-    );
-    sb.ok(&["records", "load", "attendance", s(&attendance), "--key", "student-id"]);
+    sb.load_attendance(support::ONE_ATTENDANCE);
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
     sb.ok(&["user", "add", "pri", "--role", "staff", "--email", "pri@district.test", "--permission", "set-priority"]);
     for (task, owner) in [("later", "sam"), ("urgent", "pri")] {

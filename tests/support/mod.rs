@@ -16,6 +16,11 @@ pub const FOUR_COLUMNS: &str =
 /// and SSN, the ID and the last three optional.
 pub const SEVEN_COLUMNS: &str = "columns=student-id=Student ID?; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date; gender=Gender?; grade=Grade:integer?; ssn=SSN?";
 
+/// One student's attendance record, as `records load` takes it.
+pub const ONE_ATTENDANCE: &str = r#"[
+  {"student-id": "S1", "first-name": "Ann", "last-name": "Ng", "absences": 7, "division": "Upper", "campus": "North", "department": "Math", "level": "10"}
+]"#;
+
 /// The header of such a roster.
 pub const SEVEN_HEADER: &str = "Student ID,Last Name,First Name,Birth Date,Gender,Grade,SSN\n";
 
@@ -31,6 +36,12 @@ impl Sb {
         );
         self.ok(&["source", "add-folder", name, "--folder", "batch"]);
         batch
+    }
+
+    /// Loads `json` (a list of records) into `attendance`, keyed by student ID.
+    pub fn load_attendance(&self, json: &str) {
+        let file = self.file("attendance.json", json);
+        self.ok(&["records", "load", "attendance", s(&file), "--key", "student-id"]);
     }
 
     /// An import task `name` with the roster mapping over the four-column
