@@ -303,10 +303,9 @@ impl App {
                         // Every ready file is imported now, as the schedule
                         // meant, each by a run of its own: a scheduled run
                         // waits for this one to end, so they go one after
-                        // another.
-                        // This file is committed whatever happens here: a
-                        // run that cannot be queued leaves the rest to the
-                        // next fire, and says so.
+                        // another. This file is committed whatever happens
+                        // here: if no run can be queued, the rest wait for
+                        // the next fire, and the message says so.
                         let queued = self.new_run(task, &task.owner, Trigger::Schedule, None).and_then(|next| {
                             self.enqueue(task, &next, task.priority(), None)?;
                             Ok(next.id)

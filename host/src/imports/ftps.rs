@@ -17,7 +17,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use suppaftp::{FtpError, RustlsConnector, RustlsFtpStream, Status};
 
 use super::Error;
-use super::remote::{IO_TIMEOUT, Remote, reach, resolve};
+use super::remote::{IO_TIMEOUT, Remote, reach};
 
 /// Where an FTPS source points, as the account owner defined it.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,9 +207,11 @@ impl Conn {
         };
         let mut ftp = if server.implicit {
             // The library connects itself for implicit TLS; reaching the
-            // server first says which of DNS and TCP failed, if one did.
-            drop(reach(&shown, &server.source, &server.host, server.port)?);
-            let addr = resolve(&shown, &server.source, &server.host, server.port)?;
+            // server first says which of DNS and TCP failed, if one did,
+            // and names the address it then connects to.
+            let addr = reach(&shown, &server.source, &server.host, server.port)?
+                .peer_addr()
+                .map_err(|e| Error::Remote(format!("{shown}: the connection dropped at once: {e}")))?;
             RustlsFtpStream::connect_secure_implicit(addr, connector, &server.host).map_err(tls_failure)?
         } else {
             let tcp = reach(&shown, &server.source, &server.host, server.port)?;

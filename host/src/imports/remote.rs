@@ -75,7 +75,7 @@ pub(super) fn reach(shown: &str, source: &str, host: &str, port: u16) -> Result<
 }
 
 /// The first address of `host`.
-pub(super) fn resolve(shown: &str, source: &str, host: &str, port: u16) -> Result<SocketAddr, Error> {
+fn resolve(shown: &str, source: &str, host: &str, port: u16) -> Result<SocketAddr, Error> {
     let unknown = |e: &dyn std::fmt::Display| {
         tracing::warn!(source, error = %e, "A source's host name did not resolve.");
         Error::Remote(format!("{shown}: cannot resolve the host name `{host}` (DNS): check its spelling"))
@@ -96,7 +96,8 @@ pub(super) fn pickup(conn: &mut dyn Remote, prefix: &str, settle: Duration, acce
     let after: BTreeMap<String, u64> = conn.list(prefix)?.into_iter().collect();
     let mut picked = Picked::default();
     for (name, size) in before {
-        let shown = conn.in_place(&name).map(|p| p.display().to_string()).unwrap_or_else(|| conn.shown_file(&name));
+        let in_place = conn.in_place(&name);
+        let shown = in_place.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| conn.shown_file(&name));
         if after.get(&name) != Some(&size) {
             picked.notes.push(format!("{shown} is still being written; it is left for the next run"));
             continue;
@@ -106,7 +107,7 @@ pub(super) fn pickup(conn: &mut dyn Remote, prefix: &str, settle: Duration, acce
             continue;
         }
         access.check_size(&shown, size)?;
-        if let Some(path) = conn.in_place(&name) {
+        if let Some(path) = in_place {
             let (hash, size) = super::hash_file(&path).map_err(|source| Error::Open { path: shown.clone(), source })?;
             picked.file = Some(PickedFile { path: shown, hash, size, remote: None });
             continue;

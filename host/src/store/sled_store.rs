@@ -117,9 +117,6 @@ impl Store {
             }
         };
         let tree = |name: &'static str| db.open_tree(name).map_err(io(name));
-        // Rows kept one key per line before they were kept in chunks; no
-        // release wrote them, so what a build in between left is dropped.
-        db.drop_tree("run_message_rows").map_err(io("run_message_rows"))?;
         let store = Store {
             meta: tree("meta")?,
             collections: Typed::new("collections", tree("collections")?),
