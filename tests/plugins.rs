@@ -45,7 +45,7 @@ fn install_is_idempotent_and_the_registry_shows_what_was_installed() {
     let sb = Sb::new();
     let attendance = plugin("notifier-attendance");
     let out = sb.ok(&["plugin", "install", s(&attendance)]);
-    assert_eq!(out.trim(), "notifier-attendance 0.1.0 (notifier, WIT 0.1.2): installed");
+    assert_eq!(out.trim(), "notifier-attendance 0.1.0 (notifier, WIT 0.1.3): installed");
     let out = sb.ok(&["plugin", "install", s(&attendance)]);
     assert!(out.contains("already installed (same bytes); nothing changed"), "{out}");
 
@@ -107,7 +107,7 @@ fn bad_files_are_refused_with_one_line_that_says_what_is_wrong() {
     let err = sb.fails(&["plugin", "install", s(&future)]);
     assert!(
         one_error_line(&err).contains(
-            "future.wasm: built for schoolbell:plugin@0.2.0, but this host loads schoolbell:plugin@0.1.0 to 0.1.2"
+            "future.wasm: built for schoolbell:plugin@0.2.0, but this host loads schoolbell:plugin@0.1.0 to 0.1.3"
         ),
         "{err}"
     );
@@ -458,7 +458,7 @@ fn a_scaffolded_notifier_builds_installs_and_runs() {
     assert!(status.success(), "the scaffold builds with xtask/build-plugins");
     let wasm = out_dir.join("late-bus.wasm");
     let out = sb.ok(&["plugin", "install", s(&wasm)]);
-    assert!(out.contains("late-bus 0.1.0 (notifier, WIT 0.1.2): installed"), "{out}");
+    assert!(out.contains("late-bus 0.1.0 (notifier, WIT 0.1.3): installed"), "{out}");
     sb.ok(&["plugin", "grant", "late-bus", "read:students"]);
     let students = sb.file("students.json", r#"[{"student-id": "S1"}, {"student-id": "S2"}]"#);
     sb.ok(&["records", "load", "students", s(&students), "--key", "student-id"]);

@@ -131,8 +131,8 @@ impl Value {
     }
 }
 
-/// The store's exact form of a value.
-#[derive(Serialize, Deserialize)]
+/// The store's exact form of a value, owned (see [`ValueRef`]).
+#[derive(Deserialize)]
 enum Stored {
     Null,
     Bool(bool),
@@ -147,16 +147,49 @@ impl Serialize for Value {
         if s.is_human_readable() {
             return self.to_json().serialize(s);
         }
-        match self.clone() {
-            Value::Null => Stored::Null,
-            Value::Bool(b) => Stored::Bool(b),
-            Value::Int(n) => Stored::Int(n),
-            Value::Float(x) => Stored::Float(x),
-            Value::Text(t) => Stored::Text(t),
-            Value::Date(d) => Stored::Date(d),
-        }
-        .serialize(s)
+        self.as_ref().serialize(s)
     }
+}
+
+/// A value as the store holds it, read in place: text borrowed from the
+/// stored bytes rather than copied. Its variants are [`Stored`]'s, in
+/// order, so both read and write the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum ValueRef<'a> {
+    /// No value.
+    Null,
+    /// True or false.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// A number with a fraction.
+    Float(f64),
+    /// Text.
+    Text(&'a str),
+    /// A calendar date.
+    Date(Date),
+}
+
+impl Value {
+    /// The value, borrowed.
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Bool(b) => ValueRef::Bool(*b),
+            Value::Int(n) => ValueRef::Int(*n),
+            Value::Float(x) => ValueRef::Float(*x),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Date(d) => ValueRef::Date(*d),
+        }
+    }
+}
+
+/// A record's fields, borrowed: what a rule reads.
+pub type Fields<'a> = Vec<(&'a str, ValueRef<'a>)>;
+
+/// A record's fields, borrowed from it.
+pub fn fields(record: &Record) -> Fields<'_> {
+    record.iter().map(|(k, v)| (k.as_str(), v.as_ref())).collect()
 }
 
 impl<'de> Deserialize<'de> for Value {

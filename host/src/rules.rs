@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 
-use crate::records::{Record, Value};
+use crate::records::{Record, ValueRef};
 
 /// Errors from loading or evaluating rules. Each names the rule's file.
 #[derive(Debug, thiserror::Error)]
@@ -184,8 +184,67 @@ pub struct Rule {
     /// is refused if the rule changed since.
     pub hash: String,
     ast: AST,
+    /// Its source, compiled again for each thread that runs it (see
+    /// [`Selector::pass`]).
+    source: String,
     /// Names the rule mentions, to explain decisions.
     mentions: Vec<String>,
+    /// The variables it may read: each mention's root (`params` for
+    /// `params.threshold`).
+    roots: std::collections::HashSet<String>,
+    /// Its first condition, when that compares a field for equality.
+    first_equality: Option<(String, Operand)>,
+}
+
+/// What a rule's first condition compares a field with.
+#[derive(Debug, Clone, PartialEq)]
+enum Operand {
+    /// A text constant: `campus == "North"`.
+    Text(String),
+    /// A parameter: `campus == params.campus`.
+    Param(String),
+}
+
+/// The rule's first condition, when the rule is one expression whose first
+/// `&&` operand (or the whole of it) is `field == "text"` or
+/// `field == params.name`, either way round. A record whose field differs
+/// cannot qualify, so an index on the field may pick the candidates.
+fn first_equality(ast: &AST) -> Option<(String, Operand)> {
+    use rhai::{Expr, Stmt};
+    // A lone comparison is a call statement; anything else an expression.
+    let call = match ast.statements() {
+        [Stmt::FnCall(call, _)] => call,
+        [Stmt::Expr(expr)] => match expr.as_ref() {
+            Expr::And(operands, _) => match operands.first()? {
+                Expr::FnCall(call, _) => call,
+                _ => return None,
+            },
+            Expr::FnCall(call, _) => call,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let [left, right] = call.args.as_slice() else {
+        return None;
+    };
+    if call.name != "==" || call.op_token.is_none() {
+        return None;
+    }
+    let field = |e: &Expr| match e {
+        Expr::Variable(name, ..) if name.1 != "params" && name.1 != "record" => Some(name.1.to_string()),
+        _ => None,
+    };
+    let operand = |e: &Expr| match e {
+        Expr::StringConstant(text, _) => Some(Operand::Text(text.to_string())),
+        Expr::Dot(dot, ..) => match (&dot.lhs, &dot.rhs) {
+            (Expr::Variable(root, ..), Expr::Property(property, _)) if root.1 == "params" => {
+                Some(Operand::Param(property.2.to_string()))
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    field(left).zip(operand(right)).or_else(|| field(right).zip(operand(left)))
 }
 
 impl Rule {
@@ -277,7 +336,19 @@ impl RuleSet {
         })?;
         use sha2::Digest;
         let hash = hex::encode(sha2::Sha256::digest(source.as_bytes()));
-        Ok(Rule { name: name.into(), file: file.into(), hash, ast, mentions: mentions(source) })
+        let mentions = mentions(source);
+        let roots = mentions.iter().map(|m| m.split('.').next().unwrap_or(m).to_string()).collect();
+        let first_equality = first_equality(&ast);
+        Ok(Rule {
+            name: name.into(),
+            file: file.into(),
+            hash,
+            ast,
+            source: source.into(),
+            mentions,
+            roots,
+            first_equality,
+        })
     }
 
     fn insert(&self, rule: Rule) -> Arc<Rule> {
@@ -342,26 +413,214 @@ impl RuleSet {
         Ok(self.insert(rule))
     }
 
-    /// Evaluates `rule` on `record` with the task's `params`.
-    pub fn eval(&self, rule: &Rule, record: &Record, params: &Record) -> Result<Decision, Error> {
-        let mut scope = Scope::new();
-        let mut record_map = Map::new();
-        for (k, v) in record {
-            let name = k.replace('-', "_");
-            scope.push_dynamic(name.clone(), dynamic(v));
-            record_map.insert(name.into(), dynamic(v));
-        }
-        let params_map: Map = params.iter().map(|(k, v)| (k.replace('-', "_").into(), dynamic(v))).collect();
-        scope.push_constant("record", record_map);
-        scope.push_constant("params", params_map);
+    /// Evaluates `rule` on `record` with the task's `params`, explaining
+    /// the decision whichever way it went. To decide many records, bind the
+    /// rule once with [`RuleSet::selector`].
+    pub fn eval(&self, rule: &Arc<Rule>, record: &Record, params: &Record) -> Result<Decision, Error> {
+        let selector = self.selector(rule.clone(), params);
+        selector.decide(&mut selector.pass(), &crate::records::fields(record), true)
+    }
 
-        DEADLINE.set(Some(Instant::now() + Duration::from_millis(self.limits.timeout_ms)));
-        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &rule.ast);
+    /// Binds `rule` to one run's `params`: the parameters are converted
+    /// once, and each record then costs only the fields the rule names.
+    pub fn selector(&self, rule: Arc<Rule>, params: &Record) -> Selector {
+        let params = params.iter().map(|(k, v)| (k.replace('-', "_").into(), dynamic(v.as_ref()))).collect();
+        let wants_record = rule.roots.contains("record");
+        Selector {
+            engine: self.engine.clone(),
+            timeout: Duration::from_millis(self.limits.timeout_ms),
+            rule,
+            params,
+            wants_record,
+            idle: Default::default(),
+        }
+    }
+}
+
+/// A rule bound to one run's parameters (see [`RuleSet::selector`]).
+///
+/// Each record is handed to rhai as variables for only the fields the rule
+/// names, in a scope that is rewound and reused rather than built anew,
+/// and the `record` map is built only for rules that use it. Decisions are
+/// the same as evaluating the rule with every field in scope.
+pub struct Selector {
+    engine: Arc<Engine>,
+    timeout: Duration,
+    rule: Arc<Rule>,
+    /// The parameters, as the rule sees them (`params.threshold`).
+    params: Map,
+    /// Whether the rule mentions `record`, the map of every field.
+    wants_record: bool,
+    /// Passes no thread is using, kept for the next chunk of records.
+    idle: std::sync::Mutex<Vec<Pass>>,
+}
+
+/// A [`Pass`] lent to one thread, returned to its selector when dropped.
+pub struct Lent<'s> {
+    selector: &'s Selector,
+    pass: Option<Pass>,
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = Pass;
+    fn deref(&self) -> &Pass {
+        self.pass.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lent<'_> {
+    fn deref_mut(&mut self) -> &mut Pass {
+        self.pass.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(pass) = self.pass.take() {
+            self.selector.idle.lock().unwrap_or_else(|e| e.into_inner()).push(pass);
+        }
+    }
+}
+
+/// One thread's reusable state for a [`Selector`]: the scope holding the
+/// parameters, and which of the collection's field names the rule wants
+/// (records of one collection mostly share their fields, so this is
+/// worked out once per name, not per record).
+pub struct Pass {
+    ast: AST,
+    scope: Scope<'static>,
+    base: usize,
+    fields: Vec<(String, Option<rhai::Identifier>)>,
+}
+
+impl Selector {
+    /// The rule it runs.
+    pub fn rule(&self) -> &Arc<Rule> {
+        &self.rule
+    }
+
+    /// A fresh per-thread state.
+    ///
+    /// The thread gets its own copy of the compiled rule and of the
+    /// parameters: rhai shares a script's constants and functions by
+    /// reference count, and two cores bumping one count per record spend
+    /// more time passing its cache line back and forth than evaluating.
+    pub fn pass(&self) -> Pass {
+        // It compiled once, so it compiles again; the shared copy is the fallback.
+        let ast = self.engine.compile(&self.rule.source).unwrap_or_else(|_| self.rule.ast.clone());
+        let params: Map = self.params.iter().map(|(k, v)| (k.clone(), deep_copy(v))).collect();
+        let mut scope = Scope::new();
+        scope.push_constant("params", params);
+        let base = scope.len();
+        Pass { ast, scope, base, fields: Vec::new() }
+    }
+
+    /// A pass for one thread, reused from an earlier chunk when one is idle:
+    /// a pass costs a compile.
+    pub fn lend(&self) -> Lent<'_> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        Lent { selector: self, pass: Some(idle.unwrap_or_else(|| self.pass())) }
+    }
+
+    /// Decides one record. The reason is worked out for a match, and for
+    /// a miss only when `explain_misses` (the workbench shows both).
+    pub fn decide(
+        &self,
+        pass: &mut Pass,
+        record: &[(&str, ValueRef)],
+        explain_misses: bool,
+    ) -> Result<Decision, Error> {
+        let Pass { ast, scope, base, fields } = pass;
+        scope.rewind(*base);
+        for (i, (name, value)) in record.iter().enumerate() {
+            if fields.get(i).is_none_or(|(known, _)| known != name) {
+                let var = self.variable(name);
+                match fields.get_mut(i) {
+                    Some(slot) => *slot = (name.to_string(), var),
+                    None => fields.push((name.to_string(), var)),
+                }
+            }
+            if let Some(var) = &fields[i].1 {
+                scope.push_dynamic(var.clone(), dynamic(*value));
+            }
+        }
+        if self.wants_record {
+            let map: Map = record.iter().map(|(k, v)| (k.replace('-', "_").into(), dynamic(*v))).collect();
+            scope.push_constant("record", map);
+        }
+        DEADLINE.set(Some(Instant::now() + self.timeout));
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(scope, ast);
         DEADLINE.set(None);
-        let value = result.map_err(|e| runtime_error(&rule.file, *e))?;
+        let value = result.map_err(|e| runtime_error(&self.rule.file, *e))?;
         let matched =
-            value.as_bool().map_err(|found| Error::NotBool { file: rule.file.clone(), found: found.into() })?;
-        Ok(Decision { matched, reason: explain(rule, &scope) })
+            value.as_bool().map_err(|found| Error::NotBool { file: self.rule.file.clone(), found: found.into() })?;
+        let reason = if matched || explain_misses { self.explain(scope) } else { String::new() };
+        Ok(Decision { matched, reason })
+    }
+
+    /// The records among `records` that qualify, with their reasons, in
+    /// order, decided across every core. The first failure fails them all,
+    /// as a rule that breaks on one record breaks its run.
+    pub fn select<'r>(&self, records: &'r [Record]) -> Result<Vec<(&'r Record, String)>, Error> {
+        use rayon::prelude::*;
+        records
+            .par_iter()
+            .with_min_len(4096)
+            .map_init(
+                || self.lend(),
+                |pass, record| {
+                    let decision = self.decide(pass, &crate::records::fields(record), false)?;
+                    Ok(decision.matched.then_some((record, decision.reason)))
+                },
+            )
+            .filter_map(|r: Result<Option<(&Record, String)>, Error>| r.transpose())
+            .collect()
+    }
+
+    /// The field and text a record must equal to qualify, when the rule's
+    /// first condition says so (`campus == "North"`, or
+    /// `campus == params.campus` with a text parameter). The field is named
+    /// as the rule names it (underscores for dashes). None when the rule
+    /// says nothing that simple, or the text is blank (records with a blank
+    /// field have no index entry).
+    pub fn required_equal(&self) -> Option<(&str, String)> {
+        let (field, operand) = self.rule.first_equality.as_ref()?;
+        let text = match operand {
+            Operand::Text(text) => text.clone(),
+            Operand::Param(name) => self.params.get(name.as_str())?.read_lock::<rhai::ImmutableString>()?.to_string(),
+        };
+        (!text.trim().is_empty()).then_some((field.as_str(), text))
+    }
+
+    /// The scope variable for a record field, if the rule names it: dashes
+    /// become underscores, and `params` and `record` cannot be shadowed.
+    fn variable(&self, field: &str) -> Option<rhai::Identifier> {
+        let name = field.replace('-', "_");
+        (name != "params" && name != "record" && self.rule.roots.contains(&name)).then(|| name.into())
+    }
+
+    fn explain(&self, scope: &Scope) -> String {
+        let mut parts = Vec::new();
+        for name in &self.rule.mentions {
+            let value = match name.split_once('.') {
+                Some(("params", field)) => self.params.get(field).cloned(),
+                Some(("record", field)) => {
+                    scope.get("record").and_then(|r| r.read_lock::<Map>().and_then(|m| m.get(field).cloned()))
+                }
+                Some(_) => None,
+                None => scope.get_value::<Dynamic>(name).filter(|v| !v.is_map()),
+            };
+            let Some(value) = value else {
+                continue;
+            };
+            // An empty text parameter is an unset filter: it decided nothing.
+            if name.contains('.') && value.is_string() && value.to_string().is_empty() {
+                continue;
+            }
+            let shown = if value.is_string() { format!("{:?}", value.to_string()) } else { value.to_string() };
+            parts.push(format!("{name}={shown}"));
+        }
+        parts.join(", ")
     }
 }
 
@@ -416,15 +675,23 @@ fn runtime_error(file: &str, e: EvalAltResult) -> Error {
     Error::Runtime { file: file.into(), line, column, message: e.unwrap_inner().to_string() }
 }
 
-fn dynamic(v: &Value) -> Dynamic {
+/// A copy of a parameter that shares no reference count with the original.
+fn deep_copy(v: &Dynamic) -> Dynamic {
+    match v.read_lock::<rhai::ImmutableString>() {
+        Some(text) => rhai::ImmutableString::from(text.as_str()).into(),
+        None => v.clone(),
+    }
+}
+
+fn dynamic(v: ValueRef) -> Dynamic {
     match v {
-        Value::Null => Dynamic::UNIT,
-        Value::Bool(b) => (*b).into(),
-        Value::Int(n) => (*n).into(),
-        Value::Float(x) => (*x).into(),
-        Value::Text(s) => s.clone().into(),
+        ValueRef::Null => Dynamic::UNIT,
+        ValueRef::Bool(b) => b.into(),
+        ValueRef::Int(n) => n.into(),
+        ValueRef::Float(x) => x.into(),
+        ValueRef::Text(s) => rhai::ImmutableString::from(s).into(),
         // ISO dates compare correctly as text.
-        Value::Date(d) => d.to_string().into(),
+        ValueRef::Date(d) => d.to_string().into(),
     }
 }
 
@@ -463,37 +730,10 @@ fn mentions(source: &str) -> Vec<String> {
     out
 }
 
-fn explain(rule: &Rule, scope: &Scope) -> String {
-    let mut parts = Vec::new();
-    for name in &rule.mentions {
-        let (root, field) = match name.split_once('.') {
-            Some((root, field)) => (root, Some(field)),
-            None => (name.as_str(), None),
-        };
-        let Some(value) = scope.get_value::<Dynamic>(root) else {
-            continue;
-        };
-        let value = match field {
-            Some(field) => match value.try_cast::<Map>().and_then(|m| m.get(field).cloned()) {
-                Some(v) => v,
-                None => continue,
-            },
-            None if value.is_map() => continue,
-            None => value,
-        };
-        // An empty text parameter is an unset filter: it decided nothing.
-        if field.is_some() && value.is_string() && value.to_string().is_empty() {
-            continue;
-        }
-        let shown = if value.is_string() { format!("{:?}", value.to_string()) } else { value.to_string() };
-        parts.push(format!("{name}={shown}"));
-    }
-    parts.join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::Value;
 
     fn set() -> RuleSet {
         RuleSet::new(Path::new("rules"), RuleLimits::default())
@@ -506,7 +746,7 @@ mod tests {
     #[test]
     fn a_rule_decides_and_explains_with_the_values_it_read() {
         let s = set();
-        let rule = s.compile("t", "t.rhai", "absences >= params.threshold && campus == \"North\"").unwrap();
+        let rule = Arc::new(s.compile("t", "t.rhai", "absences >= params.threshold && campus == \"North\"").unwrap());
         let d = s
             .eval(
                 &rule,
@@ -519,6 +759,26 @@ mod tests {
     }
 
     #[test]
+    fn a_first_equality_with_a_constant_or_a_text_parameter_can_narrow() {
+        let s = set();
+        let required = |source: &str, params: &[(&str, Value)]| {
+            let rule = Arc::new(s.compile("t", "t.rhai", source).unwrap());
+            s.selector(rule, &rec(params)).required_equal().map(|(f, t)| (f.to_string(), t))
+        };
+        let north = Some(("campus".to_string(), "North".to_string()));
+        assert_eq!(required("campus == \"North\" && absences > 3", &[]), north);
+        assert_eq!(required("\"North\" == campus", &[]), north);
+        let param = [("campus", Value::Text("North".into()))];
+        assert_eq!(required("campus == params.campus && absences > 3", &param), north);
+        assert_eq!(required("campus == params.campus", &[("campus", Value::Text(" ".into()))]), None, "blank");
+        assert_eq!(required("campus == params.campus", &[("campus", Value::Int(3))]), None, "not text");
+        assert_eq!(required("absences > 3 && campus == \"North\"", &[]), None, "not first");
+        assert_eq!(required("campus == \"North\" || absences > 3", &[]), None, "an or");
+        assert_eq!(required("let x = 1; campus == \"North\"", &[]), None, "more than one statement");
+        assert_eq!(required("params == \"North\"", &[]), None);
+    }
+
+    #[test]
     fn a_syntax_error_names_the_file_line_and_column() {
         let err = set().compile("t", "rules/t.rhai", "let x = 1;\nx >= ").unwrap_err();
         let msg = err.to_string();
@@ -528,7 +788,7 @@ mod tests {
     #[test]
     fn an_endless_loop_stops_at_the_operation_limit() {
         let s = set();
-        let rule = s.compile("t", "t.rhai", "loop { }").unwrap();
+        let rule = Arc::new(s.compile("t", "t.rhai", "loop { }").unwrap());
         let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
         assert!(matches!(err, Error::Limit { .. }), "{err}");
     }
@@ -536,7 +796,7 @@ mod tests {
     #[test]
     fn a_huge_string_stops_at_the_size_limit() {
         let s = set();
-        let rule = s.compile("t", "t.rhai", "let s = \"x\"; loop { s += s; }").unwrap();
+        let rule = Arc::new(s.compile("t", "t.rhai", "let s = \"x\"; loop { s += s; }").unwrap());
         let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
         assert!(matches!(err, Error::Limit { .. }), "{err}");
     }
@@ -544,7 +804,7 @@ mod tests {
     #[test]
     fn deep_recursion_stops_at_the_call_limit() {
         let s = set();
-        let rule = s.compile("t", "t.rhai", "fn f(n) { f(n + 1) } f(0)").unwrap();
+        let rule = Arc::new(s.compile("t", "t.rhai", "fn f(n) { f(n + 1) } f(0)").unwrap());
         let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
         assert!(matches!(err, Error::Limit { .. }), "{err}");
     }
@@ -552,7 +812,7 @@ mod tests {
     #[test]
     fn a_rule_that_returns_a_number_is_an_error() {
         let s = set();
-        let rule = s.compile("t", "t.rhai", "41 + 1").unwrap();
+        let rule = Arc::new(s.compile("t", "t.rhai", "41 + 1").unwrap());
         let err = s.eval(&rule, &Record::new(), &Record::new()).unwrap_err();
         assert_eq!(err.to_string(), "rule t.rhai must return true or false, but returned i64");
     }

@@ -205,6 +205,26 @@ impl std::fmt::Display for Drift {
 /// good).
 pub type OutboxUpdate = (u64, OutboxEntry, DateTime<Utc>, Option<DateTime<Utc>>);
 
+/// A record as the store holds it, not yet decoded: a page is read in one
+/// pass and decoded where it is used, across cores, in place for a rule to
+/// read and in full only for the records that are kept.
+pub struct StoredRecord {
+    key: sled::IVec,
+    bytes: sled::IVec,
+}
+
+impl StoredRecord {
+    /// Its fields, read in place: names and text borrowed, not copied.
+    pub fn fields(&self) -> Result<crate::records::Fields<'_>> {
+        sled_store::decode("records", &self.key, &self.bytes)
+    }
+
+    /// The record, decoded.
+    pub fn record(&self) -> Result<Record> {
+        sled_store::decode("records", &self.key, &self.bytes)
+    }
+}
+
 /// Records in collections, each keyed by one field and indexed by others.
 pub trait RecordStore {
     /// Defines a collection, or changes its indexes (rebuilding them).
@@ -241,6 +261,24 @@ pub trait RecordStore {
     fn count_records(&self, collection: &str) -> Result<u64>;
     /// Keys of the records whose `fields` match `record`'s, through an index.
     fn find_by_index(&self, collection: &str, fields: &[String], record: &Record) -> Result<Vec<String>>;
+    /// As [`RecordStore::scan_records`], with the records left encoded.
+    fn scan_stored(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredRecord>, Option<String>)>;
+    /// A page of the records whose `fields` match `record`'s through their
+    /// index, in key order after `after`, and the key to go on from: as
+    /// [`RecordStore::scan_stored`], narrowed by the index.
+    fn scan_index(
+        &self,
+        collection: &str,
+        fields: &[String],
+        record: &Record,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredRecord>, Option<String>)>;
 }
 
 /// Tasks, and the index of when each is due.

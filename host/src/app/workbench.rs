@@ -119,11 +119,13 @@ impl Workbench<'_> {
 
 /// A compiled rule over sample rows: the one loop the workbench and
 /// `rule test FILE` (which needs no data directory) share.
-pub fn test_rule(rules: &rules::RuleSet, rule: &Rule, rows: &[Record], params: &Record) -> RuleTest {
+pub fn test_rule(rules: &rules::RuleSet, rule: &Arc<Rule>, rows: &[Record], params: &Record) -> RuleTest {
+    let selector = rules.selector(rule.clone(), params);
+    let mut pass = selector.pass();
     let rows: Vec<RowVerdict> = rows
         .iter()
         .enumerate()
-        .map(|(i, row)| match rules.eval(rule, row, params) {
+        .map(|(i, row)| match selector.decide(&mut pass, &crate::records::fields(row), true) {
             Ok(d) => RowVerdict { row: i + 1, matched: Some(d.matched), reason: Some(d.reason), error: None },
             Err(e) => RowVerdict { row: i + 1, matched: None, reason: None, error: Some(e.to_string()) },
         })

@@ -71,7 +71,7 @@ pub(super) fn run_offline(data: &Path, cmd: &RuleCmd) -> Result<()> {
             say!("{}: ok", file.display());
         }
         RuleCmd::Test { file, sample, params } => {
-            let rule = set.compile_file(file)?;
+            let rule = std::sync::Arc::new(set.compile_file(file)?);
             let rows = schoolbell::records::read_json_file(sample)?;
             let params: Record = params.iter().cloned().collect();
             let tested = schoolbell::app::test_rule(&set, &rule, &rows, &params);

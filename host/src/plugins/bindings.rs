@@ -12,13 +12,13 @@ use crate::records::{Date, Record, Value};
 use super::{Capability, MappedRow, Notification, ParamSpec, PluginInfo, PluginKind, Recipient, RowError, ValueType};
 
 mod notifier_world {
-    wasmtime::component::bindgen!({ world: "notifier", path: "../wit/since_v0.1.2" });
+    wasmtime::component::bindgen!({ world: "notifier", path: "../wit/since_v0.1.3" });
 }
 
 mod mapping_world {
     wasmtime::component::bindgen!({
         world: "import-mapping",
-        path: "../wit/since_v0.1.2",
+        path: "../wit/since_v0.1.3",
         with: {
             "schoolbell:plugin/types": super::notifier_world::schoolbell::plugin::types,
             "schoolbell:plugin/log": super::notifier_world::schoolbell::plugin::log,
@@ -39,7 +39,7 @@ pub(crate) const PACKAGE: &str = "schoolbell:plugin";
 
 /// The WIT versions this host loads, oldest first. Keep in step with the
 /// `wit/since_v*` folders and the table in `wit/README.md`.
-pub(crate) const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", "0.1.1", "0.1.2"];
+pub(crate) const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", "0.1.1", "0.1.2", "0.1.3"];
 
 /// What a component targets, read from its export and import names.
 #[derive(Debug, Clone, PartialEq)]

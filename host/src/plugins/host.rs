@@ -9,7 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::records::Record;
-use crate::rules::RuleSet;
+use crate::rules::{Pass, RuleSet, Selector};
 use crate::store::Backend;
 
 use super::bindings::{self, files_api, host_api, log_api, wit};
@@ -20,6 +20,10 @@ use super::{Capability, LogLevel, LogLine, PluginId};
 /// Largest page a guest may ask `read-records` for.
 const MAX_PAGE: u32 = 1_000;
 
+/// Most records one `select-records` call goes through: what the host holds
+/// for one page, large enough to keep every core busy deciding it.
+const MAX_SELECT: u32 = 10_000;
+
 /// Everything one run's guest calls can reach.
 pub(crate) struct RunState {
     pub(crate) wasi: WasiCtx,
@@ -29,9 +33,10 @@ pub(crate) struct RunState {
     pub(crate) stderr: CappedOutput,
     /// The plugin, its capabilities, the task and what it was given.
     pub(crate) setup: RunSetup,
-    /// The version of each rule this run first used: a rule saved while
-    /// the run goes on does not change its decisions half-way.
-    rule_versions: std::collections::HashMap<String, Arc<crate::rules::Rule>>,
+    /// Each rule this run used, bound to its parameters, in the version it
+    /// first used (a rule saved while the run goes on does not change its
+    /// decisions half-way), with the scope `eval-rule` reuses.
+    rules_bound: std::collections::HashMap<String, (Arc<Selector>, Pass)>,
     /// The folders `files` may reach, by name, from the sandbox config.
     folders: std::collections::BTreeMap<String, std::path::PathBuf>,
     pub(crate) started: Instant,
@@ -98,7 +103,7 @@ impl RunState {
             stdout,
             stderr,
             setup,
-            rule_versions: Default::default(),
+            rules_bound: Default::default(),
             folders: sandbox.config.folders.clone(),
             started: Instant::now(),
             timeout: std::time::Duration::from_secs(sandbox.config.timeout_secs),
@@ -205,6 +210,33 @@ impl RunState {
         Err(wit::PluginError::Denied(message))
     }
 
+    /// The rule `name` bound to this run's parameters, the version the run
+    /// first used. Denied unless the task names the rule.
+    fn bind_rule(&mut self, name: &str) -> Result<Arc<Selector>, wit::PluginError> {
+        if let Some((selector, _)) = self.rules_bound.get(name) {
+            return Ok(selector.clone());
+        }
+        if !self.setup.rules_named.iter().any(|r| r == name) {
+            let message = format!(
+                "it asked for rule `{name}`, which its task does not name; add it to the task's rules (--rule {name})"
+            );
+            self.violate(message.clone());
+            return Err(wit::PluginError::Denied(message));
+        }
+        let rule = self.setup.rules.get(name).map_err(|e| self.rule_failed(e))?;
+        let selector = Arc::new(self.setup.rules.selector(rule, &self.setup.params));
+        let pass = selector.pass();
+        self.rules_bound.insert(name.to_string(), (selector.clone(), pass));
+        Ok(selector)
+    }
+
+    /// A rule that failed fails the run, whatever the guest does with the error.
+    fn rule_failed(&mut self, e: crate::rules::Error) -> wit::PluginError {
+        let message = e.to_string();
+        self.violate(message.clone());
+        wit::PluginError::Permanent(message)
+    }
+
     fn store_error(&mut self, e: crate::store::Error) -> wit::PluginError {
         let message = e.to_string();
         self.violate(format!("the host failed to read the store: {message}"));
@@ -255,28 +287,37 @@ impl host_api::Host for RunState {
     }
 
     fn eval_rule(&mut self, rule: String, record: Vec<wit::Field>) -> Result<host_api::RuleDecision, wit::PluginError> {
-        if !self.setup.rules_named.contains(&rule) {
-            let message = format!(
-                "it asked for rule `{rule}`, which its task does not name; add it to the task's rules (--rule {rule})"
-            );
-            self.violate(message.clone());
-            return Err(wit::PluginError::Denied(message));
-        }
-        let version = match self.rule_versions.get(&rule) {
-            Some(r) => Ok(r.clone()),
-            None => self.setup.rules.get(&rule).inspect(|r| {
-                self.rule_versions.insert(rule.clone(), r.clone());
-            }),
-        };
-        let outcome =
-            version.and_then(|r| self.setup.rules.eval(&r, &bindings::record_from_wit(record), &self.setup.params));
-        match outcome {
+        let selector = self.bind_rule(&rule)?;
+        let pass = &mut self.rules_bound.get_mut(&rule).expect("bound above").1;
+        let record = bindings::record_from_wit(record);
+        match selector.decide(pass, &crate::records::fields(&record), true) {
             Ok(d) => Ok(host_api::RuleDecision { matched: d.matched, reason: d.reason }),
-            Err(e) => {
-                let message = e.to_string();
-                self.violate(message.clone());
-                Err(wit::PluginError::Permanent(message))
-            }
+            Err(e) => Err(self.rule_failed(e)),
+        }
+    }
+
+    fn select_records(
+        &mut self,
+        collection: String,
+        rule: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<host_api::SelectionPage, wit::PluginError> {
+        self.check(Capability::ReadCollection(collection.clone()))?;
+        let selector = self.bind_rule(&rule)?;
+        let limit = limit.clamp(1, MAX_SELECT) as usize;
+        let store = self.setup.store.clone();
+        // When the rule's first condition is an equality on an indexed
+        // field, only the records the index names can qualify.
+        let index = narrowing(&*store, &collection, &selector).map_err(|e| self.store_error(e))?;
+        let read = move |after: Option<&str>, limit: usize| match &index {
+            Some((fields, probe)) => store.scan_index(&collection, fields, probe, after, limit),
+            None => store.scan_stored(&collection, after, limit),
+        };
+        match select_page(read, &selector, after, limit) {
+            Ok(page) => Ok(page),
+            Err(Failure::Store(e)) => Err(self.store_error(e)),
+            Err(Failure::Rule(e)) => Err(self.rule_failed(e)),
         }
     }
 
@@ -419,4 +460,100 @@ impl files_api::Host for RunState {
         self.push_log(LogLevel::Info, format!("deleted {}", path.display()));
         Ok(())
     }
+}
+
+/// The index that narrows a selection, and the record to probe it with:
+/// a single-field index on the field the rule's first condition requires
+/// equal to a text. The index ignores case and surrounding spaces, so it
+/// names every record that can qualify (and some that cannot, which the
+/// rule then refuses).
+fn narrowing(
+    store: &dyn crate::store::Backend,
+    collection: &str,
+    selector: &Selector,
+) -> crate::store::Result<Option<(Vec<String>, Record)>> {
+    let Some((variable, text)) = selector.required_equal() else {
+        return Ok(None);
+    };
+    let Some(spec) = store.collection(collection)? else {
+        return Ok(None);
+    };
+    let index = spec.indexes.into_iter().find(|fields| match fields.as_slice() {
+        [field] => crate::records::key_field(field).0.replace('-', "_") == variable,
+        _ => false,
+    });
+    Ok(index.map(|index| {
+        let field = crate::records::key_field(&index[0]).0.to_string();
+        (index, Record::from([(field, crate::records::Value::Text(text))]))
+    }))
+}
+
+/// Why a selection failed.
+enum Failure {
+    Store(crate::store::Error),
+    Rule(crate::rules::Error),
+}
+
+/// Records read by one thread while the rule decides the chunk before
+/// across the others.
+const CHUNK: usize = 1_000;
+
+type Read = crate::store::Result<(Vec<crate::store::StoredRecord>, Option<String>)>;
+
+/// One page of `select-records`: up to `limit` records after `after`,
+/// walked by `read` in chunks on one thread while the rule decides the
+/// chunk before on every core. Each record is decoded in place for the
+/// rule, and in full only when it qualifies.
+fn select_page(
+    read: impl Fn(Option<&str>, usize) -> Read + Send,
+    selector: &Selector,
+    after: Option<String>,
+    limit: usize,
+) -> Result<host_api::SelectionPage, Failure> {
+    use rayon::prelude::*;
+    let (chunks, decide) = std::sync::mpsc::sync_channel(2);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let (mut cursor, mut left) = (after, limit);
+            while left > 0 {
+                let (records, next) = read(cursor.as_deref(), left.min(CHUNK))?;
+                left -= records.len();
+                let end = next.is_none();
+                cursor = next;
+                // The decider stopped (a rule failed): nothing more to read.
+                if chunks.send(records).is_err() || end {
+                    break;
+                }
+            }
+            Ok::<_, crate::store::Error>(cursor)
+        });
+        let mut selected = Vec::new();
+        let mut scanned = 0;
+        for records in decide {
+            scanned += records.len() as u32;
+            let chosen: Vec<host_api::Selected> = records
+                .par_iter()
+                .with_min_len(128)
+                .map_init(
+                    || selector.lend(),
+                    |pass, stored| {
+                        let fields = stored.fields().map_err(Failure::Store)?;
+                        let decision = selector.decide(pass, &fields, false).map_err(Failure::Rule)?;
+                        if !decision.matched {
+                            return Ok(None);
+                        }
+                        let record = stored.record().map_err(Failure::Store)?;
+                        Ok(Some(host_api::Selected {
+                            record: bindings::record_to_wit(&record),
+                            reason: decision.reason,
+                        }))
+                    },
+                )
+                .filter_map(Result::transpose)
+                .collect::<Result<_, Failure>>()?;
+            selected.extend(chosen);
+        }
+        let next = reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)).map_err(Failure::Store)?;
+        Ok(host_api::SelectionPage { selected, scanned, next })
+    })
 }

@@ -50,6 +50,18 @@ fn records(b: &dyn Backend) {
     let mut ann = b.find_by_index("people", &["name".into()], &record("x", "ann")).unwrap();
     ann.sort();
     assert_eq!(ann, ["1", "3"], "index lookups trim and ignore case");
+    // Paging through an index gives the same records, in key order.
+    let name = ["name".to_string()];
+    let scan = |probe: &str, after: Option<&str>, limit: usize| {
+        let (page, next) = b.scan_index("people", &name, &record("x", probe), after, limit).unwrap();
+        (page.iter().map(|r| r.record().unwrap()).collect::<Vec<_>>(), next)
+    };
+    assert_eq!(scan("Ann", None, 1), (vec![record("1", "Ann")], Some("1".into())));
+    assert_eq!(scan("Ann", Some("1"), 5), (vec![record("3", " ANN ")], None));
+    assert_eq!(scan("Zed", None, 5), (vec![], None));
+    let (stored, _) = b.scan_stored("people", None, 5).unwrap();
+    let fields = stored[0].fields().unwrap();
+    assert_eq!(fields, crate::records::fields(&record("1", "Ann")), "read in place, a record has its fields");
     assert!(matches!(b.lookup_record("people", "2", &record("2", "Bo")).unwrap(), Lookup::Same));
     assert!(matches!(b.lookup_record("people", "2", &record("2", "Cy")).unwrap(), Lookup::Differs(_)));
     assert!(matches!(b.lookup_record("people", "9", &record("9", "Cy")).unwrap(), Lookup::Missing));

@@ -43,20 +43,9 @@ impl PluginGuest for Plugin {
 impl NotifierGuest for Plugin {
     fn run(params: Vec<Param>) -> Result<Vec<Notification>, PluginError> {
         let rule = text_param(&params, "rule")?;
-        let total = host::count_records("attendance")?;
         let mut notifications = Vec::new();
-        for (done, record) in records("attendance").enumerate() {
-            let record = record?;
-            if done % 256 == 0 {
-                if host::cancelled() {
-                    return Err(PluginError::Transient("cancelled".into()));
-                }
-                host::progress(done as u64, Some(total));
-            }
-            let decision = host::eval_rule(&rule, &record)?;
-            if !decision.matched {
-                continue;
-            }
+        for selected in selected("attendance", &rule) {
+            let (record, reason) = selected?;
             let id = text(&record, "student-id").unwrap_or("?");
             let name =
                 format!("{} {}", text(&record, "first-name").unwrap_or(""), text(&record, "last-name").unwrap_or(""));
@@ -64,12 +53,11 @@ impl NotifierGuest for Plugin {
             notifications.push(Notification {
                 recipient: Recipient::NotificationGroup,
                 subject: format!("Attendance: {} has {absences} absences", name.trim()),
-                body: format!("Student {id} ({}) has {absences} absences. Rule: {}.", name.trim(), decision.reason),
+                body: format!("Student {id} ({}) has {absences} absences. Rule: {reason}.", name.trim()),
                 dedupe_key: format!("attendance:{id}"),
             });
         }
-        host::progress(total, Some(total));
-        log(Level::Info, &format!("{} of {total} students reached the threshold", notifications.len()));
+        log(Level::Info, &format!("{} students reached the threshold", notifications.len()));
         Ok(notifications)
     }
 }

@@ -20,7 +20,7 @@ compile_error!("enable one of the features `mapping` and `notifier`, not both: a
 pub mod mapping {
     wit_bindgen::generate!({
         world: "import-mapping",
-        path: "../../wit/since_v0.1.2",
+        path: "../../wit/since_v0.1.3",
         additional_derives: [PartialEq],
         pub_export_macro: true,
         export_macro_name: "export_mapping",
@@ -42,7 +42,7 @@ pub mod mapping {
 pub mod notifier {
     wit_bindgen::generate!({
         world: "notifier",
-        path: "../../wit/since_v0.1.2",
+        path: "../../wit/since_v0.1.3",
         additional_derives: [PartialEq],
         pub_export_macro: true,
         export_macro_name: "export_notifier",
@@ -97,6 +97,85 @@ pub mod notifier {
         }
         let d = host::eval_rule(rule, record)?;
         Ok(d.matched.then_some(d.reason))
+    }
+
+    /// Iterates over the records of a collection that the admin rule `rule`
+    /// qualifies, each with the values that decided. The host reads and
+    /// decides them (`host.select-records`), so only the qualifying records
+    /// cross into the plugin, a page at a time. Between pages it reports
+    /// progress (records gone through, of the collection's count) and stops
+    /// with an error once the run is cancelled. An empty rule name lets
+    /// every record through, with an empty reason.
+    pub fn selected(collection: &str, rule: &str) -> Selected {
+        Selected {
+            collection: collection.to_string(),
+            rule: rule.to_string(),
+            page: Vec::new().into_iter(),
+            next: None,
+            started: false,
+            scanned: 0,
+            total: None,
+        }
+    }
+
+    /// The iterator behind [`selected`].
+    pub struct Selected {
+        collection: String,
+        rule: String,
+        page: std::vec::IntoIter<(Fields, String)>,
+        next: Option<String>,
+        started: bool,
+        scanned: u64,
+        total: Option<u64>,
+    }
+
+    impl Selected {
+        fn fetch(&mut self) -> Result<(), PluginError> {
+            if host::cancelled() {
+                return Err(PluginError::Transient("cancelled".into()));
+            }
+            let total = match self.total {
+                Some(total) => total,
+                None => *self.total.insert(host::count_records(&self.collection)?),
+            };
+            host::progress(self.scanned, Some(total));
+            let (page, scanned, next) = if self.rule.is_empty() {
+                let page = host::read_records(&self.collection, self.next.as_deref(), 1_000)?;
+                let scanned = page.records.len() as u64;
+                (page.records.into_iter().map(|r| (r, String::new())).collect(), scanned, page.next)
+            } else {
+                let page = host::select_records(&self.collection, &self.rule, self.next.as_deref(), 10_000)?;
+                let selected = page.selected.into_iter().map(|s| (s.record, s.reason)).collect();
+                (selected, u64::from(page.scanned), page.next)
+            };
+            self.scanned += scanned;
+            self.next = next;
+            self.page = Vec::into_iter(page);
+            if self.next.is_none() {
+                host::progress(total, Some(total));
+            }
+            Ok(())
+        }
+    }
+
+    impl Iterator for Selected {
+        type Item = Result<(Fields, String), PluginError>;
+
+        fn next(&mut self) -> Option<Self::Item> {
+            loop {
+                if let Some(item) = self.page.next() {
+                    return Some(Ok(item));
+                }
+                if self.started && self.next.is_none() {
+                    return None;
+                }
+                self.started = true;
+                if let Err(e) = self.fetch() {
+                    self.next = None;
+                    return Some(Err(e));
+                }
+            }
+        }
     }
 
     /// Iterates over every record of a collection, a page at a time, so a

@@ -12,6 +12,7 @@ use crate::plugins::PluginEntry;
 use crate::records::Record;
 use crate::runs::{Approval, Run, TaskMessage};
 use crate::sources::Source;
+use crate::store::StoredRecord;
 use crate::store::{
     AccountStore, AuditStore, CollectionSpec, Drift, Finish, LedgerStore, Lookup, Maintenance, OutboxStore,
     PluginStore, QueueKey, RecordStore, Result, RunId, RunStore, SourceStore, TaskStore,
@@ -65,6 +66,24 @@ impl RecordStore for Store {
     }
     fn find_by_index(&self, collection: &str, fields: &[String], record: &Record) -> Result<Vec<String>> {
         Store::find_by_index(self, collection, fields, record)
+    }
+    fn scan_stored(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredRecord>, Option<String>)> {
+        Store::scan_stored(self, collection, after, limit)
+    }
+    fn scan_index(
+        &self,
+        collection: &str,
+        fields: &[String],
+        record: &Record,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredRecord>, Option<String>)> {
+        Store::scan_index(self, collection, fields, record, after, limit)
     }
 }
 
