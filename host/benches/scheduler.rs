@@ -1,9 +1,14 @@
 //! Scheduler benchmark: 100,000 scheduled tasks. Reports fire lateness
 //! (p50/p99 of queued-at minus fire time) for the fires due in a 20 s
 //! window, resident memory with all tasks loaded, idle CPU while nothing is
-//! due, and the batch queue's throughput of no-op runs (a plugin call that
-//! returns at once, with its run record, messages and flush). Run with
-//! `cargo bench -p schoolbell --bench scheduler`.
+//! due, the batch queue's throughput of no-op runs (a plugin call that
+//! returns at once, with its run record, messages and flush, durable before
+//! it counts), and the 06:00 rush: 1,000 tasks firing at the same minute.
+//! Run with `cargo bench -p schoolbell --bench scheduler`
+//! (`SCHOOLBELL_BENCH_QUICK=1`: 10,000 tasks, shorter windows).
+
+#[path = "figures.rs"]
+mod figures;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,9 +24,10 @@ use schoolbell::store::Store;
 use schoolbell::tasks::TaskSpec;
 use schoolbell::users::User;
 
-const TASKS: usize = 100_000;
-const IN_WINDOW: usize = 2_000;
-const NOOP_RUNS: usize = 2_000;
+/// How many no-op runs the queue drains.
+const NOOP_RUNS: usize = 20_000;
+/// Tasks firing at the same minute.
+const RUSH: usize = 1_000;
 
 fn proc_field(file: &str, key: &str) -> Option<u64> {
     std::fs::read_to_string(file).ok()?.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
@@ -40,54 +46,66 @@ fn pct(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_backend(&dir.path().join("store")).unwrap();
-    let rules = Arc::new(RuleSet::new(&dir.path().join("rules"), Default::default()));
-    let host =
-        Arc::new(PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap());
+/// An app over a fresh store in `dir`, with the no-op plugin installed.
+fn app(dir: &Path, workers: usize) -> (Arc<App>, Arc<dyn schoolbell::store::Backend>) {
+    let store = Store::open_backend(&dir.join("store")).unwrap();
+    let rules = Arc::new(RuleSet::new(&dir.join("rules"), Default::default()));
+    let host = Arc::new(PluginHost::new(store.clone(), rules, &dir.join("cache"), SandboxConfig::default()).unwrap());
     let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/test-hostile.wasm");
     assert!(plugin.exists(), "run xtask/build-plugins first");
     host.install(&plugin).unwrap();
-    let config = SchedulerConfig { workers: 2, ..SchedulerConfig::default() };
-    let sched = App::new(host, Arc::new(SystemClock), Config { scheduler: config, ..Config::default() });
+    let config = SchedulerConfig { workers, ..SchedulerConfig::default() };
+    (App::new(host, Arc::new(SystemClock), Config { scheduler: config, ..Config::default() }), store)
+}
+
+/// A daily task running the no-op plugin, first due at `start`.
+fn noop_task(name: String, start: chrono::DateTime<Utc>) -> TaskSpec {
+    TaskSpec {
+        name,
+        plugin: "test-hostile".into(),
+        schedule: "every 1440 minutes".into(),
+        start: Some(start.to_rfc3339()),
+        params: [("behaviour".to_string(), serde_json::json!("well"))].into(),
+        ..TaskSpec::default()
+    }
+}
+
+fn main() {
+    let tasks = figures::size(100_000, 10_000);
+    let in_window = figures::size(2_000, 500);
+    let window_s = figures::size(20, 5) as i64;
+    let workers = std::env::var("SCHOOLBELL_BENCH_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
+    let dir = tempfile::tempdir().unwrap();
+    let (sched, store) = app(dir.path(), workers);
     let admin = User::local_owner();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
     // 100k tasks, each firing daily: the last IN_WINDOW added first fire
     // 5-25 s after they are added, the rest over the next day.
     let add = |i: usize, start: chrono::DateTime<Utc>| {
-        let spec = TaskSpec {
-            name: format!("t{i:06}"),
-            plugin: "test-hostile".into(),
-            schedule: "every 1440 minutes".into(),
-            start: Some(start.to_rfc3339()),
-            params: [("behaviour".to_string(), serde_json::json!("well"))].into(),
-            ..TaskSpec::default()
-        };
-        sched.tasks().add(&admin, spec).unwrap();
+        sched.tasks().add(&admin, noop_task(format!("t{i:06}"), start)).unwrap();
     };
     let started = Instant::now();
     let later = Utc::now() + chrono::Duration::hours(1);
-    for i in IN_WINDOW..TASKS {
-        add(i, later + chrono::Duration::seconds((i as i64 * 82_800) / TASKS as i64));
+    for i in in_window..tasks {
+        add(i, later + chrono::Duration::seconds((i as i64 * 82_800) / tasks as i64));
     }
     let t0 = Utc::now() + chrono::Duration::seconds(5);
-    for i in 0..IN_WINDOW {
-        add(i, t0 + chrono::Duration::milliseconds((i as i64 * 20_000) / IN_WINDOW as i64));
+    for i in 0..in_window {
+        add(i, t0 + chrono::Duration::milliseconds((i as i64 * window_s * 1000) / in_window as i64));
     }
     assert!(Utc::now() < t0, "adding the window's tasks took too long for the measurement");
     let add_time = started.elapsed();
     let rss_mib = proc_field("/proc/self/status", "VmRSS:").unwrap_or(0) / 1024;
     println!(
-        "added {TASKS} tasks in {add_time:.1?} ({:.0} tasks/s); resident memory {rss_mib} MiB",
-        TASKS as f64 / add_time.as_secs_f64()
+        "added {tasks} tasks in {add_time:.1?} ({:.0} tasks/s); resident memory {rss_mib} MiB",
+        tasks as f64 / add_time.as_secs_f64()
     );
 
     // Serve through the window, then measure idle CPU with nothing due.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = runtime.spawn(sched.engine().serve(stop_rx));
-    let window_end = t0 + chrono::Duration::seconds(22);
+    let window_end = t0 + chrono::Duration::seconds(window_s + 2);
     while Utc::now() < window_end {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -99,45 +117,26 @@ fn main() {
         runs.iter().filter_map(|r| Some((r.queued_at - r.fire_time?).num_milliseconds())).collect();
     late.sort();
     println!(
-        "fire lateness over {} fires with {TASKS} tasks scheduled: p50 {} ms, p99 {} ms, max {} ms",
+        "fire lateness over {} fires with {tasks} tasks scheduled: p50 {} ms, p99 {} ms, max {} ms",
         late.len(),
         pct(&late, 0.5),
         pct(&late, 0.99),
         late.last().unwrap()
     );
+    figures::record("fire_lateness_p99_ms", pct(&late, 0.99) as f64);
     let rss_mib = proc_field("/proc/self/status", "VmRSS:").unwrap_or(0) / 1024;
+    let idle_s = figures::size(10, 2) as u64;
     let before = cpu_ticks();
-    std::thread::sleep(Duration::from_secs(10));
-    let idle = (cpu_ticks() - before) as f64 / 10.0;
-    println!("idle (next fire in ~1 h): {idle:.2}% of one core over 10 s; resident memory {rss_mib} MiB");
+    std::thread::sleep(Duration::from_secs(idle_s));
+    let idle = (cpu_ticks() - before) as f64 / idle_s as f64;
+    println!("idle (next fire in ~1 h): {idle:.2}% of one core over {idle_s} s; resident memory {rss_mib} MiB");
 
-    // Queue throughput: no-op runs queued at once and drained by 2 workers.
-    let spec = TaskSpec {
-        name: "noop".into(),
-        plugin: "test-hostile".into(),
-        schedule: "daily at 03:00".into(),
-        params: [("behaviour".to_string(), serde_json::json!("well"))].into(),
-        ..TaskSpec::default()
-    };
-    sched.tasks().add(&admin, spec).unwrap();
-    let started = Instant::now();
-    for _ in 0..NOOP_RUNS {
-        sched.tasks().run_now(&admin, "noop").unwrap();
-    }
-    let enqueue = started.elapsed();
-    sched.engine().wake();
-    while sched.engine().pending() > 0 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let total = started.elapsed();
-    let done = sched.runs().list(&admin, Some(RunStatus::Succeeded), Some("noop"), usize::MAX).unwrap().len();
-    assert_eq!(done, NOOP_RUNS);
-    println!(
-        "queue: {NOOP_RUNS} no-op runs queued in {enqueue:.1?}, all done in {total:.1?}: {:.0} runs/s with 2 workers",
-        NOOP_RUNS as f64 / total.as_secs_f64()
-    );
     let _ = stop_tx.send(true);
     runtime.block_on(serving).unwrap();
+    queue(&runtime, workers);
+    if figures::quick() {
+        return;
+    }
 
     // A run with a million messages: paging and filtering stay cheap.
     let run_id = 9_999_999;
@@ -175,4 +174,59 @@ fn main() {
     println!(
         "1,000,000 messages on one run: written in {write:.1?}; a 100-message page at the start {first:.1?}, at row 900,000 {deep:.1?}; 100 errors (1 in 100) from the middle {errors:.1?}"
     );
+}
+
+/// Queue throughput, on a store of its own: no-op runs queued before the
+/// engine starts (from 8 threads, whose flushes group), then drained; and
+/// the 06:00 rush, RUSH tasks due at one moment, each fired, queued, run
+/// and flushed.
+fn queue(runtime: &tokio::runtime::Runtime, workers: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (sched, _store) = app(dir.path(), workers);
+    let admin = User::local_owner();
+    sched.tasks().add(&admin, noop_task("noop".into(), Utc::now() + chrono::Duration::days(1))).unwrap();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..NOOP_RUNS / 8 {
+                    sched.tasks().run_now(&admin, "noop").unwrap();
+                }
+            });
+        }
+    });
+    let enqueue = started.elapsed();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let serving = runtime.spawn(sched.engine().serve(stop_rx));
+    while !sched.engine().is_idle().unwrap() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let drain = started.elapsed();
+    let done = sched.runs().list(&admin, Some(RunStatus::Succeeded), Some("noop"), usize::MAX).unwrap().len();
+    assert_eq!(done, NOOP_RUNS);
+    let rate = NOOP_RUNS as f64 / drain.as_secs_f64();
+    println!(
+        "queue: {NOOP_RUNS} no-op runs queued in {enqueue:.1?}, then done and flushed in {drain:.1?}: {rate:.0} runs/s with {workers} workers"
+    );
+    figures::record("queue_runs_per_s", rate);
+
+    let rush_at = Utc::now() + chrono::Duration::seconds(3);
+    for i in 0..RUSH {
+        sched.tasks().add(&admin, noop_task(format!("rush{i:04}"), rush_at)).unwrap();
+    }
+    assert!(Utc::now() < rush_at, "adding the rush's tasks took too long for the measurement");
+    while Utc::now() < rush_at || !sched.engine().is_idle().unwrap() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let runs = sched.runs().list(&admin, Some(RunStatus::Succeeded), None, usize::MAX).unwrap();
+    let rush: Vec<&Run> = runs.iter().filter(|r| r.task.starts_with("rush")).collect();
+    assert_eq!(rush.len(), RUSH, "every task of the rush ran once");
+    let last = rush.iter().filter_map(|r| r.finished_at).max().unwrap();
+    let took = (last - rush_at).num_milliseconds().max(1);
+    let rate = RUSH as f64 * 1000.0 / took as f64;
+    println!("the rush: {RUSH} tasks due at one moment, all run {took} ms after it: {rate:.0} runs/s");
+    figures::record("rush_runs_per_s", rate);
+    let _ = stop_tx.send(true);
+    runtime.block_on(serving).unwrap();
 }

@@ -187,6 +187,12 @@ impl Engine<'_> {
         self.app.store.queue_len() + self.running()
     }
 
+    /// Whether nothing is queued or running: [`Engine::pending`] is zero,
+    /// found without counting the queue (which walks it).
+    pub fn is_idle(&self) -> Result<bool> {
+        Ok(self.running() == 0 && self.app.store.queued_after(None)?.is_none())
+    }
+
     /// Fires every task due by now into the queue. Returns how many fired.
     pub fn tick(&self) -> Result<usize> {
         let app = self.app;

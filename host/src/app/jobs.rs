@@ -149,9 +149,18 @@ impl App {
             m.seq = i as u64;
         }
         run.message_count = effects.messages.len() as u64;
-        let mut live = lock(&self.engine.live);
-        let saved = self.record(&run, effects, now);
-        live.remove(&id);
+        let saved = {
+            let mut live = lock(&self.engine.live);
+            let saved = self.record(&run, effects, now);
+            live.remove(&id);
+            saved
+        };
+        // The worker is free for the next run while this one's outcome
+        // reaches the disk, in one flush with the runs finishing beside it;
+        // nothing reports the run finished before that flush.
+        self.engine.wake.notify_one();
+        let saved = saved.and_then(|()| Ok(self.store.flush()?));
+        self.run_changed();
         match saved {
             Ok(()) => tracing::info!(run = id, status = %run.status, "Run finished."),
             Err(e) => tracing::error!(run = id, "Cannot record the run's outcome: {e}"),
@@ -183,8 +192,6 @@ impl App {
             // Held for a person: not finished, so not in retention yet.
             self.store.put_run(run, None)?;
         }
-        self.store.flush()?;
-        self.run_changed();
         Ok(())
     }
 

@@ -59,6 +59,9 @@ pub struct Store {
     /// Record writes read old values to maintain indexes and counts; one
     /// writer at a time keeps that read-modify-write consistent.
     write_lock: Mutex<()>,
+    /// Flushes in progress and done, so that callers arriving together
+    /// share one (see [`Store::flush`]).
+    flushes: GroupFlush,
 }
 
 pub(crate) fn io(tree: &'static str) -> impl Fn(sled::Error) -> Error {
@@ -146,6 +149,7 @@ impl Store {
             outbox_due: tree("outbox_by_due")?,
             db,
             write_lock: Mutex::new(()),
+            flushes: GroupFlush::default(),
         };
         if store.meta.get("schema_version").map_err(io("meta"))?.is_none() {
             // A new store: nothing to migrate.
@@ -184,9 +188,40 @@ impl Store {
     }
 
     /// Writes everything to disk. Call before reporting a commit as durable.
+    ///
+    /// Group commit: callers that arrive while a flush is under way wait
+    /// for the next one, which covers all their writes, so runs finishing
+    /// within a flush of each other share one disk sync instead of queueing
+    /// for one each.
     pub(in crate::store) fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(io("db"))?;
-        Ok(())
+        let flushes = &self.flushes;
+        let mut state = flushes.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Every write this caller made came before this ticket.
+        state.requested += 1;
+        let ticket = state.requested;
+        loop {
+            if state.completed >= ticket {
+                return Ok(());
+            }
+            if !state.flushing {
+                state.flushing = true;
+                let covers = state.requested;
+                drop(state);
+                let flushed = self.db.flush();
+                state = flushes.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.flushing = false;
+                if flushed.is_ok() {
+                    state.completed = state.completed.max(covers);
+                    state.synced += 1;
+                }
+                flushes.done.notify_all();
+                // A failed flush is this caller's error; the others waiting
+                // try their own.
+                flushed.map_err(io("db"))?;
+                continue;
+            }
+            state = flushes.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     // ----- collections and records -----
@@ -566,6 +601,25 @@ pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(tree: &'static str, k: &[u8]
     }
 }
 
+/// The flushes asked for and done (see [`Store::flush`]).
+#[derive(Default)]
+struct GroupFlush {
+    state: Mutex<FlushState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Tickets handed out: one per call.
+    requested: u64,
+    /// Every ticket up to this one is on disk.
+    completed: u64,
+    /// Whether a caller is flushing now.
+    flushing: bool,
+    /// Disk syncs done: fewer than calls when callers arrive together.
+    synced: u64,
+}
+
 /// A tree of one serde type, keyed by name.
 pub(in crate::store) struct Typed<T> {
     name: &'static str,
@@ -630,6 +684,26 @@ mod tests {
             key_field: "student-id".into(),
             indexes: vec![vec!["last-name".into(), "first-name".into(), "birth-date".into()]],
         }
+    }
+
+    #[test]
+    fn callers_flushing_together_share_disk_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let store = &store;
+                scope.spawn(move || {
+                    for i in 0..20u8 {
+                        store.meta.insert([t, i], &[1]).unwrap();
+                        store.flush().unwrap();
+                    }
+                });
+            }
+        });
+        let state = store.flushes.state.lock().unwrap();
+        assert_eq!((state.requested, state.completed), (160, 160));
+        assert!(state.synced < 160, "{} syncs for 160 flushes", state.synced);
     }
 
     #[test]
