@@ -3,6 +3,11 @@
 //! native baseline that does the same parse, match and write with no
 //! component and no rules. Run with `cargo bench -p schoolbell --bench imports`.
 
+#[path = "figures.rs"]
+mod figures;
+
+const ROWS: usize = 1_000_000;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +19,6 @@ use schoolbell::rules::RuleSet;
 use schoolbell::store::prelude::*;
 use schoolbell::store::{CollectionSpec, Store};
 
-const ROWS: usize = 1_000_000;
 const HEADER: &str = "Student ID,Last Name,First Name,Birth Date,Gender,Grade\n";
 
 fn student(i: usize, grade: i64) -> Record {
@@ -200,4 +204,6 @@ fn main() {
         ROWS as f64 / native_time.as_secs_f64()
     );
     println!("pipeline / native time: {:.2}x", total.as_secs_f64() / native_time.as_secs_f64());
+    figures::record("import_1m_rows_per_s", ROWS as f64 / total.as_secs_f64());
+    figures::record("import_over_native", total.as_secs_f64() / native_time.as_secs_f64());
 }

@@ -4,6 +4,9 @@
 //! `cargo bench -p schoolbell --bench plugins`; the figures go in the
 //! README's Performance section.
 
+#[path = "figures.rs"]
+mod figures;
+
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
@@ -178,4 +181,5 @@ fn main() {
         rate(native_best),
         wasm_best.as_secs_f64() / native_best.as_secs_f64()
     );
+    figures::record("mapping_component_over_native", wasm_best.as_secs_f64() / native_best.as_secs_f64());
 }
