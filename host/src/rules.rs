@@ -189,8 +189,7 @@ pub struct Rule {
     source: String,
     /// Names the rule mentions, to explain decisions.
     mentions: Vec<String>,
-    /// The variables it may read: each mention's root (`params` for
-    /// `params.threshold`).
+    /// The variables it may read (see [`words`]).
     roots: std::collections::HashSet<String>,
     /// Its first condition, when that compares a field for equality.
     first_equality: Option<(String, Operand)>,
@@ -248,6 +247,12 @@ fn first_equality(ast: &AST) -> Option<(String, Operand)> {
 }
 
 impl Rule {
+    /// Whether it may read the variable `name`: it names it somewhere, or
+    /// it calls `eval`, which may name anything.
+    fn reads(&self, name: &str) -> bool {
+        self.roots.contains(name) || self.roots.contains("eval")
+    }
+
     /// What a listing shows of it.
     pub fn info(&self) -> RuleInfo {
         RuleInfo { name: self.name.clone(), file: self.file.clone(), hash: self.hash.clone() }
@@ -337,7 +342,7 @@ impl RuleSet {
         use sha2::Digest;
         let hash = hex::encode(sha2::Sha256::digest(source.as_bytes()));
         let mentions = mentions(source);
-        let roots = mentions.iter().map(|m| m.split('.').next().unwrap_or(m).to_string()).collect();
+        let roots = words(source);
         let first_equality = first_equality(&ast);
         Ok(Rule {
             name: name.into(),
@@ -425,7 +430,7 @@ impl RuleSet {
     /// once, and each record then costs only the fields the rule names.
     pub fn selector(&self, rule: Arc<Rule>, params: &Record) -> Selector {
         let params = params.iter().map(|(k, v)| (k.replace('-', "_").into(), dynamic(v.as_ref()))).collect();
-        let wants_record = rule.roots.contains("record");
+        let wants_record = rule.reads("record");
         Selector {
             engine: self.engine.clone(),
             timeout: Duration::from_millis(self.limits.timeout_ms),
@@ -494,11 +499,6 @@ pub struct Pass {
 }
 
 impl Selector {
-    /// The rule it runs.
-    pub fn rule(&self) -> &Arc<Rule> {
-        &self.rule
-    }
-
     /// A fresh per-thread state.
     ///
     /// The thread gets its own copy of the compiled rule and of the
@@ -596,7 +596,7 @@ impl Selector {
     /// become underscores, and `params` and `record` cannot be shadowed.
     fn variable(&self, field: &str) -> Option<rhai::Identifier> {
         let name = field.replace('-', "_");
-        (name != "params" && name != "record" && self.rule.roots.contains(&name)).then(|| name.into())
+        (name != "params" && name != "record" && self.rule.reads(&name)).then(|| name.into())
     }
 
     fn explain(&self, scope: &Scope) -> String {
@@ -695,6 +695,14 @@ fn dynamic(v: ValueRef) -> Dynamic {
     }
 }
 
+/// Every identifier-like word anywhere in a rule, strings and comments
+/// included: the variables it may read, over-counted rather than missed,
+/// since an interpolated `${campus}` or `eval("campus == ...")` reads
+/// `campus` too.
+fn words(source: &str) -> std::collections::HashSet<String> {
+    source.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).map(String::from).collect()
+}
+
 /// The identifiers a rule mentions (`absences`, `params.threshold`),
 /// outside strings and comments, in order of first mention.
 fn mentions(source: &str) -> Vec<String> {
@@ -776,6 +784,18 @@ mod tests {
         assert_eq!(required("campus == \"North\" || absences > 3", &[]), None, "an or");
         assert_eq!(required("let x = 1; campus == \"North\"", &[]), None, "more than one statement");
         assert_eq!(required("params == \"North\"", &[]), None);
+    }
+
+    #[test]
+    fn a_rule_reads_fields_it_names_only_in_an_interpolation_or_an_eval() {
+        let s = set();
+        let record = rec(&[("campus", Value::Text("North".into())), ("first-name", Value::Text("Ann".into()))]);
+        for source in
+            ["let c = `${campus}`; c == \"North\"", "eval(\"campus == `North`\")", "`${record.first_name}` == \"Ann\""]
+        {
+            let rule = Arc::new(s.compile("t", "t.rhai", source).unwrap());
+            assert!(s.eval(&rule, &record, &Record::new()).unwrap().matched, "{source}");
+        }
     }
 
     #[test]
