@@ -9,7 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::records::Record;
-use crate::rules::{Pass, RuleSet, Selector};
+use crate::rules::{RuleSet, Selector};
 use crate::store::Backend;
 
 use super::bindings::{self, files_api, host_api, log_api, wit};
@@ -34,9 +34,9 @@ pub(crate) struct RunState {
     /// The plugin, its capabilities, the task and what it was given.
     pub(crate) setup: RunSetup,
     /// Each rule this run used, bound to its parameters, in the version it
-    /// first used (a rule saved while the run goes on does not change its
-    /// decisions half-way), with the scope `eval-rule` reuses.
-    rules_bound: std::collections::HashMap<String, (Arc<Selector>, Pass)>,
+    /// first used: a rule saved while the run goes on does not change its
+    /// decisions half-way.
+    rules_bound: std::collections::HashMap<String, Arc<Selector>>,
     /// The folders `files` may reach, by name, from the sandbox config.
     folders: std::collections::BTreeMap<String, std::path::PathBuf>,
     pub(crate) started: Instant,
@@ -213,7 +213,7 @@ impl RunState {
     /// The rule `name` bound to this run's parameters, the version the run
     /// first used. Denied unless the task names the rule.
     fn bind_rule(&mut self, name: &str) -> Result<Arc<Selector>, wit::PluginError> {
-        if let Some((selector, _)) = self.rules_bound.get(name) {
+        if let Some(selector) = self.rules_bound.get(name) {
             return Ok(selector.clone());
         }
         if !self.setup.rules_named.iter().any(|r| r == name) {
@@ -225,8 +225,7 @@ impl RunState {
         }
         let rule = self.setup.rules.get(name).map_err(|e| self.rule_failed(e))?;
         let selector = Arc::new(self.setup.rules.selector(rule, &self.setup.params));
-        let pass = selector.pass();
-        self.rules_bound.insert(name.to_string(), (selector.clone(), pass));
+        self.rules_bound.insert(name.to_string(), selector.clone());
         Ok(selector)
     }
 
@@ -288,9 +287,9 @@ impl host_api::Host for RunState {
 
     fn eval_rule(&mut self, rule: String, record: Vec<wit::Field>) -> Result<host_api::RuleDecision, wit::PluginError> {
         let selector = self.bind_rule(&rule)?;
-        let pass = &mut self.rules_bound.get_mut(&rule).expect("bound above").1;
         let record = bindings::record_from_wit(record);
-        match selector.decide(pass, &crate::records::fields(&record), true) {
+        // The selector's idle pass, reused call after call.
+        match selector.decide(&mut selector.lend(), &crate::records::fields(&record), true) {
             Ok(d) => Ok(host_api::RuleDecision { matched: d.matched, reason: d.reason }),
             Err(e) => Err(self.rule_failed(e)),
         }
