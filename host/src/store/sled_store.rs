@@ -464,12 +464,9 @@ impl Store {
         fields: &[String],
         record: &Record,
     ) -> Result<Vec<String>> {
-        let Some(text) = index_text(record, fields) else {
+        let Some(prefix) = index_prefix(collection, fields, record) else {
             return Ok(Vec::new());
         };
-        let name = fields.join("+");
-        let mut prefix = key(&[b"i", collection.as_bytes(), name.as_bytes(), text.as_bytes()]);
-        prefix.push(SEP);
         let mut keys = Vec::new();
         for item in self.records.scan_prefix(&prefix) {
             let (k, _) = item.map_err(io("records"))?;
@@ -489,12 +486,9 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<StoredRecord>, Option<String>)> {
-        let Some(text) = index_text(record, fields) else {
+        let Some(prefix) = index_prefix(collection, fields, record) else {
             return Ok((Vec::new(), None));
         };
-        let name = fields.join("+");
-        let mut prefix = key(&[b"i", collection.as_bytes(), name.as_bytes(), text.as_bytes()]);
-        prefix.push(SEP);
         let mut start = prefix.clone();
         if let Some(after) = after {
             start.extend_from_slice(after.as_bytes());
@@ -508,15 +502,15 @@ impl Store {
                 return Ok((out, None));
             }
             if out.len() == limit {
-                return Ok((out, last));
+                let cursor = last.map(|k: sled::IVec| String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+                return Ok((out, cursor));
             }
-            let record_key = &k[prefix.len()..];
             // An entry is written with its record in one batch, so it has one.
-            let key = key(&[b"r", collection.as_bytes(), record_key]);
+            let key = key(&[b"r", collection.as_bytes(), &k[prefix.len()..]]);
             if let Some(bytes) = self.records.get(&key).map_err(io("records"))? {
                 out.push(StoredRecord { key: key.into(), bytes });
             }
-            last = Some(String::from_utf8_lossy(record_key).into_owned());
+            last = Some(k);
         }
         Ok((out, None))
     }
@@ -570,13 +564,23 @@ impl Store {
     }
 }
 
+/// Where the entries of the index on `fields` for `record`'s values start:
+/// none when a value is empty, as such records have no entry.
+fn index_prefix(collection: &str, fields: &[String], record: &Record) -> Option<Vec<u8>> {
+    let text = index_text(record, fields)?;
+    let name = fields.join("+");
+    let mut prefix = key(&[b"i", collection.as_bytes(), name.as_bytes(), text.as_bytes()]);
+    prefix.push(SEP);
+    Some(prefix)
+}
+
 fn index_entries(collection: &str, spec: &CollectionSpec, record: &Record, rkey: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     spec.indexes
         .iter()
         .filter_map(|fields| {
-            let text = index_text(record, fields)?;
-            let name = fields.join("+");
-            Some((key(&[b"i", collection.as_bytes(), name.as_bytes(), text.as_bytes(), rkey]), Vec::new()))
+            let mut entry = index_prefix(collection, fields, record)?;
+            entry.extend_from_slice(rkey);
+            Some((entry, Vec::new()))
         })
         .collect()
 }
