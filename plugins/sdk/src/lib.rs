@@ -107,59 +107,73 @@ pub mod notifier {
     /// with an error once the run is cancelled. An empty rule name lets
     /// every record through, with an empty reason.
     pub fn selected(collection: &str, rule: &str) -> Selected {
-        Selected {
-            collection: collection.to_string(),
-            rule: rule.to_string(),
-            page: Vec::new().into_iter(),
-            next: None,
-            started: false,
-            scanned: 0,
-            total: None,
-        }
-    }
-
-    /// The iterator behind [`selected`].
-    pub struct Selected {
-        collection: String,
-        rule: String,
-        page: std::vec::IntoIter<(Fields, String)>,
-        next: Option<String>,
-        started: bool,
-        scanned: u64,
-        total: Option<u64>,
-    }
-
-    impl Selected {
-        fn fetch(&mut self) -> Result<(), PluginError> {
+        let (collection, rule) = (collection.to_string(), rule.to_string());
+        let (mut scanned, mut total) = (0, None);
+        Pages::new(move |after| {
             if host::cancelled() {
                 return Err(PluginError::Transient("cancelled".into()));
             }
-            let total = match self.total {
+            let total = match total {
                 Some(total) => total,
-                None => *self.total.insert(host::count_records(&self.collection)?),
+                None => *total.insert(host::count_records(&collection)?),
             };
-            host::progress(self.scanned, Some(total));
-            let (page, scanned, next) = if self.rule.is_empty() {
-                let page = host::read_records(&self.collection, self.next.as_deref(), 1_000)?;
-                let scanned = page.records.len() as u64;
-                (page.records.into_iter().map(|r| (r, String::new())).collect(), scanned, page.next)
+            host::progress(scanned, Some(total));
+            let (page, seen, next) = if rule.is_empty() {
+                let page = host::read_records(&collection, after, 1_000)?;
+                let seen = page.records.len() as u64;
+                (page.records.into_iter().map(|r| (r, String::new())).collect(), seen, page.next)
             } else {
-                let page = host::select_records(&self.collection, &self.rule, self.next.as_deref(), 10_000)?;
+                let page = host::select_records(&collection, &rule, after, 10_000)?;
                 let selected = page.selected.into_iter().map(|s| (s.record, s.reason)).collect();
                 (selected, u64::from(page.scanned), page.next)
             };
-            self.scanned += scanned;
-            self.next = next;
-            self.page = Vec::into_iter(page);
-            if self.next.is_none() {
+            scanned += seen;
+            if next.is_none() {
                 host::progress(total, Some(total));
             }
-            Ok(())
+            Ok((page, next))
+        })
+    }
+
+    /// The iterator behind [`selected`].
+    pub type Selected = Pages<(Fields, String)>;
+
+    /// Iterates over every record of a collection, a page at a time, so a
+    /// notifier never holds more than one page.
+    pub fn records(collection: &str) -> Records {
+        let collection = collection.to_string();
+        Pages::new(move |after| {
+            let page = host::read_records(&collection, after, 500)?;
+            Ok((page.records, page.next))
+        })
+    }
+
+    /// The iterator behind [`records`].
+    pub type Records = Pages<Fields>;
+
+    /// One page from the host, and the cursor for the next (none at the end).
+    type Page<T> = Result<(Vec<T>, Option<String>), PluginError>;
+
+    /// What fetches a page, given its cursor.
+    type Fetch<T> = Box<dyn FnMut(Option<&str>) -> Page<T>>;
+
+    /// Items fetched a page at a time: `fetch` is given the cursor (none
+    /// for the first page). After an error it yields nothing more.
+    pub struct Pages<T> {
+        fetch: Fetch<T>,
+        page: std::vec::IntoIter<T>,
+        next: Option<String>,
+        started: bool,
+    }
+
+    impl<T> Pages<T> {
+        fn new(fetch: impl FnMut(Option<&str>) -> Page<T> + 'static) -> Pages<T> {
+            Pages { fetch: Box::new(fetch), page: Vec::new().into_iter(), next: None, started: false }
         }
     }
 
-    impl Iterator for Selected {
-        type Item = Result<(Fields, String), PluginError>;
+    impl<T> Iterator for Pages<T> {
+        type Item = Result<T, PluginError>;
 
         fn next(&mut self) -> Option<Self::Item> {
             loop {
@@ -170,44 +184,10 @@ pub mod notifier {
                     return None;
                 }
                 self.started = true;
-                if let Err(e) = self.fetch() {
-                    self.next = None;
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
-
-    /// Iterates over every record of a collection, a page at a time, so a
-    /// notifier never holds more than one page.
-    pub fn records(collection: &str) -> Records {
-        Records { collection: collection.to_string(), page: Vec::new().into_iter(), next: None, started: false }
-    }
-
-    /// The iterator behind [`records`].
-    pub struct Records {
-        collection: String,
-        page: std::vec::IntoIter<Fields>,
-        next: Option<String>,
-        started: bool,
-    }
-
-    impl Iterator for Records {
-        type Item = Result<Fields, PluginError>;
-
-        fn next(&mut self) -> Option<Self::Item> {
-            loop {
-                if let Some(record) = self.page.next() {
-                    return Some(Ok(record));
-                }
-                if self.started && self.next.is_none() {
-                    return None;
-                }
-                self.started = true;
-                match host::read_records(&self.collection, self.next.as_deref(), 500) {
-                    Ok(page) => {
-                        self.next = page.next;
-                        self.page = page.records.into_iter();
+                match (self.fetch)(self.next.as_deref()) {
+                    Ok((page, next)) => {
+                        self.next = next;
+                        self.page = page.into_iter();
                     }
                     Err(e) => {
                         self.next = None;
