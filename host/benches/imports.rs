@@ -161,7 +161,7 @@ fn main() {
             created_at: chrono::Utc::now(),
         })
         .unwrap();
-    let file = imports::pickup(&*store, &target, Duration::ZERO, &sources).unwrap().file.unwrap();
+    let file = imports::pickup(&*store, &target, Duration::ZERO, &sources, 0).unwrap().file.unwrap();
     let picked = started.elapsed();
     let plan = imports::prepare(
         &host,

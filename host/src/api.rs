@@ -114,7 +114,9 @@ pub fn router(scheduler: Arc<App>) -> Router {
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/rules/{name}", get(show_rule).put(save_rule))
         .route("/api/v1/rules/{name}/test", post(test_rule))
+        .route("/api/v1/rules/{name}/versions", get(rule_versions))
         .route("/api/v1/outbox", get(outbox))
+        .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/users", get(list_users))
         .route("/api/v1/users/{name}", axum::routing::put(put_user).delete(remove_user))
         .route("/api/v1/tokens", get(list_tokens))
@@ -141,6 +143,11 @@ pub fn router(scheduler: Arc<App>) -> Router {
         // The console's live streams outlive any request timeout; they
         // have their own limit.
         .merge(live)
+        // What a load balancer and Prometheus poll: no user token, nothing
+        // private, and outside the request limit so a busy API still answers.
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(scheduler);
     if api.base_path.is_empty() {
         return routes;
@@ -163,6 +170,47 @@ pub fn router(scheduler: Arc<App>) -> Router {
         request
     };
     Router::new().fallback_service(tower::ServiceBuilder::new().map_request(strip).service(routes))
+}
+
+/// 200 while the process is up.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when the store, the scheduler loop and the SMTP server (if set) are
+/// well; 503 naming the part that is not.
+async fn readyz(State(s): State<Arc<App>>) -> Response {
+    let readiness = match tokio::task::spawn_blocking(move || s.health().ready()).await {
+        Ok(r) => r,
+        Err(e) => return internal(e).into_response(),
+    };
+    let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(readiness)).into_response()
+}
+
+/// The metrics in Prometheus' text format, behind `[api] metrics_token` when set.
+async fn metrics(State(s): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &s.config().api.metrics_token {
+        let sent =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // Compared as MACs, in constant time.
+        let expected = crate::secrets::mac(b"metrics", token.as_bytes());
+        let matches =
+            sent.is_some_and(|sent| crate::secrets::verify_mac(b"metrics", sent.trim().as_bytes(), &expected));
+        if !matches {
+            return ApiError(StatusCode::UNAUTHORIZED, "send `Authorization: Bearer` with [api] metrics_token".into())
+                .into_response();
+        }
+    }
+    let text = tokio::task::spawn_blocking(move || {
+        if let Err(e) = s.health().observe() {
+            tracing::warn!("Metrics: the gauges could not be read: {e}");
+        }
+        crate::metrics::render()
+    })
+    .await
+    .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 /// No such address: JSON under the API, a page elsewhere.
@@ -498,6 +546,14 @@ async fn show_rule(
     .await
 }
 
+async fn rule_versions(
+    State(s): State<Arc<App>>,
+    Caller(u): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.rules().history(&u, &name)?)))).await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleSource {
@@ -566,6 +622,10 @@ async fn outbox(
         Ok(Json(json!(list)))
     })
     .await
+}
+
+async fn hosts(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Json_>, ApiError> {
+    blocking(move || Ok(Json(json!(s.storage().hosts(&u)?)))).await
 }
 
 /// A user as the API takes it: the name comes from the path.
@@ -816,6 +876,11 @@ pub fn openapi_document() -> Json_ {
         }
         r
     };
+    let ready = json!({ "description": "every part and how it is", "content": { "application/json": { "schema": {
+        "type": "object", "required": ["ready", "parts"], "properties": {
+            "ready": { "type": "boolean" },
+            "parts": { "type": "array", "items": { "type": "object", "required": ["name", "ok", "detail"], "properties": {
+                "name": { "type": "string" }, "ok": { "type": "boolean" }, "detail": { "type": "string" } } } } } } } } });
     let mut doc = json!({
         "openapi": "3.1.0",
         "info": { "title": "Schoolbell", "version": env!("CARGO_PKG_VERSION"), "description": "Timed tasks and background runs. Authenticate with `Authorization: Bearer TOKEN` (`schoolbell user token NAME`)." },
@@ -883,9 +948,11 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/rules/{name}/test": { "parameters": name, "post": { "summary": "Test the rule (or a draft `source`) over sample rows; saves nothing", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["sample"], "properties": {
                 "source": { "type": "string" }, "sample": { "type": "array", "items": { "type": "object" } }, "params": { "type": "object" } } } } } },
                 "responses": errors(json!({ "200": { "description": "{matched, rows: [{row, matched, reason} | {row, error}]}" } })) } },
+            "/api/v1/rules/{name}/versions": { "parameters": name, "get": { "summary": "The rule's saved versions, oldest first: who saved each, when, and its source", "responses": errors(json!({ "200": { "description": "[{name, version, hash, saved_by, saved_at, source}]" } })) } },
             "/api/v1/outbox": { "get": { "summary": "Outbox entries you may see (owner: all; staff: their tasks'), newest last", "parameters": [
                 { "name": "status", "in": "query", "schema": { "enum": ["pending", "sent", "failed"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
             ], "responses": errors(json!({ "200": { "description": "[{id, entry}]" } })) } },
+            "/api/v1/hosts": { "get": { "summary": "The hosts serving from the store, each with its id, machine, pid, start, last heartbeat and the runs it holds (account owner)", "responses": errors(json!({ "200": { "description": "[{id, name, pid, started_at, heartbeat_at, runs_held}]" } })) } },
             "/api/v1/users": { "get": { "summary": "Users (account owner)", "responses": errors(json!({ "200": { "description": "[user]" } })) } },
             "/api/v1/users/{name}": { "parameters": name, "put": { "summary": "Add or replace a user (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["role"], "properties": {
                 "role": { "enum": ["owner", "staff"] }, "email": { "type": "string" }, "permissions": { "type": "array", "items": { "enum": ["autopilot", "authorize"] } }, "job_email": { "enum": ["always", "on-failure", "never"] } } } } } },
@@ -914,7 +981,12 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/plugins/{name}/grant": { "parameters": name, "post": { "summary": "Grant a capability the plugin declared (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["capability"], "properties": { "capability": { "type": "string" } } } } } }, "responses": errors(json!({ "200": { "description": "the plugin" } })) } },
             "/api/v1/plugins/{name}/revoke": { "parameters": name, "post": { "summary": "Revoke a capability (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["capability"], "properties": { "capability": { "type": "string" } } } } } }, "responses": errors(json!({ "200": { "description": "the plugin" } })) } },
             "/api/v1/collections/{name}": { "parameters": name, "get": { "summary": "The first records of a collection (account owner)", "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer" } }], "responses": errors(json!({ "200": { "description": "{records, total}" } })) } },
-            "/api/v1/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+            "/api/v1/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } },
+            "/healthz": { "get": { "summary": "200 while the process is up (no token)", "security": [], "responses": { "200": { "description": "`ok`", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
+            "/readyz": { "get": { "summary": "Whether the store, the scheduler loop and the SMTP server (if set) are well (no token)", "security": [],
+                "responses": { "200": ready.clone(), "503": ready } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics; with `[api] metrics_token` set, that token as the bearer", "security": [{}, { "bearer": [] }],
+                "responses": { "200": { "description": "the Prometheus text format", "content": { "text/plain": { "schema": { "type": "string" } } } }, "401": error } } }
         }
     });
     // The request and response bodies' schemas come from the types

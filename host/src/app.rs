@@ -17,6 +17,7 @@
 //! | [`App::jobs`] | `jobs` | a file imported by hand, a notifier run once |
 //! | [`App::storage`] | `storage` | schema migration, index check, backup |
 //! | [`App::engine`] | `engine` | fire due tasks, dispatch, execute, sweep |
+//! | [`App::health`] | `health` | readiness, and the gauges of the metrics |
 //!
 //! Every job, whoever starts it, runs through `jobs`: an import or a
 //! notifier writes a run with its messages, its ledger and its outbox in
@@ -26,6 +27,7 @@ mod accounts;
 mod audit_log;
 mod collections;
 mod engine;
+mod health;
 mod jobs;
 mod outbox;
 mod registry;
@@ -44,7 +46,8 @@ use chrono::{DateTime, Utc};
 pub use accounts::Accounts;
 pub use audit_log::AuditLog;
 pub use collections::{Collections, Page};
-pub use engine::{Clock, Engine, ManualClock, SchedulerConfig, SystemClock};
+pub use engine::{Clock, Engine, ManualClock, STALL_VARIABLE, SchedulerConfig, SystemClock};
+pub use health::{Health, Part, Readiness, STALE_TICK};
 pub use jobs::{FileImport, JobError, JobReport, Jobs, NotifyOnce};
 pub use outbox::Outbox;
 pub use registry::Registry;
@@ -59,7 +62,7 @@ use crate::config::Config;
 use crate::imports;
 use crate::plugins::PluginHost;
 use crate::rules::RuleSet;
-use crate::store::{self, Backend, Store};
+use crate::store::{self, Backend};
 use crate::users::{Role, User};
 
 /// What went wrong with an operation, by what the caller should do.
@@ -135,6 +138,8 @@ pub enum OpenError {
 /// The application: what every face drives.
 pub struct App {
     data: Option<PathBuf>,
+    /// The file the configuration was read from, read again on reload.
+    config_path: Option<PathBuf>,
     config: Config,
     store: Arc<dyn Backend>,
     host: Arc<PluginHost>,
@@ -150,8 +155,13 @@ pub struct App {
     import_lock: Mutex<()>,
     /// The migration made when the store was opened.
     migrated: Option<crate::store::Migrated>,
+    /// When this process opened the app.
+    started_at: chrono::DateTime<chrono::Utc>,
     /// Bumped whenever a run is written: the console's live views wait on it.
     runs_changed: tokio::sync::watch::Sender<u64>,
+    /// Where hosts share the store: how many rule versions it held when
+    /// this host last loaded the rules from it.
+    rules_seen: std::sync::atomic::AtomicU64,
     /// The console's live streams open at once (they outlive requests, so
     /// the API's concurrency limit does not count them).
     live_streams: Arc<tokio::sync::Semaphore>,
@@ -166,8 +176,15 @@ impl App {
     /// else the config's `rules_dir`, else `./rules`), the store, the
     /// compile cache and the secrets.
     pub fn open(data: &Path, rules: Option<&Path>) -> Result<Arc<App>, OpenError> {
+        App::open_with(data, rules, None)
+    }
+
+    /// [`App::open`], reading the configuration from `config` (an operator's
+    /// `/etc/schoolbell/schoolbell.toml`, say) instead of the data directory's.
+    pub fn open_with(data: &Path, rules: Option<&Path>, config: Option<&Path>) -> Result<Arc<App>, OpenError> {
         crate::secrets::private_dir(data).map_err(|source| OpenError::DataDir { path: data.into(), source })?;
-        let config = Config::load(data)?;
+        let config_path = config.map_or_else(|| data.join(crate::config::FILE_NAME), Path::to_path_buf);
+        let config = Config::load_file(&config_path)?;
         let rules_dir = match (rules, &config.rules_dir) {
             (Some(dir), _) => dir.to_path_buf(),
             (None, Some(dir)) if dir.is_relative() => data.join(dir),
@@ -177,11 +194,12 @@ impl App {
         let rules = RuleSet::load_dir(&rules_dir, config.rules.clone())
             .map_err(|errors| OpenError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
         let (store, migrated) =
-            Store::open_and_migrate(&data.join("store"), &data.join("backups")).map_err(|e| in_use(data, e))?;
+            crate::store::open(data, &data.join("backups"), &config.store).map_err(|e| in_use(data, e))?;
         if let Some(m) = &migrated {
             tracing::warn!(from = m.from, to = m.to, backup = %m.backup.display(), "The store was migrated.");
         }
-        let store = Arc::new(store);
+        let clock = clock_from_env()?;
+        let rules_seen = if store.shared() { workbench::share(&*store, &rules, &rules, clock.now())? } else { 0 };
         let host = Arc::new(PluginHost::new(store, Arc::new(rules), &data.join("cache"), config.sandbox.clone())?);
         let key = match &config.secret_key {
             Some(path) if path.is_relative() => data.join(path),
@@ -189,8 +207,10 @@ impl App {
             None => data.join("secret.key"),
         };
         let secrets = crate::secrets::Secrets::open(&key)?;
-        let mut app = App::build(host, clock_from_env()?, config);
+        let mut app = App::build(host, clock, config);
+        app.rules_seen = std::sync::atomic::AtomicU64::new(rules_seen);
         app.data = Some(data.to_path_buf());
+        app.config_path = Some(config_path);
         app.migrated = migrated;
         app.approval_key = secrets.approval_key();
         app.access.secrets = Some(secrets);
@@ -205,8 +225,11 @@ impl App {
     }
 
     fn build(host: Arc<PluginHost>, clock: Arc<dyn Clock>, config: Config) -> App {
+        // Counters recorded before the recorder exists would be lost.
+        crate::metrics::install();
         App {
             data: None,
+            config_path: None,
             store: host.store().clone(),
             host,
             clock,
@@ -224,7 +247,9 @@ impl App {
             engine: engine::State::default(),
             import_lock: Mutex::new(()),
             migrated: None,
+            started_at: chrono::Utc::now(),
             runs_changed: tokio::sync::watch::Sender::new(0),
+            rules_seen: std::sync::atomic::AtomicU64::new(0),
             live_streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_concurrent_requests.max(1))),
             config,
         }
@@ -283,6 +308,11 @@ impl App {
     /// The plugin registry.
     pub fn plugins(&self) -> Registry<'_> {
         Registry { app: self }
+    }
+
+    /// Readiness and the gauges monitoring reads.
+    pub fn health(&self) -> Health<'_> {
+        Health { app: self }
     }
 
     /// The store: check, backup, migration.
@@ -372,6 +402,32 @@ impl App {
         crate::users::get(&*self.store, name).map_err(|e| Error::NotFound(e.to_string()))
     }
 
+    /// Reads the rules folder and the configuration file again (on
+    /// `SIGHUP`). The rules take effect at once, all or none: a folder with
+    /// a broken rule keeps the rules as they were and says which. Keys that
+    /// only a restart applies are named, not applied.
+    pub fn reload(&self) -> Result<Reload, OpenError> {
+        let config = match &self.config_path {
+            Some(path) => Config::load_file(path)?,
+            None => self.config.clone(),
+        };
+        let loaded = self.host.rules();
+        let rules = if self.store.shared() {
+            // The folder may hold new rules for the database; the database
+            // holds the rules.
+            let folder = loaded
+                .read_dir_again()
+                .map_err(|errors| OpenError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
+            let seen = workbench::share(&*self.store, &folder, loaded, self.now())?;
+            self.rules_seen.store(seen, std::sync::atomic::Ordering::Release);
+            loaded.names().len()
+        } else {
+            loaded.reload().map_err(|errors| OpenError::Rules(errors.iter().map(|e| e.to_string()).collect()))?
+        };
+        let restart = self.config.changed_keys(&config).into_iter().filter(|k| !k.starts_with("log.")).collect();
+        Ok(Reload { rules, log: config.log, restart })
+    }
+
     /// Writes everything to disk.
     pub fn flush(&self) -> Result<()> {
         Ok(self.store.flush()?)
@@ -380,6 +436,17 @@ impl App {
     fn access(&self) -> &imports::Access {
         &self.access
     }
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub struct Reload {
+    /// The rules loaded now.
+    pub rules: usize,
+    /// The `[log]` section as the file says now (the binary applies it).
+    pub log: crate::config::LogConfig,
+    /// Keys that changed but take effect only at the next start.
+    pub restart: Vec<String>,
 }
 
 /// The variable that stops the clock at a given instant (RFC 3339), for
@@ -407,7 +474,9 @@ fn owner_only(user: &User, what: &str) -> Result<()> {
 /// A store held by a running server gets an error that says where the
 /// server is and how to reach it instead.
 fn in_use(data: &Path, e: store::Error) -> OpenError {
-    if let Ok(text) = std::fs::read_to_string(data.join("serve.json"))
+    // Only the embedded store is held by one process.
+    if let store::Error::Open { .. } = e
+        && let Ok(text) = std::fs::read_to_string(data.join("serve.json"))
         && let Ok(info) = serde_json::from_str::<serde_json::Value>(&text)
     {
         return OpenError::InUse {

@@ -9,6 +9,9 @@ use crate::app::SchedulerConfig;
 use crate::plugins::SandboxConfig;
 use crate::rules::RuleLimits;
 
+/// The configuration's file name in the data directory.
+pub const FILE_NAME: &str = "schoolbell.toml";
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +39,36 @@ pub struct Config {
     pub privacy: crate::privacy::Privacy,
     /// The SMTP server the outbox is sent through.
     pub email: crate::notify::smtp::EmailConfig,
+    /// What the service logs, and how.
+    pub log: LogConfig,
+    /// Where everything is stored: the embedded store in the data
+    /// directory, or a PostgreSQL database.
+    pub store: crate::store::StoreConfig,
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (for people; no colours unless stderr is a terminal) or
+    /// `json` (one object per line, for a log collector).
+    /// `SCHOOLBELL_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+    /// Which lines, as `RUST_LOG` writes it (`schoolbell=debug,warn`, say).
+    /// `RUST_LOG` overrides it. Default: `schoolbell=info` for `serve`,
+    /// `schoolbell=warn` for the other commands. `SIGHUP` applies a change.
+    pub filter: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human text.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, message, the span fields.
+    Json,
 }
 
 /// The `[api]` section.
@@ -64,6 +97,9 @@ pub struct ApiConfig {
     /// speaks plain HTTP: set it when a TLS proxy stands in front. With
     /// `tls_cert` set the cookie is always `Secure`.
     pub secure_cookies: bool,
+    /// A bearer token `GET /metrics` asks for. Unset: `/metrics` answers
+    /// anyone who can reach the API (it shows counts, never records).
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -77,6 +113,7 @@ impl Default for ApiConfig {
             max_concurrent_requests: 64,
             base_path: String::new(),
             secure_cookies: false,
+            metrics_token: None,
         }
     }
 }
@@ -106,14 +143,25 @@ impl Config {
     /// Reads `schoolbell.toml` from `data_dir`, or the defaults if it does
     /// not exist.
     pub fn load(data_dir: &Path) -> Result<Config, Error> {
-        let path = data_dir.join("schoolbell.toml");
+        Config::load_file(&data_dir.join(FILE_NAME))
+    }
+
+    /// Reads the configuration from `path`, or the defaults if it does not
+    /// exist.
+    pub fn load_file(path: &Path) -> Result<Config, Error> {
+        let path = path.to_path_buf();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut config = Config::default();
+                config.store.apply_env().map_err(|message| Error::Invalid { path, message })?;
+                return Ok(config);
+            }
             Err(source) => return Err(Error::Io { path, source }),
         };
-        let config: Config = toml::from_str(&text)
+        let mut config: Config = toml::from_str(&text)
             .map_err(|e| Error::Invalid { path: path.clone(), message: e.to_string().trim().to_string() })?;
+        config.store.apply_env().map_err(|message| Error::Invalid { path: path.clone(), message })?;
         let base = &config.api.base_path;
         if !base.is_empty()
             && (!base.starts_with('/') || base.ends_with('/') || base.contains("//") || base.contains(['?', '#', ' ']))
@@ -126,6 +174,30 @@ impl Config {
             });
         }
         Ok(config)
+    }
+}
+
+impl Config {
+    /// The keys (`section.key`) whose values differ between `self` and `other`.
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+            match (a, b) {
+                (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                    for key in keys {
+                        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                        let null = serde_json::Value::Null;
+                        walk(&path, a.get(key).unwrap_or(&null), b.get(key).unwrap_or(&null), out);
+                    }
+                }
+                (a, b) if a != b => out.push(prefix.to_string()),
+                _ => {}
+            }
+        }
+        let (a, b) = (serde_json::to_value(self).unwrap_or_default(), serde_json::to_value(other).unwrap_or_default());
+        let mut out = Vec::new();
+        walk("", &a, &b, &mut out);
+        out
     }
 }
 

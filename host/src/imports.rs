@@ -733,15 +733,20 @@ pub struct Picked {
 /// Picks up a task's next file from its source: the first, by name, of
 /// the files named with its prefix whose size held still for `settle`. A
 /// file larger than `[imports] max_file_bytes` is refused, not read.
+///
+/// The file is claimed for `run` before it is read: where hosts share the
+/// store, a file another host's run is importing is passed over.
 pub fn pickup(
     store: &dyn Backend,
     target: &ImportTarget,
     settle: std::time::Duration,
     access: &Access,
+    run: crate::store::RunId,
 ) -> Result<Picked, Error> {
     let source = access.source(store, target)?;
     let mut conn = access.open(store, &source)?;
-    remote::pickup(&mut *conn, target.prefix.as_deref().unwrap_or(""), settle, access)
+    let mut claim = |name: &str| store.claim_file(&format!("{}\u{1f}{name}", source.name), run).map_err(Error::from);
+    remote::pickup(&mut *conn, target.prefix.as_deref().unwrap_or(""), settle, access, &mut claim)
 }
 
 /// A file the account owner gave by hand (`import file`).

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod config;
 pub mod console;
 pub mod imports;
+pub mod metrics;
 pub mod notify;
 pub mod plugins;
 pub mod privacy;

@@ -4,6 +4,7 @@
 mod cli;
 mod demo;
 mod local;
+mod logging;
 mod output;
 mod serve;
 
@@ -17,13 +18,8 @@ fn main() -> ExitCode {
     // folders 0700. The data directory holds student records.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let args = cli::Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "schoolbell=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match cli::run(args) {
+    let logging = logging::init(&args.log_config(), args.serving());
+    match cli::run(args, logging) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {

@@ -110,13 +110,20 @@ pub enum Delivery {
     Failed,
 }
 
-impl std::fmt::Display for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Delivery {
+    /// The status as written in tables, filters and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Delivery::Pending => "pending",
             Delivery::Sent => "sent",
             Delivery::Failed => "failed",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

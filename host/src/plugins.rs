@@ -344,6 +344,14 @@ pub enum Error {
         /// Its error.
         error: GuestError,
     },
+    /// The store failed under one of the plugin's host calls.
+    #[error("plugin {plugin}: the host could not read the store: {message}")]
+    StoreFailed {
+        /// The plugin.
+        plugin: PluginId,
+        /// What the store said.
+        message: String,
+    },
     /// The host refused the guest something it asked for.
     #[error("plugin {plugin} was refused: {message}")]
     Denied {
@@ -634,6 +642,7 @@ impl PluginHost {
     }
 
     fn new_store(&self, entry: &PluginEntry, request: &RunRequest, params: Record) -> wasmtime::Store<RunState> {
+        crate::metrics::instantiated(&entry.name);
         let named = named_rules(&request.rules, &params, &self.rules);
         let setup = RunSetup {
             plugin: entry.id(),
@@ -671,6 +680,9 @@ impl PluginHost {
             Ok(Err(e)) => return Err(guest_failure(&id, store.data(), e)),
             Ok(Ok(list)) => list,
         };
+        if let Some(message) = store.data().store_failed.clone() {
+            return Err(Error::StoreFailed { plugin: id, message });
+        }
         if let Some(v) = store.data().first_violation() {
             return Err(Error::Denied { plugin: id, message: v });
         }
@@ -879,6 +891,9 @@ fn trap_error(plugin: &PluginId, store: &mut wasmtime::Store<RunState>, e: wasmt
 fn guest_failure(plugin: &PluginId, state: &RunState, e: bindings::wit::PluginError) -> Error {
     // A denial the host recorded is the truer story than whatever error
     // the guest turned it into.
+    if let Some(message) = &state.store_failed {
+        return Error::StoreFailed { plugin: plugin.clone(), message: message.clone() };
+    }
     if let Some(v) = state.violations.first() {
         return Error::Denied { plugin: plugin.clone(), message: v.clone() };
     }

@@ -71,7 +71,7 @@ pub enum Error {
         found: String,
     },
     /// No rule has that name.
-    #[error("no rule named `{name}`: add {dir}/{name}.rhai", dir = dir.display())]
+    #[error("no rule named `{name}`: add {dir}/{name}.rhai, or save it with `schoolbell rule save {name} FILE`", dir = dir.display())]
     Unknown {
         /// The name asked for.
         name: String,
@@ -168,8 +168,11 @@ pub fn engine(limits: &RuleLimits) -> Engine {
     engine.register_fn("fold", |text: &str| crate::records::fold(text));
     // A match key field compared folded: `[folded("last-name"), "birth-date"]`.
     engine.register_fn("folded", |field: &str| format!("{}{field}", crate::records::FOLDED));
-    engine.on_print(|text| tracing::info!(target: "schoolbell::rules", "{text}"));
-    engine.on_debug(|text, source, pos| tracing::debug!(target: "schoolbell::rules", ?source, %pos, "{text}"));
+    // What a rule prints can be a record's field: SSN-shaped text is masked.
+    engine.on_print(|text| tracing::info!(target: "schoolbell::rules", "{}", crate::privacy::mask_ssns(text)));
+    engine.on_debug(|text, source, pos| {
+        tracing::debug!(target: "schoolbell::rules", ?source, %pos, "{}", crate::privacy::mask_ssns(text))
+    });
     engine
 }
 
@@ -259,6 +262,33 @@ impl Rule {
     }
 }
 
+/// One saved version of a rule, as the store keeps it. Every save adds
+/// one, so a rule's history says who changed it and when; where hosts
+/// share a database, the newest versions there are the rules every host
+/// runs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuleVersion {
+    /// The rule's name.
+    pub name: String,
+    /// 1 for its first save, then one more each time.
+    pub version: u64,
+    /// SHA-256 of the source.
+    pub hash: String,
+    /// Who saved it (the rules folder, for rules seeded from it).
+    pub saved_by: String,
+    /// When.
+    pub saved_at: chrono::DateTime<chrono::Utc>,
+    /// The rule's text.
+    pub source: String,
+}
+
+impl RuleVersion {
+    /// How messages name this version.
+    pub fn shown(&self) -> String {
+        format!("{}.rhai (version {})", self.name, self.version)
+    }
+}
+
 /// A rule's verdict on one record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -326,6 +356,58 @@ impl RuleSet {
         if errors.is_empty() { Ok(set) } else { Err(errors) }
     }
 
+    /// The folder the rules are read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the folder again, into a new set with the same limits.
+    pub fn read_dir_again(&self) -> Result<RuleSet, Vec<Error>> {
+        RuleSet::load_dir(&self.dir, self.limits.clone())
+    }
+
+    /// Reads the folder again and makes its rules the ones runs use from
+    /// now on (a run under way keeps the versions it holds). All or none:
+    /// when a rule does not compile, the loaded rules stay as they were and
+    /// every error is returned. Returns how many rules are loaded.
+    pub fn reload(&self) -> Result<usize, Vec<Error>> {
+        let fresh = self.read_dir_again()?;
+        let rules = std::mem::take(&mut *fresh.rules.write().unwrap_or_else(|e| e.into_inner()));
+        let count = rules.len();
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
+        Ok(count)
+    }
+
+    /// Makes `versions` the rules runs use from now on, in place of every
+    /// rule loaded. All or none, like [`RuleSet::reload`]. Returns how many
+    /// rules are loaded.
+    pub fn load_versions(&self, versions: &[RuleVersion]) -> Result<usize, Vec<Error>> {
+        let mut rules = HashMap::new();
+        let mut errors = Vec::new();
+        for v in versions {
+            match self.compile(&v.name, &v.shown(), &v.source) {
+                Ok(rule) => {
+                    rules.insert(v.name.clone(), Arc::new(rule));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let count = rules.len();
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules;
+        Ok(count)
+    }
+
+    /// The loaded rules' names and sources, by name.
+    pub fn sources(&self) -> Vec<(String, String)> {
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        let mut sources: Vec<(String, String)> = rules.values().map(|r| (r.name.clone(), r.source.clone())).collect();
+        sources.sort();
+        sources
+    }
+
     /// Compiles one rule file.
     pub fn compile_file(&self, path: &Path) -> Result<Rule, Error> {
         let source = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
@@ -356,7 +438,8 @@ impl RuleSet {
         })
     }
 
-    fn insert(&self, rule: Rule) -> Arc<Rule> {
+    /// Makes a compiled rule the one runs use from now on.
+    pub fn insert(&self, rule: Rule) -> Arc<Rule> {
         let rule = Arc::new(rule);
         // A panic elsewhere cannot leave the map half-written: insert is one step.
         self.rules.write().unwrap_or_else(|e| e.into_inner()).insert(rule.name.clone(), rule.clone());
@@ -382,12 +465,25 @@ impl RuleSet {
         list
     }
 
-    /// The rule named `name` and its source, as its file holds it.
+    /// The rule named `name` and its source, as loaded.
     pub fn source(&self, name: &str) -> Result<(RuleInfo, String), Error> {
         let rule = self.get(name)?;
-        let source = std::fs::read_to_string(&rule.file)
-            .map_err(|source| Error::Io { path: rule.file.clone().into(), source })?;
-        Ok((rule.info(), source))
+        Ok((rule.info(), rule.source.clone()))
+    }
+
+    /// Compiles `source` as the rule `name`, to be saved. Refused when the
+    /// name is not a plain file name or the rule does not compile (the
+    /// error names `from`, where the source came from).
+    pub fn prepare(&self, name: &str, from: &str, source: &str) -> Result<Rule, Error> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(Error::BadName(name.into()));
+        }
+        self.compile(name, from, source).map_err(|e| match e {
+            Error::Compile { file, line, column, message } => {
+                Error::Compile { file, line, column, message: format!("{message}; the rule was not saved") }
+            }
+            other => other,
+        })
     }
 
     /// Saves `source` as the rule `name` (the file `NAME.rhai` in the rules
@@ -397,16 +493,8 @@ impl RuleSet {
     /// from). The file is replaced by a rename, so a reader sees the old
     /// rule or the new one, never half of it.
     pub fn save(&self, name: &str, from: &str, source: &str) -> Result<Arc<Rule>, Error> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(Error::BadName(name.into()));
-        }
+        let mut rule = self.prepare(name, from, source)?;
         let target = self.dir.join(format!("{name}.rhai"));
-        let mut rule = self.compile(name, from, source).map_err(|e| match e {
-            Error::Compile { file, line, column, message } => {
-                Error::Compile { file, line, column, message: format!("{message}; the rule was not saved") }
-            }
-            other => other,
-        })?;
         rule.file = target.display().to_string();
         let staged = self.dir.join(format!(".{name}.rhai.saving"));
         fn save(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -496,6 +584,17 @@ pub struct Pass {
     scope: Scope<'static>,
     base: usize,
     fields: Vec<(String, Option<rhai::Identifier>)>,
+    /// The rule's name and what this pass decided, for the metrics: added
+    /// up here and counted once when the pass is dropped, not per record.
+    rule: String,
+    evaluated: u64,
+    failed: u64,
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        crate::metrics::rule_used(&self.rule, self.evaluated, self.failed);
+    }
 }
 
 impl Selector {
@@ -512,7 +611,7 @@ impl Selector {
         let mut scope = Scope::new();
         scope.push_constant("params", params);
         let base = scope.len();
-        Pass { ast, scope, base, fields: Vec::new() }
+        Pass { ast, scope, base, fields: Vec::new(), rule: self.rule.name.clone(), evaluated: 0, failed: 0 }
     }
 
     /// A pass for one thread, reused from an earlier chunk when one is idle:
@@ -530,7 +629,14 @@ impl Selector {
         record: &[(&str, ValueRef)],
         explain_misses: bool,
     ) -> Result<Decision, Error> {
-        let Pass { ast, scope, base, fields } = pass;
+        pass.evaluated += 1;
+        let decision = self.decide_in(pass, record, explain_misses);
+        pass.failed += u64::from(decision.is_err());
+        decision
+    }
+
+    fn decide_in(&self, pass: &mut Pass, record: &[(&str, ValueRef)], explain_misses: bool) -> Result<Decision, Error> {
+        let Pass { ast, scope, base, fields, .. } = pass;
         scope.rewind(*base);
         for (i, (name, value)) in record.iter().enumerate() {
             if fields.get(i).is_none_or(|(known, _)| known != name) {

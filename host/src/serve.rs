@@ -36,11 +36,18 @@ async fn tls_config(app: &App) -> Result<Option<axum_server::tls_rustls::RustlsC
     Ok(Some(config))
 }
 
-pub(crate) fn run(app: Arc<App>, listen: Option<String>, insecure: bool) -> Result<()> {
+pub(crate) fn run(
+    app: Arc<App>,
+    listen: Option<String>,
+    insecure: bool,
+    logging: crate::logging::Logging,
+) -> Result<()> {
     let data = app.data_dir().context("serve needs a data directory")?.to_path_buf();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let interrupted = app.engine().recover()?;
+        // On a shared store, other hosts' runs are running now: a run is
+        // settled when its lease lapses instead.
+        let interrupted = if app.storage().shared() { 0 } else { app.engine().recover()? };
         if interrupted > 0 {
             tracing::warn!(interrupted, "Runs left running by the last process were marked interrupted.");
         }
@@ -95,11 +102,20 @@ pub(crate) fn run(app: Arc<App>, listen: Option<String>, insecure: bool) -> Resu
             }
         };
 
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        // Under systemd (`Type=notify`): ready once the API listens and
+        // the scheduler runs. Elsewhere there is no socket and this does nothing.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hangup.recv() => reload(&app, &logging),
+            }
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("Shutting down.");
         let _ = stop_tx.send(true);
         let _ = scheduler.await;
@@ -115,6 +131,25 @@ pub(crate) fn run(app: Arc<App>, listen: Option<String>, insecure: bool) -> Resu
         say("schoolbell stopped");
         Ok(())
     })
+}
+
+/// `SIGHUP`: the rules and the log filter again from their files; keys
+/// that need a restart are named in the log, and left as they were.
+fn reload(app: &App, logging: &crate::logging::Logging) {
+    match app.reload() {
+        Ok(done) => {
+            logging.reload(&done.log);
+            tracing::info!(rules = done.rules, "Reloaded the rules and [log] filter (SIGHUP).");
+            if !done.restart.is_empty() {
+                tracing::warn!(
+                    keys = %done.restart.join(", "),
+                    "These changed keys take effect only after a restart: {}",
+                    done.restart.join(", ")
+                );
+            }
+        }
+        Err(e) => tracing::error!("Reload (SIGHUP) failed; nothing changed: {e}"),
+    }
 }
 
 /// The CLI's socket, readable and writable by this account only.

@@ -25,6 +25,7 @@ use crate::imports::ImportPlan;
 use crate::notify::{LedgerEntry, OutboxEntry};
 use crate::plugins::PluginEntry;
 use crate::records::{Record, Value};
+use crate::rules::RuleVersion;
 use crate::runs::{Approval, Run, TaskMessage};
 use crate::sources::Source;
 use crate::tasks::Task;
@@ -33,9 +34,103 @@ use crate::views::SavedView;
 
 #[cfg(test)]
 mod contract;
+mod postgres_store;
 mod sled_store;
 
+pub use postgres_store::PgStore;
+pub(crate) use postgres_store::machine_name;
 pub use sled_store::Store;
+
+/// The `[store]` section of `schoolbell.toml`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sled`: the embedded store in the data directory's `store` folder,
+    /// for one host (the default). `postgres`: a PostgreSQL database
+    /// (`url`) that several hosts may share; run `schoolbell store migrate`
+    /// once before the first start and after each upgrade.
+    pub backend: BackendKind,
+    /// The PostgreSQL connection, as a URL
+    /// (`postgres://schoolbell@db.district.example/schoolbell`) or as
+    /// `key=value` pairs (`host=/run/postgresql dbname=schoolbell`). Keep
+    /// the password out of it: use `password_file`.
+    pub url: String,
+    /// A file holding the database password (a systemd credential, a
+    /// mounted secret), read at start and never logged. Relative paths are
+    /// taken from the data directory.
+    pub password_file: Option<PathBuf>,
+    /// Connections this host keeps open to the database.
+    pub pool_size: u32,
+    /// The schema the tables live in (lowercase letters, digits and `_`);
+    /// `schoolbell store migrate` creates it.
+    pub schema: String,
+    /// Seconds a running run's lease lasts. Its host renews it every few
+    /// seconds; when a host stops answering for this long, another host
+    /// marks its runs interrupted.
+    pub lease_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: BackendKind::Sled,
+            url: String::new(),
+            password_file: None,
+            pool_size: 16,
+            schema: "schoolbell".into(),
+            lease_secs: 30,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// `SCHOOLBELL_STORE_BACKEND`, `SCHOOLBELL_STORE_URL` and
+    /// `SCHOOLBELL_STORE_SCHEMA` override the file, so one configuration
+    /// can be pointed at another database (a test's, a staging copy).
+    pub fn apply_env(&mut self) -> std::result::Result<(), String> {
+        if let Ok(backend) = std::env::var("SCHOOLBELL_STORE_BACKEND") {
+            self.backend = match backend.as_str() {
+                "sled" => BackendKind::Sled,
+                "postgres" => BackendKind::Postgres,
+                other => return Err(format!("SCHOOLBELL_STORE_BACKEND is `{other}`; use `sled` or `postgres`")),
+            };
+        }
+        if let Ok(url) = std::env::var("SCHOOLBELL_STORE_URL") {
+            self.url = url;
+        }
+        if let Ok(schema) = std::env::var("SCHOOLBELL_STORE_SCHEMA") {
+            self.schema = schema;
+        }
+        Ok(())
+    }
+}
+
+/// Which database keeps the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The embedded store in the data directory.
+    Sled,
+    /// A PostgreSQL database.
+    Postgres,
+}
+
+/// Opens the store `config` names: the embedded one in `data` (migrated,
+/// after a backup into `backups`, when an older build wrote it), or the
+/// PostgreSQL database, which must be migrated already.
+pub fn open(
+    data: &Path,
+    backups: &Path,
+    config: &StoreConfig,
+) -> Result<(std::sync::Arc<dyn Backend>, Option<Migrated>)> {
+    match config.backend {
+        BackendKind::Sled => {
+            let (store, migrated) = Store::open_and_migrate(&data.join("store"), backups)?;
+            Ok((std::sync::Arc::new(store), migrated))
+        }
+        BackendKind::Postgres => Ok((std::sync::Arc::new(PgStore::open(config, data)?), None)),
+    }
+}
 
 /// The schema this build writes. Bump it when a key layout or a stored
 /// type changes, and add the step from the version before to
@@ -114,6 +209,43 @@ pub enum Error {
         /// The record's position in the batch, from 1.
         index: usize,
     },
+    /// The PostgreSQL database does not answer, or refuses the login.
+    #[error(
+        "cannot connect to the PostgreSQL database {target}: {source}. Check [store] url and password_file, and that the server is up and lets this user in"
+    )]
+    Connect {
+        /// The database, without its password.
+        target: String,
+        /// What the driver said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The PostgreSQL schema lacks this build's migrations.
+    #[error(
+        "the PostgreSQL schema `{schema}` is at migration {found} and this build needs {wanted}: run `schoolbell store migrate`"
+    )]
+    Unmigrated {
+        /// The schema.
+        schema: String,
+        /// The last migration applied (0: none).
+        found: i32,
+        /// The last migration this build has.
+        wanted: i32,
+    },
+    /// The PostgreSQL schema was migrated by a newer build.
+    #[error(
+        "the PostgreSQL schema `{schema}` is at migration {found}, newer than this build's {wanted}; upgrade schoolbell"
+    )]
+    NewerMigration {
+        /// The schema.
+        schema: String,
+        /// The last migration applied.
+        found: i32,
+        /// The last migration this build has.
+        wanted: i32,
+    },
+    /// The `[store]` section cannot be used.
+    #[error("[store] {0}")]
+    Config(String),
     /// The collection has not been defined.
     #[error("collection `{0}` does not exist; load records into it first")]
     UnknownCollection(String),
@@ -149,6 +281,70 @@ pub fn index_text(record: &Record, fields: &[String]) -> Option<String> {
     Some(parts.join("\u{1f}"))
 }
 
+impl CollectionSpec {
+    /// The key of `record`, the `index`-th (from 1) of a batch for
+    /// `collection`: its key field's text, which every record must have.
+    pub(crate) fn key_of(&self, collection: &str, record: &Record, index: usize) -> Result<String> {
+        let key = match record.get(&self.key_field) {
+            Some(v) if !matches!(v, Value::Null) => v.to_key_text(),
+            _ => {
+                return Err(Error::MissingKey { collection: collection.into(), field: self.key_field.clone(), index });
+            }
+        };
+        check_name("key", &key)?;
+        Ok(key)
+    }
+}
+
+/// Refuses a name or key with a NUL, which neither backend's keys can hold.
+pub(crate) fn check_name(what: &'static str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::BadName { what, value: value.escape_debug().to_string() });
+    }
+    Ok(())
+}
+
+/// The drift between the index entries a collection's records call for
+/// and those stored, and between its count and its records, one line each.
+pub(crate) fn index_drift<T: Ord>(
+    collection: &str,
+    expected: &std::collections::BTreeSet<T>,
+    found: &std::collections::BTreeSet<T>,
+    shown: impl Fn(&T) -> String,
+    counted: u64,
+    records: u64,
+) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    for k in expected.difference(found) {
+        drift.push(Drift(format!("collection `{collection}`: index entry missing: {}", shown(k))));
+    }
+    for k in found.difference(expected) {
+        drift.push(Drift(format!("collection `{collection}`: index entry for no record: {}", shown(k))));
+    }
+    if counted != records {
+        drift.push(Drift(format!(
+            "collection `{collection}`: the count says {counted}, but {records} records are stored"
+        )));
+    }
+    drift
+}
+
+/// One row of a table, as `schoolbell store copy` moves it between
+/// backends: the table's name, its columns, and their values.
+pub(crate) struct Row {
+    pub(crate) table: &'static str,
+    pub(crate) columns: &'static [&'static str],
+    pub(crate) values: Vec<Cell>,
+}
+
+/// A value in a [`Row`].
+pub(crate) enum Cell {
+    Text(String),
+    Bytes(Vec<u8>),
+    Int(i64),
+    Null,
+}
+
 /// What [`Store::lookup_record`] found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -166,6 +362,23 @@ pub type RunId = u64;
 /// A queue entry's key: priority, then due time, then a sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct QueueKey(pub Vec<u8>);
+
+impl QueueKey {
+    /// The key of run `id`, queued at `priority` (0 is served first) and
+    /// due at `due`: keys sort as the queue is served, in every backend.
+    pub(crate) fn new(priority: u8, due: DateTime<Utc>, id: RunId) -> QueueKey {
+        let mut k = vec![priority];
+        k.extend_from_slice(&sortable_millis(due));
+        k.extend_from_slice(&id.to_be_bytes());
+        QueueKey(k)
+    }
+}
+
+/// An instant as bytes that sort as it does: milliseconds with the sign
+/// bit flipped, big-endian.
+pub(crate) fn sortable_millis(t: DateTime<Utc>) -> [u8; 8] {
+    ((t.timestamp_millis() as u64) ^ (1 << 63)).to_be_bytes()
+}
 
 /// What finishing a run writes beside it.
 pub struct Finish<'a, L, O> {
@@ -209,19 +422,72 @@ pub type OutboxUpdate = (u64, OutboxEntry, DateTime<Utc>, Option<DateTime<Utc>>)
 /// pass and decoded where it is used, across cores, in place for a rule to
 /// read and in full only for the records that are kept.
 pub struct StoredRecord {
-    key: sled::IVec,
-    bytes: sled::IVec,
+    key: Held,
+    bytes: Held,
+}
+
+/// Bytes as a backend hands them over: sled's shared buffers are kept, not
+/// copied.
+enum Held {
+    Sled(sled::IVec),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Held {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Held::Sled(v) => v,
+            Held::Owned(v) => v,
+        }
+    }
 }
 
 impl StoredRecord {
+    fn sled(key: sled::IVec, bytes: sled::IVec) -> StoredRecord {
+        StoredRecord { key: Held::Sled(key), bytes: Held::Sled(bytes) }
+    }
+
+    fn owned(key: Vec<u8>, bytes: Vec<u8>) -> StoredRecord {
+        StoredRecord { key: Held::Owned(key), bytes: Held::Owned(bytes) }
+    }
+
     /// Its fields, read in place: names and text borrowed, not copied.
     pub fn fields(&self) -> Result<crate::records::Fields<'_>> {
-        sled_store::decode("records", &self.key, &self.bytes)
+        decode("records", &self.key, &self.bytes)
     }
 
     /// The record, decoded.
     pub fn record(&self) -> Result<Record> {
-        sled_store::decode("records", &self.key, &self.bytes)
+        decode("records", &self.key, &self.bytes)
+    }
+}
+
+/// Every encoded value starts with the schema version it was written in
+/// (two bytes, big-endian), so a value never decodes under a layout it was
+/// not written for.
+const VALUE_VERSION: [u8; 2] = (SCHEMA_VERSION as u16).to_be_bytes();
+
+/// A stored value's bytes: the schema version, then postcard. Every backend
+/// keeps values this way, so a copy between them moves bytes unchanged.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // postcard only fails on a full fixed buffer or an unsupported serde
+    // feature; neither can happen with `to_extend` on our own types.
+    postcard::to_extend(value, VALUE_VERSION.to_vec()).expect("postcard encodes store types")
+}
+
+/// A stored value, read back; `tree` and `k` name it in an error.
+pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(tree: &'static str, k: &[u8], v: &'a [u8]) -> Result<T> {
+    let corrupt = |reason: String| Error::Corrupt { tree, key: String::from_utf8_lossy(k).replace('\0', "/"), reason };
+    match v.split_first_chunk::<2>() {
+        Some((version, body)) if *version == VALUE_VERSION => {
+            postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))
+        }
+        Some((version, _)) => Err(corrupt(format!(
+            "written in schema version {}, this build reads {SCHEMA_VERSION}; run `schoolbell store migrate`",
+            u16::from_be_bytes(*version)
+        ))),
+        None => Err(corrupt("too short to hold a schema version".into())),
     }
 }
 
@@ -395,7 +661,10 @@ pub trait LedgerStore {
 
 /// The email outbox.
 pub trait OutboxStore {
-    /// Entries due at or before `now`, oldest first.
+    /// Entries due at or before `now`, oldest first. Where hosts share the
+    /// store, they are claimed for this host as they are read: another
+    /// host's call skips them until their outcome is written, they are
+    /// released, or the claim lapses.
     fn outbox_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>>;
     /// Entries in id order after `after`.
     fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>>;
@@ -414,6 +683,13 @@ pub trait OutboxStore {
     fn update_outbox_batch(&self, updates: &[OutboxUpdate]) -> Result<()>;
     /// Drops an entry that is no longer due (sent or failed).
     fn remove_outbox(&self, id: u64) -> Result<()>;
+    /// Gives back entries [`OutboxStore::outbox_due`] handed this host and
+    /// that it did not send (the server did not answer), for any host to
+    /// send next time. Where one process sends, nothing is claimed.
+    fn release_outbox(&self, ids: &[u64]) -> Result<()> {
+        let _ = ids;
+        Ok(())
+    }
 }
 
 /// Users, their token hashes, and sealed secrets.
@@ -476,6 +752,26 @@ pub trait SourceStore {
     fn all_sources(&self) -> Result<Vec<Source>>;
 }
 
+/// The rules' saved versions.
+pub trait RuleStore {
+    /// Adds `source` as rule `name`'s next version, and returns it.
+    fn add_rule_version(
+        &self,
+        name: &str,
+        source: &str,
+        hash: &str,
+        saved_by: &str,
+        saved_at: DateTime<Utc>,
+    ) -> Result<RuleVersion>;
+    /// Each rule's newest version, by name.
+    fn rule_heads(&self) -> Result<Vec<RuleVersion>>;
+    /// Every version of rule `name`, oldest first.
+    fn rule_history(&self, name: &str) -> Result<Vec<RuleVersion>>;
+    /// How many versions were saved, of every rule: a host that sees it
+    /// change knows another saved a rule.
+    fn rule_versions(&self) -> Result<u64>;
+}
+
 /// The plugin registry and the components' bytes.
 pub trait PluginStore {
     /// One plugin.
@@ -504,7 +800,99 @@ pub trait Maintenance {
     fn check(&self) -> Result<Vec<Drift>>;
     /// A copy into `dir` (new or empty).
     fn backup(&self, dir: &Path) -> Result<()>;
+    /// Bytes the store takes on disk.
+    fn size_on_disk(&self) -> Result<u64>;
+    /// Whether other processes may use the store at once (a database
+    /// server several hosts share), so that a run marked running may be
+    /// another process's, running now.
+    fn shared(&self) -> bool {
+        false
+    }
 }
+
+/// A host serving from a shared store, as the others see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostInfo {
+    /// The host's id: its machine name, process id and a random suffix.
+    pub id: String,
+    /// The machine's name.
+    pub name: String,
+    /// The process id on that machine.
+    pub pid: u32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Runs it holds leases on: running there now.
+    pub runs_held: u64,
+}
+
+/// Hosts sharing one store: heartbeats, run leases and leaders for the
+/// chores one host does. The embedded store has one host, and keeps none
+/// of it: every default here is that host's answer.
+pub trait HostStore: RunStore {
+    /// This process's id among the hosts, if the store is shared.
+    fn host_id(&self) -> Option<&str> {
+        None
+    }
+    /// Records that this host is alive (registering it the first time).
+    fn beat(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Every host that beat lately, with the runs each holds.
+    fn hosts(&self) -> Result<Vec<HostInfo>> {
+        Ok(Vec::new())
+    }
+    /// Extends this host's leases on `runs`; returns those it no longer
+    /// holds (another host took them over after the lease lapsed).
+    fn renew_leases(&self, runs: &[RunId]) -> Result<Vec<RunId>> {
+        let _ = runs;
+        Ok(Vec::new())
+    }
+    /// Takes over the leases that lapsed, whoever held them: each is
+    /// returned to one caller only, which holds it now and settles its run
+    /// with [`HostStore::settle_lapsed`]. A caller that dies first lets it
+    /// lapse again, for another host to take.
+    fn take_lapsed_leases(&self) -> Result<Vec<RunId>> {
+        Ok(Vec::new())
+    }
+    /// Writes `ended` (a run whose lease this host took over, settled) and
+    /// queues `again` (its work to run again, with its priority and due
+    /// time), and lets the lease go: all in one step. False, with nothing
+    /// written, when the lease is no longer this host's.
+    fn settle_lapsed(&self, ended: &Run, again: Option<(u8, DateTime<Utc>, &Run)>) -> Result<bool> {
+        self.put_run(ended, ended.finished_at)?;
+        if let Some((priority, due, run)) = again {
+            self.enqueue(priority, due, run)?;
+        }
+        Ok(true)
+    }
+    /// Whether this host leads `chore` now (taking it over when its leader
+    /// stopped answering).
+    fn lead(&self, chore: &str) -> Result<bool> {
+        let _ = chore;
+        Ok(true)
+    }
+    /// Claims the file `key` (a source and a name) for run `run`'s import:
+    /// false while another run that still holds its lease has it.
+    fn claim_file(&self, key: &str, run: RunId) -> Result<bool> {
+        let _ = (key, run);
+        Ok(true)
+    }
+    /// Calls `wake` whenever any host queues work, for as long as the store
+    /// is open. Where one process queues everything, it knows already.
+    fn on_new_work(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        let _ = wake;
+    }
+    /// Whether a run of `task` runs on any host, and whether one is queued:
+    /// none where this process alone knows (it keeps count itself).
+    fn task_activity(&self, task: &str) -> Result<Option<(bool, bool)>> {
+        let _ = task;
+        Ok(None)
+    }
+}
+
+impl HostStore for Store {}
 
 /// Everything a backend provides: what the application core holds.
 pub trait Backend:
@@ -516,8 +904,10 @@ pub trait Backend:
     + AccountStore
     + SourceStore
     + AuditStore
+    + RuleStore
     + PluginStore
     + Maintenance
+    + HostStore
     + Send
     + Sync
 {
@@ -532,17 +922,43 @@ impl<T> Backend for T where
         + AccountStore
         + SourceStore
         + AuditStore
+        + RuleStore
         + PluginStore
         + Maintenance
+        + HostStore
         + Send
         + Sync
 {
 }
 
+/// Runs `write` again while it fails, for up to half a minute, where the
+/// store is a database server (which may be restarting): the outcome of
+/// something already done (an email sent, a run ended) is worth waiting
+/// for, since losing it means doing it again. The embedded store's errors
+/// do not pass, so it is tried once.
+pub fn patiently<T, E: std::fmt::Display>(
+    store: &dyn Backend,
+    what: &str,
+    mut write: impl FnMut() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match write() {
+            Err(e) if store.shared() && std::time::Instant::now() < deadline => {
+                tracing::warn!("Cannot record {what} yet, trying again: {e}");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// The traits, for `use crate::store::prelude::*` where a backend is used.
 pub mod prelude {
     pub use super::{
-        AccountStore, AuditStore, Backend, LedgerStore, Maintenance, OutboxStore, PluginStore, RecordStore, RunStore,
-        SourceStore, TaskStore,
+        AccountStore, AuditStore, Backend, HostStore, LedgerStore, Maintenance, OutboxStore, PluginStore, RecordStore,
+        RuleStore, RunStore, SourceStore, TaskStore,
     };
 }

@@ -29,6 +29,16 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
+    /// The kind as the config and the API write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Import => "import",
+            TaskKind::Notifier => "notifier",
+            TaskKind::Export => "export",
+            TaskKind::Cleanup => "cleanup",
+        }
+    }
+
     /// The plugin world this kind runs.
     pub fn plugin_kind(self) -> PluginKind {
         match self {

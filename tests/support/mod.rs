@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod fileservers;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -126,12 +127,53 @@ pub struct Sb {
     pub dir: tempfile::TempDir,
     /// The rules folder the binary is pointed at.
     pub rules: PathBuf,
+    /// The throwaway PostgreSQL cluster the store lives in, when the suite
+    /// runs on PostgreSQL (`SCHOOLBELL_TEST_STORE=postgres`); else the
+    /// embedded store in the data directory.
+    pub database: Option<std::sync::Arc<postgres::Postgres>>,
+}
+
+/// Whether this run of the suites keeps its stores in PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("SCHOOLBELL_TEST_STORE").as_deref() == Ok("postgres")
 }
 
 impl Sb {
     /// A sandbox reading the shipped rules in place.
     pub fn new() -> Sb {
-        Sb { dir: tempfile::tempdir().unwrap(), rules: root().join("rules") }
+        Sb::make(tempfile::tempdir().unwrap(), root().join("rules"))
+    }
+
+    fn make(dir: tempfile::TempDir, rules: PathBuf) -> Sb {
+        let database = on_postgres().then(|| std::sync::Arc::new(postgres::Postgres::start()));
+        let sb = Sb { dir, rules, database };
+        if sb.database.is_some() {
+            sb.ok(&["store", "migrate"]);
+        }
+        sb
+    }
+
+    /// A sandbox whose store is a fresh PostgreSQL cluster, whatever
+    /// `SCHOOLBELL_TEST_STORE` says.
+    pub fn on_database() -> Sb {
+        let sb = Sb {
+            dir: tempfile::tempdir().unwrap(),
+            rules: root().join("rules"),
+            database: Some(std::sync::Arc::new(postgres::Postgres::start())),
+        };
+        sb.ok(&["store", "migrate"]);
+        sb
+    }
+
+    /// Another host's data directory on `other`'s database: the same rules
+    /// and the same secret key (hosts sharing a store must share it), its
+    /// own configuration, compile cache and socket.
+    pub fn sharing(other: &Sb) -> Sb {
+        let sb = Sb { dir: tempfile::tempdir().unwrap(), rules: other.rules.clone(), database: other.database.clone() };
+        std::fs::create_dir_all(sb.data()).unwrap();
+        std::fs::set_permissions(sb.data(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        std::fs::copy(other.data().join("secret.key"), sb.data().join("secret.key")).unwrap();
+        sb
     }
 
     /// A sandbox with its own copy of the shipped rules, for tests that save rules.
@@ -143,7 +185,7 @@ impl Sb {
             let path = entry.unwrap().path();
             std::fs::copy(&path, rules.join(path.file_name().unwrap())).unwrap();
         }
-        Sb { dir, rules }
+        Sb::make(dir, rules)
     }
 
     pub fn data(&self) -> PathBuf {
@@ -154,6 +196,9 @@ impl Sb {
         let mut c = Command::new(env!("CARGO_BIN_EXE_schoolbell"));
         c.arg("--data").arg(self.data()).arg("--rules").arg(&self.rules);
         c.env_remove("RUST_LOG");
+        if let Some(database) = &self.database {
+            c.env("SCHOOLBELL_STORE_BACKEND", "postgres").env("SCHOOLBELL_STORE_URL", database.url());
+        }
         c
     }
 
@@ -164,14 +209,7 @@ impl Sb {
 
     /// Runs the binary and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "schoolbell {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(self.run(args), &format!("schoolbell {args:?}"))
     }
 
     /// Runs the binary and expects failure; returns stderr.
@@ -192,6 +230,17 @@ impl Sb {
         std::fs::write(&path, contents).unwrap();
         path
     }
+}
+
+/// The stdout of a command `what` that must have succeeded.
+pub fn succeeded(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 pub fn s(p: &Path) -> &str {
@@ -293,12 +342,22 @@ pub struct Server {
 impl Sb {
     /// Starts `serve` on a free loopback port and waits until it listens.
     pub fn serve(&self) -> Server {
+        self.serve_with(&[], None)
+    }
+
+    /// [`Sb::serve`] with `env` set, and its log (stderr) written to `log`.
+    pub fn serve_with(&self, env: &[(&str, &str)], log: Option<&Path>) -> Server {
         use std::io::BufRead;
+        let stderr = match log {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
+            None => std::process::Stdio::inherit(),
+        };
         let mut child = self
             .command()
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();

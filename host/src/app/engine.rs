@@ -59,6 +59,10 @@ impl Clock for ManualClock {
     }
 }
 
+/// For tests of readiness: while the file this names exists, the scheduler
+/// loop stands still, as a loop stuck in a bug would.
+pub const STALL_VARIABLE: &str = "SCHOOLBELL_FAULT_STALL_SCHEDULER";
+
 /// The `[scheduler]` section of the config.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -110,6 +114,10 @@ pub(super) struct State {
     /// The earliest start of a run submitted for later: the loop wakes
     /// for it. Noted at submission, worked out again at every dispatch.
     next_start: Mutex<Option<DateTime<Utc>>>,
+    /// When the loop last ticked: readiness fails when it is too long ago.
+    pub(super) last_tick: Mutex<Option<std::time::Instant>>,
+    /// The last SMTP readiness check, reused for a few seconds.
+    pub(super) smtp_check: Mutex<Option<(std::time::Instant, super::Part)>>,
 }
 
 impl State {
@@ -148,9 +156,13 @@ impl State {
         Ok(())
     }
 
-    /// Whether a run of `task` is running, and whether one is queued.
+    /// Whether a run of `task` is running, and whether one is queued: on
+    /// any host, where hosts share the store.
     fn task_is_busy(&self, store: &dyn Backend, task: &str) -> Result<(bool, bool)> {
         let running = lock(&self.live).values().any(|l| l.task == task);
+        if let Some((elsewhere, queued)) = store.task_activity(task)? {
+            return Ok((running || elsewhere, queued));
+        }
         let queued = self.queued_counts(store)?.as_ref().and_then(|m| m.get(task)).copied().unwrap_or(0) > 0;
         Ok((running, queued))
     }
@@ -249,6 +261,7 @@ impl Engine<'_> {
                         l.control.cancel(Duration::from_secs(app.host.config().cancel_grace_secs));
                     }
                 }
+                crate::metrics::fired((now - due_at).to_std().unwrap_or_default());
                 if enqueue {
                     state.count_queued(store, &name, 1)?;
                     fired += 1;
@@ -264,14 +277,31 @@ impl Engine<'_> {
 
     /// Starts queued runs while workers are free. Needs a tokio runtime.
     pub fn dispatch(&self) -> Result<usize> {
+        let starting = self.claim()?;
+        if starting.is_empty() {
+            return Ok(0);
+        }
+        // Durable before any side effect: a run that starts is recorded as
+        // started, so a crash cannot make it run twice.
+        if let Err(e) = self.app.store.flush() {
+            self.unclaim(&starting);
+            return Err(e.into());
+        }
+        Ok(self.launch(starting))
+    }
+
+    /// Marks queued runs started while workers are free, without a flush:
+    /// none may run before one (see [`Engine::launch`]).
+    fn claim(&self) -> Result<Vec<(Run, RunControl)>> {
         let app = self.app;
         let (store, state) = (&*app.store, &app.engine);
+        let workers = app.config.scheduler.workers.max(1);
         let mut starting = Vec::new();
         let mut after = None;
         let now = app.now();
         let mut next_start: Option<DateTime<Utc>> = None;
         let mut read_all = false;
-        while lock(&state.live).len() < app.config.scheduler.workers.max(1) && !state.is_shutting_down() {
+        while lock(&state.live).len() < workers && !state.is_shutting_down() {
             let Some((key, id)) = store.queued_after(after.as_ref())? else {
                 read_all = true;
                 break;
@@ -289,7 +319,10 @@ impl Engine<'_> {
             // A scheduled run waits while its task still runs (queue-one,
             // and cancel-running while the cancelled run stops): runs of
             // a task never overlap by schedule. Runs people start go at once.
-            if run.trigger == Trigger::Schedule && lock(&state.live).values().any(|l| l.task == run.task) {
+            if run.trigger == Trigger::Schedule
+                && (lock(&state.live).values().any(|l| l.task == run.task)
+                    || store.task_activity(&run.task)?.is_some_and(|(running, _)| running))
+            {
                 after = Some(key);
                 continue;
             }
@@ -297,7 +330,12 @@ impl Engine<'_> {
             run.started_at = Some(app.now());
             let control = RunControl::new();
             {
+                // Workers claim beside the loop: the count is checked again
+                // where the run joins the live ones.
                 let mut live = lock(&state.live);
+                if live.len() >= workers {
+                    break;
+                }
                 if !store.start_run(&key, &run)? {
                     continue;
                 }
@@ -317,16 +355,27 @@ impl Engine<'_> {
                 (false, n, seen) => n.or(seen),
             };
         }
-        if starting.is_empty() {
-            return Ok(0);
+        Ok(starting)
+    }
+
+    /// Claimed runs whose starts could not be made durable: they leave the
+    /// workers, and the next start marks them interrupted.
+    fn unclaim(&self, claimed: &[(Run, RunControl)]) {
+        let mut live = lock(&self.app.engine.live);
+        for (run, _) in claimed {
+            live.remove(&run.id);
         }
-        // Durable before any side effect: a run that starts is recorded as
-        // started, so a crash cannot make it run twice.
-        store.flush()?;
+    }
+
+    /// Runs claimed runs whose starts are on disk, each on a blocking
+    /// thread. A worker that finishes claims the next runs itself, before
+    /// its outcome's flush, so one flush makes both durable and no run
+    /// waits for the scheduler loop to come round. Needs a tokio runtime.
+    fn launch(&self, starting: Vec<(Run, RunControl)>) -> usize {
         let started = starting.len();
         for (run, control) in starting {
             let id = run.id;
-            let app = app.clone();
+            let app = self.app.clone();
             tokio::spawn(async move {
                 let progress = {
                     let app = app.clone();
@@ -341,7 +390,16 @@ impl Engine<'_> {
                 let worker = app.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
                     let task = worker.tasks().get(&run.task);
-                    worker.perform(task, run, control);
+                    let engine = worker.engine();
+                    let (_, _, next, durable) = worker.perform(task, run, control, || engine.claim());
+                    match next {
+                        // Claimed before the flush `perform` made after it.
+                        Ok(next) if durable => {
+                            engine.launch(next);
+                        }
+                        Ok(next) => engine.unclaim(&next),
+                        Err(e) => tracing::error!("Dispatch failed: {e}"),
+                    }
                 })
                 .await;
                 progress.abort();
@@ -351,12 +409,70 @@ impl Engine<'_> {
                 app.engine.wake.notify_one();
             });
         }
-        Ok(started)
+        started
     }
 
-    /// Removes runs past retention. Returns how many.
+    /// Where hosts share the store: says this host is alive, renews the
+    /// leases of the runs it runs (stopping any another host took over),
+    /// and settles the runs whose hosts stopped answering. Returns how many
+    /// it settled.
+    pub fn keep_leases(&self) -> Result<usize> {
+        let app = self.app;
+        let store = &*app.store;
+        if !store.shared() {
+            return Ok(0);
+        }
+        store.beat()?;
+        let mine: Vec<RunId> = lock(&app.engine.live).keys().copied().collect();
+        for lost in store.renew_leases(&mine)? {
+            tracing::warn!(
+                run = lost,
+                "This host lost its lease on a run (it stopped answering for too long); stopping it."
+            );
+            if let Some(l) = lock(&app.engine.live).get(&lost) {
+                l.control.cancel(Duration::ZERO);
+            }
+        }
+        let mut settled = 0;
+        let now = app.now();
+        for id in store.take_lapsed_leases()? {
+            let Some(mut run) = store.run(id)? else { continue };
+            if run.status != RunStatus::Running {
+                // Ended already: only the lease is left to let go.
+                store.settle_lapsed(&run, None)?;
+                continue;
+            }
+            run.status = RunStatus::Interrupted;
+            run.finished_at = Some(now);
+            run.error = Some(
+                "the host running it stopped answering and its lease lapsed; run the task again to redo it".into(),
+            );
+            // Settled and queued again in one step, so a host dying midway
+            // leaves the lease to lapse again rather than a run stuck running.
+            let again = app.again(&run)?;
+            let queued = again.as_ref().map(|(task, next)| (task.priority(), next.queued_at, next));
+            if !store.settle_lapsed(&run, queued)? {
+                continue;
+            }
+            app.run_changed();
+            tracing::warn!(run = id, task = %run.task, "A run's host stopped answering; the run was marked interrupted.");
+            settled += 1;
+            if let Some((task, next)) = again {
+                app.engine.count_queued(store, &task.name, 1)?;
+                app.engine.wake.notify_one();
+                app.queued_again(&task, &next);
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Removes runs past retention. Returns how many. Where hosts share
+    /// the store, only the host leading the chore does.
     pub fn sweep(&self) -> Result<usize> {
         let app = self.app;
+        if !app.store.lead("retention")? {
+            return Ok(0);
+        }
         let now = app.now();
         let config = &app.config.scheduler;
         let finished_cutoff = now - chrono::Duration::days(config.retention_days as i64);
@@ -393,10 +509,38 @@ impl Engine<'_> {
         async move {
             let engine = app.engine();
             let mut last_sweep = None;
+            // Work another host queues wakes this one at once.
+            let weak = Arc::downgrade(&app);
+            app.store.on_new_work(Box::new(move || {
+                if let Some(app) = weak.upgrade() {
+                    app.engine.wake.notify_one();
+                }
+            }));
+            // Leases are kept apart from the loop, three times a lease, so a
+            // long tick never lets this host's leases lapse.
+            // Rules another host saved are taken up within a second.
+            let chores = if app.store.shared() {
+                let lease = Duration::from_millis((app.config.store.lease_secs.max(1) * 1000 / 3).max(100));
+                vec![
+                    every(&app, lease, "Keeping the run leases", |app| app.engine().keep_leases().map(drop)),
+                    every(&app, Duration::from_secs(1), "Taking up saved rules", |app| app.rules().follow().map(drop)),
+                ]
+            } else {
+                Vec::new()
+            };
+            let stall = std::env::var_os(STALL_VARIABLE).map(std::path::PathBuf::from);
             loop {
                 if *shutdown.borrow() {
                     break;
                 }
+                if stall.as_ref().is_some_and(|f| f.exists()) {
+                    // An injected fault: the loop is stuck for as long as the file is there.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = shutdown.changed() => continue,
+                    }
+                }
+                *lock(&app.engine.last_tick) = Some(std::time::Instant::now());
                 let now = app.now();
                 // Store work blocks; keep it off the threads that serve the API.
                 if let Err(e) = tokio::task::block_in_place(|| engine.tick()) {
@@ -418,8 +562,8 @@ impl Engine<'_> {
                 };
                 let sleep = next
                     .map(|t| (t - app.now()).to_std().unwrap_or(Duration::ZERO))
-                    .unwrap_or(Duration::from_secs(60))
-                    .min(Duration::from_secs(60));
+                    .unwrap_or(super::health::HEARTBEAT)
+                    .min(super::health::HEARTBEAT);
                 tokio::select! {
                     _ = tokio::time::sleep(sleep) => {}
                     _ = app.engine.wake.notified() => {}
@@ -427,6 +571,9 @@ impl Engine<'_> {
                 }
             }
             engine.stop().await;
+            for chore in chores {
+                chore.abort();
+            }
         }
     }
 
@@ -474,12 +621,46 @@ impl Engine<'_> {
 }
 
 impl App {
+    /// After a run was interrupted by a host or store that failed under it:
+    /// as for a missed fire, the task's misfire policy says whether the
+    /// scheduled work runs again now.
+    pub(super) fn redo(&self, run: &Run) -> Result<()> {
+        if let Some((task, again)) = self.again(run)? {
+            self.enqueue(&task, &again, task.priority(), None)?;
+            self.queued_again(&task, &again);
+        }
+        Ok(())
+    }
+
+    /// The run that does an interrupted run's work again, when its task's
+    /// misfire policy says to (not yet queued).
+    fn again(&self, run: &Run) -> Result<Option<(crate::tasks::Task, Run)>> {
+        if run.trigger == Trigger::Schedule
+            && let Some(task) = self.store.task(&run.task)?
+            && task.enabled
+            && task.misfire == Misfire::RunOnce
+        {
+            let again = self.new_run(&task, &task.owner, Trigger::Schedule, run.fire_time)?;
+            return Ok(Some((task, again)));
+        }
+        Ok(None)
+    }
+
+    /// Says a run was queued again (see [`App::again`]).
+    fn queued_again(&self, task: &crate::tasks::Task, again: &Run) {
+        tracing::info!(run = again.id, task = %task.name, "The interrupted run's work runs again (misfire: run once).");
+    }
+
     fn save_progress(&self, id: RunId, control: &RunControl) {
         let live = lock(&self.engine.live);
         if !live.contains_key(&id) {
             return;
         }
         if let Ok(Some(mut run)) = self.store.run(id) {
+            // A cancel made on another host reaches this one through the record.
+            if run.cancel_requested_by.is_some() && !control.is_cancelled() {
+                control.cancel(Duration::from_secs(self.host.config().cancel_grace_secs));
+            }
             let (done, total) = control.progress();
             if (run.progress_done, run.progress_total) != (done, total) {
                 run.progress_done = done;
@@ -489,4 +670,26 @@ impl App {
             }
         }
     }
+}
+
+/// Runs `chore` off the async threads every `period`, until aborted; a
+/// failure is logged as `what` failed, and the next round tries again.
+fn every(
+    app: &Arc<App>,
+    period: Duration,
+    what: &'static str,
+    chore: fn(&Arc<App>) -> Result<()>,
+) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        loop {
+            let on = app.clone();
+            match tokio::task::spawn_blocking(move || chore(&on)).await {
+                Ok(Err(e)) => tracing::error!("{what} failed: {e}"),
+                Err(e) => tracing::error!("{what} panicked: {e}"),
+                Ok(Ok(())) => {}
+            }
+            tokio::time::sleep(period).await;
+        }
+    })
 }

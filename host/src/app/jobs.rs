@@ -79,6 +79,19 @@ pub enum JobError {
     Store(#[from] crate::store::Error),
 }
 
+impl JobError {
+    /// Whether the store failed under the job (a database server away for
+    /// a moment), rather than the job itself.
+    fn is_store(&self) -> bool {
+        matches!(
+            self,
+            JobError::Store(_)
+                | JobError::Import(imports::Error::Store(_))
+                | JobError::Plugin(crate::plugins::Error::StoreFailed { .. })
+        )
+    }
+}
+
 /// What a job made, besides its run's counts.
 #[derive(Default)]
 pub(super) struct Made {
@@ -102,9 +115,26 @@ impl App {
     /// Executes one run of `task` to its end and records the outcome: the
     /// run, its messages, and (when it succeeded and is no dry run) its
     /// state writes, ledger changes and outbox entries, in one transaction.
-    pub(super) fn perform(&self, task: Result<Task>, mut run: Run, control: RunControl) -> (Run, Made) {
+    ///
+    /// `freed` is called once the outcome is written and the worker free,
+    /// before the flush that makes the outcome durable: the engine claims
+    /// the next runs there, so their starts reach the disk in the same
+    /// flush. Whatever it returns is returned after that flush, with
+    /// whether the flush succeeded.
+    pub(super) fn perform<T>(
+        &self,
+        task: Result<Task>,
+        mut run: Run,
+        control: RunControl,
+        freed: impl FnOnce() -> T,
+    ) -> (Run, Made, T, bool) {
         let id = run.id;
-        tracing::info!(run = id, task = %run.task, "Run started.");
+        // Every line this run logs, from here to its plugin, carries these.
+        let _span =
+            tracing::info_span!("run", run = id, task = %run.task, plugin = %run.plugin, user = %run.owner).entered();
+        let kind = task.as_ref().map_or("removed", |t| t.kind.name());
+        let began = std::time::Instant::now();
+        tracing::info!("Run started.");
         let mut effects = Effects::default();
         let mut made = Made::default();
         let result = task
@@ -131,7 +161,12 @@ impl App {
                 }
             }
             Err(e) => {
-                run.status = if self.engine.is_shutting_down() {
+                if let JobError::Plugin(e) = &e {
+                    crate::metrics::plugin_failed(e);
+                }
+                // A shared store that failed under the run interrupts it,
+                // as a host that died would: its work is redone.
+                run.status = if self.engine.is_shutting_down() || (e.is_store() && self.store.shared()) {
                     RunStatus::Interrupted
                 } else if control.is_cancelled() {
                     RunStatus::Cancelled
@@ -159,40 +194,54 @@ impl App {
         // reaches the disk, in one flush with the runs finishing beside it;
         // nothing reports the run finished before that flush.
         self.engine.wake.notify_one();
-        let saved = saved.and_then(|()| Ok(self.store.flush()?));
+        let next = freed();
+        let flushed = self.store.flush();
+        let durable = flushed.is_ok();
+        let saved = saved.and_then(|()| Ok(flushed?));
         self.run_changed();
+        crate::metrics::run_ended(kind, run.status.as_str(), began.elapsed());
         match saved {
-            Ok(()) => tracing::info!(run = id, status = %run.status, "Run finished."),
-            Err(e) => tracing::error!(run = id, "Cannot record the run's outcome: {e}"),
+            Ok(()) => tracing::info!(status = %run.status, "Run finished."),
+            Err(e) => tracing::error!("Cannot record the run's outcome: {e}"),
         }
-        (run, made)
+        if run.status == RunStatus::Interrupted
+            && self.store.shared()
+            && !self.engine.is_shutting_down()
+            && let Err(e) = crate::store::patiently(&*self.store, "the interrupted run's next run", || self.redo(&run))
+        {
+            tracing::error!("Cannot queue the interrupted run's work again: {e}");
+        }
+        (run, made, next, durable)
     }
 
+    /// Writes a run's outcome: its messages, and (finished) the run with
+    /// what it leaves behind, in one step; again, patiently, while a
+    /// database server is away for a moment.
     fn record(&self, run: &Run, effects: Effects, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
-        let Effects { messages, state_writes, mut mail } = effects;
+        let Effects { messages, state_writes, mail } = effects;
         let with_status: Vec<(&str, &TaskMessage)> = messages.iter().map(|m| (m.status.as_str(), m)).collect();
-        self.store.add_messages(run.id, 0, &with_status)?;
         // A run that did not succeed, or a dry run, leaves no watermark, no
         // ledger change and no notification: the next run starts from the
         // same place.
         let lasting = run.status == RunStatus::Succeeded && !run.dry_run;
-        let (state, ledger, mut outbox) = if lasting {
-            (&state_writes[..], std::mem::take(&mut mail.ledger), std::mem::take(&mut mail.outbox))
-        } else {
-            (&[][..], Vec::new(), Vec::new())
-        };
-        if run.status.is_finished() {
+        crate::store::patiently(&*self.store, "a run's outcome", || -> Result<()> {
+            self.store.add_messages(run.id, 0, &with_status)?;
+            let (state, ledger, mut outbox) = if lasting {
+                (&state_writes[..], mail.ledger.clone(), mail.outbox.clone())
+            } else {
+                (&[][..], Vec::new(), Vec::new())
+            };
+            if !run.status.is_finished() {
+                // Held for a person: not finished, so not in retention yet.
+                return Ok(self.store.put_run(run, None)?);
+            }
             outbox.extend(notify::job_completion(&*self.store, run, now)?);
             let outbox = outbox
                 .into_iter()
                 .map(|e| Ok((self.store.next_sequence("outbox")?, e.next_attempt, e)))
                 .collect::<Result<Vec<_>>>()?;
-            self.store.finish_run(run, now, &Finish { state, ledger: &ledger, outbox: &outbox })?;
-        } else {
-            // Held for a person: not finished, so not in retention yet.
-            self.store.put_run(run, None)?;
-        }
-        Ok(())
+            Ok(self.store.finish_run(run, now, &Finish { state, ledger: &ledger, outbox: &outbox })?)
+        })
     }
 
     fn job(
@@ -262,7 +311,7 @@ impl App {
             let file = imports::pick_file(std::path::Path::new(&target.source), sources)?;
             imports::Picked { file: Some(file), ..Default::default() }
         } else {
-            imports::pickup(&*self.store, target, settle, sources)?
+            imports::pickup(&*self.store, target, settle, sources, run.id)?
         };
         effects.messages.extend(picked.notes.into_iter().map(|n| note("waiting", n)));
         let Some(file) = &picked.file else {
@@ -295,6 +344,7 @@ impl App {
                 });
             }
         }
+        crate::metrics::import_rows(&plan.counts);
         let mut summary = plan.counts.clone();
         summary.insert("existing-before".into(), plan.existing);
         let status = if run.dry_run {
@@ -364,7 +414,8 @@ impl App {
         self.store.put_run(&run, None)?;
         self.store.flush()?;
         self.run_changed();
-        Ok(self.perform(Ok(task.clone()), run, control))
+        let (run, made, (), _) = self.perform(Ok(task.clone()), run, control, || ());
+        Ok((run, made))
     }
 }
 

@@ -90,7 +90,7 @@ impl Runs<'_> {
     pub fn kinds(&self) -> Result<Kinds> {
         let store = &self.app.store;
         Ok(Kinds {
-            tasks: store.all_tasks()?.into_iter().map(|t| (t.name, task_kind_name(t.kind))).collect(),
+            tasks: store.all_tasks()?.into_iter().map(|t| (t.name, t.kind.name())).collect(),
             plugins: store.all_plugins()?.into_iter().map(|p| (p.name, kind_name(p.kind))).collect(),
         })
     }
@@ -375,16 +375,6 @@ impl Kinds {
     /// A run's kind.
     pub fn of(&self, run: &Run) -> &'static str {
         self.tasks.get(&run.task).or_else(|| self.plugins.get(&run.plugin)).copied().unwrap_or("")
-    }
-}
-
-/// A task kind as the grid names it.
-fn task_kind_name(kind: crate::tasks::TaskKind) -> &'static str {
-    match kind {
-        crate::tasks::TaskKind::Import => "import",
-        crate::tasks::TaskKind::Notifier => "notifier",
-        crate::tasks::TaskKind::Export => "export",
-        crate::tasks::TaskKind::Cleanup => "cleanup",
     }
 }
 

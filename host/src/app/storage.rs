@@ -19,6 +19,30 @@ impl Storage<'_> {
         self.app.migrated.as_ref()
     }
 
+    /// Whether other hosts share the store (a PostgreSQL database).
+    pub fn shared(&self) -> bool {
+        self.app.store.shared()
+    }
+
+    /// The hosts serving from the store, with their heartbeats and the runs
+    /// each holds: one, this process, on the embedded store.
+    pub fn hosts(&self, user: &User) -> Result<Vec<crate::store::HostInfo>> {
+        owner_only(user, "list the hosts")?;
+        let hosts = self.app.store.hosts()?;
+        if !hosts.is_empty() {
+            return Ok(hosts);
+        }
+        let now = chrono::Utc::now();
+        Ok(vec![crate::store::HostInfo {
+            id: "embedded".into(),
+            name: crate::store::machine_name(),
+            pid: std::process::id(),
+            started_at: self.app.started_at,
+            heartbeat_at: now,
+            runs_held: lock(&self.app.engine.live).len() as u64,
+        }])
+    }
+
     /// Checks indexes against what they index: every collection's indexes
     /// and counts, and the due index against the tasks. One line each.
     pub fn check(&self, user: &User) -> Result<Vec<Drift>> {

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::{App, Error, Result, owner_only};
 use crate::records::Record;
-use crate::rules::{self, Rule, RuleInfo};
+use crate::rules::{self, Rule, RuleInfo, RuleSet, RuleVersion};
+use crate::store::prelude::*;
 use crate::users::User;
 
 /// The rules workbench.
@@ -107,14 +108,80 @@ impl Workbench<'_> {
 
     /// Saves a rule (the account owner only). Runs started from now on use
     /// it; a broken rule is refused with its line and nothing is written.
-    /// `shown` names where the source came from in errors.
+    /// `shown` names where the source came from in errors. Each save adds
+    /// a version to the rule's history. Where hosts share the store, the
+    /// rule lives there, and the other hosts take it up within a second;
+    /// else it is written into the rules folder.
     pub fn save(&self, user: &User, name: &str, shown: &str, source: &str) -> Result<RuleInfo> {
         owner_only(user, "save rules")?;
-        let rule = self.app.host.rules().save(name, shown, source).map_err(rule_error)?;
+        let (rules, store, now) = (self.app.host.rules(), &self.app.store, self.app.now());
+        let rule = if store.shared() {
+            let mut rule = rules.prepare(name, shown, source).map_err(rule_error)?;
+            let version = store.add_rule_version(name, source, &rule.hash, &user.name, now)?;
+            rule.file = version.shown();
+            rules.insert(rule)
+        } else {
+            let rule = rules.save(name, shown, source).map_err(rule_error)?;
+            store.add_rule_version(name, source, &rule.hash, &user.name, now)?;
+            rule
+        };
         self.app.audit(&user.name, "rule.save", &rule.name, Some(rule.hash.clone()))?;
         tracing::info!(rule = %rule.name, by = %user.name, hash = %rule.hash, "Rule saved.");
         Ok(rule.info())
     }
+
+    /// A rule's saved versions, oldest first: who saved each, when, and
+    /// its text. A rule only ever edited in the rules folder has none.
+    pub fn history(&self, _user: &User, name: &str) -> Result<Vec<RuleVersion>> {
+        let versions = self.app.store.rule_history(name)?;
+        if versions.is_empty() {
+            // A rule that was never saved here still exists when it is loaded.
+            self.app.host.rules().get(name).map_err(rule_error)?;
+        }
+        Ok(versions)
+    }
+
+    /// Where hosts share the store: takes up the rules another host saved
+    /// since this one last looked. Returns whether any changed.
+    pub fn follow(&self) -> Result<bool> {
+        let store = &self.app.store;
+        let seen = self.app.rules_seen.load(std::sync::atomic::Ordering::Acquire);
+        if !store.shared() || store.rule_versions()? == seen {
+            return Ok(false);
+        }
+        let now = store.rule_versions()?;
+        let heads = store.rule_heads()?;
+        self.app
+            .host
+            .rules()
+            .load_versions(&heads)
+            .map_err(|errors| Error::Invalid(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+        self.app.rules_seen.store(now, std::sync::atomic::Ordering::Release);
+        tracing::info!(rules = heads.len(), "Rules saved on another host taken up.");
+        Ok(true)
+    }
+}
+
+/// Where hosts share the store, the rules live in it: saves each rule of
+/// `folder` the store does not have yet as its first version (so the
+/// shipped rules reach the database), then makes the newest version of
+/// every rule the ones `into` runs. Returns how many versions the store
+/// holds, which [`Workbench::follow`] watches.
+pub(super) fn share(
+    store: &dyn Backend,
+    folder: &RuleSet,
+    into: &RuleSet,
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::result::Result<u64, super::OpenError> {
+    let held: std::collections::HashSet<String> = store.rule_heads()?.into_iter().map(|v| v.name).collect();
+    for (name, source) in folder.sources().into_iter().filter(|(name, _)| !held.contains(name)) {
+        let hash = folder.get(&name).map(|r| r.hash.clone()).unwrap_or_default();
+        store.add_rule_version(&name, &source, &hash, "rules folder", now)?;
+    }
+    let versions = store.rule_versions()?;
+    into.load_versions(&store.rule_heads()?)
+        .map_err(|errors| super::OpenError::Rules(errors.iter().map(|e| e.to_string()).collect()))?;
+    Ok(versions)
 }
 
 /// A compiled rule over sample rows: the one loop the workbench and

@@ -36,6 +36,9 @@ pub(crate) struct Args {
     /// The folder of admin rules (overrides `rules_dir` in the config).
     #[arg(long, global = true, env = "SCHOOLBELL_RULES")]
     rules: Option<PathBuf>,
+    /// The configuration file. Default: `schoolbell.toml` in the data directory.
+    #[arg(long, global = true, env = "SCHOOLBELL_CONFIG")]
+    config: Option<PathBuf>,
     /// Act as this user (the CLI's permission checks are the API's).
     #[arg(long = "as", global = true, env = "SCHOOLBELL_USER", default_value = "admin")]
     as_user: String,
@@ -102,7 +105,7 @@ enum Command {
     },
     /// Compile the config, every rule and every installed plugin; list every problem.
     Check,
-    /// The store: migrate, check, backup.
+    /// The store: migrate, check, backup, restore.
     #[command(subcommand)]
     Store(store::StoreCmd),
     /// The configuration: `config reference` prints every key of `schoolbell.toml`.
@@ -120,6 +123,21 @@ enum Command {
 enum ConfigCmd {
     /// Print the reference of `schoolbell.toml` (Markdown), generated from the code.
     Reference,
+}
+
+impl Args {
+    /// The `[log]` section, read before anything else so the log is set up
+    /// first; a config that does not load is reported when the data
+    /// directory opens, so here it only means the defaults.
+    pub(crate) fn log_config(&self) -> schoolbell::config::LogConfig {
+        let path = self.config.clone().unwrap_or_else(|| self.data.join(schoolbell::config::FILE_NAME));
+        schoolbell::config::Config::load_file(&path).map(|c| c.log).unwrap_or_default()
+    }
+
+    /// Whether this command runs the service.
+    pub(crate) fn serving(&self) -> bool {
+        matches!(self.command, Command::Serve { .. })
+    }
 }
 
 /// `name=value`, the value kept as text (the plugin checks its type).
@@ -140,6 +158,11 @@ fn offline(args: &Args) -> Option<Result<()>> {
         Command::Rule(cmd) if rule::offline(cmd) => rule::run_offline(&args.data, cmd),
         Command::Plugin(plugin::PluginCmd::New { kind, name, dir, sdk }) => plugin::new(*kind, name, dir, sdk),
         Command::Schedule(cmd) => schedule::run(cmd),
+        Command::Store(store::StoreCmd::Restore { dir }) => store::restore(&args.data, dir),
+        Command::Store(store::StoreCmd::Copy { to, schema, password_file }) => {
+            store::copy(&args.data, args.config.as_deref(), to, schema.as_deref(), password_file.as_deref())
+        }
+        Command::Store(store::StoreCmd::Migrate) => return store::migrate_database(&args.data, args.config.as_deref()),
         Command::Config(ConfigCmd::Reference) => {
             say!("{}", schoolbell::config::reference().trim_end());
             Ok(())
@@ -153,14 +176,15 @@ fn offline(args: &Args) -> Option<Result<()>> {
 /// interrupted. Inside `serve` (a forwarded command) they are the server's
 /// own, running now, and are left be.
 fn recover_if_alone(app: &Arc<App>) -> Result<()> {
-    if !crate::local::forwarded() {
+    // A shared database has other hosts' runs in it, running now.
+    if !crate::local::forwarded() && !app.storage().shared() {
         app.engine().recover()?;
     }
     Ok(())
 }
 
 /// Runs one command; returns the exit status.
-pub(crate) fn run(args: Args) -> Result<i32> {
+pub(crate) fn run(args: Args, logging: crate::logging::Logging) -> Result<i32> {
     if let Some(done) = offline(&args) {
         return done.map(|()| 0);
     }
@@ -173,7 +197,7 @@ pub(crate) fn run(args: Args) -> Result<i32> {
     if !serving && let Some(answer) = crate::local::send(&args.data) {
         return answer;
     }
-    let app = match App::open(&args.data, args.rules.as_deref()) {
+    let app = match App::open_with(&args.data, args.rules.as_deref(), args.config.as_deref()) {
         Ok(app) => app,
         Err(e @ OpenError::InUse { .. }) => {
             // The server holds the store: it runs the command instead.
@@ -184,6 +208,9 @@ pub(crate) fn run(args: Args) -> Result<i32> {
         }
         Err(e) => return Err(e.into()),
     };
+    if let Command::Serve { listen, insecure_listen } = args.command {
+        return crate::serve::run(app, listen, insecure_listen, logging).map(|()| 0);
+    }
     run_on(&app, args).map(|()| 0)
 }
 
@@ -214,7 +241,7 @@ pub(crate) fn run_on(app: &Arc<App>, args: Args) -> Result<()> {
         Command::Audit { after, limit, json } => audit(&app, &user, after, limit, json),
         Command::Store(cmd) => store::run(&app, &user, cmd),
         Command::Demo { plugins } => crate::demo::run(&app, &user, &plugins),
-        Command::Serve { listen, insecure_listen } => crate::serve::run(app, listen, insecure_listen),
+        Command::Serve { .. } => unreachable!("`run` serves, and a forwarded `serve` is refused above"),
     }
 }
 

@@ -43,6 +43,14 @@ pub(super) enum RuleCmd {
     },
     /// List the loaded rules.
     List,
+    /// A rule's saved versions, oldest first: number, when, who, hash.
+    History {
+        /// The rule's name.
+        name: String,
+        /// Print the versions (with their sources) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `name=value`, the value read as JSON when it is a number or boolean.
@@ -94,11 +102,22 @@ pub(super) fn run(app: &App, user: &User, cmd: RuleCmd) -> Result<()> {
         RuleCmd::Save { name, file } => {
             let source = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let rule = app.rules().save(user, &name, &file.display().to_string(), &source)?;
-            say!("rule {name} saved to {}", rule.file);
+            say!("rule {name} saved as {}", rule.file);
         }
         RuleCmd::List => {
             for rule in app.rules().list(user) {
                 say!("{}", rule.name);
+            }
+        }
+        RuleCmd::History { name, json } => {
+            let versions = app.rules().history(user, &name)?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&versions)?);
+            } else if versions.is_empty() {
+                say!("rule {name} was never saved through schoolbell: the rules folder holds it");
+            }
+            for v in versions.iter().filter(|_| !json) {
+                say!("version {}  {}  by {}  sha256 {}", v.version, v.saved_at.to_rfc3339(), v.saved_by, &v.hash[..12]);
             }
         }
         RuleCmd::Check { .. } | RuleCmd::Test { .. } => unreachable!("answered before the store is opened"),

@@ -17,7 +17,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use suppaftp::{FtpError, RustlsConnector, RustlsFtpStream, Status};
 
 use super::Error;
-use super::remote::{IO_TIMEOUT, Remote, reach};
+use super::remote::{CONNECT_TIMEOUT, IO_TIMEOUT, Remote, reach};
 
 /// Where an FTPS source points, as the account owner defined it.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,7 +205,7 @@ impl Conn {
                 }
             }
         };
-        let mut ftp = if server.implicit {
+        let ftp = if server.implicit {
             // The library connects itself for implicit TLS; reaching the
             // server first says which of DNS and TCP failed, if one did,
             // and names the address it then connects to.
@@ -220,6 +220,17 @@ impl Conn {
             plain.into_secure(connector, &server.host).map_err(tls_failure)?
         };
         ftp.get_ref().set_read_timeout(Some(IO_TIMEOUT)).ok();
+        ftp.get_ref().set_write_timeout(Some(IO_TIMEOUT)).ok();
+        // The library opens data connections with no timeout, so a server
+        // that stalls mid-listing or mid-download would hold the run for
+        // ever; each data connection gets the control connection's limits.
+        let mut ftp = ftp.passive_stream_builder(|addr| {
+            let tcp =
+                std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(FtpError::ConnectionError)?;
+            tcp.set_read_timeout(Some(IO_TIMEOUT)).map_err(FtpError::ConnectionError)?;
+            tcp.set_write_timeout(Some(IO_TIMEOUT)).map_err(FtpError::ConnectionError)?;
+            Ok(tcp)
+        });
         ftp.set_passive_nat_workaround(true);
         ftp.login(server.user.as_str(), password).map_err(|e| match &e {
             FtpError::UnexpectedResponse(r) if r.status == Status::NotLoggedIn => Error::Remote(format!(

@@ -88,7 +88,13 @@ fn resolve(shown: &str, source: &str, host: &str, port: u16) -> Result<SocketAdd
 /// for a local folder); the others that held still are counted, not copied,
 /// and each one still growing gets a note. A file larger than `[imports]
 /// max_file_bytes` is refused, not read.
-pub(super) fn pickup(conn: &mut dyn Remote, prefix: &str, settle: Duration, access: &Access) -> Result<Picked, Error> {
+pub(super) fn pickup(
+    conn: &mut dyn Remote,
+    prefix: &str,
+    settle: Duration,
+    access: &Access,
+    claim: &mut dyn FnMut(&str) -> Result<bool, Error>,
+) -> Result<Picked, Error> {
     let before = conn.list(prefix)?;
     if !before.is_empty() && !settle.is_zero() {
         std::thread::sleep(settle);
@@ -104,6 +110,10 @@ pub(super) fn pickup(conn: &mut dyn Remote, prefix: &str, settle: Duration, acce
         }
         if picked.file.is_some() {
             picked.more += 1;
+            continue;
+        }
+        // Another host's run is importing it.
+        if !claim(&name)? {
             continue;
         }
         access.check_size(&shown, size)?;

@@ -20,6 +20,8 @@
 //! a duplicate. A refusal the server calls permanent fails the entry;
 //! anything else is retried with exponential backoff until `max_attempts`.
 
+mod coalesced;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +31,8 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use serde::Deserialize;
+
+use coalesced::Coalesced;
 
 use super::{Delivery, OutboxEntry};
 use crate::store::{self, Backend};
@@ -263,12 +267,16 @@ impl Mailer {
             if due.is_empty() {
                 return Ok(delivered);
             }
+            // What this host claimed and, the server not answering, does
+            // not send: released for any host's next attempt.
+            let claimed: Vec<u64> = due.iter().map(|(id, _)| *id).collect();
             // The first alone, once: when the server is down, one attempt
             // says so.
             if !probed {
                 probed = true;
                 let first = due.remove(0);
                 if !self.send_and_record(store, now, vec![first], &mut delivered)? {
+                    store.release_outbox(&claimed)?;
                     return Ok(delivered);
                 }
                 if due.is_empty() {
@@ -276,6 +284,7 @@ impl Mailer {
                 }
             }
             if !self.send_and_record(store, now, due, &mut delivered)? {
+                store.release_outbox(&claimed)?;
                 return Ok(delivered);
             }
         }
@@ -426,13 +435,15 @@ impl Mailer {
         tcp.set_nodelay(true).map_err(|e| unreachable(&e))?;
         let hello = ClientId::default();
         let stream: Box<dyn AsyncTokioStream> = match &self.wrapper {
-            Some(connector) => Box::new(Wrapped(
+            Some(connector) => Box::new(Coalesced::new(Wrapped(
                 tokio::time::timeout(timeout, connector.connect(host, tcp))
                     .await
                     .map_err(|_| unreachable(&"the TLS handshake timed out"))?
                     .map_err(|e| Failure::connection(format!("TLS with {host} failed: {e}")))?,
-            )),
-            None => Box::new(tcp),
+            ))),
+            // STARTTLS upgrades the stream it is given, which must stay lettre's.
+            None if self.tls.is_some() => Box::new(tcp),
+            None => Box::new(Coalesced::new(tcp)),
         };
         let setup = async {
             let mut smtp = AsyncSmtpConnection::connect_with_transport(stream, &hello).await?;
@@ -473,13 +484,16 @@ impl Mailer {
             let next = match result {
                 Ok(()) => {
                     entry.status = Delivery::Sent;
-                    entry.sent_at = Some(Utc::now());
+                    let sent = Utc::now();
+                    entry.sent_at = Some(sent);
+                    crate::metrics::email_sent((sent - entry.created).to_std().unwrap_or_default());
                     entry.last_error = None;
                     pass.sent += 1;
                     None
                 }
                 Err(Failure { message, permanent, connection }) => {
                     tracing::warn!(outbox = oid, "Email not sent: {message}");
+                    crate::metrics::smtp_error(connection);
                     entry.last_error = Some(message);
                     reachable &= !connection;
                     pass.unreachable |= connection;
@@ -496,7 +510,7 @@ impl Mailer {
             };
             writes.push((oid, entry, was_due, next));
         }
-        store.update_outbox_batch(&writes)?;
+        crate::store::patiently(store, "emails' outcomes", || store.update_outbox_batch(&writes))?;
         delivered.add(pass);
         Ok(reachable)
     }

@@ -66,6 +66,9 @@ pub(crate) struct RunState {
     /// rest counted.
     pub(crate) violations: Vec<String>,
     violations_more: u64,
+    /// The store failed under a host call: the run failed for the host's
+    /// reason, not the plugin's (a database away for a moment).
+    pub(crate) store_failed: Option<String>,
     /// The last capability refused, and what the plugin was told.
     last_denied: Option<(Capability, String)>,
     /// Keeps the epoch ticking while this store lives.
@@ -120,6 +123,7 @@ impl RunState {
             state_limit: sandbox.config.state_limit_bytes,
             violations: Vec::new(),
             violations_more: 0,
+            store_failed: None,
             last_denied: None,
             ticker: None,
         }
@@ -134,7 +138,9 @@ impl RunState {
         // A vendor's log line may quote what it read: SSN-shaped text is
         // masked before anyone (the server's log included) sees it.
         let message = crate::privacy::mask_ssns(&message);
-        tracing::debug!(plugin = %self.setup.plugin, ?level, "{message}");
+        // The line itself stays with the run, where its readers are
+        // checked; the server's log only counts it.
+        tracing::debug!(plugin = %self.setup.plugin, ?level, bytes = message.len(), "The plugin logged a line.");
         self.log_bytes += message.len();
         self.log.push(LogLine { level, message });
     }
@@ -239,6 +245,7 @@ impl RunState {
     fn store_error(&mut self, e: crate::store::Error) -> wit::PluginError {
         let message = e.to_string();
         self.violate(format!("the host failed to read the store: {message}"));
+        self.store_failed.get_or_insert_with(|| message.clone());
         wit::PluginError::Transient(message)
     }
 }

@@ -35,6 +35,7 @@ pub(crate) fn all(b: &dyn Backend) {
     outbox(b);
     accounts(b);
     sources(b);
+    rule_versions(b);
     approvals(b);
     plugins(b);
     b.flush().unwrap();
@@ -314,6 +315,20 @@ fn sources(b: &dyn Backend) {
     assert!(b.remove_source("sis").unwrap());
     assert!(!b.remove_source("sis").unwrap());
     assert_eq!(b.source("sis").unwrap(), None);
+}
+
+fn rule_versions(b: &dyn Backend) {
+    assert_eq!((b.rule_versions().unwrap(), b.rule_heads().unwrap()), (0, vec![]));
+    let first = b.add_rule_version("late", "absences > 5", "h1", "rules folder", at(0)).unwrap();
+    // A name that sorts right after "late" keeps its versions apart.
+    let other = b.add_rule_version("late-b", "true", "h3", "admin", at(1)).unwrap();
+    let second = b.add_rule_version("late", "absences > 7", "h2", "admin", at(2)).unwrap();
+    assert_eq!((first.version, second.version, other.version), (1, 2, 1), "each save takes the next number");
+    assert_eq!((second.saved_by.as_str(), second.saved_at, second.source.as_str()), ("admin", at(2), "absences > 7"));
+    assert_eq!(b.rule_history("late").unwrap(), vec![first, second.clone()]);
+    assert_eq!(b.rule_heads().unwrap(), vec![second, other], "the newest of each rule, by name");
+    assert_eq!(b.rule_versions().unwrap(), 3);
+    assert_eq!(b.rule_history("nothing").unwrap(), vec![]);
 }
 
 fn plugins(b: &dyn Backend) {

@@ -11,18 +11,15 @@ use std::sync::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::records::{Record, Value};
+use crate::records::Record;
 
+mod export;
 mod repos;
 mod scheduling;
 mod schema;
 
 use super::{CollectionSpec, Error, Lookup, Result, SCHEMA_VERSION, StoredRecord, index_text};
-
-/// Every encoded value starts with the schema version it was written in
-/// (two bytes, big-endian), so a value never decodes under a layout it was
-/// not written for.
-const VALUE_VERSION: [u8; 2] = (SCHEMA_VERSION as u16).to_be_bytes();
+pub(crate) use super::{check_name, decode, encode};
 
 /// Key separator. Collection names, keys and field names may not hold it.
 const SEP: u8 = 0;
@@ -53,6 +50,8 @@ pub struct Store {
     plans: sled::Tree,
     secrets: sled::Tree,
     sources: Typed<crate::sources::Source>,
+    /// Rule versions by name and number (`name \0 version`).
+    rules: Typed<crate::rules::RuleVersion>,
     notified: sled::Tree,
     outbox: sled::Tree,
     outbox_due: sled::Tree,
@@ -66,13 +65,6 @@ pub struct Store {
 
 pub(crate) fn io(tree: &'static str) -> impl Fn(sled::Error) -> Error {
     move |source| Error::Io { tree, source: Box::new(source) }
-}
-
-pub(super) fn check_name(what: &'static str, value: &str) -> Result<()> {
-    if value.as_bytes().contains(&SEP) {
-        return Err(Error::BadName { what, value: value.escape_debug().to_string() });
-    }
-    Ok(())
 }
 
 pub(super) fn key(parts: &[&[u8]]) -> Vec<u8> {
@@ -144,6 +136,7 @@ impl Store {
             plans: tree("import_plans")?,
             secrets: tree("secrets")?,
             sources: Typed::new("sources", tree("sources")?),
+            rules: Typed::new("rule_versions", tree("rule_versions")?),
             notified: tree("notified")?,
             outbox: tree("outbox")?,
             outbox_due: tree("outbox_by_due")?,
@@ -306,17 +299,7 @@ impl Store {
         let mut added: u64 = 0;
         let mut pending = std::collections::HashSet::new();
         for (i, record) in records.iter().enumerate() {
-            let rkey = match record.get(&spec.key_field) {
-                Some(v) if !matches!(v, Value::Null) => v.to_key_text(),
-                _ => {
-                    return Err(Error::MissingKey {
-                        collection: collection.into(),
-                        field: spec.key_field.clone(),
-                        index: i + 1,
-                    });
-                }
-            };
-            check_name("key", &rkey)?;
+            let rkey = spec.key_of(collection, record, i + 1)?;
             let k = key(&[b"r", collection.as_bytes(), rkey.as_bytes()]);
             let new_entries = index_entries(collection, &spec, record, rkey.as_bytes());
             // Index entries that stay the same (an update that leaves the
@@ -445,7 +428,7 @@ impl Store {
                 let last = out.last().map(|r: &StoredRecord| String::from_utf8_lossy(&r.key[prefix.len()..]).into());
                 return Ok((out, last));
             }
-            out.push(StoredRecord { key, bytes });
+            out.push(StoredRecord::sled(key, bytes));
         }
         Ok((out, None))
     }
@@ -508,7 +491,7 @@ impl Store {
             // An entry is written with its record in one batch, so it has one.
             let key = key(&[b"r", collection.as_bytes(), &k[prefix.len()..]]);
             if let Some(bytes) = self.records.get(&key).map_err(io("records"))? {
-                out.push(StoredRecord { key: key.into(), bytes });
+                out.push(StoredRecord::sled(key.into(), bytes));
             }
             last = Some(k);
         }
@@ -585,26 +568,6 @@ fn index_entries(collection: &str, spec: &CollectionSpec, record: &Record, rkey:
         .collect()
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // postcard only fails on a full fixed buffer or an unsupported serde
-    // feature; neither can happen with `to_extend` on our own types.
-    postcard::to_extend(value, VALUE_VERSION.to_vec()).expect("postcard encodes store types")
-}
-
-pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(tree: &'static str, k: &[u8], v: &'a [u8]) -> Result<T> {
-    let corrupt = |reason: String| Error::Corrupt { tree, key: String::from_utf8_lossy(k).replace('\0', "/"), reason };
-    match v.split_first_chunk::<2>() {
-        Some((version, body)) if *version == VALUE_VERSION => {
-            postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))
-        }
-        Some((version, _)) => Err(corrupt(format!(
-            "written in schema version {}, this build reads {SCHEMA_VERSION}; run `schoolbell store migrate`",
-            u16::from_be_bytes(*version)
-        ))),
-        None => Err(corrupt("too short to hold a schema version".into())),
-    }
-}
-
 /// The flushes asked for and done (see [`Store::flush`]).
 #[derive(Default)]
 struct GroupFlush {
@@ -672,7 +635,7 @@ impl<T: Serialize + DeserializeOwned> Typed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::Date;
+    use crate::records::{Date, Value};
 
     fn student(id: &str, last: &str, first: &str, birth: &str) -> Record {
         let mut r = Record::new();

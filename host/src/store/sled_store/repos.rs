@@ -10,12 +10,13 @@ use crate::imports::ImportPlan;
 use crate::notify::{LedgerEntry, OutboxEntry};
 use crate::plugins::PluginEntry;
 use crate::records::Record;
+use crate::rules::RuleVersion;
 use crate::runs::{Approval, Run, TaskMessage};
 use crate::sources::Source;
 use crate::store::StoredRecord;
 use crate::store::{
     AccountStore, AuditStore, CollectionSpec, Drift, Finish, LedgerStore, Lookup, Maintenance, OutboxStore,
-    PluginStore, QueueKey, RecordStore, Result, RunId, RunStore, SourceStore, TaskStore,
+    PluginStore, QueueKey, RecordStore, Result, RuleStore, RunId, RunStore, SourceStore, TaskStore,
 };
 use crate::tasks::Task;
 use crate::users::{Token, User};
@@ -360,6 +361,55 @@ impl SourceStore for Store {
     }
 }
 
+impl RuleStore for Store {
+    fn add_rule_version(
+        &self,
+        name: &str,
+        source: &str,
+        hash: &str,
+        saved_by: &str,
+        saved_at: DateTime<Utc>,
+    ) -> Result<RuleVersion> {
+        // One writer at a time, so two saves never take one number.
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let last = self.rule_history(name)?.last().map_or(0, |v| v.version);
+        let version = RuleVersion {
+            name: name.into(),
+            version: last + 1,
+            hash: hash.into(),
+            saved_by: saved_by.into(),
+            saved_at,
+            source: source.into(),
+        };
+        self.rules.put(&key(&[name.as_bytes(), &version.version.to_be_bytes()]), &version)?;
+        Ok(version)
+    }
+    fn rule_heads(&self) -> Result<Vec<RuleVersion>> {
+        // Keys sort by name, then number: the last of each name is its newest.
+        let mut heads: Vec<RuleVersion> = Vec::new();
+        for version in self.rules.all()? {
+            match heads.last_mut() {
+                Some(head) if head.name == version.name => *head = version,
+                _ => heads.push(version),
+            }
+        }
+        Ok(heads)
+    }
+    fn rule_history(&self, name: &str) -> Result<Vec<RuleVersion>> {
+        self.rules
+            .tree
+            .scan_prefix(key(&[name.as_bytes(), b""]))
+            .map(|item| {
+                let (k, v) = item.map_err(io("rule_versions"))?;
+                decode("rule_versions", &k, &v)
+            })
+            .collect()
+    }
+    fn rule_versions(&self) -> Result<u64> {
+        Ok(self.rules.tree.len() as u64)
+    }
+}
+
 impl PluginStore for Store {
     fn plugin(&self, name: &str) -> Result<Option<PluginEntry>> {
         self.plugins::<PluginEntry>().get(name.as_bytes())
@@ -396,5 +446,8 @@ impl Maintenance for Store {
     }
     fn backup(&self, dir: &Path) -> Result<()> {
         Store::backup(self, dir)
+    }
+    fn size_on_disk(&self) -> Result<u64> {
+        self.db.size_on_disk().map_err(io("size"))
     }
 }

@@ -16,11 +16,7 @@ use sled::transaction::TransactionError;
 use super::{Error, Result, Store, Typed, decode, encode, io};
 use crate::store::{Finish, QueueKey, RunId};
 
-/// Orders instants as bytes: millisecond timestamps with the sign bit
-/// flipped, big-endian.
-fn ts(t: DateTime<Utc>) -> [u8; 8] {
-    ((t.timestamp_millis() as u64) ^ (1 << 63)).to_be_bytes()
-}
+use crate::store::sortable_millis as ts;
 
 fn from_ts(b: &[u8]) -> Option<DateTime<Utc>> {
     let raw = u64::from_be_bytes(b.get(..8)?.try_into().ok()?) ^ (1 << 63);
@@ -188,10 +184,7 @@ impl Store {
     }
 
     fn queue_key(&self, priority: u8, due: DateTime<Utc>, id: u64) -> QueueKey {
-        let mut k = vec![priority];
-        k.extend_from_slice(&ts(due));
-        k.extend_from_slice(&id.to_be_bytes());
-        QueueKey(k)
+        QueueKey::new(priority, due, id)
     }
 
     /// Queues a run (a run-now, say), with its record, atomically.
@@ -320,6 +313,19 @@ impl Store {
             .collect();
         let outbox: Vec<(u64, Vec<u8>, Vec<u8>)> =
             writes.outbox.iter().map(|(oid, due, entry)| (*oid, outbox_due_key(*due, *oid), encode(entry))).collect();
+        let mut k = ts(finished).to_vec();
+        k.extend_from_slice(&id.to_be_bytes());
+        if writes.state.is_empty() && ledger.is_empty() && outbox.is_empty() {
+            // A run that leaves nothing else behind: sled's transactions cost
+            // by the trees they hold, and most runs touch only these two.
+            return (&self.runs, &self.finished)
+                .transaction(|(runs, fin)| {
+                    runs.insert(&id.to_be_bytes(), run.as_slice())?;
+                    fin.insert(k.as_slice(), &[])?;
+                    Ok(())
+                })
+                .map_err(tx_error("runs"));
+        }
         (&self.runs, &self.finished, &self.state, &self.notified, &self.outbox, &self.outbox_due)
             .transaction(|(runs, fin, state, notified, out, due)| {
                 runs.insert(&id.to_be_bytes(), run.as_slice())?;
@@ -490,6 +496,9 @@ impl Store {
         Ok(())
     }
 
+    /// How many messages are written one by one rather than as a batch.
+    const FEW: usize = 16;
+
     /// Appends messages to a run. `first_seq` numbers the first; each
     /// message is indexed by its status so filtering stays cheap.
     pub(in crate::store) fn add_messages<M: Serialize>(
@@ -498,21 +507,38 @@ impl Store {
         first_seq: u64,
         messages: &[(&str, M)],
     ) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        let mut index = sled::Batch::default();
-        for (i, (status, m)) in messages.iter().enumerate() {
+        // A message's key, and its entry in the status index.
+        let keys = |i: usize, status: &str| {
             let seq = (first_seq + i as u64).to_be_bytes();
             let mut k = run.to_be_bytes().to_vec();
             k.extend_from_slice(&seq);
-            batch.insert(k, encode(m));
             let mut ik = run.to_be_bytes().to_vec();
             ik.extend_from_slice(status.as_bytes());
             ik.push(0);
             ik.extend_from_slice(&seq);
+            (k, ik)
+        };
+        // Index first: a crash between the two leaves index entries that
+        // point at nothing, which reads skip; never a message the filter
+        // misses. A batch takes sled's store-wide write lock, waiting out
+        // every transaction under way (runs starting and finishing beside
+        // this one), so a few messages go in one by one instead.
+        if messages.len() <= Self::FEW {
+            for (i, (status, _)) in messages.iter().enumerate() {
+                self.message_status.insert(keys(i, status).1, &[]).map_err(io("run_messages_by_status"))?;
+            }
+            for (i, (status, m)) in messages.iter().enumerate() {
+                self.messages.insert(keys(i, status).0, encode(m)).map_err(io("run_messages"))?;
+            }
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut index = sled::Batch::default();
+        for (i, (status, m)) in messages.iter().enumerate() {
+            let (k, ik) = keys(i, status);
+            batch.insert(k, encode(m));
             index.insert(ik, &[]);
         }
-        // Index first: a crash between the two leaves index entries that
-        // point at nothing, which reads skip; never a message the filter misses.
         self.message_status.apply_batch(index).map_err(io("run_messages_by_status"))?;
         self.messages.apply_batch(batch).map_err(io("run_messages"))?;
         Ok(())

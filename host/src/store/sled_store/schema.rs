@@ -193,6 +193,7 @@ fn encoded_trees(store: &Store) -> Vec<(&'static str, &sled::Tree, Option<Vec<u8
         ("outbox", &store.outbox, None),
         ("import_plans", &store.plans, None),
         ("sources", &store.sources.tree, None),
+        ("rule_versions", &store.rules.tree, None),
         ("passwords", &store.passwords.tree, None),
         ("views", &store.views.tree, None),
         ("run_message_chunks", &store.message_rows.tree, None),
@@ -256,6 +257,27 @@ impl Store {
         Ok(())
     }
 
+    /// Copies the backup in `from` (what [`Store::backup`] wrote) into
+    /// `to`, a data directory's `store` folder that is new or empty. A
+    /// backup from an older schema is copied as it is, and migrated (after
+    /// a backup of its own) when the data directory is next opened.
+    pub fn restore(from: &Path, to: &Path) -> Result<()> {
+        let failed = |reason: String| Error::Backup { path: to.to_path_buf(), reason };
+        if !from.join("conf").exists() {
+            return Err(failed(format!(
+                "{} holds no backup (a folder `schoolbell store backup` wrote, with a `conf` file and `db`)",
+                from.display()
+            )));
+        }
+        if to.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            return Err(failed(
+                "the data directory already has a store; restore into a new data directory, or move its `store` folder away first"
+                    .into(),
+            ));
+        }
+        Store::open_any(from)?.backup(to)
+    }
+
     /// Checks every collection's indexes and counts against its records;
     /// one line per disagreement.
     pub(in crate::store) fn check(&self) -> Result<Vec<Drift>> {
@@ -283,19 +305,9 @@ impl Store {
             for item in self.records.scan_prefix(key(&[b"i", name.as_bytes(), b""])) {
                 found.insert(item.map_err(io("records"))?.0.to_vec());
             }
-            let shown = |k: &[u8]| String::from_utf8_lossy(k).replace(['\0', '\u{1f}'], "/");
-            for k in expected.difference(&found) {
-                drift.push(Drift(format!("collection `{name}`: index entry missing: {}", shown(k))));
-            }
-            for k in found.difference(&expected) {
-                drift.push(Drift(format!("collection `{name}`: index entry for no record: {}", shown(k))));
-            }
+            let shown = |k: &Vec<u8>| String::from_utf8_lossy(k).replace(['\0', '\u{1f}'], "/");
             let counted = self.count_records(&name)?;
-            if counted != records {
-                drift.push(Drift(format!(
-                    "collection `{name}`: the count says {counted}, but {records} records are stored"
-                )));
-            }
+            drift.extend(crate::store::index_drift(&name, &expected, &found, shown, counted, records));
         }
         Ok(drift)
     }

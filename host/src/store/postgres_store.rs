@@ -1,0 +1,1899 @@
+//! The PostgreSQL backend: the storage traits over tables that several
+//! hosts share, so that any of them may fire a task, start a run or send
+//! an email. Every step the traits call atomic is one transaction; the
+//! steps that must happen once (a fire, a run's start) are conditional
+//! writes whose row count says whether this caller won.
+//!
+//! The traits are synchronous, as the embedded store is; the driver is
+//! async. The store owns a small runtime for the connections, and each
+//! call waits for its statements on the calling thread, whichever runtime
+//! (if any) that thread belongs to.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::{
+    AccountStore, AuditStore, CollectionSpec, Drift, Error, Finish, LedgerStore, Lookup, Maintenance, OutboxStore,
+    OutboxUpdate, PluginStore, QueueKey, RecordStore, Result, RuleStore, RunId, RunStore, SCHEMA_VERSION, SourceStore,
+    StoreConfig, StoredRecord, TaskStore, check_name, decode, encode, index_drift, index_text,
+};
+use crate::audit::AuditEntry;
+use crate::imports::ImportPlan;
+use crate::notify::{LedgerEntry, OutboxEntry};
+use crate::plugins::PluginEntry;
+use crate::records::Record;
+use crate::rules::RuleVersion;
+use crate::runs::{Approval, Run, TaskMessage};
+use crate::sources::Source;
+use crate::tasks::Task;
+use crate::users::{Token, User};
+use crate::views::SavedView;
+
+/// The migrations, in order: released ones never change.
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "tables", include_str!("postgres_store/migrations/0001_tables.sql")),
+    (2, "hosts", include_str!("postgres_store/migrations/0002_hosts.sql")),
+    (3, "rules", include_str!("postgres_store/migrations/0003_rules.sql")),
+];
+
+/// How long a host keeps an outbox entry it claimed before others may
+/// send it: longer than sending a batch takes, even to a slow relay. A
+/// claim also ends when its host stops beating for a lease.
+const OUTBOX_CLAIM_MS: i64 = 5 * 60 * 1000;
+
+/// Rows `store copy` writes per transaction.
+const COPY_BATCH: usize = 1000;
+
+/// The last migration this build has.
+fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |(v, _, _)| *v)
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// The Schoolbell store in a PostgreSQL schema.
+pub struct PgStore {
+    /// Drives the connections; `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    schema: String,
+    /// This host's id among those sharing the database.
+    host: String,
+    /// How long a run's lease lasts, in milliseconds.
+    lease_ms: i64,
+    /// The connection settings, for the connection that listens for work.
+    pg: tokio_postgres::Config,
+}
+
+/// The channel a host notifies when it queues work, so that idle hosts
+/// wake at once instead of at their next look.
+const WORK_CHANNEL: &str = "schoolbell_queue";
+
+fn db(table: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
+    move |source| Error::Io { tree: table, source: Box::new(source) }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    Error::Io { tree: "connection", source: Box::new(e) }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
+}
+
+/// A count or id as PostgreSQL's `bigint`; ours never reach 2^63.
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn limit(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl PgStore {
+    /// Connects to the database `config` names, and checks that its schema
+    /// has this build's migrations.
+    pub fn open(config: &StoreConfig, data: &Path) -> Result<PgStore> {
+        let store = PgStore::connect(config, data)?;
+        let found = store.applied()?;
+        let wanted = latest();
+        let schema = store.schema.clone();
+        match found {
+            f if f < wanted => Err(Error::Unmigrated { schema, found: f, wanted }),
+            f if f > wanted => Err(Error::NewerMigration { schema, found: f, wanted }),
+            _ if !store.query("meta", "SELECT 1 FROM meta WHERE key = 'copy'", &[])?.is_empty() => {
+                Err(Error::Config(format!(
+                    "a `schoolbell store copy` into the PostgreSQL schema `{schema}` did not finish: drop the schema (DROP SCHEMA {schema} CASCADE) and copy again"
+                )))
+            }
+            _ => Ok(store),
+        }
+    }
+
+    /// Applies the migrations the schema lacks (creating it), one host at
+    /// a time; returns the migration it was at and the one it is at now.
+    pub fn migrate(config: &StoreConfig, data: &Path) -> Result<(i32, i32)> {
+        let store = PgStore::connect(config, data)?;
+        let schema = store.schema.clone();
+        store.block(async {
+            let mut client = store.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(db("migrations"))?;
+            // Two hosts upgraded together: the second waits, then finds
+            // nothing left to do.
+            tx.batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock(hashtext('schoolbell migrate')); \
+                 CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \
+                 CREATE TABLE IF NOT EXISTS \"{schema}\".schoolbell_migrations \
+                 (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await
+            .map_err(db("migrations"))?;
+            let row = tx
+                .query_one(&format!("SELECT COALESCE(max(version), 0) FROM \"{schema}\".schoolbell_migrations"), &[])
+                .await
+                .map_err(db("migrations"))?;
+            let from: i32 = row.get(0);
+            if from > latest() {
+                return Err(Error::NewerMigration { schema: schema.clone(), found: from, wanted: latest() });
+            }
+            for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > from) {
+                tx.batch_execute(sql).await.map_err(db("migrations"))?;
+                tx.execute(
+                    &format!("INSERT INTO \"{schema}\".schoolbell_migrations (version, name) VALUES ($1, $2)"),
+                    &[version, name],
+                )
+                .await
+                .map_err(db("migrations"))?;
+            }
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
+                &[&SCHEMA_VERSION.to_be_bytes().as_slice()],
+            )
+            .await
+            .map_err(db("meta"))?;
+            tx.commit().await.map_err(db("migrations"))?;
+            Ok((from, latest()))
+        })
+    }
+
+    fn connect(config: &StoreConfig, data: &Path) -> Result<PgStore> {
+        let schema = config.schema.clone();
+        if schema.is_empty()
+            || !schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            || schema.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(Error::Config(format!(
+                "schema `{schema}` is not a plain name: use lowercase letters, digits and `_`"
+            )));
+        }
+        if config.url.trim().is_empty() {
+            return Err(Error::Config("backend is `postgres` but `url` is empty: name the database".into()));
+        }
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| Error::Config(format!("url cannot be read as a PostgreSQL connection: {e}")))?;
+        if let Some(file) = &config.password_file {
+            let file = if file.is_relative() { data.join(file) } else { file.clone() };
+            let password = std::fs::read_to_string(&file)
+                .map_err(|e| Error::Config(format!("cannot read password_file {}: {e}", file.display())))?;
+            pg.password(password.trim_end_matches(['\r', '\n']));
+        }
+        // The search path puts the tables first, so statements name them bare.
+        pg.options(format!("-c search_path=\"{schema}\""));
+        pg.application_name("schoolbell");
+        let target = shown(&pg);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("schoolbell-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Connect { target: target.clone(), source: Box::new(e) })?;
+        // No call waits for ever on a database that does not answer.
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        let listen = pg.clone();
+        let manager = deadpool_postgres::Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1) as usize)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::Connect { target: target.clone(), source: Box::new(e) })?;
+        let store = PgStore {
+            runtime: Some(runtime),
+            pool,
+            schema,
+            host: host_id(),
+            lease_ms: big(config.lease_secs.max(1).saturating_mul(1000)),
+            pg: listen,
+        };
+        // Connect now, so a wrong url fails at start, not at first use.
+        let first = store.block(store.pool.get());
+        first.map(drop).map_err(|e| Error::Connect { target, source: Box::new(e) })?;
+        Ok(store)
+    }
+
+    /// The last migration applied to the schema (0: none).
+    fn applied(&self) -> Result<i32> {
+        let rows = self.query(
+            "migrations",
+            "SELECT COALESCE(max(version), 0) FROM schoolbell_migrations WHERE to_regclass('schoolbell_migrations') IS NOT NULL",
+            &[],
+        );
+        match rows {
+            Ok(rows) => Ok(rows.first().map_or(0, |r| r.get(0))),
+            // No bookkeeping table: nothing was ever migrated here.
+            Err(Error::Io { source, .. })
+                if source
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .and_then(|e| e.code())
+                    .is_some_and(|c| *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for `work` on this thread, with the store's runtime as the
+    /// context its connections are made in.
+    fn block<F: Future>(&self, work: F) -> F::Output {
+        let _context = self.runtime.as_ref().map(|r| r.enter());
+        futures_executor::block_on(work)
+    }
+
+    fn query(&self, table: &'static str, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        self.block(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let statement = client.prepare_cached(sql).await.map_err(db(table))?;
+            client.query(&statement, params).await.map_err(db(table))
+        })
+    }
+
+    fn execute(&self, table: &'static str, sql: &str, params: Params<'_>) -> Result<u64> {
+        self.block(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let statement = client.prepare_cached(sql).await.map_err(db(table))?;
+            client.execute(&statement, params).await.map_err(db(table))
+        })
+    }
+
+    /// Runs `work` in one transaction: it commits when `work` succeeds, and
+    /// rolls back when it fails or says no.
+    fn transaction<T>(&self, table: &'static str, work: impl AsyncFnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.block(async {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(db(table))?;
+            let out = work(&tx).await?;
+            tx.commit().await.map_err(db(table))?;
+            Ok(out)
+        })
+    }
+
+    /// One value by its key, decoded.
+    fn value<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        sql: &str,
+        key: &(dyn ToSql + Sync),
+    ) -> Result<Option<T>> {
+        let rows = self.query(table, sql, &[key])?;
+        rows.first().map(|row| decode(table, b"", row.get::<_, &[u8]>(0))).transpose()
+    }
+
+    /// Every value a query returns, decoded.
+    fn values<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<T>> {
+        self.query(table, sql, params)?.iter().map(|row| decode(table, b"", row.get::<_, &[u8]>(0))).collect()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which may not be done
+        // on a thread of another runtime; letting them go may.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Listens on the work channel, calling `wake` at each notification,
+/// until the connection ends.
+async fn listen(
+    pg: &tokio_postgres::Config,
+    wake: &(dyn Fn() + Send + Sync),
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = pg.connect(tokio_postgres::NoTls).await?;
+    let statement = format!("LISTEN {WORK_CHANNEL}");
+    let listening = client.batch_execute(&statement);
+    let mut listening = std::pin::pin!(listening);
+    let mut listened = false;
+    loop {
+        // The connection carries the LISTEN and, after it, the notifications.
+        let message = std::future::poll_fn(|cx| {
+            if !listened && let std::task::Poll::Ready(done) = listening.as_mut().poll(cx) {
+                listened = true;
+                if let Err(e) = done {
+                    return std::task::Poll::Ready(Some(Err(e)));
+                }
+            }
+            connection.poll_message(cx)
+        })
+        .await;
+        match message {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake(),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// The machine's name.
+pub(crate) fn machine_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|n| n.trim().to_string()).unwrap_or_else(|_| "host".into())
+}
+
+/// A new id for this process among the hosts: machine, process, and a
+/// random suffix, since a restarted process may get the same pid.
+fn host_id() -> String {
+    let mut suffix = [0u8; 3];
+    let _ = getrandom::fill(&mut suffix);
+    format!("{}-{}-{}", machine_name(), std::process::id(), hex::encode(suffix))
+}
+
+/// A connection's target, without its password, for messages.
+fn shown(pg: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    format!(
+        "`{}` on {} as `{}`",
+        pg.get_dbname().unwrap_or("(the user's database)"),
+        if hosts.is_empty() { "localhost".to_string() } else { hosts.join(", ") },
+        pg.get_user().unwrap_or("(this system user)")
+    )
+}
+
+async fn run_sql(tx: &Transaction<'_>, table: &'static str, sql: &str, params: Params<'_>) -> Result<u64> {
+    let statement = tx.prepare_cached(sql).await.map_err(db(table))?;
+    tx.execute(&statement, params).await.map_err(db(table))
+}
+
+async fn rows_of(tx: &Transaction<'_>, table: &'static str, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+    let statement = tx.prepare_cached(sql).await.map_err(db(table))?;
+    tx.query(&statement, params).await.map_err(db(table))
+}
+
+const UPSERT_RUN: &str = "INSERT INTO runs (id, value, finished_ms) VALUES ($1, $2, $3) \
+     ON CONFLICT (id) DO UPDATE SET value = excluded.value, finished_ms = COALESCE(excluded.finished_ms, runs.finished_ms)";
+
+async fn save_run(tx: &Transaction<'_>, run: &Run, finished: Option<DateTime<Utc>>) -> Result<()> {
+    run_sql(tx, "runs", UPSERT_RUN, &[&big(run.id), &encode(run), &finished.map(ms)]).await?;
+    if finished.is_some() {
+        // A finished run holds no lease.
+        run_sql(tx, "run_leases", "DELETE FROM run_leases WHERE run_id = $1", &[&big(run.id)]).await?;
+    }
+    Ok(())
+}
+
+/// Queues a run with its record; the entry names its task, for the overlap
+/// policy on every host.
+async fn queue(tx: &Transaction<'_>, key: &QueueKey, run: &Run) -> Result<()> {
+    run_sql(
+        tx,
+        "queue",
+        "INSERT INTO queue (key, run_id, task) VALUES ($1, $2, $3)",
+        &[&key.0, &big(run.id), &run.task],
+    )
+    .await?;
+    // Delivered when the transaction commits; several in one are one.
+    run_sql(tx, "queue", "SELECT pg_notify('schoolbell_queue', '')", &[]).await?;
+    save_run(tx, run, None).await
+}
+
+/// An index entry: the index's fields joined by `+`, the record's folded
+/// text for them, and the record's key.
+type Entry = (String, String, String);
+
+fn entries(spec: &CollectionSpec, record: &Record, key: &str) -> Vec<Entry> {
+    spec.indexes
+        .iter()
+        .filter_map(|fields| Some((fields.join("+"), index_text(record, fields)?, key.to_string())))
+        .collect()
+}
+
+/// Index entries to drop and to add, as three columns each.
+#[derive(Default)]
+struct IndexChanges {
+    wanted: BTreeMap<Entry, bool>,
+}
+
+impl IndexChanges {
+    fn set(&mut self, entries: Vec<Entry>, present: bool) {
+        for e in entries {
+            self.wanted.insert(e, present);
+        }
+    }
+
+    async fn apply(self, tx: &Transaction<'_>, collection: &str) -> Result<()> {
+        let columns = |present: bool| {
+            let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+            for ((f, v, k), _) in self.wanted.iter().filter(|(_, p)| **p == present) {
+                cols.0.push(f);
+                cols.1.push(v);
+                cols.2.push(k);
+            }
+            cols
+        };
+        let (f, v, k) = columns(false);
+        if !f.is_empty() {
+            run_sql(
+                tx,
+                "record_index",
+                "DELETE FROM record_index i USING unnest($2::text[], $3::text[], $4::text[]) AS d(f, v, k) \
+                 WHERE i.collection = $1 AND i.fields = d.f AND i.value = d.v AND i.key = d.k",
+                &[&collection, &f, &v, &k],
+            )
+            .await?;
+        }
+        let (f, v, k) = columns(true);
+        if !f.is_empty() {
+            run_sql(
+                tx,
+                "record_index",
+                "INSERT INTO record_index (collection, fields, value, key) \
+                 SELECT $1, f, v, k FROM unnest($2::text[], $3::text[], $4::text[]) AS t(f, v, k) ON CONFLICT DO NOTHING",
+                &[&collection, &f, &v, &k],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Drops a collection's index entries and writes them again from its records.
+async fn rebuild_index(tx: &Transaction<'_>, name: &str, spec: &CollectionSpec) -> Result<()> {
+    run_sql(tx, "record_index", "DELETE FROM record_index WHERE collection = $1", &[&name]).await?;
+    let mut index = IndexChanges::default();
+    for row in rows_of(tx, "records", "SELECT key, value FROM records WHERE collection = $1", &[&name]).await? {
+        let key: &str = row.get(0);
+        let record: Record = decode("records", key.as_bytes(), row.get::<_, &[u8]>(1))?;
+        index.set(entries(spec, &record, key), true);
+    }
+    index.apply(tx, name).await
+}
+
+impl PgStore {
+    /// Copies the embedded store `from` into this schema, which must hold
+    /// no data yet, and returns the rows copied per table. The copy goes in
+    /// steps; until it ends, the schema is marked so that no host opens
+    /// half of it.
+    pub fn copy_from(&self, from: &super::Store) -> Result<BTreeMap<&'static str, u64>> {
+        let held = self.query(
+            "meta",
+            "SELECT (SELECT count(*) FROM tasks) + (SELECT count(*) FROM runs) + (SELECT count(*) FROM users) \
+             + (SELECT count(*) FROM collections) + (SELECT count(*) FROM plugins) + (SELECT count(*) FROM meta WHERE key = 'copy')",
+            &[],
+        )?;
+        if held.first().is_some_and(|r| r.get::<_, i64>(0) > 0) {
+            return Err(Error::Config(format!(
+                "the PostgreSQL schema `{}` holds data already; copy into an empty one (name a new schema with --schema)",
+                self.schema
+            )));
+        }
+        self.execute("meta", "INSERT INTO meta (key, value) VALUES ('copy', '')", &[])?;
+        let mut counts = BTreeMap::new();
+        let mut pending = Vec::with_capacity(COPY_BATCH);
+        from.export(&mut |row| {
+            *counts.entry(row.table).or_insert(0) += 1;
+            pending.push(row);
+            if pending.len() >= COPY_BATCH {
+                self.insert_rows(&mut pending)?;
+            }
+            Ok(())
+        })?;
+        self.insert_rows(&mut pending)?;
+        for name in self.collection_names()? {
+            let Some(spec) = self.collection(&name)? else { continue };
+            self.transaction("record_index", async |tx| rebuild_index(tx, &name, &spec).await)?;
+        }
+        self.execute("meta", "DELETE FROM meta WHERE key = 'copy'", &[])?;
+        Ok(counts)
+    }
+
+    fn insert_rows(&self, rows: &mut Vec<super::Row>) -> Result<()> {
+        use super::Cell;
+        self.transaction("copy", async |tx| {
+            for row in rows.drain(..) {
+                let placeholders: Vec<String> = (1..=row.columns.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "INSERT INTO {} ({}) VALUES ({})",
+                    row.table,
+                    row.columns.join(", "),
+                    placeholders.join(", ")
+                );
+                let values: Vec<Box<dyn ToSql + Sync>> = row
+                    .values
+                    .into_iter()
+                    .map(|cell| -> Box<dyn ToSql + Sync> {
+                        match cell {
+                            Cell::Text(t) => Box::new(t),
+                            Cell::Bytes(b) => Box::new(b),
+                            Cell::Int(i) => Box::new(i),
+                            Cell::Null => Box::new(None::<i64>),
+                        }
+                    })
+                    .collect();
+                let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
+                run_sql(tx, row.table, &sql, &params).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn commit_records(
+        &self,
+        collection: &str,
+        records: &[Record],
+        removes: &[String],
+        ledger: Option<(&str, &str)>,
+    ) -> Result<usize> {
+        check_name("collection", collection)?;
+        self.transaction("records", async |tx| {
+            // The collection's row is the writers' lock: record writes read
+            // old values to keep the indexes and the count.
+            let row = rows_of(tx, "collections", "SELECT spec FROM collections WHERE name = $1 FOR UPDATE", &[&collection])
+                .await?;
+            let Some(row) = row.first() else { return Err(Error::UnknownCollection(collection.into())) };
+            let spec: CollectionSpec = decode("collections", collection.as_bytes(), row.get::<_, &[u8]>(0))?;
+            let mut keys = Vec::with_capacity(records.len());
+            for (i, record) in records.iter().enumerate() {
+                keys.push(spec.key_of(collection, record, i + 1)?);
+            }
+            let mut wanted: Vec<&str> = keys.iter().map(String::as_str).chain(removes.iter().map(String::as_str)).collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            let mut current: HashMap<String, Record> = HashMap::new();
+            for row in rows_of(
+                tx,
+                "records",
+                "SELECT key, value FROM records WHERE collection = $1 AND key = ANY($2) FOR UPDATE",
+                &[&collection, &wanted],
+            )
+            .await?
+            {
+                let key: String = row.get(0);
+                let record = decode("records", key.as_bytes(), row.get::<_, &[u8]>(1))?;
+                current.insert(key, record);
+            }
+            let mut index = IndexChanges::default();
+            let mut written: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+            let mut added: i64 = 0;
+            for (record, key) in records.iter().zip(&keys) {
+                let new = entries(&spec, record, key);
+                match current.insert(key.clone(), record.clone()) {
+                    Some(old) => {
+                        let old = entries(&spec, &old, key);
+                        index.set(old.into_iter().filter(|e| !new.contains(e)).collect(), false);
+                    }
+                    None => added += 1,
+                }
+                index.set(new, true);
+                written.insert(key, encode(record));
+            }
+            let mut removed: i64 = 0;
+            let mut gone: Vec<&str> = Vec::new();
+            for key in removes {
+                // A key that is already gone is no error: removing is idempotent.
+                if let Some(old) = current.remove(key) {
+                    index.set(entries(&spec, &old, key), false);
+                    written.remove(key.as_str());
+                    gone.push(key);
+                    removed += 1;
+                }
+            }
+            let (wk, wv): (Vec<&str>, Vec<&[u8]>) = written.iter().map(|(k, v)| (*k, v.as_slice())).unzip();
+            if !wk.is_empty() {
+                run_sql(
+                    tx,
+                    "records",
+                    "INSERT INTO records (collection, key, value) SELECT $1, k, v FROM unnest($2::text[], $3::bytea[]) AS t(k, v) \
+                     ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value",
+                    &[&collection, &wk, &wv],
+                )
+                .await?;
+            }
+            if !gone.is_empty() {
+                run_sql(tx, "records", "DELETE FROM records WHERE collection = $1 AND key = ANY($2)", &[&collection, &gone])
+                    .await?;
+            }
+            index.apply(tx, collection).await?;
+            run_sql(
+                tx,
+                "collections",
+                "UPDATE collections SET count = GREATEST(count + $2 - $3, 0) WHERE name = $1",
+                &[&collection, &added, &removed],
+            )
+            .await?;
+            if let Some((hash, entry)) = ledger {
+                run_sql(
+                    tx,
+                    "import_ledger",
+                    "INSERT INTO import_ledger (key, entry) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET entry = excluded.entry",
+                    &[&hash, &entry],
+                )
+                .await?;
+            }
+            Ok(records.len() + removed as usize)
+        })
+    }
+
+    fn page(&self, sql: &str, params: Params<'_>, limit: usize) -> Result<(Vec<StoredRecord>, Option<String>)> {
+        let rows = self.query("records", sql, params)?;
+        let more = rows.len() > limit;
+        let out: Vec<StoredRecord> = rows
+            .into_iter()
+            .take(limit)
+            .map(|row| StoredRecord::owned(row.get::<_, String>(0).into_bytes(), row.get(1)))
+            .collect();
+        let next = more.then(|| out.last().map(|r| String::from_utf8_lossy(&r.key).into_owned())).flatten();
+        Ok((out, next))
+    }
+}
+
+impl RecordStore for PgStore {
+    fn define_collection(&self, name: &str, spec: &CollectionSpec) -> Result<()> {
+        check_name("collection", name)?;
+        check_name("field", &spec.key_field)?;
+        self.transaction("collections", async |tx| {
+            let old = rows_of(tx, "collections", "SELECT spec FROM collections WHERE name = $1 FOR UPDATE", &[&name]).await?;
+            if let Some(row) = old.first() {
+                let old: CollectionSpec = decode("collections", name.as_bytes(), row.get::<_, &[u8]>(0))?;
+                if old == *spec {
+                    return Ok(());
+                }
+            }
+            run_sql(
+                tx,
+                "collections",
+                "INSERT INTO collections (name, spec) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec",
+                &[&name, &encode(spec)],
+            )
+            .await?;
+            rebuild_index(tx, name, spec).await
+        })
+    }
+
+    fn collection(&self, name: &str) -> Result<Option<CollectionSpec>> {
+        self.value("collections", "SELECT spec FROM collections WHERE name = $1", &name)
+    }
+
+    fn collection_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .query("collections", "SELECT name FROM collections ORDER BY name", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn put_records(&self, collection: &str, records: &[Record]) -> Result<usize> {
+        self.commit_records(collection, records, &[], None)
+    }
+
+    fn commit_import(
+        &self,
+        collection: &str,
+        writes: &[Record],
+        removes: &[String],
+        ledger_key: &str,
+        entry: &str,
+    ) -> Result<usize> {
+        self.commit_records(collection, writes, removes, Some((ledger_key, entry)))
+    }
+
+    fn import_ledger(&self, ledger_key: &str) -> Result<Option<String>> {
+        let rows = self.query("import_ledger", "SELECT entry FROM import_ledger WHERE key = $1", &[&ledger_key])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn get_record(&self, collection: &str, key: &str) -> Result<Option<Record>> {
+        let rows = self.query(
+            "records",
+            "SELECT value FROM records WHERE collection = $1 AND key = $2",
+            &[&collection, &key],
+        )?;
+        rows.first().map(|r| decode("records", key.as_bytes(), r.get::<_, &[u8]>(0))).transpose()
+    }
+
+    fn lookup_record(&self, collection: &str, key: &str, candidate: &Record) -> Result<Lookup> {
+        let rows = self.query(
+            "records",
+            "SELECT value FROM records WHERE collection = $1 AND key = $2",
+            &[&collection, &key],
+        )?;
+        Ok(match rows.first().map(|r| r.get::<_, &[u8]>(0)) {
+            None => Lookup::Missing,
+            Some(v) if v == encode(candidate).as_slice() => Lookup::Same,
+            Some(v) => Lookup::Differs(decode("records", key.as_bytes(), v)?),
+        })
+    }
+
+    fn scan_records(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Record>, Option<String>)> {
+        let (stored, next) = self.scan_stored(collection, after, limit)?;
+        let records = stored.iter().map(StoredRecord::record).collect::<Result<_>>()?;
+        Ok((records, next))
+    }
+
+    fn count_records(&self, collection: &str) -> Result<u64> {
+        let rows = self.query("collections", "SELECT count FROM collections WHERE name = $1", &[&collection])?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn find_by_index(&self, collection: &str, fields: &[String], record: &Record) -> Result<Vec<String>> {
+        let Some(text) = index_text(record, fields) else { return Ok(Vec::new()) };
+        let rows = self.query(
+            "record_index",
+            "SELECT key FROM record_index WHERE collection = $1 AND fields = $2 AND value = $3 ORDER BY key",
+            &[&collection, &fields.join("+"), &text],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn scan_stored(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredRecord>, Option<String>)> {
+        self.page(
+            "SELECT key, value FROM records WHERE collection = $1 AND ($2::text IS NULL OR key > $2) ORDER BY key LIMIT $3",
+            &[&collection, &after, &self::limit(limit.saturating_add(1))],
+            limit,
+        )
+    }
+
+    fn scan_index(
+        &self,
+        collection: &str,
+        fields: &[String],
+        record: &Record,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StoredRecord>, Option<String>)> {
+        let Some(text) = index_text(record, fields) else { return Ok((Vec::new(), None)) };
+        self.page(
+            "SELECT r.key, r.value FROM record_index i JOIN records r ON r.collection = i.collection AND r.key = i.key \
+             WHERE i.collection = $1 AND i.fields = $2 AND i.value = $3 AND ($4::text IS NULL OR i.key > $4) ORDER BY i.key LIMIT $5",
+            &[&collection, &fields.join("+"), &text, &after, &self::limit(limit.saturating_add(1))],
+            limit,
+        )
+    }
+}
+
+impl TaskStore for PgStore {
+    fn task(&self, name: &str) -> Result<Option<Task>> {
+        self.value("tasks", "SELECT value FROM tasks WHERE name = $1", &name)
+    }
+
+    fn all_tasks(&self) -> Result<Vec<Task>> {
+        self.values("tasks", "SELECT value FROM tasks ORDER BY name", &[])
+    }
+
+    fn put_task(&self, task: &Task, _old_due: Option<DateTime<Utc>>, new_due: Option<DateTime<Utc>>) -> Result<()> {
+        check_name("task", &task.name)?;
+        self.execute(
+            "tasks",
+            "INSERT INTO tasks (name, value, due_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, due_ms = excluded.due_ms",
+            &[&task.name, &encode(task), &new_due.map(ms)],
+        )
+        .map(drop)
+    }
+
+    fn remove_task(&self, name: &str, _due: Option<DateTime<Utc>>) -> Result<()> {
+        self.execute("tasks", "DELETE FROM tasks WHERE name = $1", &[&name]).map(drop)
+    }
+
+    fn due_tasks(&self, up_to: DateTime<Utc>, limit: usize) -> Result<Vec<(DateTime<Utc>, String)>> {
+        let rows = self.query(
+            "tasks",
+            "SELECT due_ms, name FROM tasks WHERE due_ms <= $1 ORDER BY due_ms, name LIMIT $2",
+            &[&ms(up_to), &self::limit(limit)],
+        )?;
+        Ok(rows.iter().map(|r| (from_ms(r.get(0)), r.get(1))).collect())
+    }
+
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let rows = self.query("tasks", "SELECT min(due_ms) FROM tasks", &[])?;
+        Ok(rows.first().and_then(|r| r.get::<_, Option<i64>>(0)).map(from_ms))
+    }
+
+    fn fire(
+        &self,
+        task: &Task,
+        due: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        queued: Option<(u8, &Run)>,
+    ) -> Result<bool> {
+        self.transaction("tasks", async |tx| {
+            // Conditional on the due time it fires for: of two hosts firing
+            // it together, the second finds the row moved on and does nothing.
+            let moved = run_sql(
+                tx,
+                "tasks",
+                "UPDATE tasks SET value = $2, due_ms = $3 WHERE name = $1 AND due_ms = $4",
+                &[&task.name, &encode(task), &next.map(ms), &ms(due)],
+            )
+            .await?;
+            if moved == 0 {
+                return Ok(false);
+            }
+            if let Some((priority, run)) = queued {
+                let key = QueueKey::new(priority, due, run.id);
+                run_sql(tx, "queue", "INSERT INTO queue (key, run_id) VALUES ($1, $2)", &[&key.0, &big(run.id)])
+                    .await?;
+                save_run(tx, run, None).await?;
+            }
+            Ok(true)
+        })
+    }
+}
+
+impl RunStore for PgStore {
+    fn next_sequence(&self, name: &str) -> Result<u64> {
+        let rows = self.query(
+            "sequences",
+            "INSERT INTO sequences (name, value) VALUES ($1, 1) \
+             ON CONFLICT (name) DO UPDATE SET value = sequences.value + 1 RETURNING value",
+            &[&name],
+        )?;
+        Ok(rows.first().map_or(1, |r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn new_run_id(&self) -> Result<RunId> {
+        self.next_sequence("runs")
+    }
+
+    fn enqueue(&self, priority: u8, due: DateTime<Utc>, run: &Run) -> Result<QueueKey> {
+        let key = QueueKey::new(priority, due, run.id);
+        self.transaction("queue", async |tx| queue(tx, &key, run).await)?;
+        Ok(key)
+    }
+
+    fn queued(&self) -> Result<Vec<(QueueKey, RunId)>> {
+        let rows = self.query("queue", "SELECT key, run_id FROM queue ORDER BY key", &[])?;
+        Ok(rows.iter().map(|r| (QueueKey(r.get(0)), r.get::<_, i64>(1) as u64)).collect())
+    }
+
+    fn queued_after(&self, after: Option<&QueueKey>) -> Result<Option<(QueueKey, RunId)>> {
+        let after: &[u8] = after.map_or(&[], |k| k.0.as_slice());
+        // By priority, then due time (the key's order), past entries another
+        // host is starting now.
+        let rows = self.query(
+            "queue",
+            "SELECT key, run_id FROM queue WHERE key > $1 ORDER BY key LIMIT 1 FOR UPDATE SKIP LOCKED",
+            &[&after],
+        )?;
+        Ok(rows.first().map(|r| (QueueKey(r.get(0)), r.get::<_, i64>(1) as u64)))
+    }
+
+    fn queue_len(&self) -> usize {
+        // The figure is for gauges and pacing; a failed count reads as none.
+        self.query("queue", "SELECT count(*) FROM queue", &[])
+            .ok()
+            .and_then(|rows| rows.first().map(|r| r.get::<_, i64>(0).max(0) as usize))
+            .unwrap_or(0)
+    }
+
+    fn dequeue(&self, key: &QueueKey) -> Result<bool> {
+        Ok(self.execute("queue", "DELETE FROM queue WHERE key = $1", &[&key.0])? > 0)
+    }
+
+    fn start_run(&self, key: &QueueKey, run: &Run) -> Result<bool> {
+        self.transaction("queue", async |tx| {
+            // Whoever deletes the entry starts the run; the others find it gone.
+            // An entry another host is starting now is skipped, not waited for.
+            let taken = "DELETE FROM queue WHERE key = (SELECT key FROM queue WHERE key = $1 FOR UPDATE SKIP LOCKED)";
+            if run_sql(tx, "queue", taken, &[&key.0]).await? == 0 {
+                return Ok(false);
+            }
+            save_run(tx, run, None).await?;
+            // The run is this host's while it renews the lease.
+            run_sql(
+                tx,
+                "run_leases",
+                "INSERT INTO run_leases (run_id, host, task, until_ms) VALUES ($1, $2, $3, now_ms() + $4) \
+                 ON CONFLICT (run_id) DO UPDATE SET host = excluded.host, task = excluded.task, until_ms = excluded.until_ms",
+                &[&big(run.id), &self.host, &run.task, &self.lease_ms],
+            )
+            .await?;
+            Ok(true)
+        })
+    }
+
+    fn put_run(&self, run: &Run, finished: Option<DateTime<Utc>>) -> Result<()> {
+        if finished.is_some() {
+            return self.transaction("runs", async |tx| save_run(tx, run, finished).await);
+        }
+        self.execute("runs", UPSERT_RUN, &[&big(run.id), &encode(run), &None::<i64>]).map(drop)
+    }
+
+    fn finish_run(
+        &self,
+        run: &Run,
+        finished: DateTime<Utc>,
+        writes: &Finish<'_, LedgerEntry, OutboxEntry>,
+    ) -> Result<()> {
+        self.transaction("runs", async |tx| {
+            save_run(tx, run, Some(finished)).await?;
+            write_state(tx, &run.task, writes.state).await?;
+            for (key, entry) in writes.ledger {
+                match entry {
+                    Some(entry) => {
+                        run_sql(
+                            tx,
+                            "notified",
+                            "INSERT INTO notified (task, key, value) VALUES ($1, $2, $3) \
+                             ON CONFLICT (task, key) DO UPDATE SET value = excluded.value",
+                            &[&run.task, key, &encode(entry)],
+                        )
+                        .await?
+                    }
+                    None => {
+                        run_sql(tx, "notified", "DELETE FROM notified WHERE task = $1 AND key = $2", &[&run.task, key])
+                            .await?
+                    }
+                };
+            }
+            for (id, due, entry) in writes.outbox {
+                run_sql(
+                    tx,
+                    "outbox",
+                    "INSERT INTO outbox (id, value, due_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET value = excluded.value, due_ms = excluded.due_ms",
+                    &[&big(*id), &encode(entry), &ms(*due)],
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn run(&self, id: RunId) -> Result<Option<Run>> {
+        self.value("runs", "SELECT value FROM runs WHERE id = $1", &big(id))
+    }
+
+    fn runs(&self, before: Option<RunId>, limit: usize) -> Result<Vec<Run>> {
+        self.values(
+            "runs",
+            "SELECT value FROM runs WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            &[&before.map_or(i64::MAX, big), &self::limit(limit)],
+        )
+    }
+
+    fn all_runs(&self) -> Result<Vec<Run>> {
+        self.values("runs", "SELECT value FROM runs ORDER BY id DESC", &[])
+    }
+
+    fn finished_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<RunId>> {
+        let rows =
+            self.query("runs", "SELECT id FROM runs WHERE finished_ms <= $1 ORDER BY finished_ms, id", &[&ms(cutoff)])?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    fn delete_run(&self, id: RunId, _finished: Option<DateTime<Utc>>) -> Result<()> {
+        self.transaction("runs", async |tx| {
+            for (table, column) in [
+                ("run_messages", "run"),
+                ("run_message_rows", "run"),
+                ("import_plans", "run"),
+                ("approvals", "run"),
+                ("run_leases", "run_id"),
+            ] {
+                run_sql(tx, "runs", &format!("DELETE FROM {table} WHERE {column} = $1"), &[&big(id)]).await?;
+            }
+            run_sql(tx, "runs", "DELETE FROM runs WHERE id = $1", &[&big(id)]).await.map(drop)
+        })
+    }
+
+    fn add_messages(&self, run: RunId, first_seq: u64, messages: &[(&str, &TaskMessage)]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = (0..messages.len()).map(|i| big(first_seq + i as u64)).collect();
+        let statuses: Vec<&str> = messages.iter().map(|(s, _)| *s).collect();
+        let values: Vec<Vec<u8>> = messages.iter().map(|(_, m)| encode(m)).collect();
+        self.execute(
+            "run_messages",
+            "INSERT INTO run_messages (run, seq, status, value) \
+             SELECT $1, s, st, v FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS t(s, st, v) \
+             ON CONFLICT (run, seq) DO UPDATE SET status = excluded.status, value = excluded.value",
+            &[&big(run), &seqs, &statuses, &values],
+        )
+        .map(drop)
+    }
+
+    fn add_message_rows(&self, run: RunId, rows: &crate::imports::ShownRows<'_>) -> Result<()> {
+        let Some(first) = rows.first_line() else { return Ok(()) };
+        self.execute(
+            "run_message_rows",
+            "INSERT INTO run_message_rows (run, first_line, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (run, first_line) DO UPDATE SET value = excluded.value",
+            &[&big(run), &big(first), &encode(rows)],
+        )
+        .map(drop)
+    }
+
+    fn message_rows(&self, run: RunId, lines: &[u64]) -> Result<Vec<Option<Record>>> {
+        // Lines close together share a chunk, read once.
+        let mut chunk: Option<(i64, Vec<(u64, Record)>)> = None;
+        let mut out = Vec::with_capacity(lines.len());
+        for line in lines {
+            let rows = self.query(
+                "run_message_rows",
+                "SELECT first_line, value FROM run_message_rows WHERE run = $1 AND first_line <= $2 \
+                 ORDER BY first_line DESC LIMIT 1",
+                &[&big(run), &big(*line)],
+            )?;
+            let Some(row) = rows.first() else {
+                out.push(None);
+                continue;
+            };
+            let first: i64 = row.get(0);
+            if chunk.as_ref().is_none_or(|(held, _)| *held != first) {
+                chunk = Some((first, decode("run_message_rows", b"", row.get::<_, &[u8]>(1))?));
+            }
+            let rows = chunk.as_ref().map(|(_, rows)| rows.as_slice()).unwrap_or_default();
+            out.push(rows.binary_search_by_key(line, |(l, _)| *l).ok().map(|i| rows[i].1.clone()));
+        }
+        Ok(out)
+    }
+
+    fn message_statuses(&self, run: RunId) -> Result<Vec<String>> {
+        let rows = self.query(
+            "run_messages",
+            "SELECT DISTINCT status FROM run_messages WHERE run = $1 ORDER BY status",
+            &[&big(run)],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn messages(
+        &self,
+        run: RunId,
+        status: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<TaskMessage>, Option<u64>)> {
+        let from = after.map_or(-1, big);
+        let n = self::limit(limit.saturating_add(1));
+        let rows = match status {
+            None => self.query(
+                "run_messages",
+                "SELECT seq, value FROM run_messages WHERE run = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&big(run), &from, &n],
+            )?,
+            Some(status) => self.query(
+                "run_messages",
+                "SELECT seq, value FROM run_messages WHERE run = $1 AND status = $4 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&big(run), &from, &n, &status],
+            )?,
+        };
+        let more = rows.len() > limit;
+        let mut out = Vec::with_capacity(rows.len().min(limit));
+        let mut last = None;
+        for row in rows.iter().take(limit) {
+            out.push(decode("run_messages", b"", row.get::<_, &[u8]>(1))?);
+            last = Some(row.get::<_, i64>(0) as u64);
+        }
+        Ok((out, if more { last } else { None }))
+    }
+
+    fn put_plan(&self, run: RunId, plan: &ImportPlan) -> Result<()> {
+        self.execute(
+            "import_plans",
+            "INSERT INTO import_plans (run, value) VALUES ($1, $2) ON CONFLICT (run) DO UPDATE SET value = excluded.value",
+            &[&big(run), &encode(plan)],
+        )
+        .map(drop)
+    }
+
+    fn plan(&self, run: RunId) -> Result<Option<ImportPlan>> {
+        self.value("import_plans", "SELECT value FROM import_plans WHERE run = $1", &big(run))
+    }
+
+    fn remove_plan(&self, run: RunId) -> Result<()> {
+        self.execute("import_plans", "DELETE FROM import_plans WHERE run = $1", &[&big(run)]).map(drop)
+    }
+
+    fn put_approval(&self, run: RunId, approval: &Approval) -> Result<()> {
+        self.execute(
+            "approvals",
+            "INSERT INTO approvals (run, value) VALUES ($1, $2) ON CONFLICT (run) DO UPDATE SET value = excluded.value",
+            &[&big(run), &encode(approval)],
+        )
+        .map(drop)
+    }
+
+    fn approval(&self, run: RunId) -> Result<Option<Approval>> {
+        self.value("approvals", "SELECT value FROM approvals WHERE run = $1", &big(run))
+    }
+
+    fn remove_approval(&self, run: RunId) -> Result<()> {
+        self.execute("approvals", "DELETE FROM approvals WHERE run = $1", &[&big(run)]).map(drop)
+    }
+}
+
+async fn write_state(tx: &Transaction<'_>, task: &str, writes: &[(String, Option<String>)]) -> Result<()> {
+    for (key, value) in writes {
+        check_name("state key", key)?;
+        match value {
+            Some(value) => {
+                run_sql(
+                    tx,
+                    "task_state",
+                    "INSERT INTO task_state (task, key, value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (task, key) DO UPDATE SET value = excluded.value",
+                    &[&task, key, value],
+                )
+                .await?
+            }
+            None => {
+                run_sql(tx, "task_state", "DELETE FROM task_state WHERE task = $1 AND key = $2", &[&task, key]).await?
+            }
+        };
+    }
+    Ok(())
+}
+
+impl LedgerStore for PgStore {
+    fn task_state(&self, task: &str, key: &str) -> Result<Option<String>> {
+        let rows =
+            self.query("task_state", "SELECT value FROM task_state WHERE task = $1 AND key = $2", &[&task, &key])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn task_state_bytes(&self, task: &str) -> Result<u64> {
+        let rows = self.query(
+            "task_state",
+            "SELECT COALESCE(sum(octet_length(key) + octet_length(value)), 0)::bigint FROM task_state WHERE task = $1",
+            &[&task],
+        )?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn apply_task_state(&self, task: &str, writes: &[(String, Option<String>)]) -> Result<()> {
+        check_name("task", task)?;
+        self.transaction("task_state", async |tx| write_state(tx, task, writes).await)
+    }
+
+    fn notified(&self, task: &str) -> Result<Vec<(String, LedgerEntry)>> {
+        let rows = self.query("notified", "SELECT key, value FROM notified WHERE task = $1 ORDER BY key", &[&task])?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                let entry = decode("notified", key.as_bytes(), r.get::<_, &[u8]>(1))?;
+                Ok((key, entry))
+            })
+            .collect()
+    }
+
+    fn forget_task(&self, task: &str) -> Result<()> {
+        self.transaction("task_state", async |tx| {
+            run_sql(tx, "task_state", "DELETE FROM task_state WHERE task = $1", &[&task]).await?;
+            run_sql(tx, "notified", "DELETE FROM notified WHERE task = $1", &[&task]).await.map(drop)
+        })
+    }
+}
+
+impl PgStore {
+    fn outbox_rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<(u64, OutboxEntry)>> {
+        self.query("outbox", sql, params)?
+            .iter()
+            .map(|r| {
+                let id = r.get::<_, i64>(0) as u64;
+                Ok((id, decode("outbox", &id.to_be_bytes(), r.get::<_, &[u8]>(1))?))
+            })
+            .collect()
+    }
+}
+
+impl OutboxStore for PgStore {
+    fn outbox_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        // Claimed for this host as they are read: another host's mailer
+        // skips them until their outcome is written or the claim lapses, so
+        // an email goes out once whichever host sends it. A claim holds
+        // while its host beats, so this one beats first (a CLI that sends
+        // beats nowhere else).
+        super::HostStore::beat(self)?;
+        let rows = self.query(
+            "outbox",
+            "UPDATE outbox SET claimed_by = $3, claim_until_ms = now_ms() + $4 WHERE id IN \
+             (SELECT o.id FROM outbox o WHERE o.due_ms <= $1 AND (o.claimed_by IS NULL OR o.claim_until_ms < now_ms() \
+               OR NOT EXISTS (SELECT 1 FROM hosts h WHERE h.id = o.claimed_by AND h.heartbeat_ms > now_ms() - $5)) \
+              ORDER BY o.due_ms, o.id LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, value, due_ms",
+            &[&ms(now), &self::limit(limit), &self.host, &OUTBOX_CLAIM_MS, &self.lease_ms],
+        )?;
+        let mut due = rows
+            .iter()
+            .map(|r| {
+                let id = r.get::<_, i64>(0) as u64;
+                Ok((r.get::<_, i64>(2), id, decode("outbox", &id.to_be_bytes(), r.get::<_, &[u8]>(1))?))
+            })
+            .collect::<Result<Vec<(i64, u64, OutboxEntry)>>>()?;
+        due.sort_by_key(|(due, id, _)| (*due, *id));
+        Ok(due.into_iter().map(|(_, id, entry)| (id, entry)).collect())
+    }
+
+    fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        self.outbox_rows(
+            "SELECT id, value FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after.map_or(-1, big), &self::limit(limit)],
+        )
+    }
+
+    fn update_outbox_batch(&self, updates: &[OutboxUpdate]) -> Result<()> {
+        self.transaction("outbox", async |tx| {
+            for (id, entry, _was_due, due) in updates {
+                run_sql(
+                    tx,
+                    "outbox",
+                    "INSERT INTO outbox (id, value, due_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE \
+                     SET value = excluded.value, due_ms = excluded.due_ms, claimed_by = NULL, claim_until_ms = NULL",
+                    &[&big(*id), &encode(entry), &due.map(ms)],
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_outbox(&self, id: u64) -> Result<()> {
+        self.execute("outbox", "DELETE FROM outbox WHERE id = $1", &[&big(id)]).map(drop)
+    }
+
+    fn release_outbox(&self, ids: &[u64]) -> Result<()> {
+        let ids: Vec<i64> = ids.iter().map(|id| big(*id)).collect();
+        self.execute(
+            "outbox",
+            "UPDATE outbox SET claimed_by = NULL, claim_until_ms = NULL WHERE id = ANY($1) AND claimed_by = $2",
+            &[&ids, &self.host],
+        )
+        .map(drop)
+    }
+}
+
+impl AccountStore for PgStore {
+    fn user(&self, name: &str) -> Result<Option<User>> {
+        self.value("users", "SELECT value FROM users WHERE name = $1", &name)
+    }
+
+    fn put_user(&self, user: &User) -> Result<()> {
+        check_name("user", &user.name)?;
+        self.execute(
+            "users",
+            "INSERT INTO users (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            &[&user.name, &encode(user)],
+        )
+        .map(drop)
+    }
+
+    fn all_users(&self) -> Result<Vec<User>> {
+        self.values("users", "SELECT value FROM users ORDER BY name", &[])
+    }
+
+    fn remove_user(&self, name: &str) -> Result<bool> {
+        Ok(self.execute("users", "DELETE FROM users WHERE name = $1", &[&name])? > 0)
+    }
+
+    fn put_token(&self, hash: &str, token: &Token) -> Result<()> {
+        self.execute(
+            "tokens",
+            "INSERT INTO tokens (hash, user_name, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (hash) DO UPDATE SET user_name = excluded.user_name, value = excluded.value",
+            &[&hash, &token.user, &encode(token)],
+        )
+        .map(drop)
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<Token>> {
+        self.value("tokens", "SELECT value FROM tokens WHERE hash = $1", &hash)
+    }
+
+    fn all_tokens(&self) -> Result<Vec<(String, Token)>> {
+        self.query("tokens", "SELECT hash, value FROM tokens ORDER BY hash", &[])?
+            .iter()
+            .map(|r| {
+                let hash: String = r.get(0);
+                let token = decode("tokens", hash.as_bytes(), r.get::<_, &[u8]>(1))?;
+                Ok((hash, token))
+            })
+            .collect()
+    }
+
+    fn remove_token(&self, hash: &str) -> Result<bool> {
+        Ok(self.execute("tokens", "DELETE FROM tokens WHERE hash = $1", &[&hash])? > 0)
+    }
+
+    fn remove_tokens_of(&self, user: &str) -> Result<()> {
+        self.execute("tokens", "DELETE FROM tokens WHERE user_name = $1", &[&user]).map(drop)
+    }
+
+    fn put_password(&self, user: &str, hash: &str) -> Result<()> {
+        self.execute(
+            "passwords",
+            "INSERT INTO passwords (user_name, hash) VALUES ($1, $2) ON CONFLICT (user_name) DO UPDATE SET hash = excluded.hash",
+            &[&user, &hash],
+        )
+        .map(drop)
+    }
+
+    fn password(&self, user: &str) -> Result<Option<String>> {
+        let rows = self.query("passwords", "SELECT hash FROM passwords WHERE user_name = $1", &[&user])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn remove_password(&self, user: &str) -> Result<bool> {
+        Ok(self.execute("passwords", "DELETE FROM passwords WHERE user_name = $1", &[&user])? > 0)
+    }
+
+    fn put_view(&self, user: &str, view: &SavedView) -> Result<()> {
+        check_name("user", user)?;
+        check_name("view", &view.name)?;
+        self.execute(
+            "views",
+            "INSERT INTO views (user_name, name, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_name, name) DO UPDATE SET value = excluded.value",
+            &[&user, &view.name, &encode(view)],
+        )
+        .map(drop)
+    }
+
+    fn views(&self, user: &str) -> Result<Vec<SavedView>> {
+        self.values("views", "SELECT value FROM views WHERE user_name = $1 ORDER BY name", &[&user])
+    }
+
+    fn remove_view(&self, user: &str, name: &str) -> Result<bool> {
+        Ok(self.execute("views", "DELETE FROM views WHERE user_name = $1 AND name = $2", &[&user, &name])? > 0)
+    }
+
+    fn put_secret(&self, name: &str, sealed: &[u8]) -> Result<()> {
+        self.execute(
+            "secrets",
+            "INSERT INTO secrets (name, sealed) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed",
+            &[&name, &sealed],
+        )
+        .map(drop)
+    }
+
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let rows = self.query("secrets", "SELECT sealed FROM secrets WHERE name = $1", &[&name])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn secret_names(&self) -> Result<Vec<String>> {
+        Ok(self.query("secrets", "SELECT name FROM secrets ORDER BY name", &[])?.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+impl AuditStore for PgStore {
+    fn append_audit(&self, entry: &AuditEntry) -> Result<u64> {
+        let n = self.next_sequence("audit")?;
+        self.execute("audit", "INSERT INTO audit (id, value) VALUES ($1, $2)", &[&big(n), &encode(entry)])?;
+        Ok(n)
+    }
+
+    fn audit_log(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, AuditEntry)>> {
+        self.query(
+            "audit",
+            "SELECT id, value FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after.map_or(0, big), &self::limit(limit)],
+        )?
+        .iter()
+        .map(|r| {
+            let id = r.get::<_, i64>(0) as u64;
+            Ok((id, decode("audit", &id.to_be_bytes(), r.get::<_, &[u8]>(1))?))
+        })
+        .collect()
+    }
+}
+
+impl SourceStore for PgStore {
+    fn source(&self, name: &str) -> Result<Option<Source>> {
+        self.value("sources", "SELECT value FROM sources WHERE name = $1", &name)
+    }
+
+    fn put_source(&self, source: &Source) -> Result<()> {
+        check_name("source", &source.name)?;
+        self.execute(
+            "sources",
+            "INSERT INTO sources (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            &[&source.name, &encode(source)],
+        )
+        .map(drop)
+    }
+
+    fn remove_source(&self, name: &str) -> Result<bool> {
+        Ok(self.execute("sources", "DELETE FROM sources WHERE name = $1", &[&name])? > 0)
+    }
+
+    fn all_sources(&self) -> Result<Vec<Source>> {
+        self.values("sources", "SELECT value FROM sources ORDER BY name", &[])
+    }
+}
+
+impl PluginStore for PgStore {
+    fn plugin(&self, name: &str) -> Result<Option<PluginEntry>> {
+        self.value("plugins", "SELECT value FROM plugins WHERE name = $1", &name)
+    }
+
+    fn put_plugin(&self, entry: &PluginEntry) -> Result<()> {
+        check_name("plugin", &entry.name)?;
+        self.execute(
+            "plugins",
+            "INSERT INTO plugins (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            &[&entry.name, &encode(entry)],
+        )
+        .map(drop)
+    }
+
+    fn remove_plugin(&self, name: &str) -> Result<bool> {
+        Ok(self.execute("plugins", "DELETE FROM plugins WHERE name = $1", &[&name])? > 0)
+    }
+
+    fn all_plugins(&self) -> Result<Vec<PluginEntry>> {
+        self.values("plugins", "SELECT value FROM plugins ORDER BY name", &[])
+    }
+
+    fn put_blob(&self, hash: &str, bytes: &[u8]) -> Result<bool> {
+        Ok(self.execute(
+            "blobs",
+            "INSERT INTO blobs (hash, bytes) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+            &[&hash, &bytes],
+        )? > 0)
+    }
+
+    fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        let rows = self.query("blobs", "SELECT bytes FROM blobs WHERE hash = $1", &[&hash])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn remove_blob(&self, hash: &str) -> Result<()> {
+        self.execute("blobs", "DELETE FROM blobs WHERE hash = $1", &[&hash]).map(drop)
+    }
+}
+
+impl RuleStore for PgStore {
+    fn add_rule_version(
+        &self,
+        name: &str,
+        source: &str,
+        hash: &str,
+        saved_by: &str,
+        saved_at: DateTime<Utc>,
+    ) -> Result<RuleVersion> {
+        check_name("rule", name)?;
+        // Two hosts saving at once may take the same number: the one whose
+        // insert finds it taken reads the newest again and takes the next.
+        loop {
+            let last: i64 = self.query(
+                "rule_versions",
+                "SELECT coalesce(max(version), 0) FROM rule_versions WHERE name = $1",
+                &[&name],
+            )?[0]
+                .get(0);
+            let version = RuleVersion {
+                name: name.into(),
+                version: last as u64 + 1,
+                hash: hash.into(),
+                saved_by: saved_by.into(),
+                saved_at,
+                source: source.into(),
+            };
+            let added = self.execute(
+                "rule_versions",
+                "INSERT INTO rule_versions (name, version, value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&name, &(last + 1), &encode(&version)],
+            )?;
+            if added > 0 {
+                return Ok(version);
+            }
+        }
+    }
+
+    fn rule_heads(&self) -> Result<Vec<RuleVersion>> {
+        self.values(
+            "rule_versions",
+            "SELECT DISTINCT ON (name) value FROM rule_versions ORDER BY name, version DESC",
+            &[],
+        )
+    }
+
+    fn rule_history(&self, name: &str) -> Result<Vec<RuleVersion>> {
+        self.values("rule_versions", "SELECT value FROM rule_versions WHERE name = $1 ORDER BY version", &[&name])
+    }
+
+    fn rule_versions(&self) -> Result<u64> {
+        let count: i64 = self.query("rule_versions", "SELECT count(*) FROM rule_versions", &[])?[0].get(0);
+        Ok(count as u64)
+    }
+}
+
+impl super::HostStore for PgStore {
+    fn host_id(&self) -> Option<&str> {
+        Some(&self.host)
+    }
+
+    fn beat(&self) -> Result<()> {
+        self.transaction("hosts", async |tx| {
+            run_sql(
+                tx,
+                "hosts",
+                "INSERT INTO hosts (id, name, pid, started_ms, heartbeat_ms) VALUES ($1, $2, $3, now_ms(), now_ms()) \
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_ms = now_ms()",
+                &[&self.host, &machine_name(), &(std::process::id() as i32)],
+            )
+            .await?;
+            // Hosts gone for a day leave the list.
+            run_sql(tx, "hosts", "DELETE FROM hosts WHERE heartbeat_ms < now_ms() - 86400000", &[]).await.map(drop)
+        })
+    }
+
+    fn hosts(&self) -> Result<Vec<super::HostInfo>> {
+        let rows = self.query(
+            "hosts",
+            "SELECT h.id, h.name, h.pid, h.started_ms, h.heartbeat_ms, \
+             (SELECT count(*) FROM run_leases l WHERE l.host = h.id) FROM hosts h ORDER BY h.started_ms, h.id",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| super::HostInfo {
+                id: r.get(0),
+                name: r.get(1),
+                pid: r.get::<_, i32>(2).max(0) as u32,
+                started_at: from_ms(r.get(3)),
+                heartbeat_at: from_ms(r.get(4)),
+                runs_held: r.get::<_, i64>(5).max(0) as u64,
+            })
+            .collect())
+    }
+
+    fn renew_leases(&self, runs: &[RunId]) -> Result<Vec<RunId>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = runs.iter().map(|id| big(*id)).collect();
+        let renewed: BTreeSet<u64> = self
+            .query(
+                "run_leases",
+                "UPDATE run_leases SET until_ms = now_ms() + $3 WHERE run_id = ANY($1) AND host = $2 RETURNING run_id",
+                &[&ids, &self.host, &self.lease_ms],
+            )?
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect();
+        Ok(runs.iter().copied().filter(|id| !renewed.contains(id)).collect())
+    }
+
+    fn take_lapsed_leases(&self) -> Result<Vec<RunId>> {
+        // Taken over, not deleted: should this host die before it settles
+        // them, they lapse again and another host does.
+        let rows = self.query(
+            "run_leases",
+            "UPDATE run_leases SET host = $1, until_ms = now_ms() + $2 WHERE until_ms < now_ms() RETURNING run_id",
+            &[&self.host, &self.lease_ms],
+        )?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    fn settle_lapsed(&self, ended: &Run, again: Option<(u8, DateTime<Utc>, &Run)>) -> Result<bool> {
+        self.transaction("run_leases", async |tx| {
+            let mine = "DELETE FROM run_leases WHERE run_id = $1 AND host = $2";
+            if run_sql(tx, "run_leases", mine, &[&big(ended.id), &self.host]).await? == 0 {
+                return Ok(false);
+            }
+            save_run(tx, ended, ended.finished_at).await?;
+            if let Some((priority, due, run)) = again {
+                queue(tx, &QueueKey::new(priority, due, run.id), run).await?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn lead(&self, chore: &str) -> Result<bool> {
+        // A term as long as a lease: the leader renews it as it works, and
+        // another host takes over once it lapses.
+        let rows = self.query(
+            "leaders",
+            "INSERT INTO leaders (chore, host, until_ms) VALUES ($1, $2, now_ms() + $3) ON CONFLICT (chore) DO UPDATE \
+             SET host = excluded.host, until_ms = excluded.until_ms \
+             WHERE leaders.host = excluded.host OR leaders.until_ms < now_ms() RETURNING host",
+            &[&chore, &self.host, &self.lease_ms],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    fn claim_file(&self, key: &str, run: RunId) -> Result<bool> {
+        // Taken over only from a run whose lease is gone (it finished, or
+        // its host stopped answering).
+        let rows = self.query(
+            "file_claims",
+            "INSERT INTO file_claims (key, run_id) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id \
+             WHERE file_claims.run_id = excluded.run_id \
+             OR NOT EXISTS (SELECT 1 FROM run_leases l WHERE l.run_id = file_claims.run_id) RETURNING key",
+            &[&key, &big(run)],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    fn on_new_work(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        let Some(runtime) = &self.runtime else { return };
+        let pg = self.pg.clone();
+        runtime.spawn(async move {
+            loop {
+                if let Err(e) = listen(&pg, &*wake).await {
+                    tracing::warn!(
+                        "Listening for new work stopped ({e}); the next look finds it, and listening starts again."
+                    );
+                }
+                // Whatever was queued meanwhile is found at the next look.
+                wake();
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    fn task_activity(&self, task: &str) -> Result<Option<(bool, bool)>> {
+        let rows = self.query(
+            "run_leases",
+            "SELECT EXISTS (SELECT 1 FROM run_leases WHERE task = $1), EXISTS (SELECT 1 FROM queue WHERE task = $1)",
+            &[&task],
+        )?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+}
+
+impl Maintenance for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn flush(&self) -> Result<()> {
+        // A committed transaction is on disk already (synchronous_commit).
+        Ok(())
+    }
+
+    fn schema_version(&self) -> Result<u32> {
+        let rows = self.query("meta", "SELECT value FROM meta WHERE key = 'schema_version'", &[])?;
+        let Some(row) = rows.first() else { return Ok(SCHEMA_VERSION) };
+        let bytes: &[u8] = row.get(0);
+        Ok(u32::from_be_bytes(bytes.try_into().map_err(|_| Error::Corrupt {
+            tree: "meta",
+            key: "schema_version".into(),
+            reason: format!("{} bytes, expected 4", bytes.len()),
+        })?))
+    }
+
+    fn check(&self) -> Result<Vec<Drift>> {
+        let mut drift = Vec::new();
+        for name in self.collection_names()? {
+            let Some(spec) = self.collection(&name)? else { continue };
+            let mut expected = BTreeSet::new();
+            let mut records = 0u64;
+            for row in self.query("records", "SELECT key, value FROM records WHERE collection = $1", &[&name])? {
+                let key: &str = row.get(0);
+                match decode::<Record>("records", key.as_bytes(), row.get::<_, &[u8]>(1)) {
+                    Ok(record) => {
+                        records += 1;
+                        expected.extend(entries(&spec, &record, key));
+                    }
+                    Err(e) => drift.push(Drift(format!("collection `{name}`: {e}"))),
+                }
+            }
+            let found: BTreeSet<Entry> = self
+                .query("record_index", "SELECT fields, value, key FROM record_index WHERE collection = $1", &[&name])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            let shown = |(f, v, k): &Entry| format!("{f}/{}/{k}", v.replace('\u{1f}', "/"));
+            let counted = self.count_records(&name)?;
+            drift.extend(index_drift(&name, &expected, &found, shown, counted, records));
+        }
+        Ok(drift)
+    }
+
+    fn backup(&self, dir: &Path) -> Result<()> {
+        Err(Error::Backup {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "the store is the PostgreSQL schema `{}`: back it up with the database's own tools (pg_dump, or the server's base backups)",
+                self.schema
+            ),
+        })
+    }
+
+    fn size_on_disk(&self) -> Result<u64> {
+        let rows = self.query(
+            "meta",
+            "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+            &[],
+        )?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+}
+
+#[cfg(test)]
+#[path = "../../../tests/support/postgres.rs"]
+#[allow(unreachable_pub, dead_code)]
+pub(crate) mod cluster;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(cluster: &cluster::Postgres, schema: &str) -> StoreConfig {
+        StoreConfig {
+            backend: crate::store::BackendKind::Postgres,
+            url: cluster.url(),
+            schema: schema.into(),
+            ..StoreConfig::default()
+        }
+    }
+
+    /// Waits, within ten seconds, for `done`.
+    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what} did not happen within 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn two_hosts_share_leases_leaders_and_outbox_claims() {
+        use crate::store::HostStore;
+        let cluster = cluster::Postgres::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { lease_secs: 1, ..config(&cluster, "hosts") };
+        PgStore::migrate(&config, dir.path()).unwrap();
+        let (a, b) = (PgStore::open(&config, dir.path()).unwrap(), PgStore::open(&config, dir.path()).unwrap());
+        a.beat().unwrap();
+        b.beat().unwrap();
+        assert_eq!(a.hosts().unwrap().len(), 2, "both hosts are listed");
+        assert_ne!(a.host_id(), b.host_id());
+        // A run started on A is A's: B sees the task busy, and takes
+        // nothing over while A renews.
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut run = Run::queued(
+            a.new_run_id().unwrap(),
+            "nightly",
+            "p",
+            "admin",
+            crate::runs::Trigger::Schedule,
+            Some(at),
+            at,
+            false,
+        );
+        let key = a.enqueue(1, at, &run).unwrap();
+        assert_eq!(b.task_activity("nightly").unwrap(), Some((false, true)), "queued, on any host");
+        run.status = crate::runs::RunStatus::Running;
+        assert!(a.start_run(&key, &run).unwrap());
+        assert_eq!(b.task_activity("nightly").unwrap(), Some((true, false)), "running, on any host");
+        let held = |host: &PgStore| {
+            let id = host.host_id().unwrap().to_string();
+            b.hosts().unwrap().into_iter().find(|h| h.id == id).unwrap().runs_held
+        };
+        assert_eq!((held(&a), held(&b)), (1, 0));
+        assert_eq!(a.renew_leases(&[run.id]).unwrap(), Vec::<u64>::new(), "A still holds its lease");
+        // A file A's run picked up is A's while the run holds its lease.
+        let file = "sis\u{1f}IC_Roster_1.csv";
+        assert!(a.claim_file(file, run.id).unwrap());
+        assert!(a.claim_file(file, run.id).unwrap(), "a run may claim its file again");
+        assert!(!b.claim_file(file, run.id + 1).unwrap(), "another run may not");
+        assert_eq!(b.renew_leases(&[run.id]).unwrap(), [run.id], "B never held it");
+        // A stops renewing: once the lease lapses, one host takes the run
+        // over, and A learns it lost it.
+        let mut taken = Vec::new();
+        eventually("the lease lapsing", || {
+            taken.extend(b.take_lapsed_leases().unwrap());
+            !taken.is_empty()
+        });
+        assert_eq!(taken, [run.id]);
+        assert_eq!(a.take_lapsed_leases().unwrap(), Vec::<u64>::new(), "a lapsed lease is taken once");
+        assert_eq!(a.renew_leases(&[run.id]).unwrap(), [run.id], "A learns it lost the run");
+        // B holds the lease until it settles the run, in one step with
+        // the run queued again; A cannot settle it any more.
+        run.status = crate::runs::RunStatus::Interrupted;
+        run.finished_at = Some(at);
+        let again = Run::queued(
+            a.new_run_id().unwrap(),
+            "nightly",
+            "p",
+            "admin",
+            crate::runs::Trigger::Schedule,
+            Some(at),
+            at,
+            false,
+        );
+        assert!(!a.settle_lapsed(&run, Some((1, at, &again))).unwrap(), "only the host holding the lease settles");
+        assert!(!b.claim_file(file, run.id + 1).unwrap(), "the file stays the run's until it is settled");
+        assert!(b.settle_lapsed(&run, Some((1, at, &again))).unwrap());
+        assert!(!b.settle_lapsed(&run, None).unwrap(), "a run is settled once");
+        assert_eq!(b.run(run.id).unwrap().map(|r| r.status), Some(crate::runs::RunStatus::Interrupted));
+        assert_eq!(a.queued().unwrap().iter().map(|(_, id)| *id).collect::<Vec<_>>(), [again.id], "queued again");
+        assert!(b.claim_file(file, run.id + 1).unwrap(), "the file is free once the run's lease is gone");
+        // One leader per chore, until its term lapses.
+        assert!(a.lead("retention").unwrap());
+        assert!(!b.lead("retention").unwrap());
+        assert!(a.lead("retention").unwrap(), "the leader renews its term");
+        eventually("B taking the chore over", || b.lead("retention").unwrap());
+        assert!(!a.lead("retention").unwrap());
+        // An outbox entry goes to the first host that claims it.
+        let mail = OutboxEntry::new(
+            run.id,
+            "nightly",
+            crate::notify::MailKind::Notification,
+            "a@district.test".into(),
+            "s".into(),
+            "b".into(),
+            "k",
+            at,
+        );
+        let oid = a.next_sequence("outbox").unwrap();
+        a.finish_run(&run, at, &Finish { state: &[], ledger: &[], outbox: &[(oid, at, mail.clone())] }).unwrap();
+        assert_eq!(b.hosts().unwrap().iter().map(|h| h.runs_held).sum::<u64>(), 0, "a finished run holds no lease");
+        assert_eq!(a.outbox_due(at, 10).unwrap().len(), 1);
+        assert_eq!(b.outbox_due(at, 10).unwrap(), vec![], "claimed by A");
+        a.update_outbox(oid, &mail, at, Some(at)).unwrap();
+        assert_eq!(b.outbox_due(at, 10).unwrap().len(), 1, "written back, it is anyone's again");
+    }
+
+    #[test]
+    fn the_postgres_store_keeps_the_storage_contract() {
+        let cluster = cluster::Postgres::start();
+        let config = config(&cluster, "contract");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(PgStore::open(&config, dir.path()), Err(Error::Unmigrated { found: 0, .. })));
+        assert_eq!(PgStore::migrate(&config, dir.path()).unwrap(), (0, latest()));
+        assert_eq!(
+            PgStore::migrate(&config, dir.path()).unwrap(),
+            (latest(), latest()),
+            "a second migrate does nothing"
+        );
+        let store = PgStore::open(&config, dir.path()).unwrap();
+        crate::store::contract::all(&store);
+    }
+}
