@@ -1,10 +1,13 @@
 //! Import benchmark: a 1,000,000-row CSV matched against 1,000,000 existing
 //! records, end to end from pickup to commit with its report, beside a
 //! native baseline that does the same parse, match and write with no
-//! component and no rules. Run with `cargo bench -p schoolbell --bench imports`.
+//! component and no rules. Run with `cargo bench -p schoolbell --bench imports`
+//! (`SCHOOLBELL_BENCH_STORE=postgres`: on a throwaway PostgreSQL cluster).
 
 #[path = "figures.rs"]
 mod figures;
+#[path = "stores.rs"]
+mod stores;
 
 const ROWS: usize = 1_000_000;
 
@@ -16,8 +19,9 @@ use schoolbell::imports::{self, Guard, ImportTarget};
 use schoolbell::plugins::{PluginHost, RunRequest, SandboxConfig};
 use schoolbell::records::{Date, Record, Value};
 use schoolbell::rules::RuleSet;
+use schoolbell::store::CollectionSpec;
 use schoolbell::store::prelude::*;
-use schoolbell::store::{CollectionSpec, Store};
+use stores::Stores;
 
 const HEADER: &str = "Student ID,Last Name,First Name,Birth Date,Gender,Grade\n";
 
@@ -107,8 +111,10 @@ fn main() {
     println!("file: {ROWS} rows, {} MB; 5% changed, 1% new", body.len() / 1_000_000);
 
     // The pipeline.
+    let stores = Stores::new();
+    println!("store: {}", stores.name());
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_backend(&dir.path().join("store")).unwrap();
+    let (store, schema) = stores.fresh(dir.path());
     let rules = Arc::new(RuleSet::load_dir(&root.join("rules"), Default::default()).unwrap());
     let host = PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap();
     host.install(&plugin).unwrap();
@@ -134,7 +140,7 @@ fn main() {
     // the million records it was just given.
     drop(host);
     drop(store);
-    let store = Store::open_backend(&dir.path().join("store")).unwrap();
+    let store = stores.reopen(dir.path(), schema.as_deref());
     let rules = Arc::new(RuleSet::load_dir(&root.join("rules"), Default::default()).unwrap());
     let host = PluginHost::new(store.clone(), rules, &dir.path().join("cache"), SandboxConfig::default()).unwrap();
     let batch = dir.path().join("batch");
@@ -189,11 +195,11 @@ fn main() {
 
     // The native baseline, on a fresh store with the same records.
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_backend(&dir.path().join("store")).unwrap();
+    let (store, schema) = stores.fresh(dir.path());
     seed(&*store);
     // Reopened, as the pipeline's store was: the same cold start.
     drop(store);
-    let store = Store::open_backend(&dir.path().join("store")).unwrap();
+    let store = stores.reopen(dir.path(), schema.as_deref());
     let path = dir.path().join("roster.csv");
     std::fs::write(&path, &body).unwrap();
     let started = Instant::now();

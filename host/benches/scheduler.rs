@@ -12,9 +12,8 @@
 
 #[path = "figures.rs"]
 mod figures;
-#[path = "../../tests/support/postgres.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod postgres;
+#[path = "stores.rs"]
+mod stores;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,9 +25,10 @@ use schoolbell::config::Config;
 use schoolbell::plugins::{PluginHost, SandboxConfig};
 use schoolbell::rules::RuleSet;
 use schoolbell::runs::{Run, RunStatus, TaskMessage};
-use schoolbell::store::{Backend, BackendKind, PgStore, Store, StoreConfig};
+use schoolbell::store::Backend;
 use schoolbell::tasks::TaskSpec;
 use schoolbell::users::User;
+use stores::Stores;
 
 /// How many no-op runs the queue drains.
 fn noop_runs() -> usize {
@@ -52,50 +52,6 @@ fn cpu_ticks() -> u64 {
 
 fn pct(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// Where the benchmark keeps its stores: sled in a temporary folder, or
-/// schemas of one throwaway PostgreSQL cluster.
-struct Stores {
-    cluster: Option<postgres::Postgres>,
-    made: std::sync::atomic::AtomicUsize,
-}
-
-impl Stores {
-    fn new() -> Stores {
-        let on_postgres = std::env::var("SCHOOLBELL_BENCH_STORE").as_deref() == Ok("postgres");
-        Stores { cluster: on_postgres.then(postgres::Postgres::start), made: Default::default() }
-    }
-
-    /// A fresh store, and the schema it is in (PostgreSQL).
-    fn fresh(&self, dir: &Path) -> (Arc<dyn Backend>, Option<String>) {
-        let n = self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        match &self.cluster {
-            None => (Store::open_backend(&dir.join("store")).unwrap(), None),
-            Some(_) => {
-                let schema = format!("bench{n}");
-                let config = self.config(&schema);
-                PgStore::migrate(&config, dir).unwrap();
-                (self.open(dir, &schema), Some(schema))
-            }
-        }
-    }
-
-    /// Another host's handle on a PostgreSQL schema.
-    fn open(&self, dir: &Path, schema: &str) -> Arc<dyn Backend> {
-        Arc::new(PgStore::open(&self.config(schema), dir).unwrap())
-    }
-
-    fn config(&self, schema: &str) -> StoreConfig {
-        let cluster = self.cluster.as_ref().unwrap();
-        StoreConfig {
-            backend: BackendKind::Postgres,
-            url: cluster.url(),
-            schema: schema.into(),
-            pool_size: 32,
-            ..StoreConfig::default()
-        }
-    }
 }
 
 /// An app over a fresh store in `dir`, with the no-op plugin installed.
@@ -128,6 +84,11 @@ fn noop_task(name: String, start: chrono::DateTime<Utc>) -> TaskSpec {
 }
 
 fn main() {
+    // What the engine logs (warnings by default; `RUST_LOG` for more).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let tasks = figures::size(100_000, 10_000);
     let in_window = figures::size(2_000, 500);
     let window_s = figures::size(20, 5) as i64;
@@ -197,7 +158,7 @@ fn main() {
     let _ = stop_tx.send(true);
     runtime.block_on(serving).unwrap();
     queue(&runtime, &stores, workers);
-    if figures::quick() || stores.cluster.is_some() {
+    if figures::quick() || stores.on_postgres() {
         return;
     }
 

@@ -148,6 +148,13 @@ impl State {
     }
 
     pub(super) fn count_queued(&self, store: &dyn Backend, task: &str, delta: isize) -> Result<()> {
+        // Where hosts share the store, the others queue and start runs too:
+        // a count here would be wrong, and the store answers instead (see
+        // `task_is_busy`). Counting first would also read every queued run
+        // once, a round trip each, while the runs just claimed wait.
+        if store.shared() {
+            return Ok(());
+        }
         let mut counts = self.queued_counts(store)?;
         if let Some(map) = counts.as_mut() {
             let n = map.entry(task.to_string()).or_insert(0);
@@ -293,10 +300,25 @@ impl Engine<'_> {
     /// Marks queued runs started while workers are free, without a flush:
     /// none may run before one (see [`Engine::launch`]).
     fn claim(&self) -> Result<Vec<(Run, RunControl)>> {
+        let mut starting = Vec::new();
+        match self.claim_into(&mut starting) {
+            Ok(()) => Ok(starting),
+            Err(e) if starting.is_empty() => Err(e),
+            // The runs already started are this host's (their queue entries
+            // are gone and they hold its lease): dropping them would leave
+            // them running for ever. They run; the error waits for the next
+            // claim.
+            Err(e) => {
+                tracing::warn!("Claiming more queued runs failed after {} started: {e}", starting.len());
+                Ok(starting)
+            }
+        }
+    }
+
+    fn claim_into(&self, starting: &mut Vec<(Run, RunControl)>) -> Result<()> {
         let app = self.app;
         let (store, state) = (&*app.store, &app.engine);
         let workers = app.config.scheduler.workers.max(1);
-        let mut starting = Vec::new();
         let mut after = None;
         let now = app.now();
         let mut next_start: Option<DateTime<Utc>> = None;
@@ -341,9 +363,10 @@ impl Engine<'_> {
                 }
                 live.insert(id, Live { task: run.task.clone(), control: control.clone() });
             }
-            app.run_changed();
-            state.count_queued(store, &run.task, -1)?;
+            let task = run.task.clone();
             starting.push((run, control));
+            app.run_changed();
+            state.count_queued(store, &task, -1)?;
         }
         {
             // Having read the whole queue, the earliest start seen is the
@@ -355,7 +378,7 @@ impl Engine<'_> {
                 (false, n, seen) => n.or(seen),
             };
         }
-        Ok(starting)
+        Ok(())
     }
 
     /// Claimed runs whose starts could not be made durable: they leave the
