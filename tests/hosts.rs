@@ -15,7 +15,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use support::{FOUR_COLUMNS, Sb, Smtp, free_port, plugin, s};
+use support::{FOUR_COLUMNS, Sb, Smtp, free_port, plugin, s, until};
 
 /// Seconds a lease lasts in these trials: short, so takeovers happen
 /// within a trial, and long enough that two trials side by side on a
@@ -51,14 +51,6 @@ fn config(smtp_port: u16, batch: &std::path::Path) -> String {
 
 fn json(sb: &Sb, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&sb.ok(args)).unwrap()
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// What goes wrong during a trial.
@@ -186,8 +178,12 @@ fn trial(seed: u64, fault: Fault) {
     for n in 0..NOTIFIERS {
         admin.ok(&["task", "disable", &format!("n{n:02}")]);
     }
-    wait_for("every file to be imported", Duration::from_secs(120), || {
-        std::fs::read_dir(&batch).unwrap().flatten().all(|e| e.file_name().to_string_lossy().starts_with("P_"))
+    until(120, "every file to be imported", || {
+        std::fs::read_dir(&batch)
+            .unwrap()
+            .flatten()
+            .all(|e| e.file_name().to_string_lossy().starts_with("P_"))
+            .then_some(())
     });
     admin.ok(&["task", "disable", "roster"]);
     let unsettled = || {
@@ -201,9 +197,9 @@ fn trial(seed: u64, fault: Fault) {
             })
             .sum::<usize>()
     };
-    wait_for("every run to settle", Duration::from_secs(60), || unsettled() == 0);
+    until(60, "every run to settle", || (unsettled() == 0).then_some(()));
     let pending = || json(admin, &["notify", "outbox", "--status", "pending", "--json"]).as_array().unwrap().len();
-    wait_for("every email to be sent", Duration::from_secs(120), || pending() == 0);
+    until(120, "every email to be sent", || (pending() == 0).then_some(()));
 
     let runs = json(admin, &["runs", "list", "--limit", "100000", "--json"]);
     let runs = runs.as_array().unwrap();

@@ -5,22 +5,8 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
-use support::{Api, Sb, Smtp, free_port, plugin, s};
-
-/// Polls `check` until it returns `Some`, within `secs` seconds.
-fn until<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use support::{Api, Sb, Smtp, free_port, plugin, s, until};
 
 fn attendance_setup(sb: &Sb) {
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);

@@ -564,11 +564,9 @@ fn a_rule_saved_on_one_host_takes_effect_on_another_sharing_the_database() {
     let (status, saved) =
         on_a.json("PUT", "/api/v1/rules/attendance_threshold", &admin, Some(json!({ "source": stricter })));
     assert_eq!(status, 200, "{saved}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while on_b.json("GET", "/api/v1/rules/attendance_threshold", &admin, None).1["source"] != stricter {
-        assert!(Instant::now() < deadline, "the other host kept the old rule");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::until(20, "the other host to take up the saved rule", || {
+        (on_b.json("GET", "/api/v1/rules/attendance_threshold", &admin, None).1["source"] == stricter).then_some(())
+    });
     // The other host decides with the saved rule: 7 absences are not 4 * 2.
     let sample = json!({ "sample": [{ "absences": 7 }], "params": { "threshold": 4 } });
     let (status, tried) = on_b.json("POST", "/api/v1/rules/attendance_threshold/test", &admin, Some(sample));

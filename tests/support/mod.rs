@@ -247,6 +247,18 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Polls `check` until it returns `Some`, within `secs` seconds.
+pub fn until<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The HTTP API of a running server, as a client sees it.
 pub struct Api {
     url: String,

@@ -305,6 +305,41 @@ impl PgStore {
     ) -> Result<Vec<T>> {
         self.query(table, sql, params)?.iter().map(|row| decode(table, b"", row.get::<_, &[u8]>(0))).collect()
     }
+
+    // Tasks, users, sources and plugins: one value per name, in a table
+    // `(name PRIMARY KEY, value)`.
+
+    fn named<T: serde::de::DeserializeOwned>(&self, table: &'static str, name: &str) -> Result<Option<T>> {
+        self.value(table, &format!("SELECT value FROM {table} WHERE name = $1"), &name)
+    }
+
+    fn all_named<T: serde::de::DeserializeOwned>(&self, table: &'static str) -> Result<Vec<T>> {
+        self.values(table, &format!("SELECT value FROM {table} ORDER BY name"), &[])
+    }
+
+    /// Writes `value` under `name`, a plain name of its `kind`.
+    fn put_named<T: serde::Serialize>(
+        &self,
+        table: &'static str,
+        kind: &'static str,
+        name: &str,
+        value: &T,
+    ) -> Result<()> {
+        check_name(kind, name)?;
+        self.execute(
+            table,
+            &format!(
+                "INSERT INTO {table} (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            ),
+            &[&name, &encode(value)],
+        )
+        .map(drop)
+    }
+
+    /// Whether there was a value under `name`.
+    fn remove_named(&self, table: &'static str, name: &str) -> Result<bool> {
+        Ok(self.execute(table, &format!("DELETE FROM {table} WHERE name = $1"), &[&name])? > 0)
+    }
 }
 
 impl Drop for PgStore {
@@ -803,11 +838,11 @@ impl RecordStore for PgStore {
 
 impl TaskStore for PgStore {
     fn task(&self, name: &str) -> Result<Option<Task>> {
-        self.value("tasks", "SELECT value FROM tasks WHERE name = $1", &name)
+        self.named("tasks", name)
     }
 
     fn all_tasks(&self) -> Result<Vec<Task>> {
-        self.values("tasks", "SELECT value FROM tasks ORDER BY name", &[])
+        self.all_named("tasks")
     }
 
     fn put_task(&self, task: &Task, _old_due: Option<DateTime<Utc>>, new_due: Option<DateTime<Utc>>) -> Result<()> {
@@ -822,7 +857,7 @@ impl TaskStore for PgStore {
     }
 
     fn remove_task(&self, name: &str, _due: Option<DateTime<Utc>>) -> Result<()> {
-        self.execute("tasks", "DELETE FROM tasks WHERE name = $1", &[&name]).map(drop)
+        self.remove_named("tasks", name).map(drop)
     }
 
     fn due_tasks(&self, up_to: DateTime<Utc>, limit: usize) -> Result<Vec<(DateTime<Utc>, String)>> {
@@ -1296,25 +1331,19 @@ impl OutboxStore for PgStore {
 
 impl AccountStore for PgStore {
     fn user(&self, name: &str) -> Result<Option<User>> {
-        self.value("users", "SELECT value FROM users WHERE name = $1", &name)
+        self.named("users", name)
     }
 
     fn put_user(&self, user: &User) -> Result<()> {
-        check_name("user", &user.name)?;
-        self.execute(
-            "users",
-            "INSERT INTO users (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            &[&user.name, &encode(user)],
-        )
-        .map(drop)
+        self.put_named("users", "user", &user.name, user)
     }
 
     fn all_users(&self) -> Result<Vec<User>> {
-        self.values("users", "SELECT value FROM users ORDER BY name", &[])
+        self.all_named("users")
     }
 
     fn remove_user(&self, name: &str) -> Result<bool> {
-        Ok(self.execute("users", "DELETE FROM users WHERE name = $1", &[&name])? > 0)
+        self.remove_named("users", name)
     }
 
     fn put_token(&self, hash: &str, token: &Token) -> Result<()> {
@@ -1431,49 +1460,37 @@ impl AuditStore for PgStore {
 
 impl SourceStore for PgStore {
     fn source(&self, name: &str) -> Result<Option<Source>> {
-        self.value("sources", "SELECT value FROM sources WHERE name = $1", &name)
+        self.named("sources", name)
     }
 
     fn put_source(&self, source: &Source) -> Result<()> {
-        check_name("source", &source.name)?;
-        self.execute(
-            "sources",
-            "INSERT INTO sources (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            &[&source.name, &encode(source)],
-        )
-        .map(drop)
+        self.put_named("sources", "source", &source.name, source)
     }
 
     fn remove_source(&self, name: &str) -> Result<bool> {
-        Ok(self.execute("sources", "DELETE FROM sources WHERE name = $1", &[&name])? > 0)
+        self.remove_named("sources", name)
     }
 
     fn all_sources(&self) -> Result<Vec<Source>> {
-        self.values("sources", "SELECT value FROM sources ORDER BY name", &[])
+        self.all_named("sources")
     }
 }
 
 impl PluginStore for PgStore {
     fn plugin(&self, name: &str) -> Result<Option<PluginEntry>> {
-        self.value("plugins", "SELECT value FROM plugins WHERE name = $1", &name)
+        self.named("plugins", name)
     }
 
     fn put_plugin(&self, entry: &PluginEntry) -> Result<()> {
-        check_name("plugin", &entry.name)?;
-        self.execute(
-            "plugins",
-            "INSERT INTO plugins (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            &[&entry.name, &encode(entry)],
-        )
-        .map(drop)
+        self.put_named("plugins", "plugin", &entry.name, entry)
     }
 
     fn remove_plugin(&self, name: &str) -> Result<bool> {
-        Ok(self.execute("plugins", "DELETE FROM plugins WHERE name = $1", &[&name])? > 0)
+        self.remove_named("plugins", name)
     }
 
     fn all_plugins(&self) -> Result<Vec<PluginEntry>> {
-        self.values("plugins", "SELECT value FROM plugins ORDER BY name", &[])
+        self.all_named("plugins")
     }
 
     fn put_blob(&self, hash: &str, bytes: &[u8]) -> Result<bool> {
