@@ -306,11 +306,43 @@ impl PgStore {
         self.query(table, sql, params)?.iter().map(|row| decode(table, b"", row.get::<_, &[u8]>(0))).collect()
     }
 
-    // Tasks, users, sources and plugins: one value per name, in a table
-    // `(name PRIMARY KEY, value)`.
+    // Tables of one value per key: tasks, users, sources and plugins by
+    // name, import plans and approvals by run.
+
+    fn keyed<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        key: &(dyn ToSql + Sync),
+    ) -> Result<Option<T>> {
+        self.value(table, &format!("SELECT value FROM {table} WHERE {column} = $1"), key)
+    }
+
+    fn put_keyed<T: serde::Serialize>(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        key: &(dyn ToSql + Sync),
+        value: &T,
+    ) -> Result<()> {
+        self.execute(
+            table,
+            &format!(
+                "INSERT INTO {table} ({column}, value) VALUES ($1, $2) \
+                 ON CONFLICT ({column}) DO UPDATE SET value = excluded.value"
+            ),
+            &[key, &encode(value)],
+        )
+        .map(drop)
+    }
+
+    /// Whether there was a value under `key`.
+    fn remove_keyed(&self, table: &'static str, column: &'static str, key: &(dyn ToSql + Sync)) -> Result<bool> {
+        Ok(self.execute(table, &format!("DELETE FROM {table} WHERE {column} = $1"), &[key])? > 0)
+    }
 
     fn named<T: serde::de::DeserializeOwned>(&self, table: &'static str, name: &str) -> Result<Option<T>> {
-        self.value(table, &format!("SELECT value FROM {table} WHERE name = $1"), &name)
+        self.keyed(table, "name", &name)
     }
 
     fn all_named<T: serde::de::DeserializeOwned>(&self, table: &'static str) -> Result<Vec<T>> {
@@ -326,19 +358,11 @@ impl PgStore {
         value: &T,
     ) -> Result<()> {
         check_name(kind, name)?;
-        self.execute(
-            table,
-            &format!(
-                "INSERT INTO {table} (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-            ),
-            &[&name, &encode(value)],
-        )
-        .map(drop)
+        self.put_keyed(table, "name", &name, value)
     }
 
-    /// Whether there was a value under `name`.
     fn remove_named(&self, table: &'static str, name: &str) -> Result<bool> {
-        Ok(self.execute(table, &format!("DELETE FROM {table} WHERE name = $1"), &[&name])? > 0)
+        self.remove_keyed(table, "name", &name)
     }
 }
 
@@ -1156,37 +1180,27 @@ impl RunStore for PgStore {
     }
 
     fn put_plan(&self, run: RunId, plan: &ImportPlan) -> Result<()> {
-        self.execute(
-            "import_plans",
-            "INSERT INTO import_plans (run, value) VALUES ($1, $2) ON CONFLICT (run) DO UPDATE SET value = excluded.value",
-            &[&big(run), &encode(plan)],
-        )
-        .map(drop)
+        self.put_keyed("import_plans", "run", &big(run), plan)
     }
 
     fn plan(&self, run: RunId) -> Result<Option<ImportPlan>> {
-        self.value("import_plans", "SELECT value FROM import_plans WHERE run = $1", &big(run))
+        self.keyed("import_plans", "run", &big(run))
     }
 
     fn remove_plan(&self, run: RunId) -> Result<()> {
-        self.execute("import_plans", "DELETE FROM import_plans WHERE run = $1", &[&big(run)]).map(drop)
+        self.remove_keyed("import_plans", "run", &big(run)).map(drop)
     }
 
     fn put_approval(&self, run: RunId, approval: &Approval) -> Result<()> {
-        self.execute(
-            "approvals",
-            "INSERT INTO approvals (run, value) VALUES ($1, $2) ON CONFLICT (run) DO UPDATE SET value = excluded.value",
-            &[&big(run), &encode(approval)],
-        )
-        .map(drop)
+        self.put_keyed("approvals", "run", &big(run), approval)
     }
 
     fn approval(&self, run: RunId) -> Result<Option<Approval>> {
-        self.value("approvals", "SELECT value FROM approvals WHERE run = $1", &big(run))
+        self.keyed("approvals", "run", &big(run))
     }
 
     fn remove_approval(&self, run: RunId) -> Result<()> {
-        self.execute("approvals", "DELETE FROM approvals WHERE run = $1", &[&big(run)]).map(drop)
+        self.remove_keyed("approvals", "run", &big(run)).map(drop)
     }
 }
 
