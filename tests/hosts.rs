@@ -223,7 +223,13 @@ fn trial(seed: u64, fault: Fault) {
         if redone_late.contains(&fire) {
             continue;
         }
-        by_fire.entry(fire).or_default().push(text(run, "status"));
+        let status = text(run, "status");
+        // A run that failed says why, so a failed trial shows the cause.
+        let shown = match run["error"].as_str() {
+            Some(error) if status != "succeeded" && status != "interrupted" => format!("{status}: {error}"),
+            _ => status,
+        };
+        by_fire.entry(fire).or_default().push(shown);
     }
     for ((task, fire), statuses) in &by_fire {
         let succeeded = statuses.iter().filter(|s| *s == "succeeded").count();

@@ -42,13 +42,24 @@ impl Postgres {
             "initdb",
             &["-D", &pg.data(), "-U", "schoolbell", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"],
         );
+        pg.resume();
+        pg
+    }
+
+    /// Starts the server of a cluster made or stopped before.
+    pub fn resume(&self) {
         let options = format!(
             "-k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off -c max_connections=200",
-            pg.socket().display()
+            self.socket().display()
         );
-        let log = pg.dir.path().join("server.log").display().to_string();
-        pg.run("pg_ctl", &["-D", &pg.data(), "-l", &log, "-o", &options, "-w", "-t", "60", "start"]);
-        pg
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "-t", "60", "start"]);
+    }
+
+    /// Stops the server (a fast shutdown: connections are cut) and waits
+    /// until it is down.
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "-t", "60", "stop"]);
     }
 
     fn data(&self) -> String {

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
@@ -75,12 +76,101 @@ pub struct PgStore {
 /// wake at once instead of at their next look.
 const WORK_CHANNEL: &str = "schoolbell_queue";
 
+/// How long a call waits for a database server that went away (a restart,
+/// a failover) before its caller sees the error. In that time a statement
+/// that cannot have taken effect is sent again on a new connection; what
+/// must not be lost is tried for longer above (`store::patiently`).
+const RECONNECT: Duration = Duration::from_secs(20);
+
+/// A driver's error, shown with its causes: the driver shows only its own
+/// words ("db error"), and what the server said is in the cause.
+#[derive(Debug)]
+struct Driver<E>(E);
+
+impl<E: std::error::Error> std::fmt::Display for Driver<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for Driver<E> {}
+
 fn db(table: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
-    move |source| Error::Io { tree: table, source: Box::new(source) }
+    move |source| Error::Io { tree: table, source: Box::new(Driver(source)) }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> Error {
-    Error::Io { tree: "connection", source: Box::new(e) }
+    Error::Io { tree: "connection", source: Box::new(Driver(e)) }
+}
+
+/// The driver's error under a store error, if that is what it is.
+fn driver_error(e: &Error) -> Option<&tokio_postgres::Error> {
+    let Error::Io { source, .. } = e else { return None };
+    if let Some(Driver(e)) = source.downcast_ref::<Driver<tokio_postgres::Error>>() {
+        return Some(e);
+    }
+    match source.downcast_ref::<Driver<deadpool_postgres::PoolError>>() {
+        Some(Driver(deadpool_postgres::PoolError::Backend(e))) => Some(e),
+        _ => None,
+    }
+}
+
+/// Whether the server ended the session under the statement (shutting
+/// down, restarting, or not yet accepting connections), which rolls back
+/// whatever the statement did.
+fn ended_by_server(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let c = c.code();
+        c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+    })
+}
+
+/// Whether the connection to the server was lost or never made: the
+/// server is away, not refusing what was asked.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || ended_by_server(e)
+        || std::error::Error::source(e).is_some_and(|cause| cause.is::<std::io::Error>())
+}
+
+/// Where a failed attempt stopped, which says whether to send it again.
+enum Stopped {
+    /// Before anything could take effect: no connection, or the statement
+    /// never ran, or its transaction was rolled back.
+    Before(Error),
+    /// Perhaps after a write took effect, or for a reason that another try
+    /// does not change.
+    After(Error),
+}
+
+impl Stopped {
+    /// Where `e` leaves an attempt that may not have taken effect yet.
+    fn before_commit(e: Error) -> Stopped {
+        match driver_error(&e) {
+            Some(d) if connection_lost(d) => Stopped::Before(e),
+            _ => Stopped::After(e),
+        }
+    }
+
+    /// Where `e` leaves an attempt whose statement was sent: a read, or
+    /// a write the server says it ended, is as if not sent.
+    fn sent(e: Error, reads: bool) -> Stopped {
+        match driver_error(&e) {
+            Some(d) if ended_by_server(d) || (reads && connection_lost(d)) => Stopped::Before(e),
+            _ => Stopped::After(e),
+        }
+    }
+}
+
+/// Whether `sql` only reads.
+fn reads(sql: &str) -> bool {
+    sql.trim_start().get(..6).is_some_and(|word| word.eq_ignore_ascii_case("select"))
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -240,8 +330,8 @@ impl PgStore {
             // No bookkeeping table: nothing was ever migrated here.
             Err(Error::Io { source, .. })
                 if source
-                    .downcast_ref::<tokio_postgres::Error>()
-                    .and_then(|e| e.code())
+                    .downcast_ref::<Driver<tokio_postgres::Error>>()
+                    .and_then(|Driver(e)| e.code())
                     .is_some_and(|c| *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
             {
                 Ok(0)
@@ -257,30 +347,58 @@ impl PgStore {
         futures_executor::block_on(work)
     }
 
+    /// Makes `attempt` until it succeeds, fails after it may have taken
+    /// effect, or the server has been away for [`RECONNECT`].
+    fn again<T>(&self, what: &str, mut attempt: impl AsyncFnMut() -> std::result::Result<T, Stopped>) -> Result<T> {
+        let deadline = Instant::now() + RECONNECT;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.block(attempt()) {
+                Ok(out) => return Ok(out),
+                Err(Stopped::Before(e)) if Instant::now() + wait < deadline => {
+                    tracing::debug!("The database is away ({e}); trying {what} again in {wait:?}.");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(Stopped::Before(e) | Stopped::After(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// A connection from the pool; none could be made means nothing ran.
+    async fn client(&self) -> std::result::Result<deadpool_postgres::Object, Stopped> {
+        self.pool.get().await.map_err(|e| Stopped::before_commit(pool_error(e)))
+    }
+
     fn query(&self, table: &'static str, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-        self.block(async {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            let statement = client.prepare_cached(sql).await.map_err(db(table))?;
-            client.query(&statement, params).await.map_err(db(table))
+        self.again(table, async || {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await.map_err(|e| Stopped::before_commit(db(table)(e)))?;
+            client.query(&statement, params).await.map_err(|e| Stopped::sent(db(table)(e), reads(sql)))
         })
     }
 
     fn execute(&self, table: &'static str, sql: &str, params: Params<'_>) -> Result<u64> {
-        self.block(async {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            let statement = client.prepare_cached(sql).await.map_err(db(table))?;
-            client.execute(&statement, params).await.map_err(db(table))
+        self.again(table, async || {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await.map_err(|e| Stopped::before_commit(db(table)(e)))?;
+            client.execute(&statement, params).await.map_err(|e| Stopped::sent(db(table)(e), reads(sql)))
         })
     }
 
     /// Runs `work` in one transaction: it commits when `work` succeeds, and
-    /// rolls back when it fails or says no.
-    fn transaction<T>(&self, table: &'static str, work: impl AsyncFnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        self.block(async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
-            let tx = client.transaction().await.map_err(db(table))?;
-            let out = work(&tx).await?;
-            tx.commit().await.map_err(db(table))?;
+    /// rolls back when it fails or says no. A transaction the server went
+    /// away under before its commit is run again from the start.
+    fn transaction<T>(
+        &self,
+        table: &'static str,
+        mut work: impl AsyncFnMut(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.again(table, async || {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| Stopped::before_commit(db(table)(e)))?;
+            let out = work(&tx).await.map_err(Stopped::before_commit)?;
+            tx.commit().await.map_err(|e| Stopped::sent(db(table)(e), false))?;
             Ok(out)
         })
     }
@@ -589,7 +707,7 @@ impl PgStore {
     fn insert_rows(&self, rows: &mut Vec<super::Row>) -> Result<()> {
         use super::Cell;
         self.transaction("copy", async |tx| {
-            for row in rows.drain(..) {
+            for row in rows.iter() {
                 let placeholders: Vec<String> = (1..=row.columns.len()).map(|i| format!("${i}")).collect();
                 let sql = format!(
                     "INSERT INTO {} ({}) VALUES ({})",
@@ -597,23 +715,25 @@ impl PgStore {
                     row.columns.join(", "),
                     placeholders.join(", ")
                 );
-                let values: Vec<Box<dyn ToSql + Sync>> = row
+                let params: Vec<&(dyn ToSql + Sync)> = row
                     .values
-                    .into_iter()
-                    .map(|cell| -> Box<dyn ToSql + Sync> {
+                    .iter()
+                    .map(|cell| -> &(dyn ToSql + Sync) {
                         match cell {
-                            Cell::Text(t) => Box::new(t),
-                            Cell::Bytes(b) => Box::new(b),
-                            Cell::Int(i) => Box::new(i),
-                            Cell::Null => Box::new(None::<i64>),
+                            Cell::Text(t) => t,
+                            Cell::Bytes(b) => b,
+                            Cell::Int(i) => i,
+                            Cell::Null => &None::<i64>,
                         }
                     })
                     .collect();
-                let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
                 run_sql(tx, row.table, &sql, &params).await?;
             }
             Ok(())
-        })
+        })?;
+        // Kept until committed: a transaction the server ended is run again.
+        rows.clear();
+        Ok(())
     }
 
     fn commit_records(
@@ -1696,7 +1816,8 @@ impl super::HostStore for PgStore {
             loop {
                 if let Err(e) = listen(&pg, &*wake).await {
                     tracing::warn!(
-                        "Listening for new work stopped ({e}); the next look finds it, and listening starts again."
+                        "Listening for new work stopped ({}); the next look finds it, and listening starts again.",
+                        Driver(e)
                     );
                 }
                 // Whatever was queued meanwhile is found at the next look.
@@ -1811,6 +1932,27 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{what} did not happen within 10 s");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn a_call_made_while_the_database_is_down_waits_for_it_to_come_back() {
+        let cluster = cluster::Postgres::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&cluster, "away");
+        PgStore::migrate(&config, dir.path()).unwrap();
+        let store = PgStore::open(&config, dir.path()).unwrap();
+        let user = |name: &str| crate::users::User { name: name.into(), ..crate::users::User::local_owner() };
+        store.put_user(&user("ada")).unwrap();
+        cluster.stop();
+        std::thread::scope(|scope| {
+            // A read and a write, both made while the server is down.
+            let read = scope.spawn(|| store.user("ada"));
+            let write = scope.spawn(|| store.put_user(&user("bo")));
+            cluster.resume();
+            assert_eq!(read.join().unwrap().unwrap().map(|u| u.name), Some("ada".to_string()));
+            write.join().unwrap().unwrap();
+        });
+        assert!(store.user("bo").unwrap().is_some(), "the write made while the server was down is in");
     }
 
     #[test]
