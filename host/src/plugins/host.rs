@@ -332,7 +332,9 @@ impl host_api::Host for RunState {
         if let Some(v) = self.state_writes.get(&key) {
             return v.clone();
         }
-        self.setup.store.task_state(&self.setup.task, &key).ok().flatten()
+        // A store that fails is not "no value": the run ends interrupted.
+        let read = self.setup.store.task_state(&self.setup.task, &key);
+        read.map_err(|e| self.store_error(e)).ok().flatten()
     }
 
     fn state_set(&mut self, key: String, value: Option<String>) {
@@ -342,14 +344,31 @@ impl host_api::Host for RunState {
             self.violations_more += 1;
             return;
         }
-        let (task, store) = (&self.setup.task, &self.setup.store);
-        let total = *self.state_total.get_or_insert_with(|| store.task_state_bytes(task).unwrap_or(0) as usize);
+        let (task, store) = (self.setup.task.clone(), self.setup.store.clone());
+        // A store that fails cannot size the state: the write is dropped,
+        // and the run ends interrupted, to be done again.
+        let total = match self.state_total {
+            Some(total) => total,
+            None => match store.task_state_bytes(&task) {
+                Ok(bytes) => bytes as usize,
+                Err(e) => {
+                    self.store_error(e);
+                    return;
+                }
+            },
+        };
         let (stored, now) = match self.state_sizes.get(&key) {
             Some(sizes) => *sizes,
-            None => {
-                let stored = store.task_state(task, &key).ok().flatten().map_or(0, |v| key.len() + v.len());
-                (stored, stored)
-            }
+            None => match store.task_state(&task, &key) {
+                Ok(value) => {
+                    let stored = value.map_or(0, |v| key.len() + v.len());
+                    (stored, stored)
+                }
+                Err(e) => {
+                    self.store_error(e);
+                    return;
+                }
+            },
         };
         let after = value.as_ref().map_or(0, |v| key.len() + v.len());
         let new_total = (total + after).saturating_sub(now);
