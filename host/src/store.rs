@@ -586,6 +586,12 @@ pub trait RunStore {
     fn queued(&self) -> Result<Vec<(QueueKey, RunId)>>;
     /// The entry served after `after` (the first when none).
     fn queued_after(&self, after: Option<&QueueKey>) -> Result<Option<(QueueKey, RunId)>>;
+    /// The entry served after `after`, with its run (`None`: the run is
+    /// gone); a database server answers both in one round trip.
+    fn queued_run_after(&self, after: Option<&QueueKey>) -> Result<Option<(QueueKey, RunId, Option<Run>)>> {
+        let Some((key, id)) = self.queued_after(after)? else { return Ok(None) };
+        Ok(Some((key, id, self.run(id)?)))
+    }
     /// How many runs wait.
     fn queue_len(&self) -> usize;
     /// Takes an entry off the queue; false if it was not there.

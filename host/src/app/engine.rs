@@ -324,11 +324,11 @@ impl Engine<'_> {
         let mut next_start: Option<DateTime<Utc>> = None;
         let mut read_all = false;
         while lock(&state.live).len() < workers && !state.is_shutting_down() {
-            let Some((key, id)) = store.queued_after(after.as_ref())? else {
+            let Some((key, id, run)) = store.queued_run_after(after.as_ref())? else {
                 read_all = true;
                 break;
             };
-            let Some(mut run) = store.run(id)? else {
+            let Some(mut run) = run else {
                 store.dequeue(&key)?;
                 continue;
             };

@@ -570,13 +570,15 @@ async fn rows_of(tx: &Transaction<'_>, table: &'static str, sql: &str, params: P
 const UPSERT_RUN: &str = "INSERT INTO runs (id, value, finished_ms) VALUES ($1, $2, $3) \
      ON CONFLICT (id) DO UPDATE SET value = excluded.value, finished_ms = COALESCE(excluded.finished_ms, runs.finished_ms)";
 
+/// Saves a finished run and ends its lease, in one statement (a finished
+/// run holds no lease).
+const FINISH_RUN: &str = "WITH ended AS (DELETE FROM run_leases WHERE run_id = $1) \
+     INSERT INTO runs (id, value, finished_ms) VALUES ($1, $2, $3) \
+     ON CONFLICT (id) DO UPDATE SET value = excluded.value, finished_ms = COALESCE(excluded.finished_ms, runs.finished_ms)";
+
 async fn save_run(tx: &Transaction<'_>, run: &Run, finished: Option<DateTime<Utc>>) -> Result<()> {
-    run_sql(tx, "runs", UPSERT_RUN, &[&big(run.id), &encode(run), &finished.map(ms)]).await?;
-    if finished.is_some() {
-        // A finished run holds no lease.
-        run_sql(tx, "run_leases", "DELETE FROM run_leases WHERE run_id = $1", &[&big(run.id)]).await?;
-    }
-    Ok(())
+    let sql = if finished.is_some() { FINISH_RUN } else { UPSERT_RUN };
+    run_sql(tx, "runs", sql, &[&big(run.id), &encode(run), &finished.map(ms)]).await.map(drop)
 }
 
 /// Queues a run with its record; the entry names its task, for the overlap
@@ -1087,6 +1089,20 @@ impl RunStore for PgStore {
         Ok(rows.first().map(|r| (QueueKey(r.get(0)), r.get::<_, i64>(1) as u64)))
     }
 
+    fn queued_run_after(&self, after: Option<&QueueKey>) -> Result<Option<(QueueKey, RunId, Option<Run>)>> {
+        let after: &[u8] = after.map_or(&[], |k| k.0.as_slice());
+        // The entry and its run in one round trip.
+        let rows = self.query(
+            "queue",
+            "SELECT q.key, q.run_id, r.value FROM queue q LEFT JOIN runs r ON r.id = q.run_id \
+             WHERE q.key > $1 ORDER BY q.key LIMIT 1 FOR UPDATE OF q SKIP LOCKED",
+            &[&after],
+        )?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        let run = row.get::<_, Option<&[u8]>>(2).map(|v| decode("runs", b"", v)).transpose()?;
+        Ok(Some((QueueKey(row.get(0)), row.get::<_, i64>(1) as u64, run)))
+    }
+
     fn queue_len(&self) -> usize {
         // The figure is for gauges and pacing; a failed count reads as none.
         self.query("queue", "SELECT count(*) FROM queue", &[])
@@ -1100,32 +1116,30 @@ impl RunStore for PgStore {
     }
 
     fn start_run(&self, key: &QueueKey, run: &Run) -> Result<bool> {
-        self.transaction("queue", async |tx| {
-            // Whoever deletes the entry starts the run; the others find it gone.
-            // An entry another host is starting now is skipped, not waited for.
-            let taken = "DELETE FROM queue WHERE key = (SELECT key FROM queue WHERE key = $1 FOR UPDATE SKIP LOCKED)";
-            if run_sql(tx, "queue", taken, &[&key.0]).await? == 0 {
-                return Ok(false);
-            }
-            save_run(tx, run, None).await?;
-            // The run is this host's while it renews the lease.
-            run_sql(
-                tx,
-                "run_leases",
-                "INSERT INTO run_leases (run_id, host, task, until_ms) VALUES ($1, $2, $3, now_ms() + $4) \
-                 ON CONFLICT (run_id) DO UPDATE SET host = excluded.host, task = excluded.task, until_ms = excluded.until_ms",
-                &[&big(run.id), &self.host, &run.task, &self.lease_ms],
-            )
-            .await?;
-            Ok(true)
-        })
+        // One statement, so one round trip: whoever deletes the entry
+        // starts the run (saved, and this host's while it renews the
+        // lease); the others find it gone. An entry another host is
+        // starting now is skipped, not waited for.
+        let rows = self.query(
+            "queue",
+            "WITH taken AS (\
+                 DELETE FROM queue WHERE key = (SELECT key FROM queue WHERE key = $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING run_id), \
+             saved AS (\
+                 INSERT INTO runs (id, value, finished_ms) SELECT $2::bigint, $3::bytea, NULL FROM taken \
+                 ON CONFLICT (id) DO UPDATE SET value = excluded.value), \
+             leased AS (\
+                 INSERT INTO run_leases (run_id, host, task, until_ms) SELECT $2::bigint, $4::text, $5::text, now_ms() + $6::bigint FROM taken \
+                 ON CONFLICT (run_id) DO UPDATE SET host = excluded.host, task = excluded.task, until_ms = excluded.until_ms) \
+             SELECT count(*) FROM taken",
+            &[&key.0, &big(run.id), &encode(run), &self.host, &run.task, &self.lease_ms],
+        )?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, i64>(0) > 0))
     }
 
     fn put_run(&self, run: &Run, finished: Option<DateTime<Utc>>) -> Result<()> {
-        if finished.is_some() {
-            return self.transaction("runs", async |tx| save_run(tx, run, finished).await);
-        }
-        self.execute("runs", UPSERT_RUN, &[&big(run.id), &encode(run), &None::<i64>]).map(drop)
+        let sql = if finished.is_some() { FINISH_RUN } else { UPSERT_RUN };
+        self.execute("runs", sql, &[&big(run.id), &encode(run), &finished.map(ms)]).map(drop)
     }
 
     fn finish_run(
@@ -1134,6 +1148,10 @@ impl RunStore for PgStore {
         finished: DateTime<Utc>,
         writes: &Finish<'_, LedgerEntry, OutboxEntry>,
     ) -> Result<()> {
+        if writes.state.is_empty() && writes.ledger.is_empty() && writes.outbox.is_empty() {
+            // The run alone: one statement, no transaction around it.
+            return self.put_run(run, Some(finished));
+        }
         self.transaction("runs", async |tx| {
             save_run(tx, run, Some(finished)).await?;
             write_state(tx, &run.task, writes.state).await?;
