@@ -462,6 +462,8 @@ pub struct NotifierOutcome {
     pub log: Vec<LogLine>,
     /// The state writes, applied by the caller with the run's result.
     pub state_writes: Vec<(String, Option<String>)>,
+    /// The capabilities the plugin ran with.
+    pub granted: Vec<Capability>,
 }
 
 /// What a mapping run produced, beyond the rows handed to the caller.
@@ -714,6 +716,7 @@ impl PluginHost {
             notifications: notifications.into_iter().map(bindings::notification_from_wit).collect(),
             log: state.finish_log(),
             state_writes: state.take_state_writes(),
+            granted: loaded.entry.granted.clone(),
         })
     }
 

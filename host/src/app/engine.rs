@@ -116,6 +116,9 @@ pub(super) struct State {
     next_start: Mutex<Option<DateTime<Utc>>>,
     /// When the loop last ticked: readiness fails when it is too long ago.
     pub(super) last_tick: Mutex<Option<std::time::Instant>>,
+    /// A task was added or edited here since the loop last looked for due
+    /// tasks: it looks again at once, not at the next fire it knew of.
+    schedule_changed: AtomicBool,
     /// The last SMTP readiness check, reused for a few seconds.
     pub(super) smtp_check: Mutex<Option<(std::time::Instant, super::Part)>>,
 }
@@ -125,6 +128,12 @@ impl State {
     pub(super) fn note_start(&self, at: DateTime<Utc>) {
         let mut next = lock(&self.next_start);
         *next = Some(next.map_or(at, |n| n.min(at)));
+        self.wake.notify_one();
+    }
+
+    /// Notes that a task's schedule changed, and wakes the loop to look.
+    pub(super) fn schedule_changed(&self) {
+        self.schedule_changed.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
@@ -532,6 +541,9 @@ impl Engine<'_> {
         async move {
             let engine = app.engine();
             let mut last_sweep = None;
+            // The next fire known, and when the tasks were last looked at.
+            let mut next_due: Option<DateTime<Utc>> = None;
+            let mut last_look = None;
             // Work another host queues wakes this one at once.
             let weak = Arc::downgrade(&app);
             app.store.on_new_work(Box::new(move || {
@@ -565,9 +577,18 @@ impl Engine<'_> {
                 }
                 *lock(&app.engine.last_tick) = Some(std::time::Instant::now());
                 let now = app.now();
-                // Store work blocks; keep it off the threads that serve the API.
-                if let Err(e) = tokio::task::block_in_place(|| engine.tick()) {
-                    tracing::error!("Scheduler tick failed: {e}");
+                // Most wakes are runs ending. The tasks are looked at when
+                // the next fire known is due, a task changed here, or a
+                // heartbeat has passed (a task added by another process):
+                // on a database server, a look is two round trips.
+                let look = app.engine.schedule_changed.swap(false, Ordering::SeqCst)
+                    || last_look.is_none_or(|t: std::time::Instant| t.elapsed() >= super::health::HEARTBEAT)
+                    || next_due.is_some_and(|d| d <= now);
+                if look {
+                    // Store work blocks; keep it off the threads that serve the API.
+                    if let Err(e) = tokio::task::block_in_place(|| engine.tick()) {
+                        tracing::error!("Scheduler tick failed: {e}");
+                    }
                 }
                 if let Err(e) = engine.dispatch() {
                     tracing::error!("Dispatch failed: {e}");
@@ -578,8 +599,11 @@ impl Engine<'_> {
                     }
                     last_sweep = Some(now);
                 }
-                let next = app.store.next_due().ok().flatten();
-                let next = match (next, *lock(&app.engine.next_start)) {
+                if look {
+                    next_due = app.store.next_due().ok().flatten();
+                    last_look = Some(std::time::Instant::now());
+                }
+                let next = match (next_due, *lock(&app.engine.next_start)) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
@@ -617,9 +641,9 @@ impl Engine<'_> {
         let _ = self.app.store.flush();
     }
 
-    /// Wakes the loop (after an outside change).
+    /// Wakes the loop (after an outside change), to look for due tasks too.
     pub fn wake(&self) {
-        self.app.engine.wake.notify_one();
+        self.app.engine.schedule_changed();
     }
 
     /// How many runs are executing now.

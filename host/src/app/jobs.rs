@@ -266,10 +266,9 @@ impl App {
             TaskKind::Import => self.import_job(task, run, &request, effects, made),
             TaskKind::Notifier | TaskKind::Export | TaskKind::Cleanup => {
                 let outcome = self.host.run_notifier(&task.plugin, &request)?;
-                let plugin_addresses = self
-                    .host
-                    .entry(&task.plugin)
-                    .is_ok_and(|e| e.granted.contains(&crate::plugins::Capability::Send("address".into())));
+                // The grants the run had, not read again: a plugin
+                // reinstalled meanwhile does not change what this run may do.
+                let plugin_addresses = outcome.granted.contains(&crate::plugins::Capability::Send("address".into()));
                 let allowed = notify::MailPolicy {
                     domains: &self.config.email.allowed_domains,
                     plugin_addresses,

@@ -71,7 +71,7 @@ impl Tasks<'_> {
         let due = if task.enabled { task.next_fire } else { None };
         app.store.put_task(&task, None, due)?;
         app.store.flush()?;
-        app.engine.wake.notify_one();
+        app.engine.schedule_changed();
         app.audit(&user.name, "task.add", &task.name, Some(format!("owner {}", task.owner)))?;
         tracing::info!(task = %task.name, owner = %task.owner, next = ?task.next_fire, by = %user.name, "Task added.");
         Ok(task)
@@ -90,7 +90,7 @@ impl Tasks<'_> {
         let due = if task.enabled { task.next_fire } else { None };
         app.store.put_task(&task, old_due, due)?;
         app.store.flush()?;
-        app.engine.wake.notify_one();
+        app.engine.schedule_changed();
         app.audit(&user.name, "task.replace", &task.name, Some(format!("owner {}", task.owner)))?;
         tracing::info!(task = %task.name, next = ?task.next_fire, by = %user.name, "Task replaced.");
         Ok(task)
@@ -175,7 +175,7 @@ impl Tasks<'_> {
         let new_due = if enabled { task.next_fire } else { None };
         app.store.put_task(&task, old_due, new_due)?;
         app.store.flush()?;
-        app.engine.wake.notify_one();
+        app.engine.schedule_changed();
         app.audit(&user.name, if enabled { "task.enable" } else { "task.disable" }, name, None)?;
         Ok(task)
     }
