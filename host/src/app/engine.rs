@@ -457,11 +457,13 @@ impl Engine<'_> {
         store.beat()?;
         let mine: Vec<RunId> = lock(&app.engine.live).keys().copied().collect();
         for lost in store.renew_leases(&mine)? {
-            tracing::warn!(
-                run = lost,
-                "This host lost its lease on a run (it stopped answering for too long); stopping it."
-            );
+            // A run that ended since `mine` was read let its lease go with
+            // its outcome (written under the same lock): not lost.
             if let Some(l) = lock(&app.engine.live).get(&lost) {
+                tracing::warn!(
+                    run = lost,
+                    "This host lost its lease on a run (it stopped answering for too long); stopping it."
+                );
                 l.control.cancel(Duration::ZERO);
             }
         }
@@ -600,7 +602,7 @@ impl Engine<'_> {
                     last_sweep = Some(now);
                 }
                 if look {
-                    next_due = app.store.next_due().ok().flatten();
+                    next_due = tokio::task::block_in_place(|| app.store.next_due()).ok().flatten();
                     last_look = Some(std::time::Instant::now());
                 }
                 let next = match (next_due, *lock(&app.engine.next_start)) {

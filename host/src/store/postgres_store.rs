@@ -344,7 +344,11 @@ impl PgStore {
     /// context its connections are made in.
     fn block<F: Future>(&self, work: F) -> F::Output {
         let _context = self.runtime.as_ref().map(|r| r.enter());
-        futures_executor::block_on(work)
+        // Out of tokio's cooperative budget: called from a task whose
+        // budget is spent, the pool's semaphore would answer "not yet" and
+        // wake at once, for ever, since this loop never yields to tokio to
+        // refill it (a serve loop spun so, firing nothing).
+        futures_executor::block_on(tokio::task::unconstrained(work))
     }
 
     /// Makes `attempt` until it succeeds, fails after it may have taken
@@ -1027,27 +1031,33 @@ impl TaskStore for PgStore {
         next: Option<DateTime<Utc>>,
         queued: Option<(u8, &Run)>,
     ) -> Result<bool> {
-        self.transaction("tasks", async |tx| {
-            // Conditional on the due time it fires for: of two hosts firing
-            // it together, the second finds the row moved on and does nothing.
-            let moved = run_sql(
-                tx,
+        // Conditional on the due time it fires for: of two hosts firing it
+        // together, the second finds the row moved on and does nothing. One
+        // statement, so one round trip: the task moved on, and its run
+        // saved and queued (the entry naming its task, for the overlap
+        // policy on every host), with idle hosts woken at the commit.
+        let Some((priority, run)) = queued else {
+            let moved = self.execute(
                 "tasks",
                 "UPDATE tasks SET value = $2, due_ms = $3 WHERE name = $1 AND due_ms = $4",
                 &[&task.name, &encode(task), &next.map(ms), &ms(due)],
-            )
-            .await?;
-            if moved == 0 {
-                return Ok(false);
-            }
-            if let Some((priority, run)) = queued {
-                let key = QueueKey::new(priority, due, run.id);
-                run_sql(tx, "queue", "INSERT INTO queue (key, run_id) VALUES ($1, $2)", &[&key.0, &big(run.id)])
-                    .await?;
-                save_run(tx, run, None).await?;
-            }
-            Ok(true)
-        })
+            )?;
+            return Ok(moved > 0);
+        };
+        let key = QueueKey::new(priority, due, run.id);
+        let fired = self.query(
+            "tasks",
+            "WITH moved AS (\
+                 UPDATE tasks SET value = $2, due_ms = $3 WHERE name = $1 AND due_ms = $4 RETURNING name), \
+             queued AS (\
+                 INSERT INTO queue (key, run_id, task) SELECT $5::bytea, $6::bigint, name FROM moved), \
+             saved AS (\
+                 INSERT INTO runs (id, value, finished_ms) SELECT $6::bigint, $7::bytea, NULL FROM moved \
+                 ON CONFLICT (id) DO UPDATE SET value = excluded.value) \
+             SELECT pg_notify('schoolbell_queue', '') FROM moved",
+            &[&task.name, &encode(task), &next.map(ms), &ms(due), &key.0, &big(run.id), &encode(run)],
+        )?;
+        Ok(!fired.is_empty())
     }
 }
 
@@ -1971,6 +1981,34 @@ mod tests {
             write.join().unwrap().unwrap();
         });
         assert!(store.user("bo").unwrap().is_some(), "the write made while the server was down is in");
+    }
+
+    #[test]
+    fn a_call_from_a_task_that_spent_its_tokio_budget_returns() {
+        let cluster = cluster::Postgres::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&cluster, "budget");
+        PgStore::migrate(&config, dir.path()).unwrap();
+        let store = PgStore::open(&config, dir.path()).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let answer = runtime.block_on(async {
+                // Tokio gives a task 128 operations before it must yield;
+                // these spend them all, and the store is called at zero.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                for i in 0..128 {
+                    tx.send(i).unwrap();
+                }
+                for _ in 0..128 {
+                    rx.recv().await;
+                }
+                store.next_due()
+            });
+            let _ = done_tx.send(answer.is_ok());
+        });
+        let answered = done_rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(answered, Ok(true), "the call did not return within 30 s");
     }
 
     #[test]
