@@ -242,6 +242,12 @@ impl RunState {
         wit::PluginError::Permanent(message)
     }
 
+    /// What the store read, or `None` with the failure noted: the run
+    /// ends interrupted.
+    fn stored<T>(&mut self, read: crate::store::Result<T>) -> Option<T> {
+        read.map_err(|e| self.store_error(e)).ok()
+    }
+
     fn store_error(&mut self, e: crate::store::Error) -> wit::PluginError {
         let message = e.to_string();
         self.violate(format!("the host failed to read the store: {message}"));
@@ -334,7 +340,7 @@ impl host_api::Host for RunState {
         }
         // A store that fails is not "no value": the run ends interrupted.
         let read = self.setup.store.task_state(&self.setup.task, &key);
-        read.map_err(|e| self.store_error(e)).ok().flatten()
+        self.stored(read).flatten()
     }
 
     fn state_set(&mut self, key: String, value: Option<String>) {
@@ -344,31 +350,24 @@ impl host_api::Host for RunState {
             self.violations_more += 1;
             return;
         }
-        let (task, store) = (self.setup.task.clone(), self.setup.store.clone());
         // A store that fails cannot size the state: the write is dropped,
         // and the run ends interrupted, to be done again.
         let total = match self.state_total {
             Some(total) => total,
-            None => match store.task_state_bytes(&task) {
-                Ok(bytes) => bytes as usize,
-                Err(e) => {
-                    self.store_error(e);
-                    return;
-                }
-            },
+            None => {
+                let read = self.setup.store.task_state_bytes(&self.setup.task);
+                let Some(bytes) = self.stored(read) else { return };
+                bytes as usize
+            }
         };
         let (stored, now) = match self.state_sizes.get(&key) {
             Some(sizes) => *sizes,
-            None => match store.task_state(&task, &key) {
-                Ok(value) => {
-                    let stored = value.map_or(0, |v| key.len() + v.len());
-                    (stored, stored)
-                }
-                Err(e) => {
-                    self.store_error(e);
-                    return;
-                }
-            },
+            None => {
+                let read = self.setup.store.task_state(&self.setup.task, &key);
+                let Some(value) = self.stored(read) else { return };
+                let stored = value.map_or(0, |v| key.len() + v.len());
+                (stored, stored)
+            }
         };
         let after = value.as_ref().map_or(0, |v| key.len() + v.len());
         let new_total = (total + after).saturating_sub(now);

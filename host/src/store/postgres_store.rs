@@ -1953,6 +1953,12 @@ mod tests {
         }
     }
 
+    /// A store on `config`'s schema, migrated first.
+    fn migrated(config: &StoreConfig, dir: &Path) -> PgStore {
+        PgStore::migrate(config, dir).unwrap();
+        PgStore::open(config, dir).unwrap()
+    }
+
     /// Waits, within ten seconds, for `done`.
     fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1966,9 +1972,7 @@ mod tests {
     fn a_call_made_while_the_database_is_down_waits_for_it_to_come_back() {
         let cluster = cluster::Postgres::start();
         let dir = tempfile::tempdir().unwrap();
-        let config = config(&cluster, "away");
-        PgStore::migrate(&config, dir.path()).unwrap();
-        let store = PgStore::open(&config, dir.path()).unwrap();
+        let store = migrated(&config(&cluster, "away"), dir.path());
         let user = |name: &str| crate::users::User { name: name.into(), ..crate::users::User::local_owner() };
         store.put_user(&user("ada")).unwrap();
         cluster.stop();
@@ -1987,9 +1991,7 @@ mod tests {
     fn a_call_from_a_task_that_spent_its_tokio_budget_returns() {
         let cluster = cluster::Postgres::start();
         let dir = tempfile::tempdir().unwrap();
-        let config = config(&cluster, "budget");
-        PgStore::migrate(&config, dir.path()).unwrap();
-        let store = PgStore::open(&config, dir.path()).unwrap();
+        let store = migrated(&config(&cluster, "budget"), dir.path());
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -2017,8 +2019,7 @@ mod tests {
         let cluster = cluster::Postgres::start();
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig { lease_secs: 1, ..config(&cluster, "hosts") };
-        PgStore::migrate(&config, dir.path()).unwrap();
-        let (a, b) = (PgStore::open(&config, dir.path()).unwrap(), PgStore::open(&config, dir.path()).unwrap());
+        let (a, b) = (migrated(&config, dir.path()), PgStore::open(&config, dir.path()).unwrap());
         a.beat().unwrap();
         b.beat().unwrap();
         assert_eq!(a.hosts().unwrap().len(), 2, "both hosts are listed");
