@@ -228,25 +228,39 @@ fn several_hosts(runtime: &tokio::runtime::Runtime, stores: &Stores, schema: &st
     }
 }
 
-/// Waits until every one of the `noop_runs()` runs of task `name` has
-/// succeeded, and returns how long after `started` the last one finished.
-/// The engines looking idle is not enough: a run may be between the queue
-/// and a worker.
-fn drained(apps: &[Arc<App>], name: &str, started: chrono::DateTime<Utc>) -> Duration {
+/// Waits, within `secs` seconds, until `ready` holds, every engine is
+/// idle, and `expected` succeeded runs are ones `chosen` picks; returns
+/// them. The engines looking idle is not enough: a run may be between the
+/// queue and a worker.
+fn settled(
+    apps: &[Arc<App>],
+    secs: u64,
+    ready: impl Fn() -> bool,
+    chosen: impl Fn(&Run) -> bool,
+    expected: usize,
+) -> Vec<Run> {
     let admin = User::local_owner();
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        if apps.iter().all(|a| a.engine().is_idle().unwrap()) {
-            let done = apps[0].runs().list(&admin, Some(RunStatus::Succeeded), Some(name), usize::MAX).unwrap();
-            assert!(done.len() <= noop_runs(), "{} runs of {} ran", done.len(), noop_runs());
-            if done.len() == noop_runs() {
-                let last = done.iter().filter_map(|r| r.finished_at).max().unwrap();
-                return (last - started).to_std().unwrap_or_default();
+        if ready() && apps.iter().all(|a| a.engine().is_idle().unwrap()) {
+            let runs = apps[0].runs().list(&admin, Some(RunStatus::Succeeded), None, usize::MAX).unwrap();
+            let done: Vec<Run> = runs.into_iter().filter(|r| chosen(r)).collect();
+            assert!(done.len() <= expected, "{} runs ran, {expected} expected: one ran twice", done.len());
+            if done.len() == expected {
+                return done;
             }
         }
-        assert!(Instant::now() < deadline, "the queue did not drain within 10 minutes");
+        assert!(Instant::now() < deadline, "the runs did not settle within {secs} s");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// How long after `started` the last of the `noop_runs()` runs of task
+/// `name` finished.
+fn drained(apps: &[Arc<App>], name: &str, started: chrono::DateTime<Utc>) -> Duration {
+    let done = settled(apps, 600, || true, |r| r.task == name, noop_runs());
+    let last = done.iter().filter_map(|r| r.finished_at).max().unwrap();
+    (last - started).to_std().unwrap_or_default()
 }
 
 /// Queue throughput, on a store of its own: no-op runs queued before the
@@ -297,18 +311,7 @@ fn queue(runtime: &tokio::runtime::Runtime, stores: &Stores, workers: usize) {
     // queue that looks empty just after the moment may not have fired yet,
     // and a run may be between the queue and the workers.
     let fired = || store.next_due().unwrap().is_some_and(|next| next > rush_at);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let rush: Vec<Run> = loop {
-        if fired() && sched.engine().is_idle().unwrap() {
-            let runs = sched.runs().list(&admin, Some(RunStatus::Succeeded), None, usize::MAX).unwrap();
-            let rush: Vec<Run> = runs.into_iter().filter(|r| r.task.starts_with("rush")).collect();
-            if rush.len() >= RUSH {
-                break rush;
-            }
-        }
-        assert!(Instant::now() < deadline, "the rush did not finish within 5 minutes");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let rush = settled(std::slice::from_ref(&sched), 300, fired, |r| r.task.starts_with("rush"), RUSH);
     assert_eq!(rush.len(), RUSH, "every task of the rush ran once");
     let last = rush.iter().filter_map(|r| r.finished_at).max().unwrap();
     let due = rush.iter().filter_map(|r| r.fire_time).min().unwrap();
