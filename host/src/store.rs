@@ -945,16 +945,34 @@ impl<T> Backend for T where
 pub fn patiently<T, E: std::fmt::Display>(
     store: &dyn Backend,
     what: &str,
-    mut write: impl FnMut() -> std::result::Result<T, E>,
+    write: impl FnMut() -> std::result::Result<T, E>,
 ) -> std::result::Result<T, E> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut wait = std::time::Duration::from_millis(100);
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    backing_off(Duration::from_millis(100), Duration::from_secs(5), write, |e, _| {
+        let again = store.shared() && Instant::now() < deadline;
+        if again {
+            tracing::warn!("Cannot record {what} yet, trying again: {e}");
+        }
+        again
+    })
+}
+
+/// Makes `attempt` until it succeeds or `again`, given its error and the
+/// wait before the next try, says to stop; the wait doubles from `first`
+/// up to `longest`.
+pub(crate) fn backing_off<T, E>(
+    first: std::time::Duration,
+    longest: std::time::Duration,
+    mut attempt: impl FnMut() -> std::result::Result<T, E>,
+    mut again: impl FnMut(&E, std::time::Duration) -> bool,
+) -> std::result::Result<T, E> {
+    let mut wait = first;
     loop {
-        match write() {
-            Err(e) if store.shared() && std::time::Instant::now() < deadline => {
-                tracing::warn!("Cannot record {what} yet, trying again: {e}");
+        match attempt() {
+            Err(e) if again(&e, wait) => {
                 std::thread::sleep(wait);
-                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                wait = (wait * 2).min(longest);
             }
             done => return done,
         }

@@ -355,18 +355,19 @@ impl PgStore {
     /// effect, or the server has been away for [`RECONNECT`].
     fn again<T>(&self, what: &str, mut attempt: impl AsyncFnMut() -> std::result::Result<T, Stopped>) -> Result<T> {
         let deadline = Instant::now() + RECONNECT;
-        let mut wait = Duration::from_millis(50);
-        loop {
-            match self.block(attempt()) {
-                Ok(out) => return Ok(out),
-                Err(Stopped::Before(e)) if Instant::now() + wait < deadline => {
+        let tried = super::backing_off(
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+            || self.block(attempt()),
+            |stopped, wait| match stopped {
+                Stopped::Before(e) if Instant::now() + wait < deadline => {
                     tracing::debug!("The database is away ({e}); trying {what} again in {wait:?}.");
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(2));
+                    true
                 }
-                Err(Stopped::Before(e) | Stopped::After(e)) => return Err(e),
-            }
-        }
+                _ => false,
+            },
+        );
+        tried.map_err(|(Stopped::Before(e) | Stopped::After(e))| e)
     }
 
     /// A connection from the pool; none could be made means nothing ran.
