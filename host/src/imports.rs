@@ -1114,28 +1114,42 @@ enum Match {
 /// disagrees on one of them is a conflict.
 const IDENTIFYING: &str = "ssn";
 
+/// Whether the row has a value for the field (of a match key) that is not
+/// null or blank.
+fn has_field(row: &Record, field: &str) -> bool {
+    match row.get(crate::records::key_field(field).0) {
+        None | Some(Value::Null) => false,
+        Some(Value::Text(t)) => !t.trim().is_empty(),
+        Some(_) => true,
+    }
+}
+
 /// Finds a row's records by the match keys in priority order: the first
 /// key whose fields the row has (not empty) decides, found or not; later
 /// keys are for rows that lack it. A record a fallback key found whose ID
 /// or SSN differs from the row's is a conflict, never a match.
+///
+/// `by_key` is what the key field found, looked up beforehand with the
+/// rest of the batch, for a row that has one.
 fn find(
     store: &dyn Backend,
     collection: &str,
     spec: &CollectionSpec,
     keys: &[(Vec<String>, String)],
     row: &Record,
+    by_key: Option<store::Lookup>,
 ) -> Result<Match, Error> {
-    let has = |f: &str| match row.get(crate::records::key_field(f).0) {
-        None | Some(Value::Null) => false,
-        Some(Value::Text(t)) => !t.trim().is_empty(),
-        Some(_) => true,
-    };
+    let has = |f: &str| has_field(row, f);
     let row_has = |key: &[String]| key.iter().all(|f| has(f));
     let Some(decides) = keys.iter().position(|(key, _)| row_has(key)) else { return Ok(Match::New(None)) };
     let (key, name) = &keys[decides];
     let found = if key.len() == 1 && key[0] == spec.key_field {
         let k = row[&spec.key_field].to_key_text();
-        match store.lookup_record(collection, &k, row)? {
+        let looked = match by_key {
+            Some(looked) => looked,
+            None => store.lookup_records(collection, &[(k.clone(), row)])?.pop().unwrap_or(store::Lookup::Missing),
+        };
+        match looked {
             store::Lookup::Same => return Ok(Match::Same(k)),
             store::Lookup::Differs(record) => return Ok(Match::One(k, name.clone(), record)),
             store::Lookup::Missing => Vec::new(),
@@ -1221,9 +1235,24 @@ fn plan_rows(
     for batch in batches {
         // The lookups (index reads, record decoding) are most of the work and
         // independent of each other: run them across cores, in row order.
+        // The key field decides every row that has one (it is the first
+        // match key): those are looked up together, one round trip for the
+        // batch on a store across the network.
+        let by_key: Vec<(String, &Record)> = batch
+            .iter()
+            .filter(|(_, row)| has_field(row, &spec.key_field))
+            .map(|(_, row)| (row[&spec.key_field].to_key_text(), row))
+            .collect();
+        let mut looked = store.lookup_records(collection, &by_key)?.into_iter();
+        let by_key: Vec<Option<store::Lookup>> =
+            batch.iter().map(|(_, row)| if has_field(row, &spec.key_field) { looked.next() } else { None }).collect();
         let found: Vec<Result<Match, Error>> = {
             use rayon::prelude::*;
-            batch.par_iter().map(|(_, row)| find(store, collection, &spec, &keys, row)).collect()
+            batch
+                .par_iter()
+                .zip(by_key)
+                .map(|((_, row), by_key)| find(store, collection, &spec, &keys, row, by_key))
+                .collect()
         };
         for ((line, mut row), found) in batch.into_iter().zip(found) {
             // Keys and index entries cannot hold NUL: that row fails alone.

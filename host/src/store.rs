@@ -514,8 +514,10 @@ pub trait RecordStore {
     fn import_ledger(&self, ledger_key: &str) -> Result<Option<String>>;
     /// One record by key.
     fn get_record(&self, collection: &str, key: &str) -> Result<Option<Record>>;
-    /// One record by key, compared with a candidate without decoding when equal.
-    fn lookup_record(&self, collection: &str, key: &str, candidate: &Record) -> Result<Lookup>;
+    /// Records by key, each compared with its candidate without decoding
+    /// when equal, in the order asked. An import asks for a batch of rows at
+    /// once, so a store across the network answers them in one round trip.
+    fn lookup_records(&self, collection: &str, wanted: &[(String, &Record)]) -> Result<Vec<Lookup>>;
     /// A page of records in key order after `after`, and the key to go on from.
     fn scan_records(
         &self,

@@ -917,17 +917,27 @@ impl RecordStore for PgStore {
         rows.first().map(|r| decode("records", key.as_bytes(), r.get::<_, &[u8]>(0))).transpose()
     }
 
-    fn lookup_record(&self, collection: &str, key: &str, candidate: &Record) -> Result<Lookup> {
+    fn lookup_records(&self, collection: &str, wanted: &[(String, &Record)]) -> Result<Vec<Lookup>> {
+        // One round trip for the batch: a round trip per row made a
+        // million-row import wait on the socket for most of its time.
+        let keys: Vec<&str> = wanted.iter().map(|(key, _)| key.as_str()).collect();
         let rows = self.query(
             "records",
-            "SELECT value FROM records WHERE collection = $1 AND key = $2",
-            &[&collection, &key],
+            "SELECT key, value FROM records WHERE collection = $1 AND key = ANY($2)",
+            &[&collection, &keys],
         )?;
-        Ok(match rows.first().map(|r| r.get::<_, &[u8]>(0)) {
-            None => Lookup::Missing,
-            Some(v) if v == encode(candidate).as_slice() => Lookup::Same,
-            Some(v) => Lookup::Differs(decode("records", key.as_bytes(), v)?),
-        })
+        let stored: HashMap<&str, &[u8]> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        use rayon::prelude::*;
+        wanted
+            .par_iter()
+            .map(|(key, candidate)| {
+                Ok(match stored.get(key.as_str()) {
+                    None => Lookup::Missing,
+                    Some(v) if *v == encode(candidate).as_slice() => Lookup::Same,
+                    Some(v) => Lookup::Differs(decode("records", key.as_bytes(), v)?),
+                })
+            })
+            .collect()
     }
 
     fn scan_records(

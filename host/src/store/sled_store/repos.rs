@@ -51,8 +51,10 @@ impl RecordStore for Store {
     fn get_record(&self, collection: &str, key: &str) -> Result<Option<Record>> {
         Store::get_record(self, collection, key)
     }
-    fn lookup_record(&self, collection: &str, key: &str, candidate: &Record) -> Result<Lookup> {
-        Store::lookup_record(self, collection, key, candidate)
+    fn lookup_records(&self, collection: &str, wanted: &[(String, &Record)]) -> Result<Vec<Lookup>> {
+        // Reading in process, the lookups cost their decoding: spread it over the cores.
+        use rayon::prelude::*;
+        wanted.par_iter().map(|(key, candidate)| Store::lookup_record(self, collection, key, candidate)).collect()
     }
     fn scan_records(
         &self,
