@@ -85,7 +85,7 @@ fn native(store: &dyn Backend, path: &Path) -> (usize, usize) {
     let mut batch = Vec::new();
     // Looked up a thousand rows at a time, as the pipeline does: one round
     // trip per batch on PostgreSQL.
-    let mut settle = |batch: &mut Vec<Record>, writes: &mut Vec<Record>| {
+    let settle = |batch: &mut Vec<Record>, writes: &mut Vec<Record>| {
         let wanted: Vec<(String, &Record)> = batch.iter().map(|r| (r["student-id"].to_key_text(), r)).collect();
         let looked = store.lookup_records("students", &wanted).unwrap();
         for (r, looked) in batch.drain(..).zip(looked) {

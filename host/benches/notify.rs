@@ -144,7 +144,7 @@ fn fill_outbox(store: &dyn Backend) {
     let none: &[(String, Option<schoolbell::notify::LedgerEntry>)] = &[];
     let run =
         schoolbell::runs::Run::queued(1, "bench", "bench", "admin", schoolbell::runs::Trigger::User, None, now, false);
-    store.finish_run(&run, now, &Finish { state: &[], ledger: none, outbox: &entries }).unwrap();
+    store.finish_run(&run, now, &Finish { state: &[], ledger: none, outbox: &entries, messages: &[] }).unwrap();
 }
 
 /// The ceiling: `EMAILS` messages over `connections` plain sockets with

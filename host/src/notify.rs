@@ -499,7 +499,9 @@ mod tests {
         let planned = plan(store, settings, allowed, &run, &ns, now).unwrap();
         let outbox: Vec<(u64, DateTime<Utc>, OutboxEntry)> =
             planned.outbox.iter().map(|e| (store.next_sequence("outbox").unwrap(), now, e.clone())).collect();
-        store.finish_run(&run, now, &Finish { state: &[], ledger: &planned.ledger, outbox: &outbox }).unwrap();
+        store
+            .finish_run(&run, now, &Finish { state: &[], ledger: &planned.ledger, outbox: &outbox, messages: &[] })
+            .unwrap();
         planned.outbox.into_iter().map(|e| e.dedupe_key).collect()
     }
 

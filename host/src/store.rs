@@ -388,6 +388,9 @@ pub struct Finish<'a, L, O> {
     pub ledger: &'a [(String, Option<L>)],
     /// New outbox entries: id, when due, the entry.
     pub outbox: &'a [(u64, DateTime<Utc>, O)],
+    /// The run's messages with their statuses, numbered from 0 (see
+    /// [`RunStore::add_messages`]).
+    pub messages: &'a [(&'a str, &'a TaskMessage)],
 }
 
 /// What a migration did.

@@ -105,6 +105,11 @@ pub(super) struct Live {
 pub(super) struct State {
     pub(super) wake: tokio::sync::Notify,
     pub(super) live: Mutex<HashMap<RunId, Live>>,
+    /// Claims one at a time on this host: a worker that finishes and the
+    /// loop claimed beside each other, both read the same first entry, and
+    /// one of them lost its start to the other (on PostgreSQL, two wasted
+    /// round trips a run). The one that waits finds the entries taken.
+    claiming: Mutex<()>,
     shutting_down: AtomicBool,
     /// Fires and task edits one at a time, so a fire never races an edit.
     pub(super) fire_lock: Mutex<()>,
@@ -309,6 +314,7 @@ impl Engine<'_> {
     /// Marks queued runs started while workers are free, without a flush:
     /// none may run before one (see [`Engine::launch`]).
     fn claim(&self) -> Result<Vec<(Run, RunControl)>> {
+        let _alone = lock(&self.app.engine.claiming);
         let mut starting = Vec::new();
         match self.claim_into(&mut starting) {
             Ok(()) => Ok(starting),

@@ -225,7 +225,6 @@ impl App {
         // same place.
         let lasting = run.status == RunStatus::Succeeded && !run.dry_run;
         crate::store::patiently(&*self.store, "a run's outcome", || -> Result<()> {
-            self.store.add_messages(run.id, 0, &with_status)?;
             let (state, ledger, mut outbox) = if lasting {
                 (&state_writes[..], mail.ledger.clone(), mail.outbox.clone())
             } else {
@@ -233,6 +232,7 @@ impl App {
             };
             if !run.status.is_finished() {
                 // Held for a person: not finished, so not in retention yet.
+                self.store.add_messages(run.id, 0, &with_status)?;
                 return Ok(self.store.put_run(run, None)?);
             }
             outbox.extend(notify::job_completion(&*self.store, run, now)?);
@@ -240,7 +240,11 @@ impl App {
                 .into_iter()
                 .map(|e| Ok((self.store.next_sequence("outbox")?, e.next_attempt, e)))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(self.store.finish_run(run, now, &Finish { state, ledger: &ledger, outbox: &outbox })?)
+            Ok(self.store.finish_run(
+                run,
+                now,
+                &Finish { state, ledger: &ledger, outbox: &outbox, messages: &with_status },
+            )?)
         })
     }
 

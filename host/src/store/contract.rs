@@ -207,8 +207,26 @@ fn finishing_a_run_lands_whole(b: &dyn Backend) {
     let state = [("since".to_string(), Some("2026-01-01".to_string()))];
     let ledger = [("k".to_string(), Some(entry.clone()))];
     let outbox = [(oid, at(1), mail.clone())];
-    b.finish_run(&r, at(1), &Finish { state: &state, ledger: &ledger, outbox: &outbox }).unwrap();
+    let said = |seq: u64, status: &str| TaskMessage {
+        seq,
+        row: None,
+        status: status.into(),
+        field: None,
+        message: format!("message {seq}"),
+    };
+    let (sent, skipped) = (said(0, "sent"), said(1, "skipped"));
+    let messages = [("sent", &sent), ("skipped", &skipped)];
+    b.finish_run(&r, at(1), &Finish { state: &state, ledger: &ledger, outbox: &outbox, messages: &messages[..1] })
+        .unwrap();
     assert_eq!(b.run(r.id).unwrap().unwrap().status, RunStatus::Succeeded);
+    assert_eq!(b.messages(r.id, None, None, 10).unwrap().0, [sent.clone()], "the messages land with the run");
+    // A run that leaves nothing else behind, with its messages.
+    let mut alone = run(b.new_run_id().unwrap(), "watch");
+    alone.status = RunStatus::Failed;
+    b.finish_run(&alone, at(2), &Finish { state: &[], ledger: &[], outbox: &[], messages: &messages }).unwrap();
+    assert_eq!(b.run(alone.id).unwrap().unwrap().status, RunStatus::Failed);
+    assert_eq!(b.messages(alone.id, Some("skipped"), None, 10).unwrap().0, [skipped]);
+    b.delete_run(alone.id, Some(at(2))).unwrap();
     assert_eq!(b.task_state("watch", "since").unwrap().as_deref(), Some("2026-01-01"));
     assert_eq!(b.notified("watch").unwrap(), vec![("k".to_string(), entry)]);
     assert_eq!(b.outbox(None, 10).unwrap(), vec![(oid, mail)]);

@@ -581,6 +581,28 @@ const FINISH_RUN: &str = "WITH ended AS (DELETE FROM run_leases WHERE run_id = $
      INSERT INTO runs (id, value, finished_ms) VALUES ($1, $2, $3) \
      ON CONFLICT (id) DO UPDATE SET value = excluded.value, finished_ms = COALESCE(excluded.finished_ms, runs.finished_ms)";
 
+/// Adds a run's messages: run, sequence numbers, statuses, values.
+const ADD_MESSAGES: &str = "INSERT INTO run_messages (run, seq, status, value) \
+     SELECT $1, s, st, v FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS t(s, st, v) \
+     ON CONFLICT (run, seq) DO UPDATE SET status = excluded.status, value = excluded.value";
+
+/// [`FINISH_RUN`] with the run's messages ([`ADD_MESSAGES`]'s $2-$4 as
+/// $4-$6), one round trip for a run's whole outcome.
+const FINISH_RUN_WITH_MESSAGES: &str = "WITH ended AS (DELETE FROM run_leases WHERE run_id = $1), \
+     said AS (INSERT INTO run_messages (run, seq, status, value) \
+         SELECT $1, s, st, v FROM unnest($4::bigint[], $5::text[], $6::bytea[]) AS t(s, st, v) \
+         ON CONFLICT (run, seq) DO UPDATE SET status = excluded.status, value = excluded.value) \
+     INSERT INTO runs (id, value, finished_ms) VALUES ($1, $2, $3) \
+     ON CONFLICT (id) DO UPDATE SET value = excluded.value, finished_ms = COALESCE(excluded.finished_ms, runs.finished_ms)";
+
+/// A batch of messages as the three arrays [`ADD_MESSAGES`] takes.
+fn message_columns(first_seq: u64, messages: &[(&str, &TaskMessage)]) -> (Vec<i64>, Vec<String>, Vec<Vec<u8>>) {
+    let seqs = (0..messages.len()).map(|i| big(first_seq + i as u64)).collect();
+    let statuses = messages.iter().map(|(s, _)| s.to_string()).collect();
+    let values = messages.iter().map(|(_, m)| encode(m)).collect();
+    (seqs, statuses, values)
+}
+
 async fn save_run(tx: &Transaction<'_>, run: &Run, finished: Option<DateTime<Utc>>) -> Result<()> {
     let sql = if finished.is_some() { FINISH_RUN } else { UPSERT_RUN };
     run_sql(tx, "runs", sql, &[&big(run.id), &encode(run), &finished.map(ms)]).await.map(drop)
@@ -1169,12 +1191,19 @@ impl RunStore for PgStore {
         finished: DateTime<Utc>,
         writes: &Finish<'_, LedgerEntry, OutboxEntry>,
     ) -> Result<()> {
+        let (seqs, statuses, values) = message_columns(0, writes.messages);
         if writes.state.is_empty() && writes.ledger.is_empty() && writes.outbox.is_empty() {
-            // The run alone: one statement, no transaction around it.
-            return self.put_run(run, Some(finished));
+            // The run and its messages alone: one statement, no transaction around it.
+            let (id, value, finished) = (big(run.id), encode(run), Some(ms(finished)));
+            return self
+                .execute("runs", FINISH_RUN_WITH_MESSAGES, &[&id, &value, &finished, &seqs, &statuses, &values])
+                .map(drop);
         }
         self.transaction("runs", async |tx| {
             save_run(tx, run, Some(finished)).await?;
+            if !seqs.is_empty() {
+                run_sql(tx, "run_messages", ADD_MESSAGES, &[&big(run.id), &seqs, &statuses, &values]).await?;
+            }
             write_state(tx, &run.task, writes.state).await?;
             for (key, entry) in writes.ledger {
                 match entry {
@@ -1249,17 +1278,8 @@ impl RunStore for PgStore {
         if messages.is_empty() {
             return Ok(());
         }
-        let seqs: Vec<i64> = (0..messages.len()).map(|i| big(first_seq + i as u64)).collect();
-        let statuses: Vec<&str> = messages.iter().map(|(s, _)| *s).collect();
-        let values: Vec<Vec<u8>> = messages.iter().map(|(_, m)| encode(m)).collect();
-        self.execute(
-            "run_messages",
-            "INSERT INTO run_messages (run, seq, status, value) \
-             SELECT $1, s, st, v FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS t(s, st, v) \
-             ON CONFLICT (run, seq) DO UPDATE SET status = excluded.status, value = excluded.value",
-            &[&big(run), &seqs, &statuses, &values],
-        )
-        .map(drop)
+        let (seqs, statuses, values) = message_columns(first_seq, messages);
+        self.execute("run_messages", ADD_MESSAGES, &[&big(run), &seqs, &statuses, &values]).map(drop)
     }
 
     fn add_message_rows(&self, run: RunId, rows: &crate::imports::ShownRows<'_>) -> Result<()> {
@@ -2114,7 +2134,8 @@ mod tests {
             at,
         );
         let oid = a.next_sequence("outbox").unwrap();
-        a.finish_run(&run, at, &Finish { state: &[], ledger: &[], outbox: &[(oid, at, mail.clone())] }).unwrap();
+        a.finish_run(&run, at, &Finish { state: &[], ledger: &[], outbox: &[(oid, at, mail.clone())], messages: &[] })
+            .unwrap();
         assert_eq!(b.hosts().unwrap().iter().map(|h| h.runs_held).sum::<u64>(), 0, "a finished run holds no lease");
         assert_eq!(a.outbox_due(at, 10).unwrap().len(), 1);
         assert_eq!(b.outbox_due(at, 10).unwrap(), vec![], "claimed by A");

@@ -154,6 +154,9 @@ impl RunStore for Store {
         finished: DateTime<Utc>,
         writes: &Finish<'_, LedgerEntry, OutboxEntry>,
     ) -> Result<()> {
+        // Beside the run's transaction, as add_messages writes them: sled's
+        // batches take its store-wide write lock.
+        Store::add_messages(self, run.id, 0, writes.messages)?;
         Store::finish_run(self, run.id, run, finished, &run.task, writes)
     }
     fn run(&self, id: RunId) -> Result<Option<Run>> {
