@@ -219,7 +219,11 @@ fn finishing_a_run_lands_whole(b: &dyn Backend) {
     b.finish_run(&r, at(1), &Finish { state: &state, ledger: &ledger, outbox: &outbox, messages: &messages[..1] })
         .unwrap();
     assert_eq!(b.run(r.id).unwrap().unwrap().status, RunStatus::Succeeded);
-    assert_eq!(b.messages(r.id, None, None, 10).unwrap().0, [sent.clone()], "the messages land with the run");
+    assert_eq!(
+        b.messages(r.id, None, None, 10).unwrap().0,
+        std::slice::from_ref(&sent),
+        "the messages land with the run"
+    );
     // A run that leaves nothing else behind, with its messages.
     let mut alone = run(b.new_run_id().unwrap(), "watch");
     alone.status = RunStatus::Failed;
