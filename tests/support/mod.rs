@@ -130,7 +130,53 @@ pub struct Sb {
     /// The throwaway PostgreSQL cluster the store lives in, when the suite
     /// runs on PostgreSQL (`SCHOOLBELL_TEST_STORE=postgres`); else the
     /// embedded store in the data directory.
-    pub database: Option<std::sync::Arc<postgres::Postgres>>,
+    pub database: Option<Database>,
+}
+
+/// A sandbox's PostgreSQL database: a cluster of its own (for tests that
+/// stop or restart the server), or a database of its own in a cluster
+/// that the suite's sandboxes share while any of them is alive, so a
+/// suite pays for one `initdb` rather than one per test.
+#[derive(Clone)]
+pub struct Database {
+    pub cluster: std::sync::Arc<postgres::Postgres>,
+    url: String,
+}
+
+impl Database {
+    /// A cluster of its own, its database `postgres`.
+    fn own() -> Database {
+        let cluster = std::sync::Arc::new(postgres::Postgres::start());
+        Database { url: cluster.url(), cluster }
+    }
+
+    /// A fresh database in the shared cluster, started if none is running.
+    fn shared() -> Database {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex, Weak};
+        static CLUSTER: Mutex<Weak<postgres::Postgres>> = Mutex::new(Weak::new());
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let cluster = {
+            let mut shared = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+            shared.upgrade().unwrap_or_else(|| {
+                let cluster = Arc::new(postgres::Postgres::start());
+                *shared = Arc::downgrade(&cluster);
+                cluster
+            })
+        };
+        let url = cluster.database(&format!("test{}", MADE.fetch_add(1, Ordering::SeqCst)));
+        Database { cluster, url }
+    }
+
+    /// The connection string of the sandbox's database.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Restarts the cluster under every database in it.
+    pub fn restart(&self) {
+        self.cluster.restart();
+    }
 }
 
 /// Whether this run of the suites keeps its stores in PostgreSQL.
@@ -145,7 +191,7 @@ impl Sb {
     }
 
     fn make(dir: tempfile::TempDir, rules: PathBuf) -> Sb {
-        let database = on_postgres().then(|| std::sync::Arc::new(postgres::Postgres::start()));
+        let database = on_postgres().then(Database::shared);
         let sb = Sb { dir, rules, database };
         if sb.database.is_some() {
             sb.ok(&["store", "migrate"]);
@@ -156,11 +202,7 @@ impl Sb {
     /// A sandbox whose store is a fresh PostgreSQL cluster, whatever
     /// `SCHOOLBELL_TEST_STORE` says.
     pub fn on_database() -> Sb {
-        let sb = Sb {
-            dir: tempfile::tempdir().unwrap(),
-            rules: root().join("rules"),
-            database: Some(std::sync::Arc::new(postgres::Postgres::start())),
-        };
+        let sb = Sb { dir: tempfile::tempdir().unwrap(), rules: root().join("rules"), database: Some(Database::own()) };
         sb.ok(&["store", "migrate"]);
         sb
     }

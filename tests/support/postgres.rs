@@ -76,6 +76,14 @@ impl Postgres {
         format!("host={} user=schoolbell dbname=postgres", self.socket().display())
     }
 
+    /// Makes an empty database `name` in the cluster, and returns its
+    /// connection string: a test's own, on a cluster tests share.
+    pub fn database(&self, name: &str) -> String {
+        let socket = self.socket().display().to_string();
+        self.run("createdb", &["-h", &socket, "-U", "schoolbell", name]);
+        format!("host={socket} user=schoolbell dbname={name}")
+    }
+
     /// Restarts the server (a fast shutdown: connections are cut), as an
     /// operator's restart or a failover would.
     pub fn restart(&self) {
