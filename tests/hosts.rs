@@ -264,12 +264,23 @@ fn trial(seed: u64, fault: Fault) {
     let renamed: Vec<String> =
         std::fs::read_dir(&batch).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(renamed.len(), files, "{renamed:?} ({context})");
-    let imports_committed = runs
-        .iter()
-        .filter(|r| text(r, "task") == "roster" && r["summary"]["files"].as_u64() != Some(0))
-        .filter(|r| text(r, "status") == "succeeded")
-        .count();
-    assert_eq!(imports_committed, files, "one committed import per file ({context})");
+    let imports = |status: &str| {
+        runs.iter()
+            .filter(|r| text(r, "task") == "roster" && text(r, "status") == status)
+            .filter(|r| r["summary"]["files"].as_u64() != Some(0))
+            .count()
+    };
+    let imports_committed = imports("succeeded");
+    assert!(imports_committed <= files, "{imports_committed} committed imports of {files} files ({context})");
+    // A host killed after a commit and its rename, before the run's own
+    // finish, leaves that run interrupted with its file in and renamed (the
+    // redo finds nothing to pick up): each file short of a succeeded import
+    // is one such run.
+    let interrupted = runs.iter().filter(|r| text(r, "task") == "roster" && text(r, "status") == "interrupted").count();
+    assert!(
+        imports_committed + interrupted >= files,
+        "{imports_committed} committed imports and {interrupted} interrupted for {files} files ({context})"
+    );
 
     // Every email went out, once: each outbox entry's Message-ID arrived
     // exactly once.

@@ -1238,14 +1238,16 @@ fn plan_rows(
         // The key field decides every row that has one (it is the first
         // match key): those are looked up together, one round trip for the
         // batch on a store across the network.
+        let keyed_rows: Vec<bool> = batch.iter().map(|(_, row)| has_field(row, &spec.key_field)).collect();
         let by_key: Vec<(String, &Record)> = batch
             .iter()
-            .filter(|(_, row)| has_field(row, &spec.key_field))
-            .map(|(_, row)| (row[&spec.key_field].to_key_text(), row))
+            .zip(&keyed_rows)
+            .filter(|(_, keyed)| **keyed)
+            .map(|((_, row), _)| (row[&spec.key_field].to_key_text(), row))
             .collect();
         let mut looked = store.lookup_records(collection, &by_key)?.into_iter();
         let by_key: Vec<Option<store::Lookup>> =
-            batch.iter().map(|(_, row)| if has_field(row, &spec.key_field) { looked.next() } else { None }).collect();
+            keyed_rows.iter().map(|keyed| if *keyed { looked.next() } else { None }).collect();
         let found: Vec<Result<Match, Error>> = {
             use rayon::prelude::*;
             batch

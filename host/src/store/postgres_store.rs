@@ -572,28 +572,48 @@ async fn rows_of(tx: &Transaction<'_>, table: &'static str, sql: &str, params: P
     tx.query(&statement, params).await.map_err(db(table))
 }
 
-const UPSERT_RUN: &str = "INSERT INTO runs (id, value, finished_ms) VALUES ($1, $2, $3) \
-     ON CONFLICT (id) DO UPDATE SET value = excluded.value, finished_ms = COALESCE(excluded.finished_ms, runs.finished_ms)";
+/// Saves a run: the statement the three below share.
+macro_rules! upsert_run {
+    () => {
+        "INSERT INTO runs (id, value, finished_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (id) DO UPDATE SET value = excluded.value, finished_ms = COALESCE(excluded.finished_ms, runs.finished_ms)"
+    };
+}
+
+/// Adds run `$1`'s messages from three arrays: sequence numbers, statuses
+/// and values, at the placeholders given.
+macro_rules! add_messages {
+    ($seqs:literal, $statuses:literal, $values:literal) => {
+        concat!(
+            "INSERT INTO run_messages (run, seq, status, value) SELECT $1, s, st, v FROM unnest(",
+            $seqs,
+            "::bigint[], ",
+            $statuses,
+            "::text[], ",
+            $values,
+            "::bytea[]) AS t(s, st, v) \
+             ON CONFLICT (run, seq) DO UPDATE SET status = excluded.status, value = excluded.value"
+        )
+    };
+}
+
+const UPSERT_RUN: &str = upsert_run!();
 
 /// Saves a finished run and ends its lease, in one statement (a finished
 /// run holds no lease).
-const FINISH_RUN: &str = "WITH ended AS (DELETE FROM run_leases WHERE run_id = $1) \
-     INSERT INTO runs (id, value, finished_ms) VALUES ($1, $2, $3) \
-     ON CONFLICT (id) DO UPDATE SET value = excluded.value, finished_ms = COALESCE(excluded.finished_ms, runs.finished_ms)";
+const FINISH_RUN: &str = concat!("WITH ended AS (DELETE FROM run_leases WHERE run_id = $1) ", upsert_run!());
 
 /// Adds a run's messages: run, sequence numbers, statuses, values.
-const ADD_MESSAGES: &str = "INSERT INTO run_messages (run, seq, status, value) \
-     SELECT $1, s, st, v FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS t(s, st, v) \
-     ON CONFLICT (run, seq) DO UPDATE SET status = excluded.status, value = excluded.value";
+const ADD_MESSAGES: &str = add_messages!("$2", "$3", "$4");
 
-/// [`FINISH_RUN`] with the run's messages ([`ADD_MESSAGES`]'s $2-$4 as
-/// $4-$6), one round trip for a run's whole outcome.
-const FINISH_RUN_WITH_MESSAGES: &str = "WITH ended AS (DELETE FROM run_leases WHERE run_id = $1), \
-     said AS (INSERT INTO run_messages (run, seq, status, value) \
-         SELECT $1, s, st, v FROM unnest($4::bigint[], $5::text[], $6::bytea[]) AS t(s, st, v) \
-         ON CONFLICT (run, seq) DO UPDATE SET status = excluded.status, value = excluded.value) \
-     INSERT INTO runs (id, value, finished_ms) VALUES ($1, $2, $3) \
-     ON CONFLICT (id) DO UPDATE SET value = excluded.value, finished_ms = COALESCE(excluded.finished_ms, runs.finished_ms)";
+/// [`FINISH_RUN`] with the run's messages as $4-$6, one round trip for a
+/// run's whole outcome.
+const FINISH_RUN_WITH_MESSAGES: &str = concat!(
+    "WITH ended AS (DELETE FROM run_leases WHERE run_id = $1), said AS (",
+    add_messages!("$4", "$5", "$6"),
+    ") ",
+    upsert_run!()
+);
 
 /// A batch of messages as the three arrays [`ADD_MESSAGES`] takes.
 fn message_columns(first_seq: u64, messages: &[(&str, &TaskMessage)]) -> (Vec<i64>, Vec<String>, Vec<Vec<u8>>) {
