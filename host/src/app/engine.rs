@@ -110,6 +110,9 @@ pub(super) struct State {
     /// one of them lost its start to the other (on PostgreSQL, two wasted
     /// round trips a run). The one that waits finds the entries taken.
     claiming: Mutex<()>,
+    /// The loop runs in this process ([`Engine::serve`]): it dispatches,
+    /// and its runtime outlives every run it launches.
+    serving: AtomicBool,
     shutting_down: AtomicBool,
     /// Fires and task edits one at a time, so a fire never races an edit.
     pub(super) fire_lock: Mutex<()>,
@@ -545,6 +548,7 @@ impl Engine<'_> {
         &self,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.app.engine.serving.store(true, Ordering::SeqCst);
         let app = self.app.clone();
         async move {
             let engine = app.engine();
@@ -659,16 +663,34 @@ impl Engine<'_> {
         lock(&self.app.engine.live).len()
     }
 
-    /// Waits, dispatching, until run `id` leaves the queue and ends or is
-    /// held for a person, calling `progress` with it on the way: for a
-    /// process that runs jobs itself (the CLI without `serve`).
+    /// Waits until run `id` leaves the queue and ends or is held for a
+    /// person, calling `progress` with it on the way.
+    ///
+    /// A process that runs jobs itself (the CLI without `serve`) dispatches
+    /// meanwhile, and returns only once every run it launched has ended: a
+    /// run a finishing worker claimed (an import's follow-up for the next
+    /// file) runs on the caller's runtime, and would be left running, never
+    /// to end, if that runtime went away under it. Inside `serve` (a
+    /// forwarded command) it only waits: the loop dispatches, on a runtime
+    /// that outlives its runs.
     pub async fn finish(&self, id: RunId, mut progress: impl FnMut(&Run)) -> Result<Run> {
+        let serving = self.app.engine.serving.load(Ordering::SeqCst);
+        let mut ended = None;
         loop {
-            self.dispatch()?;
-            let run = self.app.runs().get(id)?;
-            progress(&run);
-            if run.status != RunStatus::Queued && run.status != RunStatus::Running {
-                return Ok(run);
+            if ended.is_none() {
+                if !serving {
+                    self.dispatch()?;
+                }
+                let run = self.app.runs().get(id)?;
+                progress(&run);
+                if run.status != RunStatus::Queued && run.status != RunStatus::Running {
+                    ended = Some(run);
+                }
+            }
+            if let Some(run) = &ended
+                && (serving || self.running() == 0)
+            {
+                return Ok(run.clone());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

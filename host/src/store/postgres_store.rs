@@ -15,9 +15,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{GenericClient, Pool, Transaction};
+use deadpool_postgres::{ClientWrapper, GenericClient, Transaction};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+
+mod connection;
 
 use super::{
     AccountStore, AuditStore, CollectionSpec, Drift, Error, Finish, LedgerStore, Lookup, Maintenance, OutboxStore,
@@ -60,9 +62,10 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// The Schoolbell store in a PostgreSQL schema.
 pub struct PgStore {
-    /// Drives the connections; `None` only while dropping.
+    /// Drives the connection that listens for work; `None` only while
+    /// dropping.
     runtime: Option<tokio::runtime::Runtime>,
-    pool: Pool,
+    pool: connection::Pool,
     schema: String,
     /// This host's id among those sharing the database.
     host: String,
@@ -105,7 +108,7 @@ fn db(table: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
     move |source| Error::Io { tree: table, source: Box::new(Driver(source)) }
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+fn pool_error(e: connection::PoolError) -> Error {
     Error::Io { tree: "connection", source: Box::new(Driver(e)) }
 }
 
@@ -115,8 +118,8 @@ fn driver_error(e: &Error) -> Option<&tokio_postgres::Error> {
     if let Some(Driver(e)) = source.downcast_ref::<Driver<tokio_postgres::Error>>() {
         return Some(e);
     }
-    match source.downcast_ref::<Driver<deadpool_postgres::PoolError>>() {
-        Some(Driver(deadpool_postgres::PoolError::Backend(e))) => Some(e),
+    match source.downcast_ref::<Driver<connection::PoolError>>() {
+        Some(Driver(deadpool::managed::PoolError::Backend(connection::ConnectError::Driver(e)))) => Some(e),
         _ => None,
     }
 }
@@ -215,8 +218,8 @@ impl PgStore {
     pub fn migrate(config: &StoreConfig, data: &Path) -> Result<(i32, i32)> {
         let store = PgStore::connect(config, data)?;
         let schema = store.schema.clone();
-        store.block(async {
-            let mut client = store.pool.get().await.map_err(pool_error)?;
+        let mut conn = store.connection().map_err(pool_error)?;
+        conn.drive(async |client| {
             let tx = client.transaction().await.map_err(db("migrations"))?;
             // Two hosts upgraded together: the second waits, then finds
             // nothing left to do.
@@ -284,7 +287,7 @@ impl PgStore {
         pg.application_name("schoolbell");
         let target = shown(&pg);
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("schoolbell-postgres")
             .enable_all()
             .build()
@@ -294,14 +297,8 @@ impl PgStore {
             pg.connect_timeout(std::time::Duration::from_secs(10));
         }
         let listen = pg.clone();
-        let manager = deadpool_postgres::Manager::from_config(
-            pg,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
+        let pool = connection::Pool::builder(connection::Connector { pg })
             .max_size(config.pool_size.max(1) as usize)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Connect { target: target.clone(), source: Box::new(e) })?;
         let store = PgStore {
@@ -313,8 +310,7 @@ impl PgStore {
             pg: listen,
         };
         // Connect now, so a wrong url fails at start, not at first use.
-        let first = store.block(store.pool.get());
-        first.map(drop).map_err(|e| Error::Connect { target, source: Box::new(e) })?;
+        store.connection().map(drop).map_err(|e| Error::Connect { target, source: Box::new(e) })?;
         Ok(store)
     }
 
@@ -340,25 +336,18 @@ impl PgStore {
         }
     }
 
-    /// Waits for `work` on this thread, with the store's runtime as the
-    /// context its connections are made in.
-    fn block<F: Future>(&self, work: F) -> F::Output {
-        let _context = self.runtime.as_ref().map(|r| r.enter());
-        // Out of tokio's cooperative budget: called from a task whose
-        // budget is spent, the pool's semaphore would answer "not yet" and
-        // wake at once, for ever, since this loop never yields to tokio to
-        // refill it (a serve loop spun so, firing nothing).
-        futures_executor::block_on(tokio::task::unconstrained(work))
-    }
-
     /// Makes `attempt` until it succeeds, fails after it may have taken
     /// effect, or the server has been away for [`RECONNECT`].
-    fn again<T>(&self, what: &str, mut attempt: impl AsyncFnMut() -> std::result::Result<T, Stopped>) -> Result<T> {
+    fn again<T>(
+        &self,
+        what: &str,
+        mut attempt: impl AsyncFnMut(&mut ClientWrapper) -> std::result::Result<T, Stopped>,
+    ) -> Result<T> {
         let deadline = Instant::now() + RECONNECT;
         let tried = super::backing_off(
             Duration::from_millis(50),
             Duration::from_secs(2),
-            || self.block(attempt()),
+            || self.on_connection(&mut attempt),
             |stopped, wait| match stopped {
                 Stopped::Before(e) if Instant::now() + wait < deadline => {
                     tracing::debug!("The database is away ({e}); trying {what} again in {wait:?}.");
@@ -370,22 +359,33 @@ impl PgStore {
         tried.map_err(|(Stopped::Before(e) | Stopped::After(e))| e)
     }
 
-    /// A connection from the pool; none could be made means nothing ran.
-    async fn client(&self) -> std::result::Result<deadpool_postgres::Object, Stopped> {
-        self.pool.get().await.map_err(|e| Stopped::before_commit(pool_error(e)))
+    /// Makes `attempt` once, on a connection from the pool, on this thread.
+    fn on_connection<T>(
+        &self,
+        attempt: &mut impl AsyncFnMut(&mut ClientWrapper) -> std::result::Result<T, Stopped>,
+    ) -> std::result::Result<T, Stopped> {
+        // None could be made means nothing ran.
+        let mut conn = self.connection().map_err(|e| Stopped::before_commit(pool_error(e)))?;
+        conn.drive(async |client| attempt(client).await)
+    }
+
+    /// A connection from the pool: at once, or when another thread returns
+    /// one.
+    fn connection(
+        &self,
+    ) -> std::result::Result<deadpool::managed::Object<connection::Connector>, connection::PoolError> {
+        tokio::task::block_in_place(|| futures_executor::block_on(self.pool.get()))
     }
 
     fn query(&self, table: &'static str, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-        self.again(table, async || {
-            let client = self.client().await?;
+        self.again(table, async |client| {
             let statement = client.prepare_cached(sql).await.map_err(|e| Stopped::before_commit(db(table)(e)))?;
             client.query(&statement, params).await.map_err(|e| Stopped::sent(db(table)(e), reads(sql)))
         })
     }
 
     fn execute(&self, table: &'static str, sql: &str, params: Params<'_>) -> Result<u64> {
-        self.again(table, async || {
-            let client = self.client().await?;
+        self.again(table, async |client| {
             let statement = client.prepare_cached(sql).await.map_err(|e| Stopped::before_commit(db(table)(e)))?;
             client.execute(&statement, params).await.map_err(|e| Stopped::sent(db(table)(e), reads(sql)))
         })
@@ -399,8 +399,7 @@ impl PgStore {
         table: &'static str,
         mut work: impl AsyncFnMut(&Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        self.again(table, async || {
-            let mut client = self.client().await?;
+        self.again(table, async |client| {
             let tx = client.transaction().await.map_err(|e| Stopped::before_commit(db(table)(e)))?;
             let out = work(&tx).await.map_err(Stopped::before_commit)?;
             tx.commit().await.map_err(|e| Stopped::sent(db(table)(e), false))?;
@@ -2042,11 +2041,12 @@ mod tests {
     fn a_call_from_a_task_that_spent_its_tokio_budget_returns() {
         let cluster = cluster::Postgres::start();
         let dir = tempfile::tempdir().unwrap();
-        let store = migrated(&config(&cluster, "budget"), dir.path());
+        let store = std::sync::Arc::new(migrated(&config(&cluster, "budget"), dir.path()));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let answer = runtime.block_on(async {
+            // As serve runs: a task on a worker of a multi-threaded runtime.
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let answer = runtime.block_on(runtime.spawn(async move {
                 // Tokio gives a task 128 operations before it must yield;
                 // these spend them all, and the store is called at zero.
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -2057,8 +2057,8 @@ mod tests {
                     rx.recv().await;
                 }
                 store.next_due()
-            });
-            let _ = done_tx.send(answer.is_ok());
+            }));
+            let _ = done_tx.send(answer.is_ok_and(|a| a.is_ok()));
         });
         let answered = done_rx.recv_timeout(std::time::Duration::from_secs(30));
         assert_eq!(answered, Ok(true), "the call did not return within 30 s");
