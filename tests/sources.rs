@@ -337,3 +337,28 @@ fn the_api_tests_a_source_lists_what_it_would_pick_up_and_names_the_failing_step
     assert!(!text.contains(PASSWORD) && !text.contains("not-the-password"), "{text}");
     server.terminate();
 }
+
+/// Without `serve`, `import run` returns only once the run it started for
+/// the next ready file has ended too: the process runs it to its end
+/// rather than leave it running with nobody to finish it.
+#[test]
+fn the_cli_alone_runs_the_next_files_import_to_its_end() {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    let batch = sb.dir.path().join("batch");
+    std::fs::create_dir_all(&batch).unwrap();
+    let config = format!("[scheduler]\npickup_settle_ms = 300\n[sandbox.folders]\nbatch = {:?}\n", batch.display().to_string());
+    sb.file("data/schoolbell.toml", config);
+    sb.ok(&["source", "add-folder", "sis", "--folder", "batch"]);
+    // The second file adds a quarter to the first: not a mass change.
+    for (name, ids) in [("IC_Roster_1.csv", &["S1", "S2", "S3", "S4"][..]), ("IC_Roster_2.csv", &["S5"])] {
+        let rows: String = ids.iter().map(|id| format!("{id},Ng,Ann,2010-01-02\n")).collect();
+        std::fs::write(batch.join(name), format!("{HEADER}{rows}")).unwrap();
+    }
+    add_task(&sb, "sis");
+    let out = sb.ok(&["import", "run", "sis"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let second = sb.ok(&["runs", "show", "2"]);
+    assert!(second.contains("succeeded"), "the next file's run ended: {second}");
+    assert_eq!(students(&sb), 5);
+}
