@@ -347,7 +347,8 @@ fn the_cli_alone_runs_the_next_files_import_to_its_end() {
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
     let batch = sb.dir.path().join("batch");
     std::fs::create_dir_all(&batch).unwrap();
-    let config = format!("[scheduler]\npickup_settle_ms = 300\n[sandbox.folders]\nbatch = {:?}\n", batch.display().to_string());
+    let config =
+        format!("[scheduler]\npickup_settle_ms = 300\n[sandbox.folders]\nbatch = {:?}\n", batch.display().to_string());
     sb.file("data/schoolbell.toml", config);
     sb.ok(&["source", "add-folder", "sis", "--folder", "batch"]);
     // The second file adds a quarter to the first: not a mass change.

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use super::{App, Result, lock};
 use crate::plugins::RunControl;
 use crate::runs::{Run, RunStatus, Trigger};
-use crate::store::RunId;
 use crate::store::prelude::*;
+use crate::store::{QueueKey, RunId};
 use crate::tasks::{Misfire, Overlap};
 
 /// Where "now" comes from: the system clock, or a test's hand.
@@ -100,16 +100,45 @@ pub(super) struct Live {
     pub(super) control: RunControl,
 }
 
+/// The queue entries one claim is taking: let go when it ends, however it
+/// ends.
+struct Taking<'a> {
+    set: &'a Mutex<std::collections::BTreeSet<QueueKey>>,
+    keys: Vec<QueueKey>,
+}
+
+impl Taking<'_> {
+    /// Takes `key`, unless another claim here has it.
+    fn take(&mut self, key: &QueueKey) -> bool {
+        let taken = lock(self.set).insert(key.clone());
+        if taken {
+            self.keys.push(key.clone());
+        }
+        taken
+    }
+}
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        let mut set = lock(self.set);
+        for key in &self.keys {
+            set.remove(key);
+        }
+    }
+}
+
 /// What the engine keeps in memory beside the store.
 #[derive(Default)]
 pub(super) struct State {
     pub(super) wake: tokio::sync::Notify,
     pub(super) live: Mutex<HashMap<RunId, Live>>,
-    /// Claims one at a time on this host: a worker that finishes and the
-    /// loop claimed beside each other, both read the same first entry, and
-    /// one of them lost its start to the other (on PostgreSQL, two wasted
-    /// round trips a run). The one that waits finds the entries taken.
-    claiming: Mutex<()>,
+    /// The queue entries this host's claims are taking now. A worker that
+    /// finishes and the loop claim beside each other: each starts reading
+    /// past the entries the other took, rather than both reading the same
+    /// first entry and one losing its start to the other (on PostgreSQL,
+    /// two wasted round trips a run). One claim at a time would waste
+    /// none, but held each host to one claim's round trips at a time.
+    claiming: Mutex<std::collections::BTreeSet<QueueKey>>,
     /// The loop runs in this process ([`Engine::serve`]): it dispatches,
     /// and its runtime outlives every run it launches.
     serving: AtomicBool,
@@ -317,7 +346,6 @@ impl Engine<'_> {
     /// Marks queued runs started while workers are free, without a flush:
     /// none may run before one (see [`Engine::launch`]).
     fn claim(&self) -> Result<Vec<(Run, RunControl)>> {
-        let _alone = lock(&self.app.engine.claiming);
         let mut starting = Vec::new();
         match self.claim_into(&mut starting) {
             Ok(()) => Ok(starting),
@@ -337,15 +365,24 @@ impl Engine<'_> {
         let app = self.app;
         let (store, state) = (&*app.store, &app.engine);
         let workers = app.config.scheduler.workers.max(1);
-        let mut after = None;
+        let mut taking = Taking { set: &state.claiming, keys: Vec::new() };
+        // Past what the host's other claims are taking now: they start or
+        // skip those entries themselves.
+        let mut after = lock(&state.claiming).last().cloned();
         let now = app.now();
         let mut next_start: Option<DateTime<Utc>> = None;
         let mut read_all = false;
+        let from_start = after.is_none();
         while lock(&state.live).len() < workers && !state.is_shutting_down() {
             let Some((key, id, run)) = store.queued_run_after(after.as_ref())? else {
-                read_all = true;
+                read_all = from_start;
                 break;
             };
+            if !taking.take(&key) {
+                // Another claim here read it first.
+                after = Some(key);
+                continue;
+            }
             let Some(mut run) = run else {
                 store.dequeue(&key)?;
                 continue;
