@@ -264,13 +264,11 @@ fn trial(seed: u64, fault: Fault) {
     let renamed: Vec<String> =
         std::fs::read_dir(&batch).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(renamed.len(), files, "{renamed:?} ({context})");
-    let imports = |status: &str| {
-        runs.iter()
-            .filter(|r| text(r, "task") == "roster" && text(r, "status") == status)
-            .filter(|r| r["summary"]["files"].as_u64() != Some(0))
-            .count()
-    };
-    let imports_committed = imports("succeeded");
+    let imports_committed = runs
+        .iter()
+        .filter(|r| text(r, "task") == "roster" && r["summary"]["files"].as_u64() != Some(0))
+        .filter(|r| text(r, "status") == "succeeded")
+        .count();
     assert!(imports_committed <= files, "{imports_committed} committed imports of {files} files ({context})");
     // A host killed after a commit and its rename, before the run's own
     // finish, leaves that run interrupted with its file in and renamed (the

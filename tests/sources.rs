@@ -34,9 +34,9 @@ fn students(sb: &Sb) -> usize {
     list.as_array().map_or(0, Vec::len)
 }
 
-fn roster(server: &Server, name: &str, ids: &[&str]) {
+fn roster(folder: &std::path::Path, name: &str, ids: &[&str]) {
     let rows: String = ids.iter().map(|id| format!("{id},Ng,Ann,2010-01-02\n")).collect();
-    std::fs::write(server.files().join(name), format!("{HEADER}{rows}")).unwrap();
+    std::fs::write(folder.join(name), format!("{HEADER}{rows}")).unwrap();
 }
 
 /// Appends a row to `name` every few milliseconds until dropped: a file a
@@ -76,8 +76,8 @@ impl Drop for Growing {
 /// renamed on the server after its commit; a file still growing waits; the
 /// next run imports nothing. Under `serve`, as a district runs it.
 fn picks_up_renames_and_imports_nothing_twice(sb: &Sb, server: &Server, source: &str) {
-    roster(server, "IC_Roster_1.csv", &["S1", "S2"]);
-    roster(server, "IC_Roster_2.csv", &["S3"]);
+    roster(&server.files(), "IC_Roster_1.csv", &["S1", "S2"]);
+    roster(&server.files(), "IC_Roster_2.csv", &["S3"]);
     std::fs::write(server.files().join("notes.txt"), "not ours").unwrap();
     let out = sb.ok(&["source", "test", source, "--prefix", "IC_Roster"]);
     assert!(out.contains("2 file(s) named IC_Roster*: IC_Roster_1.csv, IC_Roster_2.csv"), "{out}");
@@ -310,7 +310,7 @@ fn an_ftps_server_dying_mid_download_fails_the_run_and_imports_nothing() {
 #[test]
 fn the_api_tests_a_source_lists_what_it_would_pick_up_and_names_the_failing_step() {
     let smbd = fileservers::smbd();
-    roster(&smbd, "IC_Roster_1.csv", &["S1"]);
+    roster(&smbd.files(), "IC_Roster_1.csv", &["S1"]);
     let sb = sb_with_password();
     let wrong = sb.file("wrong", "not-the-password");
     sb.ok(&["secret", "set", "wrong-pw", "--file", s(&wrong)]);
@@ -352,10 +352,8 @@ fn the_cli_alone_runs_the_next_files_import_to_its_end() {
     sb.file("data/schoolbell.toml", config);
     sb.ok(&["source", "add-folder", "sis", "--folder", "batch"]);
     // The second file adds a quarter to the first: not a mass change.
-    for (name, ids) in [("IC_Roster_1.csv", &["S1", "S2", "S3", "S4"][..]), ("IC_Roster_2.csv", &["S5"])] {
-        let rows: String = ids.iter().map(|id| format!("{id},Ng,Ann,2010-01-02\n")).collect();
-        std::fs::write(batch.join(name), format!("{HEADER}{rows}")).unwrap();
-    }
+    roster(&batch, "IC_Roster_1.csv", &["S1", "S2", "S3", "S4"]);
+    roster(&batch, "IC_Roster_2.csv", &["S5"]);
     add_task(&sb, "sis");
     let out = sb.ok(&["import", "run", "sis"]);
     assert!(out.contains("succeeded"), "{out}");

@@ -74,20 +74,10 @@ impl Conn {
     /// what came, without waiting. A statement sent on a connection that
     /// is found closed only then cannot tell whether it took effect.
     fn ended(&mut self) -> bool {
-        let Conn { connection, runtime, .. } = self;
-        let Some(runtime) = runtime else { return true };
-        tokio::task::block_in_place(|| {
-            runtime.block_on(async {
-                // A yield lets the runtime look at the socket first.
-                tokio::task::yield_now().await;
-                std::future::poll_fn(|cx| {
-                    step(connection, cx);
-                    Poll::Ready(())
-                })
-                .await
-            })
-        });
-        connection.is_none() || self.client.is_closed()
+        // The work yields once: the runtime looks at the socket, and the
+        // connection reads what came.
+        self.drive(async |_| tokio::task::yield_now().await);
+        self.connection.is_none() || self.client.is_closed()
     }
 }
 
