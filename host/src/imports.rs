@@ -1124,45 +1124,87 @@ fn has_field(row: &Record, field: &str) -> bool {
     }
 }
 
+/// What a batch's lookups found for one row, read beforehand with the rest
+/// of the batch: by its key field if it has one, and through the index of
+/// each match key (by position) it may need.
+struct Looked {
+    by_key: Option<store::Lookup>,
+    by_index: Vec<Option<Vec<String>>>,
+}
+
+/// Whether `key` is the key field alone, which the records' key answers
+/// rather than an index.
+fn is_key_field(spec: &CollectionSpec, key: &[String]) -> bool {
+    key.len() == 1 && key[0] == spec.key_field
+}
+
+/// The match keys (by position) whose index [`find`] may read for a row:
+/// from the deciding key on, or after it when the key field decides and
+/// found no record.
+fn index_asks(
+    spec: &CollectionSpec,
+    keys: &[(Vec<String>, String)],
+    row: &Record,
+    by_key: Option<&store::Lookup>,
+) -> Vec<usize> {
+    let row_has = |key: &[String]| key.iter().all(|f| has_field(row, f));
+    let Some(decides) = keys.iter().position(|(key, _)| row_has(key)) else { return Vec::new() };
+    let from = if is_key_field(spec, &keys[decides].0) {
+        if !matches!(by_key, Some(store::Lookup::Missing)) {
+            return Vec::new();
+        }
+        decides + 1
+    } else {
+        decides
+    };
+    (from..keys.len()).filter(|&i| row_has(&keys[i].0)).collect()
+}
+
 /// Finds a row's records by the match keys in priority order: the first
 /// key whose fields the row has (not empty) decides, found or not; later
 /// keys are for rows that lack it. A record a fallback key found whose ID
 /// or SSN differs from the row's is a conflict, never a match.
 ///
-/// `by_key` is what the key field found, looked up beforehand with the
-/// rest of the batch, for a row that has one.
+/// `looked` is what the key field and the indexes found, read beforehand
+/// with the rest of the batch; what it lacks is read here.
 fn find(
     store: &dyn Backend,
     collection: &str,
     spec: &CollectionSpec,
     keys: &[(Vec<String>, String)],
     row: &Record,
-    by_key: Option<store::Lookup>,
+    mut looked: Looked,
 ) -> Result<Match, Error> {
     let has = |f: &str| has_field(row, f);
     let row_has = |key: &[String]| key.iter().all(|f| has(f));
+    let mut through_index = |i: usize| -> Result<Vec<String>, Error> {
+        match looked.by_index.get_mut(i).and_then(Option::take) {
+            Some(found) => Ok(found),
+            None => Ok(store.find_by_index(collection, &keys[i].0, row)?),
+        }
+    };
     let Some(decides) = keys.iter().position(|(key, _)| row_has(key)) else { return Ok(Match::New(None)) };
     let (key, name) = &keys[decides];
-    let found = if key.len() == 1 && key[0] == spec.key_field {
+    let found = if is_key_field(spec, key) {
         let k = row[&spec.key_field].to_key_text();
-        let looked = match by_key {
-            Some(looked) => looked,
+        let by_key = match looked.by_key.take() {
+            Some(by_key) => by_key,
             None => store.lookup_records(collection, &[(k.clone(), row)])?.pop().unwrap_or(store::Lookup::Missing),
         };
-        match looked {
+        match by_key {
             store::Lookup::Same => return Ok(Match::Same(k)),
             store::Lookup::Differs(record) => return Ok(Match::One(k, name.clone(), record)),
             store::Lookup::Missing => Vec::new(),
         }
     } else {
-        store.find_by_index(collection, key, row)?
+        through_index(decides)?
     };
     match found.len() {
         0 => {
             // New: but say so when a fallback key finds someone alike.
-            for (later, later_name) in &keys[decides + 1..] {
-                if row_has(later) {
-                    let alike = store.find_by_index(collection, later, row)?;
+            for (later, (key, later_name)) in keys.iter().enumerate().skip(decides + 1) {
+                if row_has(key) {
+                    let alike = through_index(later)?;
                     if !alike.is_empty() {
                         return Ok(Match::New(Some((alike, later_name.clone()))));
                     }
@@ -1246,14 +1288,34 @@ fn plan_rows(
             .map(|((_, row), _)| (row[&spec.key_field].to_key_text(), row))
             .collect();
         let mut looked = store.lookup_records(collection, &by_key)?.into_iter();
-        let by_key: Vec<Option<store::Lookup>> =
-            keyed_rows.iter().map(|keyed| if *keyed { looked.next() } else { None }).collect();
+        let mut looked: Vec<Looked> = keyed_rows
+            .iter()
+            .map(|keyed| Looked { by_key: if *keyed { looked.next() } else { None }, by_index: vec![None; keys.len()] })
+            .collect();
+        // The fallback keys that rows without a record by key need, read
+        // together too: on a store across the network a round trip for each
+        // was most of a new row's time.
+        let wanted: Vec<(usize, usize)> = batch
+            .iter()
+            .zip(&looked)
+            .enumerate()
+            .flat_map(|(r, ((_, row), l))| {
+                index_asks(&spec, &keys, row, l.by_key.as_ref()).into_iter().map(move |k| (r, k))
+            })
+            .collect();
+        if !wanted.is_empty() {
+            let asks: Vec<(&[String], &Record)> =
+                wanted.iter().map(|&(r, k)| (keys[k].0.as_slice(), &batch[r].1)).collect();
+            for ((r, k), found) in wanted.iter().zip(store.find_by_indexes(collection, &asks)?) {
+                looked[*r].by_index[*k] = Some(found);
+            }
+        }
         let found: Vec<Result<Match, Error>> = {
             use rayon::prelude::*;
             batch
                 .par_iter()
-                .zip(by_key)
-                .map(|((_, row), by_key)| find(store, collection, &spec, &keys, row, by_key))
+                .zip(looked)
+                .map(|((_, row), looked)| find(store, collection, &spec, &keys, row, looked))
                 .collect()
         };
         for ((line, mut row), found) in batch.into_iter().zip(found) {

@@ -532,6 +532,12 @@ pub trait RecordStore {
     fn count_records(&self, collection: &str) -> Result<u64>;
     /// Keys of the records whose `fields` match `record`'s, through an index.
     fn find_by_index(&self, collection: &str, fields: &[String], record: &Record) -> Result<Vec<String>>;
+    /// [`RecordStore::find_by_index`] for each ask, in the order asked. An
+    /// import asks for a batch's fallback keys at once, so a store across
+    /// the network answers them in one round trip.
+    fn find_by_indexes(&self, collection: &str, asks: &[(&[String], &Record)]) -> Result<Vec<Vec<String>>> {
+        asks.iter().map(|(fields, record)| self.find_by_index(collection, fields, record)).collect()
+    }
     /// As [`RecordStore::scan_records`], with the records left encoded.
     fn scan_stored(
         &self,

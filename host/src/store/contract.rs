@@ -51,8 +51,16 @@ fn records(b: &dyn Backend) {
     let mut ann = b.find_by_index("people", &["name".into()], &record("x", "ann")).unwrap();
     ann.sort();
     assert_eq!(ann, ["1", "3"], "index lookups trim and ignore case");
-    // Paging through an index gives the same records, in key order.
+    // Asked together, each ask gets what it gets alone, in the order asked.
     let name = ["name".to_string()];
+    let probes = [record("x", "bo"), record("x", "nobody"), record("x", ""), record("x", "Ann")];
+    let asks: Vec<(&[String], &Record)> = probes.iter().map(|p| (&name[..], p)).collect();
+    assert_eq!(
+        b.find_by_indexes("people", &asks).unwrap(),
+        [vec!["2".to_string()], vec![], vec![], vec!["1".into(), "3".into()]],
+        "a batch of index lookups answers each ask in order, keys sorted"
+    );
+    // Paging through an index gives the same records, in key order.
     let scan = |probe: &str, after: Option<&str>, limit: usize| {
         let (page, next) = b.scan_index("people", &name, &record("x", probe), after, limit).unwrap();
         (page.iter().map(|r| r.record().unwrap()).collect::<Vec<_>>(), next)

@@ -826,12 +826,17 @@ impl PgStore {
                 let new = entries(&spec, record, key);
                 match current.insert(key.clone(), record.clone()) {
                     Some(old) => {
+                        // Only the entries that changed: most updates keep
+                        // every one, and each written again is a wasted write.
                         let old = entries(&spec, &old, key);
-                        index.set(old.into_iter().filter(|e| !new.contains(e)).collect(), false);
+                        index.set(old.iter().filter(|e| !new.contains(e)).cloned().collect(), false);
+                        index.set(new.into_iter().filter(|e| !old.contains(e)).collect(), true);
                     }
-                    None => added += 1,
+                    None => {
+                        added += 1;
+                        index.set(new, true);
+                    }
                 }
-                index.set(new, true);
                 written.insert(key, encode(record));
             }
             let mut removed: i64 = 0;
@@ -1005,6 +1010,30 @@ impl RecordStore for PgStore {
             &[&collection, &fields.join("+"), &text],
         )?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn find_by_indexes(&self, collection: &str, asks: &[(&[String], &Record)]) -> Result<Vec<Vec<String>>> {
+        let mut found = vec![Vec::new(); asks.len()];
+        let (mut at, mut fields, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (f, record)) in asks.iter().enumerate() {
+            if let Some(text) = index_text(record, f) {
+                at.push(i as i64);
+                fields.push(f.join("+"));
+                values.push(text);
+            }
+        }
+        if at.is_empty() {
+            return Ok(found);
+        }
+        for row in self.query(
+            "record_index",
+            "SELECT t.at, i.key FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t(at, f, v) \
+             JOIN record_index i ON i.collection = $1 AND i.fields = t.f AND i.value = t.v ORDER BY t.at, i.key",
+            &[&collection, &at, &fields, &values],
+        )? {
+            found[row.get::<_, i64>(0) as usize].push(row.get(1));
+        }
+        Ok(found)
     }
 
     fn scan_stored(
