@@ -20,7 +20,7 @@ use super::{App, Result, lock};
 use crate::plugins::RunControl;
 use crate::runs::{Run, RunStatus, Trigger};
 use crate::store::prelude::*;
-use crate::store::{QueueKey, RunId};
+use crate::store::{Firing, QueueKey, RunId};
 use crate::tasks::{Misfire, Overlap};
 
 /// Where "now" comes from: the system clock, or a test's hand.
@@ -196,7 +196,7 @@ impl State {
     pub(super) fn count_queued(&self, store: &dyn Backend, task: &str, delta: isize) -> Result<()> {
         // Where hosts share the store, the others queue and start runs too:
         // a count here would be wrong, and the store answers instead (see
-        // `task_is_busy`). Counting first would also read every queued run
+        // `tasks_busy`). Counting first would also read every queued run
         // once, a round trip each, while the runs just claimed wait.
         if store.shared() {
             return Ok(());
@@ -209,16 +209,34 @@ impl State {
         Ok(())
     }
 
-    /// Whether a run of `task` is running, and whether one is queued: on
-    /// any host, where hosts share the store.
-    fn task_is_busy(&self, store: &dyn Backend, task: &str) -> Result<(bool, bool)> {
-        let running = lock(&self.live).values().any(|l| l.task == task);
-        if let Some((elsewhere, queued)) = store.task_activity(task)? {
-            return Ok((running || elsewhere, queued));
+    /// For each task, whether a run of it is running, and whether one is
+    /// queued: on any host, where hosts share the store.
+    fn tasks_busy(&self, store: &dyn Backend, tasks: &[&str]) -> Result<Vec<(bool, bool)>> {
+        let running: Vec<bool> = {
+            let live = lock(&self.live);
+            tasks.iter().map(|task| live.values().any(|l| l.task == *task)).collect()
+        };
+        if let Some(activity) = store.task_activities(tasks)? {
+            return Ok(running
+                .iter()
+                .zip(activity)
+                .map(|(here, (elsewhere, queued))| (here | elsewhere, queued))
+                .collect());
         }
-        let queued = self.queued_counts(store)?.as_ref().and_then(|m| m.get(task)).copied().unwrap_or(0) > 0;
-        Ok((running, queued))
+        let counts = self.queued_counts(store)?;
+        let queued = |task: &str| counts.as_ref().and_then(|m| m.get(task)).copied().unwrap_or(0) > 0;
+        Ok(running.into_iter().zip(tasks).map(|(here, task)| (here, queued(task))).collect())
     }
+}
+
+/// A due entry that fires: its task with the next fire worked out, whether
+/// a run of it runs now, and the id of the run it queues (`None`: the
+/// fire is skipped, and only the task moves on).
+struct Fire {
+    due_at: DateTime<Utc>,
+    task: crate::tasks::Task,
+    running: bool,
+    run: Option<RunId>,
 }
 
 /// The engine service.
@@ -261,10 +279,9 @@ impl Engine<'_> {
     /// Fires every task due by now into the queue. Returns how many fired.
     pub fn tick(&self) -> Result<usize> {
         let app = self.app;
-        let (store, state) = (&*app.store, &app.engine);
-        let _guard = lock(&state.fire_lock);
+        let store = &*app.store;
+        let _guard = lock(&app.engine.fire_lock);
         let now = app.now();
-        let grace = chrono::Duration::seconds(app.config.scheduler.misfire_grace_secs as i64);
         let mut fired = 0;
         // Each round moves every due entry it reads past `now` or out of
         // the index; the bound only guards against a bug turning into a spin.
@@ -273,59 +290,99 @@ impl Engine<'_> {
             if due.is_empty() {
                 break;
             }
-            for (due_at, name) in due {
-                let Some(mut task) = store.task(&name)? else {
-                    store.remove_task(&name, Some(due_at))?;
-                    continue;
-                };
-                // The index keeps milliseconds; compare at that precision.
-                let indexed = task.next_fire.map(|t| t.timestamp_millis());
-                if !task.enabled || indexed != Some(due_at.timestamp_millis()) {
-                    // A stale index entry: put the task back where it belongs.
-                    let due = if task.enabled { task.next_fire } else { None };
-                    store.put_task(&task, Some(due_at), due.filter(|d| *d != due_at))?;
-                    continue;
-                }
-                let missed = now - due_at > grace;
-                task.next_fire = task.timing().next_after(if missed { now } else { due_at });
-                let (running, queued) = state.task_is_busy(store, &name)?;
-                let mut enqueue = !(missed && task.misfire == Misfire::Skip);
-                if enqueue {
-                    enqueue = match task.overlap {
-                        Overlap::Skip => !running && !queued,
-                        Overlap::QueueOne => !queued,
-                        Overlap::CancelRunning => !queued,
-                    };
-                    if !enqueue {
-                        tracing::info!(task = %name, fire = %due_at, "Fire skipped: the previous run is still going.");
-                    }
-                }
-                let run = if enqueue {
-                    Some(app.new_run(&task, &task.owner.clone(), Trigger::Schedule, Some(due_at))?)
-                } else {
-                    None
-                };
-                // The store fires a due time once, whoever else ticks.
-                if !store.fire(&task, due_at, task.next_fire, run.as_ref().map(|r| (task.priority(), r)))? {
-                    continue;
-                }
-                if enqueue && task.overlap == Overlap::CancelRunning && running {
-                    for l in lock(&state.live).values().filter(|l| l.task == name) {
-                        l.control.cancel(Duration::from_secs(app.host.config().cancel_grace_secs));
-                    }
-                }
-                crate::metrics::fired((now - due_at).to_std().unwrap_or_default());
-                if enqueue {
-                    state.count_queued(store, &name, 1)?;
-                    fired += 1;
-                }
-            }
+            let fires = self.plan_fires(due, now)?;
+            fired += self.fire_all(fires, now)?;
         }
         // No flush here: a fire and its queue entry land together or not
         // at all, and a fire lost to a crash fires again after the restart.
         // `dispatch` flushes before any run starts, so nothing runs whose
         // fire could still be undone.
         Ok(fired)
+    }
+
+    /// Works out what each due entry does: its task read, and whether its
+    /// run is queued, with the reads for all of them made together.
+    fn plan_fires(&self, due: Vec<(DateTime<Utc>, String)>, now: DateTime<Utc>) -> Result<Vec<Fire>> {
+        let app = self.app;
+        let (store, state) = (&*app.store, &app.engine);
+        let grace = chrono::Duration::seconds(app.config.scheduler.misfire_grace_secs as i64);
+        let names: Vec<&str> = due.iter().map(|(_, name)| name.as_str()).collect();
+        let tasks = store.tasks_named(&names)?;
+        let busy = state.tasks_busy(store, &names)?;
+        let mut fires = Vec::with_capacity(due.len());
+        for (((due_at, name), task), (running, queued)) in due.iter().zip(tasks).zip(busy) {
+            let Some(mut task) = task else {
+                store.remove_task(name, Some(*due_at))?;
+                continue;
+            };
+            // The index keeps milliseconds; compare at that precision.
+            let indexed = task.next_fire.map(|t| t.timestamp_millis());
+            if !task.enabled || indexed != Some(due_at.timestamp_millis()) {
+                // A stale index entry: put the task back where it belongs.
+                let due = if task.enabled { task.next_fire } else { None };
+                store.put_task(&task, Some(*due_at), due.filter(|d| d != due_at))?;
+                continue;
+            }
+            let missed = now - *due_at > grace;
+            task.next_fire = task.timing().next_after(if missed { now } else { *due_at });
+            let mut enqueue = !(missed && task.misfire == Misfire::Skip);
+            if enqueue {
+                enqueue = match task.overlap {
+                    Overlap::Skip => !running && !queued,
+                    Overlap::QueueOne => !queued,
+                    Overlap::CancelRunning => !queued,
+                };
+                if !enqueue {
+                    tracing::info!(task = %name, fire = %due_at, "Fire skipped: the previous run is still going.");
+                }
+            }
+            fires.push(Fire { due_at: *due_at, task, running, run: enqueue.then_some(0) });
+        }
+        let mut ids = store.new_run_ids(fires.iter().filter(|f| f.run.is_some()).count())?.into_iter();
+        for fire in fires.iter_mut().filter(|f| f.run.is_some()) {
+            fire.run = ids.next();
+        }
+        Ok(fires)
+    }
+
+    /// Fires the due entries planned, in one step where the store can;
+    /// how many queued a run.
+    fn fire_all(&self, fires: Vec<Fire>, now: DateTime<Utc>) -> Result<usize> {
+        let app = self.app;
+        let (store, state) = (&*app.store, &app.engine);
+        let runs: Vec<Option<Run>> = fires
+            .iter()
+            .map(|f| f.run.map(|id| app.run_of(id, &f.task, &f.task.owner, Trigger::Schedule, Some(f.due_at))))
+            .collect();
+        let firings: Vec<Firing<'_>> = fires
+            .iter()
+            .zip(&runs)
+            .map(|(f, run)| Firing {
+                task: &f.task,
+                due: f.due_at,
+                next: f.task.next_fire,
+                queued: run.as_ref().map(|r| (f.task.priority(), r)),
+            })
+            .collect();
+        // The store fires a due time once, whoever else ticks.
+        let fired = store.fire_all(&firings)?;
+        let mut queued = 0;
+        for ((fire, run), fired) in fires.iter().zip(&runs).zip(fired) {
+            if !fired {
+                continue;
+            }
+            if run.is_some() && fire.task.overlap == Overlap::CancelRunning && fire.running {
+                for l in lock(&state.live).values().filter(|l| l.task == fire.task.name) {
+                    l.control.cancel(Duration::from_secs(app.host.config().cancel_grace_secs));
+                }
+            }
+            crate::metrics::fired((now - fire.due_at).to_std().unwrap_or_default());
+            if run.is_some() {
+                state.count_queued(store, &fire.task.name, 1)?;
+                queued += 1;
+            }
+        }
+        Ok(queued)
     }
 
     /// Starts queued runs while workers are free. Needs a tokio runtime.

@@ -261,8 +261,19 @@ impl App {
         trigger: Trigger,
         fire_time: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Run> {
-        let id = self.store.new_run_id()?;
-        Ok(Run::queued(id, &task.name, &task.plugin, owner, trigger, fire_time, self.now(), task.keep))
+        Ok(self.run_of(self.store.new_run_id()?, task, owner, trigger, fire_time))
+    }
+
+    /// A queued run of `task` with the id `id`, taken from the store.
+    pub(super) fn run_of(
+        &self,
+        id: crate::store::RunId,
+        task: &Task,
+        owner: &str,
+        trigger: Trigger,
+        fire_time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Run {
+        Run::queued(id, &task.name, &task.plugin, owner, trigger, fire_time, self.now(), task.keep)
     }
 
     /// Puts a new run of `task` on the batch queue, to start at `start` (or

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Backend, CollectionSpec, Finish, Lookup};
+use super::{Backend, CollectionSpec, Finish, Firing, Lookup};
 use crate::audit::AuditEntry;
 use crate::notify::{LedgerEntry, MailKind, OutboxEntry};
 use crate::plugins::{PluginEntry, PluginKind};
@@ -121,6 +121,34 @@ fn tasks_fire_once(b: &dyn Backend) {
     assert_eq!(b.run(999).unwrap(), None, "the refused fire queued nothing");
     assert_eq!(b.due_tasks(at(30), 10).unwrap(), vec![(at(20), "nightly".to_string())]);
     assert_eq!(b.all_tasks().unwrap().len(), 1);
+    // Fired together, each fires as it would alone: a skipped fire moves
+    // its task on and queues nothing, and a due time gone fires nothing.
+    let mut weekly = Task::by_hand("weekly".into(), TaskKind::Notifier, "p", Record::new(), "admin", at(0));
+    weekly.enabled = true;
+    weekly.next_fire = Some(at(20));
+    b.put_task(&weekly, None, weekly.next_fire).unwrap();
+    assert_eq!(
+        b.tasks_named(&["weekly", "gone", "nightly"]).unwrap(),
+        [Some(weekly.clone()), None, b.task("nightly").unwrap()],
+        "tasks read together come in the order asked"
+    );
+    weekly.next_fire = Some(at(40));
+    task.next_fire = Some(at(30));
+    let ids = b.new_run_ids(2).unwrap();
+    assert!(ids.len() == 2 && ids[0] > queued.id && ids[1] > ids[0], "run ids taken together increase: {ids:?}");
+    let nightly = run(ids[0], "nightly");
+    let fires = [
+        Firing { task: &weekly, due: at(20), next: weekly.next_fire, queued: None },
+        Firing { task: &task, due: at(20), next: task.next_fire, queued: Some((1, &nightly)) },
+        Firing { task: &task, due: at(10), next: task.next_fire, queued: Some((1, &run(ids[1], "nightly"))) },
+    ];
+    assert_eq!(b.fire_all(&fires).unwrap(), [true, true, false]);
+    assert_eq!(b.queued().unwrap().into_iter().map(|(_, id)| id).collect::<Vec<_>>(), [queued.id, nightly.id]);
+    assert_eq!(b.run(ids[1]).unwrap(), None, "the refused fire queued nothing");
+    assert_eq!(b.due_tasks(at(50), 10).unwrap(), vec![(at(30), "nightly".to_string()), (at(40), "weekly".to_string())]);
+    b.remove_task("weekly", Some(at(40))).unwrap();
+    task.next_fire = Some(at(20));
+    b.put_task(&task, Some(at(30)), task.next_fire).unwrap();
     b.remove_task("nightly", Some(at(20))).unwrap();
     assert_eq!(b.task("nightly").unwrap(), None);
     assert_eq!(b.next_due().unwrap(), None);

@@ -22,9 +22,9 @@ use tokio_postgres::types::ToSql;
 mod connection;
 
 use super::{
-    AccountStore, AuditStore, CollectionSpec, Drift, Error, Finish, LedgerStore, Lookup, Maintenance, OutboxStore,
-    OutboxUpdate, PluginStore, QueueKey, RecordStore, Result, RuleStore, RunId, RunStore, SCHEMA_VERSION, SourceStore,
-    StoreConfig, StoredRecord, TaskStore, check_name, decode, encode, index_drift, index_text,
+    AccountStore, AuditStore, CollectionSpec, Drift, Error, Finish, Firing, LedgerStore, Lookup, Maintenance,
+    OutboxStore, OutboxUpdate, PluginStore, QueueKey, RecordStore, Result, RuleStore, RunId, RunStore, SCHEMA_VERSION,
+    SourceStore, StoreConfig, StoredRecord, TaskStore, check_name, decode, encode, index_drift, index_text,
 };
 use crate::audit::AuditEntry;
 use crate::imports::ImportPlan;
@@ -1072,6 +1072,21 @@ impl TaskStore for PgStore {
         self.named("tasks", name)
     }
 
+    fn tasks_named(&self, names: &[&str]) -> Result<Vec<Option<Task>>> {
+        let rows = self.query(
+            "tasks",
+            "SELECT t.name, s.value FROM unnest($1::text[]) WITH ORDINALITY AS t(name, at) \
+             LEFT JOIN tasks s ON s.name = t.name ORDER BY t.at",
+            &[&names],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let value: Option<&[u8]> = r.get(1);
+                value.map(|v| decode("tasks", r.get::<_, &str>(0).as_bytes(), v)).transpose()
+            })
+            .collect()
+    }
+
     fn all_tasks(&self) -> Result<Vec<Task>> {
         self.all_named("tasks")
     }
@@ -1112,33 +1127,53 @@ impl TaskStore for PgStore {
         next: Option<DateTime<Utc>>,
         queued: Option<(u8, &Run)>,
     ) -> Result<bool> {
-        // Conditional on the due time it fires for: of two hosts firing it
-        // together, the second finds the row moved on and does nothing. One
-        // statement, so one round trip: the task moved on, and its run
-        // saved and queued (the entry naming its task, for the overlap
-        // policy on every host), with idle hosts woken at the commit.
-        let Some((priority, run)) = queued else {
-            let moved = self.execute(
-                "tasks",
-                "UPDATE tasks SET value = $2, due_ms = $3 WHERE name = $1 AND due_ms = $4",
-                &[&task.name, &encode(task), &next.map(ms), &ms(due)],
-            )?;
-            return Ok(moved > 0);
-        };
-        let key = QueueKey::new(priority, due, run.id);
-        let fired = self.query(
+        Ok(self.fire_all(&[Firing { task, due, next, queued }])?.first().copied().unwrap_or(false))
+    }
+
+    fn fire_all(&self, fires: &[Firing<'_>]) -> Result<Vec<bool>> {
+        if fires.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = fires.iter().map(|f| f.task.name.as_str()).collect();
+        let tasks: Vec<Vec<u8>> = fires.iter().map(|f| encode(f.task)).collect();
+        let next: Vec<Option<i64>> = fires.iter().map(|f| f.next.map(ms)).collect();
+        let due: Vec<i64> = fires.iter().map(|f| ms(f.due)).collect();
+        // The run each queues, if any: its queue key, id and value.
+        let keys: Vec<Option<Vec<u8>>> =
+            fires.iter().map(|f| f.queued.map(|(priority, run)| QueueKey::new(priority, f.due, run.id).0)).collect();
+        let ids: Vec<Option<i64>> = fires.iter().map(|f| f.queued.map(|(_, run)| big(run.id))).collect();
+        let runs: Vec<Option<Vec<u8>>> = fires.iter().map(|f| f.queued.map(|(_, run)| encode(run))).collect();
+        // Each conditional on the due time it fires for: of two hosts
+        // firing a task together, the second finds its row moved on and
+        // does nothing. One statement, so one round trip: the tasks moved
+        // on, their runs saved and queued (each entry naming its task, for
+        // the overlap policy on every host), and idle hosts woken at the
+        // commit when a run was queued.
+        let moved = self.query(
             "tasks",
-            "WITH moved AS (\
-                 UPDATE tasks SET value = $2, due_ms = $3 WHERE name = $1 AND due_ms = $4 RETURNING name), \
+            "WITH fires AS (\
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[], $7::bytea[]) \
+                 WITH ORDINALITY AS f(name, task, next, due, key, run_id, run, at)), \
+             moved AS (\
+                 UPDATE tasks t SET value = f.task, due_ms = f.next FROM fires f \
+                 WHERE t.name = f.name AND t.due_ms = f.due RETURNING f.*), \
              queued AS (\
-                 INSERT INTO queue (key, run_id, task) SELECT $5::bytea, $6::bigint, name FROM moved), \
+                 INSERT INTO queue (key, run_id, task) SELECT key, run_id, name FROM moved WHERE run_id IS NOT NULL), \
              saved AS (\
-                 INSERT INTO runs (id, value, finished_ms) SELECT $6::bigint, $7::bytea, NULL FROM moved \
+                 INSERT INTO runs (id, value, finished_ms) SELECT run_id, run, NULL FROM moved WHERE run_id IS NOT NULL \
                  ON CONFLICT (id) DO UPDATE SET value = excluded.value) \
-             SELECT pg_notify('schoolbell_queue', '') FROM moved",
-            &[&task.name, &encode(task), &next.map(ms), &ms(due), &key.0, &big(run.id), &encode(run)],
+             SELECT m.at, w.woken FROM moved m \
+             LEFT JOIN LATERAL (SELECT pg_notify('schoolbell_queue', '')::text AS woken WHERE m.run_id IS NOT NULL) w ON true",
+            &[&names, &tasks, &next, &due, &keys, &ids, &runs],
         )?;
-        Ok(!fired.is_empty())
+        let mut fired = vec![false; fires.len()];
+        for row in moved {
+            // Counted from 1.
+            if let Some(f) = usize::try_from(row.get::<_, i64>(0) - 1).ok().and_then(|i| fired.get_mut(i)) {
+                *f = true;
+            }
+        }
+        Ok(fired)
     }
 }
 
@@ -1155,6 +1190,20 @@ impl RunStore for PgStore {
 
     fn new_run_id(&self) -> Result<RunId> {
         self.next_sequence("runs")
+    }
+
+    fn new_run_ids(&self, n: usize) -> Result<Vec<RunId>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = self.query(
+            "sequences",
+            "INSERT INTO sequences (name, value) VALUES ('runs', $1) \
+             ON CONFLICT (name) DO UPDATE SET value = sequences.value + $1 RETURNING value",
+            &[&big(n as u64)],
+        )?;
+        let last = rows.first().map_or(n as u64, |r| r.get::<_, i64>(0) as u64);
+        Ok((last + 1 - n as u64..=last).collect())
     }
 
     fn enqueue(&self, priority: u8, due: DateTime<Utc>, run: &Run) -> Result<QueueKey> {
@@ -1934,6 +1983,17 @@ impl super::HostStore for PgStore {
         });
     }
 
+    fn task_activities(&self, tasks: &[&str]) -> Result<Option<Vec<(bool, bool)>>> {
+        let rows = self.query(
+            "run_leases",
+            "SELECT EXISTS (SELECT 1 FROM run_leases l WHERE l.task = t.task), \
+                    EXISTS (SELECT 1 FROM queue q WHERE q.task = t.task) \
+             FROM unnest($1::text[]) WITH ORDINALITY AS t(task, at) ORDER BY t.at",
+            &[&tasks],
+        )?;
+        Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+    }
+
     fn task_activity(&self, task: &str) -> Result<Option<(bool, bool)>> {
         let rows = self.query(
             "run_leases",
@@ -2094,7 +2154,7 @@ mod tests {
     }
 
     #[test]
-    fn two_hosts_share_leases_leaders_and_outbox_claims() {
+    fn two_hosts_share_leases_leaders_outbox_claims_and_wakes() {
         use crate::store::HostStore;
         let cluster = cluster::Postgres::start();
         let dir = tempfile::tempdir().unwrap();
@@ -2122,6 +2182,11 @@ mod tests {
         run.status = crate::runs::RunStatus::Running;
         assert!(a.start_run(&key, &run).unwrap());
         assert_eq!(b.task_activity("nightly").unwrap(), Some((true, false)), "running, on any host");
+        assert_eq!(
+            b.task_activities(&["weekly", "nightly"]).unwrap(),
+            Some(vec![(false, false), (true, false)]),
+            "asked together, in the order asked"
+        );
         let held = |host: &PgStore| {
             let id = host.host_id().unwrap().to_string();
             b.hosts().unwrap().into_iter().find(|h| h.id == id).unwrap().runs_held
@@ -2190,6 +2255,35 @@ mod tests {
         assert_eq!(b.outbox_due(at, 10).unwrap(), vec![], "claimed by A");
         a.update_outbox(oid, &mail, at, Some(at)).unwrap();
         assert_eq!(b.outbox_due(at, 10).unwrap().len(), 1, "written back, it is anyone's again");
+        // A run A's fire queues wakes B. Fired again with a new due time
+        // each try until B hears one: B listens from some moment after
+        // this asks it to.
+        let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let heard = woken.clone();
+        b.on_new_work(Box::new(move || _ = heard.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+        let mut task = crate::tasks::Task::by_hand(
+            "woken".into(),
+            crate::tasks::TaskKind::Notifier,
+            "p",
+            Record::new(),
+            "admin",
+            at,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for due in (1..).map(|s| at + chrono::Duration::seconds(s)) {
+            if woken.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no fire of A's woke B within 30 s");
+            task.next_fire = Some(due);
+            a.put_task(&task, None, task.next_fire).unwrap();
+            let fired = run.clone();
+            let next = Some(due + chrono::Duration::days(1));
+            let fire =
+                Firing { task: &task, due, next, queued: Some((1, &Run { id: a.new_run_id().unwrap(), ..fired })) };
+            assert_eq!(a.fire_all(&[fire]).unwrap(), [true]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]
