@@ -230,13 +230,13 @@ impl State {
 }
 
 /// A due entry that fires: its task with the next fire worked out, whether
-/// a run of it runs now, and the id of the run it queues (`None`: the
-/// fire is skipped, and only the task moves on).
+/// a run of it runs now, and whether the fire queues a run (if not, it is
+/// skipped, and only the task moves on).
 struct Fire {
     due_at: DateTime<Utc>,
     task: crate::tasks::Task,
     running: bool,
-    run: Option<RunId>,
+    queues: bool,
 }
 
 /// The engine service.
@@ -300,8 +300,8 @@ impl Engine<'_> {
         Ok(fired)
     }
 
-    /// Works out what each due entry does: its task read, and whether its
-    /// run is queued, with the reads for all of them made together.
+    /// Works out what each due entry does: its task read, and whether it
+    /// queues a run, with the reads for all of them made together.
     fn plan_fires(&self, due: Vec<(DateTime<Utc>, String)>, now: DateTime<Utc>) -> Result<Vec<Fire>> {
         let app = self.app;
         let (store, state) = (&*app.store, &app.engine);
@@ -336,23 +336,23 @@ impl Engine<'_> {
                     tracing::info!(task = %name, fire = %due_at, "Fire skipped: the previous run is still going.");
                 }
             }
-            fires.push(Fire { due_at: *due_at, task, running, run: enqueue.then_some(0) });
-        }
-        let mut ids = store.new_run_ids(fires.iter().filter(|f| f.run.is_some()).count())?.into_iter();
-        for fire in fires.iter_mut().filter(|f| f.run.is_some()) {
-            fire.run = ids.next();
+            fires.push(Fire { due_at: *due_at, task, running, queues: enqueue });
         }
         Ok(fires)
     }
 
-    /// Fires the due entries planned, in one step where the store can;
-    /// how many queued a run.
+    /// Fires the due entries planned, their run ids taken together and
+    /// the fires made in one step where the store can; how many queued a run.
     fn fire_all(&self, fires: Vec<Fire>, now: DateTime<Utc>) -> Result<usize> {
         let app = self.app;
         let (store, state) = (&*app.store, &app.engine);
+        let mut ids = store.new_run_ids(fires.iter().filter(|f| f.queues).count())?.into_iter();
         let runs: Vec<Option<Run>> = fires
             .iter()
-            .map(|f| f.run.map(|id| app.run_of(id, &f.task, &f.task.owner, Trigger::Schedule, Some(f.due_at))))
+            .map(|f| {
+                let id = if f.queues { ids.next() } else { None };
+                id.map(|id| app.run_of(id, &f.task, &f.task.owner, Trigger::Schedule, Some(f.due_at)))
+            })
             .collect();
         let firings: Vec<Firing<'_>> = fires
             .iter()
