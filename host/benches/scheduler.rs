@@ -268,14 +268,21 @@ fn drained(apps: &[Arc<App>], name: &str, started: chrono::DateTime<Utc>) -> Dur
 /// the 06:00 rush, RUSH tasks due at one moment, each fired, queued, run
 /// and flushed.
 fn queue(runtime: &tokio::runtime::Runtime, stores: &Stores, workers: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let (sched, store, schema) = app(stores, dir.path(), workers);
-    let admin = User::local_owner();
-    if let Some(schema) = &schema {
+    if stores.on_postgres() {
         for hosts in [2, 3] {
-            several_hosts(runtime, stores, schema, hosts, workers);
+            // Each drain on a schema of its own, as the one host's below:
+            // a drain leaves its queue's deleted entries to the next until
+            // the database vacuums them, and the one-host figure, measured
+            // last after 40,000 runs, came out at 467-662 runs/s against
+            // 852 on a schema of its own (2026-12-02).
+            let dir = tempfile::tempdir().unwrap();
+            let schema = stores.fresh(dir.path()).1.expect("a PostgreSQL store has a schema");
+            several_hosts(runtime, stores, &schema, hosts, workers);
         }
     }
+    let dir = tempfile::tempdir().unwrap();
+    let (sched, store, _) = app(stores, dir.path(), workers);
+    let admin = User::local_owner();
     sched.tasks().add(&admin, noop_task("noop".into(), Utc::now() + chrono::Duration::days(1))).unwrap();
     let started = Instant::now();
     std::thread::scope(|scope| {
