@@ -1144,19 +1144,26 @@ impl TaskStore for PgStore {
         let ids: Vec<Option<i64>> = fires.iter().map(|f| f.queued.map(|(_, run)| big(run.id))).collect();
         let runs: Vec<Option<Vec<u8>>> = fires.iter().map(|f| f.queued.map(|(_, run)| encode(run))).collect();
         // Each conditional on the due time it fires for: of two hosts
-        // firing a task together, the second finds its row moved on and
-        // does nothing. One statement, so one round trip: the tasks moved
-        // on, their runs saved and queued (each entry naming its task, for
-        // the overlap policy on every host), and idle hosts woken at the
-        // commit when a run was queued.
+        // firing a task together, the second finds its row moved on, or
+        // locked by the first, and does nothing. Locked rows are skipped,
+        // not waited for: two hosts taking the same rows in different
+        // orders would deadlock, and the first fires them anyway (or, if
+        // it fails, they are still due at the next look). One statement,
+        // so one round trip: the tasks moved on, their runs saved and
+        // queued (each entry naming its task, for the overlap policy on
+        // every host), and idle hosts woken at the commit when a run was
+        // queued.
         let moved = self.query(
             "tasks",
             "WITH fires AS (\
                  SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bigint[], $7::bytea[]) \
                  WITH ORDINALITY AS f(name, task, next, due, key, run_id, run, at)), \
+             locked AS (\
+                 SELECT t.name FROM tasks t JOIN fires f ON t.name = f.name AND t.due_ms = f.due \
+                 FOR UPDATE OF t SKIP LOCKED), \
              moved AS (\
-                 UPDATE tasks t SET value = f.task, due_ms = f.next FROM fires f \
-                 WHERE t.name = f.name AND t.due_ms = f.due RETURNING f.*), \
+                 UPDATE tasks t SET value = f.task, due_ms = f.next FROM fires f, locked l \
+                 WHERE t.name = f.name AND t.due_ms = f.due AND l.name = t.name RETURNING f.*), \
              queued AS (\
                  INSERT INTO queue (key, run_id, task) SELECT key, run_id, name FROM moved WHERE run_id IS NOT NULL), \
              saved AS (\
@@ -2284,6 +2291,44 @@ mod tests {
             assert_eq!(a.fire_all(&[fire]).unwrap(), [true]);
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn a_fire_skips_a_task_another_host_holds_instead_of_waiting_for_it() {
+        let cluster = cluster::Postgres::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&cluster, "held");
+        let a = migrated(&config, dir.path());
+        let b = std::sync::Arc::new(PgStore::open(&config, dir.path()).unwrap());
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let tasks: Vec<Task> = ["held", "free"]
+            .into_iter()
+            .map(|name| {
+                let mut task =
+                    Task::by_hand(name.into(), crate::tasks::TaskKind::Notifier, "p", Record::new(), "admin", at);
+                task.next_fire = Some(at);
+                a.put_task(&task, None, task.next_fire).unwrap();
+                task
+            })
+            .collect();
+        // A holds one task's row while B fires both. Waiting for it, two
+        // hosts taking the same rows in different orders could deadlock.
+        let answered = a
+            .transaction("tasks", async |tx| {
+                rows_of(tx, "tasks", "SELECT name FROM tasks WHERE name = 'held' FOR UPDATE", &[]).await?;
+                let (done_tx, done_rx) = std::sync::mpsc::channel();
+                let (b, tasks) = (b.clone(), tasks.clone());
+                std::thread::spawn(move || {
+                    let fires: Vec<Firing<'_>> =
+                        tasks.iter().map(|task| Firing { task, due: at, next: None, queued: None }).collect();
+                    let _ = done_tx.send(b.fire_all(&fires).map_err(|e| e.to_string()));
+                });
+                // Ended either way, so that B finishes.
+                Ok(done_rx.recv_timeout(Duration::from_secs(10)).ok())
+            })
+            .unwrap();
+        assert_eq!(answered, Some(Ok(vec![false, true])), "B fires the free task at once and skips the held one");
+        assert_eq!(b.due_tasks(at, 10).unwrap(), vec![(at, "held".to_string())], "the held task is still due");
     }
 
     #[test]
