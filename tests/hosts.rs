@@ -281,21 +281,34 @@ fn trial(seed: u64, fault: Fault) {
     );
 
     // Every email went out, once: each outbox entry's Message-ID arrived
-    // exactly once.
+    // once, or twice only when a host was killed just after the server
+    // took the first copy, before its outcome was on disk (the mailer
+    // writes outcomes within milliseconds; SMTP has no way to ask whether
+    // a message arrived, so the one left to resend is sent again, under
+    // the same Message-ID).
     let outbox = json(admin, &["notify", "outbox", "--limit", "100000", "--json"]);
     let entries = outbox.as_array().unwrap();
     assert!(entries.iter().all(|e| e["entry"]["status"] == "sent"), "{entries:?} ({context})");
-    let mut received: BTreeMap<String, usize> = BTreeMap::new();
-    for message in smtp.messages() {
+    let mut received: BTreeMap<String, Vec<chrono::DateTime<chrono::Utc>>> = BTreeMap::new();
+    for (message, arrived) in smtp.messages_with_arrival() {
         let id = message
             .lines()
             .find_map(|l| l.strip_prefix("Message-ID: ").or_else(|| l.strip_prefix("Message-Id: ")))
             .unwrap_or_default()
             .to_string();
-        *received.entry(id).or_default() += 1;
+        received.entry(id).or_default().push(arrived);
     }
-    let twice: Vec<_> = received.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "sent more than once: {twice:?} ({context})");
+    let window = chrono::Duration::seconds(2);
+    for (id, arrivals) in received.iter().filter(|(_, a)| a.len() > 1) {
+        let first = *arrivals.iter().min().unwrap();
+        let killed_then = fault == Fault::KillHost && kills.iter().any(|k| *k >= first && *k - first <= window);
+        assert!(
+            arrivals.len() == 2 && killed_then,
+            "{id} sent {} times, the first at {first}, kills at {kills:?} ({context})",
+            arrivals.len()
+        );
+        eprintln!("{id} sent twice: a host was killed just after the server took it at {first}");
+    }
     assert_eq!(received.len(), entries.len(), "every outbox entry arrived ({context})");
     let interrupted = runs.iter().filter(|r| text(r, "status") == "interrupted").count();
     eprintln!("trial passed: {context}, {interrupted} interrupted and run again, {} emails", entries.len());

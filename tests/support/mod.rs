@@ -625,9 +625,20 @@ impl Smtp {
 
     /// Every message accepted so far, as raw text, in no particular order.
     pub fn messages(&self) -> Vec<String> {
+        self.messages_with_arrival().into_iter().map(|(message, _)| message).collect()
+    }
+
+    /// Every message received, with when it arrived (its file's time).
+    pub fn messages_with_arrival(&self) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
         let new = self.dir.path().join("maildir/new");
         let Ok(entries) = std::fs::read_dir(new) else { return Vec::new() };
-        entries.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect()
+        entries
+            .map(|e| {
+                let path = e.unwrap().path();
+                let arrived = std::fs::metadata(&path).unwrap().modified().unwrap();
+                (std::fs::read_to_string(&path).unwrap(), arrived.into())
+            })
+            .collect()
     }
 }
 

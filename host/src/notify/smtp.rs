@@ -14,8 +14,9 @@
 //!
 //! Outcomes are written in batches, with one flush per batch, before the
 //! pass reports them: a crash never makes the mailer send an accepted
-//! email again, except for the batch between the server's replies and
-//! that flush. Every message carries a stable `Message-ID`
+//! email again, except for those the server accepted in the last few
+//! milliseconds (`RECORD_WITHIN`, and the flush), whose outcomes were not
+//! yet on disk. Every message carries a stable `Message-ID`
 //! (`<outbox-ID.run-RUN@schoolbell>`) so a receiving system can drop such
 //! a duplicate. A refusal the server calls permanent fails the entry;
 //! anything else is retried with exponential backoff until `max_attempts`.
@@ -36,6 +37,10 @@ use coalesced::Coalesced;
 
 use super::{Delivery, OutboxEntry};
 use crate::store::{self, Backend};
+
+/// The longest an accepted email's outcome waits to be written: the
+/// window in which a host that dies sends it again.
+const RECORD_WITHIN: Duration = Duration::from_millis(20);
 
 /// How the connection to the SMTP server is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -307,16 +312,32 @@ impl Mailer {
                 let mut pass = Delivered::default();
                 let mut reachable = true;
                 let mut batch = Vec::new();
-                for outcome in rx {
-                    batch.push(outcome);
-                    if batch.len() >= 256 {
+                // A batch is written when it is full or when its oldest
+                // outcome has waited RECORD_WITHIN: a host that dies between
+                // the server's reply and the flush sends that much again.
+                let mut oldest = std::time::Instant::now();
+                loop {
+                    let wait = RECORD_WITHIN.saturating_sub(oldest.elapsed());
+                    use std::sync::mpsc::RecvTimeoutError;
+                    let next = if batch.is_empty() {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    } else {
+                        rx.recv_timeout(wait)
+                    };
+                    let done = matches!(next, Err(RecvTimeoutError::Disconnected));
+                    if let Ok(outcome) = next {
+                        if batch.is_empty() {
+                            oldest = std::time::Instant::now();
+                        }
+                        batch.push(outcome);
+                    }
+                    if !batch.is_empty() && (done || batch.len() >= 256 || oldest.elapsed() >= RECORD_WITHIN) {
                         reachable &= self.record(store, now, std::mem::take(&mut batch), &mut pass)?;
                     }
+                    if done {
+                        return Ok((pass, reachable));
+                    }
                 }
-                if !batch.is_empty() {
-                    reachable &= self.record(store, now, batch, &mut pass)?;
-                }
-                Ok((pass, reachable))
             });
             self.send_batch(entries, tx);
             recorder.join().unwrap_or_else(|_| Err(Error::Config("the outbox recorder panicked".into())))
