@@ -624,6 +624,19 @@ impl PluginHost {
         Ok(loaded)
     }
 
+    /// Whether a run of plugin `name` may change anything outside the
+    /// store: an import mapping's run picks up and renames files, and a
+    /// plugin granted a folder writes and deletes in it. Such a run's start
+    /// must be durable before it runs; another run's effects all land in
+    /// the store, after its start. A plugin that cannot be read counts as
+    /// reaching outside.
+    pub fn reaches_outside(&self, name: &str) -> bool {
+        self.entry(name).map_or(true, |entry| {
+            entry.kind == PluginKind::ImportMapping
+                || entry.granted.iter().any(|c| matches!(c, Capability::WriteCollection(c) if c.starts_with("folder:")))
+        })
+    }
+
     /// Loads an installed plugin as a run would (compile or cache, link),
     /// without running it: `schoolbell check` calls this for every plugin.
     pub fn verify(&self, name: &str) -> Result<(), Error> {

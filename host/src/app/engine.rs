@@ -94,6 +94,10 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// The most ended runs one flush of the committer reports (a bound on
+/// the outcomes it holds at once).
+const COMMIT_MAX: usize = 1024;
+
 /// A run executing now.
 pub(super) struct Live {
     pub(super) task: String,
@@ -158,6 +162,10 @@ pub(super) struct State {
     schedule_changed: AtomicBool,
     /// The last SMTP readiness check, reused for a few seconds.
     pub(super) smtp_check: Mutex<Option<(std::time::Instant, super::Part)>>,
+    /// Where workers hand ended runs for the flush that makes them durable
+    /// (see [`Engine::work`]), and how many are still waiting for it.
+    committer: std::sync::OnceLock<std::sync::mpsc::Sender<super::jobs::Ended>>,
+    unsettled: std::sync::atomic::AtomicUsize,
 }
 
 impl State {
@@ -502,49 +510,100 @@ impl Engine<'_> {
         }
     }
 
-    /// Runs claimed runs whose starts are on disk, each on a blocking
-    /// thread. A worker that finishes claims the next runs itself, before
-    /// its outcome's flush, so one flush makes both durable and no run
-    /// waits for the scheduler loop to come round. Needs a tokio runtime.
+    /// Runs claimed runs whose starts are on disk, each on a worker of its
+    /// own (a blocking thread) that goes on with the next runs it claims.
+    /// Needs a tokio runtime.
     fn launch(&self, starting: Vec<(Run, RunControl)>) -> usize {
         let started = starting.len();
-        for (run, control) in starting {
-            let id = run.id;
+        for first in starting {
             let app = self.app.clone();
             tokio::spawn(async move {
+                // The run this worker runs now, whose progress is saved
+                // every second.
+                let current: Arc<Mutex<Option<(RunId, RunControl)>>> = Arc::default();
                 let progress = {
                     let app = app.clone();
-                    let control = control.clone();
+                    let current = current.clone();
                     tokio::spawn(async move {
                         loop {
                             tokio::time::sleep(Duration::from_secs(1)).await;
-                            app.save_progress(id, &control);
+                            let now = lock(&current).clone();
+                            if let Some((id, control)) = now {
+                                app.save_progress(id, &control);
+                            }
                         }
                     })
                 };
                 let worker = app.clone();
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let task = worker.tasks().get(&run.task);
-                    let engine = worker.engine();
-                    let (_, _, next, durable) = worker.perform(task, run, control, || engine.claim());
-                    match next {
-                        // Claimed before the flush `perform` made after it.
-                        Ok(next) if durable => {
-                            engine.launch(next);
-                        }
-                        Ok(next) => engine.unclaim(&next),
-                        Err(e) => tracing::error!("Dispatch failed: {e}"),
-                    }
-                })
-                .await;
+                let outcome = tokio::task::spawn_blocking(move || worker.engine().work(first, &current)).await;
                 progress.abort();
                 if let Err(e) = outcome {
-                    tracing::error!(run = id, "Run worker panicked: {e}");
+                    tracing::error!("Run worker panicked: {e}");
                 }
                 app.engine.wake.notify_one();
             });
         }
         started
+    }
+
+    /// One worker: runs `first`, then, as each run ends, the next it claims
+    /// itself, so no run waits for the scheduler loop to come round.
+    ///
+    /// Group commit: an ended run goes to the committer, which flushes the
+    /// runs ended since its last flush together and only then reports them
+    /// finished; the worker goes on meanwhile. A run whose start must be on
+    /// disk before it runs (see [`crate::plugins::PluginHost::reaches_outside`])
+    /// waits for a flush first. Any other run needs none: every write it
+    /// makes follows its start in the store's log, and a crash that loses
+    /// the start loses them too, leaving it queued to run again.
+    fn work(&self, first: (Run, RunControl), current: &Mutex<Option<(RunId, RunControl)>>) {
+        let app = self.app;
+        let mut next = Some(first);
+        while let Some((run, control)) = next.take() {
+            *lock(current) = Some((run.id, control.clone()));
+            let task = app.tasks().get(&run.task);
+            let ended = app.execute(task, run, control);
+            *lock(current) = None;
+            let mut claimed = self.claim().unwrap_or_else(|e| {
+                tracing::error!("Dispatch failed: {e}");
+                Vec::new()
+            });
+            self.commit(ended);
+            if claimed.iter().any(|(run, _)| app.host.reaches_outside(&run.plugin))
+                && let Err(e) = app.store.flush()
+            {
+                tracing::error!("Cannot record the claimed runs as started: {e}");
+                self.unclaim(&claimed);
+                break;
+            }
+            if !claimed.is_empty() {
+                next = Some(claimed.remove(0));
+                self.launch(claimed);
+            }
+        }
+    }
+
+    /// Hands an ended run to the committer (see [`Engine::work`]), started
+    /// on first use; it holds the app only while it flushes, so it ends
+    /// with the app.
+    fn commit(&self, ended: super::jobs::Ended) {
+        let state = &self.app.engine;
+        state.unsettled.fetch_add(1, Ordering::SeqCst);
+        let committer = state.committer.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let app = Arc::downgrade(self.app);
+            let spawned = std::thread::Builder::new().name("schoolbell-commit".into()).spawn(move || commit(&app, &rx));
+            if let Err(e) = spawned {
+                tracing::error!("Cannot start the committer thread ({e}); each run flushes on its own.");
+            }
+            tx
+        });
+        // Only a committer that never started is gone while the app lives.
+        if let Err(std::sync::mpsc::SendError(ended)) = committer.send(ended) {
+            let flushed = self.app.store.flush();
+            self.app.settle(ended, flushed.as_ref().map(drop));
+            state.unsettled.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Where hosts share the store: says this host is alive, renews the
@@ -741,7 +800,7 @@ impl Engine<'_> {
             l.control.cancel(grace);
         }
         let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(2);
-        while !lock(&state.live).is_empty() && tokio::time::Instant::now() < deadline {
+        while self.running() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = self.app.store.flush();
@@ -752,9 +811,10 @@ impl Engine<'_> {
         self.app.engine.schedule_changed();
     }
 
-    /// How many runs are executing now.
+    /// How many runs are executing now, or ended without their outcome on
+    /// disk yet.
     pub fn running(&self) -> usize {
-        lock(&self.app.engine.live).len()
+        lock(&self.app.engine.live).len() + self.app.engine.unsettled.load(Ordering::SeqCst)
     }
 
     /// Waits until run `id` leaves the queue and ends or is held for a
@@ -840,6 +900,25 @@ impl App {
                 self.run_changed();
             }
         }
+    }
+}
+
+/// The committer: flushes the runs ended since its last flush in one, and
+/// reports them finished only once it holds. Runs that end during a flush
+/// wait for the next, so the busier the workers, the more runs a flush
+/// covers.
+fn commit(app: &std::sync::Weak<App>, ended: &std::sync::mpsc::Receiver<super::jobs::Ended>) {
+    while let Ok(first) = ended.recv() {
+        let mut batch = vec![first];
+        batch.extend(ended.try_iter().take(COMMIT_MAX));
+        let Some(app) = app.upgrade() else { return };
+        let flushed = app.store.flush();
+        let n = batch.len();
+        for run in batch {
+            app.settle(run, flushed.as_ref().map(drop));
+        }
+        app.engine.unsettled.fetch_sub(n, Ordering::SeqCst);
+        app.engine.wake.notify_one();
     }
 }
 

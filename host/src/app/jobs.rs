@@ -111,23 +111,34 @@ struct Effects {
     mail: notify::Planned,
 }
 
+/// A run that ended, its outcome written but not yet flushed: nothing
+/// reports it finished until [`App::settle`] is told its flush succeeded.
+pub(super) struct Ended {
+    pub(super) run: Run,
+    made: Made,
+    kind: &'static str,
+    began: std::time::Instant,
+    saved: Result<()>,
+}
+
 impl App {
     /// Executes one run of `task` to its end and records the outcome: the
     /// run, its messages, and (when it succeeded and is no dry run) its
-    /// state writes, ledger changes and outbox entries, in one transaction.
-    ///
-    /// `freed` is called once the outcome is written and the worker free,
-    /// before the flush that makes the outcome durable: the engine claims
-    /// the next runs there, so their starts reach the disk in the same
-    /// flush. Whatever it returns is returned after that flush, with
-    /// whether the flush succeeded.
-    pub(super) fn perform<T>(
-        &self,
-        task: Result<Task>,
-        mut run: Run,
-        control: RunControl,
-        freed: impl FnOnce() -> T,
-    ) -> (Run, Made, T, bool) {
+    /// state writes, ledger changes and outbox entries, in one transaction;
+    /// returns once that is on disk.
+    pub(super) fn perform(&self, task: Result<Task>, run: Run, control: RunControl) -> (Run, Made) {
+        let ended = self.execute(task, run, control);
+        // The worker is free: the loop may start the next run while this
+        // one's outcome reaches the disk.
+        self.engine.wake.notify_one();
+        let flushed = self.store.flush();
+        self.settle(ended, flushed.as_ref().map(drop))
+    }
+
+    /// Executes one run to its end and writes its outcome, without a
+    /// flush: the worker is free when this returns, and the run is not
+    /// reported finished until [`App::settle`].
+    pub(super) fn execute(&self, task: Result<Task>, mut run: Run, control: RunControl) -> Ended {
         let id = run.id;
         // Every line this run logs, from here to its plugin, carries these.
         let _span =
@@ -190,19 +201,21 @@ impl App {
             live.remove(&id);
             saved
         };
-        // The worker is free for the next run while this one's outcome
-        // reaches the disk, in one flush with the runs finishing beside it;
-        // nothing reports the run finished before that flush.
-        self.engine.wake.notify_one();
-        let next = freed();
-        let flushed = self.store.flush();
-        let durable = flushed.is_ok();
-        let saved = saved.and_then(|()| Ok(flushed?));
+        Ended { run, made, kind, began, saved }
+    }
+
+    /// Reports a run [`App::execute`] ended, once the flush that makes its
+    /// outcome durable has `flushed`; nothing says it finished before.
+    pub(super) fn settle(&self, ended: Ended, flushed: std::result::Result<(), &crate::store::Error>) -> (Run, Made) {
+        let Ended { run, made, kind, began, saved } = ended;
+        let _span = tracing::info_span!("run", run = run.id, task = %run.task, plugin = %run.plugin, user = %run.owner)
+            .entered();
         self.run_changed();
         crate::metrics::run_ended(kind, run.status.as_str(), began.elapsed());
-        match saved {
-            Ok(()) => tracing::info!(status = %run.status, "Run finished."),
-            Err(e) => tracing::error!("Cannot record the run's outcome: {e}"),
+        match (saved, flushed) {
+            (Ok(()), Ok(())) => tracing::info!(status = %run.status, "Run finished."),
+            (Err(e), _) => tracing::error!("Cannot record the run's outcome: {e}"),
+            (Ok(()), Err(e)) => tracing::error!("Cannot record the run's outcome: {e}"),
         }
         if run.status == RunStatus::Interrupted
             && self.store.shared()
@@ -211,7 +224,7 @@ impl App {
         {
             tracing::error!("Cannot queue the interrupted run's work again: {e}");
         }
-        (run, made, next, durable)
+        (run, made)
     }
 
     /// Writes a run's outcome: its messages, and (finished) the run with
@@ -417,8 +430,7 @@ impl App {
         self.store.put_run(&run, None)?;
         self.store.flush()?;
         self.run_changed();
-        let (run, made, (), _) = self.perform(Ok(task.clone()), run, control, || ());
-        Ok((run, made))
+        Ok(self.perform(Ok(task.clone()), run, control))
     }
 }
 
