@@ -262,6 +262,24 @@ async fn runs_left_running_by_a_crash_are_marked_interrupted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_run_a_crash_caught_starting_is_marked_interrupted() {
+    let f = fixture();
+    f.sched.tasks().add(&admin(), every_minute("nightly")).unwrap();
+    let run = f.sched.tasks().run_now(&admin(), "nightly").unwrap();
+    // The store takes the queue entry before it saves the start: a crash
+    // between the two leaves the run queued in its record only.
+    let (key, _) = f.store.queued().unwrap().into_iter().find(|(_, id)| *id == run.id).unwrap();
+    assert!(f.store.dequeue(&key).unwrap());
+    let after = App::new(f.host.clone(), f.clock.clone(), Config::default());
+    assert_eq!(after.engine().recover().unwrap(), 1);
+    let r = after.runs().show(&admin(), run.id).unwrap();
+    assert_eq!(r.status, RunStatus::Interrupted, "not left queued for ever, outside the queue");
+    let other = f.sched.tasks().run_now(&admin(), "nightly").unwrap();
+    assert_eq!(after.engine().recover().unwrap(), 0, "a run still in the queue stays queued");
+    assert_eq!(after.runs().show(&admin(), other.id).unwrap().status, RunStatus::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_tasks_are_refused_with_what_to_fix() {
     let f = fixture();
     let err = |spec: TaskSpec| f.sched.tasks().add(&admin(), spec).unwrap_err().to_string();

@@ -254,13 +254,20 @@ pub struct Engine<'a> {
 
 impl Engine<'_> {
     /// After a restart: runs left running are marked interrupted. Queued
-    /// runs stay queued and run.
+    /// runs stay queued and run. On a store of this host's own, a run
+    /// queued in its record but gone from the queue was starting when the
+    /// host stopped (the store takes the entry before it saves the start):
+    /// it is marked interrupted too.
     pub fn recover(&self) -> Result<usize> {
         let app = self.app;
         let now = app.now();
         let mut n = 0;
+        let queued: Option<std::collections::HashSet<RunId>> =
+            if app.store.shared() { None } else { Some(app.store.queued()?.into_iter().map(|(_, id)| id).collect()) };
+        let starting =
+            |run: &Run| run.status == RunStatus::Queued && queued.as_ref().is_some_and(|q| !q.contains(&run.id));
         for mut run in app.store.all_runs()? {
-            if run.status == RunStatus::Running {
+            if run.status == RunStatus::Running || starting(&run) {
                 run.status = RunStatus::Interrupted;
                 run.finished_at = Some(now);
                 run.error = Some("the host stopped while this run was running; run the task again to redo it".into());

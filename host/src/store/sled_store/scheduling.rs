@@ -257,19 +257,22 @@ impl Store {
         self.next_sequence("runs")
     }
 
-    /// Takes a queue entry and marks its run started, atomically. False if
-    /// the entry is gone (another worker took it, or it was removed).
+    /// Takes a queue entry and marks its run started. False if the entry
+    /// is gone (another worker took it, or it was removed).
+    ///
+    /// Two writes, not a transaction: each sled transaction writes out and
+    /// syncs the log twice, which was half of what a queued run cost. The
+    /// removal comes first and decides (of two callers, one removes the
+    /// entry); a crash between the two leaves a run queued in its record
+    /// but not in the queue, which the next start marks interrupted (see
+    /// `Engine::recover`), as it would a run the crash caught running.
     pub(in crate::store) fn start_run<R: Serialize>(&self, key: &QueueKey, id: RunId, run: &R) -> Result<bool> {
         let run = encode(run);
-        (&self.queue, &self.runs)
-            .transaction(|(queue, runs)| {
-                if queue.remove(key.0.as_slice())?.is_none() {
-                    return Ok(false);
-                }
-                runs.insert(&id.to_be_bytes(), run.as_slice())?;
-                Ok(true)
-            })
-            .map_err(tx_error("runs"))
+        if self.queue.remove(key.0.as_slice()).map_err(io("queue"))?.is_none() {
+            return Ok(false);
+        }
+        self.runs.insert(id.to_be_bytes(), run).map_err(io("runs"))?;
+        Ok(true)
     }
 
     /// Creates or updates a run record (progress, status). A finished run
