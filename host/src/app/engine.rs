@@ -569,7 +569,10 @@ impl Engine<'_> {
         while let Some((run, control)) = next.take() {
             *lock(current) = Some((run.id, control.clone()));
             let task = app.tasks().get(&run.task);
-            let ended = app.execute(task, run, control);
+            // On a store of its own, a run that leaves nothing behind is
+            // written by the committer, with the others of its flush in one
+            // step. Where hosts share the store, its lease goes with it.
+            let ended = app.execute(task, run, control, !app.store.shared());
             *lock(current) = None;
             let mut claimed = self.claim().unwrap_or_else(|e| {
                 tracing::error!("Dispatch failed: {e}");
@@ -910,8 +913,9 @@ impl App {
     }
 }
 
-/// The committer: flushes the runs ended since its last flush in one, and
-/// reports them finished only once it holds. Runs that end during a flush
+/// The committer: writes the runs ended since its last flush that were
+/// left to it in one step, flushes, and reports them all finished only
+/// once that holds. Runs that end during a flush
 /// wait for the next, so the busier the workers, the more runs a flush
 /// covers.
 fn commit(app: &std::sync::Weak<App>, ended: &std::sync::mpsc::Receiver<super::jobs::Ended>) {
@@ -919,10 +923,22 @@ fn commit(app: &std::sync::Weak<App>, ended: &std::sync::mpsc::Receiver<super::j
         let mut batch = vec![first];
         batch.extend(ended.try_iter().take(COMMIT_MAX));
         let Some(app) = app.upgrade() else { return };
+        let finishing: Vec<(&Run, DateTime<Utc>)> =
+            batch.iter().filter_map(|e| e.deferred.map(|at| (&e.run, at))).collect();
+        let written = if finishing.is_empty() {
+            Ok(())
+        } else {
+            // Under the lock a run's own outcome is written under: a cancel
+            // re-reads the run there, and never writes it back running.
+            let _live = lock(&app.engine.live);
+            app.store.finish_runs(&finishing)
+        };
         let flushed = app.store.flush();
         let n = batch.len();
         for run in batch {
-            app.settle(run, flushed.as_ref().map(drop));
+            let durable =
+                if run.deferred.is_some() { written.as_ref().and(flushed.as_ref()) } else { flushed.as_ref() };
+            app.settle(run, durable.map(drop));
         }
         app.engine.unsettled.fetch_sub(n, Ordering::SeqCst);
         app.engine.wake.notify_one();

@@ -119,6 +119,9 @@ pub(super) struct Ended {
     kind: &'static str,
     began: std::time::Instant,
     saved: Result<()>,
+    /// When it finished, where the committer writes the run (see
+    /// [`App::execute`]).
+    pub(super) deferred: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl App {
@@ -127,7 +130,7 @@ impl App {
     /// state writes, ledger changes and outbox entries, in one transaction;
     /// returns once that is on disk.
     pub(super) fn perform(&self, task: Result<Task>, run: Run, control: RunControl) -> (Run, Made) {
-        let ended = self.execute(task, run, control);
+        let ended = self.execute(task, run, control, false);
         // The worker is free: the loop may start the next run while this
         // one's outcome reaches the disk.
         self.engine.wake.notify_one();
@@ -137,8 +140,10 @@ impl App {
 
     /// Executes one run to its end and writes its outcome, without a
     /// flush: the worker is free when this returns, and the run is not
-    /// reported finished until [`App::settle`].
-    pub(super) fn execute(&self, task: Result<Task>, mut run: Run, control: RunControl) -> Ended {
+    /// reported finished until [`App::settle`]. With `defer`, a finished
+    /// run that leaves nothing behind but its messages is left for the
+    /// caller to write ([`Ended::deferred`]), together with others.
+    pub(super) fn execute(&self, task: Result<Task>, mut run: Run, control: RunControl, defer: bool) -> Ended {
         let id = run.id;
         // Every line this run logs, from here to its plugin, carries these.
         let _span =
@@ -195,19 +200,22 @@ impl App {
             m.seq = i as u64;
         }
         run.message_count = effects.messages.len() as u64;
-        let saved = {
+        let (saved, deferred) = {
             let mut live = lock(&self.engine.live);
-            let saved = self.record(&run, effects, now);
+            let saved = self.record(&run, effects, now, defer);
             live.remove(&id);
-            saved
+            match saved {
+                Ok(deferred) => (Ok(()), deferred.then_some(now)),
+                Err(e) => (Err(e), None),
+            }
         };
-        Ended { run, made, kind, began, saved }
+        Ended { run, made, kind, began, saved, deferred }
     }
 
     /// Reports a run [`App::execute`] ended, once the flush that makes its
     /// outcome durable has `flushed`; nothing says it finished before.
     pub(super) fn settle(&self, ended: Ended, flushed: std::result::Result<(), &crate::store::Error>) -> (Run, Made) {
-        let Ended { run, made, kind, began, saved } = ended;
+        let Ended { run, made, kind, began, saved, .. } = ended;
         let _span = tracing::info_span!("run", run = run.id, task = %run.task, plugin = %run.plugin, user = %run.owner)
             .entered();
         self.run_changed();
@@ -229,15 +237,16 @@ impl App {
 
     /// Writes a run's outcome: its messages, and (finished) the run with
     /// what it leaves behind, in one step; again, patiently, while a
-    /// database server is away for a moment.
-    fn record(&self, run: &Run, effects: Effects, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    /// database server is away for a moment. With `defer`, a finished run
+    /// that leaves nothing else behind is not written: true says so.
+    fn record(&self, run: &Run, effects: Effects, now: chrono::DateTime<chrono::Utc>, defer: bool) -> Result<bool> {
         let Effects { messages, state_writes, mail } = effects;
         let with_status: Vec<(&str, &TaskMessage)> = messages.iter().map(|m| (m.status.as_str(), m)).collect();
         // A run that did not succeed, or a dry run, leaves no watermark, no
         // ledger change and no notification: the next run starts from the
         // same place.
         let lasting = run.status == RunStatus::Succeeded && !run.dry_run;
-        crate::store::patiently(&*self.store, "a run's outcome", || -> Result<()> {
+        crate::store::patiently(&*self.store, "a run's outcome", || -> Result<bool> {
             let (state, ledger, mut outbox) = if lasting {
                 (&state_writes[..], mail.ledger.clone(), mail.outbox.clone())
             } else {
@@ -246,18 +255,24 @@ impl App {
             if !run.status.is_finished() {
                 // Held for a person: not finished, so not in retention yet.
                 self.store.add_messages(run.id, 0, &with_status)?;
-                return Ok(self.store.put_run(run, None)?);
+                self.store.put_run(run, None)?;
+                return Ok(false);
             }
             outbox.extend(notify::job_completion(&*self.store, run, now)?);
             let outbox = outbox
                 .into_iter()
                 .map(|e| Ok((self.store.next_sequence("outbox")?, e.next_attempt, e)))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(self.store.finish_run(
+            if defer && state.is_empty() && ledger.is_empty() && outbox.is_empty() {
+                self.store.add_messages(run.id, 0, &with_status)?;
+                return Ok(true);
+            }
+            self.store.finish_run(
                 run,
                 now,
                 &Finish { state, ledger: &ledger, outbox: &outbox, messages: &with_status },
-            )?)
+            )?;
+            Ok(false)
         })
     }
 

@@ -159,6 +159,10 @@ impl RunStore for Store {
         Store::add_messages(self, run.id, 0, writes.messages)?;
         Store::finish_run(self, run.id, run, finished, &run.task, writes)
     }
+    fn finish_runs(&self, runs: &[(&Run, DateTime<Utc>)]) -> Result<()> {
+        let runs: Vec<(RunId, &Run, DateTime<Utc>)> = runs.iter().map(|(run, at)| (run.id, *run, *at)).collect();
+        Store::finish_runs(self, &runs)
+    }
     fn run(&self, id: RunId) -> Result<Option<Run>> {
         Store::run(self, id)
     }

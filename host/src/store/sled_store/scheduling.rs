@@ -357,6 +357,29 @@ impl Store {
             .map_err(tx_error("runs"))
     }
 
+    /// Finishes runs that leave nothing else behind, in one transaction:
+    /// one sled transaction costs two log writes, however many runs it
+    /// holds.
+    pub(in crate::store) fn finish_runs<R: Serialize>(&self, runs: &[(RunId, &R, DateTime<Utc>)]) -> Result<()> {
+        let runs: Vec<([u8; 8], Vec<u8>, Vec<u8>)> = runs
+            .iter()
+            .map(|(id, run, finished)| {
+                let mut k = ts(*finished).to_vec();
+                k.extend_from_slice(&id.to_be_bytes());
+                (id.to_be_bytes(), encode(run), k)
+            })
+            .collect();
+        (&self.runs, &self.finished)
+            .transaction(|(tree, fin)| {
+                for (id, run, k) in &runs {
+                    tree.insert(id, run.as_slice())?;
+                    fin.insert(k.as_slice(), &[])?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error("runs"))
+    }
+
     /// A task's dedupe-ledger entries, by dedupe key.
     pub(in crate::store) fn notified<L: DeserializeOwned>(&self, task: &str) -> Result<Vec<(String, L)>> {
         let prefix = super::key(&[task.as_bytes(), b""]);
