@@ -267,6 +267,20 @@ fn finishing_a_run_lands_whole(b: &dyn Backend) {
     assert_eq!(b.run(alone.id).unwrap().unwrap().status, RunStatus::Failed);
     assert_eq!(b.messages(alone.id, Some("skipped"), None, 10).unwrap().0, [skipped]);
     b.delete_run(alone.id, Some(at(2))).unwrap();
+    // Several such runs at once, as the engine's committer writes them.
+    let (mut one, mut two) = (run(b.new_run_id().unwrap(), "watch"), run(b.new_run_id().unwrap(), "watch"));
+    one.status = RunStatus::Succeeded;
+    two.status = RunStatus::Failed;
+    b.finish_runs(&[(&one, at(3)), (&two, at(4))]).unwrap();
+    assert_eq!(b.run(one.id).unwrap().unwrap().status, RunStatus::Succeeded);
+    assert_eq!(b.run(two.id).unwrap().unwrap().status, RunStatus::Failed);
+    let by = |t: i64| -> Vec<u64> {
+        b.finished_before(at(t)).unwrap().into_iter().filter(|id| [one.id, two.id].contains(id)).collect()
+    };
+    assert_eq!(by(3), [one.id], "each is in retention by its own finish");
+    assert_eq!(by(4), [one.id, two.id]);
+    b.delete_run(one.id, Some(at(3))).unwrap();
+    b.delete_run(two.id, Some(at(4))).unwrap();
     assert_eq!(b.task_state("watch", "since").unwrap().as_deref(), Some("2026-01-01"));
     assert_eq!(b.notified("watch").unwrap(), vec![("k".to_string(), entry)]);
     assert_eq!(b.outbox(None, 10).unwrap(), vec![(oid, mail)]);
