@@ -921,7 +921,7 @@ impl App {
 fn commit(app: &std::sync::Weak<App>, ended: &std::sync::mpsc::Receiver<super::jobs::Ended>) {
     while let Ok(first) = ended.recv() {
         let mut batch = vec![first];
-        batch.extend(ended.try_iter().take(COMMIT_MAX));
+        batch.extend(ended.try_iter().take(COMMIT_MAX - 1));
         let Some(app) = app.upgrade() else { return };
         let finishing: Vec<(&Run, DateTime<Utc>)> =
             batch.iter().filter_map(|e| e.deferred.map(|at| (&e.run, at))).collect();

@@ -35,9 +35,10 @@ fn id_after_ts(k: &[u8]) -> Option<u64> {
     k.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }
 
-fn outbox_due_key(t: DateTime<Utc>, oid: u64) -> Vec<u8> {
+/// A time-ordered key (`ts` then a big-endian id; see [`id_after_ts`]).
+fn ts_id_key(t: DateTime<Utc>, id: u64) -> Vec<u8> {
     let mut k = ts(t).to_vec();
-    k.extend_from_slice(&oid.to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
     k
 }
 
@@ -288,9 +289,7 @@ impl Store {
             .transaction(|(runs, fin)| {
                 runs.insert(&id.to_be_bytes(), run.as_slice())?;
                 if let Some(t) = finished {
-                    let mut k = ts(t).to_vec();
-                    k.extend_from_slice(&id.to_be_bytes());
-                    fin.insert(k, &[])?;
+                    fin.insert(ts_id_key(t, id), &[])?;
                 }
                 Ok(())
             })
@@ -308,6 +307,11 @@ impl Store {
         task: &str,
         writes: &Finish<'_, L, O>,
     ) -> Result<()> {
+        if writes.state.is_empty() && writes.ledger.is_empty() && writes.outbox.is_empty() {
+            // A run that leaves nothing else behind: sled's transactions cost
+            // by the trees they hold, and most runs touch only these two.
+            return self.finish_runs(&[(id, run, finished)]);
+        }
         let run = encode(run);
         let ledger: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes
             .ledger
@@ -315,26 +319,11 @@ impl Store {
             .map(|(key, entry)| (super::key(&[task.as_bytes(), key.as_bytes()]), entry.as_ref().map(encode)))
             .collect();
         let outbox: Vec<(u64, Vec<u8>, Vec<u8>)> =
-            writes.outbox.iter().map(|(oid, due, entry)| (*oid, outbox_due_key(*due, *oid), encode(entry))).collect();
-        let mut k = ts(finished).to_vec();
-        k.extend_from_slice(&id.to_be_bytes());
-        if writes.state.is_empty() && ledger.is_empty() && outbox.is_empty() {
-            // A run that leaves nothing else behind: sled's transactions cost
-            // by the trees they hold, and most runs touch only these two.
-            return (&self.runs, &self.finished)
-                .transaction(|(runs, fin)| {
-                    runs.insert(&id.to_be_bytes(), run.as_slice())?;
-                    fin.insert(k.as_slice(), &[])?;
-                    Ok(())
-                })
-                .map_err(tx_error("runs"));
-        }
+            writes.outbox.iter().map(|(oid, due, entry)| (*oid, ts_id_key(*due, *oid), encode(entry))).collect();
         (&self.runs, &self.finished, &self.state, &self.notified, &self.outbox, &self.outbox_due)
             .transaction(|(runs, fin, state, notified, out, due)| {
                 runs.insert(&id.to_be_bytes(), run.as_slice())?;
-                let mut k = ts(finished).to_vec();
-                k.extend_from_slice(&id.to_be_bytes());
-                fin.insert(k, &[])?;
+                fin.insert(ts_id_key(finished, id), &[])?;
                 for (key, value) in writes.state {
                     let k = super::key(&[task.as_bytes(), key.as_bytes()]);
                     match value {
@@ -361,14 +350,8 @@ impl Store {
     /// one sled transaction costs two log writes, however many runs it
     /// holds.
     pub(in crate::store) fn finish_runs<R: Serialize>(&self, runs: &[(RunId, &R, DateTime<Utc>)]) -> Result<()> {
-        let runs: Vec<([u8; 8], Vec<u8>, Vec<u8>)> = runs
-            .iter()
-            .map(|(id, run, finished)| {
-                let mut k = ts(*finished).to_vec();
-                k.extend_from_slice(&id.to_be_bytes());
-                (id.to_be_bytes(), encode(run), k)
-            })
-            .collect();
+        let runs: Vec<([u8; 8], Vec<u8>, Vec<u8>)> =
+            runs.iter().map(|(id, run, finished)| (id.to_be_bytes(), encode(run), ts_id_key(*finished, *id))).collect();
         (&self.runs, &self.finished)
             .transaction(|(tree, fin)| {
                 for (id, run, k) in &runs {
@@ -443,9 +426,9 @@ impl Store {
             .transaction(|(out, index)| {
                 for ((oid, _, was_due, due), entry) in updates.iter().zip(&encoded) {
                     out.insert(&oid.to_be_bytes(), entry.as_slice())?;
-                    index.remove(outbox_due_key(*was_due, *oid))?;
+                    index.remove(ts_id_key(*was_due, *oid))?;
                     if let Some(d) = due {
-                        index.insert(outbox_due_key(*d, *oid), &[])?;
+                        index.insert(ts_id_key(*d, *oid), &[])?;
                     }
                 }
                 Ok(())
@@ -512,9 +495,7 @@ impl Store {
         }
         self.message_rows.tree.apply_batch(batch).map_err(io("run_message_chunks"))?;
         if let Some(t) = finished {
-            let mut k = ts(t).to_vec();
-            k.extend_from_slice(&prefix);
-            self.finished.remove(k).map_err(io("runs_by_finish"))?;
+            self.finished.remove(ts_id_key(t, id)).map_err(io("runs_by_finish"))?;
         }
         self.plans.remove(prefix).map_err(io("import_plans"))?;
         self.approvals.remove(&prefix)?;
