@@ -44,9 +44,11 @@ const RECORD_WITHIN: Duration = Duration::from_millis(20);
 
 /// Due emails read and sent a page at a time. Between pages the senders
 /// wait for the last outcomes' flush and the next read, so a fast server
-/// gets larger pages; a page is sized to take about `PAGE_TIME` at the
-/// pace of the one before, well inside the claim another host's mailer
-/// respects on a shared store (five minutes).
+/// gets larger pages: a page is sized to take about `PAGE_TIME` at the
+/// pace of the one before, inside the claim another host's mailer
+/// respects on a shared store (five minutes). `PAGE_MIN` is the page size
+/// this had before pages grew; below about 4 emails/s (a relay throttled
+/// by `max_per_second`) a page of it outlasts that claim.
 const PAGE_MIN: usize = 1024;
 const PAGE_MAX: usize = 8192;
 const PAGE_TIME: Duration = Duration::from_secs(60);
