@@ -297,11 +297,14 @@ fn queue(runtime: &tokio::runtime::Runtime, stores: &Stores, workers: usize) {
     let enqueue = started.elapsed();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let started = Utc::now();
+    let cpu = cpu_ticks();
     let serving = runtime.spawn(sched.engine().serve(stop_rx));
     let drain = drained(std::slice::from_ref(&sched), "noop", started);
     let rate = noop_runs() as f64 / drain.as_secs_f64();
+    // CPU time (10 ms ticks) per run: steadier than the rate on a shared machine.
+    let cpu_us = (cpu_ticks() - cpu) as f64 * 10_000.0 / noop_runs() as f64;
     println!(
-        "queue: {} no-op runs queued in {enqueue:.1?}, then done and flushed in {drain:.1?}: {rate:.0} runs/s with {workers} workers",
+        "queue: {} no-op runs queued in {enqueue:.1?}, then done and flushed in {drain:.1?}: {rate:.0} runs/s with {workers} workers, {cpu_us:.0} µs of CPU a run",
         noop_runs()
     );
     figures::record("queue_runs_per_s", rate);

@@ -98,6 +98,13 @@ impl Default for SchedulerConfig {
 /// the outcomes it holds at once).
 const COMMIT_MAX: usize = 1024;
 
+/// How long the committer waits for more runs to end, while runs are
+/// running, before it flushes the ones it has: each flush is a log write
+/// and a wake of sled's writer thread, and waiting took the batch queue's
+/// CPU per run from about 190 µs to about 165 µs (2026-12-03). No run
+/// waits for it: only the report that a run finished does.
+const COMMIT_LINGER: Duration = Duration::from_millis(1);
+
 /// A run executing now.
 pub(super) struct Live {
     pub(super) task: String,
@@ -166,6 +173,17 @@ pub(super) struct State {
     /// (see [`Engine::work`]), and how many are still waiting for it.
     committer: std::sync::OnceLock<std::sync::mpsc::Sender<super::jobs::Ended>>,
     unsettled: std::sync::atomic::AtomicUsize,
+    /// Workers launched and not yet ended (see [`Engine::launch`]). While
+    /// there are as many as the config allows, the loop leaves claiming to
+    /// them: each claims its own next run as one ends, and the loop's claim
+    /// beside theirs only took a worker's next run from it, ending that
+    /// worker and launching another (with a flush) in its place.
+    workers: std::sync::atomic::AtomicUsize,
+    /// A claim may have passed over a scheduled run because its task was
+    /// running: the committer wakes the loop once it has settled runs, to
+    /// claim it. Otherwise it leaves the loop asleep (a wake a flush cost
+    /// the batch queue a tenth of its time).
+    held_back: AtomicBool,
 }
 
 impl State {
@@ -402,6 +420,11 @@ impl Engine<'_> {
 
     /// Starts queued runs while workers are free. Needs a tokio runtime.
     pub fn dispatch(&self) -> Result<usize> {
+        // A worker that finds nothing more to claim ends, and wakes the
+        // loop as it goes (see [`Engine::launch`]).
+        if self.app.engine.workers.load(Ordering::SeqCst) >= self.app.config.scheduler.workers.max(1) {
+            return Ok(0);
+        }
         let starting = self.claim()?;
         if starting.is_empty() {
             return Ok(0);
@@ -468,12 +491,16 @@ impl Engine<'_> {
             // A scheduled run waits while its task still runs (queue-one,
             // and cancel-running while the cancelled run stops): runs of
             // a task never overlap by schedule. Runs people start go at once.
-            if run.trigger == Trigger::Schedule
-                && (lock(&state.live).values().any(|l| l.task == run.task)
-                    || store.task_activity(&run.task)?.is_some_and(|(running, _)| running))
-            {
-                after = Some(key);
-                continue;
+            if run.trigger == Trigger::Schedule {
+                // Noted before looking: the committer that settles the
+                // task's running run looks at it after.
+                state.held_back.store(true, Ordering::SeqCst);
+                if lock(&state.live).values().any(|l| l.task == run.task)
+                    || store.task_activity(&run.task)?.is_some_and(|(running, _)| running)
+                {
+                    after = Some(key);
+                    continue;
+                }
             }
             run.status = RunStatus::Running;
             run.started_at = Some(app.now());
@@ -524,6 +551,7 @@ impl Engine<'_> {
         let started = starting.len();
         for first in starting {
             let app = self.app.clone();
+            app.engine.workers.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 // The run this worker runs now, whose progress is saved
                 // every second.
@@ -547,6 +575,7 @@ impl Engine<'_> {
                 if let Err(e) = outcome {
                     tracing::error!("Run worker panicked: {e}");
                 }
+                app.engine.workers.fetch_sub(1, Ordering::SeqCst);
                 app.engine.wake.notify_one();
             });
         }
@@ -914,25 +943,45 @@ impl App {
 }
 
 /// The committer: writes the runs ended since its last flush that were
-/// left to it in one step, flushes, and reports them all finished only
-/// once that holds. Runs that end during a flush
-/// wait for the next, so the busier the workers, the more runs a flush
-/// covers.
+/// left to it, flushes, and reports them all finished only once that
+/// holds. Runs that end during a flush, or within [`COMMIT_LINGER`] of the
+/// first of a batch, share one flush, so the busier the workers, the more
+/// runs a flush covers.
 fn commit(app: &std::sync::Weak<App>, ended: &std::sync::mpsc::Receiver<super::jobs::Ended>) {
     while let Ok(first) = ended.recv() {
         let mut batch = vec![first];
-        batch.extend(ended.try_iter().take(COMMIT_MAX - 1));
         let Some(app) = app.upgrade() else { return };
-        let finishing: Vec<(&Run, DateTime<Utc>)> =
-            batch.iter().filter_map(|e| e.deferred.map(|at| (&e.run, at))).collect();
-        let written = if finishing.is_empty() {
-            Ok(())
-        } else {
+        let until = std::time::Instant::now() + COMMIT_LINGER;
+        while batch.len() < COMMIT_MAX {
+            if let Ok(next) = ended.try_recv() {
+                batch.push(next);
+                continue;
+            }
+            // With nothing else running, nothing more is coming.
+            if lock(&app.engine.live).is_empty() {
+                break;
+            }
+            match ended.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let finishing: Vec<(&Run, &super::jobs::Deferred)> =
+            batch.iter().filter_map(|e| e.deferred.as_ref().map(|d| (&e.run, d))).collect();
+        // Each run's messages, then the runs: a crash between leaves a run
+        // still running in its record, which the next start marks
+        // interrupted.
+        let written = finishing.iter().try_for_each(|(run, d)| app.store.add_messages(run.id, 0, &d.messages()));
+        let written = written.and_then(|()| {
+            if finishing.is_empty() {
+                return Ok(());
+            }
             // Under the lock a run's own outcome is written under: a cancel
             // re-reads the run there, and never writes it back running.
             let _live = lock(&app.engine.live);
-            app.store.finish_runs(&finishing)
-        };
+            let runs: Vec<(&Run, DateTime<Utc>)> = finishing.iter().map(|(run, d)| (*run, d.at)).collect();
+            app.store.finish_runs(&runs)
+        });
         let flushed = app.store.flush();
         let n = batch.len();
         for run in batch {
@@ -941,7 +990,9 @@ fn commit(app: &std::sync::Weak<App>, ended: &std::sync::mpsc::Receiver<super::j
             app.settle(run, durable.map(drop));
         }
         app.engine.unsettled.fetch_sub(n, Ordering::SeqCst);
-        app.engine.wake.notify_one();
+        if app.engine.held_back.swap(false, Ordering::SeqCst) {
+            app.engine.wake.notify_one();
+        }
     }
 }
 

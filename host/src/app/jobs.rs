@@ -119,9 +119,23 @@ pub(super) struct Ended {
     kind: &'static str,
     began: std::time::Instant,
     saved: Result<()>,
-    /// When it finished, where the committer writes the run (see
-    /// [`App::execute`]).
-    pub(super) deferred: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the committer writes for a run that leaves nothing else
+    /// behind (see [`App::execute`]).
+    pub(super) deferred: Option<Deferred>,
+}
+
+/// A run's outcome left to the committer: its messages, then the run
+/// finished at `at`, with the other runs of its flush.
+pub(super) struct Deferred {
+    pub(super) at: chrono::DateTime<chrono::Utc>,
+    messages: Vec<TaskMessage>,
+}
+
+impl Deferred {
+    /// The messages, each with the status it is indexed by.
+    pub(super) fn messages(&self) -> Vec<(&str, &TaskMessage)> {
+        self.messages.iter().map(|m| (m.status.as_str(), m)).collect()
+    }
 }
 
 impl App {
@@ -193,7 +207,13 @@ impl App {
                 run.error = Some(self.config.privacy.text(&e.to_string()));
             }
         }
-        if let Ok(Some(stored)) = self.store.run(id) {
+        // Who asked to cancel it is in the record. On a store of this
+        // host's own, a cancel reaches a running run through its control
+        // too (under the live lock, see `Runs::cancel`): one that was not
+        // cancelled has nobody to read.
+        if (control.is_cancelled() || self.store.shared())
+            && let Ok(Some(stored)) = self.store.run(id)
+        {
             run.cancel_requested_by = stored.cancel_requested_by;
         }
         for (i, m) in effects.messages.iter_mut().enumerate() {
@@ -202,10 +222,10 @@ impl App {
         run.message_count = effects.messages.len() as u64;
         let (saved, deferred) = {
             let mut live = lock(&self.engine.live);
-            let saved = self.record(&run, effects, now, defer);
+            let saved = self.record(&run, &effects, now, defer);
             live.remove(&id);
             match saved {
-                Ok(deferred) => (Ok(()), deferred.then_some(now)),
+                Ok(deferred) => (Ok(()), deferred.then_some(Deferred { at: now, messages: effects.messages })),
                 Err(e) => (Err(e), None),
             }
         };
@@ -239,7 +259,7 @@ impl App {
     /// what it leaves behind, in one step; again, patiently, while a
     /// database server is away for a moment. With `defer`, a finished run
     /// that leaves nothing else behind is not written: true says so.
-    fn record(&self, run: &Run, effects: Effects, now: chrono::DateTime<chrono::Utc>, defer: bool) -> Result<bool> {
+    fn record(&self, run: &Run, effects: &Effects, now: chrono::DateTime<chrono::Utc>, defer: bool) -> Result<bool> {
         let Effects { messages, state_writes, mail } = effects;
         let with_status: Vec<(&str, &TaskMessage)> = messages.iter().map(|m| (m.status.as_str(), m)).collect();
         // A run that did not succeed, or a dry run, leaves no watermark, no
@@ -264,7 +284,6 @@ impl App {
                 .map(|e| Ok((self.store.next_sequence("outbox")?, e.next_attempt, e)))
                 .collect::<Result<Vec<_>>>()?;
             if defer && state.is_empty() && ledger.is_empty() && outbox.is_empty() {
-                self.store.add_messages(run.id, 0, &with_status)?;
                 return Ok(true);
             }
             self.store.finish_run(
