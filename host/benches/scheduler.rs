@@ -7,7 +7,9 @@
 //! Run with `cargo bench -p schoolbell --bench scheduler`
 //! (`SCHOOLBELL_BENCH_QUICK=1`: 10,000 tasks, shorter windows;
 //! `SCHOOLBELL_BENCH_STORE=postgres`: on a throwaway PostgreSQL cluster,
-//! where the queue is also drained by 2 and 3 hosts).
+//! where the queue is also drained by 2 and 3 hosts;
+//! `SCHOOLBELL_BENCH_LATE_SECONDS=1`: the least and most late fire of
+//! each second of the window, which tells a late tick from a slow one).
 
 #[path = "figures.rs"]
 mod figures;
@@ -139,6 +141,17 @@ fn main() {
     let mut late: Vec<i64> =
         runs.iter().filter_map(|r| Some((r.queued_at - r.fire_time?).num_milliseconds())).collect();
     late.sort();
+    if std::env::var_os("SCHOOLBELL_BENCH_LATE_SECONDS").is_some() {
+        let mut by_second = std::collections::BTreeMap::<i64, (i64, i64)>::new();
+        for r in &runs {
+            if let Some(f) = r.fire_time {
+                let l = (r.queued_at - f).num_milliseconds();
+                let e = by_second.entry((f - t0).num_seconds()).or_insert((i64::MAX, 0));
+                *e = (e.0.min(l), e.1.max(l));
+            }
+        }
+        println!("worst per second from t0: {by_second:?}");
+    }
     println!(
         "fire lateness over {} fires with {tasks} tasks scheduled: p50 {} ms, p99 {} ms, max {} ms",
         late.len(),

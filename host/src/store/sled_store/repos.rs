@@ -15,7 +15,7 @@ use crate::runs::{Approval, Run, TaskMessage};
 use crate::sources::Source;
 use crate::store::StoredRecord;
 use crate::store::{
-    AccountStore, AuditStore, CollectionSpec, Drift, Finish, LedgerStore, Lookup, Maintenance, OutboxStore,
+    AccountStore, AuditStore, CollectionSpec, Drift, Finish, Firing, LedgerStore, Lookup, Maintenance, OutboxStore,
     PluginStore, QueueKey, RecordStore, Result, RuleStore, RunId, RunStore, SourceStore, TaskStore,
 };
 use crate::tasks::Task;
@@ -116,7 +116,20 @@ impl TaskStore for Store {
         next: Option<DateTime<Utc>>,
         queued: Option<(u8, &Run)>,
     ) -> Result<bool> {
-        Store::fire_once(self, &task.name, task, due, next, queued.map(|(priority, run)| (priority, due, run.id, run)))
+        Ok(TaskStore::fire_all(self, &[Firing { task, due, next, queued }])?.first().copied().unwrap_or(false))
+    }
+    fn fire_all(&self, fires: &[Firing<'_>]) -> Result<Vec<bool>> {
+        let fires: Vec<super::scheduling::Fire<'_, Task, Run>> = fires
+            .iter()
+            .map(|f| super::scheduling::Fire {
+                name: &f.task.name,
+                task: f.task,
+                due: f.due,
+                next: f.next,
+                queued: f.queued.map(|(priority, run)| (priority, run.id, run)),
+            })
+            .collect();
+        Store::fire_all(self, &fires)
     }
 }
 
