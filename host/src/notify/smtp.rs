@@ -47,11 +47,22 @@ const RECORD_WITHIN: Duration = Duration::from_millis(20);
 /// gets larger pages: a page is sized to take about `PAGE_TIME` at the
 /// pace of the one before, inside the claim another host's mailer
 /// respects on a shared store (five minutes). `PAGE_MIN` is the page size
-/// this had before pages grew; below about 4 emails/s (a relay throttled
-/// by `max_per_second`) a page of it outlasts that claim.
+/// this had before pages grew; a relay throttled by `max_per_second`
+/// starts, and stays, at a page it sends within `PAGE_TIME` (see
+/// [`first_page`]).
 const PAGE_MIN: usize = 1024;
 const PAGE_MAX: usize = 8192;
 const PAGE_TIME: Duration = Duration::from_secs(60);
+
+/// The first page, and the least: `PAGE_MIN`, or what `max_per_second`
+/// lets go in `PAGE_TIME` where that is less, so that no page, not even
+/// the first, outlasts a shared store's claim on a throttled relay.
+fn first_page(max_per_second: u32) -> usize {
+    match max_per_second {
+        0 => PAGE_MIN,
+        n => (n as usize).saturating_mul(PAGE_TIME.as_secs() as usize).clamp(1, PAGE_MIN),
+    }
+}
 
 /// How the connection to the SMTP server is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
@@ -278,7 +289,8 @@ impl Mailer {
     pub fn deliver_due(&self, store: &dyn Backend, now: DateTime<Utc>) -> Result<Delivered, Error> {
         let mut delivered = Delivered::default();
         let mut probed = false;
-        let mut page = PAGE_MIN;
+        let least = first_page(self.config.max_per_second);
+        let mut page = least;
         loop {
             let mut due = store.outbox_due(now, page)?;
             if due.is_empty() {
@@ -306,7 +318,7 @@ impl Mailer {
                 return Ok(delivered);
             }
             let per_page = count as f64 * PAGE_TIME.as_secs_f64() / started.elapsed().as_secs_f64().max(1e-3);
-            page = (per_page as usize).clamp(PAGE_MIN, PAGE_MAX);
+            page = (per_page as usize).clamp(least, PAGE_MAX);
         }
     }
 
@@ -676,5 +688,19 @@ impl Failure {
             permanent: e.is_permanent(),
             connection: !e.is_permanent() && !e.is_transient(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_relay_gets_pages_it_sends_within_the_page_time() {
+        assert_eq!(first_page(0), PAGE_MIN, "unthrottled: the usual first page");
+        assert_eq!(first_page(1), 60, "1 email/s: a minute's worth");
+        assert_eq!(first_page(3), 180);
+        assert_eq!(first_page(100), PAGE_MIN, "fast enough: never more than the usual first page");
+        assert_eq!(first_page(u32::MAX), PAGE_MIN);
     }
 }
