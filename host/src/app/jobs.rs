@@ -132,10 +132,14 @@ pub(super) struct Deferred {
 }
 
 impl Deferred {
-    /// The messages, each with the status it is indexed by.
     pub(super) fn messages(&self) -> Vec<(&str, &TaskMessage)> {
-        self.messages.iter().map(|m| (m.status.as_str(), m)).collect()
+        with_status(&self.messages)
     }
+}
+
+/// Messages, each with the status the store indexes it by.
+fn with_status(messages: &[TaskMessage]) -> Vec<(&str, &TaskMessage)> {
+    messages.iter().map(|m| (m.status.as_str(), m)).collect()
 }
 
 impl App {
@@ -258,10 +262,11 @@ impl App {
     /// Writes a run's outcome: its messages, and (finished) the run with
     /// what it leaves behind, in one step; again, patiently, while a
     /// database server is away for a moment. With `defer`, a finished run
-    /// that leaves nothing else behind is not written: true says so.
+    /// that leaves nothing else behind is not written, nor its messages:
+    /// true says so, and the committer writes both.
     fn record(&self, run: &Run, effects: &Effects, now: chrono::DateTime<chrono::Utc>, defer: bool) -> Result<bool> {
         let Effects { messages, state_writes, mail } = effects;
-        let with_status: Vec<(&str, &TaskMessage)> = messages.iter().map(|m| (m.status.as_str(), m)).collect();
+        let with_status = with_status(messages);
         // A run that did not succeed, or a dry run, leaves no watermark, no
         // ledger change and no notification: the next run starts from the
         // same place.

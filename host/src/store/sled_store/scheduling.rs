@@ -335,8 +335,8 @@ impl Store {
         writes: &Finish<'_, L, O>,
     ) -> Result<()> {
         if writes.state.is_empty() && writes.ledger.is_empty() && writes.outbox.is_empty() {
-            // A run that leaves nothing else behind: sled's transactions cost
-            // by the trees they hold, and most runs touch only these two.
+            // A run that leaves nothing else behind needs no transaction
+            // (see `finish_runs`), and most runs are such.
             return self.finish_runs(&[(id, run, finished)]);
         }
         let run = encode(run);
@@ -383,13 +383,12 @@ impl Store {
     /// at a run still recorded running, which the next start marks
     /// interrupted and enters again under its new finish time; retention
     /// goes by the run's own finish time (see `Engine::sweep`), so the
-    /// early entry removes nothing early.
+    /// early entry removes nothing early. It stays in the index (a key of
+    /// 16 bytes for each such crash), which the sweep reads past.
     pub(in crate::store) fn finish_runs<R: Serialize>(&self, runs: &[(RunId, &R, DateTime<Utc>)]) -> Result<()> {
-        let runs: Vec<([u8; 8], Vec<u8>, Vec<u8>)> =
-            runs.iter().map(|(id, run, finished)| (id.to_be_bytes(), encode(run), ts_id_key(*finished, *id))).collect();
-        for (id, run, k) in &runs {
-            self.finished.insert(k.as_slice(), &[]).map_err(io("runs_by_finish"))?;
-            self.runs.insert(id, run.as_slice()).map_err(io("runs"))?;
+        for (id, run, finished) in runs {
+            self.finished.insert(ts_id_key(*finished, *id), &[]).map_err(io("runs_by_finish"))?;
+            self.runs.insert(id.to_be_bytes(), encode(run)).map_err(io("runs"))?;
         }
         Ok(())
     }
