@@ -265,3 +265,13 @@ fn a_backup_restored_into_a_new_data_directory_has_every_task_run_and_outbox_ent
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already has a store"), "{again:?}");
 }
+
+#[test]
+fn the_service_runs_without_transparent_huge_pages_whose_faults_stall_its_scheduler() {
+    let sb = Sb::new();
+    let server = sb.serve();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    // The line is there on kernels with the switch (4.15 and later).
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:")).expect("THP_enabled in /proc/PID/status");
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}

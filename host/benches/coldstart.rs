@@ -83,6 +83,7 @@ fn vendor_plugins(root: &Path) -> Vec<PathBuf> {
 }
 
 fn main() {
+    schoolbell::without_huge_pages();
     let tasks = figures::size(100_000, 10_000);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();

@@ -26,6 +26,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
+    schoolbell::without_huge_pages();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_backend(&dir.path().join("store")).unwrap();
     let rules = Arc::new(RuleSet::new(&dir.path().join("rules"), Default::default()));

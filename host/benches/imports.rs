@@ -117,6 +117,7 @@ fn native(store: &dyn Backend, path: &Path) -> (usize, usize) {
 }
 
 fn main() {
+    schoolbell::without_huge_pages();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let plugin = root.join("target/plugins/import-csv-roster.wasm");
     assert!(plugin.exists(), "run xtask/build-plugins first");

@@ -44,6 +44,7 @@ fn attendance(i: usize) -> Record {
 }
 
 fn main() {
+    schoolbell::without_huge_pages();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let plugin = root.join("target/plugins/notifier-attendance.wasm");
     assert!(plugin.exists(), "run xtask/build-plugins first");

@@ -89,6 +89,7 @@ fn native(bytes: &[u8]) -> usize {
 }
 
 fn main() {
+    schoolbell::without_huge_pages();
     let machine = format!(
         "{} cores, {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

@@ -85,6 +85,7 @@ fn noop_task(name: String, start: chrono::DateTime<Utc>) -> TaskSpec {
 }
 
 fn main() {
+    schoolbell::without_huge_pages();
     // What the engine logs (warnings by default; `RUST_LOG` for more).
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))

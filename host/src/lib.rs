@@ -35,3 +35,18 @@ pub mod views;
 // the benchmarks measure what the service does.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off for this process; every binary built
+/// from this crate calls it first thing.
+///
+/// mimalloc asks the kernel for huge pages on each region it maps
+/// (`madvise`), and with the kernel's default `defrag=madvise` a fault in such a
+/// region may first compact memory, on the faulting thread. The scheduler
+/// loop met those faults as 20-70 ms stalls in one tick of five, which was
+/// the fire-lateness p99 (2-14 ms without them, on the same machine); the
+/// service also holds about 50 MiB less. Best effort: a kernel without
+/// the switch keeps its pages as they are.
+pub fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    schoolbell::without_huge_pages();
     // Everything this process creates (the store, the secrets key, staged
     // downloads, sockets, backups) is its user's alone: files 0600,
     // folders 0700. The data directory holds student records.
