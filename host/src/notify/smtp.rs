@@ -22,6 +22,7 @@
 //! anything else is retried with exponential backoff until `max_attempts`.
 
 mod coalesced;
+mod outcomes;
 
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use lettre::transport::smtp::extension::ClientId;
 use serde::Deserialize;
 
 use coalesced::Coalesced;
+use outcomes::Handoff;
 
 use super::{Delivery, OutboxEntry};
 use crate::store::{self, Backend};
@@ -41,6 +43,9 @@ use crate::store::{self, Backend};
 /// The longest an accepted email's outcome waits to be written: the
 /// window in which a host that dies sends it again.
 const RECORD_WITHIN: Duration = Duration::from_millis(20);
+/// Outcomes that make a batch due at once; a batch (all that waits) is
+/// written in one transaction with one flush.
+const RECORD_BATCH: usize = 256;
 
 /// Due emails read and sent a page at a time. Between pages the senders
 /// wait for the last outcomes' flush and the next read, so a fast server
@@ -323,7 +328,8 @@ impl Mailer {
     }
 
     /// Sends `entries` and records their outcomes: written while the rest
-    /// are still being sent, 256 at a time with one flush each, and counted
+    /// are still being sent, in batches of `RECORD_BATCH` or what came within
+    /// `RECORD_WITHIN`, with one flush each, and counted
     /// in `delivered` only once flushed. False when the server could not be
     /// reached.
     fn send_and_record(
@@ -333,40 +339,21 @@ impl Mailer {
         entries: Vec<(u64, OutboxEntry)>,
         delivered: &mut Delivered,
     ) -> Result<bool, Error> {
-        let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
+        let outcomes = Handoff::new(RECORD_BATCH, RECORD_WITHIN);
         let (recorded, reachable) = std::thread::scope(|scope| {
-            let recorder = scope.spawn(move || -> Result<(Delivered, bool), Error> {
+            let recorder = scope.spawn(|| -> Result<(Delivered, bool), Error> {
                 let mut pass = Delivered::default();
                 let mut reachable = true;
-                let mut batch = Vec::new();
                 // A batch is written when it is full or when its oldest
                 // outcome has waited RECORD_WITHIN: a host that dies between
                 // the server's reply and the flush sends that much again.
-                let mut oldest = std::time::Instant::now();
-                loop {
-                    let wait = RECORD_WITHIN.saturating_sub(oldest.elapsed());
-                    use std::sync::mpsc::RecvTimeoutError;
-                    let next = if batch.is_empty() {
-                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                    } else {
-                        rx.recv_timeout(wait)
-                    };
-                    let done = matches!(next, Err(RecvTimeoutError::Disconnected));
-                    if let Ok(outcome) = next {
-                        if batch.is_empty() {
-                            oldest = std::time::Instant::now();
-                        }
-                        batch.push(outcome);
-                    }
-                    if !batch.is_empty() && (done || batch.len() >= 256 || oldest.elapsed() >= RECORD_WITHIN) {
-                        reachable &= self.record(store, now, std::mem::take(&mut batch), &mut pass)?;
-                    }
-                    if done {
-                        return Ok((pass, reachable));
-                    }
+                while let Some(batch) = outcomes.next() {
+                    reachable &= self.record(store, now, batch, &mut pass)?;
                 }
+                Ok((pass, reachable))
             });
-            self.send_batch(entries, tx);
+            self.send_batch(entries, &outcomes);
+            outcomes.close();
             recorder.join().unwrap_or_else(|_| Err(Error::Config("the outbox recorder panicked".into())))
         })?;
         delivered.add(recorded);
@@ -375,14 +362,14 @@ impl Mailer {
 
     /// Sends `entries` over the connections at once, each on a thread of
     /// its own (building messages costs CPU; each SMTP exchange mostly
-    /// waits on the network), passing each outcome to `done`; stops early
+    /// waits on the network), handing each outcome to `done`; stops early
     /// when the server cannot be reached, leaving the rest due.
-    fn send_batch(&self, entries: Vec<(u64, OutboxEntry)>, done: std::sync::mpsc::Sender<Outcome>) {
+    fn send_batch(&self, entries: Vec<(u64, OutboxEntry)>, done: &Handoff<Outcome>) {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let next = AtomicUsize::new(0);
         let unreachable = AtomicBool::new(false);
         let workers = self.slots.len().min(entries.len());
-        let work = |slot: &std::sync::Mutex<Slot>, done: std::sync::mpsc::Sender<Outcome>| {
+        let work = |slot: &std::sync::Mutex<Slot>| {
             let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
             let Slot { runtime, conn } = &mut *slot;
             runtime.block_on(async {
@@ -395,14 +382,13 @@ impl Mailer {
                     if result.as_ref().is_err_and(|f| f.connection) {
                         unreachable.store(true, Ordering::SeqCst);
                     }
-                    let _ = done.send(Outcome { oid: *oid, entry, was_due, result });
+                    done.push(Outcome { oid: *oid, entry, was_due, result });
                 }
             })
         };
         std::thread::scope(|scope| {
             for slot in &self.slots[..workers] {
-                let done = done.clone();
-                scope.spawn(move || work(slot, done));
+                scope.spawn(|| work(slot));
             }
         });
     }
