@@ -165,6 +165,39 @@ fn once_per_person_never_repeats_and_job_emails_follow_each_users_choice() {
     assert_eq!(count("To: cal@district.test"), 0, "{messages:?}");
 }
 
+/// A server that pipelines: the `RSET` between two messages on one
+/// connection goes out with the next `MAIL`, and every message arrives
+/// once, with its own recipient.
+#[test]
+fn a_server_offering_pipelining_gets_every_message_once_over_one_connection() {
+    let port = free_port();
+    let smtp = Smtp::start_pipelining(port);
+    let sb = setup(port);
+    sb.file(
+        "data/schoolbell.toml",
+        format!(
+            "[email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"Schoolbell <bell@district.test>\"\npool_size = 1\nallowed_domains = [\"district.test\"]\n"
+        ),
+    );
+    load(&sb, [7, 8, 9]);
+    add_attendance_task(&sb, "ada@district.test,bea@district.test,cal@district.test");
+    let out = run(&sb);
+    assert!(out.contains("emails 9"), "three students, three addresses each: {out}");
+    let out = sb.ok(&["notify", "send"]);
+    assert!(out.starts_with("9 sent, 0 to retry, 0 failed"), "{out}");
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 9, "{messages:?}");
+    assert_eq!(smtp.rsets(), vec!["ahead"; 8], "an RSET between each two messages, each with the next MAIL");
+    for user in ["ada", "bea", "cal"] {
+        for name in ["Ann Ng", "Bo Li", "Cy Ko"] {
+            let to = format!("To: {user}@district.test");
+            let about = format!("Subject: Attendance: {name}");
+            let n = messages.iter().filter(|m| m.contains(&to) && m.contains(&about)).count();
+            assert_eq!(n, 1, "{user} about {name}: {messages:?}");
+        }
+    }
+}
+
 /// Across SIGKILLs of the server: a run's emails survive a kill before the
 /// server can reach SMTP, are delivered by the next server, and a server
 /// killed after delivering does not deliver them again.

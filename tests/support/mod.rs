@@ -601,14 +601,49 @@ impl Smtp {
         Smtp::spawn(port, dir, &["--smtpscert", &cert, "--smtpskey", &key])
     }
 
+    /// Starts the server on `port` offering `PIPELINING` (RFC 2920), which
+    /// aiosmtpd does not by itself; it reads pipelined commands in order.
+    pub fn start_pipelining(port: u16) -> Smtp {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pipelining.py"),
+            "from aiosmtpd.handlers import Mailbox\n\n\
+             class PipeliningMailbox(Mailbox):\n\
+             \x20   async def handle_EHLO(self, server, session, envelope, hostname, responses):\n\
+             \x20       session.host_name = hostname\n\
+             \x20       return responses[:-1] + ['250-PIPELINING', responses[-1]]\n\n\
+             \x20   async def handle_RSET(self, server, session, envelope):\n\
+             \x20       # Whether the next command came in the same write.\n\
+             \x20       with open('rsets', 'a') as log:\n\
+             \x20           log.write('ahead\\n' if server._reader._buffer else 'alone\\n')\n\
+             \x20       return '250 OK'\n",
+        )
+        .unwrap();
+        Smtp::spawn_with(port, dir, "pipelining.PipeliningMailbox", &[])
+    }
+
+    /// For each `RSET` a pipelining server read: `ahead` when the next
+    /// command had come with it, `alone` when not.
+    pub fn rsets(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("rsets")).unwrap_or_default();
+        log.lines().map(str::to_string).collect()
+    }
+
     pub fn certificate(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
     }
 
     fn spawn(port: u16, dir: tempfile::TempDir, extra: &[&str]) -> Smtp {
+        Smtp::spawn_with(port, dir, "aiosmtpd.handlers.Mailbox", extra)
+    }
+
+    /// aiosmtpd with `handler` (a class on the folder's Python path).
+    fn spawn_with(port: u16, dir: tempfile::TempDir, handler: &str, extra: &[&str]) -> Smtp {
         let python = Path::new("/usr/bin/python3");
         let child = Command::new(python)
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .env("PYTHONPATH", dir.path())
+            .current_dir(dir.path())
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", handler])
             .args(extra)
             .arg(dir.path().join("maildir"))
             .stdout(std::process::Stdio::null())
