@@ -211,7 +211,25 @@ impl<S: AsyncTokioStream> AsyncTokioStream for Coalesced<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// `command` from the client, `reply` from the server: what the server
+    /// read, and what the client read back.
+    async fn exchange(
+        c: &mut Coalesced<DuplexStream>,
+        server: &mut DuplexStream,
+        command: &[u8],
+        reply: &[u8],
+    ) -> (Vec<u8>, Vec<u8>) {
+        let mut buf = [0u8; 256];
+        c.write_all(command).await.unwrap();
+        c.flush().await.unwrap();
+        let n = server.read(&mut buf).await.unwrap();
+        let heard = buf[..n].to_vec();
+        server.write_all(reply).await.unwrap();
+        let n = c.read(&mut buf).await.unwrap();
+        (heard, buf[..n].to_vec())
+    }
 
     /// The body and its dot reach the server in one read; a refused DATA
     /// holds nothing back.
@@ -221,12 +239,8 @@ mod tests {
         let mut c = Coalesced::new(client);
         let mut buf = [0u8; 256];
 
-        c.write_all(b"DATA\r\n").await.unwrap();
-        c.flush().await.unwrap();
-        let n = server.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"DATA\r\n");
-        server.write_all(b"354 go ahead\r\n").await.unwrap();
-        let _ = c.read(&mut buf).await.unwrap();
+        let (heard, _) = exchange(&mut c, &mut server, b"DATA\r\n", b"354 go ahead\r\n").await;
+        assert_eq!(heard, b"DATA\r\n");
         c.write_all(b"Subject: x\r\n\r\nbody\r\n").await.unwrap();
         c.flush().await.unwrap();
         c.write_all(b"\r\n.\r\n").await.unwrap();
@@ -234,11 +248,7 @@ mod tests {
         let n = server.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"Subject: x\r\n\r\nbody\r\n\r\n.\r\n", "one write");
 
-        c.write_all(b"DATA\r\n").await.unwrap();
-        c.flush().await.unwrap();
-        let _ = server.read(&mut buf).await.unwrap();
-        server.write_all(b"554 no\r\n").await.unwrap();
-        let _ = c.read(&mut buf).await.unwrap();
+        exchange(&mut c, &mut server, b"DATA\r\n", b"554 no\r\n").await;
         c.write_all(b"RSET\r\n").await.unwrap();
         c.flush().await.unwrap();
         let n = server.read(&mut buf).await.unwrap();
@@ -256,21 +266,15 @@ mod tests {
         let mut buf = [0u8; 256];
         assert!(!pipeline.rset_ahead(), "nothing offered yet");
 
-        c.write_all(b"EHLO bell\r\n").await.unwrap();
-        c.flush().await.unwrap();
-        let _ = server.read(&mut buf).await.unwrap();
-        server.write_all(b"250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n").await.unwrap();
-        let n = c.read(&mut buf).await.unwrap();
-        assert!(buf[..n].ends_with(b"250 8BITMIME\r\n"));
+        let offer = b"250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n";
+        let (_, heard) = exchange(&mut c, &mut server, b"EHLO bell\r\n", offer).await;
+        assert_eq!(heard, offer);
         assert!(pipeline.rset_ahead(), "PIPELINING was offered");
 
-        c.write_all(b"MAIL FROM:<bell@district.test>\r\n").await.unwrap();
-        c.flush().await.unwrap();
-        let n = server.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"RSET\r\nMAIL FROM:<bell@district.test>\r\n", "one write");
-        server.write_all(b"250 reset\r\n250 sender ok\r\n").await.unwrap();
-        let n = c.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"250 sender ok\r\n");
+        let mail = b"MAIL FROM:<bell@district.test>\r\n";
+        let (sent, heard) = exchange(&mut c, &mut server, mail, b"250 reset\r\n250 sender ok\r\n").await;
+        assert_eq!(sent, b"RSET\r\nMAIL FROM:<bell@district.test>\r\n", "one write");
+        assert_eq!(heard, b"250 sender ok\r\n");
 
         assert!(pipeline.rset_ahead());
         c.write_all(b"MAIL FROM:<bell@district.test>\r\n").await.unwrap();
@@ -286,11 +290,7 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(4096);
         let mut c = Coalesced::new(client);
         let mut buf = [0u8; 256];
-        c.write_all(b"EHLO bell\r\n").await.unwrap();
-        c.flush().await.unwrap();
-        let _ = server.read(&mut buf).await.unwrap();
-        server.write_all(b"250-sink.test\r\n250 8BITMIME\r\n").await.unwrap();
-        let _ = c.read(&mut buf).await.unwrap();
+        exchange(&mut c, &mut server, b"EHLO bell\r\n", b"250-sink.test\r\n250 8BITMIME\r\n").await;
         assert!(!c.pipeline().rset_ahead(), "the caller sends RSET itself");
         c.write_all(b"RSET\r\n").await.unwrap();
         c.flush().await.unwrap();
