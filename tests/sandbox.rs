@@ -96,6 +96,18 @@ fn reading_an_undeclared_collection_is_denied_even_if_granted_elsewhere() {
     );
 }
 
+/// Instances reuse the pool's memory slots, which are reset between runs
+/// (only the pages a run wrote, where the kernel can tell): no run finds
+/// what the run before it left in memory.
+#[test]
+fn no_run_finds_what_the_run_before_it_left_in_memory() {
+    let f = fixture();
+    for run in 0..4 {
+        let out = f.host.run_notifier("test-hostile", &request("leftover")).unwrap();
+        assert_eq!(out.notifications[0].subject, "found 0", "run {run}");
+    }
+}
+
 #[test]
 fn the_guest_sees_no_files_environment_arguments_or_network() {
     let f = fixture();

@@ -20,7 +20,7 @@ impl PluginGuest for Plugin {
                     "behaviour",
                     ValueType::Text,
                     None,
-                    "loop, memory, recursion, panic, huge-output, undeclared, ambient, well, flood, big-body, state-keys, state-value, refusals, chatter, other-rule or address",
+                    "loop, memory, recursion, leftover, panic, huge-output, undeclared, ambient, well, flood, big-body, state-keys, state-value, refusals, chatter, other-rule or address",
                 ),
                 param_spec(
                     "times",
@@ -72,6 +72,27 @@ impl NotifierGuest for Plugin {
                 }
             }
             "recursion" => Ok(vec![note(recurse(0).to_string())]),
+            "leftover" => {
+                // Looks for what an earlier run left in memory, then leaves
+                // its own: a fresh heap (not zeroed by the allocator) that
+                // holds the marker was not reset between runs.
+                const MARK: &[u8] = b"LEFTOVER-STUDENT-RECORD";
+                let layout = std::alloc::Layout::from_size_align(4 << 20, 8).expect("a layout");
+                // SAFETY: a fresh allocation of that layout, read as bytes
+                // and freed with it; a wasm page holds no trap values.
+                let found = unsafe {
+                    let heap = std::alloc::alloc(layout);
+                    let bytes = std::slice::from_raw_parts_mut(heap, layout.size());
+                    let found = bytes.windows(MARK.len()).filter(|w| *w == MARK).count();
+                    for chunk in bytes.chunks_mut(MARK.len()) {
+                        chunk.copy_from_slice(&MARK[..chunk.len()]);
+                    }
+                    black_box(&bytes);
+                    std::alloc::dealloc(heap, layout);
+                    found
+                };
+                Ok(vec![note(format!("found {found}"))])
+            }
             "panic" => panic!("test-hostile panicked on purpose"),
             "huge-output" => {
                 let line = "x".repeat(1023);
