@@ -132,6 +132,7 @@ pub(super) struct Deferred {
 }
 
 impl Deferred {
+    /// The messages, each with the status it is indexed by.
     pub(super) fn messages(&self) -> Vec<(&str, &TaskMessage)> {
         with_status(&self.messages)
     }

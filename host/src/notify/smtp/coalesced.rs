@@ -80,16 +80,17 @@ impl<S> Coalesced<S> {
     }
 
     /// Takes the pipelined `RSET`'s reply off the front of what was read
-    /// into `ahead`: true once it is gone, an error if it refused.
-    fn take_rset_reply(&mut self) -> io::Result<bool> {
-        let Some(end) = reply_end(&self.ahead) else { return Ok(false) };
+    /// into `ahead` once it is all there (clearing `rset_reply`); an error
+    /// if it refused.
+    fn take_rset_reply(&mut self) -> io::Result<()> {
+        let Some(end) = reply_end(&self.ahead) else { return Ok(()) };
         if !self.ahead.starts_with(b"2") {
             let reply = String::from_utf8_lossy(&self.ahead[..end]).trim_end().to_string();
             return Err(io::Error::other(format!("the server refused RSET: {reply}")));
         }
         self.ahead.drain(..end);
         self.rset_reply = false;
-        Ok(true)
+        Ok(())
     }
 
     /// Notes `PIPELINING` in the `EHLO` reply read so far.
