@@ -143,6 +143,11 @@ impl Drop for Taking<'_> {
 pub(super) struct State {
     pub(super) wake: tokio::sync::Notify,
     pub(super) live: Mutex<HashMap<RunId, Live>>,
+    /// Held while the committer writes ended runs, and while a cancel
+    /// re-reads a running run and writes it back: neither overwrites the
+    /// other. Not the live lock, which every claim and every run's end
+    /// takes: held over a batch's writes, it stalled the workers.
+    pub(super) recording: Mutex<()>,
     /// The queue entries this host's claims are taking now. A worker that
     /// finishes and the loop claim beside each other: each starts reading
     /// past the entries the other took, rather than both reading the same
@@ -976,9 +981,9 @@ fn commit(app: &std::sync::Weak<App>, ended: &std::sync::mpsc::Receiver<super::j
             if finishing.is_empty() {
                 return Ok(());
             }
-            // Under the lock a run's own outcome is written under: a cancel
-            // re-reads the run there, and never writes it back running.
-            let _live = lock(&app.engine.live);
+            // A cancel re-reads the run under this lock, and never writes
+            // it back running.
+            let _recording = lock(&app.engine.recording);
             let runs: Vec<(&Run, DateTime<Utc>)> = finishing.iter().map(|(run, d)| (*run, d.at)).collect();
             app.store.finish_runs(&runs)
         });

@@ -276,10 +276,11 @@ impl Runs<'_> {
         match run.status {
             s if s.is_finished() => return Err(finished(s)),
             RunStatus::Running => {
-                // Under the live lock the worker cannot record its outcome
-                // meanwhile; re-read so a run that just finished is not
-                // overwritten with its running state.
+                // Under these locks neither the worker nor the committer can
+                // record its outcome meanwhile; re-read so a run that just
+                // finished is not overwritten with its running state.
                 let live = lock(&app.engine.live);
+                let _recording = lock(&app.engine.recording);
                 let mut current = self.get(id)?;
                 if current.status.is_finished() {
                     return Err(finished(current.status));
