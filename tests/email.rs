@@ -165,9 +165,10 @@ fn once_per_person_never_repeats_and_job_emails_follow_each_users_choice() {
     assert_eq!(count("To: cal@district.test"), 0, "{messages:?}");
 }
 
-/// A server that pipelines: the `RSET` between two messages on one
-/// connection goes out with the next `MAIL`, and every message arrives
-/// once, with its own recipient.
+/// A server that pipelines: each message's envelope goes out with its
+/// `DATA` and the `RSET` before it, every message arrives once, with its
+/// own recipient, and a recipient the server refuses for good fails its
+/// own message only.
 #[test]
 fn a_server_offering_pipelining_gets_every_message_once_over_one_connection() {
     let port = free_port();
@@ -180,14 +181,27 @@ fn a_server_offering_pipelining_gets_every_message_once_over_one_connection() {
         ),
     );
     load(&sb, [7, 8, 9]);
-    add_attendance_task(&sb, "ada@district.test,bea@district.test,cal@district.test");
+    add_attendance_task(&sb, "ada@district.test,gone@district.test,bea@district.test,cal@district.test");
     let out = run(&sb);
-    assert!(out.contains("emails 9"), "three students, three addresses each: {out}");
+    assert!(out.contains("emails 12"), "three students, four addresses each: {out}");
     let out = sb.ok(&["notify", "send"]);
-    assert!(out.starts_with("9 sent, 0 to retry, 0 failed"), "{out}");
+    assert!(out.starts_with("9 sent, 0 to retry, 3 failed"), "{out}");
+    let outbox: serde_json::Value = serde_json::from_str(&sb.ok(&["notify", "outbox", "--json"])).unwrap();
+    for e in outbox.as_array().unwrap().iter().map(|e| &e["entry"]) {
+        let gone = e["to"] == "gone@district.test";
+        assert_eq!(e["status"], if gone { "failed" } else { "sent" }, "{e}");
+        assert_eq!(e["attempts"], 1, "{e}");
+        if gone {
+            assert!(e["last_error"].as_str().unwrap().contains("(550): 5.1.1 No such user"), "{e}");
+        }
+    }
     let messages = smtp.messages();
     assert_eq!(messages.len(), 9, "{messages:?}");
-    assert_eq!(smtp.rsets(), vec!["ahead"; 8], "an RSET between each two messages, each with the next MAIL");
+    assert!(messages.iter().all(|m| !m.contains("gone@")), "{messages:?}");
+    // lettre ends a connection after a refusal: each student's refused
+    // message leaves one connection for the next, so 12 messages take 4
+    // connections, and 8 RSETs between two messages on one.
+    assert_eq!(smtp.rsets(), vec!["ahead"; 8], "an RSET between each two messages, each with the next envelope");
     for user in ["ada", "bea", "cal"] {
         for name in ["Ann Ng", "Bo Li", "Cy Ko"] {
             let to = format!("To: {user}@district.test");

@@ -602,7 +602,8 @@ impl Smtp {
     }
 
     /// Starts the server on `port` offering `PIPELINING` (RFC 2920), which
-    /// aiosmtpd does not by itself; it reads pipelined commands in order.
+    /// aiosmtpd does not by itself; it reads pipelined commands in order,
+    /// and refuses the recipient `gone@district.test` for good.
     pub fn start_pipelining(port: u16) -> Smtp {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -616,6 +617,11 @@ impl Smtp {
              \x20       # Whether the next command came in the same write.\n\
              \x20       with open('rsets', 'a') as log:\n\
              \x20           log.write('ahead\\n' if server._reader._buffer else 'alone\\n')\n\
+             \x20       return '250 OK'\n\n\
+             \x20   async def handle_RCPT(self, server, session, envelope, address, rcpt_options):\n\
+             \x20       if address == 'gone@district.test':\n\
+             \x20           return '550 5.1.1 No such user here'\n\
+             \x20       envelope.rcpt_tos.append(address)\n\
              \x20       return '250 OK'\n",
         )
         .unwrap();

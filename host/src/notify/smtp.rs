@@ -3,9 +3,10 @@
 //! It keeps its own set of long-lived lettre connections (`pool_size`),
 //! each a tokio TCP stream with `TCP_NODELAY`, secured with STARTTLS or
 //! TLS as configured and logged in once; messages on one connection are
-//! separated by `RSET`, which goes out with the next message's `MAIL` where
-//! the server offers `PIPELINING` (one round trip of five saved; see
-//! `coalesced`); a connection that breaks is replaced, and one is
+//! separated by `RSET`. Where the server offers `PIPELINING`, the `RSET`,
+//! `MAIL`, `RCPT` and `DATA` of a message go out in one write (two round
+//! trips a message instead of five; see `coalesced`); a connection that
+//! breaks is replaced, and one is
 //! closed after `max_messages_per_connection`. `max_per_second` paces the
 //! whole set for relays that throttle. Why not lettre's own pool: lettre
 //! 0.11.23 writes a message's body and its final `.` in two writes on a
@@ -211,7 +212,7 @@ struct Slot {
 struct Connection {
     smtp: AsyncSmtpConnection,
     sent: u32,
-    /// Sends `RSET` with the next message where the server pipelines; none
+    /// Sends `RSET` with the next envelope where the server pipelines; none
     /// under STARTTLS, which upgrades lettre's own stream.
     pipeline: Option<Arc<Pipeline>>,
 }

@@ -1,13 +1,18 @@
 //! The connection under lettre, sending a message's body and its closing
 //! dot as one write. lettre writes and flushes them apart, so with
 //! `TCP_NODELAY` each message costs the server an extra segment and an
-//! extra wakeup. Commands and replies pass through as they are, but for
-//! one: where the server offers `PIPELINING` (RFC 2920), the `RSET`
-//! between two messages goes out with the next message's `MAIL` instead
-//! of as a round trip of its own (lettre sends a command and waits for
-//! its reply, so only a command sent here can ride along), and its reply
-//! is taken off the stream here.
+//! extra wakeup.
+//!
+//! Where the server offers `PIPELINING` (RFC 2920), a message's envelope
+//! goes out as one command group too: lettre sends a command and waits for
+//! its reply, so `MAIL` and `RCPT` are held here and answered at once, and
+//! go out with `DATA` (and the `RSET` before them, that the mailer asks
+//! for), one round trip instead of four. Their real replies are taken off
+//! the stream here; the first refusal among them reaches lettre as the
+//! reply to `DATA`, with its own code, so a refused recipient fails its
+//! message as it would unpipelined.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,6 +43,20 @@ impl Pipeline {
     }
 }
 
+/// A reply the server owes for a command that went out ahead, which
+/// lettre does not read.
+#[derive(Debug, Clone, Copy)]
+enum Owed {
+    /// The `RSET` the mailer asked for: a refusal breaks the connection.
+    Rset,
+    /// `MAIL` or `RCPT`, answered to lettre when it was written: a refusal
+    /// is handed on as the reply to `DATA`.
+    Envelope,
+}
+
+/// What lettre reads for an envelope command held for `DATA`.
+const HELD: &[u8] = b"250 2.0.0 Goes out with DATA\r\n";
+
 /// Buffers writes until a flush; holds a message body's flush until its
 /// closing `\r\n.\r\n` is written too. Dot-stuffing keeps that sequence
 /// out of any body, so it ends one exactly.
@@ -46,6 +65,11 @@ pub(super) struct Coalesced<S> {
     inner: S,
     out: Vec<u8>,
     sent: usize,
+    /// Where the command written now starts in `out`; before it, the
+    /// envelope commands held for `DATA`.
+    command: usize,
+    /// How many envelope commands `out` holds.
+    held: usize,
     /// `DATA` went out; its reply says whether a body follows.
     data_sent: bool,
     /// The server said 354: what is written now is the body.
@@ -53,10 +77,21 @@ pub(super) struct Coalesced<S> {
     pipeline: Arc<Pipeline>,
     /// `EHLO` went out: its reply, gathered until its last line.
     hello: Option<Vec<u8>>,
-    /// A pipelined `RSET` went out: its reply comes first, and stays here.
-    rset_reply: bool,
-    /// Read past the end of the `RSET` reply: lettre's, handed on first.
+    /// Replies owed for commands sent ahead, in order: they come before
+    /// the reply lettre waits for, and stay here.
+    owed: VecDeque<Owed>,
+    /// The first envelope command the server refused: lettre reads it in
+    /// place of `DATA`'s reply.
+    refused: Option<Vec<u8>>,
+    /// What lettre reads next, made here: replies to held commands, or a
+    /// refusal.
+    answered: Vec<u8>,
+    /// Read from the server past the replies taken off here: lettre's.
     ahead: Vec<u8>,
+    /// The server took `DATA` although it refused the envelope (no server
+    /// keeping to RFC 2920 does, with one recipient): it waits for a body
+    /// that must not go, so the connection ends.
+    spoiled: bool,
 }
 
 impl<S> Coalesced<S> {
@@ -65,12 +100,17 @@ impl<S> Coalesced<S> {
             inner,
             out: Vec::new(),
             sent: 0,
+            command: 0,
+            held: 0,
             data_sent: false,
             in_body: false,
             pipeline: Arc::default(),
             hello: None,
-            rset_reply: false,
+            owed: VecDeque::new(),
+            refused: None,
+            answered: Vec::new(),
             ahead: Vec::new(),
+            spoiled: false,
         }
     }
 
@@ -79,17 +119,26 @@ impl<S> Coalesced<S> {
         self.pipeline.clone()
     }
 
-    /// Takes the pipelined `RSET`'s reply off the front of what was read
-    /// into `ahead` once it is all there (clearing `rset_reply`); an error
-    /// if it refused.
-    fn take_rset_reply(&mut self) -> io::Result<()> {
-        let Some(end) = reply_end(&self.ahead) else { return Ok(()) };
-        if !self.ahead.starts_with(b"2") {
-            let reply = String::from_utf8_lossy(&self.ahead[..end]).trim_end().to_string();
-            return Err(io::Error::other(format!("the server refused RSET: {reply}")));
+    /// Takes the owed replies off the front of what was read, once each
+    /// is all there; an error if the server refused an `RSET`.
+    fn take_owed(&mut self) -> io::Result<()> {
+        while let Some(owed) = self.owed.front().copied() {
+            let Some(end) = reply_end(&self.ahead) else { return Ok(()) };
+            let reply: Vec<u8> = self.ahead.drain(..end).collect();
+            self.owed.pop_front();
+            if reply.starts_with(b"2") {
+                continue;
+            }
+            match owed {
+                Owed::Rset => {
+                    let reply = String::from_utf8_lossy(&reply).trim_end().to_string();
+                    return Err(io::Error::other(format!("the server refused RSET: {reply}")));
+                }
+                Owed::Envelope => {
+                    self.refused.get_or_insert(reply);
+                }
+            }
         }
-        self.ahead.drain(..end);
-        self.rset_reply = false;
         Ok(())
     }
 
@@ -107,6 +156,10 @@ impl<S> Coalesced<S> {
     }
 }
 
+fn starts_with(command: &[u8], verb: &[u8]) -> bool {
+    command.get(..verb.len()).is_some_and(|c| c.eq_ignore_ascii_case(verb))
+}
+
 /// Where the first reply in `read` ends (after its last line: a code and a
 /// space, not a dash), if it is all there.
 fn reply_end(read: &[u8]) -> Option<usize> {
@@ -121,26 +174,59 @@ fn reply_end(read: &[u8]) -> Option<usize> {
     None
 }
 
+/// Hands `from` on into `buf`, as much as fits.
+fn hand_on(from: &mut Vec<u8>, buf: &mut ReadBuf<'_>) {
+    let n = from.len().min(buf.remaining());
+    buf.put_slice(&from[..n]);
+    from.drain(..n);
+}
+
+impl<S: AsyncRead + Unpin> Coalesced<S> {
+    /// Reads what the server sent into `ahead`.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut chunk = [0u8; 1024];
+        let mut read = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+        if read.filled().is_empty() {
+            return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+        }
+        self.ahead.extend_from_slice(read.filled());
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Coalesced<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        while this.rset_reply {
-            let mut chunk = [0u8; 1024];
-            let mut read = ReadBuf::new(&mut chunk);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
-                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-            }
-            this.ahead.extend_from_slice(read.filled());
-            this.take_rset_reply()?;
+        if !this.answered.is_empty() {
+            hand_on(&mut this.answered, buf);
+            return Poll::Ready(Ok(()));
+        }
+        this.take_owed()?;
+        while !this.owed.is_empty() {
+            ready!(this.fill(cx))?;
+            this.take_owed()?;
+        }
+        if this.refused.is_some() {
+            // DATA's own reply goes too: lettre reads the refusal instead.
+            let end = loop {
+                match reply_end(&this.ahead) {
+                    Some(end) => break end,
+                    None => ready!(this.fill(cx))?,
+                }
+            };
+            this.spoiled = this.ahead[0] == b'3';
+            this.ahead.drain(..end);
+            this.answered = this.refused.take().unwrap_or_default();
+            this.data_sent = false;
+            hand_on(&mut this.answered, buf);
+            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         if this.ahead.is_empty() {
             ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         } else {
-            let n = this.ahead.len().min(buf.remaining());
-            buf.put_slice(&this.ahead[..n]);
-            this.ahead.drain(..n);
+            hand_on(&mut this.ahead, buf);
         }
         if this.hello.is_some() {
             let read = buf.filled()[before..].to_vec();
@@ -168,15 +254,40 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
             // The body without its dot: it goes out with the dot.
             return Poll::Ready(Ok(()));
         }
-        if this.sent == 0 && !this.in_body && !this.out.is_empty() {
-            if this.pipeline.rset.swap(false, Ordering::SeqCst) {
-                this.out.splice(0..0, *b"RSET\r\n");
-                this.rset_reply = true;
+        if this.sent == 0 && !this.in_body {
+            if this.out.len() == this.command {
+                // Nothing written since the held commands (or at all).
+                return Poll::Ready(Ok(()));
             }
-            let command = this.out.get(..5).unwrap_or_default();
-            if command.eq_ignore_ascii_case(b"EHLO ") {
+            if this.spoiled {
+                return Poll::Ready(Err(io::Error::other(
+                    "the server took DATA for a message whose envelope it refused; this connection is closed",
+                )));
+            }
+            let command = &this.out[this.command..];
+            if this.pipeline.offered.load(Ordering::SeqCst)
+                && (starts_with(command, b"MAIL FROM:") || starts_with(command, b"RCPT TO:"))
+            {
+                if starts_with(command, b"MAIL FROM:") {
+                    // A new envelope: whatever was held before it never went.
+                    this.out.drain(..this.command);
+                    this.held = 0;
+                }
+                this.held += 1;
+                this.command = this.out.len();
+                this.answered.extend_from_slice(HELD);
+                return Poll::Ready(Ok(()));
+            }
+            if starts_with(command, b"EHLO ") {
                 this.hello = Some(Vec::new());
             }
+            this.data_sent = command.eq_ignore_ascii_case(b"DATA\r\n");
+            if this.pipeline.rset.swap(false, Ordering::SeqCst) {
+                this.out.splice(0..0, *b"RSET\r\n");
+                this.owed.push_back(Owed::Rset);
+            }
+            this.owed.extend(std::iter::repeat_n(Owed::Envelope, this.held));
+            this.held = 0;
         }
         while this.sent < this.out.len() {
             let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.out[this.sent..]))?;
@@ -185,13 +296,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
             }
             this.sent += n;
         }
-        if this.in_body {
-            this.in_body = false;
-        } else if this.out.eq_ignore_ascii_case(b"DATA\r\n") {
-            this.data_sent = true;
-        }
+        this.in_body = false;
         this.out.clear();
         this.sent = 0;
+        this.command = 0;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
@@ -256,15 +364,42 @@ mod tests {
         assert_eq!(&buf[..n], b"RSET\r\n", "sent at its flush");
     }
 
-    /// Where `EHLO` offers PIPELINING, an RSET asked for goes out in the
-    /// same write as the next command, and lettre reads only that
-    /// command's reply; a refused RSET is an error, not a reply to MAIL.
+    /// Whether nothing has reached `server` (yet).
+    fn nothing_sent(server: &mut DuplexStream) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut buf = [0u8; 16];
+        Pin::new(server).poll_read(&mut cx, &mut ReadBuf::new(&mut buf)).is_pending()
+    }
+
+    /// What lettre writes and reads for one message's envelope (`MAIL`,
+    /// `RCPT` and `DATA`, each waiting for its reply), against a server
+    /// that reads what came in one write and answers `replies`: what the
+    /// server read, and lettre's reply to `DATA`.
+    async fn envelope(
+        c: &mut Coalesced<DuplexStream>,
+        server: &mut DuplexStream,
+        replies: &[u8],
+    ) -> (Vec<u8>, Vec<u8>) {
+        let mut buf = [0u8; 512];
+        for command in [&b"MAIL FROM:<bell@district.test>\r\n"[..], b"RCPT TO:<ada@district.test>\r\n"] {
+            c.write_all(command).await.unwrap();
+            c.flush().await.unwrap();
+            let n = c.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], HELD, "answered here");
+            assert!(nothing_sent(server), "held for DATA");
+        }
+        let (heard, reply) = exchange(c, server, b"DATA\r\n", replies).await;
+        (heard, reply)
+    }
+
+    /// Where `EHLO` offers PIPELINING, a message's envelope and the RSET
+    /// asked for before it go out in one write with DATA, and lettre
+    /// reads only DATA's reply; a refused RSET is an error, not a reply.
     #[tokio::test]
-    async fn a_pipelined_rset_rides_with_mail_and_its_reply_never_reaches_lettre() {
+    async fn a_pipelined_envelope_goes_out_with_data_and_lettre_reads_only_its_reply() {
         let (client, mut server) = tokio::io::duplex(4096);
         let mut c = Coalesced::new(client);
         let pipeline = c.pipeline();
-        let mut buf = [0u8; 256];
         assert!(!pipeline.rset_ahead(), "nothing offered yet");
 
         let offer = b"250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n";
@@ -272,18 +407,66 @@ mod tests {
         assert_eq!(heard, offer);
         assert!(pipeline.rset_ahead(), "PIPELINING was offered");
 
-        let mail = b"MAIL FROM:<bell@district.test>\r\n";
-        let (sent, heard) = exchange(&mut c, &mut server, mail, b"250 reset\r\n250 sender ok\r\n").await;
-        assert_eq!(sent, b"RSET\r\nMAIL FROM:<bell@district.test>\r\n", "one write");
-        assert_eq!(heard, b"250 sender ok\r\n");
+        let replies = b"250 reset\r\n250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n";
+        let (sent, heard) = envelope(&mut c, &mut server, replies).await;
+        assert_eq!(
+            sent, b"RSET\r\nMAIL FROM:<bell@district.test>\r\nRCPT TO:<ada@district.test>\r\nDATA\r\n",
+            "one write"
+        );
+        assert_eq!(heard, b"354 go ahead\r\n");
+        let (sent, heard) = exchange(&mut c, &mut server, b"body\r\n.\r\n", b"250 queued\r\n").await;
+        assert_eq!((&sent[..], &heard[..]), (&b"body\r\n.\r\n"[..], &b"250 queued\r\n"[..]));
 
         assert!(pipeline.rset_ahead());
-        c.write_all(b"MAIL FROM:<bell@district.test>\r\n").await.unwrap();
-        c.flush().await.unwrap();
+        let mut buf = [0u8; 256];
+        for command in [&b"MAIL FROM:<bell@district.test>\r\n"[..], b"RCPT TO:<ada@district.test>\r\n", b"DATA\r\n"] {
+            c.write_all(command).await.unwrap();
+            c.flush().await.unwrap();
+        }
+        let n = c.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], [HELD, HELD].concat(), "MAIL's and RCPT's");
         let _ = server.read(&mut buf).await.unwrap();
-        server.write_all(b"503 not now\r\n250 sender ok\r\n").await.unwrap();
+        server.write_all(b"503 not now\r\n250 sender ok\r\n250 recipient ok\r\n354 go\r\n").await.unwrap();
         let refused = c.read(&mut buf).await.unwrap_err();
         assert!(refused.to_string().contains("refused RSET: 503 not now"), "{refused}");
+    }
+
+    /// A recipient refused in a pipelined envelope reaches lettre as the
+    /// reply to DATA, with its own code (permanent or not), and the next
+    /// message goes on the same connection.
+    #[tokio::test]
+    async fn a_refused_recipient_reaches_lettre_as_the_reply_to_data() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut c = Coalesced::new(client);
+        exchange(&mut c, &mut server, b"EHLO bell\r\n", b"250-sink.test\r\n250 PIPELINING\r\n").await;
+
+        let replies = b"250 sender ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n";
+        let (_, heard) = envelope(&mut c, &mut server, replies).await;
+        assert_eq!(heard, b"550 5.1.1 no such user\r\n");
+
+        assert!(c.pipeline().rset_ahead());
+        let replies = b"250 reset\r\n250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n";
+        let (sent, heard) = envelope(&mut c, &mut server, replies).await;
+        assert!(sent.starts_with(b"RSET\r\nMAIL FROM:"), "{}", String::from_utf8_lossy(&sent));
+        assert_eq!(heard, b"354 go ahead\r\n", "no body was held back");
+    }
+
+    /// A server that takes DATA after refusing the only recipient waits
+    /// for a body that must not go: lettre reads the refusal, and the
+    /// connection takes nothing more.
+    #[tokio::test]
+    async fn data_taken_after_a_refused_envelope_ends_the_connection() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut c = Coalesced::new(client);
+        exchange(&mut c, &mut server, b"EHLO bell\r\n", b"250-sink.test\r\n250 PIPELINING\r\n").await;
+
+        let replies = b"250 sender ok\r\n451 4.3.0 try later\r\n354 go ahead\r\n";
+        let (_, heard) = envelope(&mut c, &mut server, replies).await;
+        assert_eq!(heard, b"451 4.3.0 try later\r\n");
+        c.write_all(b"RSET\r\n").await.unwrap();
+        let closed = c.flush().await.unwrap_err();
+        assert!(closed.to_string().contains("connection is closed"), "{closed}");
+        assert!(nothing_sent(&mut server));
     }
 
     #[tokio::test]
