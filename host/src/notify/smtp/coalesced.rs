@@ -431,14 +431,20 @@ mod tests {
         assert!(refused.to_string().contains("refused RSET: 503 not now"), "{refused}");
     }
 
+    /// A stream whose server offered PIPELINING, and that server.
+    async fn pipelining() -> (Coalesced<DuplexStream>, DuplexStream) {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut c = Coalesced::new(client);
+        exchange(&mut c, &mut server, b"EHLO bell\r\n", b"250-sink.test\r\n250 PIPELINING\r\n").await;
+        (c, server)
+    }
+
     /// A recipient refused in a pipelined envelope reaches lettre as the
     /// reply to DATA, with its own code (permanent or not), and the next
     /// message goes on the same connection.
     #[tokio::test]
     async fn a_refused_recipient_reaches_lettre_as_the_reply_to_data() {
-        let (client, mut server) = tokio::io::duplex(4096);
-        let mut c = Coalesced::new(client);
-        exchange(&mut c, &mut server, b"EHLO bell\r\n", b"250-sink.test\r\n250 PIPELINING\r\n").await;
+        let (mut c, mut server) = pipelining().await;
 
         let replies = b"250 sender ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n";
         let (_, heard) = envelope(&mut c, &mut server, replies).await;
@@ -456,9 +462,7 @@ mod tests {
     /// connection takes nothing more.
     #[tokio::test]
     async fn data_taken_after_a_refused_envelope_ends_the_connection() {
-        let (client, mut server) = tokio::io::duplex(4096);
-        let mut c = Coalesced::new(client);
-        exchange(&mut c, &mut server, b"EHLO bell\r\n", b"250-sink.test\r\n250 PIPELINING\r\n").await;
+        let (mut c, mut server) = pipelining().await;
 
         let replies = b"250 sender ok\r\n451 4.3.0 try later\r\n354 go ahead\r\n";
         let (_, heard) = envelope(&mut c, &mut server, replies).await;
