@@ -202,6 +202,7 @@ fn a_server_offering_pipelining_gets_every_message_once_over_one_connection() {
     // message leaves one connection for the next, so 12 messages take 4
     // connections, and 8 RSETs between two messages on one.
     assert_eq!(smtp.rsets(), vec!["ahead"; 8], "an RSET between each two messages, each with the next envelope");
+    assert_eq!(smtp.mails(), vec!["grouped"; 12], "each envelope in one write with its RCPT and DATA");
     for user in ["ada", "bea", "cal"] {
         for name in ["Ann Ng", "Bo Li", "Cy Ko"] {
             let to = format!("To: {user}@district.test");

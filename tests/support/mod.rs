@@ -618,6 +618,13 @@ impl Smtp {
              \x20       with open('rsets', 'a') as log:\n\
              \x20           log.write('ahead\\n' if server._reader._buffer else 'alone\\n')\n\
              \x20       return '250 OK'\n\n\
+             \x20   async def handle_MAIL(self, server, session, envelope, address, mail_options):\n\
+             \x20       # Whether the rest of the envelope came in the same write.\n\
+             \x20       with open('mails', 'a') as log:\n\
+             \x20           log.write('grouped\\n' if server._reader._buffer else 'alone\\n')\n\
+             \x20       envelope.mail_from = address\n\
+             \x20       envelope.mail_options.extend(mail_options)\n\
+             \x20       return '250 OK'\n\n\
              \x20   async def handle_RCPT(self, server, session, envelope, address, rcpt_options):\n\
              \x20       if address == 'gone@district.test':\n\
              \x20           return '550 5.1.1 No such user here'\n\
@@ -631,7 +638,17 @@ impl Smtp {
     /// For each `RSET` a pipelining server read: `ahead` when the next
     /// command had come with it, `alone` when not.
     pub fn rsets(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(self.dir.path().join("rsets")).unwrap_or_default();
+        self.log("rsets")
+    }
+
+    /// For each `MAIL` a pipelining server read: `grouped` when the rest
+    /// of the envelope had come with it, `alone` when not.
+    pub fn mails(&self) -> Vec<String> {
+        self.log("mails")
+    }
+
+    fn log(&self, name: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
         log.lines().map(str::to_string).collect()
     }
 
