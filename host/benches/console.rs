@@ -5,8 +5,11 @@
 //! p99 over real HTTP requests with a session cookie. Run with
 //! `cargo bench -p schoolbell --bench console`.
 
+#[path = "figures.rs"]
+mod figures;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
 use schoolbell::app::{App, SystemClock};
@@ -20,10 +23,6 @@ use schoolbell::users::User;
 const RUNS: u64 = 100_000;
 const MESSAGES: u64 = 1_000_000;
 const REQUESTS: usize = 60;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn main() {
     schoolbell::without_huge_pages();
@@ -89,8 +88,8 @@ fn main() {
         times.sort();
         println!(
             "| {label} | {:.1?} | {:.1?} | {} KiB |",
-            percentile(&times, 0.5),
-            percentile(&times, 0.99),
+            figures::percentile(&times, 0.5),
+            figures::percentile(&times, 0.99),
             bytes / 1024
         );
     };

@@ -1,5 +1,5 @@
-//! What every bench shares: whether it runs in quick mode, and where its
-//! figures go for `xtask/bench` (one JSON object per line, appended to the
+//! What every bench shares: whether it runs in quick mode, how a figure
+//! is read off sorted samples, and where its figures go for `xtask/bench` (one JSON object per line, appended to the
 //! file `SCHOOLBELL_BENCH_OUT` names, merged into `target/bench.json`).
 
 #![allow(dead_code)] // Each bench uses what it needs.
@@ -14,6 +14,12 @@ pub(crate) fn quick() -> bool {
 /// `full` normally, `quick` in quick mode.
 pub(crate) fn size(full: usize, quick_size: usize) -> usize {
     if quick() { quick_size } else { full }
+}
+
+/// The sample at fraction `p` (0.5 for the median, 0.99 for p99) of
+/// `sorted`, which must be sorted and not empty.
+pub(crate) fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Records a figure under `key` for `xtask/bench`.

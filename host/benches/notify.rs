@@ -126,7 +126,7 @@ fn main() {
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+            figures::percentile(v, 0.5)
         };
         let (rate, ceiling) = (median(&mut rates), median(&mut ceilings));
         println!(

@@ -31,10 +31,6 @@ fn plugin(name: &str) -> std::path::PathBuf {
     p
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn roster() -> Vec<u8> {
     let mut csv = String::from("Student ID,Last Name,First Name,Birth Date,Gender,Grade,Campus,SSN\n");
     for i in 0..ROWS {
@@ -146,7 +142,12 @@ fn main() {
         })
         .collect();
     inst.sort();
-    println!("instantiate: p50 {:?}, p99 {:?} (n = {})", percentile(&inst, 0.5), percentile(&inst, 0.99), inst.len());
+    println!(
+        "instantiate: p50 {:?}, p99 {:?} (n = {})",
+        figures::percentile(&inst, 0.5),
+        figures::percentile(&inst, 0.99),
+        inst.len()
+    );
 
     // 100k-row mapping through the component vs natively.
     let bytes = roster();

@@ -51,10 +51,6 @@ fn cpu_ticks() -> u64 {
         + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
-fn pct(sorted: &[i64], p: f64) -> i64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// An app over a fresh store in `dir`, with the no-op plugin installed.
 fn app(stores: &Stores, dir: &Path, workers: usize) -> (Arc<App>, Arc<dyn Backend>, Option<String>) {
     let (store, schema) = stores.fresh(dir);
@@ -156,11 +152,11 @@ fn main() {
     println!(
         "fire lateness over {} fires with {tasks} tasks scheduled: p50 {} ms, p99 {} ms, max {} ms",
         late.len(),
-        pct(&late, 0.5),
-        pct(&late, 0.99),
+        figures::percentile(&late, 0.5),
+        figures::percentile(&late, 0.99),
         late.last().unwrap()
     );
-    figures::record("fire_lateness_p99_ms", pct(&late, 0.99) as f64);
+    figures::record("fire_lateness_p99_ms", figures::percentile(&late, 0.99) as f64);
     let rss_mib = proc_field("/proc/self/status", "VmRSS:").unwrap_or(0) / 1024;
     let idle_s = figures::size(10, 2) as u64;
     let before = cpu_ticks();
