@@ -65,7 +65,7 @@ fn main() {
     println!("seeded {RUNS} runs and {MESSAGES} messages on run {busy} in {:.1?}", started.elapsed());
 
     app.users().set_password(&admin, "admin", "benchmark password").unwrap();
-    let (_, token) = app.users().sign_in("admin", "benchmark password").unwrap();
+    let (_, token) = app.users().sign_in("admin", "benchmark password", "127.0.0.1").unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();

@@ -36,6 +36,7 @@ impl From<app::Error> for ApiError {
             app::Error::Forbidden(_) => StatusCode::FORBIDDEN,
             app::Error::Conflict(_) => StatusCode::CONFLICT,
             app::Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            app::Error::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             app::Error::Store(_) | app::Error::Failed(_) => {
                 // The details (paths, store internals) are for the operator's log.
                 tracing::error!(error = %e, "A request failed inside the server.");
@@ -75,12 +76,36 @@ impl FromRequestParts<Arc<App>> for Caller {
             .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
         let app = state.clone();
         let token = token.trim().to_string();
-        let user = tokio::task::spawn_blocking(move || app.authenticate(&token))
+        let from = client_address(parts);
+        let user = tokio::task::spawn_blocking(move || app.authenticate(&token, &from))
             .await
             .map_err(internal)?
-            .map_err(|e| unauthorized(&e.to_string()))?;
+            .map_err(|e| match e {
+                crate::users::Error::Throttled(_) => ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+                e => unauthorized(&e.to_string()),
+            })?;
         Ok(Caller(user))
     }
+}
+
+/// The client's address (see [`client_address`]), as an extractor.
+pub struct ClientAddress(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(client_address(parts)))
+    }
+}
+
+/// The client's address, as the listener saw it (a proxy in front is one
+/// client: put the limits there too).
+pub(crate) fn client_address(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
 }
 
 /// Runs blocking store work off the async threads.
@@ -148,6 +173,7 @@ pub fn router(scheduler: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response(private_answers(api.tls_cert.is_some())))
         .with_state(scheduler);
     if api.base_path.is_empty() {
         return routes;
@@ -170,6 +196,29 @@ pub fn router(scheduler: Arc<App>) -> Router {
         request
     };
     Router::new().fallback_service(tower::ServiceBuilder::new().map_request(strip).service(routes))
+}
+
+/// Adds what every answer needs on a shared office computer and over TLS:
+/// `Cache-Control: no-store` (pages and answers carry student data, and
+/// Back after sign-out must not show them from the cache) unless the
+/// answer says otherwise (the console's fingerprinted assets do), and
+/// HSTS when the API serves TLS itself.
+fn private_answers(
+    tls: bool,
+) -> impl Fn(Response) -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    move |mut answer: Response| {
+        let headers = answer.headers_mut();
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+        }
+        if tls {
+            headers.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                axum::http::HeaderValue::from_static("max-age=31536000"),
+            );
+        }
+        std::future::ready(answer)
+    }
 }
 
 /// 200 while the process is up.

@@ -36,6 +36,7 @@ mod runs;
 mod sources;
 mod storage;
 mod tasks;
+mod throttle;
 mod workbench;
 
 use std::path::{Path, PathBuf};
@@ -86,6 +87,9 @@ pub enum Error {
     /// The host could not write what it was asked to (a full or read-only disk).
     #[error("{0}")]
     Failed(String),
+    /// Asked too often: wait, then try again.
+    #[error("{0}")]
+    TooMany(String),
 }
 
 /// Result alias.
@@ -165,6 +169,8 @@ pub struct App {
     /// The console's live streams open at once (they outlive requests, so
     /// the API's concurrency limit does not count them).
     live_streams: Arc<tokio::sync::Semaphore>,
+    /// Failed sign-ins by client address and user name.
+    throttle: throttle::Throttle,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -251,6 +257,7 @@ impl App {
             runs_changed: tokio::sync::watch::Sender::new(0),
             rules_seen: std::sync::atomic::AtomicU64::new(0),
             live_streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_concurrent_requests.max(1))),
+            throttle: Default::default(),
             config,
         }
     }
@@ -348,13 +355,40 @@ impl App {
     /// The user a bearer token belongs to.
     /// A failed sign-in is recorded in the audit log (with the token's id,
     /// never the token).
-    pub fn authenticate(&self, token: &str) -> Result<User, crate::users::Error> {
+    ///
+    /// `from` is the client's address: after five failures a minute from
+    /// one address, each further attempt waits (see [`throttle`]).
+    pub fn authenticate(&self, token: &str, from: &str) -> Result<User, crate::users::Error> {
+        let keys = [throttle::address(from)];
+        if let Some(wait) = self.throttle.wait(&keys, std::time::Instant::now()) {
+            return Err(crate::users::Error::Throttled(wait.as_secs().max(1)));
+        }
         let result = crate::users::authenticate(&*self.store, token, self.now(), self.config.api.token_days);
         if let Err(e) = &result {
             let id = crate::users::token_hash(token)[..12].to_string();
-            self.audit("-", "sign-in.failed", &id, Some(e.to_string()))?;
+            self.failed_sign_in(&keys, from, &id, &e.to_string())?;
         }
         result
+    }
+
+    /// Counts a failed sign-in and audits it: the first of a minute from
+    /// an address on its own, the rest of that minute as one entry with
+    /// their count, so failures cannot flood the log.
+    fn failed_sign_in(&self, keys: &[String], from: &str, target: &str, why: &str) -> Result<(), store::Error> {
+        match self.throttle.failed(keys, std::time::Instant::now()) {
+            throttle::Counted::First { earlier } => {
+                if earlier > 0 {
+                    let detail = format!("{earlier} more failed sign-ins from {from} in the minute before");
+                    self.audit("-", "sign-in.failed", from, Some(detail))?;
+                }
+                self.audit("-", "sign-in.failed", target, Some(format!("{why} (from {from})")))
+            }
+            throttle::Counted::Throttled(n) => {
+                let detail = format!("{n} failed sign-ins from {from} within a minute; further attempts wait");
+                self.audit("-", "sign-in.throttled", target, Some(detail))
+            }
+            throttle::Counted::Again => Ok(()),
+        }
     }
 
     /// Tells whoever watches runs (the console's live grid) that one changed.
@@ -386,12 +420,14 @@ impl App {
         target: &str,
         detail: Option<String>,
     ) -> Result<(), store::Error> {
+        // What a caller supplied (a user name at sign-in, a plugin's
+        // name) reaches the log bounded and without control characters.
         let entry = crate::audit::AuditEntry {
             at: self.now(),
-            user: user.into(),
+            user: crate::audit::plain(user, crate::users::MAX_NAME),
             action: action.into(),
-            target: target.into(),
-            detail,
+            target: crate::audit::plain(target, crate::users::MAX_NAME),
+            detail: detail.map(|d| crate::audit::plain(&d, crate::audit::MAX_DETAIL)),
         };
         self.store.append_audit(&entry)?;
         Ok(())

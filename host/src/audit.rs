@@ -7,6 +7,24 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The longest detail an entry keeps, in bytes.
+pub const MAX_DETAIL: usize = 1024;
+
+/// `text` as an entry keeps it: control characters dropped (so that
+/// `schoolbell audit` prints none to a terminal), cut at `max` bytes on a
+/// character boundary, with `…` where it was cut.
+pub fn plain(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// One entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {

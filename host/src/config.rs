@@ -44,6 +44,23 @@ pub struct Config {
     /// Where everything is stored: the embedded store in the data
     /// directory, or a PostgreSQL database.
     pub store: crate::store::StoreConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
+}
+
+/// The `[audit]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Days an audit entry is kept. Only the audit log is pruned by it,
+    /// and each pruning is itself an entry.
+    pub retention_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retention_days: 400 }
+    }
 }
 
 /// The `[log]` section.
@@ -97,6 +114,9 @@ pub struct ApiConfig {
     /// speaks plain HTTP: set it when a TLS proxy stands in front. With
     /// `tls_cert` set the cookie is always `Secure`.
     pub secure_cookies: bool,
+    /// Seconds a client has to send a request's headers; a connection
+    /// that has not sent them by then is closed.
+    pub header_read_timeout_secs: u64,
     /// A bearer token `GET /metrics` asks for. Unset: `/metrics` answers
     /// anyone who can reach the API (it shows counts, never records).
     pub metrics_token: Option<String>,
@@ -113,6 +133,7 @@ impl Default for ApiConfig {
             max_concurrent_requests: 64,
             base_path: String::new(),
             secure_cookies: false,
+            header_read_timeout_secs: 10,
             metrics_token: None,
         }
     }

@@ -97,9 +97,21 @@ fn local(app: &App, t: Option<DateTime<Utc>>) -> String {
 
 /// A path back into the console from a form's `back` field or sign-in's
 /// `next`: only a path under the base, never another site.
+///
+/// A browser drops tabs and newlines from a URL and reads `\\` as `/`, so
+/// `/\t/evil.example` and `/\\evil.example` are other sites to it: any
+/// whitespace, control character or backslash is refused, and so is a path
+/// that starts `//` (another host) or parses with a scheme or an authority.
 fn back_to(base: &str, back: Option<&str>) -> String {
+    let on_this_site = |b: &str| {
+        b.starts_with(&format!("{base}/"))
+            && !b.starts_with("//")
+            && !b[base.len()..].starts_with("//")
+            && !b.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+            && b.parse::<axum::http::Uri>().is_ok_and(|u| u.scheme().is_none() && u.authority().is_none())
+    };
     match back {
-        Some(b) if b.starts_with(&format!("{base}/")) && !b.starts_with("//") && !b.contains('\\') => b.to_string(),
+        Some(b) if on_this_site(b) => b.to_string(),
         _ => format!("{base}/"),
     }
 }

@@ -248,13 +248,18 @@ pub fn test_source(store: &dyn Backend, source: &Source, prefix: &str, access: &
         host_key = Some(seen);
     }
     let mut conn = access.open(store, source)?;
-    let files: Vec<String> = conn.list(prefix)?.into_iter().map(|(name, _)| name).collect();
+    let (files, refused) = remote::plain_names(conn.list(prefix)?);
+    let files: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
     remote::probe_rename(&mut *conn)?;
     let shown: Vec<&str> = files.iter().take(5).map(String::as_str).collect();
     let more =
         if files.len() > shown.len() { format!(" and {} more", files.len() - shown.len()) } else { String::new() };
     let list = if files.is_empty() { String::new() } else { format!(": {}{more}", shown.join(", ")) };
-    let found = format!("{} file(s) named {prefix}*{list}; files can be renamed there", files.len());
+    let refused = match refused.len() {
+        0 => String::new(),
+        n => format!(" ({n} listed name(s) that are not plain file names will be skipped)"),
+    };
+    let found = format!("{} file(s) named {prefix}*{list}{refused}; files can be renamed there", files.len());
     let message = if source.local_folder(&access.folders).is_some() {
         format!("{} is readable: {found}", source.shown())
     } else {
@@ -728,6 +733,9 @@ pub struct Picked {
     pub more: usize,
     /// Files left because they are still being written.
     pub notes: Vec<String>,
+    /// Names the server listed that are not plain file names, each left
+    /// alone with a note.
+    pub skipped: Vec<String>,
 }
 
 /// Picks up a task's next file from its source: the first, by name, of

@@ -97,9 +97,26 @@ pub(crate) fn send(data: &Path) -> Option<Result<i32>> {
     Some(exchange(stream))
 }
 
+/// Whether a server holding `data`'s store answers on its socket.
+pub(crate) fn serving(data: &Path) -> bool {
+    UnixStream::connect(data.join(SOCKET)).is_ok()
+}
+
+/// The command line as the server is to read it: with `--as` from this
+/// process's `SCHOOLBELL_USER` (or the default) when it does not say, so
+/// that the server never reads its own environment for who the caller is.
+fn with_caller(mut args: Vec<String>, caller: Option<String>) -> Vec<String> {
+    let named = args.iter().skip(1).any(|a| a == "--as" || a.starts_with("--as="));
+    if !named {
+        let user = caller.unwrap_or_else(|| "admin".into());
+        args.splice(1.min(args.len())..1.min(args.len()), [format!("--as={user}")]);
+    }
+    args
+}
+
 fn exchange(mut stream: UnixStream) -> Result<i32> {
     let request = Request {
-        args: std::env::args().collect(),
+        args: with_caller(std::env::args().collect(), std::env::var("SCHOOLBELL_USER").ok()),
         cwd: std::env::current_dir().context("cannot read the working directory")?,
         input: INPUT.get().cloned(),
     };
@@ -128,5 +145,20 @@ pub(crate) fn run(app: &Arc<App>, request: Request) -> Response {
     match outcome {
         Ok(()) => Response { stdout, stderr: String::new(), code: 0 },
         Err(stderr) => Response { stdout, stderr, code: 1 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caller_is_named_on_the_forwarded_line() {
+        let line = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let sam = Some("sam".to_string());
+        assert_eq!(with_caller(line(&["sb", "task", "list"]), sam.clone()), line(&["sb", "--as=sam", "task", "list"]));
+        let named = line(&["sb", "--as", "ann", "task", "list"]);
+        assert_eq!(with_caller(named.clone(), sam), named);
+        assert_eq!(with_caller(line(&["sb", "task", "list"]), None), line(&["sb", "--as=admin", "task", "list"]));
     }
 }

@@ -433,6 +433,21 @@ enum WorldPre {
     Notifier(NotifierPre<RunState>),
 }
 
+/// The store keeps, under this prefix and a cache file's name, the SHA-256
+/// of the compiled code the host wrote to that file.
+const COMPILED_DIGEST_PREFIX: &str = "compiled-sha256:";
+
+/// SHA-256 of `bytes`, hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Whether `hash` is a SHA-256 as the registry writes it: 64 lowercase hex digits.
+fn is_sha256_hex(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Where compiled components are cached, and how many were compiled or
 /// loaded from the cache by this process (for tests and the benchmark).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -537,21 +552,31 @@ impl PluginHost {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.sandbox.engine.precompile_compatibility_hash().hash(&mut h);
-        let cached = self.cache_dir.join(format!("{hash}-{:016x}.cwasm", h.finish()));
-        if cached.exists() {
-            // SAFETY: the cache folder holds only files this process family
-            // wrote with `Component::serialize`, under the data directory
-            // that also holds the store; deserialize still checks that the
-            // file matches this engine's configuration.
-            #[allow(unsafe_code)]
-            match unsafe { Component::deserialize_file(&self.sandbox.engine, &cached) } {
-                Ok(c) => {
-                    self.stats.lock().unwrap_or_else(|e| e.into_inner()).cached += 1;
-                    tracing::debug!(%hash, "Component loaded from cache.");
-                    return Ok(c);
-                }
-                Err(e) => {
-                    tracing::warn!(file = %cached.display(), "Ignoring unreadable cached component: {e:#}")
+        let file = format!("{hash}-{:016x}.cwasm", h.finish());
+        let cached = self.cache_dir.join(&file);
+        // What the host recorded in the store when it wrote the file: a
+        // cache file is native code, so one that is not byte for byte what
+        // this host family wrote is never loaded.
+        let record = format!("{COMPILED_DIGEST_PREFIX}{file}");
+        let recorded = self.store.blob(&record).ok().flatten();
+        if let (Some(recorded), Ok(code)) = (&recorded, std::fs::read(&cached)) {
+            if sha256_hex(&code).as_bytes() != recorded.as_slice() {
+                tracing::warn!(file = %cached.display(), "Ignoring a cached component that is not the one this host wrote; compiling again.");
+            } else {
+                // SAFETY: the bytes are those this host family wrote with
+                // `Component::serialize` (their digest is the one recorded
+                // in the store when they were written); deserialize still
+                // checks that they match this engine's configuration.
+                #[allow(unsafe_code)]
+                match unsafe { Component::deserialize(&self.sandbox.engine, &code) } {
+                    Ok(c) => {
+                        self.stats.lock().unwrap_or_else(|e| e.into_inner()).cached += 1;
+                        tracing::debug!(%hash, "Component loaded from cache.");
+                        return Ok(c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %cached.display(), "Ignoring unreadable cached component: {e:#}")
+                    }
                 }
             }
         }
@@ -565,7 +590,21 @@ impl PluginHost {
             Ok(code) => {
                 // Write then rename, so a crash never leaves half a file.
                 let tmp = cached.with_extension("tmp");
-                if let Err(e) = std::fs::write(&tmp, code).and_then(|_| std::fs::rename(&tmp, &cached)) {
+                let digest = sha256_hex(&code);
+                let written = std::fs::write(&tmp, &code)
+                    .and_then(|_| std::fs::rename(&tmp, &cached))
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        if recorded.as_deref() == Some(digest.as_bytes()) {
+                            return Ok(());
+                        }
+                        self.store
+                            .remove_blob(&record)
+                            .and_then(|()| self.store.put_blob(&record, digest.as_bytes()))
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = written {
                     tracing::warn!(file = %cached.display(), "Cannot cache compiled component: {e}");
                 }
             }
@@ -613,11 +652,25 @@ impl PluginHost {
         {
             return Ok(l.clone());
         }
-        let bytes = self.store.blob(&entry.hash)?.ok_or_else(|| crate::store::Error::Corrupt {
-            tree: "blobs",
-            key: entry.hash.clone(),
-            reason: format!("the component of plugin {name} is missing; install it again"),
-        })?;
+        let corrupt = |reason: String| crate::store::Error::Corrupt { tree: "blobs", key: entry.hash.clone(), reason };
+        if !is_sha256_hex(&entry.hash) {
+            return Err(corrupt(format!(
+                "plugin {name}'s stored component hash is not 64 hex digits; install the plugin again"
+            ))
+            .into());
+        }
+        let bytes = self
+            .store
+            .blob(&entry.hash)?
+            .ok_or_else(|| corrupt(format!("the component of plugin {name} is missing; install it again")))?;
+        // The store may be on another machine: bytes that are not the ones
+        // installed are refused, so a changed row cannot swap the code.
+        if sha256_hex(&bytes) != entry.hash {
+            return Err(corrupt(format!(
+                "the stored component of plugin {name} does not match its hash (it was changed in the store); install the plugin again"
+            ))
+            .into());
+        }
         let (_, pre) = self.prepare(name, &entry.hash, &bytes)?;
         let loaded = Arc::new(Loaded { entry, pre });
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(loaded.entry.hash.clone(), loaded.clone());

@@ -60,25 +60,47 @@ pub fn mask(text: &str) -> String {
         .collect()
 }
 
-/// Masks `ddd-dd-dddd` runs not inside a longer run of digits.
+/// Masks what looks like an SSN or a date of birth in free text, each
+/// not inside a longer run of digits: `ddd-dd-dddd` and nine digits in a
+/// row keep their last four (`***-**-3333`, `*****3333`); a date
+/// (`yyyy-mm-dd`, `mm/dd/yyyy`) at least three years back, which in a
+/// school's messages is a birth date far more often than an event, keeps
+/// only what [`mask`] keeps of a birth date field.
 pub fn mask_ssns(text: &str) -> String {
+    use chrono::Datelike;
+    let recent = chrono::Utc::now().year() - 3;
     let bytes = text.as_bytes();
-    let shape = b"ddd-dd-dddd";
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < bytes.len() {
-        let fits = i + shape.len() <= bytes.len()
-            && shape.iter().zip(&bytes[i..]).all(|(s, b)| if *s == b'd' { b.is_ascii_digit() } else { b == s })
-            && (i == 0 || !bytes[i - 1].is_ascii_digit())
-            && bytes.get(i + shape.len()).is_none_or(|b| !b.is_ascii_digit());
-        if fits {
-            out.push_str("***-**-");
-            out.push_str(&text[i + 7..i + 11]);
-            i += shape.len();
+        let fits = |shape: &[u8]| {
+            i + shape.len() <= bytes.len()
+                && shape.iter().zip(&bytes[i..]).all(|(s, b)| if *s == b'd' { b.is_ascii_digit() } else { b == s })
+                && (i == 0 || !bytes[i - 1].is_ascii_digit())
+                && bytes.get(i + shape.len()).is_none_or(|b| !b.is_ascii_digit())
+        };
+        let year = |at: usize| text[at..at + 4].parse::<i32>().unwrap_or(i32::MAX);
+        let masked = if fits(b"ddd-dd-dddd") {
+            Some((11, format!("***-**-{}", &text[i + 7..i + 11])))
+        } else if fits(b"ddddddddd") {
+            Some((9, format!("*****{}", &text[i + 5..i + 9])))
+        } else if fits(b"dddd-dd-dd") && year(i) <= recent {
+            Some((10, mask(&text[i..i + 10])))
+        } else if fits(b"dd/dd/dddd") && year(i + 6) <= recent {
+            Some((10, format!("**/**/{}", &text[i + 6..i + 10])))
         } else {
-            let c = text[i..].chars().next().expect("inside the text");
-            out.push(c);
-            i += c.len_utf8();
+            None
+        };
+        match masked {
+            Some((len, shown)) => {
+                out.push_str(&shown);
+                i += len;
+            }
+            None => {
+                let c = text[i..].chars().next().expect("inside the text");
+                out.push(c);
+                i += c.len_utf8();
+            }
         }
     }
     out
@@ -102,6 +124,9 @@ mod tests {
     fn ssn_shaped_text_is_masked() {
         let p = Privacy::default();
         assert_eq!(p.text("Ann 111-22-3333, call 555-1234"), "Ann ***-**-3333, call 555-1234");
+        assert_eq!(mask_ssns("SSN 111223333 on file"), "SSN *****3333 on file");
+        assert_eq!(mask_ssns("id 1112233334 is ten digits"), "id 1112233334 is ten digits");
+        assert_eq!(mask_ssns("born 2010-01-02 (01/02/2010)"), "born ****-01-02 (**/**/2010)");
         assert_eq!(p.text("id 9111-22-33334"), "id 9111-22-33334");
         assert_eq!(p.text("é 123-45-6789é"), "é ***-**-6789é");
     }

@@ -115,6 +115,10 @@ pub struct RuleLimits {
     pub max_call_levels: usize,
     /// Wall-clock time for one evaluation, in milliseconds.
     pub timeout_ms: u64,
+    /// The most sample rows one rule test (`rule test`, the workbench) takes.
+    pub test_max_rows: usize,
+    /// Wall-clock time for one rule test over all its rows, in milliseconds.
+    pub test_max_ms: u64,
 }
 
 impl Default for RuleLimits {
@@ -126,6 +130,8 @@ impl Default for RuleLimits {
             max_map_size: 10_000,
             max_call_levels: 32,
             timeout_ms: 1_000,
+            test_max_rows: 10_000,
+            test_max_ms: 5_000,
         }
     }
 }
@@ -134,6 +140,42 @@ thread_local! {
     /// The deadline of the evaluation running on this thread. The engine is
     /// shared, so the deadline cannot live in its `on_progress` closure.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// What rules print on this thread while a rule test collects it.
+    static PRINTED: std::cell::RefCell<Option<Printed>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The most lines, and bytes, of `print` one rule test keeps.
+const PRINTED_LINES: usize = 200;
+const PRINTED_BYTES: usize = 16 * 1024;
+
+/// What a rule printed during a test, capped.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Printed {
+    /// The lines kept, in order, SSN-shaped text masked.
+    pub lines: Vec<String>,
+    /// Lines past the cap, counted.
+    pub dropped: u64,
+    #[serde(skip)]
+    bytes: usize,
+}
+
+impl Printed {
+    fn push(&mut self, text: &str) {
+        if self.lines.len() >= PRINTED_LINES || self.bytes + text.len() > PRINTED_BYTES {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += text.len();
+        self.lines.push(text.to_string());
+    }
+}
+
+/// Runs `f`, collecting what rules print on this thread meanwhile instead
+/// of logging it: a rule test's prints are its author's, not the service's.
+pub fn collecting_prints<T>(f: impl FnOnce() -> T) -> (T, Printed) {
+    PRINTED.with(|p| *p.borrow_mut() = Some(Printed::default()));
+    let out = f();
+    (out, PRINTED.with(|p| p.borrow_mut().take()).unwrap_or_default())
 }
 
 /// Builds the rules engine: the only place a rhai `Engine` is made.
@@ -169,7 +211,13 @@ pub fn engine(limits: &RuleLimits) -> Engine {
     // A match key field compared folded: `[folded("last-name"), "birth-date"]`.
     engine.register_fn("folded", |field: &str| format!("{}{field}", crate::records::FOLDED));
     // What a rule prints can be a record's field: SSN-shaped text is masked.
-    engine.on_print(|text| tracing::info!(target: "schoolbell::rules", "{}", crate::privacy::mask_ssns(text)));
+    engine.on_print(|text| {
+        let text = crate::privacy::mask_ssns(text);
+        let collected = PRINTED.with(|p| p.borrow_mut().as_mut().map(|p| p.push(&text)).is_some());
+        if !collected {
+            tracing::info!(target: "schoolbell::rules", "{text}");
+        }
+    });
     engine.on_debug(|text, source, pos| {
         tracing::debug!(target: "schoolbell::rules", ?source, %pos, "{}", crate::privacy::mask_ssns(text))
     });
@@ -324,6 +372,11 @@ pub struct RuleInfo {
 }
 
 impl RuleSet {
+    /// The limits its rules run under.
+    pub fn limits(&self) -> &RuleLimits {
+        &self.limits
+    }
+
     /// An empty set whose rules would live in `dir`.
     pub fn new(dir: &Path, limits: RuleLimits) -> RuleSet {
         RuleSet {
@@ -526,6 +579,7 @@ impl RuleSet {
             params,
             wants_record,
             idle: Default::default(),
+            counted: true,
         }
     }
 }
@@ -546,6 +600,9 @@ pub struct Selector {
     wants_record: bool,
     /// Passes no thread is using, kept for the next chunk of records.
     idle: std::sync::Mutex<Vec<Pass>>,
+    /// Whether its passes count in the metrics: a test's do not, so a
+    /// draft's name never becomes a label.
+    counted: bool,
 }
 
 /// A [`Pass`] lent to one thread, returned to its selector when dropped.
@@ -589,15 +646,24 @@ pub struct Pass {
     rule: String,
     evaluated: u64,
     failed: u64,
+    counted: bool,
 }
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        crate::metrics::rule_used(&self.rule, self.evaluated, self.failed);
+        if self.counted {
+            crate::metrics::rule_used(&self.rule, self.evaluated, self.failed);
+        }
     }
 }
 
 impl Selector {
+    /// The same selector, kept out of the metrics (a rule test).
+    pub fn uncounted(mut self) -> Selector {
+        self.counted = false;
+        self
+    }
+
     /// A fresh per-thread state.
     ///
     /// The thread gets its own copy of the compiled rule and of the
@@ -611,7 +677,16 @@ impl Selector {
         let mut scope = Scope::new();
         scope.push_constant("params", params);
         let base = scope.len();
-        Pass { ast, scope, base, fields: Vec::new(), rule: self.rule.name.clone(), evaluated: 0, failed: 0 }
+        Pass {
+            ast,
+            scope,
+            base,
+            fields: Vec::new(),
+            rule: self.rule.name.clone(),
+            evaluated: 0,
+            failed: 0,
+            counted: self.counted,
+        }
     }
 
     /// A pass for one thread, reused from an earlier chunk when one is idle:

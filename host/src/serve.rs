@@ -72,22 +72,24 @@ pub(crate) fn run(
         let scheduler = tokio::spawn(app.engine().serve(stop_rx.clone()));
         let mut api_stop = stop_rx.clone();
         let router = schoolbell::api::router(app.clone());
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            let _ = api_stop.wait_for(|stop| *stop).await;
+            stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        });
         let api = match tls {
             None => {
-                let api = axum::serve(listener, router).with_graceful_shutdown(async move {
-                    let _ = api_stop.wait_for(|stop| *stop).await;
-                });
-                tokio::spawn(async move { api.await })
+                let mut server = axum_server::from_tcp(listener.into_std()?).handle(handle);
+                bounded_connections(server.http_builder(), &app);
+                let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                tokio::spawn(async move { server.serve(service).await })
             }
             Some(tls) => {
-                let handle = axum_server::Handle::new();
-                let stopper = handle.clone();
-                tokio::spawn(async move {
-                    let _ = api_stop.wait_for(|stop| *stop).await;
-                    stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-                });
-                let server = axum_server::from_tcp_rustls(listener.into_std()?, tls).handle(handle);
-                tokio::spawn(async move { server.serve(router.into_make_service()).await })
+                let mut server = axum_server::from_tcp_rustls(listener.into_std()?, tls).handle(handle);
+                bounded_connections(server.http_builder(), &app);
+                let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                tokio::spawn(async move { server.serve(service).await })
             }
         };
         let mail_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -206,4 +208,16 @@ fn say(line: &str) {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// A client must send a request's headers within `[api]
+/// header_read_timeout_secs`, and a kept-alive connection that stays idle
+/// that long is closed: a client dribbling a byte a second (slowloris)
+/// cannot hold a connection, and so a worker, for ever.
+fn bounded_connections(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    app: &schoolbell::app::App,
+) {
+    let limit = std::time::Duration::from_secs(app.config().api.header_read_timeout_secs.max(1));
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limit);
 }

@@ -59,6 +59,12 @@ pub struct StoreConfig {
     /// mounted secret), read at start and never logged. Relative paths are
     /// taken from the data directory.
     pub password_file: Option<PathBuf>,
+    /// The certificate authority (a PEM file) the database's TLS
+    /// certificate is verified against, instead of the system's roots.
+    /// Relative paths are taken from the data directory. Over TCP, TLS is
+    /// verified with the host name checked unless the url's `sslmode`
+    /// says `require` (encrypted, not verified) or `disable`.
+    pub ca_file: Option<PathBuf>,
     /// Connections this host keeps open to the database.
     pub pool_size: u32,
     /// The schema the tables live in (lowercase letters, digits and `_`);
@@ -76,6 +82,7 @@ impl Default for StoreConfig {
             backend: BackendKind::Sled,
             url: String::new(),
             password_file: None,
+            ca_file: None,
             pool_size: 16,
             schema: "schoolbell".into(),
             lease_secs: 30,
@@ -792,6 +799,9 @@ pub trait AuditStore {
     fn append_audit(&self, entry: &AuditEntry) -> Result<u64>;
     /// Entries after `after`, oldest first.
     fn audit_log(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, AuditEntry)>>;
+    /// Removes the entries numbered `last` and before (retention); returns
+    /// how many went.
+    fn remove_audit_through(&self, last: u64) -> Result<u64>;
 }
 
 /// The account owner's import sources.

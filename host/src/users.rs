@@ -154,6 +154,9 @@ pub enum Error {
     /// The token is past its expiry.
     #[error("the API token expired on {0}; ask the account owner for a new one (`schoolbell user token NAME`)")]
     Expired(String),
+    /// Too many failed sign-ins from this address, or for this user name.
+    #[error("too many failed sign-ins from this address or for this user; wait {0} s and try again")]
+    Throttled(u64),
     /// A password the console would not accept.
     #[error("{0}")]
     WeakPassword(String),
@@ -178,6 +181,15 @@ pub fn hash_password(password: &str) -> Result<String, Error> {
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| Error::WeakPassword(format!("the password cannot be hashed: {e}")))
+}
+
+/// The longest user name, in bytes.
+pub const MAX_NAME: usize = 64;
+
+/// Whether `name` is a user name as every face takes it: 1 to
+/// [`MAX_NAME`] ASCII letters, digits, dots, dashes and underscores.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Whether `password` matches a stored hash. Without a hash the work is

@@ -153,16 +153,7 @@ pub fn vsftpd(implicit: bool, max_rate: Option<u64>) -> Server {
     let dir = server_dir();
     let d = dir.path().display().to_string();
     std::fs::create_dir(dir.path().join("empty")).unwrap();
-    let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(dir.path().join("key.pem"))
-        .arg("-out")
-        .arg(dir.path().join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "openssl could not make a certificate");
+    certificate(dir.path());
     let port = free_port();
     let implicit = if implicit { "YES" } else { "NO" };
     let rate = max_rate.map(|r| format!("local_max_rate={r}\n")).unwrap_or_default();
@@ -181,7 +172,59 @@ pub fn vsftpd(implicit: bool, max_rate: Option<u64>) -> Server {
     Server { dir, port, child, conf }
 }
 
+/// A hostile FTPS server (`hostile_ftp.py`, over Debian's pyftpdlib): it
+/// serves `files/` over explicit TLS as `ACCOUNT`, and its listings also
+/// name each of `names`, which are not plain file names. Every command it
+/// receives goes to `commands.log`.
+pub fn hostile_ftps(names: &[&str]) -> Server {
+    let dir = server_dir();
+    let d = dir.path();
+    certificate(d);
+    std::fs::write(d.join("names"), names.iter().map(|n| format!("{n}\n")).collect::<String>()).unwrap();
+    let port = free_port();
+    let script = super::root().join("tests/support/hostile_ftp.py");
+    let conf = d.join("names");
+    let path = |f: &str| d.join(f).display().to_string();
+    let log = d.join("hostile.out");
+    let child = spawn(
+        "/usr/bin/python3",
+        &[
+            &script.display().to_string(),
+            &port.to_string(),
+            &path("files"),
+            &path("cert.pem"),
+            &path("key.pem"),
+            ACCOUNT,
+            PASSWORD,
+            &path("names"),
+            &path("commands.log"),
+        ],
+        &log,
+    );
+    wait_for_port(port, "the hostile FTPS server (python3-pyftpdlib)", &log);
+    Server { dir, port, child, conf }
+}
+
+/// A self-signed certificate for 127.0.0.1, `cert.pem` and `key.pem` in `dir`.
+fn certificate(dir: &Path) {
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl could not make a certificate");
+}
+
 impl Server {
+    /// What a hostile server was asked, one command a line.
+    pub fn commands(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("commands.log")).unwrap_or_default()
+    }
+
     /// The server certificate's fingerprint, as `openssl x509 -fingerprint
     /// -sha256` prints it.
     pub fn certificate_fingerprint(&self) -> String {

@@ -13,6 +13,8 @@ pub struct Postgres {
     bin: PathBuf,
     /// `(uid, gid)` the server runs as, when not as the tests' own user.
     owner: Option<(u32, u32)>,
+    /// The loopback port it also listens on, TLS only, when it does.
+    pub tls_port: Option<u16>,
 }
 
 /// The newest installed server's programs: `/usr/lib/postgresql/<v>/bin`.
@@ -37,7 +39,7 @@ impl Postgres {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
         }
-        let pg = Postgres { dir, bin, owner };
+        let pg = Postgres { dir, bin, owner, tls_port: None };
         pg.run(
             "initdb",
             &["-D", &pg.data(), "-U", "schoolbell", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"],
@@ -46,10 +48,64 @@ impl Postgres {
         pg
     }
 
+    /// [`Postgres::start`], also listening on a loopback TCP port with
+    /// `ssl=on` and a certificate for `127.0.0.1` that the test's own CA
+    /// (`ca.pem`) signed; `pg_hba.conf` lets TCP in over TLS only
+    /// (`hostssl`).
+    pub fn start_tls() -> Postgres {
+        let mut pg = Postgres::start();
+        pg.stop();
+        let dir = pg.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        openssl(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA", "-keyout",
+            "ca.key", "-out", "ca.pem",
+        ]);
+        openssl(&[
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-extfile", "san.ext", "-out", "server.pem",
+        ]);
+        for file in ["server.key", "server.pem"] {
+            let to = dir.join("data").join(file);
+            std::fs::copy(dir.join(file), &to).unwrap();
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            if let Some((uid, gid)) = pg.owner {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        std::fs::write(
+            dir.join("data/pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        pg.tls_port = Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        pg.resume();
+        pg
+    }
+
+    /// The CA that signed a TLS cluster's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     /// Starts the server of a cluster made or stopped before.
     pub fn resume(&self) {
+        let tcp = match self.tls_port {
+            Some(port) => {
+                format!("-c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key")
+            }
+            None => "-c listen_addresses=''".into(),
+        };
         let options = format!(
-            "-k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off -c max_connections=200",
+            "-k {} {tcp} -c fsync=off -c full_page_writes=off -c max_connections=200",
             self.socket().display()
         );
         let log = self.dir.path().join("server.log").display().to_string();
@@ -73,15 +129,22 @@ impl Postgres {
 
     /// A connection string to database `postgres` as `schoolbell`.
     pub fn url(&self) -> String {
-        format!("host={} user=schoolbell dbname=postgres", self.socket().display())
+        format!("host={} {}user=schoolbell dbname=postgres", self.socket().display(), self.port())
+    }
+
+    /// `port=N ` when the server listens on a port of its own (its socket
+    /// is named for the port).
+    fn port(&self) -> String {
+        self.tls_port.map(|p| format!("port={p} ")).unwrap_or_default()
     }
 
     /// Makes an empty database `name` in the cluster, and returns its
     /// connection string: a test's own, on a cluster tests share.
     pub fn database(&self, name: &str) -> String {
         let socket = self.socket().display().to_string();
-        self.run("createdb", &["-h", &socket, "-U", "schoolbell", name]);
-        format!("host={socket} user=schoolbell dbname={name}")
+        let port = self.tls_port.unwrap_or(5432).to_string();
+        self.run("createdb", &["-h", &socket, "-p", &port, "-U", "schoolbell", name]);
+        format!("host={socket} {}user=schoolbell dbname={name}", self.port())
     }
 
     /// Restarts the server (a fast shutdown: connections are cut), as an

@@ -16,6 +16,7 @@ fn user_error(e: users::Error) -> Error {
         users::Error::Store(e) => Error::Store(e),
         users::Error::BadToken | users::Error::Expired(_) => Error::Forbidden(e.to_string()),
         users::Error::WeakPassword(_) => Error::Invalid(e.to_string()),
+        users::Error::Throttled(_) => Error::TooMany(e.to_string()),
     }
 }
 
@@ -23,6 +24,14 @@ impl Accounts<'_> {
     /// Creates or replaces a user (the account owner only).
     pub fn put(&self, by: &User, user: &User) -> Result<()> {
         owner_only(by, "add or change users")?;
+        // Names reach logs, audit entries, file names and the console:
+        // every face gets the same plain ones.
+        if !users::is_plain_name(&user.name) {
+            return Err(Error::Invalid(format!(
+                "a user name is 1 to {} letters, digits, dots, dashes and underscores",
+                users::MAX_NAME
+            )));
+        }
         users::put(&*self.app.store, user).map_err(user_error)?;
         let detail = format!("role {}, permissions {:?}", user.role, user.permissions);
         self.app.audit(&by.name, "user.put", &user.name, Some(detail))?;
@@ -75,14 +84,21 @@ impl Accounts<'_> {
     /// Signs a person in with their password: a new session token (an API
     /// token, so the same checks and expiry apply). A wrong name and a
     /// wrong password are one answer, in the same time.
-    pub fn sign_in(&self, name: &str, password: &str) -> Result<(User, String)> {
+    /// `from` is the client's address: after five failures a minute from
+    /// it, or for the name, each further attempt waits.
+    pub fn sign_in(&self, name: &str, password: &str, from: &str) -> Result<(User, String)> {
         let store = &*self.app.store;
         let name = name.trim();
-        let stored = if name.is_empty() { None } else { store.password(name)? };
+        let keys = [super::throttle::address(from), super::throttle::user_name(name)];
+        if let Some(wait) = self.app.throttle.wait(&keys, std::time::Instant::now()) {
+            return Err(Error::TooMany(users::Error::Throttled(wait.as_secs().max(1)).to_string()));
+        }
+        let stored = if name.is_empty() || !users::is_plain_name(name) { None } else { store.password(name)? };
         if !users::verify_password(stored.as_deref(), password) {
-            self.app.audit("-", "sign-in.failed", name, Some("wrong user name or password".into()))?;
+            self.app.failed_sign_in(&keys, from, name, "wrong user name or password")?;
             return Err(Error::Forbidden("the user name or the password is wrong".into()));
         }
+        self.app.throttle.succeeded(&keys[1]);
         let (token, record) = users::issue_token(store, name, self.app.now()).map_err(user_error)?;
         let user = users::get(store, name).map_err(user_error)?;
         self.app.audit(name, "sign-in", name, Some(format!("session {}", record.id)))?;

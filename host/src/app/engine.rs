@@ -736,6 +736,7 @@ impl Engine<'_> {
             tracing::info!(removed, "Retention removed old runs.");
         }
         app.outbox().purge(now)?;
+        app.audit_log().prune()?;
         Ok(removed)
     }
 

@@ -369,6 +369,7 @@ impl App {
         } else {
             imports::pickup(&*self.store, target, settle, sources, run.id)?
         };
+        effects.messages.extend(picked.skipped.into_iter().map(|n| note("skipped", n)));
         effects.messages.extend(picked.notes.into_iter().map(|n| note("waiting", n)));
         let Some(file) = &picked.file else {
             if by_hand {

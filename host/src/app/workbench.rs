@@ -44,6 +44,10 @@ pub struct RuleTest {
     pub matched: usize,
     /// Each row's verdict.
     pub rows: Vec<RowVerdict>,
+    /// What the rule printed, capped.
+    pub printed: rules::Printed,
+    /// Why the test stopped before its last row, when it did.
+    pub stopped: Option<String>,
 }
 
 /// Which version of a rule to test.
@@ -81,18 +85,20 @@ impl Workbench<'_> {
     /// A rule (saved or draft) over sample rows with `params`. Saves nothing.
     pub fn test(
         &self,
-        _user: &User,
+        user: &User,
         name: &str,
         draft: Draft<'_>,
         rows: &[Record],
         params: &Record,
     ) -> Result<RuleTest> {
+        // A test runs the author's code over data: it needs what saving needs.
+        owner_only(user, "test rules")?;
         let rules = self.app.host.rules();
         let rule: Arc<Rule> = match draft {
             Draft::Saved => rules.get(name).map_err(rule_error)?,
             Draft::Source { shown, source } => Arc::new(rules.compile(name, shown, source).map_err(rule_error)?),
         };
-        Ok(test_rule(rules, &rule, rows, params))
+        test_rule(rules, &rule, rows, params)
     }
 
     /// Where a draft fails to compile: line, column (1-based) and why;
@@ -186,17 +192,43 @@ pub(super) fn share(
 
 /// A compiled rule over sample rows: the one loop the workbench and
 /// `rule test FILE` (which needs no data directory) share.
-pub fn test_rule(rules: &rules::RuleSet, rule: &Arc<Rule>, rows: &[Record], params: &Record) -> RuleTest {
-    let selector = rules.selector(rule.clone(), params);
+///
+/// It is bounded as a whole, not only per row: at most `[rules]
+/// test_max_rows` rows (more is refused before any runs), and `[rules]
+/// test_max_ms` in all (the rows after that are not tested, and the answer
+/// says so). What the rule prints goes into the answer, not the log; the
+/// metrics do not count it.
+pub fn test_rule(rules: &rules::RuleSet, rule: &Arc<Rule>, rows: &[Record], params: &Record) -> Result<RuleTest> {
+    let limits = rules.limits();
+    if rows.len() > limits.test_max_rows {
+        return Err(Error::Invalid(format!(
+            "a rule test takes at most {} sample rows ([rules] test_max_rows), and this one has {}; test with fewer",
+            limits.test_max_rows,
+            rows.len()
+        )));
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(limits.test_max_ms);
+    let selector = rules.selector(rule.clone(), params).uncounted();
     let mut pass = selector.pass();
-    let rows: Vec<RowVerdict> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, row)| match selector.decide(&mut pass, &crate::records::fields(row), true) {
-            Ok(d) => RowVerdict { row: i + 1, matched: Some(d.matched), reason: Some(d.reason), error: None },
-            Err(e) => RowVerdict { row: i + 1, matched: None, reason: None, error: Some(e.to_string()) },
-        })
-        .collect();
-    let matched = rows.iter().filter(|r| r.matched == Some(true)).count();
-    RuleTest { rule: rule.name.clone(), hash: rule.hash.clone(), matched, rows }
+    let mut stopped = None;
+    let (verdicts, printed) = rules::collecting_prints(|| {
+        let mut verdicts = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            if std::time::Instant::now() > until {
+                stopped = Some(format!(
+                    "stopped after {i} of {} rows: the test ran past its {} ms ([rules] test_max_ms)",
+                    rows.len(),
+                    limits.test_max_ms
+                ));
+                break;
+            }
+            verdicts.push(match selector.decide(&mut pass, &crate::records::fields(row), true) {
+                Ok(d) => RowVerdict { row: i + 1, matched: Some(d.matched), reason: Some(d.reason), error: None },
+                Err(e) => RowVerdict { row: i + 1, matched: None, reason: None, error: Some(e.to_string()) },
+            });
+        }
+        verdicts
+    });
+    let matched = verdicts.iter().filter(|r| r.matched == Some(true)).count();
+    Ok(RuleTest { rule: rule.name.clone(), hash: rule.hash.clone(), matched, rows: verdicts, printed, stopped })
 }

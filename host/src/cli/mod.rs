@@ -158,6 +158,15 @@ fn offline(args: &Args) -> Option<Result<()>> {
         Command::Rule(cmd) if rule::offline(cmd) => rule::run_offline(&args.data, cmd),
         Command::Plugin(plugin::PluginCmd::New { kind, name, dir, sdk }) => plugin::new(*kind, name, dir, sdk),
         Command::Schedule(cmd) => schedule::run(cmd),
+        // Both read or replace the whole store, which a running server holds.
+        Command::Store(store::StoreCmd::Restore { .. } | store::StoreCmd::Copy { .. })
+            if crate::local::serving(&args.data) =>
+        {
+            Err(anyhow::anyhow!(
+                "`schoolbell serve` is running on {}: stop the service first, then run this again",
+                args.data.display()
+            ))
+        }
         Command::Store(store::StoreCmd::Restore { dir }) => store::restore(&args.data, dir),
         Command::Store(store::StoreCmd::Copy { to, schema, password_file }) => {
             store::copy(&args.data, args.config.as_deref(), to, schema.as_deref(), password_file.as_deref())

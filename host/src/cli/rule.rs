@@ -82,7 +82,10 @@ pub(super) fn run_offline(data: &Path, cmd: &RuleCmd) -> Result<()> {
             let rule = std::sync::Arc::new(set.compile_file(file)?);
             let rows = schoolbell::records::read_json_file(sample)?;
             let params: Record = params.iter().cloned().collect();
-            let tested = schoolbell::app::test_rule(&set, &rule, &rows, &params);
+            let tested = schoolbell::app::test_rule(&set, &rule, &rows, &params)?;
+            for line in &tested.printed.lines {
+                say!("print: {line}");
+            }
             for v in &tested.rows {
                 match (&v.matched, &v.reason, &v.error) {
                     (Some(true), Some(reason), _) => say!("row {}: matches, because {reason}", v.row),
@@ -91,6 +94,9 @@ pub(super) fn run_offline(data: &Path, cmd: &RuleCmd) -> Result<()> {
                 }
             }
             say!("{} of {} rows match", tested.matched, rows.len());
+            if let Some(stopped) = &tested.stopped {
+                say!("{stopped}");
+            }
         }
         _ => unreachable!("only check and test work offline"),
     }

@@ -226,9 +226,6 @@ pub(super) async fn save_user(
         permissions: form.permissions.iter().map(|p| p.parse::<Permission>()).collect::<Result<_, _>>().map_err(bad)?,
         job_email: form.job_email.parse::<JobEmail>().map_err(bad)?,
     };
-    if user.name.is_empty() || !user.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(bad("a user name is letters, digits, dots, dashes and underscores".into()));
-    }
     let by = session.user.clone();
     blocking(move || Ok(app.users().put(&by, &user)?)).await?;
     Ok(Redirect::to(&session.link("/users")).into_response())

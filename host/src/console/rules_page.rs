@@ -98,9 +98,12 @@ fn editor(session: &Session, name: &str, source: &str, sample: &str, params: &st
             textarea id="r-sample" name="sample" rows="5" spellcheck="false" .code { (sample) }
             label for="r-params" { "Parameters (a JSON object)" }
             textarea id="r-params" name="params" rows="2" spellcheck="false" .code { (params) }
-            button.secondary type="submit" name="action" value="test" { "Test" }
-            " "
-            @if owner { button type="submit" name="action" value="save" { "Save" } }
+            // Testing runs the author's code over data, as saving does: the owner's.
+            @if owner {
+                button.secondary type="submit" name="action" value="test" { "Test" }
+                " "
+                button type="submit" name="action" value="save" { "Save" }
+            }
         }
         @if let Some(test) = &outcome.test { (verdicts(test)) }
     };
@@ -127,6 +130,12 @@ fn verdicts(test: &Result<RuleTest, String>) -> Markup {
                         }
                     }
                 }
+            }
+            @if let Some(stopped) = &t.stopped { p.error role="alert" { (stopped) } }
+            @if !t.printed.lines.is_empty() {
+                h3 { "Printed" }
+                pre.code { @for line in &t.printed.lines { (line) "\n" } }
+                @if t.printed.dropped > 0 { p { (t.printed.dropped) " more lines not kept" } }
             }
         },
     }

@@ -24,6 +24,17 @@ use crate::users::User;
 
 /// The session cookie's name.
 const COOKIE: &str = "sb_session";
+/// Its name when it is `Secure`: a `__Host-` cookie is bound to this
+/// origin, so no sibling site (and no plain-HTTP page) can set or shadow it.
+const HOST_COOKIE: &str = "__Host-sb_session";
+
+/// The session cookie holding `value`, as this service sets it.
+fn session_cookie(api: &crate::config::ApiConfig, value: String) -> Cookie<'static> {
+    let secure = api.tls_cert.is_some() || api.secure_cookies;
+    // A `__Host-` cookie must have the path `/`.
+    let (name, path) = if secure { (HOST_COOKIE, "/".to_string()) } else { (COOKIE, format!("{}/", api.base_path)) };
+    Cookie::build((name, value)).http_only(true).same_site(SameSite::Strict).secure(secure).path(path).build()
+}
 
 /// A signed-in person.
 pub struct Session {
@@ -86,9 +97,12 @@ impl FromRequestParts<Arc<App>> for Session {
             );
         }
         let jar = CookieJar::from_headers(&parts.headers);
-        let Some(token) = jar.get(COOKIE).map(|c| c.value().to_string()) else { return Err(sign_in()) };
+        let Some(token) = jar.get(HOST_COOKIE).or_else(|| jar.get(COOKIE)).map(|c| c.value().to_string()) else {
+            return Err(sign_in());
+        };
         let (app2, token2) = (app.clone(), token.clone());
-        let user = tokio::task::spawn_blocking(move || app2.authenticate(&token2)).await;
+        let from = crate::api::client_address(parts);
+        let user = tokio::task::spawn_blocking(move || app2.authenticate(&token2, &from)).await;
         match user {
             Ok(Ok(user)) => Ok(Session { user, csrf: csrf_for(app, &token), token, base }),
             _ => Err(sign_in()),
@@ -133,6 +147,7 @@ pub(super) struct SignIn {
 
 pub(super) async fn sign_in(
     State(app): State<Arc<App>>,
+    crate::api::ClientAddress(from): crate::api::ClientAddress,
     headers: HeaderMap,
     jar: CookieJar,
     Form(form): Form<SignIn>,
@@ -142,18 +157,12 @@ pub(super) async fn sign_in(
     }
     let a = app.clone();
     let (name, password) = (form.username.clone(), form.password);
-    let result = blocking(move || Ok(a.users().sign_in(&name, &password)?)).await;
+    let result = blocking(move || Ok(a.users().sign_in(&name, &password, &from)?)).await;
     match result {
         Ok((_, token)) => {
             let api = &app.config().api;
-            let base = api.base_path.clone();
-            let cookie = Cookie::build((COOKIE, token))
-                .http_only(true)
-                .same_site(SameSite::Strict)
-                .secure(api.tls_cert.is_some() || api.secure_cookies)
-                .path(format!("{base}/"))
-                .build();
-            (jar.add(cookie), Redirect::to(&back_to(&base, form.next.as_deref()))).into_response()
+            let cookie = session_cookie(api, token);
+            (jar.add(cookie), Redirect::to(&back_to(&api.base_path, form.next.as_deref()))).into_response()
         }
         Err(e) => sign_in_form(&app, form.next.as_deref(), Some(&e.message), StatusCode::UNAUTHORIZED),
     }
@@ -174,6 +183,6 @@ pub(super) async fn sign_out(
     let base = session.base.clone();
     let a = app.clone();
     blocking(move || Ok(a.users().sign_out(&session.user, &session.token)?)).await?;
-    let gone = Cookie::build((COOKIE, "")).path(format!("{base}/")).build();
+    let gone = session_cookie(&app.config().api, String::new());
     Ok((jar.remove(gone), Redirect::to(&format!("{base}/login"))).into_response())
 }

@@ -95,12 +95,19 @@ pub(super) fn pickup(
     access: &Access,
     claim: &mut dyn FnMut(&str) -> Result<bool, Error>,
 ) -> Result<Picked, Error> {
-    let before = conn.list(prefix)?;
+    let mut picked = Picked::default();
+    let (before, refused) = plain_names(conn.list(prefix)?);
+    for name in refused {
+        picked.skipped.push(format!(
+            "{}: the server listed a file name that is not a plain name: {}; skipped",
+            conn.shown(),
+            name.escape_debug()
+        ));
+    }
     if !before.is_empty() && !settle.is_zero() {
         std::thread::sleep(settle);
     }
-    let after: BTreeMap<String, u64> = conn.list(prefix)?.into_iter().collect();
-    let mut picked = Picked::default();
+    let after: BTreeMap<String, u64> = plain_names(conn.list(prefix)?).0.into_iter().collect();
     for (name, size) in before {
         let in_place = conn.in_place(&name);
         let shown = in_place.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| conn.shown_file(&name));
@@ -124,13 +131,43 @@ pub(super) fn pickup(
         }
         crate::secrets::private_dir(&access.staging)
             .map_err(|e| Error::Open { path: access.staging.display().to_string(), source: e })?;
-        let local = access.staging.join(&name);
+        // The server's name stays data: the staged copy's name is the
+        // host's own, so no listed name can point outside staging.
+        let local = access.staging.join(staged_name(&conn.shown(), &name));
         download(conn, &name, &local, access.limits.max_file_bytes)?;
         let (hash, size) =
             super::hash_file(&local).map_err(|source| Error::Open { path: local.display().to_string(), source })?;
         picked.file = Some(PickedFile { path: local.display().to_string(), hash, size, remote: Some(name) });
     }
     Ok(picked)
+}
+
+/// Splits a listing into the files with plain names and the names that
+/// are not plain. A server chooses what it lists; a name holding a path
+/// separator, a control character or a dot segment would, joined onto a
+/// local folder, reach outside it.
+pub(super) fn plain_names(listed: Vec<(String, u64)>) -> (Vec<(String, u64)>, Vec<String>) {
+    let mut plain = Vec::with_capacity(listed.len());
+    let mut refused = Vec::new();
+    for (name, size) in listed {
+        if is_plain_name(&name) { plain.push((name, size)) } else { refused.push(name) }
+    }
+    (plain, refused)
+}
+
+/// A file name with no path in it: not empty, not `.` or `..`, and
+/// without `/`, `\`, NUL or any other control character.
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+/// The name a download is staged under: made by the host from the source
+/// and the server's name (the same file gets the same name, so a retried
+/// download replaces its own earlier copy and nothing else).
+fn staged_name(source: &str, name: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new().chain_update(source).chain_update([0x1f]).chain_update(name).finalize();
+    format!("download-{}", hex::encode(&digest[..16]))
 }
 
 /// Copies a file of the folder to `to` (a new file only its owner may

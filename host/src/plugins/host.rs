@@ -256,6 +256,19 @@ impl RunState {
     }
 }
 
+impl RunState {
+    /// This run's WASI waits, bounded by its deadline and cancel.
+    pub(crate) fn waits(&mut self) -> super::sandbox::Waits<'_> {
+        super::sandbox::Waits {
+            table: &mut self.table,
+            control: &self.setup.control,
+            until: self.started + self.timeout,
+            timeout: self.timeout,
+            interrupted: &mut self.interrupted,
+        }
+    }
+}
+
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }

@@ -16,6 +16,10 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
+use wasmtime_wasi::p2::bindings::sync::io::poll as poll_api;
+use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
+use wasmtime_wasi_io::poll::DynPollable;
+
 use super::bindings::{files_api, host_api, log_api};
 use super::host::RunState;
 use super::output::CappedOutput;
@@ -238,6 +242,12 @@ impl Sandbox {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+        // WASI's waits (`poll`, `pollable.block`) run on the host, where the
+        // epoch cannot reach them: a guest asleep in one would outlast its
+        // deadline and its cancel. They are replaced by waits bounded by both.
+        linker.allow_shadowing(true);
+        poll_api::add_to_linker::<RunState, BoundedWaits>(&mut linker, RunState::waits).map_err(engine_error)?;
+        linker.allow_shadowing(false);
         log_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(engine_error)?;
         host_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(engine_error)?;
         files_api::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(engine_error)?;
@@ -346,16 +356,99 @@ impl wasmtime::ResourceLimiter for Limiter {
     }
 }
 
+/// How often a guest waiting in WASI looks at its cancel.
+const WAIT_CHECK: Duration = Duration::from_millis(20);
+
+/// The `wasi:io/poll` of one run: each wait ends at the run's deadline, or
+/// at once when the run is cancelled, by trapping the guest (a guest
+/// blocked in a wait has nothing to clean up, and one woken early would
+/// only wait again).
+pub(crate) struct Waits<'a> {
+    pub(crate) table: &'a mut ResourceTable,
+    pub(crate) control: &'a RunControl,
+    /// When the run's time is up.
+    pub(crate) until: Instant,
+    pub(crate) timeout: Duration,
+    pub(crate) interrupted: &'a mut Option<Interrupt>,
+}
+
+/// Binds [`Waits`] into the linker.
+pub(crate) struct BoundedWaits;
+
+impl wasmtime::component::HasData for BoundedWaits {
+    type Data<'a> = Waits<'a>;
+}
+
+/// Runs `wait` until it ends, the run's time is up, or the run is cancelled.
+fn bounded<T>(
+    control: &RunControl,
+    until: Instant,
+    timeout: Duration,
+    wait: impl std::future::Future<Output = T>,
+) -> Result<T, Interrupt> {
+    wasmtime_wasi::runtime::in_tokio(async move {
+        let mut wait = std::pin::pin!(wait);
+        loop {
+            if control.is_cancelled() {
+                return Err(Interrupt::Cancelled);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Interrupt::Deadline(timeout));
+            }
+            tokio::select! {
+                done = &mut wait => return Ok(done),
+                () = tokio::time::sleep(left.min(WAIT_CHECK)) => {}
+            }
+        }
+    })
+}
+
+impl Waits<'_> {
+    fn stopped<T>(&mut self, outcome: Result<wasmtime::Result<T>, Interrupt>) -> wasmtime::Result<T> {
+        outcome.unwrap_or_else(|i| {
+            *self.interrupted = Some(i);
+            Err(wasmtime::Error::msg("interrupted by the host"))
+        })
+    }
+}
+
+impl poll_api::Host for Waits<'_> {
+    fn poll(&mut self, pollables: Vec<wasmtime::component::Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        let outcome = bounded(self.control, self.until, self.timeout, async_poll::Host::poll(&mut *self.table, pollables));
+        self.stopped(outcome)
+    }
+}
+
+impl poll_api::HostPollable for Waits<'_> {
+    fn ready(&mut self, pollable: wasmtime::component::Resource<DynPollable>) -> wasmtime::Result<bool> {
+        let outcome =
+            bounded(self.control, self.until, self.timeout, async_poll::HostPollable::ready(&mut *self.table, pollable));
+        self.stopped(outcome)
+    }
+
+    fn block(&mut self, pollable: wasmtime::component::Resource<DynPollable>) -> wasmtime::Result<()> {
+        let outcome =
+            bounded(self.control, self.until, self.timeout, async_poll::HostPollable::block(&mut *self.table, pollable));
+        self.stopped(outcome)
+    }
+
+    fn drop(&mut self, pollable: wasmtime::component::Resource<DynPollable>) -> wasmtime::Result<()> {
+        async_poll::HostPollable::drop(&mut *self.table, pollable)
+    }
+}
+
 /// Describes an interrupt for a run's error.
 pub(crate) fn describe_interrupt(plugin: &PluginId, i: Interrupt) -> Error {
     match i {
         Interrupt::Deadline(d) => Error::Limit {
             plugin: plugin.clone(),
-            limit: format!("ran past its time limit of {} s and was stopped", d.as_secs()),
+            limit: format!("exceeded its time limit of {} s and was stopped", d.as_secs()),
         },
         Interrupt::Cancelled => Error::Limit {
             plugin: plugin.clone(),
-            limit: "was cancelled and did not stop within its grace period, so it was interrupted".into(),
+            limit: "was cancelled and did not stop by itself (within its grace period, or while waiting), so it was interrupted"
+                .into(),
         },
     }
 }

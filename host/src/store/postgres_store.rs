@@ -20,6 +20,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 mod connection;
+mod tls;
 
 use super::{
     AccountStore, AuditStore, CollectionSpec, Drift, Error, Finish, Firing, LedgerStore, Lookup, Maintenance,
@@ -73,6 +74,7 @@ pub struct PgStore {
     lease_ms: i64,
     /// The connection settings, for the connection that listens for work.
     pg: tokio_postgres::Config,
+    tls: tls::Tls,
 }
 
 /// The channel a host notifies when it queues work, so that idle hosts
@@ -272,10 +274,11 @@ impl PgStore {
         if config.url.trim().is_empty() {
             return Err(Error::Config("backend is `postgres` but `url` is empty: name the database".into()));
         }
-        let mut pg: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(|e| Error::Config(format!("url cannot be read as a PostgreSQL connection: {e}")))?;
+        let (url, sslmode) = tls::take_sslmode(config.url.trim())?;
+        let mut pg: tokio_postgres::Config =
+            url.parse().map_err(|e| Error::Config(format!("url cannot be read as a PostgreSQL connection: {e}")))?;
+        let ca_file = config.ca_file.as_ref().map(|f| if f.is_relative() { data.join(f) } else { f.clone() });
+        let tls = tls::configure(&mut pg, sslmode, ca_file.as_deref())?;
         if let Some(file) = &config.password_file {
             let file = if file.is_relative() { data.join(file) } else { file.clone() };
             let password = std::fs::read_to_string(&file)
@@ -297,7 +300,7 @@ impl PgStore {
             pg.connect_timeout(std::time::Duration::from_secs(10));
         }
         let listen = pg.clone();
-        let pool = connection::Pool::builder(connection::Connector { pg })
+        let pool = connection::Pool::builder(connection::Connector { pg, tls: tls.clone() })
             .max_size(config.pool_size.max(1) as usize)
             .build()
             .map_err(|e| Error::Connect { target: target.clone(), source: Box::new(e) })?;
@@ -308,6 +311,7 @@ impl PgStore {
             host: host_id(),
             lease_ms: big(config.lease_secs.max(1).saturating_mul(1000)),
             pg: listen,
+            tls,
         };
         // Connect now, so a wrong url fails at start, not at first use.
         store.connection().map(drop).map_err(|e| Error::Connect { target, source: Box::new(e) })?;
@@ -502,9 +506,10 @@ impl Drop for PgStore {
 /// until the connection ends.
 async fn listen(
     pg: &tokio_postgres::Config,
+    tls: tls::Tls,
     wake: &(dyn Fn() + Send + Sync),
 ) -> std::result::Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = pg.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = pg.connect(tls).await?;
     let statement = format!("LISTEN {WORK_CHANNEL}");
     let listening = client.batch_execute(&statement);
     let mut listening = std::pin::pin!(listening);
@@ -1753,6 +1758,10 @@ impl AuditStore for PgStore {
         })
         .collect()
     }
+
+    fn remove_audit_through(&self, last: u64) -> Result<u64> {
+        self.execute("audit", "DELETE FROM audit WHERE id <= $1", &[&big(last)])
+    }
 }
 
 impl SourceStore for PgStore {
@@ -1974,10 +1983,10 @@ impl super::HostStore for PgStore {
 
     fn on_new_work(&self, wake: Box<dyn Fn() + Send + Sync>) {
         let Some(runtime) = &self.runtime else { return };
-        let pg = self.pg.clone();
+        let (pg, tls) = (self.pg.clone(), self.tls.clone());
         runtime.spawn(async move {
             loop {
-                if let Err(e) = listen(&pg, &*wake).await {
+                if let Err(e) = listen(&pg, tls.clone(), &*wake).await {
                     tracing::warn!(
                         "Listening for new work stopped ({}); the next look finds it, and listening starts again.",
                         Driver(e)

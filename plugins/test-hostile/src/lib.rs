@@ -20,7 +20,7 @@ impl PluginGuest for Plugin {
                     "behaviour",
                     ValueType::Text,
                     None,
-                    "loop, memory, recursion, leftover, panic, huge-output, undeclared, ambient, well, flood, big-body, state-keys, state-value, refusals, chatter, other-rule or address",
+                    "loop, sleep, memory, recursion, leftover, panic, huge-output, undeclared, ambient, well, flood, big-body, state-keys, state-value, refusals, chatter, other-rule or address",
                 ),
                 param_spec(
                     "times",
@@ -64,6 +64,13 @@ impl NotifierGuest for Plugin {
                 loop {
                     n = black_box(n.wrapping_add(1));
                 }
+            }
+            "sleep" => {
+                // Waits in WASI (`pollable.block`), where no wasm runs for
+                // the epoch to interrupt.
+                host::progress(1, None);
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(vec![note("woke up".into())])
             }
             "memory" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();

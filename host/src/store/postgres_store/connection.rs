@@ -16,12 +16,14 @@ use std::task::Poll;
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
-use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{NoTls, Socket};
+use tokio_postgres::Socket;
+
+use super::tls::{Stream, Tls};
 
 /// Makes and checks the pool's connections.
 pub(super) struct Connector {
     pub(super) pg: tokio_postgres::Config,
+    pub(super) tls: Tls,
 }
 
 /// A connection could not be made.
@@ -41,7 +43,7 @@ pub(super) type PoolError = deadpool::managed::PoolError<ConnectError>;
 pub(super) struct Conn {
     client: ClientWrapper,
     /// `None` once it ended: the client is closed then, and the pool drops it.
-    connection: Option<Pin<Box<tokio_postgres::Connection<Socket, NoTlsStream>>>>,
+    connection: Option<Pin<Box<tokio_postgres::Connection<Socket, Stream>>>>,
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -83,7 +85,7 @@ impl Conn {
 
 /// Polls the connection once, dropping it if it ended.
 fn step(
-    connection: &mut Option<Pin<Box<tokio_postgres::Connection<Socket, NoTlsStream>>>>,
+    connection: &mut Option<Pin<Box<tokio_postgres::Connection<Socket, Stream>>>>,
     cx: &mut std::task::Context<'_>,
 ) {
     if let Some(c) = connection
@@ -113,7 +115,7 @@ impl deadpool::managed::Manager for Connector {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ConnectError::Runtime)?;
         // The socket belongs to the runtime it is made on.
-        let (client, connection) = tokio::task::block_in_place(|| runtime.block_on(self.pg.connect(NoTls)))?;
+        let (client, connection) = tokio::task::block_in_place(|| runtime.block_on(self.pg.connect(self.tls.clone())))?;
         // The wrapper aborts its connection's task when dropped; this
         // connection has none, so it gets one that does nothing.
         let nothing = runtime.spawn(async {});

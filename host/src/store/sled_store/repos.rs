@@ -366,6 +366,17 @@ impl AuditStore for Store {
             })
             .collect()
     }
+    fn remove_audit_through(&self, last: u64) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for item in self.audit.tree.range(..=last.to_be_bytes()) {
+            let (k, _) = item.map_err(io("audit"))?;
+            batch.remove(k);
+            removed += 1;
+        }
+        self.audit.tree.apply_batch(batch).map_err(io("audit"))?;
+        Ok(removed)
+    }
 }
 
 impl SourceStore for Store {

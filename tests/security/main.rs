@@ -3,7 +3,14 @@
 //! running server: sources, targets and recipients are the owner's; a mass
 //! change takes two people; a collection's key stays.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+mod database_tls;
+mod hostile_server;
+mod rule_tests;
+mod sessions;
+mod sleeping_plugin;
 
 use serde_json::{Value, json};
 use support::{Api, Sb, plugin, s};

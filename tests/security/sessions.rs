@@ -1,0 +1,103 @@
+//! Signing in: guesses wait after five a minute, their flood reaches the
+//! audit log as counts, and a sign-in never sends the browser to another
+//! site. Pages are not cached, and the session cookie is bound to its
+//! origin when it is Secure.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::support::{Api, Sb};
+
+const PASSWORD: &str = "a long enough password";
+
+fn with_password(sb: &Sb, user: &str) {
+    let mut child = sb.command().args(["user", "passwd", user]).stdin(Stdio::piped()).spawn().unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// A client that does not follow redirects, so a test sees where a
+/// sign-in sends the browser.
+fn browser() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().new_agent()
+}
+
+fn sign_in(agent: &ureq::Agent, url: &str, user: &str, password: &str, next: &str) -> (u16, String) {
+    let resp = agent
+        .post(&format!("{url}/login"))
+        .send_form([("username", user), ("password", password), ("next", next)])
+        .unwrap();
+    let location = resp.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default();
+    (resp.status().as_u16(), location)
+}
+
+#[test]
+fn guesses_wait_after_five_a_minute_and_are_audited_as_counts() {
+    let sb = Sb::new();
+    sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
+    with_password(&sb, "sam");
+    let server = sb.serve();
+    let agent = browser();
+    for _ in 0..5 {
+        assert_eq!(sign_in(&agent, &server.url, "sam", "wrong guess", "/").0, 401);
+    }
+    // The sixth waits, the right password included.
+    let (status, _) = sign_in(&agent, &server.url, "sam", PASSWORD, "/");
+    assert_eq!(status, 429);
+    // Bearer tokens meet the same count from the same address.
+    let api = Api::new(&server.url);
+    let (status, body) = api.call("GET", "/api/v1/tasks", Some("sb_not_a_token"), None);
+    assert_eq!(status, 429, "{body}");
+
+    // A name full of control characters and far too long is kept short and plain.
+    let hostile = format!("\x1b[31m{}\x07", "x".repeat(500));
+    let other = browser();
+    let _ = sign_in(&other, &server.url, &hostile, "guess", "/");
+    server.terminate();
+    let audit = sb.ok(&["audit"]);
+    assert!(!audit.chars().any(|c| c.is_control() && c != '\n'), "raw control characters in:\n{audit}");
+    assert!(!audit.contains(&"x".repeat(100)), "an unbounded name in:\n{audit}");
+    let failed = audit.lines().filter(|l| l.contains("sign-in.failed")).count();
+    let throttled = audit.lines().filter(|l| l.contains("sign-in.throttled")).count();
+    assert_eq!(throttled, 1, "{audit}");
+    assert!(audit.contains("5 failed sign-ins from 127.0.0.1 within a minute"), "{audit}");
+    assert!(failed <= 2, "each failure of the minute has its own entry:\n{audit}");
+}
+
+#[test]
+fn sign_in_goes_back_only_to_this_site() {
+    let sb = Sb::new();
+    sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
+    with_password(&sb, "sam");
+    let server = sb.serve();
+    for next in ["/\t/evil.example", "/\\evil.example", "//evil.example", "https://evil.example/", "/ /evil.example"] {
+        let (status, location) = sign_in(&browser(), &server.url, "sam", PASSWORD, next);
+        assert_eq!((status, location.as_str()), (303, "/"), "next = {next:?}");
+    }
+    let (_, location) = sign_in(&browser(), &server.url, "sam", PASSWORD, "/runs/1?x=1");
+    assert_eq!(location, "/runs/1?x=1");
+}
+
+#[test]
+fn pages_are_not_cached_and_a_secure_cookie_is_host_bound() {
+    let sb = Sb::new();
+    sb.file("data/schoolbell.toml", "[api]\nsecure_cookies = true\n");
+    sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
+    with_password(&sb, "sam");
+    let server = sb.serve();
+    let agent = browser();
+    let resp = agent
+        .post(&format!("{}/login", server.url))
+        .send_form([("username", "sam"), ("password", PASSWORD), ("next", "/")])
+        .unwrap();
+    let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    assert!(cookie.starts_with("__Host-sb_session=") && cookie.contains("Path=/") && cookie.contains("Secure"), "{cookie}");
+    let token = sb.ok(&["user", "token", "admin"]).trim().to_string();
+    let api = Api::new(&server.url);
+    for path in ["/", "/login", "/api/v1/runs"] {
+        let resp = agent.get(&format!("{}{path}", server.url)).header("Authorization", format!("Bearer {token}")).call().unwrap();
+        let cache = resp.headers().get("cache-control").map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(cache.as_deref(), Some("no-store"), "{path}");
+    }
+    drop(api);
+}
