@@ -223,7 +223,9 @@ fn access_can_be_taken_away_and_every_change_is_recorded() {
     ] {
         assert!(actions.iter().any(|a| a == expected), "{expected} missing from {actions:?}");
     }
-    assert!(actions.iter().filter(|a| a.starts_with("- sign-in.failed")).count() >= 3, "{actions:?}");
+    // Three bad tokens from one address within a minute: one entry, the
+    // first; the rest are counted, not written one by one.
+    assert_eq!(actions.iter().filter(|a| a.starts_with("- sign-in.failed")).count(), 1, "{actions:?}");
     assert_eq!(api.json("GET", "/api/v1/audit", &d.sam, None).0, 401);
     server.terminate();
     // The CLI reads the same log; deleting runs does not touch it.

@@ -14,7 +14,7 @@ fn rows(n: usize) -> serde_json::Value {
 #[test]
 fn rule_tests_need_the_owner_and_are_bounded() {
     let sb = Sb::with_own_rules();
-    sb.file("data/schoolbell.toml", "[rules]\ntest_max_rows = 100\ntest_max_ms = 300\ntimeout_ms = 100\n");
+    sb.file("data/schoolbell.toml", "[rules]\ntest_max_rows = 100\ntest_max_ms = 300\ntimeout_ms = 100\nmax_operations = 1000000000\n");
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
     let admin = sb.ok(&["user", "token", "admin"]).trim().to_string();
     let sam = sb.ok(&["user", "token", "sam"]).trim().to_string();

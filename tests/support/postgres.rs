@@ -60,9 +60,11 @@ impl Postgres {
             let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
             assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
+        // Each cluster's CA has a name of its own, as two real CAs do.
+        let ca = format!("/CN=Test CA {}", dir.file_name().unwrap().to_string_lossy());
         openssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA", "-keyout",
-            "ca.key", "-out", "ca.pem",
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &ca, "-keyout", "ca.key", "-out",
+            "ca.pem",
         ]);
         openssl(&[
             "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out",

@@ -1,6 +1,6 @@
 //! Failed sign-ins, counted per client address and per user name: after
 //! [`FREE_FAILURES`] failures within a minute, each further attempt waits,
-//! twice as long each time up to [`MAX_WAIT`]. Password guessing through
+//! [`FIRST_WAIT`] and then twice as long each time, up to [`MAX_WAIT`]. Password guessing through
 //! the sign-in form and token guessing through `Authorization: Bearer`
 //! meet the same counts. What it holds is bounded: at most [`MAX_KEYS`]
 //! addresses and names, the oldest forgotten first.
@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub(crate) const FREE_FAILURES: u32 = 5;
 /// The window failures are counted in.
 const WINDOW: Duration = Duration::from_secs(60);
+/// The first wait.
+const FIRST_WAIT: Duration = Duration::from_secs(30);
 /// The longest wait.
 const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 /// The most addresses and names remembered at once.
@@ -87,7 +89,7 @@ impl Throttle {
                 n if n < FREE_FAILURES => Counted::Again,
                 n => {
                     let doubling = (n - FREE_FAILURES).min(16);
-                    let wait = Duration::from_secs(1u64 << doubling).min(MAX_WAIT);
+                    let wait = (FIRST_WAIT * (1u32 << doubling)).min(MAX_WAIT);
                     f.wait_until = Some(now + wait);
                     if n == FREE_FAILURES { Counted::Throttled(n) } else { Counted::Again }
                 }
@@ -129,14 +131,14 @@ mod tests {
         }
         assert_eq!(t.wait(&keys, start), None);
         assert_eq!(t.failed(&keys, start), Counted::Throttled(5));
-        assert_eq!(t.wait(&keys, start), Some(Duration::from_secs(1)));
+        assert_eq!(t.wait(&keys, start), Some(FIRST_WAIT));
         t.failed(&keys, start);
-        assert_eq!(t.wait(&keys, start), Some(Duration::from_secs(2)));
+        assert_eq!(t.wait(&keys, start), Some(FIRST_WAIT * 2));
         // Another address guessing the same name waits too.
         assert!(t.wait(&[address("10.0.0.2"), user_name("sam")], start).is_some());
-        // A minute later, with the wait over, the count starts again and
-        // says how many failures went unaudited.
-        let later = start + Duration::from_secs(61);
+        // Later, with the wait over, the count starts again and says how
+        // many failures went unaudited.
+        let later = start + Duration::from_secs(121);
         assert_eq!(t.failed(&keys, later), Counted::First { earlier: 5 });
     }
 

@@ -164,7 +164,10 @@ pub(super) async fn sign_in(
             let cookie = session_cookie(api, token);
             (jar.add(cookie), Redirect::to(&back_to(&api.base_path, form.next.as_deref()))).into_response()
         }
-        Err(e) => sign_in_form(&app, form.next.as_deref(), Some(&e.message), StatusCode::UNAUTHORIZED),
+        Err(e) => {
+            let status = if e.status == StatusCode::TOO_MANY_REQUESTS { e.status } else { StatusCode::UNAUTHORIZED };
+            sign_in_form(&app, form.next.as_deref(), Some(&e.message), status)
+        }
     }
 }
 
