@@ -139,7 +139,7 @@ fn a_roster_maps_into_records_and_the_notifier_reads_them_through_the_rule() {
         "--param", "columns=student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date; grade=Grade:integer",
     ]);
     let expected = format!(
-        "{}: 2 error, 2 new (2 records written to `students`)\n  line 2 new: new record S1\n  line 3 new: new record S2\n  line 4 error, field `Birth Date`: `2011-02-30` in `Birth Date` is not a date; write YYYY-MM-DD or MM/DD/YYYY\n  line 5 error, field `Grade`: `ten` in `Grade` is not a whole number\n",
+        "{}: 2 error, 2 new (2 records written to `students`)\n  line 2 new: new record S1\n  line 3 new: new record S2\n  line 4 error, field `Birth Date`: `****-02-30` in `Birth Date` is not a date; write YYYY-MM-DD or MM/DD/YYYY\n  line 5 error, field `Grade`: `ten` in `Grade` is not a whole number\n",
         s(&roster)
     );
     assert_eq!(out, expected);

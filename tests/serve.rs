@@ -15,6 +15,8 @@ fn setup() -> (Sb, String, String, String) {
 
 fn setup_in(sb: Sb) -> (Sb, String, String, String) {
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance")), s(&plugin("test-hostile"))]);
+    // Staff tasks below use the attendance notifier with these thresholds.
+    sb.ok(&["plugin", "grant", "notifier-attendance", "staff:threshold=3|5"]);
     sb.load_attendance(support::ONE_ATTENDANCE);
     sb.ok(&["user", "add", "sam", "--role", "staff"]);
     sb.ok(&["user", "add", "pat", "--role", "staff", "--permission", "autopilot"]);
@@ -326,15 +328,14 @@ fn rules_saved_through_the_api_take_effect_in_the_running_server() {
     assert!(shown["source"].as_str().unwrap().contains("absences >= params.threshold"), "{shown}");
     assert_eq!(api.json("GET", "/api/v1/rules/nope", &sam, None).0, 404);
 
-    // The workbench tries a draft over sample rows and saves nothing.
+    // The workbench tries a draft over sample rows and saves nothing; it
+    // runs the draft over data, as saving would, so it is the owner's.
     let stricter = "absences >= params.threshold * 2";
     let sample = json!([{ "absences": 7 }, { "absences": 12 }]);
-    let (status, tried) = api.json(
-        "POST",
-        "/api/v1/rules/attendance_threshold/test",
-        &sam,
-        Some(json!({ "source": stricter, "sample": sample, "params": { "threshold": 5 } })),
-    );
+    let body = json!({ "source": stricter, "sample": sample, "params": { "threshold": 5 } });
+    let (status, _) = api.json("POST", "/api/v1/rules/attendance_threshold/test", &sam, Some(body.clone()));
+    assert_eq!(status, 403);
+    let (status, tried) = api.json("POST", "/api/v1/rules/attendance_threshold/test", &admin, Some(body));
     assert_eq!(status, 200, "{tried}");
     assert_eq!(tried["matched"], 1);
     assert_eq!(tried["rows"][0]["matched"], false);
@@ -459,6 +460,7 @@ fn the_console_and_the_api_live_under_the_base_path_behind_a_proxy() {
 fn a_run_submitted_for_later_waits_in_the_batch_queue_until_its_time() {
     let sb = Sb::new();
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
+    sb.ok(&["plugin", "grant", "notifier-attendance", "staff"]);
     sb.load_attendance(support::ONE_ATTENDANCE);
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
     sb.ok(&["user", "add", "pri", "--role", "staff", "--email", "pri@district.test", "--permission", "set-priority"]);

@@ -118,9 +118,15 @@ fn dies_mid_download(sb: &Sb, server_files: &std::path::Path, source: &str, kill
     std::fs::write(server_files.join("IC_Roster_big.csv"), format!("{HEADER}{rows}")).unwrap();
     add_task(sb, source);
     let run = sb.command().args(["import", "run", source]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let staged = sb.data().join("staging").join("IC_Roster_big.csv");
+    // Staged under a name the host makes, never the server's.
+    let staging = sb.data().join("staging");
+    let staged = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&staging)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    kill_when(|| std::fs::metadata(&staged).is_ok_and(|m| m.len() > 0), deadline, kill);
+    kill_when(|| staged().iter().any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0)), deadline, kill);
     let out = run.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
@@ -128,7 +134,7 @@ fn dies_mid_download(sb: &Sb, server_files: &std::path::Path, source: &str, kill
     assert!(shown.contains("failed"), "{shown}");
     assert!(shown.contains("cannot download"), "{shown}");
     assert_eq!(students(sb), 0, "nothing is imported from a file cut short");
-    assert!(!staged.exists(), "the partial copy is removed");
+    assert_eq!(staged(), Vec::<std::path::PathBuf>::new(), "the partial copy is removed");
     assert!(server_files.join("IC_Roster_big.csv").exists(), "the file is not renamed");
 }
 

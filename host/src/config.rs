@@ -46,6 +46,25 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// Limits on users' tasks.
+    pub tasks: TasksConfig,
+}
+
+/// The `[tasks]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// The most tasks one user may own.
+    pub max_per_user: usize,
+    /// The shortest time between two fires of one task, in minutes: a
+    /// schedule that fires more often is refused.
+    pub min_interval_minutes: u64,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig { max_per_user: 100, min_interval_minutes: 1 }
+    }
 }
 
 /// The `[audit]` section.

@@ -124,6 +124,59 @@ pub enum Capability {
     /// Address email directly: `send:address` lets a notifier return a raw
     /// address (still only in `[email] allowed_domains`).
     Send(String),
+    /// Staff may set up tasks with the plugin, with only these parameters,
+    /// each to one of the values listed (one value: fixed, and set even
+    /// when staff leave it out). Never declared by a plugin: the account
+    /// owner gives it (`staff` or `staff:days=7|14;format=csv`), and
+    /// without it a plugin's grants serve only tasks an owner set up.
+    Staff(std::collections::BTreeMap<String, Vec<String>>),
+}
+
+impl Capability {
+    /// Whether the account owner may grant it whatever the plugin declared.
+    pub fn owners_own(&self) -> bool {
+        matches!(self, Capability::Staff(_))
+    }
+}
+
+/// What staff may run a plugin with, from its grants: `None` when the
+/// owner did not offer it to staff.
+pub fn staff_use(granted: &[Capability]) -> Option<&std::collections::BTreeMap<String, Vec<String>>> {
+    granted.iter().find_map(|c| match c {
+        Capability::Staff(allowed) => Some(allowed),
+        _ => None,
+    })
+}
+
+/// Checks a staff user's parameters against what the owner allowed, and
+/// fills in the fixed ones; says which parameter is not allowed.
+pub fn staff_params(
+    plugin: &str,
+    allowed: &std::collections::BTreeMap<String, Vec<String>>,
+    given: &Record,
+) -> Result<Record, String> {
+    let mut out = given.clone();
+    for (name, value) in given {
+        let Some(values) = allowed.get(name) else {
+            return Err(format!(
+                "staff may not set parameter `{name}` of plugin {plugin}; the account owner allows: {}",
+                if allowed.is_empty() { "none".to_string() } else { allowed.keys().cloned().collect::<Vec<_>>().join(", ") }
+            ));
+        };
+        let text = value.to_key_text();
+        if !values.iter().any(|v| *v == text) {
+            return Err(format!(
+                "staff may set parameter `{name}` of plugin {plugin} only to {}, not `{text}`",
+                values.join(" or ")
+            ));
+        }
+    }
+    for (name, values) in allowed {
+        if let [only] = values.as_slice() {
+            out.insert(name.clone(), Value::Text(only.clone()));
+        }
+    }
+    Ok(out)
 }
 
 impl fmt::Display for Capability {
@@ -143,6 +196,15 @@ impl fmt::Display for Capability {
             },
             (Capability::Send(what), false) => write!(f, "send:{what}"),
             (Capability::Send(_), true) => write!(f, "email addresses it chooses (within the allowed domains)"),
+            (Capability::Staff(allowed), alternate) => {
+                let list: Vec<String> = allowed.iter().map(|(k, v)| format!("{k}={}", v.join("|"))).collect();
+                match (alternate, list.is_empty()) {
+                    (false, true) => write!(f, "staff"),
+                    (false, false) => write!(f, "staff:{}", list.join(";")),
+                    (true, true) => write!(f, "staff may use it with its defaults"),
+                    (true, false) => write!(f, "staff may use it with {}", list.join(", ")),
+                }
+            }
         }
     }
 }
@@ -155,9 +217,21 @@ impl std::str::FromStr for Capability {
             Some(("read", c)) if !c.is_empty() => Ok(Capability::ReadCollection(c.into())),
             Some(("write", c)) if !c.is_empty() => Ok(Capability::WriteCollection(c.into())),
             Some(("send", "address")) => Ok(Capability::Send("address".into())),
-            _ => {
-                Err(format!("`{s}` is not a capability; write `read:COLLECTION`, `write:COLLECTION` or `send:address`"))
+            None if s == "staff" => Ok(Capability::Staff(Default::default())),
+            Some(("staff", list)) => {
+                let mut allowed = std::collections::BTreeMap::new();
+                for pair in list.split(';').filter(|p| !p.trim().is_empty()) {
+                    let (name, values) = pair
+                        .split_once('=')
+                        .ok_or_else(|| format!("`{pair}` in `{s}` is not `PARAM=VALUE` or `PARAM=V1|V2`"))?;
+                    let values: Vec<String> = values.split('|').map(|v| v.trim().to_string()).collect();
+                    allowed.insert(name.trim().to_string(), values);
+                }
+                Ok(Capability::Staff(allowed))
             }
+            _ => Err(format!(
+                "`{s}` is not a capability; write `read:COLLECTION`, `write:COLLECTION`, `send:address`, or `staff` (`staff:PARAM=V1|V2;...`)"
+            )),
         }
     }
 }

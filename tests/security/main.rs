@@ -35,6 +35,7 @@ fn district() -> District {
     let batch =
         sb.folder_source("sis", "[scheduler]\npickup_settle_ms = 10\n[email]\nallowed_domains = [\"district.test\"]\n");
     sb.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster")), s(&plugin("notifier-attendance"))]);
+    sb.ok(&["plugin", "grant", "notifier-attendance", "staff"]);
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
     sb.ok(&["user", "add", "olga", "--role", "owner", "--email", "olga@district.test"]);
     let token = |u: &str| sb.ok(&["user", "token", u]).trim().to_string();

@@ -68,6 +68,13 @@ impl Tasks<'_> {
             )));
         }
         let task = self.build(user, spec)?;
+        let max = app.config.tasks.max_per_user;
+        if app.store.all_tasks()?.iter().filter(|t| t.owner == task.owner).count() >= max {
+            return Err(Error::Invalid(format!(
+                "{} has {max} tasks, the most one user may have ([tasks] max_per_user); remove one first",
+                task.owner
+            )));
+        }
         let due = if task.enabled { task.next_fire } else { None };
         app.store.put_task(&task, None, due)?;
         app.store.flush()?;
@@ -98,8 +105,15 @@ impl Tasks<'_> {
 
     /// A task from its spec, checked: who may own it, who may set up an
     /// import, where its mail may go, and that its source exists.
-    fn build(&self, user: &User, spec: TaskSpec) -> Result<Task> {
+    fn build(&self, user: &User, mut spec: TaskSpec) -> Result<Task> {
         let app = self.app;
+        if spec.high_priority && !user.has(Permission::SetPriority) {
+            return Err(Error::Forbidden(format!(
+                "task `{}`: {} may not make a high-priority task: that needs the set-priority permission",
+                spec.name, user.name
+            )));
+        }
+
         let owner = match spec.owner.as_deref() {
             None => user.name.clone(),
             Some(other) if other == user.name => other.to_string(),
@@ -123,6 +137,9 @@ impl Tasks<'_> {
                 "set up an import (its source, collection, key, missing-record policy and guard); staff run and test the imports the owner set up for them with --owner",
             )?;
         }
+        if user.role != Role::Owner {
+            self.staff_params(&mut spec)?;
+        }
         let domains = &app.config.email.allowed_domains;
         if let Some(raw) =
             spec.notify.group.iter().find(|m| m.contains('@') && !crate::notify::address_allowed(domains, m))
@@ -142,7 +159,65 @@ impl Tasks<'_> {
             imports::prepare_collection(&app.host, target)
                 .map_err(|e| Error::Invalid(format!("task `{}`: {e}", task.name)))?;
         }
+        self.check_interval(&task)?;
         Ok(task)
+    }
+
+    /// A plugin's grants serve the tasks the account owner sets up; staff
+    /// may use only a plugin the owner offered them (`plugin grant NAME
+    /// staff:...`), with only the parameter values the owner allowed.
+    fn staff_params(&self, spec: &mut TaskSpec) -> Result<()> {
+        let entry = self.app.host.entry(&spec.plugin).map_err(|e| Error::Invalid(e.to_string()))?;
+        let Some(allowed) = crate::plugins::staff_use(&entry.granted) else {
+            return Err(Error::Forbidden(format!(
+                "task `{}`: plugin {} is not offered to staff; the account owner offers it with `schoolbell plugin grant {} staff` (naming the parameter values staff may use)",
+                spec.name, spec.plugin, spec.plugin
+            )));
+        };
+        let given: crate::records::Record = spec
+            .params
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), crate::records::Value::Text(text))
+            })
+            .collect();
+        let filled = crate::plugins::staff_params(&spec.plugin, allowed, &given)
+            .map_err(|e| Error::Forbidden(format!("task `{}`: {e}", spec.name)))?;
+        for (k, v) in filled {
+            if !spec.params.contains_key(&k) {
+                spec.params.insert(k, serde_json::Value::String(v.to_key_text()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a schedule that fires more often than `[tasks]
+    /// min_interval_minutes`, judged by its next few fires.
+    fn check_interval(&self, task: &Task) -> Result<()> {
+        let least = chrono::Duration::minutes(self.app.config.tasks.min_interval_minutes as i64);
+        let timing = task.timing();
+        let mut at = self.app.now().max(task.start);
+        let mut previous: Option<chrono::DateTime<chrono::Utc>> = None;
+        for _ in 0..5 {
+            let Some(next) = timing.next_after(at) else { break };
+            if let Some(previous) = previous
+                && next - previous < least
+            {
+                return Err(Error::Invalid(format!(
+                    "task `{}`: it would fire every {} s, more often than [tasks] min_interval_minutes ({}) allows",
+                    task.name,
+                    (next - previous).num_seconds(),
+                    self.app.config.tasks.min_interval_minutes
+                )));
+            }
+            previous = Some(next);
+            at = next;
+        }
+        Ok(())
     }
 
     /// The tasks `user` may see, by name.

@@ -172,7 +172,7 @@ impl PluginHost {
     /// Grants a capability the plugin declared.
     pub fn grant(&self, name: &str, cap: Capability) -> Result<PluginEntry, Error> {
         let mut entry = self.entry(name)?;
-        if !entry.capabilities.contains(&cap) {
+        if !cap.owners_own() && !entry.capabilities.contains(&cap) {
             let asks: Vec<String> = entry.capabilities.iter().map(|c| c.to_string()).collect();
             return Err(Error::Capability {
                 plugin: name.into(),
@@ -183,6 +183,10 @@ impl PluginHost {
             });
         }
         if !entry.granted.contains(&cap) {
+            // One staff grant: a new one replaces what staff were allowed.
+            if cap.owners_own() {
+                entry.granted.retain(|g| !g.owners_own());
+            }
             entry.granted.push(cap);
             self.store.put_plugin(&entry)?;
             self.store.flush()?;
@@ -202,7 +206,8 @@ impl PluginHost {
     /// Takes back a grant.
     pub fn revoke(&self, name: &str, cap: &Capability) -> Result<PluginEntry, Error> {
         let mut entry = self.entry(name)?;
-        entry.granted.retain(|g| g != cap);
+        // `staff` takes back staff use, whatever it allowed.
+        entry.granted.retain(|g| g != cap && !(cap.owners_own() && g.owners_own()));
         self.store.put_plugin(&entry)?;
         self.store.flush()?;
         Ok(entry)
