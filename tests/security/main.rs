@@ -11,6 +11,7 @@ mod hostile_server;
 mod rule_tests;
 mod sessions;
 mod sleeping_plugin;
+mod staff_reach;
 
 use serde_json::{Value, json};
 use support::{Api, Sb, plugin, s};
