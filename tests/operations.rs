@@ -110,7 +110,14 @@ fn readyz_names_an_smtp_server_that_does_not_answer_and_is_ready_once_it_does() 
 #[test]
 fn metrics_counters_move_after_a_run_and_the_token_guards_them() {
     let sb = Sb::new();
-    sb.file("data/schoolbell.toml", "[api]\nmetrics_token = \"scrape-me\"\n");
+    // By default nobody reads the metrics.
+    let server = sb.serve();
+    let (status, body) = Api::new(&server.url).call("GET", "/metrics", None, None);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("[metrics] token_file"), "{body}");
+    server.terminate();
+    sb.file("data/metrics.token", "scrape-me\n");
+    sb.file("data/schoolbell.toml", "[metrics]\ntoken_file = \"metrics.token\"\n");
     attendance_setup(&sb);
     let server = sb.serve();
     let api = Api::new(&server.url);

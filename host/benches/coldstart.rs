@@ -101,7 +101,7 @@ fn main() {
         wasm.extend(vendor_plugins(&root));
         // test-slow-describe exists to time out on install.
         for path in wasm.iter().filter(|p| !p.ends_with("test-slow-describe.wasm")) {
-            app.plugins().install(&admin, path).unwrap();
+            app.plugins().install(&admin, path, false).unwrap();
             plugins += 1;
         }
         for i in 0..tasks {

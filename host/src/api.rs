@@ -108,6 +108,19 @@ pub(crate) fn client_address(parts: &Parts) -> String {
         .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
 }
 
+/// The most items one page of a list holds.
+pub const MAX_PAGE: usize = 1_000;
+
+/// A list's page size: `default` when none is asked for; 1 to
+/// [`MAX_PAGE`] when one is (0 is not "all").
+fn page(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n @ 1..=MAX_PAGE) => Ok(n),
+        Some(n) => Err(bad(format!("limit {n} is not a page size: ask for 1 to {MAX_PAGE}, and page on"))),
+    }
+}
+
 /// Runs blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(internal)?
@@ -164,15 +177,16 @@ pub fn router(scheduler: Arc<App>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             std::time::Duration::from_secs(api.request_timeout_secs),
         ))
+        // A scrape is a request like any other: it counts toward the limit.
+        .route("/metrics", get(metrics))
         .layer(tower::limit::ConcurrencyLimitLayer::new(api.max_concurrent_requests.max(1)))
         // The console's live streams outlive any request timeout; they
         // have their own limit.
         .merge(live)
-        // What a load balancer and Prometheus poll: no user token, nothing
-        // private, and outside the request limit so a busy API still answers.
+        // What a load balancer polls: no user token, nothing private, and
+        // outside the request limit so a busy API still answers.
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .layer(axum::middleware::map_response(private_answers(api.tls_cert.is_some())))
         .with_state(scheduler);
     if api.base_path.is_empty() {
@@ -237,19 +251,26 @@ async fn readyz(State(s): State<Arc<App>>) -> Response {
     (status, Json(readiness)).into_response()
 }
 
-/// The metrics in Prometheus' text format, behind `[api] metrics_token` when set.
+/// The metrics in Prometheus' text format, behind the metrics token
+/// (`[metrics] token_file`, or `[api] metrics_token`): without one set,
+/// nobody reads them (which plugins and rules run, and how often, maps the
+/// district's work).
 async fn metrics(State(s): State<Arc<App>>, headers: axum::http::HeaderMap) -> Response {
-    if let Some(token) = &s.config().api.metrics_token {
-        let sent =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        // Compared as MACs, in constant time.
-        let expected = crate::secrets::mac(b"metrics", token.as_bytes());
-        let matches =
-            sent.is_some_and(|sent| crate::secrets::verify_mac(b"metrics", sent.trim().as_bytes(), &expected));
-        if !matches {
-            return ApiError(StatusCode::UNAUTHORIZED, "send `Authorization: Bearer` with [api] metrics_token".into())
-                .into_response();
-        }
+    let Some(token) = s.metrics_token() else {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "metrics are off until [metrics] token_file names the token a scraper sends as its bearer".into(),
+        )
+        .into_response();
+    };
+    let sent =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Compared as MACs, in constant time.
+    let expected = crate::secrets::mac(b"metrics", token.as_bytes());
+    let matches = sent.is_some_and(|sent| crate::secrets::verify_mac(b"metrics", sent.trim().as_bytes(), &expected));
+    if !matches {
+        return ApiError(StatusCode::UNAUTHORIZED, "send `Authorization: Bearer` with the metrics token".into())
+            .into_response();
     }
     let text = tokio::task::spawn_blocking(move || {
         if let Err(e) = s.health().observe() {
@@ -375,7 +396,8 @@ async fn list_runs(
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let status = q.status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(bad)?;
-    blocking(move || Ok(Json(json!(s.runs().list(&u, status, q.task.as_deref(), q.limit.unwrap_or(100))?)))).await
+    let limit = page(q.limit, 100)?;
+    blocking(move || Ok(Json(json!(s.runs().list(&u, status, q.task.as_deref(), limit)?)))).await
 }
 
 fn run_id(raw: &str) -> Result<RunId, ApiError> {
@@ -444,7 +466,9 @@ async fn run_messages(
         Some("csv") => true,
         Some(other) => return Err(bad(format!("format `{other}` is not known; use json or csv"))),
     };
-    let limit = q.limit.unwrap_or(if csv { usize::MAX } else { 1000 });
+    // The CSV is an export of the run's messages (bounded by its rows);
+    // the JSON is a page.
+    let limit = if csv && q.limit.is_none() { usize::MAX } else { page(q.limit, MAX_PAGE)? };
     blocking(move || {
         let (messages, next) = s.runs().messages(&u, id, q.status.as_deref(), q.after, limit)?;
         Ok(if csv {
@@ -486,7 +510,7 @@ async fn import_plan(
             .rows
             .iter()
             .filter(|r| q.kind.as_deref().is_none_or(|k| r.status() == k))
-            .take(q.limit.unwrap_or(10_000))
+            .take(page(q.limit, MAX_PAGE)?)
             .collect();
         Ok(Json(json!({ "summary": plan.summary(), "counts": plan.counts, "hold": plan.hold, "existing": plan.existing, "rows": rows })))
     })
@@ -666,7 +690,7 @@ async fn outbox(
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let status = q.status.as_deref().map(str::parse).transpose().map_err(bad)?;
     blocking(move || {
-        let entries = s.outbox().list(&u, status, q.limit.unwrap_or(50))?;
+        let entries = s.outbox().list(&u, status, page(q.limit, 50)?)?;
         let list: Vec<Json_> = entries.iter().map(|(id, e)| json!({ "id": id, "entry": e })).collect();
         Ok(Json(json!(list)))
     })
@@ -755,7 +779,7 @@ async fn audit_log(
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     blocking(move || {
-        let entries = s.audit_log().list(&u, q.after, q.limit.unwrap_or(100).min(10_000))?;
+        let entries = s.audit_log().list(&u, q.after, page(q.limit, 100)?)?;
         let list: Vec<Json_> = entries.iter().map(|(n, e)| json!({ "seq": n, "entry": e })).collect();
         Ok(Json(json!(list)))
     })
@@ -901,7 +925,7 @@ async fn collection_page(
 ) -> Result<Json<Json_>, ApiError> {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     blocking(move || {
-        let page = s.collections().page(&u, &name, q.limit.unwrap_or(50))?;
+        let page = s.collections().page(&u, &name, page(q.limit, 50)?)?;
         let records: Vec<Json_> = page.records.iter().map(crate::records::record_to_json).collect();
         Ok(Json(json!({ "records": records, "total": page.total })))
     })
@@ -963,7 +987,7 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/tasks/{name}/disable": { "parameters": name, "post": { "summary": "Disable a task", "responses": errors(json!({ "200": ok("the task", "TaskView") })) } },
             "/api/v1/tasks/{name}/run-now": { "parameters": name, "post": { "summary": "Queue a run now, or submit it to the batch queue for later", "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Submit" } } } }, "responses": errors(json!({ "202": ok("the queued run", "Run") })) } },
             "/api/v1/runs": { "get": { "summary": "Runs you may see, newest first", "parameters": [
-                { "name": "status", "in": "query", "schema": { "type": "string" } }, { "name": "task", "in": "query", "schema": { "type": "string" } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
+                { "name": "status", "in": "query", "schema": { "type": "string" } }, { "name": "task", "in": "query", "schema": { "type": "string" } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }
             ], "responses": errors(json!({ "200": { "description": "runs" } })) } },
             "/api/v1/runs/{id}": {
                 "parameters": id,
@@ -973,11 +997,11 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/runs/{id}/cancel": { "parameters": id, "post": { "summary": "Cancel a run", "responses": errors(json!({ "200": ok("the run", "Run") })) } },
             "/api/v1/runs/{id}/messages": { "parameters": id, "get": { "summary": "A run's messages (the Task Messages tab)", "parameters": [
                 { "name": "status", "in": "query", "schema": { "type": "string" } }, { "name": "after", "in": "query", "schema": { "type": "integer" } },
-                { "name": "limit", "in": "query", "schema": { "type": "integer" } }, { "name": "format", "in": "query", "schema": { "enum": ["json", "csv"] } }
+                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }, { "name": "format", "in": "query", "schema": { "enum": ["json", "csv"] } }
             ], "responses": errors(json!({ "200": ok("a page of messages, or CSV", "Messages") })) } },
             "/api/v1/tasks/{name}/test-import": { "parameters": name, "post": { "summary": "Queue a test import (dry run): plan and report, write nothing", "responses": errors(json!({ "202": ok("the queued run", "Run") })) } },
             "/api/v1/runs/{id}/plan": { "parameters": id, "get": { "summary": "An import run's plan: what each row does, by change type (first 10,000 rows)", "parameters": [
-                { "name": "type", "in": "query", "schema": { "enum": ["new", "updated", "existing", "ended", "removed", "multiple", "duplicate", "inactivated", "error"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
+                { "name": "type", "in": "query", "schema": { "enum": ["new", "updated", "existing", "ended", "removed", "multiple", "duplicate", "inactivated", "error"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }
             ], "responses": errors(json!({ "200": { "description": "the plan" } })) } },
             "/api/v1/runs/{id}/commit": { "parameters": id, "post": { "summary": "Commit a test import's plan exactly as planned (409 if the file, rule or plugin changed, or if the guard holds it)", "responses": errors(json!({ "200": ok("the run", "Run") })) } },
             "/api/v1/runs/{id}/confirm": { "parameters": id, "post": { "summary": "Confirm an import held for confirmation, and commit it", "requestBody": { "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Decision" } } } }, "responses": errors(json!({ "200": ok("the run", "Run") })) } },
@@ -999,7 +1023,7 @@ pub fn openapi_document() -> Json_ {
                 "responses": errors(json!({ "200": { "description": "{matched, rows: [{row, matched, reason} | {row, error}]}" } })) } },
             "/api/v1/rules/{name}/versions": { "parameters": name, "get": { "summary": "The rule's saved versions, oldest first: who saved each, when, and its source", "responses": errors(json!({ "200": { "description": "[{name, version, hash, saved_by, saved_at, source}]" } })) } },
             "/api/v1/outbox": { "get": { "summary": "Outbox entries you may see (owner: all; staff: their tasks'), newest last", "parameters": [
-                { "name": "status", "in": "query", "schema": { "enum": ["pending", "sent", "failed"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }
+                { "name": "status", "in": "query", "schema": { "enum": ["pending", "sent", "failed"] } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }
             ], "responses": errors(json!({ "200": { "description": "[{id, entry}]" } })) } },
             "/api/v1/hosts": { "get": { "summary": "The hosts serving from the store, each with its id, machine, pid, start, last heartbeat and the runs it holds (account owner)", "responses": errors(json!({ "200": { "description": "[{id, name, pid, started_at, heartbeat_at, runs_held}]" } })) } },
             "/api/v1/users": { "get": { "summary": "Users (account owner)", "responses": errors(json!({ "200": { "description": "[user]" } })) } },
@@ -1010,7 +1034,7 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/users/{name}/tokens": { "parameters": name, "post": { "summary": "Issue an API token, shown once (account owner)", "responses": errors(json!({ "201": { "description": "{token}" } })) } },
             "/api/v1/tokens": { "get": { "summary": "API tokens: id, user, issued, last used; never the token (account owner)", "responses": errors(json!({ "200": { "description": "[token]" } })) } },
             "/api/v1/tokens/{id}": { "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }], "delete": { "summary": "Revoke a token (account owner)", "responses": errors(json!({ "200": ok("the revoked token", "Token") })) } },
-            "/api/v1/audit": { "get": { "summary": "The audit log, oldest first (account owner)", "parameters": [{ "name": "after", "in": "query", "schema": { "type": "integer" } }, { "name": "limit", "in": "query", "schema": { "type": "integer" } }], "responses": errors(json!({ "200": { "description": "[{seq, entry: AuditEntry}]" } })) } },
+            "/api/v1/audit": { "get": { "summary": "The audit log, oldest first (account owner)", "parameters": [{ "name": "after", "in": "query", "schema": { "type": "integer" } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }], "responses": errors(json!({ "200": { "description": "[{seq, entry: AuditEntry}]" } })) } },
             "/api/v1/secrets": { "get": { "summary": "The stored secrets' names, never their values (account owner)", "responses": errors(json!({ "200": { "description": "[name]" } })) } },
             "/api/v1/sources": { "get": { "summary": "Import sources (account owner)", "responses": errors(json!({ "200": { "description": "[source]" } })) } },
             "/api/v1/sources/{name}": {
@@ -1029,7 +1053,7 @@ pub fn openapi_document() -> Json_ {
             },
             "/api/v1/plugins/{name}/grant": { "parameters": name, "post": { "summary": "Grant a capability the plugin declared (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["capability"], "properties": { "capability": { "type": "string" } } } } } }, "responses": errors(json!({ "200": { "description": "the plugin" } })) } },
             "/api/v1/plugins/{name}/revoke": { "parameters": name, "post": { "summary": "Revoke a capability (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["capability"], "properties": { "capability": { "type": "string" } } } } } }, "responses": errors(json!({ "200": { "description": "the plugin" } })) } },
-            "/api/v1/collections/{name}": { "parameters": name, "get": { "summary": "The first records of a collection (account owner)", "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer" } }], "responses": errors(json!({ "200": { "description": "{records, total}" } })) } },
+            "/api/v1/collections/{name}": { "parameters": name, "get": { "summary": "The first records of a collection (account owner)", "parameters": [{ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }], "responses": errors(json!({ "200": { "description": "{records, total}" } })) } },
             "/api/v1/openapi.json": { "get": { "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } },
             "/healthz": { "get": { "summary": "200 while the process is up (no token)", "security": [], "responses": { "200": { "description": "`ok`", "content": { "text/plain": { "schema": { "type": "string" } } } } } } },
             "/readyz": { "get": { "summary": "Whether the store, the scheduler loop and the SMTP server (if set) are well (no token)", "security": [],

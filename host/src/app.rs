@@ -406,6 +406,27 @@ impl App {
         self.runs_changed.subscribe()
     }
 
+    /// The token `/metrics` asks for: `[metrics] token_file`'s first line
+    /// (read each time, so a new token takes effect without a restart),
+    /// else `[api] metrics_token`; none when neither is set or the file
+    /// cannot be read.
+    pub fn metrics_token(&self) -> Option<String> {
+        if let Some(file) = &self.config.metrics.token_file {
+            let file = match self.data_dir() {
+                Some(data) if file.is_relative() => data.join(file),
+                _ => file.clone(),
+            };
+            return match std::fs::read_to_string(&file) {
+                Ok(text) => text.lines().next().map(str::trim).filter(|t| !t.is_empty()).map(str::to_string),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), "Cannot read [metrics] token_file: {e}");
+                    None
+                }
+            };
+        }
+        self.config.api.metrics_token.clone()
+    }
+
     /// The key the console's anti-forgery tokens are MACed under, apart
     /// from the approval codes' own by derivation.
     pub fn console_key(&self) -> [u8; 32] {

@@ -48,6 +48,18 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Limits on users' tasks.
     pub tasks: TasksConfig,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A file holding the bearer token `GET /metrics` asks for (read at
+    /// start; relative paths are taken from the data directory). Without
+    /// it (or `[api] metrics_token`), `/metrics` answers nobody.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The `[tasks]` section.
@@ -136,8 +148,9 @@ pub struct ApiConfig {
     /// Seconds a client has to send a request's headers; a connection
     /// that has not sent them by then is closed.
     pub header_read_timeout_secs: u64,
-    /// A bearer token `GET /metrics` asks for. Unset: `/metrics` answers
-    /// anyone who can reach the API (it shows counts, never records).
+    /// A bearer token `GET /metrics` asks for, written in the file itself
+    /// (`[metrics] token_file` keeps it out of the file). Without either,
+    /// `/metrics` answers nobody.
     pub metrics_token: Option<String>,
 }
 

@@ -98,3 +98,26 @@ fn the_compile_cache_loads_only_what_the_host_wrote() {
     // Compiled again and written back: the file is the host's own again.
     assert_ne!(std::fs::read(&files[0]).unwrap(), code);
 }
+
+#[test]
+fn a_new_component_under_a_trusted_name_gets_no_grants_unless_kept() {
+    let sb = Sb::new();
+    let standard = plugin("notifier-attendance");
+    // The same plugin built by the other toolchain: other bytes, same name.
+    let other = crate::support::fallback_plugin("notifier-attendance");
+    sb.ok(&["plugin", "install", "--grant-all", s(&standard)]);
+    sb.ok(&["plugin", "grant", "notifier-attendance", "staff"]);
+    let granted = |sb: &Sb| -> Vec<String> {
+        let shown: serde_json::Value =
+            serde_json::from_str(&sb.ok(&["plugin", "inspect", "notifier-attendance", "--json"])).unwrap();
+        shown["granted"].as_array().unwrap().iter().map(|g| g.to_string()).collect()
+    };
+    let before = granted(&sb);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let out = sb.ok(&["plugin", "install", "--keep-grants", s(&other)]);
+    assert!(out.contains("replacing"), "{out}");
+    assert_eq!(granted(&sb), before, "kept when asked");
+    let out = sb.ok(&["plugin", "install", s(&standard)]);
+    assert!(out.contains("grants dropped"), "{out}");
+    assert_eq!(granted(&sb), Vec::<String>::new(), "a replacement starts with no grants");
+}

@@ -14,7 +14,7 @@ fn rows(n: usize) -> serde_json::Value {
 #[test]
 fn rule_tests_need_the_owner_and_are_bounded() {
     let sb = Sb::with_own_rules();
-    sb.file("data/schoolbell.toml", "[rules]\ntest_max_rows = 100\ntest_max_ms = 300\ntimeout_ms = 100\nmax_operations = 1000000000\n");
+    sb.file("data/schoolbell.toml", "[api]\nmetrics_token = \"scrape\"\n[rules]\ntest_max_rows = 100\ntest_max_ms = 300\ntimeout_ms = 100\nmax_operations = 1000000000\n");
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
     let admin = sb.ok(&["user", "token", "admin"]).trim().to_string();
     let sam = sb.ok(&["user", "token", "sam"]).trim().to_string();
@@ -53,7 +53,8 @@ fn rule_tests_need_the_owner_and_are_bounded() {
         test(&admin, "draft_never_saved", r#"print("seen " + absences); absences > 3"#, rows(3));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["printed"]["lines"], json!(["seen 0", "seen 1", "seen 2"]), "{body}");
-    let (_, metrics) = api.call("GET", "/metrics", None, None);
+    let (status, metrics) = api.call("GET", "/metrics", Some("scrape"), None);
+    assert_eq!(status, 200, "{metrics}");
     assert!(!metrics.contains("draft_never_saved"), "a draft's name became a label:\n{metrics}");
     server.terminate();
     let said = std::fs::read_to_string(&log).unwrap();

@@ -101,3 +101,42 @@ fn pages_are_not_cached_and_a_secure_cookie_is_host_bound() {
     }
     drop(api);
 }
+
+#[test]
+fn a_client_dribbling_its_headers_is_cut_off() {
+    use std::io::Read;
+    let sb = Sb::new();
+    sb.file("data/schoolbell.toml", "[api]\nheader_read_timeout_secs = 2\n");
+    let server = sb.serve();
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_millis(50))).unwrap();
+    // One byte a second, as a slowloris client sends: a header that would
+    // take a minute to finish.
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nX-Slow: {}\r\n\r\n", "x".repeat(40));
+    let mut sent = 0;
+    let mut closed = false;
+    for byte in request.bytes() {
+        if tcp.write_all(&[byte]).is_err() {
+            closed = true;
+            break;
+        }
+        sent += 1;
+        let mut answer = [0u8; 256];
+        match tcp.read(&mut answer) {
+            // The server answered or closed before the header was done.
+            Ok(_) => {
+                closed = true;
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    assert!(closed, "the server waited for all {sent} bytes of a dribbled header");
+    assert!(sent < request.len(), "cut off only after the whole header ({sent} bytes)");
+}

@@ -21,10 +21,12 @@ fn plugin_error(e: plugins::Error) -> Error {
 }
 
 impl Registry<'_> {
-    /// Installs a component file (the account owner only).
-    pub fn install(&self, user: &User, file: &Path) -> Result<(PluginEntry, InstallStatus)> {
+    /// Installs a component file (the account owner only); with
+    /// `keep_grants`, a replacement keeps the grants of the plugin it
+    /// replaces (see [`plugins::PluginHost::install_keeping`]).
+    pub fn install(&self, user: &User, file: &Path, keep_grants: bool) -> Result<(PluginEntry, InstallStatus)> {
         owner_only(user, "install plugins")?;
-        let installed = self.app.host.install(file).map_err(plugin_error)?;
+        let installed = self.app.host.install_keeping(file, keep_grants).map_err(plugin_error)?;
         self.app.audit(&user.name, "plugin.install", &installed.0.name, Some(installed.0.hash.clone()))?;
         tracing::info!(plugin = %installed.0.name, by = %user.name, "Plugin installed.");
         Ok(installed)
@@ -46,7 +48,7 @@ impl Registry<'_> {
             let _ = std::fs::remove_file(&path);
             return Err(Error::Failed(format!("cannot stage the upload in {}: {e}", dir.display())));
         }
-        let installed = self.install(user, &path);
+        let installed = self.install(user, &path, false);
         let _ = std::fs::remove_file(&path);
         installed
     }

@@ -34,6 +34,10 @@ pub(super) enum PluginCmd {
         /// Also grant every capability the plugin asks for.
         #[arg(long)]
         grant_all: bool,
+        /// When it replaces an installed plugin of its name, keep the grants
+        /// it still asks for (and staff use); without, it starts with none.
+        #[arg(long)]
+        keep_grants: bool,
     },
     /// List installed plugins.
     List {
@@ -49,7 +53,8 @@ pub(super) enum PluginCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Grant a capability the plugin asks for (`read:COLLECTION`, `write:COLLECTION`).
+    /// Grant a capability the plugin asks for (`read:COLLECTION`, `write:COLLECTION`, `send:address`), or
+    /// offer it to staff with the parameter values they may use (`staff`, `staff:days=7|14;format=csv`).
     Grant {
         /// The plugin's name.
         name: String,
@@ -91,9 +96,9 @@ pub(super) fn run(app: &App, user: &User, cmd: PluginCmd) -> Result<()> {
     let registry = app.plugins();
     match cmd {
         PluginCmd::New { .. } => unreachable!("answered before the store is opened"),
-        PluginCmd::Install { files, grant_all } => {
+        PluginCmd::Install { files, grant_all, keep_grants } => {
             for file in files {
-                let (mut entry, status) = registry.install(user, &file)?;
+                let (mut entry, status) = registry.install(user, &file, keep_grants)?;
                 if grant_all {
                     entry = registry.grant_all(user, &entry.name)?;
                 }
@@ -109,7 +114,10 @@ pub(super) fn run(app: &App, user: &User, cmd: PluginCmd) -> Result<()> {
                             what.push_str(&format!("; it now also asks for {} (not granted)", list(&added)));
                         }
                         if !dropped.is_empty() {
-                            what.push_str(&format!("; grants it no longer asks for were dropped: {}", list(&dropped)));
+                            what.push_str(&format!(
+                                "; grants dropped (without --keep-grants a new component gets none): {}",
+                                list(&dropped)
+                            ));
                         }
                         what
                     }

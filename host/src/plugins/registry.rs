@@ -65,13 +65,26 @@ pub enum InstallStatus {
 impl PluginHost {
     /// Installs a component file.
     pub fn install(&self, path: &Path) -> Result<(PluginEntry, InstallStatus), Error> {
+        self.install_keeping(path, false)
+    }
+
+    /// [`PluginHost::install`]; with `keep_grants`, a component that
+    /// replaces an installed plugin of its name keeps the grants it still
+    /// asks for, and staff use. Without, it starts with none: a new
+    /// component claiming a trusted plugin's name is not trusted for it.
+    pub fn install_keeping(&self, path: &Path, keep_grants: bool) -> Result<(PluginEntry, InstallStatus), Error> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
-        self.install_bytes(&shown, &bytes)
+        self.install_bytes(&shown, &bytes, keep_grants)
     }
 
     /// Installs a component from bytes; `shown` names it in messages.
-    pub fn install_bytes(&self, shown: &str, bytes: &[u8]) -> Result<(PluginEntry, InstallStatus), Error> {
+    pub fn install_bytes(
+        &self,
+        shown: &str,
+        bytes: &[u8],
+        keep_grants: bool,
+    ) -> Result<(PluginEntry, InstallStatus), Error> {
         let hash = hex::encode(Sha256::digest(bytes));
         let (target, pre) = self.prepare(shown, &hash, bytes)?;
         let info = self.describe(shown, &pre)?;
@@ -96,7 +109,8 @@ impl PluginHost {
         }
         let granted = previous
             .as_ref()
-            .map(|p| p.granted.iter().filter(|g| info.capabilities.contains(g)).cloned().collect())
+            .filter(|_| keep_grants)
+            .map(|p| p.granted.iter().filter(|g| g.owners_own() || info.capabilities.contains(g)).cloned().collect())
             .unwrap_or_default();
         let entry = PluginEntry {
             name: info.name,
@@ -122,7 +136,7 @@ impl PluginHost {
         let status = match previous {
             Some(p) => InstallStatus::Replaced {
                 added: entry.capabilities.iter().filter(|c| !p.capabilities.contains(c)).cloned().collect(),
-                dropped: p.granted.iter().filter(|g| !entry.capabilities.contains(g)).cloned().collect(),
+                dropped: p.granted.iter().filter(|g| !entry.granted.contains(g)).cloned().collect(),
                 previous: p.version,
             },
             None => InstallStatus::Installed,
