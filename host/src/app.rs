@@ -39,6 +39,7 @@ mod tasks;
 mod throttle;
 mod workbench;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -171,6 +172,8 @@ pub struct App {
     live_streams: Arc<tokio::sync::Semaphore>,
     /// Failed sign-ins by client address and user name.
     throttle: throttle::Throttle,
+    /// Live views open, by user.
+    live_per_user: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -258,6 +261,7 @@ impl App {
             rules_seen: std::sync::atomic::AtomicU64::new(0),
             live_streams: Arc::new(tokio::sync::Semaphore::new(config.api.max_concurrent_requests.max(1))),
             throttle: Default::default(),
+            live_per_user: Default::default(),
             config,
         }
     }
@@ -371,6 +375,30 @@ impl App {
         result
     }
 
+    /// A console session's token: [`App::authenticate`], and within the
+    /// console's own lifetimes (`[console] idle_minutes` since its last use,
+    /// `max_hours` since sign-in), apart from API tokens'. An expired
+    /// session is removed.
+    pub fn authenticate_console(&self, token: &str, from: &str) -> Result<User, crate::users::Error> {
+        let hash = crate::users::token_hash(token);
+        if let Some(record) = self.store.token(&hash)? {
+            let now = self.now();
+            let limits = &self.config.console;
+            let idle = now - record.last_used_at.unwrap_or(record.created_at);
+            let age = now - record.created_at;
+            // Uses are recorded to the minute: a session is idle past the limit plus that minute.
+            if idle > chrono::Duration::minutes(limits.idle_minutes as i64 + 1)
+                || age > chrono::Duration::hours(limits.max_hours as i64)
+            {
+                self.store.remove_token(&hash)?;
+                return Err(crate::users::Error::SessionEnded(
+                    "it was idle longer than [console] idle_minutes, or older than max_hours; sign in again".into(),
+                ));
+            }
+        }
+        self.authenticate(token, from)
+    }
+
     /// Counts a failed sign-in and audits it: the first of a minute from
     /// an address on its own, the rest of that minute as one entry with
     /// their count, so failures cannot flood the log.
@@ -399,6 +427,18 @@ impl App {
     /// Permits for the console's live streams.
     pub fn live_streams(&self) -> Arc<tokio::sync::Semaphore> {
         self.live_streams.clone()
+    }
+
+    /// One of `user`'s live views, held while it is open; none when they
+    /// have `[console] streams_per_user` open already.
+    pub fn live_slot(&self, user: &str) -> Option<LiveSlot> {
+        let mut open = lock(&self.live_per_user);
+        let n = open.entry(user.to_string()).or_insert(0);
+        if *n >= self.config.console.streams_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(LiveSlot { user: user.to_string(), open: self.live_per_user.clone() })
     }
 
     /// A receiver that wakes when runs change.
@@ -543,4 +583,22 @@ fn in_use(data: &Path, e: store::Error) -> OpenError {
         };
     }
     e.into()
+}
+
+/// A user's open live view (see [`App::live_slot`]); dropping it closes it.
+pub struct LiveSlot {
+    user: String,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        if let Some(n) = open.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }

@@ -50,6 +50,26 @@ pub struct Config {
     pub tasks: TasksConfig,
     /// Who may read `/metrics`.
     pub metrics: MetricsConfig,
+    /// The web console's sessions.
+    pub console: ConsoleConfig,
+}
+
+/// The `[console]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Minutes a console session may go unused before it ends.
+    pub idle_minutes: u64,
+    /// Hours a console session lasts at most, however busy.
+    pub max_hours: u64,
+    /// Live views (the grid's stream) one user may have open at once.
+    pub streams_per_user: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { idle_minutes: 60, max_hours: 12, streams_per_user: 4 }
+    }
 }
 
 /// The `[metrics]` section.

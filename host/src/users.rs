@@ -154,6 +154,9 @@ pub enum Error {
     /// The token is past its expiry.
     #[error("the API token expired on {0}; ask the account owner for a new one (`schoolbell user token NAME`)")]
     Expired(String),
+    /// A console session past its idle or total lifetime.
+    #[error("the console session ended: {0}")]
+    SessionEnded(String),
     /// Too many failed sign-ins from this address, or for this user name.
     #[error("too many failed sign-ins from this address or for this user; wait {0} s and try again")]
     Throttled(u64),

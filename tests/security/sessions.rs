@@ -140,3 +140,88 @@ fn a_client_dribbling_its_headers_is_cut_off() {
     assert!(closed, "the server waited for all {sent} bytes of a dribbled header");
     assert!(sent < request.len(), "cut off only after the whole header ({sent} bytes)");
 }
+
+/// A signed-in browser: the session cookie it sends.
+struct Browser {
+    agent: ureq::Agent,
+    cookie: String,
+}
+
+impl Browser {
+    fn sign_in(url: &str, user: &str, password: &str) -> Browser {
+        let agent = browser();
+        let resp = agent
+            .post(&format!("{url}/login"))
+            .send_form([("username", user), ("password", password), ("next", "/")])
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 303, "{user} could not sign in");
+        let set = resp.headers().get("set-cookie").unwrap().to_str().unwrap();
+        Browser { agent, cookie: set.split(';').next().unwrap().to_string() }
+    }
+
+    fn get(&self, url: &str) -> (u16, String) {
+        let mut resp = self.agent.get(url).header("Cookie", &self.cookie).call().unwrap();
+        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    fn post(&self, url: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let resp = self.agent.post(url).header("Cookie", &self.cookie).send_form(form.iter().copied()).unwrap();
+        let location = resp.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default();
+        (resp.status().as_u16(), location)
+    }
+}
+
+#[test]
+fn changing_a_password_asks_for_the_old_one_and_ends_the_other_sessions() {
+    let sb = Sb::new();
+    sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
+    with_password(&sb, "sam");
+    let token = sb.ok(&["user", "token", "sam"]).trim().to_string();
+    let server = sb.serve();
+    let (here, there) = (Browser::sign_in(&server.url, "sam", PASSWORD), Browser::sign_in(&server.url, "sam", PASSWORD));
+    let profile = format!("{}/profile", server.url);
+    let (_, page) = here.get(&profile);
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let change = |current: &str| {
+        here.post(&profile, &[("csrf", csrf.as_str()), ("current", current), ("password", "another long password")])
+    };
+    // Without the current password, nothing changes.
+    assert_eq!(change("a wrong guess").0, 403);
+    assert_eq!(there.get(&profile).0, 200);
+    let (status, landed) = change(PASSWORD);
+    assert_eq!(status, 303);
+    let (_, shown) = here.get(&format!("{}{landed}", server.url));
+    assert!(shown.contains("Password changed. 2 other sessions and tokens of yours were ended."), "{shown}");
+    // This session goes on; the other session and the API token end.
+    assert_eq!(here.get(&profile).0, 200);
+    assert_eq!(there.get(&profile).0, 303, "the other session was not ended");
+    let api = Api::new(&server.url);
+    assert_eq!(api.call("GET", "/api/v1/tasks", Some(&token), None).0, 401);
+
+    // The owner's reset ends every session of the user.
+    let mut child =
+        sb.command().args(["user", "passwd", "sam"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 sessions and tokens of sam ended"), "{out:?}");
+    assert_eq!(here.get(&profile).0, 303, "the reset left a session open");
+}
+
+#[test]
+fn console_sessions_end_when_idle_apart_from_api_tokens() {
+    let sb = Sb::new();
+    sb.file("data/schoolbell.toml", "[console]\nidle_minutes = 30\nmax_hours = 12\n");
+    sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
+    with_password(&sb, "sam");
+    let token = sb.ok(&["user", "token", "sam"]).trim().to_string();
+    let now = chrono::Utc::now();
+    let server = sb.serve_with(&[("SCHOOLBELL_NOW", &now.to_rfc3339())], None);
+    let session = Browser::sign_in(&server.url, "sam", PASSWORD);
+    server.terminate();
+    // An hour later, by the service's clock: past the console's 30 idle
+    // minutes, well inside the API token's 90 days.
+    let later = (now + chrono::Duration::hours(1)).to_rfc3339();
+    let server = sb.serve_with(&[("SCHOOLBELL_NOW", &later)], None);
+    assert_eq!(session.get(&format!("{}/profile", server.url)).0, 303, "an idle session went on");
+    assert_eq!(Api::new(&server.url).call("GET", "/api/v1/tasks", Some(&token), None).0, 200);
+}

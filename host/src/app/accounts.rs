@@ -14,7 +14,9 @@ fn user_error(e: users::Error) -> Error {
     match e {
         users::Error::Unknown(_) => Error::NotFound(e.to_string()),
         users::Error::Store(e) => Error::Store(e),
-        users::Error::BadToken | users::Error::Expired(_) => Error::Forbidden(e.to_string()),
+        users::Error::BadToken | users::Error::Expired(_) | users::Error::SessionEnded(_) => {
+            Error::Forbidden(e.to_string())
+        }
         users::Error::WeakPassword(_) => Error::Invalid(e.to_string()),
         users::Error::Throttled(_) => Error::TooMany(e.to_string()),
     }
@@ -62,9 +64,42 @@ impl Accounts<'_> {
         Ok(())
     }
 
+    /// Changes the caller's own password, given the current one: every
+    /// other session and token of theirs ends (all but `keep`, the hash of
+    /// the session asking). Returns how many ended.
+    pub fn change_own_password(&self, by: &User, current: &str, new: &str, keep: Option<&str>) -> Result<usize> {
+        let store = &*self.app.store;
+        if !users::verify_password(store.password(&by.name)?.as_deref(), current) {
+            self.app.audit(&by.name, "user.password.refused", &by.name, Some("wrong current password".into()))?;
+            return Err(Error::Forbidden("the current password is wrong; nothing was changed".into()));
+        }
+        let hash = users::hash_password(new).map_err(user_error)?;
+        store.put_password(&by.name, &hash)?;
+        let ended = self.end_sessions(&by.name, keep)?;
+        store.flush()?;
+        self.app.audit(&by.name, "user.password", &by.name, Some(format!("{ended} other sessions and tokens ended")))?;
+        Ok(ended)
+    }
+
+    /// Ends every session and token of `name` but `keep` (a token hash);
+    /// returns how many.
+    fn end_sessions(&self, name: &str, keep: Option<&str>) -> Result<usize> {
+        let store = &*self.app.store;
+        let mut ended = 0;
+        for (hash, token) in store.all_tokens()? {
+            if token.user == name && Some(hash.as_str()) != keep {
+                store.remove_token(&hash)?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
     /// Sets a user's console password: the account owner for anyone,
-    /// everyone else for themselves.
-    pub fn set_password(&self, by: &User, name: &str, password: &str) -> Result<()> {
+    /// everyone else for themselves. When the owner sets another user's
+    /// password, that user's sessions and tokens end. Returns how many
+    /// ended.
+    pub fn set_password(&self, by: &User, name: &str, password: &str) -> Result<usize> {
         if by.name != name {
             owner_only(by, "set another user's password")?;
         }
@@ -75,10 +110,12 @@ impl Accounts<'_> {
         users::get(store, name).map_err(user_error)?;
         let hash = users::hash_password(password).map_err(user_error)?;
         store.put_password(name, &hash)?;
+        // A reset is a reset: whoever held the old sessions is out.
+        let ended = if by.name != name { self.end_sessions(name, None)? } else { 0 };
         store.flush()?;
-        self.app.audit(&by.name, "user.password", name, None)?;
-        tracing::info!(user = %name, by = %by.name, "Password set.");
-        Ok(())
+        self.app.audit(&by.name, "user.password", name, Some(format!("{ended} sessions and tokens ended")))?;
+        tracing::info!(user = %name, by = %by.name, ended, "Password set.");
+        Ok(ended)
     }
 
     /// Signs a person in with their password: a new session token (an API

@@ -123,8 +123,11 @@ pub(super) fn run(app: &App, by: &User, cmd: UserCmd) -> Result<()> {
         }
         UserCmd::Passwd { name } => {
             let password = crate::local::input().context("no password was read")?;
-            accounts.set_password(by, &name, &password)?;
+            let ended = accounts.set_password(by, &name, &password)?;
             say!("password of {name} set; they sign in to the console with it");
+            if ended > 0 {
+                say!("{ended} sessions and tokens of {name} ended");
+            }
         }
         UserCmd::Remove { name } => {
             accounts.remove(by, &name)?;

@@ -461,19 +461,25 @@ fn actions(session: &Session, run: &Run, encoded: &str) -> Markup {
 /// whenever a run changes (at most a few times a second).
 pub(super) async fn events(
     State(app): State<Arc<App>>,
+    crate::api::ClientAddress(from): crate::api::ClientAddress,
     session: Session,
     q: Result<Query<GridQuery>, axum_extra::extract::QueryRejection>,
 ) -> Result<Response, ConsoleError> {
     let Query(q) = q.map_err(|e| ConsoleError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let query = q.query(&app)?;
     let sort = q.sort()?;
+    let slot = app.live_slot(&session.user.name).ok_or_else(|| {
+        ConsoleError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "you have as many live views open as [console] streams_per_user allows; close one, or reload later",
+        )
+    })?;
     let permit = app.live_streams().try_acquire_owned().map_err(|_| {
         ConsoleError::new(StatusCode::SERVICE_UNAVAILABLE, "too many live views are open; reload later")
     })?;
     let mut changes = app.watch_runs();
-    let session = Arc::new(session);
     let stream = async_stream(move |tx| async move {
-        let _permit = permit;
+        let _held = (permit, slot);
         // The first render brings a grid that was paused (a hidden tab) up to date.
         let mut first = true;
         loop {
@@ -486,7 +492,14 @@ pub(super) async fn events(
             }
             first = false;
             changes.borrow_and_update();
-            let (a, s, rq, qq) = (app.clone(), session.clone(), query.clone(), q.clone());
+            // The session as it stands now: a revoked, expired or removed
+            // user's stream ends; a demoted user's view narrows.
+            let (a, from) = (app.clone(), from.clone());
+            let current = session.clone();
+            let again = tokio::task::spawn_blocking(move || current.again(&a, &from)).await;
+            let Ok(Some(now)) = again else { return };
+            let s = Arc::new(now);
+            let (a, rq, qq) = (app.clone(), query.clone(), q.clone());
             let html = blocking(move || {
                 let page = a.runs().page(&s.user, &rq, sort, qq.at(), PAGE_ROWS)?;
                 Ok(grid(&a, &s, &qq, &page, &qq.encoded()).into_string())

@@ -15,7 +15,23 @@ use super::{ConsoleError, Session, blocking};
 use crate::app::App;
 use crate::users::JobEmail;
 
-pub(super) async fn page(session: Session) -> Result<Response, ConsoleError> {
+/// What the last save did, for the page it lands on.
+#[derive(Deserialize, Default)]
+pub(super) struct Done {
+    done: Option<String>,
+}
+
+pub(super) async fn page(
+    session: Session,
+    done: Result<axum::extract::Query<Done>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ConsoleError> {
+    let said = match done.ok().and_then(|q| q.0.done).as_deref() {
+        Some("saved") => Some("Saved.".to_string()),
+        Some(d) => d.strip_prefix("password-changed-").and_then(|n| n.parse::<usize>().ok()).map(|n| {
+            format!("Password changed. {n} other sessions and tokens of yours were ended.")
+        }),
+        None => None,
+    };
     let u = &session.user;
     let choices = [
         (JobEmail::Always, "always", "After every run of mine"),
@@ -24,6 +40,7 @@ pub(super) async fn page(session: Session) -> Result<Response, ConsoleError> {
     ];
     let body = html! {
         h1 { "Profile" }
+        @if let Some(said) = &said { p.flash role="status" { (said) } }
         dl {
             dt { "User" } dd { (u.name) }
             dt { "Email" } dd { (u.email) }
@@ -44,6 +61,9 @@ pub(super) async fn page(session: Session) -> Result<Response, ConsoleError> {
             input type="hidden" name="csrf" value=(session.csrf);
             fieldset {
                 legend { "Console password" }
+                label { "Current password"
+                    input type="password" name="current" autocomplete="current-password";
+                }
                 label { "New password (at least " (crate::users::MIN_PASSWORD_CHARS) " characters)"
                     input type="password" name="password" autocomplete="new-password" minlength=(crate::users::MIN_PASSWORD_CHARS);
                 }
@@ -58,6 +78,7 @@ pub(super) async fn page(session: Session) -> Result<Response, ConsoleError> {
 pub(super) struct ProfileForm {
     csrf: String,
     job_email: Option<String>,
+    current: Option<String>,
     password: Option<String>,
 }
 
@@ -68,16 +89,23 @@ pub(super) async fn save(
 ) -> Result<Response, ConsoleError> {
     session.check_csrf(&app, &form.csrf)?;
     let user = session.user.clone();
-    blocking(move || {
+    let keep = session.token_hash();
+    let ended = blocking(move || {
+        let mut ended = None;
         if let Some(p) = form.password.filter(|p| !p.is_empty()) {
-            app.users().set_password(&user, &user.name, &p)?;
+            let current = form.current.unwrap_or_default();
+            ended = Some(app.users().change_own_password(&user, &current, &p, Some(&keep))?);
         }
         if let Some(e) = form.job_email {
             let preference = e.parse::<JobEmail>().map_err(crate::app::Error::Invalid)?;
             app.users().set_job_email(&user, preference)?;
         }
-        Ok(())
+        Ok(ended)
     })
     .await?;
-    Ok(Redirect::to(&session.link("/profile")).into_response())
+    let saved = match ended {
+        Some(n) => format!("password-changed-{n}"),
+        None => "saved".into(),
+    };
+    Ok(Redirect::to(&session.link(&format!("/profile?done={saved}"))).into_response())
 }

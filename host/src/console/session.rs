@@ -37,6 +37,7 @@ fn session_cookie(api: &crate::config::ApiConfig, value: String) -> Cookie<'stat
 }
 
 /// A signed-in person.
+#[derive(Clone)]
 pub struct Session {
     /// Who.
     pub user: User,
@@ -59,6 +60,19 @@ impl Session {
             StatusCode::FORBIDDEN,
             "this form is out of date or did not come from the console; reload the page and try again",
         ))
+    }
+
+    /// The hash of this session's token, as the store keys it.
+    pub fn token_hash(&self) -> String {
+        crate::users::token_hash(&self.token)
+    }
+
+    /// The session as it stands now: its user read again (a demoted
+    /// user's view narrows), or none once it was revoked, expired, or its
+    /// user removed. The live grid asks at each update.
+    pub fn again(&self, app: &App, from: &str) -> Option<Session> {
+        let user = app.authenticate_console(&self.token, from).ok()?;
+        Some(Session { user, token: self.token.clone(), csrf: self.csrf.clone(), base: self.base.clone() })
     }
 
     /// A path inside the console.
@@ -102,7 +116,7 @@ impl FromRequestParts<Arc<App>> for Session {
         };
         let (app2, token2) = (app.clone(), token.clone());
         let from = crate::api::client_address(parts);
-        let user = tokio::task::spawn_blocking(move || app2.authenticate(&token2, &from)).await;
+        let user = tokio::task::spawn_blocking(move || app2.authenticate_console(&token2, &from)).await;
         match user {
             Ok(Ok(user)) => Ok(Session { user, csrf: csrf_for(app, &token), token, base }),
             _ => Err(sign_in()),
