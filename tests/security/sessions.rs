@@ -225,3 +225,35 @@ fn console_sessions_end_when_idle_apart_from_api_tokens() {
     assert_eq!(session.get(&format!("{}/profile", server.url)).0, 303, "an idle session went on");
     assert_eq!(Api::new(&server.url).call("GET", "/api/v1/tasks", Some(&token), None).0, 200);
 }
+
+#[test]
+fn live_views_are_capped_per_user_and_end_with_their_session() {
+    let sb = Sb::new();
+    sb.ok(&["plugin", "install", "--grant-all", crate::support::s(&crate::support::plugin("notifier-attendance"))]);
+    sb.ok(&["task", "add", "nudge", "--plugin", "notifier-attendance", "--schedule", "daily at 07:00"]);
+    sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
+    with_password(&sb, "sam");
+    let server = sb.serve();
+    let sam = Browser::sign_in(&server.url, "sam", PASSWORD);
+    let events = format!("{}/runs/events", server.url);
+    let open = || sam.agent.get(&events).header("Cookie", &sam.cookie).call().unwrap();
+    let mut streams: Vec<_> = (0..4).map(|_| open()).collect();
+    assert!(streams.iter().all(|s| s.status().as_u16() == 200));
+    assert_eq!(open().status().as_u16(), 429, "a fifth live view for one user");
+
+    // The owner resets sam's password: sam's sessions end, and so does the
+    // stream, at the next update.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stream = streams.pop().unwrap();
+    std::thread::spawn(move || {
+        let mut body = stream.into_body().into_reader();
+        let mut buf = [0u8; 4096];
+        while matches!(std::io::Read::read(&mut body, &mut buf), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let mut child = sb.command().args(["user", "passwd", "sam"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    writeln!(child.stdin.take().unwrap(), "another long password").unwrap();
+    assert!(child.wait().unwrap().success());
+    sb.ok(&["task", "run-now", "nudge"]);
+    rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the revoked session's stream ended");
+}
