@@ -71,3 +71,17 @@ fn staff_use_only_what_the_owner_offered_them() {
     assert!(body["error"].as_str().unwrap().contains("[tasks] min_interval_minutes (60)"), "{body}");
     server.terminate();
 }
+
+#[test]
+fn what_a_run_may_write_in_a_folder_is_bounded() {
+    let sb = Sb::new();
+    let batch = sb.folder_source("sis", "[sandbox]\nmax_files = 5\nmax_file_bytes = 16\n");
+    sb.ok(&["plugin", "install", "--grant-all", s(&plugin("export-names-csv"))]);
+    let students = sb.file("students.json", r#"[{"student-id": "S1", "last-name": "Ng", "first-name": "Ann"}]"#);
+    sb.ok(&["records", "load", "students", s(&students), "--key", "student-id"]);
+    sb.ok(&["task", "add", "names", "--plugin", "export-names-csv", "--schedule", "daily at 03:00"]);
+    let out = sb.run(&["task", "run-now", "names", "--wait"]);
+    let shown = sb.ok(&["runs", "show", "1"]);
+    assert!(shown.contains("failed") && shown.contains("([sandbox] max_file_bytes)"), "{shown}\n{out:?}");
+    assert!(!batch.join("names.csv").exists(), "the file past the cap was written");
+}

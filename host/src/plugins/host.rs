@@ -58,6 +58,12 @@ pub(crate) struct RunState {
     /// store at the first write).
     state_total: Option<usize>,
     state_limit: usize,
+    /// Files this run wrote, and their bytes, against `[sandbox]
+    /// max_files` and `max_file_bytes`.
+    files_written: usize,
+    file_bytes_written: u64,
+    max_files: usize,
+    max_file_bytes: u64,
     /// Whether a write was already refused: the run fails anyway, so later
     /// writes are only counted.
     state_refused: bool,
@@ -121,6 +127,10 @@ impl RunState {
             state_total: None,
             state_refused: false,
             state_limit: sandbox.config.state_limit_bytes,
+            files_written: 0,
+            file_bytes_written: 0,
+            max_files: sandbox.config.max_files,
+            max_file_bytes: sandbox.config.max_file_bytes,
             violations: Vec::new(),
             violations_more: 0,
             store_failed: None,
@@ -473,6 +483,18 @@ impl files_api::Host for RunState {
     fn write_file(&mut self, folder: String, name: String, contents: Vec<u8>) -> Result<(), wit::PluginError> {
         let dir = self.folder(&folder, true)?;
         let path = self.file_in(&dir, &name)?;
+        // What a run can make the host write is bounded, like all it holds.
+        let bytes = self.file_bytes_written.saturating_add(contents.len() as u64);
+        if self.files_written >= self.max_files || bytes > self.max_file_bytes {
+            let message = format!(
+                "writing {name} would pass what one run may write: {} files ([sandbox] max_files) and {} bytes ([sandbox] max_file_bytes)",
+                self.max_files, self.max_file_bytes
+            );
+            self.violate(message.clone());
+            return Err(wit::PluginError::Denied(message));
+        }
+        self.files_written += 1;
+        self.file_bytes_written = bytes;
         // Written beside, then renamed: a reader never sees half a file.
         let staged = dir.join(format!(".{name}.writing"));
         // A leftover (or a link planted at the staged name) is removed, not

@@ -64,6 +64,10 @@ pub struct SandboxConfig {
     pub log_limit_bytes: usize,
     /// The most notifications (or mapped rows per chunk) one call may return.
     pub output_limit: usize,
+    /// The most files one run may write in granted folders.
+    pub max_files: usize,
+    /// The most bytes one run may write in granted folders, all files together.
+    pub max_file_bytes: u64,
     /// Folders plugins may be granted, by name: `batch = "/srv/sis/batch"`.
     /// A plugin reaches one only with `read:folder:NAME` / `write:folder:NAME`.
     pub folders: std::collections::BTreeMap<String, std::path::PathBuf>,
@@ -86,6 +90,8 @@ impl Default for SandboxConfig {
             max_instances: 32,
             log_limit_bytes: 64 * 1024,
             output_limit: 100_000,
+            max_files: 1_000,
+            max_file_bytes: 256 << 20,
             folders: Default::default(),
         }
     }
