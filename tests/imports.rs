@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use schoolbell::app::{App, Error, SchedulerConfig, SystemClock};
+use schoolbell::app::{App, Error, Proof, SchedulerConfig, SystemClock};
 use schoolbell::config::Config;
 use schoolbell::imports::{Guard, ImportTarget};
 use schoolbell::plugins::{PluginHost, SandboxConfig};
@@ -205,15 +205,15 @@ async fn a_mass_change_waits_for_confirmation() {
     assert_eq!(run.status, RunStatus::AwaitingConfirmation);
     assert!(f.store.get_record("students", "S0001").unwrap().unwrap()["last-name"].to_key_text() == "Last1");
     assert!(
-        matches!(f.sched.imports().confirm(&sam, run.id, None), Err(Error::NotFound(_))),
+        matches!(f.sched.imports().confirm(&sam, run.id, None, Proof::Local), Err(Error::NotFound(_))),
         "staff cannot touch another's run"
     );
-    match f.sched.imports().confirm(&admin(), run.id, None) {
+    match f.sched.imports().confirm(&admin(), run.id, None, Proof::Local) {
         Err(Error::Forbidden(m)) => assert!(m.contains("admin asked for run") && m.contains("someone else"), "{m}"),
         other => panic!("whoever asked for a run may not confirm it: {other:?}"),
     }
     let olga = User { role: Role::Owner, ..user("olga", vec![]) };
-    let done = f.sched.imports().confirm(&olga, run.id, Some("spring name fixes".into())).unwrap();
+    let done = f.sched.imports().confirm(&olga, run.id, Some("spring name fixes".into()), Proof::Local).unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(done.summary.get("written"), Some(&15));
     assert_eq!(f.store.get_record("students", "S0001").unwrap().unwrap()["last-name"].to_key_text(), "Renamed1");
@@ -235,8 +235,8 @@ async fn mass_additions_need_a_request_and_an_authorized_approval_or_a_code() {
     f.drop_file("IC_Roster_2.csv", 10..15);
     let run = f.finish(f.sched.tasks().run_now(&admin(), "roster").unwrap()).await;
     assert_eq!(run.status, RunStatus::AwaitingAuthorization);
-    assert!(matches!(f.sched.imports().confirm(&admin(), run.id, None), Err(Error::Conflict(_))));
-    match f.sched.imports().approve(&auth, run.id, None) {
+    assert!(matches!(f.sched.imports().confirm(&admin(), run.id, None, Proof::Local), Err(Error::Conflict(_))));
+    match f.sched.imports().approve(&auth, run.id, None, Proof::Local) {
         Err(Error::Conflict(m)) => assert!(m.contains("no authorization request yet"), "{m}"),
         other => panic!("{other:?}"),
     }
@@ -244,8 +244,8 @@ async fn mass_additions_need_a_request_and_an_authorized_approval_or_a_code() {
     f.sched.imports().request(&admin(), run.id, "new campus opens in January").unwrap();
     assert!(matches!(f.sched.imports().code(&clerk, run.id), Err(Error::Forbidden(_))));
     let code = f.sched.imports().code(&auth, run.id).unwrap();
-    assert!(matches!(f.sched.imports().approve(&admin(), run.id, Some("WRONG")), Err(Error::Forbidden(_))));
-    let done = f.sched.imports().approve(&admin(), run.id, Some(&code)).unwrap();
+    assert!(matches!(f.sched.imports().approve(&admin(), run.id, Some("WRONG"), Proof::Local), Err(Error::Forbidden(_))));
+    let done = f.sched.imports().approve(&admin(), run.id, Some(&code), Proof::Local).unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(f.count(), 15);
     let actions: Vec<&str> = done.audit.iter().map(|a| a.action.as_str()).collect();
@@ -258,10 +258,10 @@ async fn mass_additions_need_a_request_and_an_authorized_approval_or_a_code() {
     assert_eq!(run.status, RunStatus::AwaitingAuthorization);
     f.sched.imports().request(&admin(), run.id, "summer enrollment").unwrap();
     assert!(
-        matches!(f.sched.imports().approve(&admin(), run.id, Some(&code)), Err(Error::Forbidden(_))),
+        matches!(f.sched.imports().approve(&admin(), run.id, Some(&code), Proof::Local), Err(Error::Forbidden(_))),
         "codes work once"
     );
-    let done = f.sched.imports().approve(&auth, run.id, None).unwrap();
+    let done = f.sched.imports().approve(&auth, run.id, None, Proof::Local).unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(f.count(), 25);
 }

@@ -522,6 +522,8 @@ async fn import_plan(
 struct Decision {
     comment: Option<String>,
     code: Option<String>,
+    /// The decider's own password, entered again (confirm, approve).
+    password: Option<String>,
 }
 
 /// An optional JSON body: empty means no comment and no code.
@@ -529,7 +531,8 @@ fn decision(body: &[u8]) -> Result<Decision, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Decision::default());
     }
-    serde_json::from_slice(body).map_err(|e| bad(format!("the body must be {{\"comment\": ..., \"code\": ...}}: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| bad(format!("the body must be {{\"comment\": ..., \"code\": ..., \"password\": ...}}: {e}")))
 }
 
 async fn import_commit(
@@ -548,7 +551,11 @@ async fn import_confirm(
 ) -> Result<Json<Json_>, ApiError> {
     let id = run_id(&id)?;
     let d = decision(&body)?;
-    blocking(move || Ok(Json(json!(s.imports().confirm(&u, id, d.comment)?)))).await
+    blocking(move || {
+        let proof = app::Proof::Password(d.password.as_deref().unwrap_or(""));
+        Ok(Json(json!(s.imports().confirm(&u, id, d.comment, proof)?)))
+    })
+    .await
 }
 
 async fn import_request(
@@ -579,7 +586,11 @@ async fn import_approve(
 ) -> Result<Json<Json_>, ApiError> {
     let id = run_id(&id)?;
     let d = decision(&body)?;
-    blocking(move || Ok(Json(json!(s.imports().approve(&u, id, d.code.as_deref())?)))).await
+    blocking(move || {
+        let proof = app::Proof::Password(d.password.as_deref().unwrap_or(""));
+        Ok(Json(json!(s.imports().approve(&u, id, d.code.as_deref(), proof)?)))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -961,7 +972,7 @@ pub fn openapi_document() -> Json_ {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
-                "Decision": { "type": "object", "properties": { "comment": { "type": "string" }, "code": { "type": "string" } } },
+                "Decision": { "type": "object", "properties": { "comment": { "type": "string" }, "code": { "type": "string" }, "password": { "type": "string", "description": "the decider's own password, entered again (confirm; approve without a code)" } } },
                 "Submit": { "type": "object", "additionalProperties": false, "properties": {
                     "at": { "type": "string", "description": "when to start: YYYY-MM-DD HH:MM in the task's zone, or RFC 3339; none: at once" },
                     "high_priority": { "type": "boolean", "description": "ahead of normal-priority runs (the set-priority permission)" },

@@ -53,7 +53,7 @@ pub use health::{Health, Part, Readiness, STALE_TICK};
 pub use jobs::{FileImport, JobError, JobReport, Jobs, NotifyOnce};
 pub use outbox::Outbox;
 pub use registry::Registry;
-pub use review::ImportReview;
+pub use review::{ImportReview, Proof};
 pub use runs::{Count, Kinds, PageAt, RunPage, Runs, Sort, kind_name};
 pub use sources::Sources;
 pub use storage::Storage;

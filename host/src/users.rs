@@ -195,6 +195,16 @@ pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NAME && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// Marks a stored password hash that someone else set (an owner's reset):
+/// the user signs in with it, but it proves nothing of them to the
+/// two-person rule until they change it themselves.
+pub const PROVISIONAL: &str = "provisional:";
+
+/// Whether a stored password was set by someone other than its user.
+pub fn is_provisional(stored: &str) -> bool {
+    stored.starts_with(PROVISIONAL)
+}
+
 /// Whether `password` matches a stored hash. Without a hash the work is
 /// done anyway against a fixed one, so a wrong user name takes as long as
 /// a wrong password and does not tell which users exist.
@@ -203,6 +213,7 @@ pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
     use argon2::password_hash::phc::PasswordHash;
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let decoy = DECOY.get_or_init(|| hash_password("no user has this password").unwrap_or_default());
+    let stored = stored.map(|s| s.strip_prefix(PROVISIONAL).unwrap_or(s));
     let Ok(hash) = PasswordHash::new(stored.unwrap_or(decoy)) else { return false };
     argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_ok() && stored.is_some()
 }

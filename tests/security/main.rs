@@ -12,11 +12,15 @@ mod rule_tests;
 mod sessions;
 mod sleeping_plugin;
 mod staff_reach;
+mod two_people;
 
 use serde_json::{Value, json};
 use support::{Api, Sb, plugin, s};
 
 const COLUMNS: &str = "student-id=Student ID; last-name=Last Name; first-name=First Name; birth-date=Birth Date:date";
+
+/// The password olga set herself.
+const OLGA_PASSWORD: &str = "olga's own long password";
 
 fn roster(rows: std::ops::Range<usize>) -> String {
     let body: String = rows.map(|i| format!("S{i:04},Last{i},First{i},2010-01-{:02}\n", 1 + i % 28)).collect();
@@ -41,6 +45,16 @@ fn district() -> District {
     sb.ok(&["user", "add", "olga", "--role", "owner", "--email", "olga@district.test"]);
     let token = |u: &str| sb.ok(&["user", "token", u]).trim().to_string();
     let (admin, olga, sam) = (token("admin"), token("olga"), token("sam"));
+    // Olga sets her own password (as she would on her profile).
+    let mut child = sb
+        .command()
+        .args(["--as", "olga", "user", "passwd", "olga"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), format!("{OLGA_PASSWORD}\n").as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
     District { sb, batch, admin, olga, sam }
 }
 
@@ -127,7 +141,11 @@ fn a_mass_change_takes_two_people() {
     assert_eq!(api.settled(&d.sam, id)["status"], "awaiting-confirmation");
     let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &d.sam, Some(json!({})));
     assert_eq!(status, 403, "the requester may not confirm their own run: {body}");
+    // A token is not the person: confirming takes olga's own password.
     let (status, body) = api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &d.olga, Some(json!({})));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) =
+        api.json("POST", &format!("/api/v1/runs/{id}/confirm"), &d.olga, Some(json!({ "password": OLGA_PASSWORD })));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "succeeded");
 

@@ -109,6 +109,9 @@ impl Accounts<'_> {
         }
         users::get(store, name).map_err(user_error)?;
         let hash = users::hash_password(password).map_err(user_error)?;
+        // Set for someone else, it is theirs to sign in with, not to vouch
+        // for them in the two-person rule (see `review::Proof`).
+        let hash = if by.name != name { format!("{}{hash}", users::PROVISIONAL) } else { hash };
         store.put_password(name, &hash)?;
         // A reset is a reset: whoever held the old sessions is out.
         let ended = if by.name != name { self.end_sessions(name, None)? } else { 0 };

@@ -136,9 +136,32 @@ impl ImportReview<'_> {
         Ok(())
     }
 
+    /// Checks that the person deciding is who they say: their own
+    /// password, entered now, and one they set themselves (a password an
+    /// owner set for them would let that owner decide in their name).
+    /// Refusals are audited.
+    fn check_proof(&self, user: &User, id: RunId, proof: Proof<'_>, what: &str) -> Result<()> {
+        let Proof::Password(entered) = proof else { return Ok(()) };
+        let stored = self.app.store.password(&user.name)?;
+        let refused = |why: &str| -> Result<()> {
+            self.app.audit(&user.name, &format!("import.{what}.refused"), &format!("run {id}"), Some(why.into()))?;
+            Err(Error::Forbidden(format!("to {what} run {id}, {why}")))
+        };
+        if !crate::users::verify_password(stored.as_deref(), entered) {
+            return refused("enter your own password again (it did not match)");
+        }
+        if stored.as_deref().is_some_and(crate::users::is_provisional) {
+            return refused(
+                "your password was set by someone else: change it on your profile first, so that the decision is yours alone",
+            );
+        }
+        Ok(())
+    }
+
     /// Confirms an import held for confirmation, and commits it: the
-    /// account owner or an authorizer, who is not whoever asked for it.
-    pub fn confirm(&self, user: &User, id: RunId, comment: Option<String>) -> Result<Run> {
+    /// account owner or an authorizer, who is not whoever asked for it,
+    /// proving who they are (see [`Proof`]).
+    pub fn confirm(&self, user: &User, id: RunId, comment: Option<String>, proof: Proof<'_>) -> Result<Run> {
         let _decide = lock(&self.app.import_lock);
         let (mut run, plan) = self.held_plan(user, id)?;
         if user.role != Role::Owner && !user.has(Permission::Authorize) {
@@ -150,6 +173,7 @@ impl ImportReview<'_> {
             return Err(Error::Conflict(format!("run {id} is {}, not awaiting confirmation", run.status)));
         }
         Self::second_person(user, &run, "confirm")?;
+        self.check_proof(user, id, proof, "confirm")?;
         self.audit(&mut run, user, "confirmed", comment);
         self.apply(run, &plan, user)
     }
@@ -243,7 +267,10 @@ impl ImportReview<'_> {
     /// Approves a held import, after its authorization request: by a user
     /// with the authorize permission, or by the requester (whoever may
     /// control the run) with the one-time code an authorizer gave them.
-    pub fn approve(&self, user: &User, id: RunId, code: Option<&str>) -> Result<Run> {
+    ///
+    /// An authorizer's approval (without a code) takes a [`Proof`], as a
+    /// confirmation does; the code is the requester's proof.
+    pub fn approve(&self, user: &User, id: RunId, code: Option<&str>, proof: Proof<'_>) -> Result<Run> {
         let _decide = lock(&self.app.import_lock);
         let (mut run, plan) = self.held_plan(user, id)?;
         if run.status != RunStatus::AwaitingAuthorization {
@@ -268,6 +295,7 @@ impl ImportReview<'_> {
             }
             None if user.has(Permission::Authorize) => {
                 Self::second_person(user, &run, "approve")?;
+                self.check_proof(user, id, proof, "approve")?;
                 false
             }
             None => {
@@ -280,4 +308,17 @@ impl ImportReview<'_> {
         self.audit(&mut run, user, if by_code { "approved-with-code" } else { "approved" }, None);
         self.apply(run, &plan, user)
     }
+}
+
+/// How the person confirming or approving a held import proves who they
+/// are, by the face they use.
+#[derive(Debug, Clone, Copy)]
+pub enum Proof<'a> {
+    /// Their own password, entered with the decision (the console's
+    /// dialog, the API's body). A bearer token or a session alone is not
+    /// enough: either may have been made by someone else.
+    Password(&'a str),
+    /// The CLI on the server: whoever runs it is the machine's operator,
+    /// already trusted with the data directory itself.
+    Local,
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use schoolbell::app::{App, FileImport};
+use schoolbell::app::{App, FileImport, Proof};
 use schoolbell::imports::ImportTarget;
 use schoolbell::records::Value;
 use schoolbell::runs::{Run, RunStatus};
@@ -245,13 +245,13 @@ pub(super) fn run(app: &Arc<App>, user: &User, cmd: ImportCmd) -> Result<()> {
             }
         }
         ImportCmd::Commit { run } => show(&review.commit(user, run)?)?,
-        ImportCmd::Confirm { run, comment } => show(&review.confirm(user, run, comment)?)?,
+        ImportCmd::Confirm { run, comment } => show(&review.confirm(user, run, comment, Proof::Local)?)?,
         ImportCmd::Request { run, comment } => {
             review.request(user, run, &comment)?;
             say!("run {run}: authorization requested");
         }
         ImportCmd::Code { run } => say!("{}", review.code(user, run)?),
-        ImportCmd::Approve { run, code } => show(&review.approve(user, run, code.as_deref())?)?,
+        ImportCmd::Approve { run, code } => show(&review.approve(user, run, code.as_deref(), Proof::Local)?)?,
     }
     Ok(())
 }

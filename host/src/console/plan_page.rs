@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::layout::{self, Page};
 use super::{ConsoleError, Session, blocking, local};
-use crate::app::{self, App};
+use crate::app::{self, App, Proof};
 use crate::imports::{Guard, ImportPlan, RowOutcome, RowReport};
 use crate::runs::{Run, RunStatus};
 use crate::users::Permission;
@@ -204,6 +204,10 @@ fn decisions(session: &Session, run: &Run, plan: &ImportPlan, issued: Option<&st
                                 (form("confirm", html! {
                                     label for="confirm-comment" { "Comment (optional)" }
                                     input id="confirm-comment" name="comment";
+                                    // The decision is the signed-in person's own: they
+                                    // enter the password they set themselves.
+                                    label for="confirm-password" { "Your password" }
+                                    input id="confirm-password" name="password" type="password" autocomplete="current-password" required;
                                     footer {
                                         button.secondary type="button" data-close { "No Thanks" }
                                         " "
@@ -223,7 +227,11 @@ fn decisions(session: &Session, run: &Run, plan: &ImportPlan, issued: Option<&st
                         } @else {
                             p { "Authorization was requested. Someone with the authorize permission approves it, or gives the requester a one-time code." }
                             @if authorizer {
-                                (form("approve", html! { button type="submit" { "Approve" } }))
+                                (form("approve", html! {
+                                    label for="approve-password" { "Your password" }
+                                    input id="approve-password" name="password" type="password" autocomplete="current-password" required;
+                                    button type="submit" { "Approve" }
+                                }))
                                 " "
                                 (form("code", html! { button.secondary type="submit" { "Issue a one-time code" } }))
                             }
@@ -249,6 +257,7 @@ pub(super) struct Decision {
     action: String,
     comment: Option<String>,
     code: Option<String>,
+    password: Option<String>,
 }
 
 pub(super) async fn decide(
@@ -274,17 +283,17 @@ pub(super) async fn decide(
                 a.runs().cancel(&user, id)?;
             }
             "confirm" => {
-                imports.confirm(&user, id, comment)?;
+                imports.confirm(&user, id, comment, Proof::Password(form.password.as_deref().unwrap_or("")))?;
             }
             "request" => {
                 imports.request(&user, id, comment.as_deref().unwrap_or(""))?;
             }
             "approve" => {
-                imports.approve(&user, id, None)?;
+                imports.approve(&user, id, None, Proof::Password(form.password.as_deref().unwrap_or("")))?;
             }
             "code" => return Ok(Some(imports.code(&user, id)?)),
             "release" => {
-                imports.approve(&user, id, form.code.as_deref())?;
+                imports.approve(&user, id, form.code.as_deref(), Proof::Password(""))?;
             }
             other => {
                 return Err(ConsoleError::new(
