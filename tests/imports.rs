@@ -244,7 +244,10 @@ async fn mass_additions_need_a_request_and_an_authorized_approval_or_a_code() {
     f.sched.imports().request(&admin(), run.id, "new campus opens in January").unwrap();
     assert!(matches!(f.sched.imports().code(&clerk, run.id), Err(Error::Forbidden(_))));
     let code = f.sched.imports().code(&auth, run.id).unwrap();
-    assert!(matches!(f.sched.imports().approve(&admin(), run.id, Some("WRONG"), Proof::Local), Err(Error::Forbidden(_))));
+    assert!(matches!(
+        f.sched.imports().approve(&admin(), run.id, Some("WRONG"), Proof::Local),
+        Err(Error::Forbidden(_))
+    ));
     let done = f.sched.imports().approve(&admin(), run.id, Some(&code), Proof::Local).unwrap();
     assert_eq!(done.status, RunStatus::Succeeded);
     assert_eq!(f.count(), 15);

@@ -121,9 +121,7 @@ fn dies_mid_download(sb: &Sb, server_files: &std::path::Path, source: &str, kill
     // Staged under a name the host makes, never the server's.
     let staging = sb.data().join("staging");
     let staged = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(&staging)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
+        std::fs::read_dir(&staging).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     kill_when(|| staged().iter().any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0)), deadline, kill);

@@ -217,19 +217,14 @@ pub fn router(scheduler: Arc<App>) -> Router {
 /// Back after sign-out must not show them from the cache) unless the
 /// answer says otherwise (the console's fingerprinted assets do), and
 /// HSTS when the API serves TLS itself.
-fn private_answers(
-    tls: bool,
-) -> impl Fn(Response) -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+fn private_answers(tls: bool) -> impl Fn(Response) -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
     move |mut answer: Response| {
         let headers = answer.headers_mut();
         if !headers.contains_key(header::CACHE_CONTROL) {
             headers.insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
         }
         if tls {
-            headers.insert(
-                header::STRICT_TRANSPORT_SECURITY,
-                axum::http::HeaderValue::from_static("max-age=31536000"),
-            );
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, axum::http::HeaderValue::from_static("max-age=31536000"));
         }
         std::future::ready(answer)
     }
@@ -263,8 +258,7 @@ async fn metrics(State(s): State<Arc<App>>, headers: axum::http::HeaderMap) -> R
         )
         .into_response();
     };
-    let sent =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // Compared as MACs, in constant time.
     let expected = crate::secrets::mac(b"metrics", token.as_bytes());
     let matches = sent.is_some_and(|sent| crate::secrets::verify_mac(b"metrics", sent.trim().as_bytes(), &expected));

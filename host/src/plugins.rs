@@ -160,11 +160,15 @@ pub fn staff_params(
         let Some(values) = allowed.get(name) else {
             return Err(format!(
                 "staff may not set parameter `{name}` of plugin {plugin}; the account owner allows: {}",
-                if allowed.is_empty() { "none".to_string() } else { allowed.keys().cloned().collect::<Vec<_>>().join(", ") }
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.keys().cloned().collect::<Vec<_>>().join(", ")
+                }
             ));
         };
         let text = value.to_key_text();
-        if !values.iter().any(|v| *v == text) {
+        if !values.contains(&text) {
             return Err(format!(
                 "staff may set parameter `{name}` of plugin {plugin} only to {}, not `{text}`",
                 values.join(" or ")

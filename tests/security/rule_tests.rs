@@ -49,8 +49,7 @@ fn rule_tests_need_the_owner_and_are_bounded() {
     assert!(body["rows"].as_array().unwrap().len() < 100, "{body}");
 
     // What the draft prints comes back in the answer, not in the log.
-    let (status, body) =
-        test(&admin, "draft_never_saved", r#"print("seen " + absences); absences > 3"#, rows(3));
+    let (status, body) = test(&admin, "draft_never_saved", r#"print("seen " + absences); absences > 3"#, rows(3));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["printed"]["lines"], json!(["seen 0", "seen 1", "seen 2"]), "{body}");
     let (status, metrics) = api.call("GET", "/metrics", Some("scrape"), None);

@@ -91,11 +91,18 @@ fn pages_are_not_cached_and_a_secure_cookie_is_host_bound() {
         .send_form([("username", "sam"), ("password", PASSWORD), ("next", "/")])
         .unwrap();
     let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
-    assert!(cookie.starts_with("__Host-sb_session=") && cookie.contains("Path=/") && cookie.contains("Secure"), "{cookie}");
+    assert!(
+        cookie.starts_with("__Host-sb_session=") && cookie.contains("Path=/") && cookie.contains("Secure"),
+        "{cookie}"
+    );
     let token = sb.ok(&["user", "token", "admin"]).trim().to_string();
     let api = Api::new(&server.url);
     for path in ["/", "/login", "/api/v1/runs"] {
-        let resp = agent.get(&format!("{}{path}", server.url)).header("Authorization", format!("Bearer {token}")).call().unwrap();
+        let resp = agent
+            .get(&format!("{}{path}", server.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap();
         let cache = resp.headers().get("cache-control").map(|v| v.to_str().unwrap().to_string());
         assert_eq!(cache.as_deref(), Some("no-store"), "{path}");
     }
@@ -178,7 +185,8 @@ fn changing_a_password_asks_for_the_old_one_and_ends_the_other_sessions() {
     with_password(&sb, "sam");
     let token = sb.ok(&["user", "token", "sam"]).trim().to_string();
     let server = sb.serve();
-    let (here, there) = (Browser::sign_in(&server.url, "sam", PASSWORD), Browser::sign_in(&server.url, "sam", PASSWORD));
+    let (here, there) =
+        (Browser::sign_in(&server.url, "sam", PASSWORD), Browser::sign_in(&server.url, "sam", PASSWORD));
     let profile = format!("{}/profile", server.url);
     let (_, page) = here.get(&profile);
     let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
@@ -251,7 +259,8 @@ fn live_views_are_capped_per_user_and_end_with_their_session() {
         while matches!(std::io::Read::read(&mut body, &mut buf), Ok(n) if n > 0) {}
         let _ = tx.send(());
     });
-    let mut child = sb.command().args(["user", "passwd", "sam"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child =
+        sb.command().args(["user", "passwd", "sam"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     writeln!(child.stdin.take().unwrap(), "another long password").unwrap();
     assert!(child.wait().unwrap().success());
     sb.ok(&["task", "run-now", "nudge"]);

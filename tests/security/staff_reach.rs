@@ -33,8 +33,12 @@ fn staff_use_only_what_the_owner_offered_them() {
     sb.ok(&["plugin", "grant", "export-names-csv", "staff:fields=student-id,last-name|student-id;file=names.csv"]);
     let (status, body) = post(&sam, task("ssns", "export-names-csv", json!({ "fields": "ssn" })));
     assert_eq!(status, 403, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("only to student-id,last-name or student-id, not `ssn`"), "{body}");
-    let (status, body) = post(&sam, task("names", "export-names-csv", json!({ "fields": "student-id", "file": "../../x" })));
+    assert!(
+        body["error"].as_str().unwrap().contains("only to student-id,last-name or student-id, not `ssn`"),
+        "{body}"
+    );
+    let (status, body) =
+        post(&sam, task("names", "export-names-csv", json!({ "fields": "student-id", "file": "../../x" })));
     assert_eq!(status, 403, "{body}");
     let (status, body) = post(&sam, task("names", "export-names-csv", json!({ "fields": "student-id" })));
     assert_eq!(status, 201, "{body}");

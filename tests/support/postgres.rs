@@ -67,13 +67,35 @@ impl Postgres {
             "ca.pem",
         ]);
         openssl(&[
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out",
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
             "server.csr",
         ]);
         std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
         openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "san.ext", "-out", "server.pem",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
         ]);
         for file in ["server.key", "server.pem"] {
             let to = dir.join("data").join(file);
@@ -83,11 +105,8 @@ impl Postgres {
                 std::os::unix::fs::chown(&to, Some(uid), Some(gid)).unwrap();
             }
         }
-        std::fs::write(
-            dir.join("data/pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("data/pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+            .unwrap();
         pg.tls_port = Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
         pg.resume();
         pg
@@ -102,14 +121,14 @@ impl Postgres {
     pub fn resume(&self) {
         let tcp = match self.tls_port {
             Some(port) => {
-                format!("-c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key")
+                format!(
+                    "-c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key"
+                )
             }
             None => "-c listen_addresses=''".into(),
         };
-        let options = format!(
-            "-k {} {tcp} -c fsync=off -c full_page_writes=off -c max_connections=200",
-            self.socket().display()
-        );
+        let options =
+            format!("-k {} {tcp} -c fsync=off -c full_page_writes=off -c max_connections=200", self.socket().display());
         let log = self.dir.path().join("server.log").display().to_string();
         self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "-t", "60", "start"]);
     }

@@ -77,7 +77,12 @@ impl Accounts<'_> {
         store.put_password(&by.name, &hash)?;
         let ended = self.end_sessions(&by.name, keep)?;
         store.flush()?;
-        self.app.audit(&by.name, "user.password", &by.name, Some(format!("{ended} other sessions and tokens ended")))?;
+        self.app.audit(
+            &by.name,
+            "user.password",
+            &by.name,
+            Some(format!("{ended} other sessions and tokens ended")),
+        )?;
         Ok(ended)
     }
 

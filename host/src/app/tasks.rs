@@ -188,9 +188,7 @@ impl Tasks<'_> {
         let filled = crate::plugins::staff_params(&spec.plugin, allowed, &given)
             .map_err(|e| Error::Forbidden(format!("task `{}`: {e}", spec.name)))?;
         for (k, v) in filled {
-            if !spec.params.contains_key(&k) {
-                spec.params.insert(k, serde_json::Value::String(v.to_key_text()));
-            }
+            spec.params.entry(k).or_insert_with(|| serde_json::Value::String(v.to_key_text()));
         }
         Ok(())
     }

@@ -56,11 +56,7 @@ impl Throttle {
     /// How long `keys` must still wait before another attempt, if any must.
     pub(crate) fn wait(&self, keys: &[String], now: Instant) -> Option<Duration> {
         let held = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        keys.iter()
-            .filter_map(|k| held.get(k)?.wait_until)
-            .filter(|until| *until > now)
-            .max()
-            .map(|until| until - now)
+        keys.iter().filter_map(|k| held.get(k)?.wait_until).filter(|until| *until > now).max().map(|until| until - now)
     }
 
     /// Counts a failure against each of `keys`; what it did to the first

@@ -27,9 +27,10 @@ pub(super) async fn page(
 ) -> Result<Response, ConsoleError> {
     let said = match done.ok().and_then(|q| q.0.done).as_deref() {
         Some("saved") => Some("Saved.".to_string()),
-        Some(d) => d.strip_prefix("password-changed-").and_then(|n| n.parse::<usize>().ok()).map(|n| {
-            format!("Password changed. {n} other sessions and tokens of yours were ended.")
-        }),
+        Some(d) => d
+            .strip_prefix("password-changed-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(|n| format!("Password changed. {n} other sessions and tokens of yours were ended.")),
         None => None,
     };
     let u = &session.user;

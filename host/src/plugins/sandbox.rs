@@ -421,21 +421,30 @@ impl Waits<'_> {
 
 impl poll_api::Host for Waits<'_> {
     fn poll(&mut self, pollables: Vec<wasmtime::component::Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
-        let outcome = bounded(self.control, self.until, self.timeout, async_poll::Host::poll(&mut *self.table, pollables));
+        let outcome =
+            bounded(self.control, self.until, self.timeout, async_poll::Host::poll(&mut *self.table, pollables));
         self.stopped(outcome)
     }
 }
 
 impl poll_api::HostPollable for Waits<'_> {
     fn ready(&mut self, pollable: wasmtime::component::Resource<DynPollable>) -> wasmtime::Result<bool> {
-        let outcome =
-            bounded(self.control, self.until, self.timeout, async_poll::HostPollable::ready(&mut *self.table, pollable));
+        let outcome = bounded(
+            self.control,
+            self.until,
+            self.timeout,
+            async_poll::HostPollable::ready(&mut *self.table, pollable),
+        );
         self.stopped(outcome)
     }
 
     fn block(&mut self, pollable: wasmtime::component::Resource<DynPollable>) -> wasmtime::Result<()> {
-        let outcome =
-            bounded(self.control, self.until, self.timeout, async_poll::HostPollable::block(&mut *self.table, pollable));
+        let outcome = bounded(
+            self.control,
+            self.until,
+            self.timeout,
+            async_poll::HostPollable::block(&mut *self.table, pollable),
+        );
         self.stopped(outcome)
     }
 

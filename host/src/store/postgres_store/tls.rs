@@ -102,10 +102,9 @@ pub(super) fn configure(
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("cannot set up TLS for the database: {e}")))?;
     let config = match mode {
-        Mode::Require => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-            .with_no_client_auth(),
+        Mode::Require => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(provider))).with_no_client_auth()
+        }
         Mode::Disable | Mode::VerifyFull => builder.with_root_certificates(roots(ca_file)?).with_no_client_auth(),
     };
     Ok(Tls::new(config))
