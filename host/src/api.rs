@@ -746,16 +746,21 @@ async fn issue_token(
     blocking(move || Ok((StatusCode::CREATED, Json(json!({ "token": s.users().issue_token(&u, &name)? }))))).await
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RemoveUserQuery {
+    /// Hand the user's tasks to this user instead of disabling them.
+    to: Option<String>,
+}
+
 async fn remove_user(
     State(s): State<Arc<App>>,
     Caller(u): Caller,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    blocking(move || {
-        s.users().remove(&u, &name)?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
+    q: Result<Query<RemoveUserQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    blocking(move || Ok(Json(json!(s.users().remove(&u, &name, q.to.as_deref())?)))).await
 }
 
 async fn list_tokens(State(s): State<Arc<App>>, Caller(u): Caller) -> Result<Json<Json_>, ApiError> {
@@ -1035,7 +1040,7 @@ pub fn openapi_document() -> Json_ {
             "/api/v1/users/{name}": { "parameters": name, "put": { "summary": "Add or replace a user (account owner)", "requestBody": { "content": { "application/json": { "schema": { "type": "object", "required": ["role"], "properties": {
                 "role": { "enum": ["owner", "staff"] }, "email": { "type": "string" }, "permissions": { "type": "array", "items": { "enum": ["autopilot", "authorize"] } }, "job_email": { "enum": ["always", "on-failure", "never"] } } } } } },
                 "responses": errors(json!({ "200": { "description": "the user" } })) },
-                "delete": { "summary": "Remove a user and their tokens (account owner)", "responses": errors(json!({ "204": { "description": "removed" } })) } },
+                "delete": { "summary": "Remove a user, their tokens and sessions; their tasks are disabled, or handed to `to` (account owner)", "parameters": [{ "name": "to", "in": "query", "schema": { "type": "string" } }], "responses": errors(json!({ "200": { "description": "{tasks, handed_to, runs, cancelled}" } })) } },
             "/api/v1/users/{name}/tokens": { "parameters": name, "post": { "summary": "Issue an API token, shown once (account owner)", "responses": errors(json!({ "201": { "description": "{token}" } })) } },
             "/api/v1/tokens": { "get": { "summary": "API tokens: id, user, issued, last used; never the token (account owner)", "responses": errors(json!({ "200": { "description": "[token]" } })) } },
             "/api/v1/tokens/{id}": { "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }], "delete": { "summary": "Revoke a token (account owner)", "responses": errors(json!({ "200": ok("the revoked token", "Token") })) } },

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
-pub use accounts::Accounts;
+pub use accounts::{Accounts, Removal};
 pub use audit_log::AuditLog;
 pub use collections::{Collections, Page};
 pub use engine::{Clock, Engine, ManualClock, STALL_VARIABLE, SchedulerConfig, SystemClock};

@@ -23,6 +23,9 @@ pub enum Role {
     Owner,
     /// Staff: their own tasks and runs.
     Staff,
+    /// No one: what is left of the stored `admin` once an owner removed
+    /// it, so that the built-in owner does not come back in its place.
+    Removed,
 }
 
 /// An extra permission.
@@ -78,6 +81,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Owner => "owner",
             Role::Staff => "staff",
+            Role::Removed => "removed",
         })
     }
 }
@@ -233,6 +237,9 @@ pub fn put(store: &dyn Backend, user: &User) -> Result<(), Error> {
 /// A user by name.
 pub fn get(store: &dyn Backend, name: &str) -> Result<User, Error> {
     if let Some(u) = store.user(name)? {
+        if u.role == Role::Removed {
+            return Err(Error::Unknown(name.into()));
+        }
         return Ok(u);
     }
     if name == "admin" {
@@ -243,7 +250,14 @@ pub fn get(store: &dyn Backend, name: &str) -> Result<User, Error> {
 
 /// Every user.
 pub fn list(store: &dyn Backend) -> Result<Vec<User>, Error> {
-    Ok(store.all_users()?)
+    Ok(store.all_users()?.into_iter().filter(|u| u.role != Role::Removed).collect())
+}
+
+/// The owner name a removed user's tasks and runs keep: no user can be
+/// given it (a user name has no spaces), so a new user of the same name
+/// inherits none of them.
+pub fn removed_name(name: &str) -> String {
+    format!("{name} (removed)")
 }
 
 /// Issues a new API token for a user; only its hash is stored. Returns the

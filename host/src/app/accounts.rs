@@ -22,6 +22,19 @@ fn user_error(e: users::Error) -> Error {
     }
 }
 
+/// What removing a user did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Removal {
+    /// Their tasks, by name: handed on, or disabled.
+    pub tasks: Vec<String>,
+    /// Whom the tasks went to, when someone.
+    pub handed_to: Option<String>,
+    /// Their finished runs, kept under an owner name no user can have.
+    pub runs: usize,
+    /// Their queued and running runs, cancelled.
+    pub cancelled: usize,
+}
+
 impl Accounts<'_> {
     /// Creates or replaces a user (the account owner only).
     pub fn put(&self, by: &User, user: &User) -> Result<()> {
@@ -44,12 +57,25 @@ impl Accounts<'_> {
     /// Removes a user and every token of theirs (the account owner only).
     /// Their tasks and runs stay, as history; an owner cannot remove
     /// themselves, so the account always keeps one.
-    pub fn remove(&self, by: &User, name: &str) -> Result<()> {
+    ///
+    /// Nothing is left acting for them: their tasks are handed to `to`, or
+    /// else disabled; their queued and running runs are cancelled; their
+    /// tasks (when not handed on) and finished runs keep an owner name no
+    /// user can have ([`users::removed_name`]), so a new user of the same
+    /// name inherits none of them. A stored `admin` leaves a mark behind,
+    /// so the built-in owner does not come back in its place.
+    pub fn remove(&self, by: &User, name: &str, to: Option<&str>) -> Result<Removal> {
         owner_only(by, "remove users")?;
         if name == by.name {
             return Err(Error::Invalid(format!("{name} cannot remove themselves; another account owner can")));
         }
         let store = &*self.app.store;
+        if let Some(to) = to {
+            if to == name {
+                return Err(Error::Invalid(format!("{name}'s tasks cannot be handed to {name}")));
+            }
+            users::get(store, to).map_err(user_error)?;
+        }
         if !store.remove_user(name)? {
             return Err(Error::NotFound(format!("no user named `{name}`; `schoolbell user list` shows them")));
         }
@@ -58,10 +84,58 @@ impl Accounts<'_> {
         for view in store.views(name)? {
             store.remove_view(name, &view.name)?;
         }
+        if name == "admin" {
+            let mark = User { role: users::Role::Removed, permissions: Vec::new(), ..User::local_owner() };
+            store.put_user(&mark)?;
+        }
+        let gone = users::removed_name(name);
+        let mut removal = Removal { handed_to: to.map(str::to_string), ..Removal::default() };
+        {
+            let _guard = super::lock(&self.app.engine.fire_lock);
+            for mut task in store.all_tasks()?.into_iter().filter(|t| t.owner == name) {
+                let old_due = if task.enabled { task.next_fire } else { None };
+                match to {
+                    Some(to) => task.owner = to.to_string(),
+                    None => {
+                        task.enabled = false;
+                        task.owner = gone.clone();
+                    }
+                }
+                let due = if task.enabled { task.next_fire } else { None };
+                store.put_task(&task, old_due, due)?;
+                removal.tasks.push(task.name);
+            }
+        }
+        self.app.engine.schedule_changed();
+        let mut before = None;
+        loop {
+            let page = store.runs(before, 1_000)?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            for mut run in page.into_iter().filter(|r| r.owner == name) {
+                if !run.status.is_finished() {
+                    if self.app.runs().cancel(by, run.id).is_ok() {
+                        removal.cancelled += 1;
+                    }
+                    continue;
+                }
+                run.owner = gone.clone();
+                store.put_run(&run, run.finished_at)?;
+                removal.runs += 1;
+            }
+        }
         store.flush()?;
-        self.app.audit(&by.name, "user.remove", name, None)?;
+        self.app.run_changed();
+        let detail = format!(
+            "tasks {} {}; {} runs kept as {gone}; {} cancelled",
+            removal.tasks.join(", "),
+            to.map_or_else(|| "disabled".to_string(), |to| format!("handed to {to}")),
+            removal.runs,
+            removal.cancelled
+        );
+        self.app.audit(&by.name, "user.remove", name, Some(detail))?;
         tracing::info!(user = %name, by = %by.name, "User removed.");
-        Ok(())
+        Ok(removal)
     }
 
     /// Changes the caller's own password, given the current one: every

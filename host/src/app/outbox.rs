@@ -19,7 +19,7 @@ impl Outbox<'_> {
     pub fn list(&self, user: &User, status: Option<Delivery>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
         let own: Option<HashSet<String>> = match user.role {
             Role::Owner => None,
-            Role::Staff => Some(self.app.tasks().list(user)?.into_iter().map(|t| t.name).collect()),
+            Role::Staff | Role::Removed => Some(self.app.tasks().list(user)?.into_iter().map(|t| t.name).collect()),
         };
         self.app.audit(&user.name, "outbox.read", "outbox", None)?;
         Ok(notify::outbox_newest(&*self.app.store, limit, |e| {

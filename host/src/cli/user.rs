@@ -61,6 +61,9 @@ pub(super) enum UserCmd {
     Remove {
         /// The user.
         name: String,
+        /// Hand their tasks to this user instead of disabling them.
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -129,9 +132,20 @@ pub(super) fn run(app: &App, by: &User, cmd: UserCmd) -> Result<()> {
                 say!("{ended} sessions and tokens of {name} ended");
             }
         }
-        UserCmd::Remove { name } => {
-            accounts.remove(by, &name)?;
-            say!("user {name} removed, with their tokens");
+        UserCmd::Remove { name, to } => {
+            let removal = accounts.remove(by, &name, to.as_deref())?;
+            say!("user {name} removed, with their tokens and sessions");
+            match (&removal.handed_to, removal.tasks.is_empty()) {
+                (_, true) => say!("they had no tasks"),
+                (Some(to), false) => say!("their tasks, now {to}'s: {}", removal.tasks.join(", ")),
+                (None, false) => say!("their tasks, disabled: {}", removal.tasks.join(", ")),
+            }
+            say!(
+                "{} finished runs kept as {}; {} queued or running runs cancelled",
+                removal.runs,
+                schoolbell::users::removed_name(&name),
+                removal.cancelled
+            );
         }
     }
     Ok(())
