@@ -57,3 +57,25 @@ fn the_built_in_owner_does_not_come_back() {
     let users = sb.ok(&["--as", "olga", "user", "list"]);
     assert!(!users.contains("admin"), "{users}");
 }
+
+#[test]
+fn the_store_is_not_replaced_under_a_running_server_and_names_are_plain() {
+    let sb = Sb::new();
+    let backup = sb.dir.path().join("backup");
+    let server = sb.serve();
+    sb.ok(&["store", "backup", s(&backup)]);
+    let err = sb.fails(&["store", "restore", s(&backup)]);
+    assert!(err.contains("stop the service first"), "{err}");
+    let err = sb.fails(&["store", "copy", "--to", "host=/nowhere dbname=x"]);
+    assert!(err.contains("stop the service first"), "{err}");
+
+    // The API takes the user names the console takes, no others.
+    let token = sb.ok(&["user", "token", "admin"]).trim().to_string();
+    let api = crate::support::Api::new(&server.url);
+    let user = serde_json::json!({ "role": "staff", "email": "x@district.test" });
+    for name in ["bad%20name", "%1b%5b31m", &"x".repeat(65)] {
+        let (status, body) = api.json("PUT", &format!("/api/v1/users/{name}"), &token, Some(user.clone()));
+        assert_eq!(status, 400, "{name}: {body}");
+    }
+    assert_eq!(api.json("PUT", "/api/v1/users/good.name", &token, Some(user)).0, 200);
+}
