@@ -179,7 +179,9 @@ test("the job-completion email preference is saved from the profile", async () =
   await page.getByRole("link", { name: "Profile" }).click();
   await page.getByLabel("Never").check();
   await page.getByRole("button", { name: "Save email preference" }).click();
-  await page.waitForURL(`${url}/profile`);
+  // The page it lands on says what happened.
+  await page.waitForURL(`${url}/profile?done=saved`);
+  await page.getByRole("status").getByText("Saved.").waitFor();
   assert.ok(await page.getByLabel("Never").isChecked());
   await shoot(page, "profile");
   await accessible(page, "profile");
