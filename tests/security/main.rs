@@ -8,9 +8,9 @@ mod support;
 
 mod database_tls;
 mod hostile_server;
+mod removed_users;
 mod rule_tests;
 mod sessions;
-mod removed_users;
 mod sleeping_plugin;
 mod staff_reach;
 mod two_people;
@@ -47,15 +47,7 @@ fn district() -> District {
     let token = |u: &str| sb.ok(&["user", "token", u]).trim().to_string();
     let (admin, olga, sam) = (token("admin"), token("olga"), token("sam"));
     // Olga sets her own password (as she would on her profile).
-    let mut child = sb
-        .command()
-        .args(["--as", "olga", "user", "passwd", "olga"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), format!("{OLGA_PASSWORD}\n").as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    sb.passwd("olga", "olga", OLGA_PASSWORD);
     District { sb, batch, admin, olga, sam }
 }
 

@@ -4,17 +4,10 @@
 //! origin when it is Secure.
 
 use std::io::Write;
-use std::process::Stdio;
 
 use crate::support::{Api, Sb};
 
 const PASSWORD: &str = "a long enough password";
-
-fn with_password(sb: &Sb, user: &str) {
-    let mut child = sb.command().args(["user", "passwd", user]).stdin(Stdio::piped()).spawn().unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    assert!(child.wait().unwrap().success());
-}
 
 /// A client that does not follow redirects, so a test sees where a
 /// sign-in sends the browser.
@@ -35,7 +28,7 @@ fn sign_in(agent: &ureq::Agent, url: &str, user: &str, password: &str, next: &st
 fn guesses_wait_after_five_a_minute_and_are_audited_as_counts() {
     let sb = Sb::new();
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
-    with_password(&sb, "sam");
+    sb.passwd("sam", "sam", PASSWORD);
     let server = sb.serve();
     let agent = browser();
     for _ in 0..5 {
@@ -68,7 +61,7 @@ fn guesses_wait_after_five_a_minute_and_are_audited_as_counts() {
 fn sign_in_goes_back_only_to_this_site() {
     let sb = Sb::new();
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
-    with_password(&sb, "sam");
+    sb.passwd("sam", "sam", PASSWORD);
     let server = sb.serve();
     for next in ["/\t/evil.example", "/\\evil.example", "//evil.example", "https://evil.example/", "/ /evil.example"] {
         let (status, location) = sign_in(&browser(), &server.url, "sam", PASSWORD, next);
@@ -83,7 +76,7 @@ fn pages_are_not_cached_and_a_secure_cookie_is_host_bound() {
     let sb = Sb::new();
     sb.file("data/schoolbell.toml", "[api]\nsecure_cookies = true\n");
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
-    with_password(&sb, "sam");
+    sb.passwd("sam", "sam", PASSWORD);
     let server = sb.serve();
     let agent = browser();
     let resp = agent
@@ -182,7 +175,7 @@ impl Browser {
 fn changing_a_password_asks_for_the_old_one_and_ends_the_other_sessions() {
     let sb = Sb::new();
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
-    with_password(&sb, "sam");
+    sb.passwd("sam", "sam", PASSWORD);
     let token = sb.ok(&["user", "token", "sam"]).trim().to_string();
     let server = sb.serve();
     let (here, there) =
@@ -207,11 +200,8 @@ fn changing_a_password_asks_for_the_old_one_and_ends_the_other_sessions() {
     assert_eq!(api.call("GET", "/api/v1/tasks", Some(&token), None).0, 401);
 
     // The owner's reset ends every session of the user.
-    let mut child =
-        sb.command().args(["user", "passwd", "sam"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 sessions and tokens of sam ended"), "{out:?}");
+    let out = sb.passwd("admin", "sam", PASSWORD);
+    assert!(out.contains("1 sessions and tokens of sam ended"), "{out}");
     assert_eq!(here.get(&profile).0, 303, "the reset left a session open");
 }
 
@@ -220,7 +210,7 @@ fn console_sessions_end_when_idle_apart_from_api_tokens() {
     let sb = Sb::new();
     sb.file("data/schoolbell.toml", "[console]\nidle_minutes = 30\nmax_hours = 12\n");
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
-    with_password(&sb, "sam");
+    sb.passwd("sam", "sam", PASSWORD);
     let token = sb.ok(&["user", "token", "sam"]).trim().to_string();
     let now = chrono::Utc::now();
     let server = sb.serve_with(&[("SCHOOLBELL_NOW", &now.to_rfc3339())], None);
@@ -240,7 +230,7 @@ fn live_views_are_capped_per_user_and_end_with_their_session() {
     sb.ok(&["plugin", "install", "--grant-all", crate::support::s(&crate::support::plugin("notifier-attendance"))]);
     sb.ok(&["task", "add", "nudge", "--plugin", "notifier-attendance", "--schedule", "daily at 07:00"]);
     sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
-    with_password(&sb, "sam");
+    sb.passwd("sam", "sam", PASSWORD);
     let server = sb.serve();
     let sam = Browser::sign_in(&server.url, "sam", PASSWORD);
     let events = format!("{}/runs/events", server.url);
@@ -259,10 +249,7 @@ fn live_views_are_capped_per_user_and_end_with_their_session() {
         while matches!(std::io::Read::read(&mut body, &mut buf), Ok(n) if n > 0) {}
         let _ = tx.send(());
     });
-    let mut child =
-        sb.command().args(["user", "passwd", "sam"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    writeln!(child.stdin.take().unwrap(), "another long password").unwrap();
-    assert!(child.wait().unwrap().success());
+    sb.passwd("admin", "sam", "another long password");
     sb.ok(&["task", "run-now", "nudge"]);
     rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the revoked session's stream ended");
 }

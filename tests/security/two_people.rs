@@ -6,18 +6,6 @@ use serde_json::json;
 
 use crate::support::{Api, Sb, plugin, s};
 
-fn passwd(sb: &Sb, by: &str, user: &str, password: &str) {
-    let mut child = sb
-        .command()
-        .args(["--as", by, "user", "passwd", user])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), format!("{password}\n").as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
-}
-
 #[test]
 fn an_owner_cannot_approve_their_own_mass_change_as_an_authorizer() {
     let sb = Sb::new();
@@ -29,7 +17,7 @@ fn an_owner_cannot_approve_their_own_mass_change_as_an_authorizer() {
     std::fs::write(batch.join("IC_1.csv"), format!("Student ID,Last Name,First Name,Birth Date\n{rows}")).unwrap();
     let admin = sb.ok(&["user", "token", "admin"]).trim().to_string();
     // The owner resets ann's password, and issues a token for her.
-    passwd(&sb, "admin", "ann", "the owner knows this one");
+    sb.passwd("admin", "ann", "the owner knows this one");
     let ann_token = sb.ok(&["user", "token", "ann"]).trim().to_string();
     let server = sb.serve();
     let api = Api::new(&server.url);
@@ -58,7 +46,7 @@ fn an_owner_cannot_approve_their_own_mass_change_as_an_authorizer() {
     assert_eq!(api.settled(&admin, id)["status"], "awaiting-authorization");
 
     // Once ann sets her own password, her approval stands.
-    passwd(&sb, "ann", "ann", "ann's very own password");
+    sb.passwd("ann", "ann", "ann's very own password");
     let ann_token = sb.ok(&["user", "token", "ann"]).trim().to_string();
     let (status, body) = approve(&ann_token, "ann's very own password");
     assert_eq!(status, 200, "{body}");

@@ -265,6 +265,22 @@ impl Sb {
         String::from_utf8(out.stderr).unwrap()
     }
 
+    /// `user passwd USER` as `by`, the password on standard input; returns
+    /// what it printed. As the user themselves, the password is their own;
+    /// as an owner for someone else, it is a reset.
+    pub fn passwd(&self, by: &str, user: &str, password: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(["--as", by, "user", "passwd", user])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        succeeded(child.wait_with_output().unwrap(), &format!("schoolbell user passwd {user}"))
+    }
+
     /// Writes a file in the temporary directory and returns its path.
     pub fn file(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.dir.path().join(name);
