@@ -41,7 +41,8 @@ impl Dice {
 
 fn config(smtp_port: u16, batch: &std::path::Path) -> String {
     format!(
-        "[store]\nlease_secs = {LEASE_SECS}\n\
+        // Fires every few seconds, below the default shortest interval.
+        "[store]\nlease_secs = {LEASE_SECS}\n[tasks]\nmin_interval_minutes = 0\n\
          [scheduler]\nworkers = 3\npickup_settle_ms = 100\n\
          [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {smtp_port}\ntls = \"none\"\nfrom = \"Schoolbell <bell@district.test>\"\nretry_base_secs = 1\nallowed_domains = [\"district.test\"]\n\
          [sandbox.folders]\nbatch = {:?}\n",
@@ -72,6 +73,8 @@ fn trial(seed: u64, fault: Fault) {
     first.file("data/schoolbell.toml", config(port, &batch));
     first.ok(&["plugin", "install", "--grant-all", s(&plugin("notifier-attendance"))]);
     first.ok(&["plugin", "install", "--grant-all", s(&plugin("import-csv-roster"))]);
+    // ada's tasks below use the attendance notifier with its defaults.
+    first.ok(&["plugin", "grant", "notifier-attendance", "staff"]);
     first.load_attendance(&support::ONE_ATTENDANCE.replace("\"absences\": 7", "\"absences\": 0"));
     first.ok(&["user", "add", "ada", "--email", "ada@district.test", "--job-email", "always"]);
     first.ok(&["source", "add-folder", "sis", "--folder", "batch"]);

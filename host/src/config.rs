@@ -86,7 +86,8 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TasksConfig {
-    /// The most tasks one user may own.
+    /// The most tasks a staff user may own (the account owner sets up as
+    /// many as the district needs).
     pub max_per_user: usize,
     /// The shortest time between two fires of one task, in minutes: a
     /// schedule that fires more often is refused.

@@ -535,3 +535,60 @@ mod tests {
         assert_eq!(run(&store, &every, &["a"], at(31)), ["a"]);
     }
 }
+
+/// The outbox by status, as this process's changes move it: what the
+/// `schoolbell_outbox_entries` gauge shows, kept as entries are queued,
+/// sent, failed and purged rather than counted by reading the outbox at
+/// each scrape. It is read from the store once, at the first scrape; where
+/// hosts share a store, each host's figures move with its own changes and
+/// are read again from the store at each retention sweep.
+pub mod tally {
+    use std::sync::Mutex;
+
+    use super::Delivery;
+
+    /// Pending, sent, failed; none until read from the store.
+    static COUNTS: Mutex<Option<[i64; 3]>> = Mutex::new(None);
+
+    fn slot(d: Delivery) -> usize {
+        match d {
+            Delivery::Pending => 0,
+            Delivery::Sent => 1,
+            Delivery::Failed => 2,
+        }
+    }
+
+    fn change(f: impl FnOnce(&mut [i64; 3])) {
+        if let Some(counts) = COUNTS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            f(counts);
+        }
+    }
+
+    /// `n` entries queued.
+    pub fn queued(n: usize) {
+        change(|c| c[0] += n as i64);
+    }
+
+    /// An entry moved from one status to another.
+    pub fn moved(from: Delivery, to: Delivery) {
+        change(|c| {
+            c[slot(from)] -= 1;
+            c[slot(to)] += 1;
+        });
+    }
+
+    /// An entry of `status` removed.
+    pub fn removed(status: Delivery) {
+        change(|c| c[slot(status)] -= 1);
+    }
+
+    /// The figures, when known.
+    pub fn get() -> Option<[i64; 3]> {
+        *COUNTS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the figures from a count of the store.
+    pub fn set(counts: [i64; 3]) {
+        *COUNTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
+    }
+}

@@ -253,3 +253,22 @@ fn live_views_are_capped_per_user_and_end_with_their_session() {
     sb.ok(&["task", "run-now", "nudge"]);
     rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the revoked session's stream ended");
 }
+
+#[test]
+fn the_audit_log_keeps_its_retention_and_says_so() {
+    let sb = Sb::new();
+    sb.file("data/schoolbell.toml", "[audit]\nretention_days = 400\n");
+    sb.ok(&["user", "add", "sam", "--role", "staff", "--email", "sam@district.test"]);
+    sb.ok(&["user", "add", "pat", "--role", "staff", "--email", "pat@district.test"]);
+    assert!(sb.ok(&["audit"]).contains("user.put"));
+    // 401 days on, by the service's clock: its first sweep prunes them.
+    let later = (chrono::Utc::now() + chrono::Duration::days(401)).to_rfc3339();
+    let server = sb.serve_with(&[("SCHOOLBELL_NOW", &later)], None);
+    let audit = crate::support::until(60, "the audit retention to run", || {
+        let audit = sb.ok(&["audit"]);
+        audit.contains("audit.retention").then_some(audit)
+    });
+    assert!(!audit.contains("user.put"), "entries older than the retention stayed:\n{audit}");
+    assert!(audit.contains("2 entries older than 400 days ([audit] retention_days) removed"), "{audit}");
+    server.terminate();
+}

@@ -736,6 +736,9 @@ impl Engine<'_> {
             tracing::info!(removed, "Retention removed old runs.");
         }
         app.outbox().purge(now)?;
+        if app.store.shared() {
+            app.health().count_outbox()?;
+        }
         app.audit_log().prune()?;
         Ok(removed)
     }

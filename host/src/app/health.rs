@@ -103,6 +103,30 @@ impl Health<'_> {
         part
     }
 
+    /// Counts the outbox by status in the store, and keeps the figures for
+    /// the gauges to move from: once a process, and at each retention
+    /// sweep where hosts share the store (another host's sends are not
+    /// this one's to see).
+    pub(crate) fn count_outbox(&self) -> Result<[i64; 3], crate::store::Error> {
+        let mut counts = [0i64; 3];
+        let mut after = None;
+        loop {
+            let page = self.app.store.outbox(after, 1000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            for (_, entry) in &page {
+                let slot = match entry.status {
+                    Delivery::Pending => 0,
+                    Delivery::Sent => 1,
+                    Delivery::Failed => 2,
+                };
+                counts[slot] += 1;
+            }
+        }
+        crate::notify::tally::set(counts);
+        Ok(counts)
+    }
+
     /// Reads the figures the metrics show as gauges and sets them: queue
     /// depth and the oldest due run's wait, the outbox by status, the
     /// store's size, the scheduler's last tick.
@@ -118,17 +142,16 @@ impl Health<'_> {
             let due = run.fire_time.unwrap_or(run.queued_at).max(run.queued_at);
             oldest = (now - due).to_std().unwrap_or_default();
         }
-        let mut outbox: std::collections::BTreeMap<&'static str, u64> =
-            [Delivery::Pending, Delivery::Sent, Delivery::Failed].iter().map(|d| (d.as_str(), 0)).collect();
-        let mut after = None;
-        loop {
-            let page = app.store.outbox(after, 1000)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(*last);
-            for (_, entry) in &page {
-                *outbox.entry(entry.status.as_str()).or_insert(0) += 1;
-            }
-        }
+        let counts = match crate::notify::tally::get() {
+            Some(counts) => counts,
+            None => self.count_outbox()?,
+        };
+        let outbox: std::collections::BTreeMap<&'static str, u64> =
+            [Delivery::Pending, Delivery::Sent, Delivery::Failed]
+                .iter()
+                .zip(counts)
+                .map(|(d, n)| (d.as_str(), n.max(0) as u64))
+                .collect();
         crate::metrics::set(&crate::metrics::Gauges {
             queue_depth: app.store.queue_len(),
             queue_oldest: oldest,

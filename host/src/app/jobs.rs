@@ -297,6 +297,7 @@ impl App {
                 now,
                 &Finish { state, ledger: &ledger, outbox: &outbox, messages: &with_status },
             )?;
+            notify::tally::queued(outbox.len());
             Ok(false)
         })
     }

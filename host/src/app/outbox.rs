@@ -45,6 +45,7 @@ impl Outbox<'_> {
                 }
                 if entry.status != notify::Delivery::Pending {
                     store.remove_outbox(id)?;
+                    notify::tally::removed(entry.status);
                     purged += 1;
                 }
             }

@@ -559,6 +559,12 @@ impl Mailer {
             writes.push((oid, entry, was_due, next));
         }
         crate::store::patiently(store, "emails' outcomes", || store.update_outbox_batch(&writes))?;
+        // Due entries are pending; those that ended moved on.
+        for (_, entry, _, _) in &writes {
+            if entry.status != Delivery::Pending {
+                super::tally::moved(Delivery::Pending, entry.status);
+            }
+        }
         delivered.add(pass);
         Ok(reachable)
     }
