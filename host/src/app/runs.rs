@@ -12,6 +12,13 @@ use crate::users::User;
 /// How many runs a grid's count reads before it says "at least" instead:
 /// a count over a long history must not hold the page up.
 const COUNT_LIMIT: usize = 10_000;
+/// The most runs one page of the grid reads, newest first: a filter that
+/// matches few of a long history looks through this many and offers to go
+/// on from there, so no request reads the whole history.
+const SCAN_LIMIT: usize = 100_000;
+/// The most matching runs a page sorted by another column orders: the
+/// newest this many, so no request holds the whole history in memory.
+const SORT_LIMIT: usize = 10_000;
 
 /// A grid's count of matching runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,23 +104,32 @@ impl Runs<'_> {
 
     /// Visits the runs `user` may see that match `query`, newest first,
     /// starting before `before`, until `visit` says stop.
+    ///
+    /// Reads at most `budget` runs; when that ran out first, returns the
+    /// id of the last run read, for the next page to go on from.
     fn scan(
         &self,
         user: &User,
         query: &RunQuery,
         before: Option<RunId>,
         kinds: &Kinds,
+        budget: usize,
         mut visit: impl FnMut(Run, &str) -> bool,
-    ) -> Result<()> {
+    ) -> Result<Option<RunId>> {
         let mut before = before;
+        let mut read = 0;
         loop {
             let page: Vec<Run> = self.app.store.runs(before, 500)?;
-            let Some(last) = page.last() else { return Ok(()) };
+            let Some(last) = page.last() else { return Ok(None) };
             before = Some(last.id);
             for r in page {
+                if read == budget {
+                    return Ok(Some(r.id + 1));
+                }
+                read += 1;
                 let kind = kinds.of(&r);
                 if runs::can_view(user, &r) && query.matches(&r, kind) && !visit(r, kind) {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -121,7 +137,8 @@ impl Runs<'_> {
 
     /// A page of the runs grid: the runs `user` may see that match
     /// `query`, in `sort` order. The default order pages by cursor; the
-    /// others read every match and sort them.
+    /// others sort the newest [`SORT_LIMIT`] matches. Either reads at most
+    /// [`SCAN_LIMIT`] runs.
     pub fn page(&self, user: &User, query: &RunQuery, sort: Sort, at: PageAt, limit: usize) -> Result<RunPage> {
         let kinds = self.kinds()?;
         let limit = limit.clamp(1, 500);
@@ -133,7 +150,7 @@ impl Runs<'_> {
             };
             let mut runs = Vec::new();
             let mut more = false;
-            self.scan(user, query, before, &kinds, |r, kind| {
+            let cut = self.scan(user, query, before, &kinds, SCAN_LIMIT, |r, kind| {
                 if runs.len() == limit {
                     more = true;
                     return false;
@@ -141,7 +158,7 @@ impl Runs<'_> {
                 runs.push((r, kind.to_string()));
                 true
             })?;
-            let next = if more { runs.last().map(|(r, _)| PageAt::Before(r.id)) } else { None };
+            let next = if more { runs.last().map(|(r, _)| PageAt::Before(r.id)) } else { cut.map(PageAt::Before) };
             return Ok(RunPage { runs, next, count });
         }
         let offset = match at {
@@ -149,9 +166,9 @@ impl Runs<'_> {
             _ => 0,
         };
         let mut all = Vec::new();
-        self.scan(user, query, None, &kinds, |r, kind| {
+        self.scan(user, query, None, &kinds, SCAN_LIMIT, |r, kind| {
             all.push((r, kind.to_string()));
-            true
+            all.len() < SORT_LIMIT
         })?;
         // Runs without the time (not started, not finished) go last either way.
         all.sort_by(|(a, _), (b, _)| {
@@ -201,7 +218,8 @@ impl Runs<'_> {
         }
         let kinds = self.kinds()?;
         let mut ids = Vec::new();
-        self.scan(user, query, None, &kinds, |r, _| {
+        // A bulk cancel must see every run its filter names.
+        self.scan(user, query, None, &kinds, usize::MAX, |r, _| {
             if !r.status.is_finished() && runs::can_control(user, &r) {
                 ids.push(r.id);
             }
