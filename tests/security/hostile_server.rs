@@ -121,3 +121,39 @@ fn a_new_component_under_a_trusted_name_gets_no_grants_unless_kept() {
     assert!(out.contains("grants dropped"), "{out}");
     assert_eq!(granted(&sb), Vec::<String>::new(), "a replacement starts with no grants");
 }
+
+#[test]
+fn an_smb_server_must_speak_smb3() {
+    let old = fileservers::smbd_with("  server max protocol = SMB2_10");
+    let current = fileservers::smbd();
+    let sb = Sb::new();
+    let pw = sb.file("pw", PASSWORD);
+    sb.ok(&["secret", "set", "sis-pw", "--file", s(&pw)]);
+    for (name, server) in [("old", &old), ("current", &current)] {
+        let port = server.port.to_string();
+        sb.ok(&[
+            "source",
+            "add-smb",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--share",
+            "exports",
+            "--path",
+            "/",
+            "--domain",
+            "DISTRICT",
+            "--user",
+            ACCOUNT,
+            "--credential",
+            "sis-pw",
+        ]);
+    }
+    let err = sb.fails(&["source", "test", "old"]);
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(line.contains("source `old`") && line.contains("SMB3 or later"), "{err}");
+    let out = sb.ok(&["source", "test", "current"]);
+    assert!(out.contains("files can be renamed there"), "{out}");
+}

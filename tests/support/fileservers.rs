@@ -115,6 +115,11 @@ impl Drop for Server {
 /// Samba's smbd with a writable share `exports` and a read-only one,
 /// `readonly`, over the same folder; the domain is `DISTRICT`.
 pub fn smbd() -> Server {
+    smbd_with("")
+}
+
+/// [`smbd`] with more `[global]` settings (`server max protocol = SMB2_10`).
+pub fn smbd_with(global: &str) -> Server {
     let dir = server_dir();
     let d = dir.path().display().to_string();
     for sub in ["private", "run", "lock", "state", "cache"] {
@@ -126,7 +131,7 @@ pub fn smbd() -> Server {
          \x20 pid directory = {d}/run\n  lock directory = {d}/lock\n  state directory = {d}/state\n  cache directory = {d}/cache\n\
          \x20 private dir = {d}/private\n  ncalrpc dir = {d}/run/ncalrpc\n  log file = {d}/smbd.log\n\
          \x20 passdb backend = tdbsam:{d}/private/passdb.tdb\n  map to guest = Never\n  disable netbios = yes\n\
-         \x20 load printers = no\n  printing = bsd\n  printcap name = /dev/null\n  disable spoolss = yes\n\
+         \x20 load printers = no\n  printing = bsd\n  printcap name = /dev/null\n  disable spoolss = yes\n{global}\n\
          [exports]\n  path = {d}/files\n  read only = no\n[readonly]\n  path = {d}/files\n  read only = yes\n"
     );
     let conf = dir.path().join("smb.conf");

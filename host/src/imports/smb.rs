@@ -88,7 +88,12 @@ impl Conn {
         if let Some(domain) = &share.domain {
             credentials = credentials.workgroup(domain);
         }
-        let options = SmbOptions::default().no_auto_anonymous_login(true).case_sensitive(true);
+        // SMB3 at least: SMB1 and SMB2 lack the integrity a district's
+        // student files need between the filer and this host.
+        let options = SmbOptions::default()
+            .no_auto_anonymous_login(true)
+            .case_sensitive(true)
+            .min_protocol(pavao::SmbDialect::Smb300);
         let client = SmbClient::new(credentials, options)
             .map_err(|e| Error::Remote(format!("{shown}: cannot start the SMB client: {e}")))?;
         // The share's top first: a refusal there is the login, not the folder.
@@ -102,7 +107,10 @@ impl Conn {
             } else if missing(&e) {
                 Error::Remote(format!("{shown}: the server has no share named `{}`", share.share))
             } else {
-                Error::Remote(format!("{shown}: cannot open the share: {}", said(&e)))
+                Error::Remote(format!(
+                    "{shown}: cannot open the share: {} (this host speaks SMB3 or later only: check that the server offers it)",
+                    said(&e)
+                ))
             }
         })?;
         let folder = client.stat(share.path("")).map_err(|e| {
