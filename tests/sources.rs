@@ -144,29 +144,6 @@ fn kill_when(ready: impl Fn() -> bool, deadline: Instant, kill: impl FnOnce()) {
     kill();
 }
 
-fn add_smb(sb: &Sb, name: &str, port: u16, share: &str, path: &str, credential: &str) {
-    let port = port.to_string();
-    sb.ok(&[
-        "source",
-        "add-smb",
-        name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--share",
-        share,
-        "--path",
-        path,
-        "--domain",
-        "DISTRICT",
-        "--user",
-        fileservers::ACCOUNT,
-        "--credential",
-        credential,
-    ]);
-}
-
 fn add_ftps(sb: &Sb, name: &str, server: &Server, tls: &str, path: &str, credential: &str) {
     let port = server.port.to_string();
     sb.ok(&[
@@ -192,7 +169,7 @@ fn add_ftps(sb: &Sb, name: &str, server: &Server, tls: &str, path: &str, credent
 fn an_smb_import_picks_up_by_prefix_renames_on_the_share_and_imports_nothing_twice() {
     let smbd = fileservers::smbd();
     let sb = sb_with_password();
-    add_smb(&sb, "sis", smbd.port, "exports", "/", "sis-pw");
+    sb.add_smb("sis", smbd.port, "exports", "/", "sis-pw");
     picks_up_renames_and_imports_nothing_twice(&sb, &smbd, "sis");
 }
 
@@ -202,11 +179,11 @@ fn smb_failures_are_one_line_and_name_the_step() {
     let sb = sb_with_password();
     let wrong = sb.file("wrong", "not-the-password");
     sb.ok(&["secret", "set", "wrong-pw", "--file", s(&wrong)]);
-    add_smb(&sb, "wrong-password", smbd.port, "exports", "/", "wrong-pw");
-    add_smb(&sb, "read-only", smbd.port, "readonly", "/", "sis-pw");
-    add_smb(&sb, "no-folder", smbd.port, "exports", "/missing", "sis-pw");
-    add_smb(&sb, "no-share", smbd.port, "nope", "/", "sis-pw");
-    add_smb(&sb, "closed", support::free_port(), "exports", "/", "sis-pw");
+    sb.add_smb("wrong-password", smbd.port, "exports", "/", "wrong-pw");
+    sb.add_smb("read-only", smbd.port, "readonly", "/", "sis-pw");
+    sb.add_smb("no-folder", smbd.port, "exports", "/missing", "sis-pw");
+    sb.add_smb("no-share", smbd.port, "nope", "/", "sis-pw");
+    sb.add_smb("closed", support::free_port(), "exports", "/", "sis-pw");
     sb.ok(&[
         "source",
         "add-smb",
@@ -243,7 +220,7 @@ fn an_smb_server_dying_mid_download_fails_the_run_and_imports_nothing() {
     // the file have come back: mid-download, at a byte count.
     let relay = fileservers::Relay::start(smbd.port, 256 * 1024, move || fileservers::kill_group(group));
     let sb = sb_with_password();
-    add_smb(&sb, "sis", relay.port, "exports", "/", "sis-pw");
+    sb.add_smb("sis", relay.port, "exports", "/", "sis-pw");
     dies_mid_download(&sb, &smbd.files(), "sis", || {});
 }
 

@@ -129,28 +129,8 @@ fn an_smb_server_must_speak_smb3() {
     let sb = Sb::new();
     let pw = sb.file("pw", PASSWORD);
     sb.ok(&["secret", "set", "sis-pw", "--file", s(&pw)]);
-    for (name, server) in [("old", &old), ("current", &current)] {
-        let port = server.port.to_string();
-        sb.ok(&[
-            "source",
-            "add-smb",
-            name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--share",
-            "exports",
-            "--path",
-            "/",
-            "--domain",
-            "DISTRICT",
-            "--user",
-            ACCOUNT,
-            "--credential",
-            "sis-pw",
-        ]);
-    }
+    sb.add_smb("old", old.port, "exports", "/", "sis-pw");
+    sb.add_smb("current", current.port, "exports", "/", "sis-pw");
     let err = sb.fails(&["source", "test", "old"]);
     let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
     assert!(line.contains("source `old`") && line.contains("SMB3 or later"), "{err}");

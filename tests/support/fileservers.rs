@@ -177,6 +177,33 @@ pub fn vsftpd(implicit: bool, max_rate: Option<u64>) -> Server {
     Server { dir, port, child, conf }
 }
 
+impl super::Sb {
+    /// The SMB source `name` on loopback `port`: `share` and `path`, as
+    /// [`ACCOUNT`] of domain `DISTRICT`, with the stored secret `credential`.
+    pub fn add_smb(&self, name: &str, port: u16, share: &str, path: &str, credential: &str) {
+        let port = port.to_string();
+        self.ok(&[
+            "source",
+            "add-smb",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--share",
+            share,
+            "--path",
+            path,
+            "--domain",
+            "DISTRICT",
+            "--user",
+            ACCOUNT,
+            "--credential",
+            credential,
+        ]);
+    }
+}
+
 /// A hostile FTPS server (`hostile_ftp.py`, over Debian's pyftpdlib): it
 /// serves `files/` over explicit TLS as `ACCOUNT`, and its listings also
 /// name each of `names`, which are not plain file names. Every command it
