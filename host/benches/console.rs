@@ -102,7 +102,7 @@ fn main() {
     measure("grid, a page 90,000 runs deep (cursor)", &format!("/?before={}", runs - 90_000));
     measure("grid, status failed (1 in 100)", "/?status=failed");
     // The worst case of a filter: it matches no run, so the page reads its
-    // whole budget (the newest 100,000 runs) and offers to go on.
+    // whole budget (the newest 20,000 runs) and offers to go on.
     measure("grid, a task no run has (reads its budget)", "/?task=no-such-task");
     measure("grid, sorted by finish time, oldest first (the newest 10,000 matches)", "/?sort=finished&order=asc");
     measure("run, Task Messages, first page of 1,000,000", &format!("/runs/{busy}?tab=messages"));
