@@ -363,16 +363,7 @@ impl App {
     /// `from` is the client's address: after five failures a minute from
     /// one address, each further attempt waits (see [`throttle`]).
     pub fn authenticate(&self, token: &str, from: &str) -> Result<User, crate::users::Error> {
-        let keys = [throttle::address(from)];
-        if let Some(wait) = self.throttle.wait(&keys, std::time::Instant::now()) {
-            return Err(crate::users::Error::Throttled(wait.as_secs().max(1)));
-        }
-        let result = crate::users::authenticate(&*self.store, token, self.now(), self.config.api.token_days);
-        if let Err(e) = &result {
-            let id = crate::users::token_hash(token)[..12].to_string();
-            self.failed_sign_in(&keys, from, &id, &e.to_string())?;
-        }
-        result
+        self.authenticate_within(token, from, None)
     }
 
     /// A console session's token: [`App::authenticate`], and within the
@@ -380,23 +371,33 @@ impl App {
     /// `max_hours` since sign-in), apart from API tokens'. An expired
     /// session is removed.
     pub fn authenticate_console(&self, token: &str, from: &str) -> Result<User, crate::users::Error> {
-        let hash = crate::users::token_hash(token);
-        if let Some(record) = self.store.token(&hash)? {
-            let now = self.now();
-            let limits = &self.config.console;
-            let idle = now - record.last_used_at.unwrap_or(record.created_at);
-            let age = now - record.created_at;
-            // Uses are recorded to the minute: a session is idle past the limit plus that minute.
-            if idle > chrono::Duration::minutes(limits.idle_minutes as i64 + 1)
-                || age > chrono::Duration::hours(limits.max_hours as i64)
-            {
-                self.store.remove_token(&hash)?;
-                return Err(crate::users::Error::SessionEnded(
-                    "it was idle longer than [console] idle_minutes, or older than max_hours; sign in again".into(),
-                ));
-            }
+        let limits = &self.config.console;
+        let session = crate::users::SessionLimits {
+            idle: chrono::Duration::minutes(limits.idle_minutes as i64),
+            max: chrono::Duration::hours(limits.max_hours as i64),
+        };
+        self.authenticate_within(token, from, Some(session))
+    }
+
+    fn authenticate_within(
+        &self,
+        token: &str,
+        from: &str,
+        session: Option<crate::users::SessionLimits>,
+    ) -> Result<User, crate::users::Error> {
+        let keys = [throttle::address(from)];
+        if let Some(wait) = self.throttle.wait(&keys, std::time::Instant::now()) {
+            return Err(crate::users::Error::Throttled(wait.as_secs().max(1)));
         }
-        self.authenticate(token, from)
+        let result = crate::users::authenticate(&*self.store, token, self.now(), self.config.api.token_days, session);
+        // A session that ran out of time is no guess.
+        if let Err(e) = &result
+            && !matches!(e, crate::users::Error::SessionEnded(_))
+        {
+            let id = crate::users::token_hash(token)[..12].to_string();
+            self.failed_sign_in(&keys, from, &id, &e.to_string())?;
+        }
+        result
     }
 
     /// Counts a failed sign-in and audits it: the first of a minute from

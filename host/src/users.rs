@@ -278,11 +278,37 @@ pub fn issue_token(store: &dyn Backend, name: &str, now: DateTime<Utc>) -> Resul
     Ok((token, record))
 }
 
+/// A console session's own lifetimes, apart from an API token's.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// How long it may go unused.
+    pub idle: chrono::Duration,
+    /// How long it lasts at most, however busy.
+    pub max: chrono::Duration,
+}
+
 /// The user a bearer token belongs to, if it has not expired after
-/// `token_days`; its last use is noted (once a minute at most).
-pub fn authenticate(store: &dyn Backend, token: &str, now: DateTime<Utc>, token_days: u32) -> Result<User, Error> {
+/// `token_days` (nor, for a console session, past `session`'s limits: such
+/// a session is removed); its last use is noted (once a minute at most).
+pub fn authenticate(
+    store: &dyn Backend,
+    token: &str,
+    now: DateTime<Utc>,
+    token_days: u32,
+    session: Option<SessionLimits>,
+) -> Result<User, Error> {
     let hash = token_hash(token);
     let mut record = store.token(&hash)?.ok_or(Error::BadToken)?;
+    if let Some(limits) = session {
+        let idle = now - record.last_used_at.unwrap_or(record.created_at);
+        // Uses are noted to the minute: a session is idle past the limit plus that minute.
+        if idle > limits.idle + chrono::Duration::minutes(1) || now - record.created_at > limits.max {
+            store.remove_token(&hash)?;
+            return Err(Error::SessionEnded(
+                "it was idle longer than [console] idle_minutes, or older than max_hours; sign in again".into(),
+            ));
+        }
+    }
     let expires = record.created_at + chrono::Duration::days(i64::from(token_days));
     if now >= expires {
         return Err(Error::Expired(expires.format("%Y-%m-%d").to_string()));
@@ -329,10 +355,10 @@ mod tests {
         let (token, record) = issue_token(&store, "ann", now).unwrap();
         assert!(token.starts_with("sb_") && token.len() == 67);
         assert_eq!(record.id.len(), 12);
-        assert_eq!(authenticate(&store, &token, now, 90).unwrap(), ann);
-        assert!(matches!(authenticate(&store, "sb_nope", now, 90), Err(Error::BadToken)));
+        assert_eq!(authenticate(&store, &token, now, 90, None).unwrap(), ann);
+        assert!(matches!(authenticate(&store, "sb_nope", now, 90, None), Err(Error::BadToken)));
         let later = now + chrono::Duration::days(90);
-        assert!(matches!(authenticate(&store, &token, later, 90), Err(Error::Expired(_))));
+        assert!(matches!(authenticate(&store, &token, later, 90, None), Err(Error::Expired(_))));
         drop(store);
         let raw = std::fs::read_dir(dir.path())
             .unwrap()
