@@ -148,15 +148,15 @@ pub fn staff_use(granted: &[Capability]) -> Option<&std::collections::BTreeMap<S
     })
 }
 
-/// Checks a staff user's parameters against what the owner allowed, and
-/// fills in the fixed ones; says which parameter is not allowed.
-pub fn staff_params(
+/// Checks a staff user's parameters (`given`, each as text) against what
+/// the owner allowed, saying which one is not; returns the fixed ones
+/// (allowed a single value), which are set whether given or not.
+pub fn staff_params<'a, 'g>(
     plugin: &str,
-    allowed: &std::collections::BTreeMap<String, Vec<String>>,
-    given: &Record,
-) -> Result<Record, String> {
-    let mut out = given.clone();
-    for (name, value) in given {
+    allowed: &'a std::collections::BTreeMap<String, Vec<String>>,
+    given: impl IntoIterator<Item = (&'g str, String)>,
+) -> Result<Vec<(&'a String, &'a String)>, String> {
+    for (name, text) in given {
         let Some(values) = allowed.get(name) else {
             return Err(format!(
                 "staff may not set parameter `{name}` of plugin {plugin}; the account owner allows: {}",
@@ -167,7 +167,6 @@ pub fn staff_params(
                 }
             ));
         };
-        let text = value.to_key_text();
         if !values.contains(&text) {
             return Err(format!(
                 "staff may set parameter `{name}` of plugin {plugin} only to {}, not `{text}`",
@@ -175,12 +174,13 @@ pub fn staff_params(
             ));
         }
     }
-    for (name, values) in allowed {
-        if let [only] = values.as_slice() {
-            out.insert(name.clone(), Value::Text(only.clone()));
-        }
-    }
-    Ok(out)
+    Ok(allowed
+        .iter()
+        .filter_map(|(name, values)| match values.as_slice() {
+            [only] => Some((name, only)),
+            _ => None,
+        })
+        .collect())
 }
 
 impl fmt::Display for Capability {

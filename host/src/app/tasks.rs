@@ -176,21 +176,17 @@ impl Tasks<'_> {
                 spec.name, spec.plugin, spec.plugin
             )));
         };
-        let given: crate::records::Record = spec
-            .params
-            .iter()
-            .map(|(k, v)| {
-                let text = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), crate::records::Value::Text(text))
-            })
-            .collect();
-        let filled = crate::plugins::staff_params(&spec.plugin, allowed, &given)
+        let given = spec.params.iter().map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.as_str(), text)
+        });
+        let fixed = crate::plugins::staff_params(&spec.plugin, allowed, given)
             .map_err(|e| Error::Forbidden(format!("task `{}`: {e}", spec.name)))?;
-        for (k, v) in filled {
-            spec.params.entry(k).or_insert_with(|| serde_json::Value::String(v.to_key_text()));
+        for (k, v) in fixed {
+            spec.params.entry(k.clone()).or_insert_with(|| serde_json::Value::String(v.clone()));
         }
         Ok(())
     }

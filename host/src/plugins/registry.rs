@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{Capability, Error, ParamSpec, PluginHost, PluginId, PluginKind, WorldPre, bindings};
 
@@ -85,7 +84,8 @@ impl PluginHost {
         bytes: &[u8],
         keep_grants: bool,
     ) -> Result<(PluginEntry, InstallStatus), Error> {
-        let hash = hex::encode(Sha256::digest(bytes));
+        // The same digest `load` checks the stored bytes against.
+        let hash = super::sha256_hex(bytes);
         let (target, pre) = self.prepare(shown, &hash, bytes)?;
         let info = self.describe(shown, &pre)?;
         if info.kind != target.kind {
