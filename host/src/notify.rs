@@ -550,7 +550,8 @@ pub mod tally {
     /// Pending, sent, failed; none until read from the store.
     static COUNTS: Mutex<Option<[i64; 3]>> = Mutex::new(None);
 
-    fn slot(d: Delivery) -> usize {
+    /// Where `d` counts in the figures.
+    pub fn slot(d: Delivery) -> usize {
         match d {
             Delivery::Pending => 0,
             Delivery::Sent => 1,
@@ -569,12 +570,15 @@ pub mod tally {
         change(|c| c[0] += n as i64);
     }
 
-    /// An entry moved from one status to another.
-    pub fn moved(from: Delivery, to: Delivery) {
-        change(|c| {
-            c[slot(from)] -= 1;
-            c[slot(to)] += 1;
-        });
+    /// Entries that were pending ended as `ended` say (one lock a batch,
+    /// not one an email: the mailer records thousands a second).
+    pub fn ended(ended: impl IntoIterator<Item = Delivery>) {
+        let mut delta = [0i64; 3];
+        for to in ended {
+            delta[slot(Delivery::Pending)] -= 1;
+            delta[slot(to)] += 1;
+        }
+        change(|c| c.iter_mut().zip(delta).for_each(|(c, d)| *c += d));
     }
 
     /// An entry of `status` removed.

@@ -115,12 +115,7 @@ impl Health<'_> {
             let Some((last, _)) = page.last() else { break };
             after = Some(*last);
             for (_, entry) in &page {
-                let slot = match entry.status {
-                    Delivery::Pending => 0,
-                    Delivery::Sent => 1,
-                    Delivery::Failed => 2,
-                };
-                counts[slot] += 1;
+                counts[crate::notify::tally::slot(entry.status)] += 1;
             }
         }
         crate::notify::tally::set(counts);
@@ -149,8 +144,7 @@ impl Health<'_> {
         let outbox: std::collections::BTreeMap<&'static str, u64> =
             [Delivery::Pending, Delivery::Sent, Delivery::Failed]
                 .iter()
-                .zip(counts)
-                .map(|(d, n)| (d.as_str(), n.max(0) as u64))
+                .map(|d| (d.as_str(), counts[crate::notify::tally::slot(*d)].max(0) as u64))
                 .collect();
         crate::metrics::set(&crate::metrics::Gauges {
             queue_depth: app.store.queue_len(),

@@ -560,11 +560,7 @@ impl Mailer {
         }
         crate::store::patiently(store, "emails' outcomes", || store.update_outbox_batch(&writes))?;
         // Due entries are pending; those that ended moved on.
-        for (_, entry, _, _) in &writes {
-            if entry.status != Delivery::Pending {
-                super::tally::moved(Delivery::Pending, entry.status);
-            }
-        }
+        super::tally::ended(writes.iter().map(|(_, e, _, _)| e.status).filter(|s| *s != Delivery::Pending));
         delivered.add(pass);
         Ok(reachable)
     }
