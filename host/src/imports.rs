@@ -17,6 +17,7 @@ mod sftp;
 mod smb;
 
 pub use ftps::normalize_fingerprint;
+pub(crate) use remote::is_plain_file_name;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -150,14 +150,16 @@ pub(super) fn plain_names(listed: Vec<(String, u64)>) -> (Vec<(String, u64)>, Ve
     let mut plain = Vec::with_capacity(listed.len());
     let mut refused = Vec::new();
     for (name, size) in listed {
-        if is_plain_name(&name) { plain.push((name, size)) } else { refused.push(name) }
+        if is_plain_file_name(&name) { plain.push((name, size)) } else { refused.push(name) }
     }
     (plain, refused)
 }
 
 /// A file name with no path in it: not empty, not `.` or `..`, and
 /// without `/`, `\`, NUL or any other control character.
-pub(crate) fn is_plain_name(name: &str) -> bool {
+///
+/// A plugin's file names in a granted folder are held to it too.
+pub(crate) fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control())
 }
 

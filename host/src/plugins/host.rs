@@ -439,7 +439,7 @@ impl RunState {
 
     /// A file name inside a folder: never a path, so nothing outside is reachable.
     fn file_in(&mut self, dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf, wit::PluginError> {
-        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        if !crate::imports::is_plain_file_name(name) {
             let message = format!("`{name}` is not a plain file name");
             self.violate(message.clone());
             return Err(wit::PluginError::Denied(message));
